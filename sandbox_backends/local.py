@@ -1,0 +1,379 @@
+"""The `local` driver: a folder per sandbox on this machine, commands run by the server's own user.
+
+Zero set-up, and no isolation: a command can read and write whatever the server's user can. Use the
+docker driver for untrusted work. Layout under the driver's root:
+
+    <root>/<name>/workspace/   the commands' starting cwd, and what file resources read
+    <root>/<name>/.shell/      the runner's state: saved shell state, per-run script, output, exit code
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import anyio
+from anyio.abc import Process
+
+from .base import (
+    ExecResult,
+    FailureCallback,
+    Limits,
+    OutputCallback,
+    PathNotAllowed,
+    PhaseCallback,
+    SandboxBusy,
+    SandboxError,
+    SandboxNotFound,
+    SandboxSpec,
+)
+from .output import OutputBuffer
+from .shell import INTERRUPTED_FILE, PID_FILE, RUNNER, RUNNER_FILE, output_file, rc_file, script_file
+
+PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
+"""Server variables a local command sees. Everything else, API keys included, stays out."""
+
+MARKER_ENV = "MCP_SESSIONS_SANDBOX"
+"""Set in every command's environment so `close()` finds processes that left their group (`setsid`)."""
+
+POLL_S = 0.02
+GRACE_S = 0.35
+READ_CHUNK = 1 << 20
+
+
+def _alive(pid: int) -> bool:
+    """True if `pid` runs and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def stop_process_group(pgid: int) -> None:
+    """SIGINT, then SIGTERM, then SIGKILL; the group's last members always get SIGKILL.
+
+    Background jobs of a non-interactive shell ignore SIGINT, so once the leader is gone the rest of
+    the group is killed outright. Returns within about 1 s.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        _signal_group(pgid, sig)
+        with anyio.move_on_after(GRACE_S):
+            while _alive(pgid):
+                await anyio.sleep(POLL_S)
+        if not _alive(pgid):
+            break
+    _signal_group(pgid, signal.SIGKILL)
+    with anyio.move_on_after(GRACE_S):
+        while _group_alive(pgid) and _any_member_alive(pgid):
+            await anyio.sleep(POLL_S)
+
+
+def _any_member_alive(pgid: int) -> bool:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid and _alive(int(entry.name)):
+                    return True
+            except (ProcessLookupError, PermissionError):
+                continue
+    return False
+
+
+def _kill_marked(marker: str) -> int:
+    """SIGKILL every process whose environment carries `MARKER_ENV=marker`. Returns how many."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    killed = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+        except OSError:
+            continue
+    return killed
+
+
+def resolve_inside(workspace: Path, path: str) -> Path:
+    """The real path of `path` in `workspace`, refusing anything that lands outside it (`..`, absolute, symlinks)."""
+    if "\0" in path:
+        raise PathNotAllowed("File paths cannot contain NUL bytes.")
+    root = workspace.resolve()
+    candidate = Path(path)
+    full = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if full != root and root not in full.parents:
+        raise PathNotAllowed(f"'{path}' is outside the workspace {root}. Give a path relative to the workspace.")
+    return full
+
+
+class LocalSandbox:
+    """A workspace folder and a shell runner on this machine."""
+
+    def __init__(self, name: str, base: Path, env: dict[str, str], limits: Limits) -> None:
+        self._name = name
+        self._base = base
+        self._ws = base / "workspace"
+        self._state = base / ".shell"
+        self._env = env
+        self._limits = limits
+        self._running = False
+
+    @property
+    def id(self) -> str:
+        return self._name
+
+    @property
+    def workspace(self) -> str:
+        return str(self._ws)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "driver": "local",
+            "id": self._name,
+            "workspace": str(self._ws),
+            "network": "host (no isolation)",
+            "limits": "not enforced by the local driver",
+        }
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def _current_run(self) -> tuple[int, str] | None:
+        try:
+            pid, run_id = (self._state / PID_FILE).read_text().split()
+            return int(pid), run_id
+        except (FileNotFoundError, ValueError):
+            return None
+
+    async def exec(
+        self,
+        script: str,
+        *,
+        timeout_s: float | None = None,
+        on_output: OutputCallback | None = None,
+        max_output_bytes: int = 65536,
+    ) -> ExecResult:
+        current = self._current_run()
+        if self._running or (current and _alive(current[0])):
+            raise SandboxBusy("A command is already running in this sandbox.")
+        if not self._ws.is_dir():
+            raise SandboxNotFound(f"The workspace {self._ws} no longer exists.")
+        run_id = "r" + secrets.token_hex(6)
+        (self._state / script_file(run_id)).write_text(script)
+        (self._state / output_file(run_id)).touch()
+        (self._state / INTERRUPTED_FILE).unlink(missing_ok=True)
+        self._running = True
+        started = time.monotonic()
+        try:
+            proc = await anyio.open_process(
+                ["bash", "--noprofile", "--norc", str(self._state / RUNNER_FILE), str(self._state), run_id],
+                cwd=self._ws,
+                env=self._env,
+                start_new_session=True,
+                stdin=None,
+                stdout=None,
+                stderr=None,
+            )
+            result = await self._follow(proc, run_id, started, timeout_s, on_output, max_output_bytes)
+        finally:
+            self._running = False
+        return result
+
+    async def _follow(
+        self,
+        proc: Process,
+        run_id: str,
+        started: float,
+        timeout_s: float | None,
+        on_output: OutputCallback | None,
+        max_output_bytes: int,
+    ) -> ExecResult:
+        buf = OutputBuffer(max_output_bytes)
+        timed_out = False
+        with open(self._state / output_file(run_id), "rb") as out:
+
+            async def pump() -> None:
+                while chunk := out.read(READ_CHUNK):
+                    buf.feed(chunk)
+                    if on_output is not None:
+                        await on_output(chunk)
+
+            try:
+                with anyio.move_on_after(timeout_s) as deadline:
+                    while proc.returncode is None:
+                        with anyio.move_on_after(POLL_S):
+                            await proc.wait()
+                        await pump()
+                if deadline.cancelled_caught:
+                    timed_out = True
+                    await stop_process_group(proc.pid)
+                    await proc.wait()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await stop_process_group(proc.pid)
+                    await proc.wait()
+                    self._cleanup(run_id)
+                raise
+            await pump()
+        code = proc.returncode
+        exit_code = 128 - code if code is not None and code < 0 else code
+        interrupted = (self._state / INTERRUPTED_FILE).exists()
+        self._cleanup(run_id)
+        return ExecResult(
+            exit_code=exit_code,
+            output=buf.render(),
+            output_bytes=buf.total,
+            cut_bytes=buf.cut,
+            duration_s=round(time.monotonic() - started, 3),
+            timed_out=timed_out,
+            interrupted=interrupted and not timed_out,
+        )
+
+    def _cleanup(self, run_id: str) -> None:
+        for name in (script_file(run_id), output_file(run_id), rc_file(run_id), PID_FILE, INTERRUPTED_FILE):
+            (self._state / name).unlink(missing_ok=True)
+
+    async def interrupt(self) -> bool:
+        current = self._current_run()
+        if current is None or not _alive(current[0]):
+            return False
+        (self._state / INTERRUPTED_FILE).touch()
+        await stop_process_group(current[0])
+        return True
+
+    async def take_over(self) -> ExecResult | None:
+        current = self._current_run()
+        if current is None:
+            return None
+        pid, run_id = current
+        was_running = _alive(pid)
+        if was_running:
+            await stop_process_group(pid)
+        buf = OutputBuffer(65536)
+        try:
+            with open(self._state / output_file(run_id), "rb") as out:
+                while chunk := out.read(READ_CHUNK):
+                    buf.feed(chunk)
+        except FileNotFoundError:
+            pass
+        try:
+            exit_code: int | None = int((self._state / rc_file(run_id)).read_text())
+        except (FileNotFoundError, ValueError):
+            exit_code = None
+        self._cleanup(run_id)
+        return ExecResult(
+            exit_code=exit_code,
+            output=buf.render(),
+            output_bytes=buf.total,
+            cut_bytes=buf.cut,
+            duration_s=0.0,
+            interrupted=was_running or exit_code is None,
+        )
+
+    # -- files ----------------------------------------------------------------------------------
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes:
+        full = resolve_inside(self._ws, path)
+        if full.is_dir():
+            raise IsADirectoryError(f"'{path}' is a folder, not a file.")
+        size = full.stat().st_size
+        if size > max_bytes:
+            raise SandboxError(f"'{path}' is {size} bytes, over the {max_bytes}-byte limit for reading it here.")
+        return await anyio.Path(full).read_bytes()
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        full = resolve_inside(self._ws, path)
+        await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
+        await anyio.Path(full).write_bytes(data)
+
+    # -- life -----------------------------------------------------------------------------------
+
+    async def close(self, *, delete: bool = False) -> None:
+        await self.interrupt()
+        _kill_marked(self._name)
+        if delete and self._base.exists():
+            await anyio.to_thread.run_sync(shutil.rmtree, self._base, True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class LocalDriver:
+    """Makes `LocalSandbox`es under `root`."""
+
+    name = "local"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _env(self, spec: SandboxSpec) -> dict[str, str]:
+        env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.update(spec.env)
+        env[MARKER_ENV] = spec.name
+        return env
+
+    def _sandbox(self, spec: SandboxSpec) -> LocalSandbox:
+        return LocalSandbox(spec.name, self.root / spec.name, self._env(spec), spec.limits)
+
+    async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> LocalSandbox:
+        if not spec.name or "/" in spec.name or spec.name.startswith("."):
+            raise SandboxError(f"Invalid sandbox name {spec.name!r}.")
+        if on_phase:
+            await on_phase("creating_sandbox", f"folder {self.root / spec.name}")
+        sandbox = self._sandbox(spec)
+        try:
+            sandbox._ws.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise SandboxError(f"A sandbox folder named {spec.name!r} already exists under {self.root}.") from None
+        except OSError as e:
+            raise SandboxError(f"Cannot make the workspace under {self.root}: {e.strerror}.") from e
+        sandbox._state.mkdir()
+        (sandbox._state / RUNNER_FILE).write_text(RUNNER)
+        return sandbox
+
+    async def attach(self, sandbox_id: str, spec: SandboxSpec) -> LocalSandbox:
+        sandbox = self._sandbox(spec)
+        if sandbox_id != spec.name or not sandbox._ws.is_dir():
+            raise SandboxNotFound(f"The workspace folder {sandbox._ws} no longer exists.")
+        sandbox._state.mkdir(exist_ok=True)
+        (sandbox._state / RUNNER_FILE).write_text(RUNNER)
+        return sandbox
+
+    async def watch(self, on_failure: FailureCallback) -> None:
+        """A folder cannot die on its own; a deleted workspace is noticed by the next command."""
+        await anyio.sleep_forever()
+
+    async def aclose(self) -> None:
+        return None
