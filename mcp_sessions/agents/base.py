@@ -1,0 +1,45 @@
+"""What answers a message: the agent protocol and the context a turn runs in."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sandbox_backends.base import Sandbox
+
+from ..models import ContentBlock, Session, TurnStatus, Usage
+
+
+@dataclass
+class TurnContext:
+    """Everything an agent may touch during one turn. Events and output go through the manager."""
+
+    session: Session
+    sandbox: Sandbox
+    command_timeout_s: float
+    max_output_bytes: int
+    emit: Callable[[str, dict[str, Any]], Awaitable[None]]
+    output: Callable[[bytes], Awaitable[None]]
+    """Streams command output: kept for the busy reply and published as coalesced `tool.output` events."""
+
+
+@dataclass
+class TurnOutcome:
+    status: TurnStatus
+    content: list[ContentBlock]
+    exit_code: int | None = None
+    duration_s: float | None = None
+    output: str = ""
+    output_bytes: int = 0
+    output_cut_bytes: int = 0
+    reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+class Agent(Protocol):
+    name: str
+
+    async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
+        """Answer one user message. Cancellation means the turn was interrupted: stop promptly."""
+        ...

@@ -1,0 +1,771 @@
+"""SessionManager: the lifecycle of sessions and their turns. Knows nothing of MCP or HTTP.
+
+The store is the source of truth, so several server processes can share one state folder: a
+session created by one is seen, messaged, interrupted and closed by the others. A turn runs in the
+process that started it (its lease holder); other processes wait on it by polling the store, stop it
+through the sandbox, and finish it themselves if its owner died.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from sandbox_backends.base import Driver, Limits, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
+from sandbox_backends.output import OutputBuffer
+
+from . import leases
+from .agents.base import Agent, TurnContext, TurnOutcome
+from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound
+from .models import (
+    LIVE_STATUSES,
+    CloseReply,
+    Event,
+    InterruptReply,
+    LimitsModel,
+    Message,
+    Session,
+    SessionDetail,
+    SessionPage,
+    SessionRecord,
+    SessionSummary,
+    TextBlock,
+    TurnReply,
+    TurnSummary,
+    new_session_id,
+    now,
+)
+from .settings import Settings
+from .store import EventSpec, Store
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2
+"""How often a process checks the store for changes made by another process."""
+OUTPUT_FLUSH_S = 0.2
+OUTPUT_FLUSH_BYTES = 16384
+MAX_WAIT_S = 50.0
+MAX_EVENTS_PER_READ = 200
+MAX_EVENT_TEXT = 16384
+"""Bound on the output text returned in one batch of events, so a reply stays readable for an LLM."""
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def tail(text: str, limit: int) -> str:
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+@dataclass
+class CreateRequest:
+    driver: str | None = None
+    agent: str | None = None
+    image: str | None = None
+    title: str | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    limits: LimitsModel | None = None
+    idle_timeout_s: float | None = None
+    command_timeout_s: float | None = None
+    owner: str | None = None
+
+
+@dataclass
+class RunningTurn:
+    """A turn this process runs: the scope that `interrupt` cancels and the output seen so far."""
+
+    turn: int
+    buffer: OutputBuffer
+    done: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    stop_reason: str = "server stopped"
+
+
+class SessionManager:
+    """Create with `SessionManager(settings, store, make_driver, agents)` and use as `async with`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        make_driver: Callable[[str], Driver],
+        agents: dict[str, Agent],
+        known_drivers: list[str],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._make_driver = make_driver
+        self._known_drivers = known_drivers
+        self._agents = agents
+        self._drivers: dict[str, Driver] = {}
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._turns: dict[str, RunningTurn] = {}
+        self._changed: dict[str, anyio.Event] = {}
+        self._lease = leases.this_process()
+        self._tg: TaskGroup | None = None
+
+    async def __aenter__(self) -> SessionManager:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        await self.recover()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self._tg is not None
+        for running in self._turns.values():
+            running.stop_reason = "server stopped"
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(*exc_info)
+        with anyio.CancelScope(shield=True):
+            for driver in self._drivers.values():
+                await driver.aclose()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _driver(self, name: str) -> Driver:
+        driver = self._drivers.get(name)
+        if driver is None:
+            driver = self._drivers[name] = self._make_driver(name)
+            assert self._tg is not None
+            self._tg.start_soon(driver.watch, self._on_sandbox_failure)
+        return driver
+
+    def _spec(self, record: SessionRecord) -> SandboxSpec:
+        s = record.session
+        return SandboxSpec(
+            name=s.id,
+            image=s.image,
+            env=record.env,
+            limits=Limits(**record.limits),
+            labels={"mcp-sessions.session": s.id},
+        )
+
+    async def _sandbox(self, record: SessionRecord) -> Sandbox:
+        sandbox = self._sandboxes.get(record.session.id)
+        if sandbox is None:
+            if record.sandbox_id is None:
+                raise SandboxNotFound("The session has no sandbox.")
+            sandbox = await self._driver(record.session.driver).attach(record.sandbox_id, self._spec(record))
+            self._sandboxes[record.session.id] = sandbox
+        return sandbox
+
+    def _notify(self, session_id: str) -> None:
+        event = self._changed.pop(session_id, None)
+        if event is not None:
+            event.set()
+
+    async def _wait_change(self, session_id: str, timeout: float) -> None:
+        """Wait until this process changes the session, or `timeout`, whichever is first."""
+        event = self._changed.setdefault(session_id, anyio.Event())
+        with anyio.move_on_after(timeout):
+            await event.wait()
+
+    async def _update(
+        self, session_id: str, mutate: Callable[[SessionRecord], list[EventSpec] | None], messages: list[Message] = []
+    ) -> tuple[SessionRecord, list[Event]]:
+        try:
+            result = await self.store.update(session_id, mutate, messages)
+        except KeyError:
+            raise SessionNotFound(session_id) from None
+        self._notify(session_id)
+        return result
+
+    async def _record(self, session_id: str, owner: str | None = None) -> SessionRecord:
+        """The stored record, with a turn orphaned by a dead server finished first."""
+        record = await self.store.get(session_id)
+        if record is None or (owner is not None and record.session.owner != owner):
+            raise SessionNotFound(session_id)
+        if record.lease and record.lease != self._lease and not leases.is_alive(record.lease):
+            record = await self._adopt(record)
+        return record
+
+    # -- recovery ---------------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Finish what a dead server process left half done: running turns and creations."""
+        for record in await self.store.with_status(["creating", "busy"]):
+            if record.lease and record.lease != self._lease and not leases.is_alive(record.lease):
+                await self._adopt(record)
+
+    async def _adopt(self, record: SessionRecord) -> SessionRecord:
+        s = record.session
+        dead_lease = record.lease
+        log.info("taking over %s (%s) from a server that is gone", s.id, s.status)
+        if s.status == "creating":
+
+            def fail(r: SessionRecord) -> list[EventSpec]:
+                if r.lease != dead_lease:
+                    return []
+                return self._fail(r, "server restarted while the session was being created")
+
+            record, _ = await self._update(s.id, fail)
+            return record
+        result = None
+        try:
+            result = await (await self._sandbox(record)).take_over()
+        except SandboxError as e:
+            log.warning("cannot reach the sandbox of %s: %s", s.id, e)
+        outcome = TurnOutcome(status="interrupted", content=[], reason="server restarted")
+        if result is not None:
+            outcome.content = [TextBlock(text=result.output)]
+            outcome.exit_code, outcome.output = result.exit_code, result.output
+            outcome.output_bytes, outcome.output_cut_bytes = result.output_bytes, result.cut_bytes
+        return await self._finish_turn(s.id, s.turns, dead_lease, outcome)
+
+    # -- create -----------------------------------------------------------------------------------
+
+    async def create(self, request: CreateRequest, wait_s: float = 30.0) -> Session:
+        settings = self.settings
+        driver = request.driver or settings.driver
+        agent = request.agent or settings.agent
+        if driver not in self._known_drivers:
+            raise InvalidInput(f"Unknown driver '{driver}'. Use one of: {', '.join(self._known_drivers)}.")
+        if agent not in self._agents:
+            raise InvalidInput(f"Unknown agent '{agent}'. Use one of: {', '.join(self._agents)}.")
+        command_timeout = request.command_timeout_s or settings.command_timeout_s
+        if command_timeout > settings.max_command_timeout_s:
+            raise InvalidInput(
+                f"command_timeout_s {command_timeout:g} is over this server's maximum of "
+                f"{settings.max_command_timeout_s:g} s. Ask for less."
+            )
+        for path, content in request.files.items():
+            if not path or "\0" in path or path.startswith("/") or ".." in path.split("/"):
+                raise InvalidInput(f"File path {path!r} must be relative to the workspace, without '..'.")
+            if len(content.encode()) > settings.max_file_bytes:
+                raise PayloadTooLarge(f"File {path!r} is over the {settings.max_file_bytes}-byte limit.")
+        limits = (request.limits or LimitsModel()).model_dump(exclude_none=True)
+        session = Session(
+            id=new_session_id(),
+            title=request.title,
+            tags=request.tags,
+            metadata=request.metadata,
+            driver=driver,
+            agent=agent,
+            image=(request.image or settings.image) if driver == "docker" else request.image,
+            idle_timeout_s=request.idle_timeout_s or 0,
+            command_timeout_s=command_timeout,
+            owner=request.owner,
+        )
+        record = SessionRecord(session=session, env=request.env, limits=limits, lease=self._lease)
+        await self.store.insert(
+            record,
+            [("session.created", {"driver": driver, "agent": agent, "title": request.title}), ("phase", {"phase": "queued"})],
+        )
+        done = anyio.Event()
+        assert self._tg is not None
+        self._tg.start_soon(self._provision, record, request.files, done)
+        with anyio.move_on_after(min(wait_s, MAX_WAIT_S)):
+            await done.wait()
+        return (await self._record(session.id)).session
+
+    async def _provision(self, record: SessionRecord, files: dict[str, str], done: anyio.Event) -> None:
+        sid = record.session.id
+
+        async def phase(name: str, detail: str | None = None) -> None:
+            def set_phase(r: SessionRecord) -> list[EventSpec]:
+                r.session.phase, r.session.phase_detail = name, detail  # type: ignore[assignment]
+                return [("phase", {"phase": name, "detail": detail})]
+
+            await self._update(sid, set_phase)
+
+        try:
+            with anyio.fail_after(self.settings.create_timeout_s):
+                sandbox = await self._driver(record.session.driver).create(self._spec(record), on_phase=phase)
+                self._sandboxes[sid] = sandbox
+                if files:
+                    await phase("injecting_files", f"{len(files)} file(s)")
+                    for path, content in files.items():
+                        await sandbox.write_file(path, content.encode())
+
+            def ready(r: SessionRecord) -> list[EventSpec]:
+                r.sandbox_id, r.lease = sandbox.id, None
+                s = r.session
+                s.status, s.phase, s.phase_detail = "ready", "ready", None
+                s.started_at = s.last_activity_at = now()
+                s.sandbox, s.workspace = sandbox.describe(), sandbox.workspace
+                return [("phase", {"phase": "ready"}), ("status", {"status": "ready"})]
+
+            await self._update(sid, ready)
+        except TimeoutError:
+            await self._update(sid, lambda r: self._fail(r, "creating timeout"))
+        except (SandboxError, OSError) as e:
+            await self._update(sid, lambda r: self._fail(r, str(e)))
+        except Exception as e:
+            log.exception("creating %s failed", sid)
+            await self._update(sid, lambda r: self._fail(r, f"internal error while creating: {e}"))
+        finally:
+            done.set()
+
+    @staticmethod
+    def _fail(record: SessionRecord, reason: str) -> list[EventSpec]:
+        s = record.session
+        s.status, s.failure_reason, s.finished_at = "failed", reason, now()
+        record.lease = None
+        return [("session.failed", {"reason": reason}), ("status", {"status": "failed"})]
+
+    async def _on_sandbox_failure(self, session_id: str, reason: str) -> None:
+        def fail(r: SessionRecord) -> list[EventSpec]:
+            if r.session.status in ("dead", "failed"):
+                return []
+            return self._fail(r, reason)
+
+        try:
+            await self._update(session_id, fail)
+        except SessionNotFound:
+            return
+        running = self._turns.get(session_id)
+        if running is not None:
+            running.stop_reason = f"the sandbox failed: {reason}"
+            running.scope.cancel()
+
+    # -- turns ------------------------------------------------------------------------------------
+
+    async def send(self, session_id: str, text: str, wait_s: float = 20.0, owner: str | None = None) -> TurnReply:
+        if not text.strip():
+            raise InvalidInput("The message is empty. Send the text (for the shell agent, a bash script) to run.")
+        size = len(text.encode())
+        if size > self.settings.max_message_bytes:
+            raise PayloadTooLarge(
+                f"The message is {size} bytes, over this server's limit of {self.settings.max_message_bytes}. "
+                "Write large inputs into the workspace as files and send a short message that uses them."
+            )
+        record = await self._record(session_id, owner)
+        running = RunningTurn(turn=0, buffer=OutputBuffer(self.settings.max_output_bytes))
+
+        def start(r: SessionRecord) -> list[EventSpec]:
+            s = r.session
+            self._check_can_send(s)
+            s.turns += 1
+            s.status, s.last_activity_at = "busy", now()
+            s.preview = s.preview or shorten(text, 200)
+            s.last_turn = TurnSummary(turn=s.turns, status="running", started_at=now())
+            r.lease, r.interrupt_requested = self._lease, False
+            running.turn = s.turns
+            return [("turn.started", {"turn": s.turns, "text": shorten(text, 2000)}), ("status", {"status": "busy"})]
+
+        message = Message(role="user", content=[TextBlock(text=text)], turn=record.session.turns + 1)
+        record, events = await self._update(session_id, start, [message])
+        self._turns[session_id] = running
+        assert self._tg is not None
+        self._tg.start_soon(self._run_turn, record, text, running)
+        record = await self._wait_turn(session_id, running.turn, wait_s)
+        return await self._reply(record, running.turn)
+
+    def _check_can_send(self, s: Session) -> None:
+        if s.status == "busy":
+            started = s.last_turn.started_at.isoformat(timespec="seconds") if s.last_turn else "earlier"
+            raise SessionBusy(
+                f"Session '{s.id}' is busy running turn {s.turns} (started {started}). Wait for it with "
+                f"get_session(session_id='{s.id}', wait_s=30), or stop it with interrupt, then send again."
+            )
+        if s.status == "creating":
+            raise SessionBusy(
+                f"Session '{s.id}' is still being created (phase {s.phase}). Wait with get_session(wait_s=30)."
+            )
+        if s.status == "failed":
+            raise SessionClosed(
+                f"Session '{s.id}' failed ({s.failure_reason}) and takes no messages. Create a new session."
+            )
+        if s.status == "dead":
+            raise SessionClosed(f"Session '{s.id}' is closed ({s.close_reason}). Create a new session to go on.")
+
+    async def _run_turn(self, record: SessionRecord, text: str, running: RunningTurn) -> None:
+        sid = record.session.id
+        pending = bytearray()
+        published = 0
+        outcome: TurnOutcome | None = None
+
+        async def emit(type_: str, data: dict[str, Any]) -> None:
+            await self.store.append_events(sid, [(type_, data)])
+            self._notify(sid)
+
+        async def flush() -> None:
+            nonlocal published
+            if not pending:
+                return
+            chunk = bytes(pending)
+            pending.clear()
+            room = self.settings.max_output_bytes - published
+            if room <= 0:
+                return
+            data: dict[str, Any] = {"text": chunk[:room].decode("utf-8", errors="replace")}
+            if len(chunk) > room:
+                data["note"] = "Later output is not published as events; the reply keeps its tail."
+            published += len(chunk)
+            await emit("tool.output", data)
+
+        async def output(chunk: bytes) -> None:
+            running.buffer.feed(chunk)
+            pending.extend(chunk[: OUTPUT_FLUSH_BYTES * 4])
+            if len(pending) >= OUTPUT_FLUSH_BYTES:
+                await flush()
+
+        async def flush_periodically() -> None:
+            while True:
+                await anyio.sleep(OUTPUT_FLUSH_S)
+                await flush()
+
+        async def watch_interrupt_flag() -> None:
+            while True:
+                await anyio.sleep(POLL_S)
+                current = await self.store.get(sid)
+                if current is None or current.interrupt_requested:
+                    running.stop_reason = "interrupted by the caller"
+                    running.scope.cancel()
+
+        try:
+            with running.scope:
+                sandbox = await self._sandbox(record)
+                ctx = TurnContext(
+                    session=record.session,
+                    sandbox=sandbox,
+                    command_timeout_s=record.session.command_timeout_s,
+                    max_output_bytes=self.settings.max_output_bytes,
+                    emit=emit,
+                    output=output,
+                )
+                async with anyio.create_task_group() as helpers:
+                    helpers.start_soon(flush_periodically)
+                    helpers.start_soon(watch_interrupt_flag)
+                    try:
+                        outcome = await self._agents[record.session.agent].run_turn(ctx, text)
+                    finally:
+                        helpers.cancel_scope.cancel()
+        except SandboxNotFound as e:
+            outcome = TurnOutcome(status="failed", content=[], reason=f"the sandbox is gone: {e}")
+            await self._on_sandbox_failure(sid, f"sandbox lost: {e}")
+        except SandboxError as e:
+            outcome = TurnOutcome(status="failed", content=[], reason=str(e))
+        except Exception as e:
+            log.exception("turn %s of %s failed", running.turn, sid)
+            outcome = TurnOutcome(status="failed", content=[], reason=f"internal error: {e}")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await flush()
+                if outcome is None:
+                    output_text = running.buffer.render()
+                    outcome = TurnOutcome(
+                        status="interrupted",
+                        content=[TextBlock(text=output_text)],
+                        output=output_text,
+                        output_bytes=running.buffer.total,
+                        output_cut_bytes=running.buffer.cut,
+                        reason=running.stop_reason,
+                    )
+                try:
+                    await self._finish_turn(sid, running.turn, self._lease, outcome)
+                finally:
+                    self._turns.pop(sid, None)
+                    running.done.set()
+                    self._notify(sid)
+
+    async def _finish_turn(self, session_id: str, turn: int, lease: str | None, outcome: TurnOutcome) -> SessionRecord:
+        finished = now()
+
+        def finish(r: SessionRecord) -> list[EventSpec]:
+            s = r.session
+            if r.lease != lease or s.turns != turn or s.last_turn is None or s.last_turn.status != "running":
+                return []  # someone else finished it already
+            started = s.last_turn.started_at
+            s.last_turn = TurnSummary(
+                turn=turn,
+                status=outcome.status,
+                started_at=started,
+                finished_at=finished,
+                duration_s=outcome.duration_s if outcome.duration_s is not None else (finished - started).total_seconds(),
+                exit_code=outcome.exit_code,
+                output=outcome.output,
+                output_bytes=outcome.output_bytes,
+                output_cut_bytes=outcome.output_cut_bytes,
+                reason=outcome.reason,
+            )
+            s.last_response = outcome.content
+            s.output_preview = tail(outcome.output, 500) if outcome.output else None
+            s.last_activity_at = finished
+            for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "total_tokens"):
+                setattr(s.usage, key, getattr(s.usage, key) + getattr(outcome.usage, key))
+            s.usage.cost_usd += outcome.usage.cost_usd
+            r.lease, r.interrupt_requested = None, False
+            data = {
+                "turn": turn,
+                "exit_code": outcome.exit_code,
+                "duration_s": s.last_turn.duration_s,
+                "output_bytes": outcome.output_bytes,
+                "reason": outcome.reason,
+            }
+            events: list[EventSpec] = [(f"turn.{outcome.status}", data)]
+            if s.status == "busy":
+                s.status = "ready"
+                events.append(("status", {"status": "ready"}))
+            return events
+
+        messages = [Message(role="assistant", content=outcome.content, turn=turn)] if outcome.content else []
+        record, _ = await self._update(session_id, finish, messages)
+        return record
+
+    async def _wait_turn(self, session_id: str, turn: int, wait_s: float) -> SessionRecord:
+        """The record once `turn` has ended, or as it stands after `wait_s` (at most 50 s)."""
+        deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
+        while True:
+            record = await self._record(session_id)
+            s = record.session
+            if not (s.status == "busy" and s.turns == turn):
+                return record
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return record
+            running = self._turns.get(session_id)
+            if running is not None and running.turn == turn:
+                with anyio.move_on_after(remaining):
+                    await running.done.wait()
+            else:
+                await self._wait_change(session_id, min(POLL_S, remaining))
+
+    async def _reply(self, record: SessionRecord, turn: int) -> TurnReply:
+        s = record.session
+        cursor = await self.store.last_seq(s.id)
+        summary = s.last_turn
+        if summary is not None and summary.turn == turn and summary.status != "running":
+            return TurnReply(
+                session_id=s.id,
+                status=s.status,
+                turn=turn,
+                turn_status=summary.status,
+                output=summary.output,
+                exit_code=summary.exit_code,
+                duration_s=summary.duration_s,
+                output_bytes=summary.output_bytes,
+                output_cut_bytes=summary.output_cut_bytes,
+                reason=summary.reason,
+                events_cursor=cursor,
+                next_step=self._next_step(s),
+            )
+        running = self._turns.get(s.id)
+        so_far = running.buffer.render() if running is not None else ""
+        return TurnReply(
+            session_id=s.id,
+            status=s.status,
+            turn=turn,
+            turn_status="running",
+            output=so_far,
+            output_bytes=running.buffer.total if running else 0,
+            output_cut_bytes=running.buffer.cut if running else 0,
+            events_cursor=cursor,
+            next_step=self._next_step(s, cursor),
+        )
+
+    @staticmethod
+    def _next_step(s: Session, cursor: int | None = None) -> str:
+        if s.status == "busy":
+            after = f", events_after={cursor}" if cursor is not None else ""
+            return (
+                f"Turn {s.turns} is still running. Call get_session(session_id='{s.id}', wait_s=30{after}) to wait "
+                "for it and read new output, or interrupt to stop it."
+            )
+        if s.status == "ready":
+            return "The session is ready: send the next message with send_message, or close it with close_session."
+        if s.status == "creating":
+            return f"The session is being created (phase {s.phase}). Call get_session(session_id='{s.id}', wait_s=30)."
+        if s.status == "failed":
+            return f"The session failed: {s.failure_reason}. Read its transcript, then create a new session."
+        return "The session is closed. Its transcript stays readable; create a new session to go on."
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def get(
+        self, session_id: str, wait_s: float = 0.0, events_after: int | None = None, owner: str | None = None
+    ) -> SessionDetail:
+        record = await self._record(session_id, owner)
+        s = record.session
+        if wait_s > 0 and s.status in ("busy", "creating"):
+            record = await self._wait_until_settled(session_id, s.status, s.turns, wait_s)
+            s = record.session
+        events, note = await self._event_batch(session_id, events_after)
+        cursor = events[-1].seq if events else (events_after if events_after is not None else await self.store.last_seq(s.id))
+        return SessionDetail(
+            session=s,
+            recent_messages=await self.store.messages(session_id, last=4),
+            events=events,
+            events_cursor=cursor,
+            events_note=note,
+            next_step=self._next_step(s, cursor),
+        )
+
+    async def _wait_until_settled(self, session_id: str, status: str, turn: int, wait_s: float) -> SessionRecord:
+        if status == "busy":
+            return await self._wait_turn(session_id, turn, wait_s)
+        deadline = time.monotonic() + min(wait_s, MAX_WAIT_S)
+        while True:
+            record = await self._record(session_id)
+            remaining = deadline - time.monotonic()
+            if record.session.status != "creating" or remaining <= 0:
+                return record
+            await self._wait_change(session_id, min(POLL_S, remaining))
+
+    async def _event_batch(self, session_id: str, after: int | None) -> tuple[list[Event], str | None]:
+        if after is None:
+            return [], None
+        events = await self.store.events(session_id, after=after, limit=MAX_EVENTS_PER_READ)
+        note = None
+        budget = MAX_EVENT_TEXT
+        kept: list[Event] = []
+        for event in events:
+            text = event.data.get("text")
+            if isinstance(text, str):
+                if budget <= 0:
+                    note = (
+                        f"Stopped at event {kept[-1].seq if kept else after} to keep this reply short; "
+                        "call again with the new events_after for more, or read the transcript resource."
+                    )
+                    break
+                if len(text) > budget:
+                    event = event.model_copy(update={"data": {**event.data, "text": text[:budget] + "…[cut]"}})
+                budget -= len(text)
+            kept.append(event)
+        if note is None and len(events) == MAX_EVENTS_PER_READ:
+            note = "More events follow; call again with the new events_after."
+        return kept, note
+
+    async def list(
+        self,
+        *,
+        statuses: list[str] | None = None,
+        tags: list[str] | None = None,
+        driver: str | None = None,
+        agent: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        owner: str | None = None,
+    ) -> SessionPage:
+        if not 1 <= limit <= 200:
+            raise InvalidInput(f"limit must be between 1 and 200, not {limit}.")
+        records, total, next_cursor = await self.store.query(
+            statuses=statuses,
+            tags=tags,
+            driver=driver,
+            agent=agent,
+            owner=owner,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            cursor=cursor,
+        )
+        return SessionPage(sessions=[SessionSummary.of(r.session) for r in records], total=total, next_cursor=next_cursor)
+
+    async def live_sessions(self, owner: str | None = None) -> list[Session]:
+        page = await self.store.query(statuses=list(LIVE_STATUSES), owner=owner, limit=200)
+        return [r.session for r in page[0]]
+
+    async def transcript(self, session_id: str, owner: str | None = None) -> tuple[Session, list[Message]]:
+        record = await self._record(session_id, owner)
+        return record.session, await self.store.messages(session_id)
+
+    async def events(self, session_id: str, after: int = 0, limit: int = 1000, owner: str | None = None) -> list[Event]:
+        await self._record(session_id, owner)
+        return await self.store.events(session_id, after=after, limit=limit)
+
+    async def read_file(self, session_id: str, path: str, owner: str | None = None) -> bytes:
+        record = await self._record(session_id, owner)
+        if record.session.status in ("creating",) or record.sandbox_id is None:
+            raise SessionBusy(f"Session '{session_id}' has no workspace yet (status {record.session.status}).")
+        try:
+            sandbox = await self._sandbox(record)
+        except SandboxNotFound as e:
+            raise SessionClosed(f"The sandbox of session '{session_id}' is gone ({e}); its files cannot be read.") from e
+        return await sandbox.read_file(path, self.settings.max_file_bytes)
+
+    # -- stopping ---------------------------------------------------------------------------------
+
+    async def interrupt(self, session_id: str, owner: str | None = None) -> InterruptReply:
+        record = await self._record(session_id, owner)
+        s = record.session
+        if s.status != "busy":
+            return InterruptReply(
+                session_id=s.id,
+                interrupted=False,
+                status=s.status,
+                message=f"Nothing is running in session '{s.id}' (status {s.status}); nothing to interrupt.",
+            )
+        turn = s.turns
+        running = self._turns.get(session_id)
+        if running is not None and running.turn == turn:
+            running.stop_reason = "interrupted by the caller"
+            running.scope.cancel()
+        else:
+
+            def request(r: SessionRecord) -> None:
+                r.interrupt_requested = True
+
+            await self._update(session_id, request)
+            try:
+                await (await self._sandbox(record)).interrupt()
+            except SandboxError as e:
+                log.warning("interrupting %s through its sandbox failed: %s", session_id, e)
+        record = await self._wait_turn(session_id, turn, 10.0)
+        stopped = not (record.session.status == "busy" and record.session.turns == turn)
+        return InterruptReply(
+            session_id=s.id,
+            interrupted=stopped,
+            turn=turn,
+            status=record.session.status,
+            message=(
+                f"Turn {turn} was stopped; the session is {record.session.status}."
+                if stopped
+                else f"Turn {turn} was asked to stop but is still running; check again with get_session."
+            ),
+        )
+
+    async def close(self, session_id: str, delete: bool = False, owner: str | None = None) -> CloseReply:
+        record = await self._record(session_id, owner)
+        s = record.session
+        if s.status == "busy":
+            await self.interrupt(session_id)
+        was_closed = s.status == "dead"
+        if record.sandbox_id is not None and (not was_closed or delete):
+            try:
+                sandbox = await self._sandbox(record)
+                await sandbox.close(delete=delete)
+            except SandboxNotFound:
+                pass
+            except SandboxError as e:
+                log.warning("closing the sandbox of %s failed: %s", session_id, e)
+        self._sandboxes.pop(session_id, None)
+        if delete:
+            await self.store.delete(session_id)
+            self._notify(session_id)
+            return CloseReply(
+                session_id=session_id,
+                status="dead",
+                deleted=True,
+                message=f"Session '{session_id}' is closed and deleted with its transcript and workspace.",
+            )
+        if was_closed:
+            return CloseReply(
+                session_id=session_id, status="dead", deleted=False, message=f"Session '{session_id}' was already closed."
+            )
+
+        def mark_dead(r: SessionRecord) -> list[EventSpec]:
+            r.session.status, r.session.close_reason, r.session.finished_at = "dead", "closed", now()
+            r.lease = None
+            return [("session.closed", {"reason": "closed"}), ("status", {"status": "dead"})]
+
+        await self._update(session_id, mark_dead)
+        return CloseReply(
+            session_id=session_id,
+            status="dead",
+            deleted=False,
+            message=f"Session '{session_id}' is closed. Its transcript stays readable.",
+        )

@@ -1,0 +1,265 @@
+"""The data every surface shares: sessions, messages, content blocks, events, usage.
+
+One place for each fact: the MCP tools, the resources and the store all speak these models.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["creating", "ready", "busy", "failed", "dead"]
+Phase = Literal[
+    "queued",
+    "creating_sandbox",
+    "starting",
+    "injecting_files",
+    "cloning_repo",
+    "installing_deps",
+    "starting_agent",
+    "ready",
+]
+TurnStatus = Literal["running", "completed", "failed", "interrupted"]
+LIVE_STATUSES: tuple[Status, ...] = ("creating", "ready", "busy")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_session_id() -> str:
+    return "ses_" + secrets.token_hex(16)
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(8)
+
+
+# -- content -------------------------------------------------------------------------------------
+
+
+class TextBlock(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ToolUseBlock(BaseModel):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolResultBlock(BaseModel):
+    type: Literal["tool_result"] = "tool_result"
+    tool_use_id: str
+    content: str
+    is_error: bool = False
+
+
+class ImageBlock(BaseModel):
+    type: Literal["image"] = "image"
+    media_type: str
+    data: str
+
+
+ContentBlock = Annotated[TextBlock | ToolUseBlock | ToolResultBlock | ImageBlock, Field(discriminator="type")]
+
+
+class Message(BaseModel):
+    id: str = Field(default_factory=new_message_id)
+    role: Literal["user", "assistant", "tool", "system"]
+    content: list[ContentBlock]
+    created_at: datetime = Field(default_factory=now)
+    turn: int
+
+    def text(self) -> str:
+        return "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
+
+
+# -- sessions ------------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_by_model: dict[str, float] = Field(default_factory=dict)
+
+
+class LimitsModel(BaseModel):
+    """Sandbox resource limits. Each is capped by the server's maximum."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_mb: int | None = Field(None, ge=64, description="Memory limit in MiB.")
+    cpus: float | None = Field(None, gt=0, le=64, description="CPU limit in cores.")
+    pids: int | None = Field(None, ge=16, description="Maximum number of processes.")
+    tmp_mb: int | None = Field(None, ge=1, description="Size of the /tmp tmpfs in MiB.")
+
+
+class TurnSummary(BaseModel):
+    """The outcome of the last turn, as the caller needs it."""
+
+    turn: int
+    status: TurnStatus
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    output: str = ""
+    output_bytes: int = 0
+    output_cut_bytes: int = 0
+    reason: str | None = Field(None, description="Why the turn failed or was interrupted.")
+
+
+class Session(BaseModel):
+    """What a caller sees of a session."""
+
+    id: str
+    title: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    driver: str
+    agent: str
+    model: str | None = None
+    image: str | None = None
+    status: Status = "creating"
+    phase: Phase = "queued"
+    phase_detail: str | None = None
+    failure_reason: str | None = None
+    close_reason: str | None = None
+    created_at: datetime = Field(default_factory=now)
+    started_at: datetime | None = None
+    last_activity_at: datetime = Field(default_factory=now)
+    finished_at: datetime | None = None
+    idle_timeout_s: float = 0
+    command_timeout_s: float
+    turns: int = 0
+    preview: str | None = Field(None, description="The first user message, shortened.")
+    last_response: list[ContentBlock] = Field(default_factory=list)
+    output_preview: str | None = Field(None, description="The end of the last turn's output.")
+    last_turn: TurnSummary | None = None
+    usage: Usage = Field(default_factory=Usage)
+    sandbox: dict[str, Any] | None = None
+    workspace: str | None = None
+    parent_session_id: str | None = None
+    owner: str | None = None
+
+
+class SessionRecord(BaseModel):
+    """A session plus what only the server needs: how to reach its sandbox and who runs its turn."""
+
+    session: Session
+    sandbox_id: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict)
+    lease: str | None = Field(None, description="The server process running this session's turn or creation.")
+    interrupt_requested: bool = False
+
+
+# -- events --------------------------------------------------------------------------------------
+
+EventType = Literal[
+    "session.created",
+    "phase",
+    "status",
+    "turn.started",
+    "text.delta",
+    "tool.started",
+    "tool.output",
+    "tool.completed",
+    "turn.completed",
+    "turn.failed",
+    "turn.interrupted",
+    "session.failed",
+    "session.closed",
+]
+
+
+class Event(BaseModel):
+    seq: int
+    time: datetime
+    type: EventType
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+# -- what the surfaces return ----------------------------------------------------------------------
+
+
+class TurnReply(BaseModel):
+    """The answer to send_message: the turn's outcome, or where it stands if it still runs."""
+
+    session_id: str
+    status: Status = Field(description="The session's status now: 'busy' while the turn runs, 'ready' after it.")
+    turn: int
+    turn_status: TurnStatus
+    output: str = Field("", description="The turn's output (head and tail if long), or the output so far while busy.")
+    exit_code: int | None = None
+    duration_s: float | None = None
+    output_bytes: int = 0
+    output_cut_bytes: int = Field(0, description="Bytes cut from the middle of the output to keep the reply bounded.")
+    reason: str | None = None
+    events_cursor: int = Field(description="Pass as events_after to get_session to read only newer events.")
+    next_step: str = Field(description="What to do next, in one sentence.")
+
+
+class SessionDetail(BaseModel):
+    """The answer to get_session."""
+
+    session: Session
+    queued: list[str] = Field(default_factory=list, description="Messages waiting to run after the current turn.")
+    recent_messages: list[Message] = Field(default_factory=list)
+    events: list[Event] = Field(default_factory=list, description="Events after events_after, oldest first.")
+    events_cursor: int
+    events_note: str | None = None
+    next_step: str
+
+
+class SessionSummary(BaseModel):
+    """One row of list_sessions: small, no transcript."""
+
+    id: str
+    title: str | None
+    status: Status
+    phase: Phase
+    driver: str
+    agent: str
+    tags: list[str]
+    created_at: datetime
+    last_activity_at: datetime
+    turns: int
+    preview: str | None
+    failure_reason: str | None
+    close_reason: str | None
+
+    @classmethod
+    def of(cls, s: Session) -> SessionSummary:
+        return cls.model_validate(s.model_dump(include=set(cls.model_fields)))
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionSummary]
+    total: int = Field(description="How many sessions match the filters, over all pages.")
+    next_cursor: str | None = Field(None, description="Pass as cursor to get the next page; null on the last page.")
+
+
+class InterruptReply(BaseModel):
+    session_id: str
+    interrupted: bool = Field(description="True if a running turn was stopped.")
+    turn: int | None = None
+    status: Status
+    message: str
+
+
+class CloseReply(BaseModel):
+    session_id: str
+    status: Status
+    deleted: bool
+    message: str

@@ -1,0 +1,321 @@
+"""The MCP surface: six tools and the session resources. A thin adapter over SessionManager.
+
+Every word here is read by an LLM deciding what to call, so descriptions say what a tool does, when
+to use it and what comes back; errors say what went wrong and what to do next.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, ParamSpec, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.types import Resource, ToolAnnotations
+from pydantic import Field
+
+from sandbox_backends.base import PathNotAllowed, SandboxError
+
+from . import __version__
+from .app import open_manager
+from .errors import SessionError, SessionNotFound
+from .manager import CreateRequest, SessionManager
+from .models import (
+    CloseReply,
+    InterruptReply,
+    LimitsModel,
+    SessionDetail,
+    Session,
+    SessionPage,
+    Status,
+    TurnReply,
+)
+from .settings import Settings
+from .transcript import render_transcript
+
+INSTRUCTIONS = """\
+Run work in isolated agent sessions. A session is a sandbox with a persistent shell (the `shell` agent runs \
+each message as a bash script; cd, exported variables and functions carry over between messages).
+
+Typical flow: create_session -> send_message (waits up to wait_s; if the turn is still running you get \
+status "busy" and the output so far) -> get_session(wait_s=30, events_after=<cursor>) until the turn ends -> \
+close_session. interrupt stops a running turn and keeps the session usable. Sessions survive server restarts; \
+list_sessions finds them again. Resources: session://{id} (state), session://{id}/transcript, \
+session://{id}/events, session://{id}/files/{path}."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn the session layer's errors into tool errors the caller's model can act on."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except (SessionError, SandboxError) as e:
+            raise ToolError(str(e)) from e
+
+    return wrapper
+
+
+def _manager(ctx: Context) -> SessionManager:
+    return ctx.request_context.lifespan_context
+
+
+SessionId = Annotated[str, Field(description="The session id (ses_...), as returned by create_session or list_sessions.")]
+
+
+class SessionsServer(MCPServer[SessionManager]):
+    """MCPServer whose resources/list shows the live sessions."""
+
+    async def list_resources(self) -> list[Resource]:
+        static = await super().list_resources()
+        manager: SessionManager | None = getattr(self, "manager", None)
+        if manager is None:
+            return static
+        listed = []
+        for s in await manager.live_sessions():
+            name = s.title or s.id
+            listed.append(
+                Resource(
+                    uri=f"session://{s.id}",
+                    name=f"{name} (state)",
+                    mime_type="application/json",
+                    description=f"State of session {s.id}: {s.status}, {s.turns} turn(s).",
+                )
+            )
+            listed.append(
+                Resource(
+                    uri=f"session://{s.id}/transcript",
+                    name=f"{name} (transcript)",
+                    mime_type="text/plain",
+                    description=f"The whole conversation of session {s.id}.",
+                )
+            )
+        return static + listed
+
+
+def create_server(settings: Settings) -> SessionsServer:
+    @asynccontextmanager
+    async def lifespan(server: MCPServer[SessionManager]) -> AsyncIterator[SessionManager]:
+        async with open_manager(settings) as manager:
+            server.manager = manager  # type: ignore[attr-defined]
+            yield manager
+
+    mcp = SessionsServer(
+        "mcp-sessions",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        log_level=settings.log_level.upper(),  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+    register_tools(mcp)
+    register_resources(mcp)
+    return mcp
+
+
+def register_tools(mcp: MCPServer[SessionManager]) -> None:
+    @mcp.tool(
+        title="Create session",
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+    )
+    @_tool_errors
+    async def create_session(
+        ctx: Context,
+        title: Annotated[str | None, Field(max_length=200, description="A short human title.")] = None,
+        driver: Annotated[str | None, Field(description="Sandbox driver: 'local' or 'docker'. Default: the server's.")] = None,
+        agent: Annotated[str | None, Field(description="Agent that answers messages. 'shell' runs each message as bash.")] = None,
+        image: Annotated[str | None, Field(max_length=300, description="Container image (docker driver only).")] = None,
+        tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=20, description="Labels for filtering in list_sessions.")] = [],
+        metadata: Annotated[dict[str, str | int | float | bool | None], Field(max_length=50, description="Free-form key/values kept with the session.")] = {},
+        files: Annotated[dict[str, str], Field(max_length=1000, description="Files to write into the workspace first: relative path -> UTF-8 text.")] = {},
+        env: Annotated[dict[str, str], Field(max_length=200, description="Environment variables for commands in the session.")] = {},
+        limits: Annotated[LimitsModel | None, Field(description="Sandbox resource limits (docker driver).")] = None,
+        command_timeout_s: Annotated[float | None, Field(gt=0, description="Stop a single command after this many seconds (default 600).")] = None,
+        wait_s: Annotated[float, Field(ge=0, description="Wait up to this long for the session to be ready (capped at 50).")] = 30,
+    ) -> Session:
+        """Create a new session: a sandbox with a persistent bash shell, ready for send_message.
+
+        Use it once per independent task; reuse the session for follow-up messages. Returns the session
+        (id, status, workspace path). Status is 'ready' when it can take messages; 'creating' if it is still
+        being set up after wait_s (poll get_session); 'failed' with failure_reason if it could not start.
+        """
+        for key in env:
+            if not key or "=" in key or "\0" in key or "\0" in env[key]:
+                raise ToolError(f"Environment variable name {key!r} is invalid: use a name without '=' or NUL bytes.")
+        request = CreateRequest(
+            driver=driver,
+            agent=agent,
+            image=image,
+            title=title,
+            tags=tags,
+            metadata=metadata,
+            files=files,
+            env=env,
+            limits=limits,
+            command_timeout_s=command_timeout_s,
+        )
+        return await _manager(ctx).create(request, wait_s=wait_s)
+
+    @mcp.tool(
+        title="Send message",
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False),
+    )
+    @_tool_errors
+    async def send_message(
+        ctx: Context,
+        session_id: SessionId,
+        text: Annotated[str, Field(description="The message. For the shell agent: a bash script run in the session's shell.")],
+        wait_s: Annotated[float, Field(ge=0, description="Wait up to this long for the turn to end (default 20, capped at 50). 0 returns at once.")] = 20,
+    ) -> TurnReply:
+        """Send a message to a session, starting a turn, and wait up to wait_s for the reply.
+
+        If the turn ends in time: turn_status 'completed' (or 'failed'/'interrupted') with the output, exit_code
+        and duration. If not: status 'busy', turn_status 'running', the output so far and an events_cursor;
+        then call get_session(session_id, wait_s=30, events_after=events_cursor) until it ends, or interrupt.
+        One turn runs at a time: sending while busy is an error naming the running turn.
+        """
+        return await _manager(ctx).send(session_id, text, wait_s=wait_s)
+
+    @mcp.tool(
+        title="Get session",
+        annotations=ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False),
+    )
+    @_tool_errors
+    async def get_session(
+        ctx: Context,
+        session_id: SessionId,
+        wait_s: Annotated[float, Field(ge=0, description="If a turn is running, wait up to this long for it to end (capped at 50). Default 0: answer at once.")] = 0,
+        events_after: Annotated[int | None, Field(ge=0, description="Return the events after this sequence number (an events_cursor from an earlier reply). Omit for no events.")] = None,
+    ) -> SessionDetail:
+        """Read a session's state: status, phase, last turn (output, exit code), recent messages and, with
+        events_after, the events since that cursor (output chunks, tool starts and ends).
+
+        Use it to follow a running turn: call with wait_s=30 and events_after set to the last events_cursor
+        until session.status is no longer 'busy'. Long output in events is cut with a note.
+        """
+        return await _manager(ctx).get(session_id, wait_s=wait_s, events_after=events_after)
+
+    @mcp.tool(
+        title="List sessions",
+        annotations=ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False),
+    )
+    @_tool_errors
+    async def list_sessions(
+        ctx: Context,
+        statuses: Annotated[list[Status] | None, Field(description="Only sessions in any of these statuses.")] = None,
+        tags: Annotated[list[str] | None, Field(description="Only sessions that have all of these tags.")] = None,
+        driver: Annotated[str | None, Field(description="Only sessions on this driver.")] = None,
+        agent: Annotated[str | None, Field(description="Only sessions with this agent.")] = None,
+        created_after: Annotated[datetime | None, Field(description="Only sessions created at or after this ISO 8601 time.")] = None,
+        created_before: Annotated[datetime | None, Field(description="Only sessions created at or before this ISO 8601 time.")] = None,
+        limit: Annotated[int, Field(ge=1, le=200, description="Page size, 1..200.")] = 50,
+        cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+    ) -> SessionPage:
+        """List sessions, newest first, with filters. Rows are short (no transcripts); total counts every
+        match. Use it to find a session id again, including sessions from before a server restart."""
+        return await _manager(ctx).list(
+            statuses=list(statuses) if statuses else None,
+            tags=tags,
+            driver=driver,
+            agent=agent,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    @mcp.tool(
+        title="Interrupt",
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False),
+    )
+    @_tool_errors
+    async def interrupt(ctx: Context, session_id: SessionId) -> InterruptReply:
+        """Stop the running turn of a session: the command and every process it started get SIGINT, then
+        SIGTERM, then SIGKILL, within about a second. The session stays usable (status 'ready') and keeps
+        the output produced so far. Safe to call when nothing runs (returns interrupted=false)."""
+        return await _manager(ctx).interrupt(session_id)
+
+    @mcp.tool(
+        title="Close session",
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False),
+    )
+    @_tool_errors
+    async def close_session(
+        ctx: Context,
+        session_id: SessionId,
+        delete: Annotated[bool, Field(description="Also delete the transcript, events and workspace files for good.")] = False,
+    ) -> CloseReply:
+        """Close a session: stop anything running and free its sandbox. The transcript stays readable unless
+        delete=true. Closing an already closed session succeeds."""
+        return await _manager(ctx).close(session_id, delete=delete)
+
+
+def _resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except SessionNotFound as e:
+            raise ResourceNotFoundError(str(e)) from e
+        except FileNotFoundError as e:
+            raise ResourceNotFoundError(f"No such file in the workspace: {e.filename or e}.") from e
+        except (SessionError, SandboxError, PathNotAllowed, IsADirectoryError) as e:
+            raise ResourceError(str(e)) from e
+
+    return wrapper
+
+
+def register_resources(mcp: MCPServer[SessionManager]) -> None:
+    @mcp.resource(
+        "session://{session_id}/transcript",
+        name="transcript",
+        mime_type="text/plain",
+        description="The whole conversation of a session as readable text.",
+    )
+    @_resource_errors
+    async def transcript(session_id: str, ctx: Context) -> str:
+        session, messages = await _manager(ctx).transcript(session_id)
+        return render_transcript(session, messages)
+
+    @mcp.resource(
+        "session://{session_id}/events",
+        name="events",
+        mime_type="application/json",
+        description="The session's event log (up to the first 1000 events), oldest first.",
+    )
+    @_resource_errors
+    async def events(session_id: str, ctx: Context) -> str:
+        found = await _manager(ctx).events(session_id)
+        return json.dumps([e.model_dump(mode="json") for e in found], indent=1)
+
+    @mcp.resource(
+        "session://{session_id}/files/{+path}",
+        name="file",
+        mime_type="text/plain",
+        description="A file in the session's workspace, by path relative to the workspace.",
+    )
+    @_resource_errors
+    async def file(session_id: str, path: str, ctx: Context) -> str | bytes:
+        data = await _manager(ctx).read_file(session_id, path)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data
+
+    @mcp.resource(
+        "session://{session_id}",
+        name="session",
+        mime_type="application/json",
+        description="A session's state as JSON: status, phase, last turn, usage, sandbox.",
+    )
+    @_resource_errors
+    async def state(session_id: str, ctx: Context) -> str:
+        detail = await _manager(ctx).get(session_id)
+        return detail.session.model_dump_json(indent=1)

@@ -1,0 +1,50 @@
+"""Server configuration: one model, filled from flags, then `MCP_SESSIONS_*` variables, then defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+ENV_PREFIX = "MCP_SESSIONS_"
+
+
+def default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mcp-sessions"
+
+
+class Settings(BaseModel):
+    home: Path = Field(default_factory=default_home, description="Where state lives: the database and local workspaces.")
+    driver: str = Field("local", description="Default sandbox driver for new sessions.")
+    agent: str = Field("shell", description="Default agent for new sessions.")
+    image: str = Field("mcp-sessions-sandbox:bookworm", description="Default image for the docker driver.")
+    docker_pool: int = Field(0, ge=0, le=200, description="Docker containers kept warm for fast creates (0 = off).")
+    command_timeout_s: float = Field(600.0, gt=0, description="Default limit on one command's run time, in seconds.")
+    max_command_timeout_s: float = Field(86400.0, gt=0, description="Largest command timeout a caller may ask for.")
+    max_output_bytes: int = Field(32768, ge=1024, description="Output kept per turn (head and tail); the rest is cut.")
+    max_message_bytes: int = Field(1_000_000, ge=1024, description="Largest message a caller may send, in bytes.")
+    max_file_bytes: int = Field(5_000_000, ge=1024, description="Largest file read or written through the server.")
+    create_timeout_s: float = Field(300.0, gt=0, description="A session still creating after this fails.")
+    log_level: str = Field("WARNING", description="Level of the server's own log on stderr.")
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Flags (given as `overrides`, None meaning unset) win over `MCP_SESSIONS_*` variables."""
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            env = os.environ.get(ENV_PREFIX + name.upper())
+            if env not in (None, ""):
+                values[name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "sessions.db"
+
+    @property
+    def workspaces(self) -> Path:
+        return self.home / "workspaces"

@@ -1,0 +1,336 @@
+"""SQLite persistence for sessions, messages and events.
+
+Several server processes may share one database (each stdio client starts its own server), so every
+read-modify-write runs in one `BEGIN IMMEDIATE` transaction and event sequence numbers are assigned
+inside it. WAL lets readers go on while one process writes. Blocking calls run in a worker thread,
+one at a time per process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from .errors import InvalidInput, StoreError
+from .models import Event, Message, SessionRecord, now
+
+T = TypeVar("T")
+EventSpec = tuple[str, dict[str, Any]]
+
+MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE sessions(
+        id TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        driver TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        owner TEXT,
+        tags TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX sessions_by_time ON sessions(created_at DESC, id DESC);
+    CREATE INDEX sessions_by_status ON sessions(status, created_at DESC, id DESC);
+    CREATE TABLE messages(
+        session_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY(session_id, n)
+    ) WITHOUT ROWID;
+    CREATE TABLE events(
+        session_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY(session_id, seq)
+    ) WITHOUT ROWID;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def stamp(dt: datetime) -> str:
+    """A fixed-width UTC timestamp, so string order is time order."""
+    return dt.astimezone(UTC).strftime(STAMP)
+
+
+def parse_stamp(text: str) -> datetime:
+    return datetime.strptime(text, STAMP).replace(tzinfo=UTC)
+
+
+def encode_cursor(created_at: str, session_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at}|{session_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        created_at, session_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return created_at, session_id
+    except (ValueError, UnicodeError):
+        raise InvalidInput("The cursor is not one this server gave out. Call list_sessions without a cursor.") from None
+
+
+class Store:
+    """The database behind every session. Open with `await Store.open(path)`; close with `aclose()`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._limiter = anyio.CapacityLimiter(1)
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        conn = await anyio.to_thread.run_sync(cls._connect, path)
+        return cls(path, conn)
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=15, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise StoreError(
+                f"The state database {path} cannot be read ({e}). It was left untouched: move it aside "
+                "to start afresh, or point MCP_SESSIONS_HOME elsewhere."
+            ) from e
+        except OSError as e:
+            raise StoreError(f"Cannot create the state folder {path.parent}: {e.strerror}.") from e
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"The state database {path} was written by a newer mcp-sessions (schema {version}, this "
+                f"one knows up to {SCHEMA_VERSION}). Upgrade mcp-sessions, or point MCP_SESSIONS_HOME elsewhere."
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = conn.execute("PRAGMA user_version").fetchone()[0]
+                if current < target:  # another process may have migrated meanwhile
+                    for statement in MIGRATIONS[target - 1].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return conn
+
+    async def aclose(self) -> None:
+        await self._run(self._conn.close)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        def guarded() -> T:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as e:
+                if "full" in str(e):
+                    raise StoreError(
+                        f"The state database {self.path} cannot be written: the disk is full. Free some space; "
+                        "nothing already stored was lost."
+                    ) from e
+                raise StoreError(f"The state database {self.path} failed: {e}.") from e
+
+        return await anyio.to_thread.run_sync(guarded, limiter=self._limiter)
+
+    def _transaction(self, fn: Callable[[], T]) -> T:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn()
+            self._conn.execute("COMMIT")
+            return result
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def _write_record(self, record: SessionRecord) -> None:
+        s = record.session
+        self._conn.execute(
+            "INSERT INTO sessions(id, created_at, status, driver, agent, owner, tags, record) VALUES(?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET status=excluded.status, owner=excluded.owner, tags=excluded.tags, "
+            "record=excluded.record",
+            (s.id, stamp(s.created_at), s.status, s.driver, s.agent, s.owner, json.dumps(s.tags), record.model_dump_json()),
+        )
+
+    def _append_events(self, session_id: str, specs: Iterable[EventSpec]) -> list[Event]:
+        last = self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (session_id,)).fetchone()[0] or 0
+        events = []
+        for type_, data in specs:
+            last += 1
+            event = Event(seq=last, time=now(), type=type_, data=data)  # type: ignore[arg-type]
+            self._conn.execute(
+                "INSERT INTO events(session_id, seq, time, type, data) VALUES(?,?,?,?,?)",
+                (session_id, event.seq, stamp(event.time), event.type, json.dumps(event.data)),
+            )
+            events.append(event)
+        return events
+
+    async def insert(self, record: SessionRecord, events: list[EventSpec]) -> list[Event]:
+        def run() -> list[Event]:
+            self._write_record(record)
+            return self._append_events(record.session.id, events)
+
+        return await self._run(self._transaction, run)
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        def run() -> SessionRecord | None:
+            row = self._conn.execute("SELECT record FROM sessions WHERE id=?", (session_id,)).fetchone()
+            return SessionRecord.model_validate_json(row[0]) if row else None
+
+        return await self._run(run)
+
+    async def update(
+        self,
+        session_id: str,
+        mutate: Callable[[SessionRecord], list[EventSpec] | None],
+        messages: Iterable[Message] = (),
+    ) -> tuple[SessionRecord, list[Event]]:
+        """Apply `mutate` to the stored record, add `messages` and append the events `mutate` returns, atomically.
+
+        `mutate` may raise to abort; nothing is written then. Raises KeyError if the session is gone.
+        """
+
+        def run() -> tuple[SessionRecord, list[Event]]:
+            row = self._conn.execute("SELECT record FROM sessions WHERE id=?", (session_id,)).fetchone()
+            if row is None:
+                raise KeyError(session_id)
+            record = SessionRecord.model_validate_json(row[0])
+            specs = mutate(record) or []
+            self._write_record(record)
+            for message in messages:
+                self._add_message(session_id, message)
+            return record, self._append_events(session_id, specs)
+
+        return await self._run(self._transaction, run)
+
+    async def delete(self, session_id: str) -> None:
+        def run() -> None:
+            for table, column in (("events", "session_id"), ("messages", "session_id"), ("sessions", "id")):
+                self._conn.execute(f"DELETE FROM {table} WHERE {column}=?", (session_id,))
+
+        await self._run(self._transaction, run)
+
+    async def with_status(self, statuses: Iterable[str]) -> list[SessionRecord]:
+        wanted = list(statuses)
+
+        def run() -> list[SessionRecord]:
+            marks = ",".join("?" * len(wanted))
+            rows = self._conn.execute(f"SELECT record FROM sessions WHERE status IN ({marks})", wanted).fetchall()
+            return [SessionRecord.model_validate_json(r[0]) for r in rows]
+
+        return await self._run(run)
+
+    async def query(
+        self,
+        *,
+        statuses: list[str] | None = None,
+        tags: list[str] | None = None,
+        driver: str | None = None,
+        agent: str | None = None,
+        owner: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[SessionRecord], int, str | None]:
+        """Newest first. Returns (page, total matching, cursor of the next page or None)."""
+        where: list[str] = []
+        args: list[Any] = []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += statuses
+        for tag in tags or []:
+            where.append("EXISTS (SELECT 1 FROM json_each(sessions.tags) WHERE value=?)")
+            args.append(tag)
+        for column, value in (("driver", driver), ("agent", agent), ("owner", owner)):
+            if value is not None:
+                where.append(f"{column}=?")
+                args.append(value)
+        if created_after is not None:
+            where.append("created_at>=?")
+            args.append(stamp(created_after))
+        if created_before is not None:
+            where.append("created_at<=?")
+            args.append(stamp(created_before))
+        base = " AND ".join(where) or "1"
+        page_where, page_args = base, list(args)
+        if cursor:
+            after_time, after_id = decode_cursor(cursor)
+            page_where += " AND (created_at<? OR (created_at=? AND id<?))"
+            page_args += [after_time, after_time, after_id]
+
+        def run() -> tuple[list[SessionRecord], int, str | None]:
+            total = self._conn.execute(f"SELECT COUNT(*) FROM sessions WHERE {base}", args).fetchone()[0]
+            rows = self._conn.execute(
+                f"SELECT created_at, id, record FROM sessions WHERE {page_where} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                [*page_args, limit + 1],
+            ).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1][0], rows[-1][1]) if more else None
+            return [SessionRecord.model_validate_json(r[2]) for r in rows], total, next_cursor
+
+        return await self._run(run)
+
+    # -- messages and events ----------------------------------------------------------------------
+
+    def _add_message(self, session_id: str, message: Message) -> None:
+        n = self._conn.execute("SELECT MAX(n) FROM messages WHERE session_id=?", (session_id,)).fetchone()[0] or 0
+        self._conn.execute(
+            "INSERT INTO messages(session_id, n, doc) VALUES(?,?,?)", (session_id, n + 1, message.model_dump_json())
+        )
+
+    async def messages(self, session_id: str, last: int | None = None) -> list[Message]:
+        def run() -> list[Message]:
+            if last is None:
+                rows = self._conn.execute(
+                    "SELECT doc FROM messages WHERE session_id=? ORDER BY n", (session_id,)
+                ).fetchall()
+            else:
+                rows = self._conn.execute(
+                    "SELECT doc FROM (SELECT n, doc FROM messages WHERE session_id=? ORDER BY n DESC LIMIT ?) ORDER BY n",
+                    (session_id, last),
+                ).fetchall()
+            return [Message.model_validate_json(r[0]) for r in rows]
+
+        return await self._run(run)
+
+    async def append_events(self, session_id: str, specs: list[EventSpec]) -> list[Event]:
+        return await self._run(self._transaction, lambda: self._append_events(session_id, specs))
+
+    async def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        def run() -> list[Event]:
+            rows = self._conn.execute(
+                "SELECT seq, time, type, data FROM events WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (session_id, after, limit),
+            ).fetchall()
+            return [
+                Event(seq=r[0], time=parse_stamp(r[1]), type=r[2], data=json.loads(r[3]))
+                for r in rows
+            ]
+
+        return await self._run(run)
+
+    async def last_seq(self, session_id: str) -> int:
+        def run() -> int:
+            return self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (session_id,)).fetchone()[0] or 0
+
+        return await self._run(run)
