@@ -52,11 +52,14 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr, level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from .server import create_server
+    from .store import Store
 
     try:
-        create_server(settings).run("stdio")
+        Store.check(settings.db_path)
     except StoreError as e:
         sys.exit(f"mcp-sessions: {e}")
+    try:
+        create_server(settings).run("stdio")
     except KeyboardInterrupt:
         pass
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,6 +44,7 @@ from .models import (
 )
 from .settings import Settings
 from .store import EventSpec, Store
+from .transcript import render_transcript
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ POLL_S = 0.2
 OUTPUT_FLUSH_S = 0.2
 OUTPUT_FLUSH_BYTES = 16384
 MAX_WAIT_S = 50.0
+TURN_END_EVENTS = ("turn.completed", "turn.failed", "turn.interrupted")
 MAX_EVENTS_PER_READ = 200
 MAX_EVENT_TEXT = 16384
 """Bound on the output text returned in one batch of events, so a reply stays readable for an LLM."""
@@ -90,6 +92,8 @@ class RunningTurn:
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     stop_reason: str = "server stopped"
+    flush: Callable[[], Awaitable[None]] | None = None
+    """Publishes output not yet sent as events, so a reply's output and its events cursor agree."""
 
 
 class SessionManager:
@@ -411,6 +415,8 @@ class SessionManager:
             if len(pending) >= OUTPUT_FLUSH_BYTES:
                 await flush()
 
+        running.flush = flush
+
         async def flush_periodically() -> None:
             while True:
                 await anyio.sleep(OUTPUT_FLUSH_S)
@@ -534,6 +540,9 @@ class SessionManager:
 
     async def _reply(self, record: SessionRecord, turn: int) -> TurnReply:
         s = record.session
+        running = self._turns.get(s.id)
+        if running is not None and running.flush is not None:
+            await running.flush()
         cursor = await self.store.last_seq(s.id)
         summary = s.last_turn
         if summary is not None and summary.turn == turn and summary.status != "running":
@@ -551,7 +560,6 @@ class SessionManager:
                 events_cursor=cursor,
                 next_step=self._next_step(s),
             )
-        running = self._turns.get(s.id)
         so_far = running.buffer.render() if running is not None else ""
         return TurnReply(
             session_id=s.id,
@@ -669,9 +677,12 @@ class SessionManager:
         page = await self.store.query(statuses=list(LIVE_STATUSES), owner=owner, limit=200)
         return [r.session for r in page[0]]
 
-    async def transcript(self, session_id: str, owner: str | None = None) -> tuple[Session, list[Message]]:
+    async def transcript(self, session_id: str, owner: str | None = None) -> str:
+        """The whole conversation as readable text, with each turn's outcome."""
         record = await self._record(session_id, owner)
-        return record.session, await self.store.messages(session_id)
+        messages = await self.store.messages(session_id)
+        ends = await self.store.events_of_type(session_id, TURN_END_EVENTS)
+        return render_transcript(record.session, messages, ends)
 
     async def events(self, session_id: str, after: int = 0, limit: int = 1000, owner: str | None = None) -> list[Event]:
         await self._record(session_id, owner)

@@ -35,7 +35,6 @@ from .models import (
     TurnReply,
 )
 from .settings import Settings
-from .transcript import render_transcript
 
 INSTRUCTIONS = """\
 Run work in isolated agent sessions. A session is a sandbox with a persistent shell (the `shell` agent runs \
@@ -281,8 +280,7 @@ def register_resources(mcp: MCPServer[SessionManager]) -> None:
     )
     @_resource_errors
     async def transcript(session_id: str, ctx: Context) -> str:
-        session, messages = await _manager(ctx).transcript(session_id)
-        return render_transcript(session, messages)
+        return await _manager(ctx).transcript(session_id)
 
     @mcp.resource(
         "session://{session_id}/events",

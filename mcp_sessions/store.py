@@ -95,13 +95,16 @@ class Store:
         conn = await anyio.to_thread.run_sync(cls._connect, path)
         return cls(path, conn)
 
+    @classmethod
+    def check(cls, path: Path) -> None:
+        """Open, migrate and close the database, raising `StoreError` with advice if it cannot be used."""
+        cls._connect(path).close()
+
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=15, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as e:
             raise StoreError(
@@ -116,6 +119,8 @@ class Store:
                 f"The state database {path} was written by a newer mcp-sessions (schema {version}, this "
                 f"one knows up to {SCHEMA_VERSION}). Upgrade mcp-sessions, or point MCP_SESSIONS_HOME elsewhere."
             )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -322,10 +327,20 @@ class Store:
                 "SELECT seq, time, type, data FROM events WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?",
                 (session_id, after, limit),
             ).fetchall()
-            return [
-                Event(seq=r[0], time=parse_stamp(r[1]), type=r[2], data=json.loads(r[3]))
-                for r in rows
-            ]
+            return [Event(seq=r[0], time=parse_stamp(r[1]), type=r[2], data=json.loads(r[3])) for r in rows]
+
+        return await self._run(run)
+
+    async def events_of_type(self, session_id: str, types: Iterable[str]) -> list[Event]:
+        wanted = list(types)
+
+        def run() -> list[Event]:
+            rows = self._conn.execute(
+                f"SELECT seq, time, type, data FROM events WHERE session_id=? AND type IN ({','.join('?' * len(wanted))}) "
+                "ORDER BY seq",
+                (session_id, *wanted),
+            ).fetchall()
+            return [Event(seq=r[0], time=parse_stamp(r[1]), type=r[2], data=json.loads(r[3])) for r in rows]
 
         return await self._run(run)
 

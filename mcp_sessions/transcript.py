@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from .models import Message, Session, TextBlock, ToolResultBlock, ToolUseBlock
+from .models import Event, Message, Session, TextBlock, ToolResultBlock, ToolUseBlock
 
 
-def render_transcript(session: Session, messages: list[Message]) -> str:
+def _outcome(event: Event) -> str:
+    status = event.type.removeprefix("turn.")
+    parts = [status]
+    if event.data.get("exit_code") is not None:
+        parts.append(f"exit code {event.data['exit_code']}")
+    if event.data.get("duration_s") is not None:
+        parts.append(f"{event.data['duration_s']:.3f} s")
+    if event.data.get("reason"):
+        parts.append(str(event.data["reason"]))
+    return f"[turn {event.data.get('turn')} {', '.join(parts)}]"
+
+
+def render_transcript(session: Session, messages: list[Message], turn_ends: list[Event]) -> str:
     title = f" {session.title!r}" if session.title else ""
     lines = [f"# Session {session.id}{title}: {session.agent} agent on {session.driver}, status {session.status}"]
     if session.failure_reason:
         lines.append(f"# failed: {session.failure_reason}")
-    turns = {session.last_turn.turn: session.last_turn} if session.last_turn else {}
-    for message in messages:
+    ends = {e.data.get("turn"): e for e in turn_ends}
+    for i, message in enumerate(messages):
         stamp = message.created_at.isoformat(timespec="seconds")
         lines.append(f"\n## {message.role} (turn {message.turn}, {stamp})")
         for block in message.content:
@@ -23,7 +35,7 @@ def render_transcript(session: Session, messages: list[Message]) -> str:
                 lines.append(f"[tool result{' (error)' if block.is_error else ''}] {block.content}")
             else:
                 lines.append(f"[image {block.media_type}]")
-        summary = turns.get(message.turn)
-        if message.role == "assistant" and summary is not None and summary.status != "completed":
-            lines.append(f"[turn {summary.status}: {summary.reason}]")
+        last_of_turn = i + 1 == len(messages) or messages[i + 1].turn != message.turn
+        if last_of_turn and message.turn in ends:
+            lines.append(_outcome(ends[message.turn]))
     return "\n".join(lines) + "\n"

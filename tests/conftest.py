@@ -1,0 +1,87 @@
+"""Shared fixtures: a fresh state folder per test and real MCP clients in both protocol eras."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+from mcp_sessions.server import create_server
+from mcp_sessions.settings import Settings
+
+ERAS = ["legacy", "auto"]
+"""legacy: the initialize handshake (Claude Desktop, VS Code today); auto: the 2026-07-28 era."""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    return Settings(home=home, command_timeout_s=120)
+
+
+@pytest.fixture(params=ERAS)
+async def client(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Client]:
+    async with Client(create_server(settings), mode=request.param) as c:
+        yield c
+
+
+def stdio_params(home: Path, *args: str) -> StdioServerParameters:
+    """The real command, as an MCP host would start it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_SESSIONS_")}
+    env["MCP_SESSIONS_HOME"] = str(home)
+    return StdioServerParameters(command=sys.executable, args=["-m", "mcp_sessions", *args], env=env)
+
+
+async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    """Call a tool that must succeed and return its structured result."""
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def call_error(client: Client, tool: str, **args: Any) -> str:
+    """Call a tool that must fail and return the error text the caller's model reads."""
+    result = await client.call_tool(tool, args)
+    assert result.is_error, result.structured_content
+    return result.content[0].text
+
+
+async def new_session(client: Client, **args: Any) -> str:
+    session = await call(client, "create_session", **args)
+    assert session["status"] == "ready", session
+    return session["id"]
+
+
+def processes_marked(session_id: str) -> list[int]:
+    """Pids of live processes started in a local session's sandbox (they carry its marker variable)."""
+    needle = f"MCP_SESSIONS_SANDBOX={session_id}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+            if stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z":
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

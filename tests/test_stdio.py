@@ -1,0 +1,147 @@
+"""The real command as a subprocess over stdio: what Claude Desktop, Claude Code and VS Code start.
+
+Several server processes share one state folder here, as they do when several clients start their own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+
+from .conftest import ERAS, call, call_error, new_session, processes_marked, stdio_params
+
+pytestmark = pytest.mark.anyio
+
+
+def server_pids(home: Path) -> list[int]:
+    """Pids of mcp-sessions servers whose state folder is `home`."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    cmd = f.read()
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    env = f.read()
+            except OSError:
+                continue
+            if b"mcp_sessions" in cmd and f"MCP_SESSIONS_HOME={home}".encode() in env.split(b"\0"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_stdio_server_runs_a_session_end_to_end(home: Path, mode: str) -> None:
+    async with Client(stdio_params(home), mode=mode) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert len(names) == 6
+        sid = await new_session(client)
+        await call(client, "send_message", session_id=sid, text="cd /tmp && export X=1")
+        reply = await call(client, "send_message", session_id=sid, text="pwd; echo $X")
+        assert reply["output"] == "/tmp\n1\n"
+        await call(client, "close_session", session_id=sid)
+
+
+async def test_server_memory_stays_bounded_when_a_command_prints_50_mb(home: Path) -> None:
+    async with Client(stdio_params(home), mode="legacy") as client:
+        sid = await new_session(client)
+        (pid,) = server_pids(home)
+        before = peak_rss_mb(pid)
+        reply = await call(client, "send_message", session_id=sid, text="head -c 50000000 /dev/urandom | base64 -w 100", wait_s=50)
+        assert reply["turn_status"] == "completed" and reply["output_cut_bytes"] > 60_000_000
+        grown = peak_rss_mb(pid) - before
+    assert grown < 40, f"server peak memory grew by {grown:.0f} MB for 67 MB of output"
+
+
+async def test_a_session_made_by_one_server_is_used_and_interrupted_from_another(home: Path) -> None:
+    async with Client(stdio_params(home), mode="legacy") as first, Client(stdio_params(home)) as second:
+        sid = await new_session(first)
+        busy = await call(first, "send_message", session_id=sid, text="echo working; sleep 300", wait_s=0.5)
+        assert busy["status"] == "busy"
+        seen = await call(second, "get_session", session_id=sid)
+        assert seen["session"]["status"] == "busy"
+        assert "busy running turn 1" in await call_error(second, "send_message", session_id=sid, text="true")
+        stopped = await call(second, "interrupt", session_id=sid)
+        assert stopped["interrupted"] is True and stopped["status"] == "ready"
+        detail = await call(first, "get_session", session_id=sid)
+        assert detail["session"]["last_turn"]["status"] == "interrupted"
+        assert detail["session"]["last_turn"]["output"] == "working\n"
+        assert processes_marked(sid) == []
+        reply = await call(second, "send_message", session_id=sid, text="echo from the second server")
+        assert reply["output"] == "from the second server\n"
+
+
+async def test_a_server_killed_during_a_turn_loses_nothing(home: Path) -> None:
+    async with Client(stdio_params(home), mode="legacy") as client:
+        sid = await new_session(client, title="survivor")
+        await call(client, "send_message", session_id=sid, text="cd /tmp && export KEEP=yes && echo before")
+        busy = await call(client, "send_message", session_id=sid, text="echo partial; sleep 300", wait_s=0.5)
+        assert busy["status"] == "busy" and busy["output"] == "partial\n"
+        (pid,) = server_pids(home)
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(10):
+            while pid in server_pids(home):
+                await anyio.sleep(0.05)
+    async with Client(stdio_params(home), mode="legacy") as client:
+        listed = await call(client, "list_sessions")
+        assert [s["id"] for s in listed["sessions"]] == [sid] and listed["sessions"][0]["status"] == "ready"
+        session = (await call(client, "get_session", session_id=sid))["session"]
+        assert session["last_turn"]["status"] == "interrupted"
+        assert session["last_turn"]["reason"] == "server restarted"
+        assert session["last_turn"]["output"] == "partial\n"
+        transcript = (await client.read_resource(f"session://{sid}/transcript")).contents[0].text
+        assert "echo before" in transcript and "partial" in transcript and "server restarted" in transcript
+        assert processes_marked(sid) == []
+        reply = await call(client, "send_message", session_id=sid, text="pwd; echo $KEEP")
+        assert reply["output"] == "/tmp\nyes\n"
+
+
+def test_help_explains_every_option() -> None:
+    out = subprocess.run([sys.executable, "-m", "mcp_sessions", "--help"], capture_output=True, text=True, check=True)
+    for flag in ("--home", "--driver", "--agent", "--image", "--command-timeout", "--max-output-bytes", "--log-level"):
+        assert flag in out.stdout
+    assert "MCP_SESSIONS_" in out.stdout
+
+
+def test_a_database_from_a_newer_version_is_refused_and_left_untouched(home: Path) -> None:
+    import sqlite3
+
+    home.mkdir(parents=True)
+    db = home / "sessions.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version=99")
+    before = db.read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcp_sessions"], env={**os.environ, "MCP_SESSIONS_HOME": str(home)},
+        input="", capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0 and "newer mcp-sessions (schema 99" in proc.stderr
+    assert db.read_bytes() == before
+
+
+def test_a_corrupt_database_is_reported_and_left_untouched(home: Path) -> None:
+    home.mkdir(parents=True)
+    db = home / "sessions.db"
+    db.write_bytes(b"this is not a database" * 100)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcp_sessions"], env={**os.environ, "MCP_SESSIONS_HOME": str(home)},
+        input="", capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "cannot be read" in proc.stderr and "left untouched" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert db.read_bytes() == b"this is not a database" * 100
