@@ -23,7 +23,7 @@ from sandbox_backends.output import OutputBuffer
 
 from . import leases
 from .agents.base import Agent, TurnContext, TurnOutcome
-from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound
+from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError
 from .models import (
     LIVE_STATUSES,
     CloseReply,
@@ -53,6 +53,7 @@ POLL_S = 0.2
 OUTPUT_FLUSH_S = 0.2
 OUTPUT_FLUSH_BYTES = 16384
 MAX_WAIT_S = 50.0
+REAP_INTERVAL_S = 1.0
 TURN_END_EVENTS = ("turn.completed", "turn.failed", "turn.interrupted")
 MAX_EVENTS_PER_READ = 200
 MAX_EVENT_TEXT = 16384
@@ -123,6 +124,7 @@ class SessionManager:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         await self.recover()
+        self._tg.start_soon(self._reap_idle_sessions)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -227,6 +229,38 @@ class SessionManager:
             outcome.output_bytes, outcome.output_cut_bytes = result.output_bytes, result.cut_bytes
         return await self._finish_turn(s.id, s.turns, dead_lease, outcome)
 
+    # -- timers -----------------------------------------------------------------------------------
+
+    async def _reap_idle_sessions(self) -> None:
+        """Close ready sessions past their idle timeout. A busy session has no deadline, so it is never reaped."""
+        while True:
+            await anyio.sleep(REAP_INTERVAL_S)
+            try:
+                due = await self.store.idle_past_deadline(now())
+            except StoreError as e:
+                log.warning("idle check failed: %s", e)
+                continue
+            for session_id in due:
+                await self._close_idle(session_id)
+
+    async def _close_idle(self, session_id: str) -> None:
+        moment = now()
+
+        def mark_dead(r: SessionRecord) -> list[EventSpec]:
+            s = r.session
+            if s.status != "ready" or s.idle_timeout_s <= 0 or (moment - s.last_activity_at).total_seconds() < s.idle_timeout_s:
+                return []  # it woke up meanwhile
+            s.status, s.close_reason, s.finished_at = "dead", "idle timeout", moment
+            return [("session.closed", {"reason": "idle timeout"}), ("status", {"status": "dead"})]
+
+        try:
+            record, events = await self._update(session_id, mark_dead)
+        except SessionNotFound:
+            return
+        if events:
+            log.info("closed %s after %g s idle", session_id, record.session.idle_timeout_s)
+            await self._free_sandbox(record, delete=False)
+
     # -- create -----------------------------------------------------------------------------------
 
     async def create(self, request: CreateRequest, wait_s: float = 30.0) -> Session:
@@ -257,7 +291,7 @@ class SessionManager:
             driver=driver,
             agent=agent,
             image=(request.image or settings.image) if driver == "docker" else request.image,
-            idle_timeout_s=request.idle_timeout_s or 0,
+            idle_timeout_s=settings.idle_timeout_s if request.idle_timeout_s is None else request.idle_timeout_s,
             command_timeout_s=command_timeout,
             owner=request.owner,
         )
@@ -739,21 +773,24 @@ class SessionManager:
             ),
         )
 
+    async def _free_sandbox(self, record: SessionRecord, delete: bool) -> None:
+        if record.sandbox_id is not None:
+            try:
+                await (await self._sandbox(record)).close(delete=delete)
+            except SandboxNotFound:
+                pass
+            except SandboxError as e:
+                log.warning("closing the sandbox of %s failed: %s", record.session.id, e)
+        self._sandboxes.pop(record.session.id, None)
+
     async def close(self, session_id: str, delete: bool = False, owner: str | None = None) -> CloseReply:
         record = await self._record(session_id, owner)
         s = record.session
         if s.status == "busy":
             await self.interrupt(session_id)
         was_closed = s.status == "dead"
-        if record.sandbox_id is not None and (not was_closed or delete):
-            try:
-                sandbox = await self._sandbox(record)
-                await sandbox.close(delete=delete)
-            except SandboxNotFound:
-                pass
-            except SandboxError as e:
-                log.warning("closing the sandbox of %s failed: %s", session_id, e)
-        self._sandboxes.pop(session_id, None)
+        if not was_closed or delete:
+            await self._free_sandbox(record, delete=delete)
         if delete:
             await self.store.delete(session_id)
             self._notify(session_id)

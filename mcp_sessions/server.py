@@ -137,6 +137,7 @@ def register_tools(mcp: MCPServer[SessionManager]) -> None:
         env: Annotated[dict[str, str], Field(max_length=200, description="Environment variables for commands in the session.")] = {},
         limits: Annotated[LimitsModel | None, Field(description="Sandbox resource limits (docker driver).")] = None,
         command_timeout_s: Annotated[float | None, Field(gt=0, description="Stop a single command after this many seconds (default 600).")] = None,
+        idle_timeout_s: Annotated[float | None, Field(ge=0, description="Close the session after this many idle seconds; 0 = never (default: the server's, 900).")] = None,
         wait_s: Annotated[float, Field(ge=0, description="Wait up to this long for the session to be ready (capped at 50).")] = 30,
     ) -> Session:
         """Create a new session: a sandbox with a persistent bash shell, ready for send_message.
@@ -159,6 +160,7 @@ def register_tools(mcp: MCPServer[SessionManager]) -> None:
             env=env,
             limits=limits,
             command_timeout_s=command_timeout_s,
+            idle_timeout_s=idle_timeout_s,
         )
         return await _manager(ctx).create(request, wait_s=wait_s)
 

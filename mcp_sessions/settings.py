@@ -27,6 +27,7 @@ class Settings(BaseModel):
     max_output_bytes: int = Field(32768, ge=1024, description="Output kept per turn (head and tail); the rest is cut.")
     max_message_bytes: int = Field(1_000_000, ge=1024, description="Largest message a caller may send, in bytes.")
     max_file_bytes: int = Field(5_000_000, ge=1024, description="Largest file read or written through the server.")
+    idle_timeout_s: float = Field(900.0, ge=0, description="Close a session idle this long, in seconds (0 = never).")
     create_timeout_s: float = Field(300.0, gt=0, description="A session still creating after this fails.")
     log_level: str = Field("WARNING", description="Level of the server's own log on stderr.")
 

@@ -12,7 +12,7 @@ import base64
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +53,11 @@ MIGRATIONS: list[str] = [
         data TEXT NOT NULL,
         PRIMARY KEY(session_id, seq)
     ) WITHOUT ROWID;
+    """,
+    # version 2: when a ready session becomes due for its idle timeout, kept by every write of the record
+    """
+    ALTER TABLE sessions ADD COLUMN idle_deadline TEXT;
+    CREATE INDEX sessions_by_idle_deadline ON sessions(idle_deadline) WHERE idle_deadline IS NOT NULL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -167,11 +172,24 @@ class Store:
 
     def _write_record(self, record: SessionRecord) -> None:
         s = record.session
+        deadline = None
+        if s.status == "ready" and s.idle_timeout_s > 0:
+            deadline = stamp(s.last_activity_at + timedelta(seconds=s.idle_timeout_s))
         self._conn.execute(
-            "INSERT INTO sessions(id, created_at, status, driver, agent, owner, tags, record) VALUES(?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(id) DO UPDATE SET status=excluded.status, owner=excluded.owner, tags=excluded.tags, "
-            "record=excluded.record",
-            (s.id, stamp(s.created_at), s.status, s.driver, s.agent, s.owner, json.dumps(s.tags), record.model_dump_json()),
+            "INSERT INTO sessions(id, created_at, status, driver, agent, owner, tags, record, idle_deadline) "
+            "VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, owner=excluded.owner, "
+            "tags=excluded.tags, record=excluded.record, idle_deadline=excluded.idle_deadline",
+            (
+                s.id,
+                stamp(s.created_at),
+                s.status,
+                s.driver,
+                s.agent,
+                s.owner,
+                json.dumps(s.tags),
+                record.model_dump_json(),
+                deadline,
+            ),
         )
 
     def _append_events(self, session_id: str, specs: Iterable[EventSpec]) -> list[Event]:
@@ -231,6 +249,18 @@ class Store:
                 self._conn.execute(f"DELETE FROM {table} WHERE {column}=?", (session_id,))
 
         await self._run(self._transaction, run)
+
+    async def idle_past_deadline(self, moment: datetime, limit: int = 100) -> list[str]:
+        """Ids of ready sessions whose idle timeout ran out before `moment`."""
+
+        def run() -> list[str]:
+            rows = self._conn.execute(
+                "SELECT id FROM sessions WHERE idle_deadline IS NOT NULL AND idle_deadline<=? LIMIT ?",
+                (stamp(moment), limit),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._run(run)
 
     async def with_status(self, statuses: Iterable[str]) -> list[SessionRecord]:
         wanted = list(statuses)
