@@ -1,15 +1,34 @@
-"""The `mcp-sessions` command. With no arguments it serves MCP over stdio with the embedded defaults."""
+"""The `mcp-sessions` command.
+
+With no subcommand (or `serve`) it serves MCP over stdio with the embedded defaults. `ls`, `show`,
+`events` and `close` are for people: they open the same state database through the same
+SessionManager a server uses (so recovery of orphaned turns applies), and work while servers run.
+Only the serve path keeps stdout clean; the other commands print their answers there.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sqlite3
 import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
+
+from pydantic import ValidationError
 
 from . import __version__
-from .errors import StoreError
+from .errors import SessionError, SessionNotFound, StoreError
+from .models import Event, Session, SessionPage, Status
 from .settings import ENV_PREFIX, Settings
 
+if TYPE_CHECKING:
+    from .manager import SessionManager
+
+log = logging.getLogger(__name__)
+
+PROG = "mcp-sessions"
 FLAGS = [
     # (flag, settings field, type, help)
     ("--home", "home", str, "state folder: database and local workspaces (default ~/.local/share/mcp-sessions)"),
@@ -25,43 +44,344 @@ FLAGS = [
     ("--create-timeout", "create_timeout_s", float, "a session still creating after this many seconds fails (default 300)"),
     ("--log-level", "log_level", str, "level of the server's own log on stderr (default WARNING)"),
 ]
+CLIENT_FLAGS = ("--home", "--log-level")
+"""The server options that matter to the commands for people; they may also follow the command's name."""
+STATUSES: tuple[str, ...] = get_args(Status)
+FOLLOW_POLL_S = 0.2
+"""How often `events --follow` looks for new events written by a server process."""
+EVENTS_PAGE = 1000
+TITLE_WIDTH = 60
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mcp-sessions",
-        description="An MCP server that runs agent sessions in sandboxes. Serves MCP over stdio.",
+class Parser(argparse.ArgumentParser):
+    """Reports a usage mistake in one line, naming where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _when(text: str) -> datetime:
+    """An ISO 8601 time; without an offset it is UTC, as every time this command prints."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time, e.g. 2026-05-01 or 2026-05-01T12:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...] | None, default: Any) -> None:
+    for flag, field, type_, help_ in FLAGS:
+        if flags is None or flag in flags:
+            parser.add_argument(flag, dest=field, type=type_, default=default, help=help_)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog=PROG,
+        description=(
+            "An MCP server that runs agent sessions in sandboxes. With no command it serves MCP over stdio. "
+            "The commands ls, show, events and close read and close the sessions in the state folder, "
+            "also while servers are running on it."
+        ),
         epilog=(
             f"Every option can also be set with an environment variable: {ENV_PREFIX}<FIELD>, e.g. "
-            f"{ENV_PREFIX}HOME, {ENV_PREFIX}DRIVER, {ENV_PREFIX}COMMAND_TIMEOUT_S. Flags win over variables."
+            f"{ENV_PREFIX}HOME, {ENV_PREFIX}DRIVER, {ENV_PREFIX}COMMAND_TIMEOUT_S. Flags win over variables. "
+            f"Run '{PROG} COMMAND --help' for a command's own options."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"mcp-sessions {__version__}")
-    for flag, field, type_, help_ in FLAGS:
-        parser.add_argument(flag, dest=field, type=type_, default=None, help=help_)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _add_settings_flags(parser, None, None)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    # A subcommand's copy of a flag defaults to SUPPRESS so it does not hide the same flag given before the command.
+    serve = commands.add_parser(
+        "serve", help="serve MCP over stdio (what no command does)", description="Serve MCP over stdio."
+    )
+    _add_settings_flags(serve, None, argparse.SUPPRESS)
+
+    ls = commands.add_parser(
+        "ls",
+        help="list sessions, newest first",
+        description="List sessions, newest first, with the filters of the list_sessions tool. Times are UTC.",
+    )
+    ls.add_argument("--status", dest="statuses", action="append", choices=STATUSES, metavar="STATUS", help=f"only this status ({', '.join(STATUSES)}); repeat for any of several")
+    ls.add_argument("--tag", dest="tags", action="append", metavar="TAG", help="only sessions with this tag; repeat for all of several")
+    ls.add_argument("--driver", dest="filter_driver", metavar="NAME", help="only sessions on this driver")
+    ls.add_argument("--agent", dest="filter_agent", metavar="NAME", help="only sessions with this agent")
+    ls.add_argument("--created-after", type=_when, metavar="TIME", help="only sessions created at or after this ISO 8601 time (UTC if no offset)")
+    ls.add_argument("--created-before", type=_when, metavar="TIME", help="only sessions created at or before this ISO 8601 time (UTC if no offset)")
+    ls.add_argument("--limit", type=int, default=50, metavar="N", help="rows per page, 1..200 (default 50)")
+    ls.add_argument("--cursor", help="the next-page cursor printed by the previous page (give the same filters)")
+    ls.add_argument("--json", action="store_true", help="print the page as JSON")
+    _add_settings_flags(ls, CLIENT_FLAGS, argparse.SUPPRESS)
+
+    show = commands.add_parser(
+        "show", help="a session's state and whole transcript", description="Print a session's state and its whole transcript."
+    )
+    show.add_argument("session_id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="print the state and transcript as JSON")
+    _add_settings_flags(show, CLIENT_FLAGS, argparse.SUPPRESS)
+
+    events = commands.add_parser(
+        "events",
+        help="a session's events, one per line",
+        description="Print a session's events, one per line: seq, time (UTC), type, data as JSON.",
+    )
+    events.add_argument("session_id", metavar="ID")
+    events.add_argument("--after", type=int, default=0, metavar="N", help="only events after sequence number N")
+    events.add_argument(
+        "--follow", action="store_true", help="keep printing new events until the session is dead or failed (or Ctrl-C)"
+    )
+    events.add_argument("--json", action="store_true", help="print each event as a JSON object")
+    _add_settings_flags(events, CLIENT_FLAGS, argparse.SUPPRESS)
+
+    close = commands.add_parser(
+        "close",
+        help="close a session",
+        description="Stop anything running in a session and free its sandbox. The transcript stays readable.",
+    )
+    close.add_argument("session_id", metavar="ID")
+    close.add_argument("--delete", action="store_true", help="also delete the transcript, events and workspace")
+    _add_settings_flags(close, CLIENT_FLAGS, argparse.SUPPRESS)
     return parser
+
+
+def _one_line(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.load(**vars(args))
-    except ValueError as e:
-        sys.exit(f"mcp-sessions: invalid configuration: {e}")
-    logging.basicConfig(
-        stream=sys.stderr, level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        settings = Settings.load(**{field: getattr(args, field, None) for _, field, _, _ in FLAGS})
+    except ValidationError as e:
+        fail(f"invalid configuration: {_one_line(e)}")
+    level = logging.getLevelName(settings.log_level.upper())
+    if not isinstance(level, int):
+        fail(f"invalid configuration: log level {settings.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in (None, "serve"):
+        serve(settings)
+    else:
+        sys.exit(run_command(args, settings))
+
+
+def serve(settings: Settings) -> None:
+    """The MCP server on stdio. Nothing but the protocol may reach stdout here."""
     from .server import create_server
     from .store import Store
 
     try:
         Store.check(settings.db_path)
     except StoreError as e:
-        sys.exit(f"mcp-sessions: {e}")
+        fail(str(e))
     try:
         create_server(settings).run("stdio")
     except KeyboardInterrupt:
         pass
+
+
+# -- the commands for people ---------------------------------------------------------------------
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run `ls`, `show`, `events` or `close`; the exit status. Errors become one line on stderr."""
+    import anyio
+
+    from sandbox_backends.base import SandboxError
+
+    if not settings.db_path.exists():
+        fail(f"no state database at {settings.db_path}. Check --home or {ENV_PREFIX}HOME (a server creates it on start).")
+    # A one-shot command must not start a pool of warm containers that a server would keep.
+    settings = settings.model_copy(update={"docker_pool": 0})
+    try:
+        return anyio.run(_run_command, args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as group:
+        error = _single(group)
+        if isinstance(error, KeyboardInterrupt):
+            return 130
+        if isinstance(error, SessionNotFound):
+            fail(f"no session {args.session_id!r} in {settings.db_path}. Run '{PROG} ls' to see the sessions there.")
+        if isinstance(error, BrokenPipeError):
+            _quiet_stdout()
+            return 0
+        if isinstance(error, (SessionError, SandboxError)):
+            fail(str(error))
+        if isinstance(error, sqlite3.Error):
+            fail(f"the state database {settings.db_path} failed: {error}")
+        if isinstance(error, OSError):
+            fail(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
+        if isinstance(error, Exception):
+            log.debug("unexpected error", exc_info=error)
+            fail(f"unexpected error: {type(error).__name__}: {error} (run with --log-level DEBUG for details)")
+        raise
+
+
+def _single(error: BaseException) -> BaseException:
+    """The one error inside nested exception groups, as task groups may wrap it."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (`| head`): stop writing there without a second error at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
+    from .app import open_manager
+
+    async with open_manager(settings) as manager:
+        if args.command == "ls":
+            return await list_sessions(manager, args)
+        if args.command == "show":
+            return await show_session(manager, args)
+        if args.command == "events":
+            return await print_events(manager, args)
+        if args.command == "close":
+            reply = await manager.close(args.session_id, delete=args.delete)
+            print(reply.message)
+            return 0
+    raise AssertionError(args.command)
+
+
+def _time(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"
+
+
+def _flat(text: str | None, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_table(page: SessionPage) -> str:
+    header = ("ID", "STATUS", "DRIVER/AGENT", "TURNS", "CREATED", "TITLE / FIRST MESSAGE")
+    rows = [header]
+    for s in page.sessions:
+        label = s.title if s.title else (f"> {s.preview}" if s.preview else "")
+        rows.append((s.id, s.status, f"{s.driver}/{s.agent}", str(s.turns), _time(s.created_at), _flat(label, TITLE_WIDTH)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+async def list_sessions(manager: SessionManager, args: argparse.Namespace) -> int:
+    page = await manager.list(
+        statuses=args.statuses,
+        tags=args.tags,
+        driver=args.filter_driver,
+        agent=args.filter_agent,
+        created_after=args.created_after,
+        created_before=args.created_before,
+        limit=args.limit,
+        cursor=args.cursor,
+    )
+    if args.json:
+        print(page.model_dump_json(indent=2))
+        return 0
+    if page.sessions:
+        print(format_table(page))
+    print(f"{len(page.sessions)} of {page.total} matching session(s) shown.", end="")
+    if page.next_cursor:
+        print(f" Next page: add --cursor {page.next_cursor}")
+    else:
+        print()
+    return 0
+
+
+def format_state(s: Session) -> str:
+    rows: list[tuple[str, str]] = [("session", s.id + (f"  {s.title!r}" if s.title else ""))]
+    status = f"{s.status} (phase {s.phase}{f': {s.phase_detail}' if s.phase_detail else ''})"
+    if s.failure_reason:
+        status += f", failed: {s.failure_reason}"
+    if s.close_reason:
+        status += f", closed: {s.close_reason}"
+    rows.append(("status", status))
+    rows.append(("driver", f"{s.driver}, agent {s.agent}" + (f", model {s.model}" if s.model else "") + (f", image {s.image}" if s.image else "")))
+    if s.tags:
+        rows.append(("tags", ", ".join(s.tags)))
+    if s.metadata:
+        rows.append(("metadata", json.dumps(s.metadata, ensure_ascii=False)))
+    times = f"{_time(s.created_at)}, last activity {_time(s.last_activity_at)}"
+    if s.finished_at:
+        times += f", finished {_time(s.finished_at)}"
+    rows.append(("created", times))
+    last = s.last_turn
+    if last is None:
+        rows.append(("turns", "0"))
+    else:
+        parts = [f"turn {last.turn} {last.status}"]
+        if last.exit_code is not None:
+            parts.append(f"exit code {last.exit_code}")
+        if last.duration_s is not None:
+            parts.append(f"{last.duration_s:.3f} s")
+        if last.output_cut_bytes:
+            parts.append(f"{last.output_cut_bytes} output bytes cut")
+        if last.reason:
+            parts.append(last.reason)
+        rows.append(("turns", f"{s.turns}; last: {', '.join(parts)}"))
+    u = s.usage
+    rows.append(
+        ("usage", f"{u.input_tokens} input, {u.output_tokens} output, {u.total_tokens} total tokens; ${u.cost_usd:.4f}")
+    )
+    if s.workspace:
+        rows.append(("workspace", s.workspace))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+async def show_session(manager: SessionManager, args: argparse.Namespace) -> int:
+    session = (await manager.get(args.session_id)).session
+    transcript = await manager.transcript(args.session_id)
+    if args.json:
+        print(json.dumps({"session": session.model_dump(mode="json"), "transcript": transcript}, indent=2))
+    else:
+        print(format_state(session))
+        print()
+        print(transcript, end="")
+    return 0
+
+
+def format_event(event: Event) -> str:
+    when = event.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return f"{event.seq} {when} {event.type} {json.dumps(event.data, ensure_ascii=False, separators=(',', ':'))}"
+
+
+async def print_events(manager: SessionManager, args: argparse.Namespace) -> int:
+    import anyio
+
+    after = args.after
+    while True:
+        # Status first: a status change and its events are written together, so once the status is
+        # final the events read next include the last ones.
+        status = (await manager.get(args.session_id)).session.status if args.follow else None
+        batch = await manager.events(args.session_id, after=after, limit=EVENTS_PAGE)
+        for event in batch:
+            print(event.model_dump_json() if args.json else format_event(event))
+        sys.stdout.flush()
+        if batch:
+            after = batch[-1].seq
+        if len(batch) == EVENTS_PAGE:
+            continue
+        if not args.follow or status in ("dead", "failed"):
+            return 0
+        await anyio.sleep(FOLLOW_POLL_S)
 
 
 if __name__ == "__main__":

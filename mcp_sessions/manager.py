@@ -31,6 +31,7 @@ from .models import (
     InterruptReply,
     LimitsModel,
     Message,
+    QueuedMessage,
     Session,
     SessionDetail,
     SessionPage,
@@ -53,6 +54,7 @@ POLL_S = 0.2
 OUTPUT_FLUSH_S = 0.2
 OUTPUT_FLUSH_BYTES = 16384
 MAX_WAIT_S = 50.0
+MAX_QUEUE = 100
 REAP_INTERVAL_S = 1.0
 TURN_END_EVENTS = ("turn.completed", "turn.failed", "turn.interrupted")
 MAX_EVENTS_PER_READ = 200
@@ -369,7 +371,9 @@ class SessionManager:
 
     # -- turns ------------------------------------------------------------------------------------
 
-    async def send(self, session_id: str, text: str, wait_s: float = 20.0, owner: str | None = None) -> TurnReply:
+    async def send(
+        self, session_id: str, text: str, wait_s: float = 20.0, queue: bool = False, owner: str | None = None
+    ) -> TurnReply:
         if not text.strip():
             raise InvalidInput("The message is empty. Send the text (for the shell agent, a bash script) to run.")
         size = len(text.encode())
@@ -378,27 +382,46 @@ class SessionManager:
                 f"The message is {size} bytes, over this server's limit of {self.settings.max_message_bytes}. "
                 "Write large inputs into the workspace as files and send a short message that uses them."
             )
-        record = await self._record(session_id, owner)
-        running = RunningTurn(turn=0, buffer=OutputBuffer(self.settings.max_output_bytes))
+        await self._record(session_id, owner)
+        messages: list[Message] = []
+        placed: dict[str, int] = {}
 
         def start(r: SessionRecord) -> list[EventSpec]:
             s = r.session
+            if queue and s.status == "busy":
+                if len(r.queue) >= MAX_QUEUE:
+                    raise SessionBusy(
+                        f"Session '{s.id}' already has {MAX_QUEUE} queued messages. Wait for them with get_session."
+                    )
+                r.queue.append(QueuedMessage(text=text))
+                placed["turn"], placed["position"] = s.turns + len(r.queue), len(r.queue)
+                return [("turn.queued", {"turn": placed["turn"], "position": len(r.queue), "text": shorten(text, 2000)})]
             self._check_can_send(s)
-            s.turns += 1
-            s.status, s.last_activity_at = "busy", now()
-            s.preview = s.preview or shorten(text, 200)
-            s.last_turn = TurnSummary(turn=s.turns, status="running", started_at=now())
-            r.lease, r.interrupt_requested = self._lease, False
-            running.turn = s.turns
-            return [("turn.started", {"turn": s.turns, "text": shorten(text, 2000)}), ("status", {"status": "busy"})]
+            placed["turn"] = s.turns + 1
+            return self._begin_turn(r, text, messages)
 
-        message = Message(role="user", content=[TextBlock(text=text)], turn=record.session.turns + 1)
-        record, events = await self._update(session_id, start, [message])
-        self._turns[session_id] = running
+        record, _ = await self._update(session_id, start, messages)
+        if "position" not in placed:
+            self._spawn_turn(record, text)
+        record = await self._wait_turn(session_id, placed["turn"], wait_s)
+        return await self._reply(record, placed["turn"])
+
+    def _begin_turn(self, r: SessionRecord, text: str, messages: list[Message]) -> list[EventSpec]:
+        """Mark the next turn as running in `r` (inside a store update) and add its user message."""
+        s = r.session
+        s.turns += 1
+        s.status, s.last_activity_at = "busy", now()
+        s.preview = s.preview or shorten(text, 200)
+        s.last_turn = TurnSummary(turn=s.turns, status="running", started_at=now())
+        r.lease, r.interrupt_requested = self._lease, False
+        messages.append(Message(role="user", content=[TextBlock(text=text)], turn=s.turns))
+        return [("turn.started", {"turn": s.turns, "text": shorten(text, 2000)}), ("status", {"status": "busy"})]
+
+    def _spawn_turn(self, record: SessionRecord, text: str) -> None:
+        running = RunningTurn(turn=record.session.turns, buffer=OutputBuffer(self.settings.max_output_bytes))
+        self._turns[record.session.id] = running
         assert self._tg is not None
         self._tg.start_soon(self._run_turn, record, text, running)
-        record = await self._wait_turn(session_id, running.turn, wait_s)
-        return await self._reply(record, running.turn)
 
     def _check_can_send(self, s: Session) -> None:
         if s.status == "busy":
@@ -504,14 +527,18 @@ class SessionManager:
                         reason=running.stop_reason,
                     )
                 try:
+                    if self._turns.get(sid) is running:
+                        del self._turns[sid]
                     await self._finish_turn(sid, running.turn, self._lease, outcome)
                 finally:
-                    self._turns.pop(sid, None)
                     running.done.set()
                     self._notify(sid)
 
     async def _finish_turn(self, session_id: str, turn: int, lease: str | None, outcome: TurnOutcome) -> SessionRecord:
+        """Record how `turn` ended and, if messages are queued, start the next one in the same transaction."""
         finished = now()
+        messages = [Message(role="assistant", content=outcome.content, turn=turn)] if outcome.content else []
+        next_text: list[str] = []
 
         def finish(r: SessionRecord) -> list[EventSpec]:
             s = r.session
@@ -545,13 +572,18 @@ class SessionManager:
                 "reason": outcome.reason,
             }
             events: list[EventSpec] = [(f"turn.{outcome.status}", data)]
-            if s.status == "busy":
+            if s.status == "busy" and r.queue:
+                queued = r.queue.pop(0)
+                next_text.append(queued.text)
+                events += self._begin_turn(r, queued.text, messages)
+            elif s.status == "busy":
                 s.status = "ready"
                 events.append(("status", {"status": "ready"}))
             return events
 
-        messages = [Message(role="assistant", content=outcome.content, turn=turn)] if outcome.content else []
         record, _ = await self._update(session_id, finish, messages)
+        if next_text:
+            self._spawn_turn(record, next_text[0])
         return record
 
     async def _wait_turn(self, session_id: str, turn: int, wait_s: float) -> SessionRecord:
@@ -560,7 +592,7 @@ class SessionManager:
         while True:
             record = await self._record(session_id)
             s = record.session
-            if not (s.status == "busy" and s.turns == turn):
+            if self._turn_over(s, turn):
                 return record
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -572,39 +604,71 @@ class SessionManager:
             else:
                 await self._wait_change(session_id, min(POLL_S, remaining))
 
+    @staticmethod
+    def _turn_over(s: Session, turn: int) -> bool:
+        if s.status in ("dead", "failed") or s.turns > turn:
+            return True
+        return s.turns == turn and s.status != "busy"
+
     async def _reply(self, record: SessionRecord, turn: int) -> TurnReply:
         s = record.session
         running = self._turns.get(s.id)
         if running is not None and running.flush is not None:
             await running.flush()
         cursor = await self.store.last_seq(s.id)
-        summary = s.last_turn
-        if summary is not None and summary.turn == turn and summary.status != "running":
+        base = {"session_id": s.id, "status": s.status, "turn": turn, "events_cursor": cursor}
+        if s.turns < turn and s.status == "busy":
+            position = turn - s.turns
             return TurnReply(
-                session_id=s.id,
-                status=s.status,
-                turn=turn,
-                turn_status=summary.status,
-                output=summary.output,
-                exit_code=summary.exit_code,
-                duration_s=summary.duration_s,
-                output_bytes=summary.output_bytes,
-                output_cut_bytes=summary.output_cut_bytes,
-                reason=summary.reason,
-                events_cursor=cursor,
-                next_step=self._next_step(s),
+                **base,
+                turn_status="queued",
+                next_step=(
+                    f"The message is queued: it runs as turn {turn}, after {position} turn(s) ahead of it. "
+                    f"Call get_session(session_id='{s.id}', wait_s=30, events_after={cursor}) to follow."
+                ),
             )
-        so_far = running.buffer.render() if running is not None else ""
+        if s.turns == turn and s.status == "busy":
+            return TurnReply(
+                **base,
+                turn_status="running",
+                output=running.buffer.render() if running else "",
+                output_bytes=running.buffer.total if running else 0,
+                output_cut_bytes=running.buffer.cut if running else 0,
+                next_step=self._next_step(s, cursor),
+            )
+        summary = s.last_turn if s.last_turn and s.last_turn.turn == turn else await self._past_turn(s.id, turn)
+        if summary is None:  # closed before a queued message ran
+            return TurnReply(**base, turn_status="interrupted", reason="the session closed first", next_step=self._next_step(s))
         return TurnReply(
-            session_id=s.id,
-            status=s.status,
+            **base,
+            turn_status=summary.status,
+            output=summary.output,
+            exit_code=summary.exit_code,
+            duration_s=summary.duration_s,
+            output_bytes=summary.output_bytes,
+            output_cut_bytes=summary.output_cut_bytes,
+            reason=summary.reason,
+            next_step=self._next_step(s),
+        )
+
+    async def _past_turn(self, session_id: str, turn: int) -> TurnSummary | None:
+        """How an earlier turn ended, rebuilt from its end event and its reply message."""
+        ends = [e for e in await self.store.events_of_type(session_id, TURN_END_EVENTS) if e.data.get("turn") == turn]
+        if not ends:
+            return None
+        end = ends[-1]
+        replies = [m for m in await self.store.messages(session_id) if m.turn == turn and m.role == "assistant"]
+        output = replies[-1].text() if replies else ""
+        return TurnSummary(
             turn=turn,
-            turn_status="running",
-            output=so_far,
-            output_bytes=running.buffer.total if running else 0,
-            output_cut_bytes=running.buffer.cut if running else 0,
-            events_cursor=cursor,
-            next_step=self._next_step(s, cursor),
+            status=end.type.removeprefix("turn."),  # type: ignore[arg-type]
+            started_at=end.time,
+            finished_at=end.time,
+            duration_s=end.data.get("duration_s"),
+            exit_code=end.data.get("exit_code"),
+            output=output,
+            output_bytes=end.data.get("output_bytes") or 0,
+            reason=end.data.get("reason"),
         )
 
     @staticmethod
@@ -637,6 +701,7 @@ class SessionManager:
         cursor = events[-1].seq if events else (events_after if events_after is not None else await self.store.last_seq(s.id))
         return SessionDetail(
             session=s,
+            queued=[q.text for q in record.queue],
             recent_messages=await self.store.messages(session_id, last=4),
             events=events,
             events_cursor=cursor,
@@ -786,6 +851,13 @@ class SessionManager:
     async def close(self, session_id: str, delete: bool = False, owner: str | None = None) -> CloseReply:
         record = await self._record(session_id, owner)
         s = record.session
+        dropped = len(record.queue)
+        if dropped:
+
+            def drop_queue(r: SessionRecord) -> None:
+                r.queue.clear()
+
+            await self._update(session_id, drop_queue)
         if s.status == "busy":
             await self.interrupt(session_id)
         was_closed = s.status == "dead"
@@ -808,7 +880,7 @@ class SessionManager:
         def mark_dead(r: SessionRecord) -> list[EventSpec]:
             r.session.status, r.session.close_reason, r.session.finished_at = "dead", "closed", now()
             r.lease = None
-            return [("session.closed", {"reason": "closed"}), ("status", {"status": "dead"})]
+            return [("session.closed", {"reason": "closed", "dropped_queued": dropped}), ("status", {"status": "dead"})]
 
         await self._update(session_id, mark_dead)
         return CloseReply(

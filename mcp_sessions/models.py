@@ -22,7 +22,7 @@ Phase = Literal[
     "starting_agent",
     "ready",
 ]
-TurnStatus = Literal["running", "completed", "failed", "interrupted"]
+TurnStatus = Literal["queued", "running", "completed", "failed", "interrupted"]
 LIVE_STATUSES: tuple[Status, ...] = ("creating", "ready", "busy")
 
 
@@ -153,6 +153,11 @@ class Session(BaseModel):
     owner: str | None = None
 
 
+class QueuedMessage(BaseModel):
+    text: str
+    queued_at: datetime = Field(default_factory=now)
+
+
 class SessionRecord(BaseModel):
     """A session plus what only the server needs: how to reach its sandbox and who runs its turn."""
 
@@ -162,6 +167,7 @@ class SessionRecord(BaseModel):
     limits: dict[str, Any] = Field(default_factory=dict)
     lease: str | None = Field(None, description="The server process running this session's turn or creation.")
     interrupt_requested: bool = False
+    queue: list[QueuedMessage] = Field(default_factory=list, description="Messages to run, in order, after the current turn.")
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -170,6 +176,7 @@ EventType = Literal[
     "session.created",
     "phase",
     "status",
+    "turn.queued",
     "turn.started",
     "text.delta",
     "tool.started",
@@ -214,7 +221,7 @@ class SessionDetail(BaseModel):
     """The answer to get_session."""
 
     session: Session
-    queued: list[str] = Field(default_factory=list, description="Messages waiting to run after the current turn.")
+    queued: list[str] = Field(default_factory=list, description="Messages waiting to run, in order, after the current turn.")
     recent_messages: list[Message] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list, description="Events after events_after, oldest first.")
     events_cursor: int

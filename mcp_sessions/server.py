@@ -174,15 +174,17 @@ def register_tools(mcp: MCPServer[SessionManager]) -> None:
         session_id: SessionId,
         text: Annotated[str, Field(description="The message. For the shell agent: a bash script run in the session's shell.")],
         wait_s: Annotated[float, Field(ge=0, description="Wait up to this long for the turn to end (default 20, capped at 50). 0 returns at once.")] = 20,
+        queue: Annotated[bool, Field(description="If a turn is running, queue this message to run after it instead of failing.")] = False,
     ) -> TurnReply:
         """Send a message to a session, starting a turn, and wait up to wait_s for the reply.
 
         If the turn ends in time: turn_status 'completed' (or 'failed'/'interrupted') with the output, exit_code
         and duration. If not: status 'busy', turn_status 'running', the output so far and an events_cursor;
         then call get_session(session_id, wait_s=30, events_after=events_cursor) until it ends, or interrupt.
-        One turn runs at a time: sending while busy is an error naming the running turn.
+        One turn runs at a time: sending while busy is an error naming the running turn, unless queue=true,
+        which runs the message after the turns ahead of it (turn_status 'queued'; get_session lists the queue).
         """
-        return await _manager(ctx).send(session_id, text, wait_s=wait_s)
+        return await _manager(ctx).send(session_id, text, wait_s=wait_s, queue=queue)
 
     @mcp.tool(
         title="Get session",

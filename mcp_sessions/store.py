@@ -227,7 +227,8 @@ class Store:
     ) -> tuple[SessionRecord, list[Event]]:
         """Apply `mutate` to the stored record, add `messages` and append the events `mutate` returns, atomically.
 
-        `mutate` may raise to abort; nothing is written then. Raises KeyError if the session is gone.
+        `messages` is read after `mutate` runs, so `mutate` may fill it. `mutate` may raise to abort; nothing
+        is written then. Raises KeyError if the session is gone.
         """
 
         def run() -> tuple[SessionRecord, list[Event]]:

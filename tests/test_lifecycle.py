@@ -47,3 +47,32 @@ async def test_a_cancelled_send_message_leaves_the_turn_running(client: Client) 
     done = await call(client, "get_session", session_id=sid, wait_s=20)
     assert done["session"]["last_turn"]["status"] == "completed"
     assert done["session"]["last_turn"]["output"] == "finished\n"
+
+
+async def test_queued_messages_run_in_order_after_the_running_turn(client: Client) -> None:
+    sid = await new_session(client)
+    await call(client, "send_message", session_id=sid, text="sleep 1; echo one > order.txt", wait_s=0)
+    second = await call(client, "send_message", session_id=sid, text="echo two >> order.txt", wait_s=0, queue=True)
+    third = await call(client, "send_message", session_id=sid, text="echo three >> order.txt; cat order.txt", wait_s=0, queue=True)
+    assert second["turn_status"] == third["turn_status"] == "queued"
+    assert (second["turn"], third["turn"]) == (2, 3)
+    detail = await call(client, "get_session", session_id=sid)
+    assert detail["queued"] == ["echo two >> order.txt", "echo three >> order.txt; cat order.txt"]
+    # without queue=true a message is still refused while busy
+    assert "busy running turn 1" in await call_error(client, "send_message", session_id=sid, text="true")
+    reply = await call(client, "send_message", session_id=sid, text="echo four", wait_s=30, queue=True)
+    assert reply["turn"] == 4 and reply["output"] == "four\n"
+    detail = await call(client, "get_session", session_id=sid)
+    assert detail["queued"] == [] and detail["session"]["turns"] == 4
+    transcript = (await client.read_resource(f"session://{sid}/transcript")).contents[0].text
+    assert "one\ntwo\nthree" in transcript
+
+
+async def test_closing_drops_queued_messages(client: Client) -> None:
+    sid = await new_session(client)
+    await call(client, "send_message", session_id=sid, text="sleep 30", wait_s=0)
+    await call(client, "send_message", session_id=sid, text="touch ran.txt", wait_s=0, queue=True)
+    await call(client, "close_session", session_id=sid)
+    await anyio.sleep(0.5)
+    session = (await call(client, "get_session", session_id=sid))["session"]
+    assert session["status"] == "dead" and session["turns"] == 1
