@@ -10,12 +10,24 @@ import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, ParamSpec, TypeVar
 
+import anyio
+from mcp.server import NotificationOptions
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp.types import Resource, ToolAnnotations
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.types import (
+    EmptyResult,
+    Resource,
+    SetLevelRequestParams,
+    SubscribeRequestParams,
+    ToolAnnotations,
+    UnsubscribeRequestParams,
+)
 from pydantic import Field
 
 from sandbox_backends.base import PathNotAllowed, SandboxError
@@ -24,6 +36,7 @@ from . import __version__
 from .app import open_manager
 from .errors import SessionError, SessionNotFound
 from .manager import CreateRequest, SessionManager
+from .notifications import ChangeFeed, with_progress
 from .models import (
     CloseReply,
     InterruptReply,
@@ -63,23 +76,33 @@ def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
+@dataclass
+class AppState:
+    """What the server's lifespan holds: the manager and the feed that notifies clients."""
+
+    manager: SessionManager
+    feed: ChangeFeed
+
+
 def _manager(ctx: Context) -> SessionManager:
-    return ctx.request_context.lifespan_context
+    state: AppState = ctx.request_context.lifespan_context
+    state.feed.connection(ctx.request_context.session)
+    return state.manager
 
 
 SessionId = Annotated[str, Field(description="The session id (ses_...), as returned by create_session or list_sessions.")]
 
 
-class SessionsServer(MCPServer[SessionManager]):
+class SessionsServer(MCPServer[AppState]):
     """MCPServer whose resources/list shows the live sessions."""
 
     async def list_resources(self) -> list[Resource]:
         static = await super().list_resources()
-        manager: SessionManager | None = getattr(self, "manager", None)
-        if manager is None:
+        state: AppState | None = getattr(self, "state", None)
+        if state is None:
             return static
         listed = []
-        for s in await manager.live_sessions():
+        for s in await state.manager.live_sessions():
             name = s.title or s.id
             listed.append(
                 Resource(
@@ -101,11 +124,18 @@ class SessionsServer(MCPServer[SessionManager]):
 
 
 def create_server(settings: Settings) -> SessionsServer:
+    bus = InMemorySubscriptionBus()
+
     @asynccontextmanager
-    async def lifespan(server: MCPServer[SessionManager]) -> AsyncIterator[SessionManager]:
-        async with open_manager(settings) as manager:
-            server.manager = manager  # type: ignore[attr-defined]
-            yield manager
+    async def lifespan(server: MCPServer[AppState]) -> AsyncIterator[AppState]:
+        async with open_manager(settings) as manager, anyio.create_task_group() as tg:
+            state = AppState(manager, ChangeFeed(manager.store, bus))
+            tg.start_soon(state.feed.run)
+            server.state = state  # type: ignore[attr-defined]
+            try:
+                yield state
+            finally:
+                tg.cancel_scope.cancel()
 
     mcp = SessionsServer(
         "mcp-sessions",
@@ -113,13 +143,40 @@ def create_server(settings: Settings) -> SessionsServer:
         instructions=INSTRUCTIONS,
         log_level=settings.log_level.upper(),  # type: ignore[arg-type]
         lifespan=lifespan,
+        subscriptions=bus,
     )
     register_tools(mcp)
     register_resources(mcp)
+    register_notifications(mcp)
     return mcp
 
 
-def register_tools(mcp: MCPServer[SessionManager]) -> None:
+def register_notifications(mcp: MCPServer[AppState]) -> None:
+    """resources/subscribe, resources/unsubscribe and logging/setLevel for handshake-era clients, which
+    MCPServer does not serve itself, and the capabilities that announce them."""
+    low = mcp._lowlevel_server  # no public accessor in mcp 2.3
+
+    async def subscribe(ctx: ServerRequestContext[AppState], params: SubscribeRequestParams) -> EmptyResult:
+        ctx.lifespan_context.feed.subscribe(ctx.session, str(params.uri))
+        return EmptyResult()
+
+    async def unsubscribe(ctx: ServerRequestContext[AppState], params: UnsubscribeRequestParams) -> EmptyResult:
+        ctx.lifespan_context.feed.unsubscribe(ctx.session, str(params.uri))
+        return EmptyResult()
+
+    async def set_level(ctx: ServerRequestContext[AppState], params: SetLevelRequestParams) -> EmptyResult:
+        ctx.lifespan_context.feed.set_level(ctx.session, params.level)
+        return EmptyResult()
+
+    low.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
+    low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
+    low.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)
+    low.create_initialization_options = functools.partial(  # type: ignore[method-assign]
+        low.create_initialization_options, NotificationOptions(resources_changed=True)
+    )
+
+
+def register_tools(mcp: MCPServer[AppState]) -> None:
     @mcp.tool(
         title="Create session",
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
@@ -184,7 +241,10 @@ def register_tools(mcp: MCPServer[SessionManager]) -> None:
         One turn runs at a time: sending while busy is an error naming the running turn, unless queue=true,
         which runs the message after the turns ahead of it (turn_status 'queued'; get_session lists the queue).
         """
-        return await _manager(ctx).send(session_id, text, wait_s=wait_s, queue=queue)
+        manager = _manager(ctx)
+        return await with_progress(
+            ctx, manager.store, session_id, lambda: manager.send(session_id, text, wait_s=wait_s, queue=queue)
+        )
 
     @mcp.tool(
         title="Get session",
@@ -203,7 +263,12 @@ def register_tools(mcp: MCPServer[SessionManager]) -> None:
         Use it to follow a running turn: call with wait_s=30 and events_after set to the last events_cursor
         until session.status is no longer 'busy'. Long output in events is cut with a note.
         """
-        return await _manager(ctx).get(session_id, wait_s=wait_s, events_after=events_after)
+        manager = _manager(ctx)
+        if wait_s <= 0:
+            return await manager.get(session_id, events_after=events_after)
+        return await with_progress(
+            ctx, manager.store, session_id, lambda: manager.get(session_id, wait_s=wait_s, events_after=events_after)
+        )
 
     @mcp.tool(
         title="List sessions",
@@ -275,7 +340,7 @@ def _resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
     return wrapper
 
 
-def register_resources(mcp: MCPServer[SessionManager]) -> None:
+def register_resources(mcp: MCPServer[AppState]) -> None:
     @mcp.resource(
         "session://{session_id}/transcript",
         name="transcript",

@@ -263,6 +263,19 @@ class Store:
 
         return await self._run(run)
 
+    async def live_and_latest(self, extra: set[str]) -> tuple[set[str], dict[str, int]]:
+        """The ids of live sessions, and the last event seq of those and of `extra`."""
+
+        def run() -> tuple[set[str], dict[str, int]]:
+            live = {r[0] for r in self._conn.execute("SELECT id FROM sessions WHERE status IN ('creating','ready','busy')")}
+            seqs = {}
+            for sid in live | extra:
+                row = self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (sid,)).fetchone()
+                seqs[sid] = row[0] or 0
+            return live, seqs
+
+        return await self._run(run)
+
     async def with_status(self, statuses: Iterable[str]) -> list[SessionRecord]:
         wanted = list(statuses)
 

@@ -1,0 +1,142 @@
+"""Long turns in every client: progress notifications, subscriptions, list changes and logs, in both eras."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
+from mcp.types import (
+    LoggingMessageNotificationParams,
+    ResourceListChangedNotification,
+    ResourceUpdatedNotification,
+)
+
+from mcp_sessions.server import create_server
+from mcp_sessions.settings import Settings
+
+from .conftest import ERAS, call, new_session
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_progress_notifications_carry_new_output(client: Client) -> None:
+    sid = await new_session(client)
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    result = await client.call_tool(
+        "send_message",
+        {"session_id": sid, "text": "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.4; done", "wait_s": 30},
+        progress_callback=on_progress,
+    )
+    assert result.structured_content["turn_status"] == "completed"
+    assert len(messages) >= 2, messages
+    streamed = "".join(messages)
+    assert [line for line in streamed.splitlines() if line] == [f"tick {i}" for i in range(1, 7)]
+
+
+async def test_a_handshake_era_subscriber_gets_updates_list_changes_and_turn_logs(settings: Settings) -> None:
+    notes: list[str] = []
+    logs: list[LoggingMessageNotificationParams] = []
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, ResourceUpdatedNotification):
+            notes.append(f"updated {message.params.uri}")
+        elif isinstance(message, ResourceListChangedNotification):
+            notes.append("list_changed")
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        logs.append(params)
+
+    server = create_server(settings)
+    async with Client(server, mode="legacy", message_handler=on_message, logging_callback=on_log) as client:
+        caps = client.server_capabilities
+        assert caps.resources.subscribe and caps.resources.list_changed and caps.logging is not None
+        await client.set_logging_level("info")
+        sid = await new_session(client)
+        with anyio.fail_after(5):
+            while "list_changed" not in notes:
+                await anyio.sleep(0.1)
+        await client.subscribe_resource(f"session://{sid}")
+        await call(client, "send_message", session_id=sid, text="echo hi; exit 2")
+        with anyio.fail_after(5):
+            while f"updated session://{sid}" not in notes or len(logs) < 2:
+                await anyio.sleep(0.1)
+        notes.clear()
+        await call(client, "close_session", session_id=sid)
+        with anyio.fail_after(5):
+            while "list_changed" not in notes:
+                await anyio.sleep(0.1)
+    texts = [log.data["message"] for log in logs]
+    assert any("turn 1 started: echo hi" in t for t in texts)
+    assert any("turn 1 completed (exit code 2" in t for t in texts)
+
+
+async def test_logging_level_filters_what_the_client_gets(settings: Settings) -> None:
+    logs: list[LoggingMessageNotificationParams] = []
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        logs.append(params)
+
+    async with Client(create_server(settings), mode="legacy", logging_callback=on_log) as client:
+        await client.set_logging_level("warning")
+        sid = await new_session(client)
+        await call(client, "send_message", session_id=sid, text="true")
+        await call(client, "send_message", session_id=sid, text="sleep 30", wait_s=0)
+        await call(client, "interrupt", session_id=sid)
+        with anyio.fail_after(5):
+            while not logs:
+                await anyio.sleep(0.1)
+        await anyio.sleep(1)
+    assert [log.level for log in logs] == ["warning"]
+    assert "turn 2 interrupted" in logs[0].data["message"]
+
+
+async def test_a_modern_era_listener_gets_updates_and_list_changes(settings: Settings) -> None:
+    async with Client(create_server(settings)) as client:
+        sid = await new_session(client)
+        seen: list[object] = []
+        async with client.listen(resources_list_changed=True, resource_subscriptions=[f"session://{sid}"]) as stream:
+            await call(client, "send_message", session_id=sid, text="echo hi")
+            await call(client, "create_session")
+            with anyio.fail_after(5):
+                async for event in stream:
+                    seen.append(event)
+                    kinds = {type(e) for e in seen}
+                    if {ResourceUpdated, ResourcesListChanged} <= kinds:
+                        break
+    assert ResourceUpdated(uri=f"session://{sid}") in seen
+
+
+async def test_a_90_second_turn_is_followed_to_the_end_in_both_eras(tmp_path: Path) -> None:
+    """No call outlives its wait_s by more than a second, and every line lands in the transcript."""
+    script = "for i in $(seq 1 90); do echo line $i; sleep 1; done"
+
+    async def follow(mode: str) -> None:
+        async with Client(create_server(Settings(home=tmp_path / mode)), mode=mode) as client:
+            sid = await new_session(client)
+            started = time.monotonic()
+            reply = await call(client, "send_message", session_id=sid, text=script, wait_s=5)
+            assert time.monotonic() - started < 6
+            assert reply["status"] == "busy"
+            cursor = reply["events_cursor"]
+            while True:
+                started = time.monotonic()
+                detail = await call(client, "get_session", session_id=sid, wait_s=20, events_after=cursor)
+                assert time.monotonic() - started < 21
+                cursor = detail["events_cursor"]
+                if detail["session"]["status"] != "busy":
+                    break
+            assert detail["session"]["last_turn"]["status"] == "completed"
+            transcript = (await client.read_resource(f"session://{sid}/transcript")).contents[0].text
+            assert all(f"line {i}\n" in transcript for i in range(1, 91))
+
+    async with anyio.create_task_group() as tg:
+        for mode in ERAS:
+            tg.start_soon(follow, mode)
