@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, get_args
 from pydantic import ValidationError
 
 from . import __version__
-from .errors import SessionError, SessionNotFound, StoreError
+from .errors import InvalidInput, SessionError, SessionNotFound, StoreError
 from .models import Event, Session, SessionPage, Status
 from .settings import ENV_PREFIX, Settings
 
@@ -282,16 +282,23 @@ def format_table(page: SessionPage) -> str:
 
 
 async def list_sessions(manager: SessionManager, args: argparse.Namespace) -> int:
-    page = await manager.list(
-        statuses=args.statuses,
-        tags=args.tags,
-        driver=args.filter_driver,
-        agent=args.filter_agent,
-        created_after=args.created_after,
-        created_before=args.created_before,
-        limit=args.limit,
-        cursor=args.cursor,
-    )
+    try:
+        page = await manager.list(
+            statuses=args.statuses,
+            tags=args.tags,
+            driver=args.filter_driver,
+            agent=args.filter_agent,
+            created_after=args.created_after,
+            created_before=args.created_before,
+            limit=args.limit,
+            cursor=args.cursor,
+        )
+    except InvalidInput as e:
+        if args.cursor and "cursor" in str(e):
+            raise InvalidInput(
+                f"--cursor {args.cursor!r} is not a cursor that '{PROG} ls' printed. Leave it out for the first page."
+            ) from e
+        raise InvalidInput(str(e).replace("limit must", "--limit must")) from e
     if args.json:
         print(page.model_dump_json(indent=2))
         return 0
