@@ -1,0 +1,307 @@
+"""The SQLite store on its own: filters and keyset pages over many sessions, and schema versions."""
+
+from __future__ import annotations
+
+import base64
+import random
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from mcp_sessions.errors import InvalidInput
+from mcp_sessions.models import Session, SessionRecord
+from mcp_sessions.store import MIGRATIONS, SCHEMA_VERSION, Store, stamp
+
+pytestmark = pytest.mark.anyio
+
+COUNT = 1000
+STATUSES = ["creating", "ready", "busy", "failed", "dead"]
+TAGS = ["red", "green", "blue", "big"]
+DRIVERS = ["local", "docker", "remote"]
+AGENTS = ["shell", "llm"]
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def make_sessions() -> list[Session]:
+    """Varied sessions; every three share a creation time, so the id must break ties in the order."""
+    rng = random.Random(20261122)
+    sessions = [
+        Session(
+            id=f"ses_{rng.getrandbits(128):032x}",
+            status=rng.choice(STATUSES),
+            tags=sorted(rng.sample(TAGS, rng.randint(0, len(TAGS)))),
+            driver=rng.choice(DRIVERS),
+            agent=rng.choice(AGENTS),
+            created_at=BASE + timedelta(milliseconds=1234 * (i // 3), microseconds=i // 3),
+            command_timeout_s=600,
+        )
+        for i in range(COUNT)
+    ]
+    rng.shuffle(sessions)  # insertion order is not time order
+    return sessions
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Session]]:
+    """A database holding COUNT sessions inserted through Store.insert, shared by the read-only tests here."""
+    path = tmp_path_factory.mktemp("store") / "sessions.db"
+    sessions = make_sessions()
+
+    async def fill() -> None:
+        store = await Store.open(path)
+        try:
+            for s in sessions:
+                await store.insert(SessionRecord(session=s), [("session.created", {})])
+        finally:
+            await store.aclose()
+
+    anyio.run(fill)
+    return path, sessions
+
+
+@pytest.fixture
+async def store(filled: tuple[Path, list[Session]]) -> Any:
+    opened = await Store.open(filled[0])
+    yield opened
+    await opened.aclose()
+
+
+def newest_first(sessions: list[Session], keep: Callable[[Session], bool]) -> list[str]:
+    wanted = [s for s in sessions if keep(s)]
+    wanted.sort(key=lambda s: (stamp(s.created_at), s.id), reverse=True)
+    return [s.id for s in wanted]
+
+
+async def walk(store: Store, limit: int, **filters: Any) -> tuple[list[str], set[int]]:
+    """Every page from the first to the one without a next cursor: the ids in order and the totals seen."""
+    ids: list[str] = []
+    totals: set[int] = set()
+    cursor = None
+    while True:
+        page, total, cursor = await store.query(limit=limit, cursor=cursor, **filters)
+        assert len(page) <= limit
+        if cursor is not None:
+            assert len(page) == limit, "a page with a next cursor is full"
+        elif ids:
+            assert page, "the last page is not an empty one after a full page"
+        ids += [r.session.id for r in page]
+        totals.add(total)
+        if cursor is None:
+            return ids, totals
+
+
+async def test_every_page_size_walks_every_session_once_newest_first(store: Store, filled: Any) -> None:
+    expected = newest_first(filled[1], lambda s: True)
+    assert len(expected) == COUNT
+    for limit in range(1, 201):
+        ids, totals = await walk(store, limit)
+        assert ids == expected, f"limit {limit}"
+        assert totals == {COUNT}
+
+
+async def test_every_page_size_walks_a_filtered_set_once_newest_first(store: Store, filled: Any) -> None:
+    wanted = {"ready", "dead"}
+    expected = newest_first(filled[1], lambda s: s.status in wanted)
+    for limit in range(1, 201):
+        ids, totals = await walk(store, limit, statuses=sorted(wanted), tags=["red"] if limit % 2 else None)
+        if limit % 2:
+            assert ids == newest_first(filled[1], lambda s: s.status in wanted and "red" in s.tags), f"limit {limit}"
+        else:
+            assert ids == expected, f"limit {limit}"
+        assert totals == {len(ids)}
+
+
+FILTERS: list[tuple[str, dict[str, Any], Callable[[Session], bool]]] = [
+    ("one status", {"statuses": ["busy"]}, lambda s: s.status == "busy"),
+    ("statuses are any of", {"statuses": ["failed", "creating"]}, lambda s: s.status in ("failed", "creating")),
+    ("one tag", {"tags": ["green"]}, lambda s: "green" in s.tags),
+    ("tags are all of", {"tags": ["red", "big"]}, lambda s: {"red", "big"} <= set(s.tags)),
+    ("three tags", {"tags": ["red", "green", "blue"]}, lambda s: {"red", "green", "blue"} <= set(s.tags)),
+    ("an unknown tag", {"tags": ["nope"]}, lambda s: False),
+    ("driver", {"driver": "docker"}, lambda s: s.driver == "docker"),
+    ("agent", {"agent": "llm"}, lambda s: s.agent == "llm"),
+    (
+        "everything at once",
+        {"statuses": ["ready", "busy"], "tags": ["blue"], "driver": "local", "agent": "shell"},
+        lambda s: s.status in ("ready", "busy") and "blue" in s.tags and s.driver == "local" and s.agent == "shell",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "filters", "keep"), FILTERS, ids=[f[0] for f in FILTERS])
+@pytest.mark.parametrize("limit", [1, 7, 50, 200])
+async def test_filters_select_exactly_the_matching_sessions(
+    store: Store, filled: Any, name: str, filters: dict[str, Any], keep: Callable[[Session], bool], limit: int
+) -> None:
+    expected = newest_first(filled[1], keep)
+    ids, totals = await walk(store, limit, **filters)
+    assert ids == expected
+    assert totals == {len(expected)}
+
+
+async def test_tags_are_all_of_not_any_of(store: Store, filled: Any) -> None:
+    only_red = [s.id for s in filled[1] if s.tags == ["red"]]
+    assert only_red, "the data has sessions tagged only red"
+    ids, _ = await walk(store, 200, tags=["red", "green"])
+    assert ids and not set(only_red) & set(ids)
+
+
+async def test_created_after_and_before_include_their_bounds(store: Store, filled: Any) -> None:
+    times = sorted({s.created_at for s in filled[1]})
+    low, high = times[40], times[290]
+    cases = [
+        ({"created_after": low}, lambda s: s.created_at >= low),
+        ({"created_before": high}, lambda s: s.created_at <= high),
+        ({"created_after": low, "created_before": high}, lambda s: low <= s.created_at <= high),
+        ({"created_after": low, "created_before": low}, lambda s: s.created_at == low),
+        ({"created_after": high, "created_before": low}, lambda s: False),
+        ({"created_after": low, "statuses": ["dead"]}, lambda s: s.created_at >= low and s.status == "dead"),
+    ]
+    for filters, keep in cases:
+        expected = newest_first(filled[1], keep)
+        for limit in (1, 3, 50):
+            ids, totals = await walk(store, limit, **filters)
+            assert ids == expected, filters
+            assert totals == {len(expected)}
+    # Three sessions share each time: both bounds keep all three.
+    assert len(newest_first(filled[1], lambda s: s.created_at == low)) == 3
+    # The same instant in another zone is the same bound.
+    two_hours_east = low.astimezone(timezone(timedelta(hours=2)))
+    assert (await walk(store, 50, created_after=two_hours_east))[0] == newest_first(filled[1], lambda s: s.created_at >= low)
+
+
+async def test_a_cursor_stays_valid_while_newer_sessions_arrive(tmp_path: Path) -> None:
+    """Keyset pages: sessions created after the first page do not shift or repeat the later pages."""
+    store = await Store.open(tmp_path / "sessions.db")
+    try:
+        old = make_sessions()[:30]
+        for s in old:
+            await store.insert(SessionRecord(session=s), [])
+        first, total, cursor = await store.query(limit=10)
+        assert total == 30
+        newer = Session(id="ses_" + "f" * 32, driver="local", agent="shell", command_timeout_s=1, created_at=BASE + timedelta(days=400))
+        await store.insert(SessionRecord(session=newer), [])
+        rest, total, _ = await walk_from(store, cursor, limit=10)
+        assert total == 31
+        assert [r.session.id for r in first] + rest == newest_first(old, lambda s: True)
+    finally:
+        await store.aclose()
+
+
+async def walk_from(store: Store, cursor: str | None, limit: int) -> tuple[list[str], int, None]:
+    ids: list[str] = []
+    total = 0
+    while cursor is not None:
+        page, total, cursor = await store.query(limit=limit, cursor=cursor)
+        ids += [r.session.id for r in page]
+    return ids, total, None
+
+
+def cursor_of(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "garbage",
+        "!!!!",
+        cursor_of("no separator"),
+        cursor_of("a|b|c"),
+        base64.urlsafe_b64encode(b"\xff\xfe|\x80").decode(),
+    ],
+    ids=["not base64", "no base64 letters", "no separator", "two separators", "not utf-8"],
+)
+async def test_a_cursor_that_was_not_issued_is_refused_clearly(store: Store, cursor: str) -> None:
+    with pytest.raises(InvalidInput, match="cursor is not one this server gave out"):
+        await store.query(cursor=cursor)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="store.decode_cursor accepts any 'text|text' and pages from there instead of refusing it",
+)
+async def test_a_well_formed_cursor_that_was_not_issued_is_refused(store: Store) -> None:
+    with pytest.raises(InvalidInput):
+        await store.query(cursor=cursor_of("yesterday|ses_x"))
+
+
+# -- schema versions ---------------------------------------------------------------------------------
+
+
+def user_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+async def round_trip(path: Path) -> None:
+    store = await Store.open(path)
+    try:
+        s = Session(id="ses_" + "a" * 32, driver="local", agent="shell", command_timeout_s=1, tags=["x"])
+        await store.insert(SessionRecord(session=s), [("session.created", {})])
+        got = await store.get(s.id)
+        assert got is not None and got.session.tags == ["x"]
+        page, total, _ = await store.query(tags=["x"])
+        assert total == 1 and page[0].session.id == s.id
+        assert [e.type for e in await store.events(s.id)] == ["session.created"]
+    finally:
+        await store.aclose()
+
+
+async def test_a_fresh_database_gets_the_current_schema(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "sessions.db"
+    await round_trip(path)
+    assert user_version(path) == SCHEMA_VERSION
+
+
+async def test_an_empty_existing_file_gets_the_current_schema(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    path.write_bytes(b"")
+    await round_trip(path)
+    assert user_version(path) == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_sessions(tmp_path: Path, version: int) -> None:
+    """A database as version `version` left it: its sessions survive every later migration."""
+    path = tmp_path / "sessions.db"
+    with sqlite3.connect(path) as conn:
+        for migration in MIGRATIONS[:version]:
+            conn.executescript(migration)
+        s = Session(id="ses_" + "b" * 32, driver="local", agent="shell", command_timeout_s=1, status="ready")
+        conn.execute(
+            "INSERT INTO sessions(id, created_at, status, driver, agent, owner, tags, record) VALUES(?,?,?,?,?,?,?,?)",
+            (s.id, stamp(s.created_at), s.status, s.driver, s.agent, None, "[]", SessionRecord(session=s).model_dump_json()),
+        )
+        conn.execute(f"PRAGMA user_version={version}")
+    store = await Store.open(path)
+    try:
+        got = await store.get(s.id)
+        assert got is not None and got.session.status == "ready"
+        assert (await store.query(statuses=["ready"]))[1] == 1
+    finally:
+        await store.aclose()
+    assert user_version(path) == SCHEMA_VERSION
+    await round_trip(path)
+
+
+async def test_many_connections_opening_a_new_database_at_once_all_get_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    opened: list[Store] = []
+
+    async def open_one() -> None:
+        opened.append(await Store.open(path))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(open_one)
+    for store in opened:
+        await store.aclose()
+    assert len(opened) == 8
+    assert user_version(path) == SCHEMA_VERSION
+    await round_trip(path)
