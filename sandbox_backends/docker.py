@@ -1,0 +1,1691 @@
+"""The `docker` driver: one hardened container per sandbox, commands framed over one attached shell.
+
+Container (see `DockerDriver` for the knobs): no network, every capability dropped, no-new-privileges,
+memory (swap equal), CPU and process limits from `Limits`, user 1000:1000, read-only root, a named
+volume per sandbox at `/workspace`, tmpfs `/tmp` (`Limits.tmp_mb`) and `/run`, `init` as PID 1 with a
+keepalive child (`mcp-keepalive`), and labels `mcp-sessions.sandbox=1`, `mcp-sessions.server=<id>`,
+`mcp-sessions.name=<name>` plus `SandboxSpec.labels`. Containers are named `mcp-ses-<name>`.
+
+Commands do not pay a `docker exec` each (50-80 ms here). Each sandbox object keeps one long-lived
+`docker exec` of a small python3 program, the *control shell* (`CONTROL_PY`), with stdin attached.
+`docker exec` starts a tiny bootstrap (`CONTROL_BOOT`) that reads the program from stdin, so `ps` in
+the sandbox stays readable. Then the server writes requests and the control shell answers in frames
+on stdout:
+
+    request  (server -> control)   one JSON object per line; {"size": n} means n raw bytes follow the line
+    response (control -> server)   kind (1 byte) + length (4 bytes, big-endian) + payload
+        J  a JSON object with "req", the id of the request it answers
+        O  output of a command:   len(req) (1 byte) + req + bytes
+        D  content of a file:     len(req) (1 byte) + req + bytes
+
+Requests (each carries "req", an id chosen by the server; several may be in flight):
+- `run {run, script, env}` starts the runner of `shell.py` (`bash RUNNER STATE_DIR RUN_ID`) in a new
+  session, streams the run's output file as O frames and ends with `exit {rc, interrupted}`
+  (`started` is sent too, once the command has run for 15 ms). To keep bash's start-up off the round
+  trip, the control shell keeps two bash processes started ahead, each waiting on a pipe for a run id
+  before it sources the runner exactly as `bash RUNNER STATE_DIR RUN_ID` would.
+- `stop {mark}` sends SIGINT, SIGTERM, then SIGKILL to the command's process group (0.3 s apart, so
+  it is over within about 1 s), then SIGKILLs every other process in the container except PID 1, the
+  keepalive and control shells (so `setsid` escapees go too); `mark` writes the `interrupted` marker.
+- `follow {run, offset}` streams a run another control shell started, from an offset: that is how a
+  new connection resumes a command after the old one died, and how `take_over` collects a command
+  whose server is gone.
+- `done {run}` acknowledges a result; only then are the run's files removed, so a result survives the
+  server's death until someone has read it.
+- `read {path, max}` / `write {path}` + bytes serve workspace files, paths resolved inside the
+  container (symlinks included); about 8x faster than put_archive/get_archive.
+
+Anything in the sandbox runs as the same user as the control shell and could write into its stdout,
+so the server treats frames as untrusted: a malformed or oversized one ends the connection (the next
+request reconnects), never the server.
+
+The runner's state (`/tmp/.mcp-shell`: saved shell state, per-run script, output, exit code) lives on
+the container's tmpfs: it survives the server, not a restart of the container. The image needs bash
+and python3 (3.7 or later). `SandboxSpec.env` is passed with every command (it is not baked into the
+container, so pooled containers get it too); commands start with HOME=/workspace.
+
+Warm pool (opt-in, `pool_size`): containers made ahead for the default policy (image, `pool_limits`,
+no network), labelled `mcp-sessions.pool=1`, named `mcp-pool-<random>`, each with its control shell
+already open. `create` claims one by renaming it to `mcp-ses-<name>` (labels cannot change after
+create, so the name binds it; `SandboxSpec.labels` are not applied to a pooled container). The pool
+is filled while `watch()` runs; `aclose()` removes unclaimed pool containers, never session ones.
+
+`close()` removes the container and keeps the workspace volume (`mcp-ws-<name>`, or
+`mcp-ws-mcp-pool-<random>` for a pooled one; labelled like the container); `close(delete=True)`
+removes the volume as well. A later sandbox with the same name reuses a kept volume.
+
+All docker SDK calls run in worker threads; the control shell's socket is read with anyio directly.
+Only plain `unix://` and `tcp://` engine addresses are supported (not TLS or ssh).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import posixpath
+import secrets
+import socket
+import ssl
+import struct
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+import anyio.abc
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+
+from .base import (
+    ExecResult,
+    FailureCallback,
+    Limits,
+    OutputCallback,
+    PathNotAllowed,
+    PhaseCallback,
+    SandboxBusy,
+    SandboxError,
+    SandboxNotFound,
+    SandboxSpec,
+)
+from .output import OutputBuffer
+from .shell import INTERRUPTED_FILE, PID_FILE, RUNNER, RUNNER_FILE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGE = "mcp-sessions-sandbox:bookworm"
+WORKSPACE = "/workspace"
+STATE_DIR = "/tmp/.mcp-shell"
+KEEPALIVE_NAME = "mcp-keepalive"
+CONTROL_MARK = "mcp-sessions-control"
+
+LABEL_SANDBOX = "mcp-sessions.sandbox"
+LABEL_SERVER = "mcp-sessions.server"
+LABEL_NAME = "mcp-sessions.name"
+LABEL_POOL = "mcp-sessions.pool"
+SESSION_PREFIX = "mcp-ses-"
+POOL_PREFIX = "mcp-pool-"
+VOLUME_PREFIX = "mcp-ws-"
+
+ENGINE_HELP = (
+    "Start it with scripts/start-docker.sh (as root: installs docker.io if needed and runs "
+    "`dockerd --bridge=none --iptables=false`), or point DOCKER_HOST at a running engine."
+)
+STOP_TIMEOUT_S = 10.0
+"""Upper bound on waiting for a stopped command's last frames (the control shell stops it in about 1 s)."""
+CONNECT_TIMEOUT_S = 30.0
+TAKE_OVER_OUTPUT = 65536
+MAX_FRAME = 64 << 20
+"""Largest frame accepted from a control shell (output comes in 1 MiB frames; file reads may raise it)."""
+
+_T = TypeVar("_T")
+
+# The control shell. It runs as the sandbox user inside the container: `python3 -c CONTROL_PY
+# mcp-sessions-control STATE_DIR WORKSPACE`. The marker argument keeps it out of the kill sweeps.
+CONTROL_PY = r'''
+import json, os, select, signal, struct, subprocess, sys, threading, time
+MARK, DIR, WS = sys.argv[1], sys.argv[2], sys.argv[3]
+RUNNER = @RUNNER@
+PID_FILE, MARKER, RUNNER_FILE = @PID_FILE@, @MARKER@, @RUNNER_FILE@
+GRACE = 0.3
+CHUNK = 1 << 20
+os.umask(0o022)
+os.makedirs(DIR, mode=0o700, exist_ok=True)
+WS = os.path.realpath(WS)
+RUNNER_PATH = os.path.join(DIR, RUNNER_FILE)
+try:
+    with open(RUNNER_PATH) as f:
+        same = f.read() == RUNNER
+except OSError:
+    same = False
+if not same:
+    with open(RUNNER_PATH + ".tmp", "w") as f:
+        f.write(RUNNER)
+    os.replace(RUNNER_PATH + ".tmp", RUNNER_PATH)
+wlock = threading.Lock()
+
+def send(kind, payload):
+    data = memoryview(kind + struct.pack(">I", len(payload)) + payload)
+    with wlock:
+        while data:
+            data = data[os.write(1, data):]
+
+def reply(req, **kw):
+    kw["req"] = req
+    send(b"J", json.dumps(kw).encode())
+
+def data_frame(kind, req, data):
+    r = req.encode()
+    send(kind, bytes([len(r)]) + r + data)
+
+def path(name):
+    return os.path.join(DIR, name)
+
+def unlink(name):
+    try:
+        os.unlink(path(name))
+    except OSError:
+        pass
+
+def stat_of(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            s = f.read()
+    except OSError:
+        return None
+    return s[s.rfind(b")") + 2:].split()
+
+def alive(pid):
+    st = stat_of(pid)
+    return st is not None and st[0] not in (b"Z", b"X")
+
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+def current_run():
+    try:
+        with open(path(PID_FILE)) as f:
+            pid, run = f.read().split()
+        return int(pid), run
+    except (OSError, ValueError):
+        return None
+
+def starttime(pid):
+    st = stat_of(pid)
+    return st[19].decode() if st is not None and len(st) > 19 else None
+
+def run_alive(pid, run):
+    if not alive(pid):
+        return False
+    try:
+        with open(path(run + ".start")) as f:
+            return f.read().strip() == starttime(pid)
+    except OSError:
+        return True
+
+def pids():
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            yield int(name)
+
+def ppid_of(pid):
+    st = stat_of(pid)
+    return int(st[1]) if st is not None and len(st) > 1 else 0
+
+def protected(pid, running):
+    """PID 1, the keepalive, control shells and their idle standbys are not the user's processes."""
+    if pid in (1, os.getpid()):
+        return True
+    argv = cmdline(pid)
+    if not argv or argv == [b""] or argv[0] == b"mcp-keepalive" or MARK.encode() in argv:
+        return True
+    return pid != running and BOOT.encode() in argv and MARK.encode() in cmdline(ppid_of(pid))
+
+def kill_others(running):
+    """SIGKILL every process but PID 1, the keepalive and control shells, until none is left."""
+    for _ in range(100):
+        victims = [p for p in pids() if alive(p) and not protected(p, running)]
+        if not victims:
+            return
+        for p in victims:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.005)
+
+def group_alive(pgid):
+    for p in pids():
+        st = stat_of(p)
+        if st is not None and len(st) > 2 and st[2] == str(pgid).encode() and st[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+def killpg(pgid, sig):
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        pass
+
+def stop(req, mark):
+    cur = current_run()
+    if cur is None or not run_alive(*cur):
+        reply(req, ok=True, was_running=False, run=cur[1] if cur else None)
+        return
+    pid, run = cur
+    if mark:
+        open(path(MARKER), "w").close()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        killpg(pid, sig)
+        end = time.monotonic() + GRACE
+        while time.monotonic() < end and alive(pid):
+            time.sleep(0.005)
+        if not alive(pid):
+            break
+    killpg(pid, signal.SIGKILL)
+    kill_others(pid)
+    end = time.monotonic() + GRACE
+    while time.monotonic() < end and group_alive(pid):
+        time.sleep(0.005)
+    reply(req, ok=True, was_running=True, run=run)
+
+def cleanup(run):
+    for suffix in (".sh", ".out", ".rc", ".start"):
+        unlink(run + suffix)
+    cur = current_run()
+    if cur is None or cur[1] == run:
+        unlink(PID_FILE)
+        unlink(MARKER)
+
+children = {}
+followers = []
+standbys = []
+last_env = [None]
+STANDBYS = 2
+# Bash processes started ahead of time, each waiting for a run id on stdin; given one, it sources the
+# runner exactly as `bash RUNNER DIR RUN_ID` would. That takes bash's start-up off a command's round
+# trip; two are kept so back-to-back commands never wait for one to be started.
+BOOT = 'IFS= read -r __sbx_id || exit 0; set -- "$1" "$__sbx_id"; unset __sbx_id; . "$1/%s"' % RUNNER_FILE
+
+def spawn(argv, env, stdin):
+    return subprocess.Popen(argv, cwd=WS, env=env, start_new_session=True, stdin=stdin,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+def fill_standbys(env):
+    while len(standbys) < STANDBYS and last_env[0] == env:
+        try:
+            argv = ["bash", "--noprofile", "--norc", "-c", BOOT, "bash", DIR]
+            standbys.append((spawn(argv, env, subprocess.PIPE), env))
+        except OSError:
+            return
+
+def drop_standby(p):
+    try:
+        p.stdin.close()  # it reads EOF and exits
+    except OSError:
+        pass
+    children["standby-%d" % p.pid] = p
+
+spawner = None
+
+def refill(env):
+    """Start standbys in a thread, so the main loop stays free to answer."""
+    global spawner
+    last_env[0] = env
+    if len(standbys) < STANDBYS and (spawner is None or not spawner.is_alive()):
+        spawner = threading.Thread(target=fill_standbys, args=(env,), daemon=True)
+        try:
+            spawner.start()
+        except RuntimeError:
+            spawner = None
+
+def take_standby(env):
+    while True:
+        if not standbys and spawner is not None and spawner.is_alive() and last_env[0] == env:
+            spawner.join()
+        if not standbys:
+            return None
+        p, penv = standbys.pop(0)
+        if penv == env and p.poll() is None:
+            return p
+        drop_standby(p)
+
+class Follower:
+    def __init__(self, req, run, pid, fd, child):
+        self.req, self.run, self.pid, self.fd, self.child, self.sent = req, run, pid, fd, child, 0
+        self.announce = False
+        self.t0 = time.monotonic()
+
+def start_run(req, msg):
+    run = msg["run"]
+    cur = current_run()
+    if cur is not None:
+        if run_alive(*cur):
+            reply(req, error="busy", message="A command is already running in this sandbox.")
+            return
+        cleanup(cur[1])
+    with open(path(run + ".sh"), "w") as f:
+        f.write(msg["script"])
+    unlink(MARKER)
+    os.close(os.open(path(run + ".out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    fd = os.open(path(run + ".out"), os.O_RDONLY)
+    env = dict(os.environ)
+    env.update(msg.get("env") or {})
+    child = take_standby(env)
+    if child is not None:
+        try:
+            mark_started(run, child.pid)
+            child.stdin.write(run.encode() + b"\n")
+            child.stdin.close()
+        except OSError:
+            children["standby-%d" % child.pid] = child
+            child = None
+    if child is None:
+        try:
+            child = spawn(["bash", "--noprofile", "--norc", RUNNER_PATH, DIR, run], env, subprocess.DEVNULL)
+        except OSError as e:
+            os.close(fd)
+            cleanup(run)
+            reply(req, error="spawn", message="Cannot start the command: %s." % (e.strerror or e))
+            return
+        mark_started(run, child.pid)
+    children[run] = child
+    f = Follower(req, run, child.pid, fd, child)
+    f.announce = True  # "started" goes out only if the command outlives the first poll
+    followers.append(f)
+    last_env[0] = env
+
+def mark_started(run, pid):
+    with open(path(run + ".start"), "w") as f:
+        f.write("%s\n" % starttime(pid))
+    with open(path(PID_FILE + ".tmp"), "w") as f:
+        f.write("%d %s\n" % (pid, run))
+    os.replace(path(PID_FILE + ".tmp"), path(PID_FILE))
+
+def follow(req, msg):
+    cur = current_run()
+    run = msg.get("run") or (cur[1] if cur else None)
+    try:
+        fd = os.open(path(run + ".out"), os.O_RDONLY) if run else None
+    except OSError:
+        fd = None
+    if fd is None:
+        reply(req, ev="none", run=run)
+        return
+    offset = int(msg.get("offset") or 0)
+    os.lseek(fd, offset, os.SEEK_SET)
+    pid = cur[0] if cur and cur[1] == run else 0
+    f = Follower(req, run, pid, fd, children.get(run))
+    f.sent = offset
+    reply(req, ev="following", run=run, pid=pid, running=bool(pid and run_alive(pid, run)))
+    followers.append(f)
+
+def pump(f, limit):
+    sent = 0
+    while limit is None or sent < limit:
+        data = os.read(f.fd, CHUNK)
+        if not data:
+            break
+        f.sent += len(data)
+        sent += len(data)
+        data_frame(b"O", f.req, data)
+
+def pump_all():
+    for item in list(standbys):
+        if item[0].poll() is not None:
+            standbys.remove(item)
+            if last_env[0] is not None:
+                refill(last_env[0])
+    for run, child in list(children.items()):
+        if child.poll() is not None and not any(f.child is child for f in followers):
+            del children[run]
+    for f in list(followers):
+        finished = (f.child.poll() is not None) if f.child is not None else not (f.pid and run_alive(f.pid, f.run))
+        if not finished:
+            if f.announce and time.monotonic() - f.t0 > 0.015:
+                f.announce = False
+                reply(f.req, ev="started", run=f.run, pid=f.pid)
+            pump(f, 8 * CHUNK)
+            continue
+        end = os.fstat(f.fd).st_size
+        while f.sent < end:
+            data = os.read(f.fd, min(CHUNK, end - f.sent))
+            if not data:
+                break
+            f.sent += len(data)
+            data_frame(b"O", f.req, data)
+        os.close(f.fd)
+        followers.remove(f)
+        rc = None
+        try:
+            with open(path(f.run + ".rc")) as fh:
+                rc = int(fh.read().strip())
+        except (OSError, ValueError):
+            if f.child is not None and f.child.returncode is not None:
+                code = f.child.returncode
+                rc = 128 - code if code < 0 else code
+        if f.child is not None:
+            children.pop(f.run, None)
+        reply(f.req, ev="exit", run=f.run, rc=rc, interrupted=os.path.exists(path(MARKER)), bytes=f.sent)
+        if last_env[0] is not None:
+            refill(last_env[0])
+
+def inside(p):
+    if "\0" in p:
+        return None
+    full = os.path.realpath(p if os.path.isabs(p) else os.path.join(WS, p))
+    if full != WS and not full.startswith(WS + "/"):
+        return None
+    return full
+
+def file_error(req, e):
+    kind = {2: "not_found", 21: "is_dir", 20: "not_dir"}.get(e.errno, "os")
+    reply(req, error=kind, message=e.strerror or str(e))
+
+def read_file(req, msg):
+    full = inside(msg["path"])
+    if full is None:
+        reply(req, error="not_allowed")
+        return
+    limit = int(msg["max"])
+    try:
+        with open(full, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > limit:
+                reply(req, error="too_big", size=size)
+                return
+            data = fh.read(limit + 1)
+    except OSError as e:
+        file_error(req, e)
+        return
+    if len(data) > limit:
+        reply(req, error="too_big", size=len(data))
+        return
+    data_frame(b"D", req, data)
+
+def write_file(req, msg, payload):
+    full = inside(msg["path"])
+    if full is None or full == WS:
+        reply(req, error="not_allowed")
+        return
+    try:
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+    except OSError as e:
+        file_error(req, e)
+        return
+    reply(req, ok=True, size=len(payload))
+
+def in_thread(fn, *args):
+    try:
+        threading.Thread(target=fn, args=args, daemon=True).start()
+    except RuntimeError:
+        fn(*args)  # no thread left under the process limit: do it inline
+
+def handle(msg, payload):
+    op, req = msg.get("op"), msg.get("req", "")
+    try:
+        if op == "hello":
+            env = dict(os.environ)
+            env.update(msg.get("env") or {})
+            refill(env)
+            reply(req, ok=True, pid=os.getpid(), ws_writable=os.access(WS, os.W_OK), python=sys.version.split()[0])
+        elif op == "run":
+            start_run(req, msg)
+        elif op == "follow":
+            follow(req, msg)
+        elif op == "stop":
+            in_thread(stop, req, bool(msg.get("mark", True)))
+        elif op == "done":
+            cleanup(msg["run"])
+        elif op == "read":
+            read_file(req, msg)
+        elif op == "write":
+            write_file(req, msg, payload)
+        else:
+            reply(req, error="bad_request", message="unknown op %r" % (op,))
+    except Exception as e:
+        reply(req, error="internal", message="%s: %s" % (type(e).__name__, e))
+
+def main():
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_r, False)
+    os.set_blocking(sig_w, False)
+    signal.set_wakeup_fd(sig_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    inbuf = bytearray()
+    pending = None
+    while True:
+        ready = select.select([0, sig_r], [], [], 0.02 if followers else None)[0]
+        if sig_r in ready:
+            try:
+                os.read(sig_r, 4096)
+            except BlockingIOError:
+                pass
+        if 0 in ready:
+            chunk = os.read(0, CHUNK)
+            if not chunk:
+                return
+            inbuf += chunk
+            while True:
+                if pending is not None:
+                    if len(inbuf) < pending["size"]:
+                        break
+                    payload = bytes(inbuf[:pending["size"]])
+                    del inbuf[:pending["size"]]
+                    msg, pending = pending, None
+                    handle(msg, payload)
+                    continue
+                nl = inbuf.find(b"\n")
+                if nl < 0:
+                    break
+                line = bytes(inbuf[:nl])
+                del inbuf[:nl + 1]
+                if not line.strip():
+                    continue
+                msg = json.loads(line)
+                if msg.get("size"):
+                    pending = msg
+                else:
+                    handle(msg, b"")
+        pump_all()
+
+try:
+    main()
+except (BrokenPipeError, KeyboardInterrupt):
+    pass
+'''
+
+
+def build_control_code(runner: str = RUNNER) -> bytes:
+    """The control shell's source, with the runner it installs in the state dir."""
+    return (
+        CONTROL_PY.replace("@RUNNER@", repr(runner))
+        .replace("@PID_FILE@", repr(PID_FILE))
+        .replace("@MARKER@", repr(INTERRUPTED_FILE))
+        .replace("@RUNNER_FILE@", repr(RUNNER_FILE))
+        .encode()
+    )
+
+
+CONTROL_CODE = build_control_code()
+CONTROL_BOOT = (
+    "import os,sys\n"
+    "n=int(sys.argv[4]);b=b''\n"
+    "while len(b)<n:\n"
+    " c=os.read(0,n-len(b))\n"
+    " if not c:sys.exit(0)\n"
+    " b+=c\n"
+    "exec(compile(b,'mcp-sessions-control','exec'),{'__name__':'__main__'})"
+)
+"""What `docker exec` starts: it reads the control shell's source (CONTROL_CODE) from stdin and runs it."""
+KEEPALIVE_CMD = ["bash", "-c", f"exec -a {KEEPALIVE_NAME} sleep infinity"]
+BASE_ENV = {"HOME": WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+"""Environment of every container; `SandboxSpec.env` is added per command (so pooled containers get it too)."""
+
+
+class _Lost(Exception):
+    """The control shell's connection ended."""
+
+
+def _engine_error(e: BaseException) -> SandboxError:
+    return SandboxError(f"Cannot reach the Docker engine ({type(e).__name__}: {e}). {ENGINE_HELP}")
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    if isinstance(e, (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError)):
+        return True
+    return isinstance(e, docker.errors.DockerException) and not isinstance(e, docker.errors.APIError)
+
+
+async def _blocking(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Run a docker SDK call in a worker thread; a lost engine becomes an actionable SandboxError."""
+    try:
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+    except docker.errors.APIError:
+        raise
+    except Exception as e:
+        if _is_connection_error(e):
+            raise _engine_error(e) from e
+        raise
+
+
+@dataclass(frozen=True)
+class _Policy:
+    """What a container is fixed to at create time; a pool serves one policy."""
+
+    image: str
+    limits: Limits
+    network: bool
+
+
+class _Control:
+    """One attached control shell: frames requests out and demultiplexes answers by request id.
+
+    There is no reader task. Whoever waits for an answer reads the socket while no one else does
+    (one frame batch at a time) and files what it reads under the request it belongs to, so any
+    number of requests can be in flight from any tasks without a task group to own a reader.
+    """
+
+    def __init__(self, stream: anyio.abc.SocketStream, exec_id: str) -> None:
+        self.exec_id = exec_id
+        self._stream = stream
+        self._raw = bytearray()
+        self._out = bytearray()
+        self._err = bytearray()
+        self._queues: dict[str, collections.deque[tuple[str, Any]]] = {}
+        self._reading = False
+        self._tick = anyio.Event()
+        self._wlock = anyio.Lock()
+        self._seq = 0
+        self.lost: str | None = None
+        self.max_frame = MAX_FRAME
+
+    @property
+    def stderr(self) -> str:
+        return self._err.decode("utf-8", errors="replace")
+
+    def open_request(self) -> str:
+        self._seq += 1
+        req = f"q{self._seq}"
+        self._queues[req] = collections.deque()
+        return req
+
+    def close_request(self, req: str) -> None:
+        self._queues.pop(req, None)
+
+    async def send(self, msg: dict[str, Any], payload: bytes = b"") -> None:
+        if payload:
+            msg = {**msg, "size": len(payload)}
+        await self.send_raw(json.dumps(msg).encode() + b"\n" + payload)
+
+    async def send_raw(self, data: bytes) -> None:
+        if self.lost:
+            raise _Lost(self.lost)
+        try:
+            async with self._wlock:
+                await self._stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            self._lose(f"write failed: {e!r}")
+            raise _Lost(self.lost) from e
+
+    async def next(self, req: str) -> tuple[str, Any]:
+        """The next frame for `req`: ("J", dict), ("O", bytes) or ("D", bytes)."""
+        queue = self._queues[req]
+        while True:
+            if queue:
+                return queue.popleft()
+            if self.lost:
+                raise _Lost(self.lost)
+            if self._reading:
+                await self._tick.wait()
+                continue
+            self._reading = True
+            try:
+                try:
+                    chunk = await self._stream.receive(1 << 20)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+                    self._lose(f"connection closed ({type(e).__name__})")
+                else:
+                    try:
+                        self._feed(chunk)
+                    except (ValueError, IndexError, UnicodeDecodeError) as e:
+                        # Anything in the sandbox runs as the control shell's user and could write into its
+                        # stdout: a malformed or oversized frame ends the connection, never the server.
+                        self._lose(f"protocol error from the control shell: {e}")
+                        with anyio.CancelScope(shield=True):
+                            await self._stream.aclose()
+            finally:
+                self._reading = False
+                tick, self._tick = self._tick, anyio.Event()
+                tick.set()
+
+    async def request(self, msg: dict[str, Any], payload: bytes = b"") -> tuple[str, Any]:
+        """Send one request and return its single answer."""
+        req = self.open_request()
+        try:
+            await self.send({**msg, "req": req}, payload)
+            return await self.next(req)
+        finally:
+            self.close_request(req)
+
+    def _lose(self, why: str) -> None:
+        if not self.lost:
+            self.lost = why
+
+    def _feed(self, chunk: bytes) -> None:
+        raw = self._raw
+        raw += chunk
+        while len(raw) >= 8:  # docker's stream multiplexing: stream, 0, 0, 0, size (4 bytes)
+            size = struct.unpack(">I", raw[4:8])[0]
+            if len(raw) < 8 + size:
+                break
+            if raw[0] == 2:
+                self._err += raw[8 : 8 + size]
+                del self._err[:-4096]
+            else:
+                self._out += raw[8 : 8 + size]
+            del raw[: 8 + size]
+        out = self._out
+        while len(out) >= 5:
+            size = struct.unpack(">I", out[1:5])[0]
+            if size > self.max_frame:
+                raise ValueError(f"a frame of {size} bytes")
+            if len(out) < 5 + size:
+                break
+            kind = chr(out[0])
+            payload = bytes(out[5 : 5 + size])
+            del out[: 5 + size]
+            if kind not in "JOD":
+                raise ValueError(f"unknown frame kind {kind!r}")
+            if kind == "J":
+                msg = json.loads(payload)
+                queue = self._queues.get(msg.get("req", ""))
+                if queue is not None:
+                    queue.append(("J", msg))
+            else:
+                n = payload[0]
+                queue = self._queues.get(payload[1 : 1 + n].decode())
+                if queue is not None:
+                    queue.append((kind, payload[1 + n :]))
+
+    async def aclose(self) -> None:
+        self._lose("closed")
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+        tick, self._tick = self._tick, anyio.Event()
+        tick.set()
+
+
+@dataclass
+class _Run:
+    run_id: str
+    script: str
+    conn: _Control | None = None
+    req: str | None = None
+    sent: bool = False
+    refused: bool = False
+    started: bool = False
+    offset: int = 0
+    exit: dict[str, Any] | None = None
+
+
+class DockerSandbox:
+    """A container with an attached control shell. Made by `DockerDriver.create` or `.attach`."""
+
+    def __init__(
+        self,
+        driver: DockerDriver,
+        container_id: str,
+        container_name: str,
+        spec: SandboxSpec,
+        *,
+        image: str,
+        host_config: dict[str, Any],
+        volume: str | None,
+        pooled: bool = False,
+        conn: _Control | None = None,
+    ) -> None:
+        self._driver = driver
+        self._cid = container_id
+        self._cname = container_name
+        self._spec = spec
+        self._image = image
+        self._host_config = host_config
+        self._volume = volume
+        self._pooled = pooled
+        self._conn = conn
+        self._conn_lock = anyio.Lock()
+        self._running = False
+        self._closed = False
+        driver._sandboxes.add(self)
+
+    async def _disconnect(self) -> None:
+        if self._conn is not None:
+            await self._conn.aclose()
+
+    @property
+    def id(self) -> str:
+        return self._cid
+
+    @property
+    def workspace(self) -> str:
+        return WORKSPACE
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    @property
+    def container_name(self) -> str:
+        return self._cname
+
+    @property
+    def volume(self) -> str | None:
+        return self._volume
+
+    def describe(self) -> dict[str, object]:
+        hc = self._host_config
+        tmpfs = hc.get("Tmpfs") or {}
+        tmp_mb = None
+        for opt in str(tmpfs.get("/tmp", "")).split(","):
+            if opt.startswith("size=") and opt.endswith("m"):
+                tmp_mb = int(opt[5:-1])
+        memory = hc.get("Memory") or 0
+        return {
+            "driver": "docker",
+            "id": self._cid,
+            "container": self._cname,
+            "image": self._image,
+            "workspace": WORKSPACE,
+            "volume": self._volume,
+            "network": hc.get("NetworkMode") or "default",
+            "user": self._driver.user,
+            "read_only_root": bool(hc.get("ReadonlyRootfs")),
+            "capabilities": "all dropped" if "ALL" in (hc.get("CapDrop") or []) else "docker default",
+            "no_new_privileges": any("no-new-privileges" in o for o in hc.get("SecurityOpt") or []),
+            "limits": {
+                "memory_mb": memory // (1 << 20) if memory else None,
+                "cpus": (hc.get("NanoCpus") or 0) / 1e9 or None,
+                "pids": hc.get("PidsLimit"),
+                "tmp_mb": tmp_mb,
+                "swap": "none" if memory and hc.get("MemorySwap") == memory else "allowed",
+            },
+            "pooled": self._pooled,
+            "labels": dict(self._spec.labels),
+        }
+
+    # -- the control shell ----------------------------------------------------------------------
+
+    async def _connection(self) -> _Control:
+        if self._closed:
+            raise SandboxNotFound(f"The sandbox {self._spec.name} is closed.")
+        conn = self._conn
+        if conn is not None and not conn.lost:
+            return conn
+        async with self._conn_lock:
+            if self._conn is None or self._conn.lost:
+                if self._conn is not None:
+                    await self._conn.aclose()
+                self._conn = None
+                self._conn = await self._driver._open_control(self._cid, self._spec.env)
+            return self._conn
+
+    async def _stop(self, *, mark: bool) -> dict[str, Any]:
+        for attempt in range(3):
+            conn = await self._connection()
+            try:
+                kind, msg = await conn.request({"op": "stop", "mark": mark})
+            except _Lost:
+                if attempt == 2:
+                    raise SandboxError("Lost the connection to the sandbox's control shell three times.") from None
+                continue
+            if msg.get("error"):
+                raise SandboxError(f"Could not stop the command: {msg.get('message') or msg['error']}")
+            return msg
+        raise AssertionError("unreachable")
+
+    async def _drive(
+        self, run: _Run, buf: OutputBuffer, on_output: OutputCallback | None, *, may_start: bool = True
+    ) -> None:
+        """Start the run (or resume following it) and read until its exit, reconnecting if the shell dies.
+
+        With `may_start=False` a run that never reached the shell is not started any more.
+        """
+        for _ in range(4):
+            if run.conn is None or run.conn.lost:
+                if run.conn is not None and run.req is not None:
+                    run.conn.close_request(run.req)
+                run.conn = await self._connection()
+                run.req = run.conn.open_request()
+                try:
+                    if run.sent:  # it may have started: pick it up where we are
+                        await run.conn.send({"op": "follow", "req": run.req, "run": run.run_id, "offset": run.offset})
+                    else:
+                        run.sent = True
+                        await run.conn.send(
+                            {
+                                "op": "run",
+                                "req": run.req,
+                                "run": run.run_id,
+                                "script": run.script,
+                                "env": self._spec.env,
+                            }
+                        )
+                except _Lost:
+                    continue
+            assert run.req is not None
+            try:
+                while True:
+                    kind, msg = await run.conn.next(run.req)
+                    if kind == "O":
+                        run.offset += len(msg)
+                        buf.feed(msg)
+                        if on_output is not None:
+                            await on_output(msg)
+                        continue
+                    if msg.get("error"):
+                        if not run.started:
+                            run.refused = True
+                        if msg["error"] == "busy":
+                            raise SandboxBusy("A command is already running in this sandbox.")
+                        raise SandboxError(msg.get("message") or f"The control shell failed: {msg['error']}")
+                    ev = msg.get("ev")
+                    if ev in ("started", "following"):
+                        run.started = True
+                    elif ev == "exit":
+                        run.exit = msg
+                        run.conn.close_request(run.req)
+                        return
+                    elif ev == "none":
+                        if not run.started and may_start:  # the request never reached the shell: start it now
+                            run.conn.close_request(run.req)
+                            run.conn = None
+                            run.sent = False
+                            break
+                        run.exit = {"rc": None, "interrupted": False}
+                        run.conn.close_request(run.req)
+                        return
+            except _Lost:
+                continue
+        raise SandboxError("Lost the connection to the sandbox's control shell repeatedly; is the container running?")
+
+    async def _ack(self, run: _Run) -> None:
+        conn = run.conn or self._conn
+        if conn is not None and not conn.lost:
+            try:
+                await conn.send({"op": "done", "run": run.run_id})
+            except _Lost:
+                pass
+
+    # -- commands -------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        script: str,
+        *,
+        timeout_s: float | None = None,
+        on_output: OutputCallback | None = None,
+        max_output_bytes: int = 65536,
+    ) -> ExecResult:
+        if self._running:
+            raise SandboxBusy("A command is already running in this sandbox.")
+        self._running = True
+        try:
+            return await self._exec(script, timeout_s, on_output, max_output_bytes)
+        finally:
+            self._running = False
+
+    async def _exec(
+        self, script: str, timeout_s: float | None, on_output: OutputCallback | None, max_output_bytes: int
+    ) -> ExecResult:
+        run = _Run("r" + secrets.token_hex(6), script)
+        buf = OutputBuffer(max_output_bytes)
+        started = time.monotonic()
+        timed_out = False
+        try:
+            with anyio.move_on_after(timeout_s) as deadline:
+                await self._drive(run, buf, on_output)
+            if run.exit is None and deadline.cancelled_caught:
+                timed_out = True
+                await self._stop(mark=False)
+                with anyio.fail_after(STOP_TIMEOUT_S):
+                    await self._drive(run, buf, on_output)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if run.sent and not run.refused and run.exit is None:
+                    with anyio.move_on_after(STOP_TIMEOUT_S):
+                        try:
+                            await self._stop(mark=False)
+                            await self._drive(run, buf, None, may_start=False)
+                        except SandboxError:
+                            pass
+                if run.exit is not None:
+                    await self._ack(run)
+                if run.conn is not None and run.req is not None:
+                    run.conn.close_request(run.req)
+            raise
+        await self._ack(run)
+        assert run.exit is not None
+        return ExecResult(
+            exit_code=run.exit.get("rc"),
+            output=buf.render(),
+            output_bytes=buf.total,
+            cut_bytes=buf.cut,
+            duration_s=round(time.monotonic() - started, 3),
+            timed_out=timed_out,
+            interrupted=bool(run.exit.get("interrupted")) and not timed_out,
+        )
+
+    async def interrupt(self) -> bool:
+        msg = await self._stop(mark=True)
+        return bool(msg.get("was_running"))
+
+    async def take_over(self) -> ExecResult | None:
+        if self._running:
+            raise SandboxBusy("This sandbox object is running a command itself; interrupt it instead.")
+        self._running = True
+        try:
+            stopped = await self._stop(mark=True)
+            if not stopped.get("run"):
+                return None
+            run = _Run(stopped["run"], "", sent=True, started=True)
+            buf = OutputBuffer(TAKE_OVER_OUTPUT)
+            with anyio.fail_after(STOP_TIMEOUT_S):
+                await self._drive(run, buf, None)
+            await self._ack(run)
+        finally:
+            self._running = False
+        assert run.exit is not None
+        exit_code = run.exit.get("rc")
+        return ExecResult(
+            exit_code=exit_code,
+            output=buf.render(),
+            output_bytes=buf.total,
+            cut_bytes=buf.cut,
+            duration_s=0.0,
+            interrupted=bool(stopped.get("was_running")) or exit_code is None,
+        )
+
+    # -- files ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_path(path: str) -> str:
+        if "\0" in path:
+            raise PathNotAllowed("File paths cannot contain NUL bytes.")
+        full = posixpath.normpath(path if path.startswith("/") else posixpath.join(WORKSPACE, path))
+        if full != WORKSPACE and not full.startswith(WORKSPACE + "/"):
+            raise PathNotAllowed(
+                f"'{path}' is outside the workspace {WORKSPACE}. Give a path relative to the workspace."
+            )
+        return full
+
+    async def _file_request(self, msg: dict[str, Any], payload: bytes = b"", max_frame: int = 0) -> tuple[str, Any]:
+        for _ in range(3):
+            conn = await self._connection()
+            conn.max_frame = max(conn.max_frame, max_frame)
+            try:
+                return await conn.request(msg, payload)
+            except _Lost:
+                continue
+        raise SandboxError("Lost the connection to the sandbox's control shell repeatedly; is the container running?")
+
+    @staticmethod
+    def _file_error(path: str, msg: dict[str, Any], max_bytes: int = 0) -> SandboxError | OSError:
+        err = msg.get("error")
+        if err == "not_allowed":
+            return PathNotAllowed(f"'{path}' resolves outside the workspace {WORKSPACE} (through '..' or a symlink).")
+        if err == "not_found":
+            return FileNotFoundError(f"No such file in the workspace: '{path}'.")
+        if err == "is_dir":
+            return IsADirectoryError(f"'{path}' is a folder, not a file.")
+        if err == "not_dir":
+            return NotADirectoryError(f"A parent of '{path}' is a file, not a folder.")
+        if err == "too_big":
+            return SandboxError(
+                f"'{path}' is {msg.get('size')} bytes, over the {max_bytes}-byte limit for reading it here."
+            )
+        return SandboxError(f"Cannot access '{path}': {msg.get('message') or err}.")
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes:
+        full = self._check_path(path)
+        kind, msg = await self._file_request({"op": "read", "path": full, "max": max_bytes}, max_frame=max_bytes + 256)
+        if kind == "D":
+            return msg
+        raise self._file_error(path, msg, max_bytes)
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        full = self._check_path(path)
+        if full == WORKSPACE:
+            raise IsADirectoryError(f"'{path}' is the workspace folder, not a file.")
+        kind, msg = await self._file_request({"op": "write", "path": full}, bytes(data))
+        if msg.get("error"):
+            raise self._file_error(path, msg)
+
+    # -- life -----------------------------------------------------------------------------------
+
+    async def close(self, *, delete: bool = False) -> None:
+        self._closed = True
+        self._driver._closing.add(self._cid)
+        if self._conn is not None:
+            await self._conn.aclose()
+        with anyio.CancelScope(shield=True):
+            await self._driver._remove(self._cid, self._volume if delete else None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+@dataclass
+class _PoolEntry:
+    container_id: str
+    container_name: str
+    volume: str
+    host_config: dict[str, Any]
+    conn: _Control
+
+
+class DockerDriver:
+    """Makes `DockerSandbox`es: one hardened container per sandbox on a Docker engine.
+
+    All arguments are keyword-only; none touches the engine until first use.
+
+    - `image`: the image for specs that name none. It needs bash and python3
+      (`scripts/build-sandbox-image.sh` builds the default).
+    - `server_id`: written to the `mcp-sessions.server` label; `watch` and the pool only look at
+      containers with this server's id, so several servers can share one engine.
+    - `pool_size`: containers kept ready for specs matching the pool policy (`image`, `pool_limits`,
+      no network). 0 (default) disables the pool. The pool is filled while `watch()` runs.
+    - `pool_limits`: the limits of pooled containers (default `Limits()`).
+    - `max_limits`: the most a spec may ask for; `create` refuses more (default: no ceiling).
+    - `allow_network`: whether `SandboxSpec.network=True` is allowed; such sandboxes join `network`
+      (default "bridge"). Without it every sandbox has network mode "none" (only `lo`).
+    - `user`: the uid:gid commands run as (default "1000:1000"; the default image's `sandbox` user).
+    - `nofile`: the open-files limit inside the sandbox.
+    - `base_url`: the engine address (default: DOCKER_HOST, else the local unix socket).
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        *,
+        image: str = DEFAULT_IMAGE,
+        server_id: str = "default",
+        pool_size: int = 0,
+        pool_limits: Limits | None = None,
+        max_limits: Limits | None = None,
+        allow_network: bool = False,
+        network: str = "bridge",
+        user: str = "1000:1000",
+        nofile: int = 16384,
+        base_url: str | None = None,
+    ) -> None:
+        if pool_size < 0:
+            raise ValueError("pool_size must be 0 or more")
+        self.image = image
+        self.server_id = server_id
+        self.pool_size = pool_size
+        self.pool_limits = pool_limits or Limits()
+        self.max_limits = max_limits
+        self.allow_network = allow_network
+        self.network = network
+        self.user = user
+        self.nofile = nofile
+        self.base_url = base_url
+        self._client: docker.DockerClient | None = None
+        self._client_lock = anyio.Lock()
+        self._closing: set[str] = set()
+        self._pool: list[_PoolEntry] = []
+        self._pool_wanted = anyio.Event()
+        self._pool_policy = _Policy(image, self.pool_limits, False)
+        self._sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
+
+    # -- engine ---------------------------------------------------------------------------------
+
+    async def client(self) -> docker.DockerClient:
+        """The docker SDK client (made on first use, in a worker thread)."""
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+
+                def connect() -> docker.DockerClient:
+                    if self.base_url:
+                        c = docker.DockerClient(base_url=self.base_url, version="auto")
+                    else:
+                        c = docker.from_env(version="auto")
+                    c.ping()
+                    return c
+
+                try:
+                    self._client = await anyio.to_thread.run_sync(connect)
+                except Exception as e:
+                    raise _engine_error(e) from e
+            return self._client
+
+    async def _api(self) -> docker.APIClient:
+        return (await self.client()).api
+
+    def _labels(self, spec: SandboxSpec | None) -> dict[str, str]:
+        labels = {LABEL_SANDBOX: "1", LABEL_SERVER: self.server_id}
+        if spec is None:
+            labels[LABEL_POOL] = "1"
+        else:
+            labels.update(spec.labels)
+            labels.update({LABEL_SANDBOX: "1", LABEL_SERVER: self.server_id, LABEL_NAME: spec.name})
+        return labels
+
+    def _policy(self, spec: SandboxSpec) -> _Policy:
+        limits = spec.limits
+        ceiling = self.max_limits
+        if ceiling is not None:
+            for field_name in ("memory_mb", "cpus", "pids", "tmp_mb"):
+                asked, most = getattr(limits, field_name), getattr(ceiling, field_name)
+                if asked > most:
+                    raise SandboxError(f"limits.{field_name}={asked} is over this server's maximum of {most}.")
+        for field_name in ("memory_mb", "cpus", "pids", "tmp_mb"):
+            if getattr(limits, field_name) <= 0:
+                raise SandboxError(f"limits.{field_name} must be positive.")
+        if spec.network and not self.allow_network:
+            raise SandboxError(
+                "This server does not allow network access for sandboxes (start it with networking allowed)."
+            )
+        return _Policy(spec.image or self.image, limits, spec.network)
+
+    def _host_config(self, api: docker.APIClient, policy: _Policy, volume: str) -> dict[str, Any]:
+        lim = policy.limits
+        return api.create_host_config(
+            network_mode=self.network if policy.network else "none",
+            init=True,
+            mem_limit=f"{lim.memory_mb}m",
+            memswap_limit=f"{lim.memory_mb}m",
+            nano_cpus=int(lim.cpus * 1e9),
+            pids_limit=lim.pids,
+            read_only=True,
+            tmpfs={
+                "/tmp": f"rw,nosuid,nodev,size={lim.tmp_mb}m,mode=1777",
+                "/run": "rw,nosuid,nodev,noexec,size=16m,mode=1777",
+            },
+            binds={volume: {"bind": WORKSPACE, "mode": "rw"}},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            ulimits=[docker.types.Ulimit(name="nofile", soft=self.nofile, hard=self.nofile)],
+        )
+
+    async def _make_container(
+        self,
+        policy: _Policy,
+        name: str,
+        volume: str,
+        labels: dict[str, str],
+        env: dict[str, str],
+        on_phase: PhaseCallback | None,
+    ) -> tuple[str, dict[str, Any], _Control]:
+        """Create and start a container and open its control shell; remove everything on failure."""
+        api = await self._api()
+        if on_phase:
+            await on_phase("creating_sandbox", f"image {policy.image}")
+        try:
+            await _blocking(api.inspect_volume, volume)
+            new_volume = False  # kept from an earlier sandbox of the same name: reuse it, never remove it here
+        except docker.errors.NotFound:
+            await _blocking(api.create_volume, name=volume, labels=labels)
+            new_volume = True
+        host_config = self._host_config(api, policy, volume)
+        cid: str | None = None
+        try:
+            try:
+                created = await _blocking(
+                    api.create_container,
+                    policy.image,
+                    command=KEEPALIVE_CMD,
+                    name=name,
+                    user=self.user,
+                    labels=labels,
+                    environment=BASE_ENV,
+                    working_dir=WORKSPACE,
+                    host_config=host_config,
+                )
+            except docker.errors.ImageNotFound:
+                raise SandboxError(
+                    f"image not found: {policy.image}. "
+                    "Build it with scripts/build-sandbox-image.sh or pass another image."
+                ) from None
+            except docker.errors.APIError as e:
+                if e.status_code == 409:
+                    raise SandboxError(f"A sandbox container named {name} already exists.") from None
+                raise SandboxError(f"Docker refused to create the sandbox: {e.explanation or e}") from None
+            cid = created["Id"]
+            if on_phase:
+                await on_phase("starting", f"container {cid[:12]}")
+            try:
+                await _blocking(api.start, cid)
+            except docker.errors.APIError as e:
+                raise SandboxError(f"The sandbox container did not start: {e.explanation or e}") from None
+            conn = await self._open_control(cid, env)
+            return cid, host_config, conn
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._remove(cid, volume if new_volume else None)
+                except Exception:
+                    log.exception("cleaning up a failed sandbox")
+            raise
+
+    async def _open_control(self, cid: str, env: dict[str, str] | None = None) -> _Control:
+        """Start the control shell in the container (one `docker exec`) and say hello."""
+        api = await self._api()
+
+        code = CONTROL_CODE
+
+        def start() -> tuple[str, socket.socket]:
+            ex = api.exec_create(
+                cid,
+                ["python3", "-c", CONTROL_BOOT, CONTROL_MARK, STATE_DIR, WORKSPACE, str(len(code))],
+                stdin=True,
+                stdout=True,
+                stderr=True,
+                tty=False,
+                workdir=WORKSPACE,
+            )
+            sock = api.exec_start(ex["Id"], socket=True)
+            raw = getattr(sock, "_sock", sock)
+            if isinstance(raw, ssl.SSLSocket) or not isinstance(raw, socket.socket):
+                raise SandboxError("The docker driver needs a unix:// or tcp:// engine address (not TLS or ssh).")
+            # Take the file descriptor away from the SDK's objects so nothing but us ever closes it.
+            return ex["Id"], socket.socket(fileno=raw.detach())
+
+        try:
+            exec_id, sock = await _blocking(start)
+        except docker.errors.NotFound:
+            raise SandboxNotFound(f"The sandbox container {cid[:12]} no longer exists.") from None
+        except docker.errors.APIError as e:
+            raise SandboxError(f"Cannot reach the sandbox's shell: {e.explanation or e}") from None
+        stream = await anyio.abc.SocketStream.from_socket(sock)
+        conn = _Control(stream, exec_id)
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                await conn.send_raw(code)
+                kind, msg = await conn.request({"op": "hello", "env": env or {}})
+        except (_Lost, TimeoutError):
+            await conn.aclose()
+            detail = conn.stderr.strip().splitlines()
+            try:
+                code = (await _blocking(api.exec_inspect, exec_id)).get("ExitCode")
+            except docker.errors.APIError:
+                code = None
+            if code in (126, 127):
+                raise SandboxError(
+                    "The sandbox image has no python3; the docker driver needs bash and python3 in the image."
+                ) from None
+            raise SandboxError(
+                "The sandbox's control shell did not start" + (f": {detail[-1]}" if detail else ".")
+            ) from None
+        if not msg.get("ws_writable"):
+            log.warning("the workspace of container %s is not writable by %s", cid[:12], self.user)
+        return conn
+
+    async def _remove(self, cid: str | None, volume: str | None) -> None:
+        api = await self._api()
+        if cid:
+            try:
+                await _blocking(api.remove_container, cid, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # 409: removal already in progress
+                    raise SandboxError(f"Could not remove the sandbox container: {e.explanation or e}") from None
+        if volume:
+            await self._remove_volume(volume)
+
+    async def _remove_volume(self, volume: str) -> None:
+        api = await self._api()
+        for _ in range(50):
+            try:
+                await _blocking(api.remove_volume, volume)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # 409: still in use while the container goes away
+                    raise SandboxError(
+                        f"Could not remove the workspace volume {volume}: {e.explanation or e}"
+                    ) from None
+            await anyio.sleep(0.1)
+        raise SandboxError(f"The workspace volume {volume} is still in use.")
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> DockerSandbox:
+        if not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name) or not spec.name[0].isalnum():
+            raise SandboxError(f"Invalid sandbox name {spec.name!r}: use letters, digits, '_', '.' and '-'.")
+        policy = self._policy(spec)
+        name = SESSION_PREFIX + spec.name
+        if policy == self._pool_policy:
+            sandbox = await self._claim(spec, name, on_phase)
+            if sandbox is not None:
+                return sandbox
+        volume = VOLUME_PREFIX + spec.name
+        cid, host_config, conn = await self._make_container(
+            policy, name, volume, self._labels(spec), spec.env, on_phase
+        )
+        return DockerSandbox(
+            self, cid, name, spec, image=policy.image, host_config=host_config, volume=volume, conn=conn
+        )
+
+    async def _claim(self, spec: SandboxSpec, name: str, on_phase: PhaseCallback | None) -> DockerSandbox | None:
+        api = await self._api()
+        while self._pool:
+            entry = self._pool.pop(0)
+            self._pool_wanted.set()
+            if entry.conn.lost:
+                await self._discard(entry)
+                continue
+            if on_phase:
+                await on_phase("creating_sandbox", f"warm pool container {entry.container_id[:12]}")
+            try:
+                await _blocking(api.rename, entry.container_id, name)
+            except docker.errors.NotFound:
+                await self._discard(entry)
+                continue
+            except docker.errors.APIError as e:
+                self._pool.insert(0, entry)
+                if e.status_code == 409:
+                    raise SandboxError(f"A sandbox container named {name} already exists.") from None
+                raise SandboxError(f"Could not claim a pooled sandbox: {e.explanation or e}") from None
+            if on_phase:
+                await on_phase("starting", f"container {entry.container_id[:12]}")
+            return DockerSandbox(
+                self,
+                entry.container_id,
+                name,
+                spec,
+                image=self._pool_policy.image,
+                host_config=entry.host_config,
+                volume=entry.volume,
+                pooled=True,
+                conn=entry.conn,
+            )
+        return None
+
+    async def attach(self, sandbox_id: str, spec: SandboxSpec) -> DockerSandbox:
+        api = await self._api()
+        try:
+            info = await _blocking(api.inspect_container, sandbox_id)
+        except docker.errors.NotFound:
+            raise SandboxNotFound(f"The sandbox container {sandbox_id[:12]} no longer exists.") from None
+        labels = info["Config"].get("Labels") or {}
+        cname = info["Name"].lstrip("/")
+        if labels.get(LABEL_SANDBOX) != "1" or (
+            cname != SESSION_PREFIX + spec.name and labels.get(LABEL_NAME) != spec.name
+        ):
+            raise SandboxNotFound(f"The container {sandbox_id[:12]} is not the sandbox of {spec.name}.")
+        state = info["State"]
+        cid = info["Id"]
+        if state.get("Paused"):
+            await _blocking(api.unpause, cid)
+        elif not state.get("Running"):
+            if state.get("Status") in ("removing", "dead"):
+                raise SandboxNotFound(f"The sandbox container {cid[:12]} is {state.get('Status')}.")
+            try:
+                await _blocking(api.start, cid)
+            except docker.errors.NotFound:
+                raise SandboxNotFound(f"The sandbox container {cid[:12]} no longer exists.") from None
+            except docker.errors.APIError as e:
+                raise SandboxError(
+                    f"The sandbox container {cid[:12]} had stopped (exit code {state.get('ExitCode')}) "
+                    f"and did not start again: {e.explanation or e}"
+                ) from None
+        volume = next(
+            (m.get("Name") for m in info.get("Mounts") or [] if m.get("Destination") == WORKSPACE and m.get("Name")),
+            None,
+        )
+        self._closing.discard(cid)
+        conn = await self._open_control(cid, spec.env)
+        return DockerSandbox(
+            self,
+            cid,
+            cname,
+            spec,
+            image=info["Config"].get("Image") or "",
+            host_config=info["HostConfig"],
+            volume=volume,
+            pooled=labels.get(LABEL_POOL) == "1",
+            conn=conn,
+        )
+
+    async def watch(self, on_failure: FailureCallback) -> None:
+        """Report this server's sandboxes that die, get OOM-killed or get removed; keep the warm pool full.
+
+        Follows the engine's event stream filtered by this server's labels. A `die` is held for half a
+        second, so a container removed with force is reported once, as "sandbox removed".
+        """
+        async with anyio.create_task_group() as tg:
+            if self.pool_size:
+                tg.start_soon(self._keep_pool)
+            await self._follow_events(on_failure, tg)
+
+    async def _follow_events(self, on_failure: FailureCallback, tg: anyio.abc.TaskGroup) -> None:
+        api = await self._api()
+        limiter = anyio.CapacityLimiter(1)
+        filters = {
+            "type": "container",
+            "label": [f"{LABEL_SANDBOX}=1", f"{LABEL_SERVER}={self.server_id}"],
+            "event": ["die", "oom", "destroy"],
+        }
+        pending_die: dict[str, anyio.CancelScope] = {}
+        since: int | None = None  # live events only; after a reconnect, replay from the last one seen
+
+        async def report_die(cid: str, sandbox: str, code: str) -> None:
+            with anyio.CancelScope() as scope:
+                pending_die[cid] = scope
+                await anyio.sleep(0.5)
+                pending_die.pop(cid, None)
+                if cid not in self._closing:
+                    await on_failure(sandbox, f"sandbox exited with code {code}")
+            pending_die.pop(cid, None)
+
+        while True:
+            try:
+                stream = await _blocking(api.events, since=since, filters=filters, decode=True)
+            except Exception as e:
+                log.warning("docker events unavailable (%s); retrying in 2 s", e)
+                await anyio.sleep(2)
+                continue
+            try:
+                while True:
+                    event = await anyio.to_thread.run_sync(next, stream, None, abandon_on_cancel=True, limiter=limiter)
+                    if event is None:
+                        break
+                    since = max(since or 0, int(event.get("time") or 0)) or None
+                    await self._on_event(event, on_failure, tg, pending_die, report_die)
+            except Exception:
+                log.exception("docker event stream failed; reconnecting")
+                await anyio.sleep(1)
+            finally:
+                stream.close()
+
+    async def _on_event(
+        self,
+        event: dict[str, Any],
+        on_failure: FailureCallback,
+        tg: anyio.abc.TaskGroup,
+        pending_die: dict[str, anyio.CancelScope],
+        report_die: Callable[..., Any],
+    ) -> None:
+        cid = event.get("id") or event.get("Actor", {}).get("ID", "")
+        attrs = event.get("Actor", {}).get("Attributes", {})
+        action = event.get("Action") or event.get("status") or ""
+        cname = attrs.get("name", "")
+        if cname.startswith(POOL_PREFIX):
+            if action in ("die", "destroy"):
+                for entry in [e for e in self._pool if e.container_id == cid]:
+                    self._pool.remove(entry)
+                    await entry.conn.aclose()
+                    self._pool_wanted.set()
+            return
+        sandbox = cname[len(SESSION_PREFIX) :] if cname.startswith(SESSION_PREFIX) else attrs.get(LABEL_NAME)
+        if cid in self._closing:
+            if action == "destroy":
+                self._closing.discard(cid)
+            return
+        if not sandbox:
+            return
+        if action == "oom":
+            await on_failure(sandbox, "oom killed")
+        elif action == "die":
+            if cid not in pending_die:
+                tg.start_soon(report_die, cid, sandbox, attrs.get("exitCode", "?"))
+        elif action == "destroy":
+            scope = pending_die.pop(cid, None)
+            if scope is not None:
+                scope.cancel()
+            await on_failure(sandbox, "sandbox removed")
+
+    # -- warm pool ------------------------------------------------------------------------------
+
+    @property
+    def pool_available(self) -> int:
+        """How many warm containers are ready to be claimed."""
+        return len(self._pool)
+
+    async def _keep_pool(self) -> None:
+        await self._remove_stale_pool()
+        failures = 0
+        while True:
+            if len(self._pool) >= self.pool_size:
+                wanted = self._pool_wanted = anyio.Event()
+                await wanted.wait()
+                continue
+            name = POOL_PREFIX + secrets.token_hex(6)
+            volume = VOLUME_PREFIX + name
+            try:
+                cid, host_config, conn = await self._make_container(
+                    self._pool_policy, name, volume, self._labels(None), {}, None
+                )
+            except SandboxError as e:
+                failures += 1
+                log.warning("could not fill the sandbox pool: %s", e)
+                await anyio.sleep(min(60, 2**failures))
+                continue
+            failures = 0
+            self._pool.append(_PoolEntry(cid, name, volume, host_config, conn))
+
+    async def _remove_stale_pool(self) -> None:
+        """Remove unclaimed pool containers a previous run of this server left behind."""
+        api = await self._api()
+        mine = {e.container_id for e in self._pool}
+        stale = await _blocking(
+            api.containers,
+            all=True,
+            filters={"label": [f"{LABEL_POOL}=1", f"{LABEL_SERVER}={self.server_id}"], "name": POOL_PREFIX},
+        )
+        for c in stale:
+            names = [n.lstrip("/") for n in c.get("Names") or []]
+            if c["Id"] in mine or not any(n.startswith(POOL_PREFIX) for n in names):
+                continue
+            self._closing.add(c["Id"])
+            volume = next((m.get("Name") for m in c.get("Mounts") or [] if m.get("Destination") == WORKSPACE), None)
+            await self._remove(c["Id"], volume)
+
+    async def _discard(self, entry: _PoolEntry) -> None:
+        self._closing.add(entry.container_id)
+        await entry.conn.aclose()
+        try:
+            await self._remove(entry.container_id, entry.volume)
+        except SandboxError as e:
+            log.warning("could not remove pool container %s: %s", entry.container_name, e)
+
+    async def aclose(self) -> None:
+        """Remove unclaimed pool containers, close control shells and the engine connection.
+
+        Session containers keep running (with any command in them); a sandbox object used afterwards
+        reconnects.
+        """
+        with anyio.CancelScope(shield=True):
+            pool, self._pool = self._pool, []
+            for entry in pool:
+                await self._discard(entry)
+            for sandbox in list(self._sandboxes):
+                await sandbox._disconnect()
+            if self._client is not None:
+                client, self._client = self._client, None
+                await anyio.to_thread.run_sync(client.close)
