@@ -1,0 +1,108 @@
+"""Fixtures for tests that need a Docker engine and the sandbox image.
+
+`docker_engine` yields a connected docker SDK client. Without an engine or without the image the
+test is skipped with the reason, except when `CI=true`: there a missing engine or image fails the
+test, so a broken CI machine cannot pass by skipping everything.
+
+Every container and volume a test makes carries the label `mcp-sessions.server=<docker_server_id>`,
+a per-run id; the session finalizer removes whatever is left with that label.
+
+Use from a test module:
+
+    from docker_support import docker_engine, docker_server_id, docker_driver, sandbox_factory  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from sandbox_backends.base import Limits, SandboxSpec
+from sandbox_backends.docker import DEFAULT_IMAGE, LABEL_SERVER, DockerDriver, DockerSandbox
+
+IMAGE = os.environ.get("MCP_SESSIONS_TEST_IMAGE", DEFAULT_IMAGE)
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: docker tests must run, not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Any]:
+    """A connected docker SDK client; skips (fails under CI=true) without an engine or the image."""
+    try:
+        import docker
+        import docker.errors
+    except ImportError as e:  # pragma: no cover - docker is a dependency
+        _unavailable(f"the docker SDK is not installed: {e}")
+        raise
+    try:
+        client = docker.from_env(version="auto")
+        client.ping()
+    except Exception as e:
+        _unavailable(f"no Docker engine: {e}. Start one with scripts/start-docker.sh")
+        raise
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        client.close()
+        _unavailable(f"image {IMAGE} is missing. Build it with scripts/build-sandbox-image.sh")
+        raise
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_server_id(docker_engine: Any) -> Iterator[str]:
+    """A server id unique to this test run; everything labelled with it is removed at the end."""
+    server_id = "test-" + secrets.token_hex(4)
+    yield server_id
+    remove_labelled(docker_engine, server_id)
+
+
+def remove_labelled(client: Any, server_id: str) -> None:
+    import docker.errors
+
+    label = f"{LABEL_SERVER}={server_id}"
+    for c in client.containers.list(all=True, filters={"label": label}):
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+    for v in client.volumes.list(filters={"label": label}):
+        try:
+            v.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+@pytest.fixture
+async def docker_driver(docker_server_id: str) -> AsyncIterator[DockerDriver]:
+    driver = DockerDriver(image=IMAGE, server_id=docker_server_id)
+    yield driver
+    await driver.aclose()
+
+
+SandboxFactory = Callable[..., Awaitable[DockerSandbox]]
+
+
+@pytest.fixture
+async def sandbox_factory(docker_driver: DockerDriver) -> AsyncIterator[SandboxFactory]:
+    """`await make(limits=..., env=..., driver=...)` makes a sandbox with a fresh name; all are deleted afterwards."""
+    made: list[DockerSandbox] = []
+
+    async def make(*, driver: DockerDriver | None = None, limits: Limits | None = None, **spec: Any) -> DockerSandbox:
+        spec.setdefault("name", "t-" + secrets.token_hex(5))
+        sandbox = await (driver or docker_driver).create(SandboxSpec(limits=limits or Limits(), **spec))
+        made.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in made:
+        await sandbox.close(delete=True)

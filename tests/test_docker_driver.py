@@ -1,0 +1,612 @@
+"""The docker driver against a real engine: isolation, limits, shell semantics, interrupts, recovery, pool.
+
+No timing assertions beyond generous bounds that catch hangs; speed is measured in bench/bench_docker.py.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from sandbox_backends.base import (
+    ExecResult,
+    Limits,
+    PathNotAllowed,
+    SandboxBusy,
+    SandboxError,
+    SandboxNotFound,
+    SandboxSpec,
+)
+from sandbox_backends.docker import POOL_PREFIX, SESSION_PREFIX, DockerDriver, DockerSandbox
+
+try:
+    from docker_support import IMAGE, docker_driver, docker_engine, docker_server_id, sandbox_factory  # noqa: F401
+except ImportError:  # tests/ imported as a package
+    from tests.docker_support import IMAGE, docker_driver, docker_engine, docker_server_id, sandbox_factory  # noqa: F401
+
+pytestmark = pytest.mark.anyio
+REPO = Path(__file__).resolve().parent.parent
+HANG_S = 5.0
+"""Generous bound for things that take about 1 s: it only catches hangs."""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def raw_exec(client: Any, sandbox: DockerSandbox, cmd: str) -> str:
+    """Run a command through a plain `docker exec`, bypassing the driver."""
+    result = client.containers.get(sandbox.id).exec_run(["bash", "-c", cmd])
+    return result.output.decode()
+
+
+def user_processes(client: Any, sandbox: DockerSandbox) -> list[str]:
+    """Command lines of processes in the sandbox other than init, the keepalive and control shells."""
+    out = raw_exec(client, sandbox, "ps -eo args=")
+    skip = ("docker-init", "mcp-keepalive", "mcp-sessions-control", "ps -eo", "bash -c ps", "--norc -c IFS=")
+    return [line for line in out.splitlines() if line.strip() and not any(s in line for s in skip)]
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    with anyio.fail_after(timeout):
+        while not await predicate():
+            await anyio.sleep(0.05)
+
+
+# -- isolation and limits ------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_hardened_container(sandbox_factory: Any, docker_engine: Any) -> None:
+    limits = Limits(memory_mb=256, cpus=0.5, pids=100, tmp_mb=32)
+    sb = await sandbox_factory(limits=limits, labels={"team": "qa"})
+    r = await sb.exec(
+        "id -u; ls /sys/class/net; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+        "for p in /etc/x /usr/x /x /home/sandbox/x /var/x; do touch $p 2>/dev/null && echo WROTE $p; done; "
+        "touch /tmp/ok /workspace/ok && echo tmp-and-workspace-ok; df -m /tmp | tail -1"
+    )
+    lines = r.output.splitlines()
+    assert lines[0] == "1000"
+    assert lines[1] == "lo"  # no interface but loopback
+    assert "CapEff:\t0000000000000000" in r.output
+    assert "NoNewPrivs:\t1" in r.output
+    assert "WROTE" not in r.output
+    assert "tmp-and-workspace-ok" in r.output
+    assert " 32 " in lines[-1]  # /tmp tmpfs sized by Limits.tmp_mb
+
+    info = docker_engine.api.inspect_container(sb.id)
+    hc = info["HostConfig"]
+    assert hc["NetworkMode"] == "none"
+    assert hc["ReadonlyRootfs"] is True
+    assert hc["CapDrop"] == ["ALL"]
+    assert hc["Memory"] == hc["MemorySwap"] == 256 << 20
+    assert hc["NanoCpus"] == 500_000_000
+    assert hc["PidsLimit"] == 100
+    assert hc["Init"] is True
+    assert info["Config"]["User"] == "1000:1000"
+    labels = info["Config"]["Labels"]
+    assert labels["mcp-sessions.sandbox"] == "1" and labels["mcp-sessions.name"] == sb.name
+    assert labels["team"] == "qa"
+
+    described = sb.describe()
+    assert described["network"] == "none"
+    assert described["limits"] == {"memory_mb": 256, "cpus": 0.5, "pids": 100, "tmp_mb": 32, "swap": "none"}
+    assert described["read_only_root"] is True and described["user"] == "1000:1000"
+
+
+@pytest.mark.docker
+async def test_sandboxes_cannot_see_each_other(sandbox_factory: Any) -> None:
+    a = await sandbox_factory()
+    b = await sandbox_factory()
+    await a.write_file("secret.txt", b"only a")
+    r = await a.exec("echo tmp-secret > /tmp/secret; sleep 30 & echo started")
+    assert r.exit_code == 0
+    r = await b.exec("ls -A /workspace; cat /tmp/secret 2>&1; ps -eo args | grep -c 'sleep 30'")
+    assert "secret.txt" not in r.output
+    assert "No such file" in r.output
+    assert r.output.splitlines()[-1] == "1"  # only the grep itself
+    with pytest.raises(FileNotFoundError):
+        await b.read_file("secret.txt", 100)
+
+
+@pytest.mark.docker
+async def test_fork_bomb_stays_inside_its_process_limit(sandbox_factory: Any, docker_engine: Any) -> None:
+    sb = await sandbox_factory(limits=Limits(pids=64))
+    container = docker_engine.containers.get(sb.id)
+    worst_lag = 0.0
+    peak_pids = 0
+    host_ok = True
+
+    async def watch_host() -> None:
+        nonlocal worst_lag, peak_pids, host_ok
+        while True:
+            t = time.monotonic()
+            await anyio.sleep(0.1)
+            worst_lag = max(worst_lag, time.monotonic() - t - 0.1)
+            stats = await anyio.to_thread.run_sync(lambda: container.stats(stream=False, one_shot=True))
+            peak_pids = max(peak_pids, stats.get("pids_stats", {}).get("current", 0))
+            done = await anyio.run_process(["true"], check=False)
+            host_ok = host_ok and done.returncode == 0
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_host)
+        with anyio.fail_after(30):
+            r = await sb.exec("bomb() { bomb | bomb & }; bomb; sleep 100", timeout_s=4)
+        tg.cancel_scope.cancel()
+    assert r.timed_out
+    assert peak_pids > 32  # the bomb did run...
+    assert peak_pids <= 64  # ...and stayed inside the limit
+    assert host_ok
+    assert worst_lag < 2.0  # the test process stayed responsive
+    r = await sb.exec("echo alive")
+    assert r.output == "alive\n"
+
+
+@pytest.mark.docker
+async def test_memory_hog_is_killed_and_reported(docker_driver: DockerDriver, sandbox_factory: Any) -> None:
+    sb = await sandbox_factory(limits=Limits(memory_mb=64))
+    failures: list[tuple[str, str]] = []
+
+    async def on_failure(name: str, reason: str) -> None:
+        failures.append((name, reason))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(docker_driver.watch, on_failure)
+        await anyio.sleep(0.3)  # let the event stream connect
+        r = await sb.exec('python3 -c \'b = bytearray(512 << 20); print("sur" + "vived")\'', timeout_s=60)
+
+        async def reported() -> bool:
+            return bool(failures)
+
+        await wait_for(reported)
+        tg.cancel_scope.cancel()
+    assert r.exit_code == 137
+    assert "survived" not in r.output
+    assert (sb.name, "oom killed") in failures
+    assert (await sb.exec("echo still-here")).output == "still-here\n"
+
+
+@pytest.mark.docker
+async def test_watch_reports_removed_and_killed_containers_but_not_closed_ones(
+    docker_driver: DockerDriver, sandbox_factory: Any, docker_engine: Any
+) -> None:
+    removed = await sandbox_factory()
+    killed = await sandbox_factory()
+    closed = await sandbox_factory()
+    failures: list[tuple[str, str]] = []
+
+    async def on_failure(name: str, reason: str) -> None:
+        failures.append((name, reason))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(docker_driver.watch, on_failure)
+        await anyio.sleep(0.3)
+        await closed.close()
+        await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(removed.id).remove(force=True))
+        await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(killed.id).kill())
+
+        async def both_reported() -> bool:
+            names = {n for n, _ in failures}
+            return removed.name in names and killed.name in names
+
+        await wait_for(both_reported, timeout=10)
+        await anyio.sleep(1.0)  # room for anything else to (wrongly) show up
+        tg.cancel_scope.cancel()
+    assert [r for n, r in failures if n == removed.name] == ["sandbox removed"]
+    assert [r for n, r in failures if n == killed.name] == ["sandbox exited with code 137"]
+    assert not [r for n, r in failures if n == closed.name]
+    with pytest.raises(SandboxNotFound):
+        await removed.exec("true")
+
+
+# -- shell semantics -----------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_shell_state_persists_across_commands(sandbox_factory: Any) -> None:
+    sb = await sandbox_factory(env={"GREETING": "hi"})
+    r = await sb.exec(
+        "mkdir -p proj && cd proj && export FOO=bar && greet() { echo \"$GREETING $1\"; } && alias ll='ls -la'; set -e"
+    )
+    assert r.exit_code == 0
+    r = await sb.exec("pwd; echo FOO=$FOO; greet world; type ll | head -1; false; echo 'set -e did not carry'")
+    assert r.output.splitlines() == [
+        "/workspace/proj",
+        "FOO=bar",
+        "hi world",
+        "ll is aliased to `ls -la'",
+        "set -e did not carry",
+    ]
+    r = await sb.exec("echo out; echo err >&2; exit 42")
+    assert (r.exit_code, r.output) == (42, "out\nerr\n")
+
+
+@pytest.mark.docker
+async def test_one_command_at_a_time(sandbox_factory: Any) -> None:
+    sb = await sandbox_factory()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sb.exec, "sleep 1")
+        await anyio.sleep(0.2)
+        with pytest.raises(SandboxBusy):
+            await sb.exec("true")
+    assert (await sb.exec("echo free")).output == "free\n"
+
+
+@pytest.mark.docker
+async def test_output_of_50_mb_stays_bounded(sandbox_factory: Any) -> None:
+    sb = await sandbox_factory()
+    streamed = 0
+
+    async def on_output(chunk: bytes) -> None:
+        nonlocal streamed
+        streamed += len(chunk)
+
+    total = 50_000_000
+    r = await sb.exec(f"head -c {total} /dev/zero | tr '\\0' x; echo", on_output=on_output, max_output_bytes=65536)
+    assert r.exit_code == 0
+    assert r.output_bytes == total + 1 == streamed
+    assert r.cut_bytes == total + 1 - 65536
+    assert len(r.output) < 65536 + 200
+    assert r.output.startswith("xxxx") and "bytes cut from the middle" in r.output
+
+
+@pytest.mark.docker
+async def test_timeout_stops_the_command(sandbox_factory: Any, docker_engine: Any) -> None:
+    sb = await sandbox_factory()
+    with anyio.fail_after(HANG_S + 1):
+        r = await sb.exec("echo begin; sleep 300", timeout_s=1)
+    assert r.timed_out and not r.interrupted
+    assert r.output == "begin\n"
+    assert user_processes(docker_engine, sb) == []
+
+
+# -- interrupts ----------------------------------------------------------------------------------
+
+ESCAPING = "sleep 301 & setsid sleep 302 & trap '' INT; sleep 300"
+"""A foreground sleep, a background job (ignores SIGINT) and a `setsid` escapee."""
+
+
+async def _run_until_all_started(
+    tg: anyio.abc.TaskGroup, sb: DockerSandbox, client: Any, script: str, results: list[ExecResult]
+) -> None:
+    """Start `script` (ESCAPING) in the background and return once its three sleeps run."""
+
+    async def run() -> None:
+        results.append(await sb.exec(script))
+
+    tg.start_soon(run)
+
+    async def all_started() -> bool:
+        procs = await anyio.to_thread.run_sync(user_processes, client, sb)
+        return all(any(f"sleep {n}" in p for p in procs) for n in (300, 301, 302))
+
+    await wait_for(all_started)
+
+
+@pytest.mark.docker
+async def test_interrupt_stops_everything_the_command_started(sandbox_factory: Any, docker_engine: Any) -> None:
+    sb = await sandbox_factory()
+    results: list[ExecResult] = []
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            await _run_until_all_started(tg, sb, docker_engine, ESCAPING, results)
+            t = time.monotonic()
+            assert await sb.interrupt() is True
+        assert time.monotonic() - t < HANG_S
+    [r] = results
+    assert r.interrupted and not r.timed_out
+    assert r.exit_code in (130, 143, 137)
+    assert user_processes(docker_engine, sb) == []
+    assert await sb.interrupt() is False
+    assert (await sb.exec("echo idle")).output == "idle\n"
+
+
+@pytest.mark.docker
+async def test_interrupt_from_another_server_process(
+    sandbox_factory: Any, docker_engine: Any, docker_server_id: str
+) -> None:
+    sb = await sandbox_factory()
+    results: list[ExecResult] = []
+    other = DockerDriver(image=IMAGE, server_id=docker_server_id)
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                await _run_until_all_started(tg, sb, docker_engine, ESCAPING, results)
+                again = await other.attach(sb.id, SandboxSpec(name=sb.name))
+                assert await again.interrupt() is True
+    finally:
+        await other.aclose()
+    [r] = results
+    assert r.interrupted
+    assert user_processes(docker_engine, sb) == []
+
+
+@pytest.mark.docker
+async def test_cancelling_exec_stops_the_command(sandbox_factory: Any, docker_engine: Any) -> None:
+    sb = await sandbox_factory()
+    t = time.monotonic()
+    with anyio.move_on_after(1) as scope:
+        await sb.exec(ESCAPING)
+    assert scope.cancelled_caught
+    assert time.monotonic() - t < 1 + HANG_S
+    assert user_processes(docker_engine, sb) == []
+    assert (await sb.exec("echo next")).output == "next\n"
+
+
+@pytest.mark.docker
+async def test_control_shell_dying_mid_command_is_survived(sandbox_factory: Any) -> None:
+    sb = await sandbox_factory()
+    # The command kills the control shell that started it; the driver reconnects and picks the run up.
+    r = await sb.exec("echo before; kill -9 $PPID; sleep 0.5; echo after; exit 3")
+    assert (r.exit_code, r.output) == (3, "before\nafter\n")
+    assert (await sb.exec("pwd")).output == "/workspace\n"
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_files_inside_the_workspace(sandbox_factory: Any) -> None:
+    sb = await sandbox_factory()
+    await sb.write_file("src/pkg/mod.py", b"print('hi')\n")
+    await sb.write_file("/workspace/data.bin", bytes(range(256)) * 4)
+    assert await sb.read_file("/workspace/src/pkg/mod.py", 100) == b"print('hi')\n"
+    assert await sb.read_file("data.bin", 2000) == bytes(range(256)) * 4
+    r = await sb.exec("python3 src/pkg/mod.py; stat -c '%u %a' src/pkg/mod.py; ln -s src inner")
+    assert r.output == "hi\n1000 644\n"
+    assert await sb.read_file("inner/pkg/mod.py", 100) == b"print('hi')\n"  # a symlink inside is fine
+    with pytest.raises(SandboxError, match="over the 10-byte limit"):
+        await sb.read_file("data.bin", 10)
+    with pytest.raises(FileNotFoundError):
+        await sb.read_file("missing.txt", 10)
+    with pytest.raises(IsADirectoryError):
+        await sb.read_file("src", 10)
+
+
+@pytest.mark.docker
+async def test_paths_outside_the_workspace_are_refused(sandbox_factory: Any) -> None:
+    sb = await sandbox_factory()
+    r = await sb.exec("ln -s /etc etc-link; ln -s /etc/passwd pw; ln -s ../tmp up; echo x > /tmp/x")
+    assert r.exit_code == 0
+    for path in [
+        "../etc/passwd",
+        "/etc/passwd",
+        "a/../../etc/passwd",
+        "/workspace/../etc/passwd",
+        "x\0y",
+        "etc-link/passwd",
+        "pw",
+        "up/x",
+        "/tmp/x",
+    ]:
+        with pytest.raises(PathNotAllowed):
+            await sb.read_file(path, 10_000)
+    for path in ["../evil", "/etc/evil", "etc-link/evil", "up/evil", "pw"]:
+        with pytest.raises(PathNotAllowed):
+            await sb.write_file(path, b"no")
+    r = await sb.exec("ls /tmp; head -c 4 /etc/passwd")
+    assert "evil" not in r.output and r.output.endswith("root")
+
+
+# -- recovery ------------------------------------------------------------------------------------
+
+SERVER = """
+import sys, anyio
+from sandbox_backends.base import SandboxSpec
+from sandbox_backends.docker import DockerDriver
+
+async def main():
+    driver = DockerDriver(image=sys.argv[1], server_id=sys.argv[2])
+    sandbox = await driver.create(SandboxSpec(name=sys.argv[3]))
+    print("ID", sandbox.id, flush=True)
+    async def out(chunk):
+        print("OUT", chunk.decode().strip().replace("\\n", " "), flush=True)
+    await sandbox.exec(sys.argv[4], on_output=out)
+
+anyio.run(main)
+"""
+
+
+async def _server_dies_while_running(docker_server_id: str, script: str) -> tuple[str, str]:
+    """Start a server process that runs `script`, SIGKILL it once output appears; return (sandbox id, name)."""
+    name = "t-" + secrets.token_hex(5)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, IMAGE, docker_server_id, name, script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        sandbox_id = ""
+        with anyio.fail_after(30):
+            while True:
+                line = await anyio.to_thread.run_sync(proc.stdout.readline)  # type: ignore[union-attr]
+                assert line, "the server process ended early"
+                if line.startswith("ID "):
+                    sandbox_id = line.split()[1]
+                if line.startswith("OUT "):
+                    break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return sandbox_id, name
+
+
+@pytest.mark.docker
+async def test_take_over_after_the_server_died(docker_server_id: str, docker_engine: Any) -> None:
+    sandbox_id, name = await _server_dies_while_running(
+        docker_server_id, "for i in $(seq 1 1000); do echo line$i; sleep 0.1; done"
+    )
+    await anyio.sleep(0.5)  # the command keeps running without its server
+    driver = DockerDriver(image=IMAGE, server_id=docker_server_id)
+    try:
+        sb = await driver.attach(sandbox_id, SandboxSpec(name=name))
+        with anyio.fail_after(HANG_S):
+            r = await sb.take_over()
+        assert r is not None
+        assert r.interrupted
+        assert r.exit_code == 130
+        lines = r.output.split()
+        assert lines[:3] == ["line1", "line2", "line3"] and len(lines) >= 5  # written while nobody listened
+        assert user_processes(docker_engine, sb) == []
+        assert await sb.take_over() is None  # handed over once
+        assert (await sb.exec("echo mine")).output == "mine\n"
+        await sb.close(delete=True)
+    finally:
+        await driver.aclose()
+
+
+@pytest.mark.docker
+async def test_take_over_of_a_command_that_finished_alone(docker_server_id: str) -> None:
+    sandbox_id, name = await _server_dies_while_running(
+        docker_server_id, "echo started; sleep 1; cd /tmp; echo finished; exit 7"
+    )
+    await anyio.sleep(2)
+    driver = DockerDriver(image=IMAGE, server_id=docker_server_id)
+    try:
+        sb = await driver.attach(sandbox_id, SandboxSpec(name=name))
+        r = await sb.take_over()
+        assert r is not None
+        assert (r.exit_code, r.interrupted, r.output) == (7, False, "started\nfinished\n")
+        assert (await sb.exec("pwd")).output == "/tmp\n"  # the shell state it left is kept
+        await sb.close(delete=True)
+    finally:
+        await driver.aclose()
+
+
+@pytest.mark.docker
+async def test_attach_restarts_a_stopped_container_and_refuses_a_gone_one(
+    sandbox_factory: Any, docker_engine: Any, docker_server_id: str
+) -> None:
+    sb = await sandbox_factory()
+    await sb.write_file("keep.txt", b"kept")
+    other = DockerDriver(image=IMAGE, server_id=docker_server_id)
+    try:
+        await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(sb.id).stop(timeout=0))
+        again = await other.attach(sb.id, SandboxSpec(name=sb.name))
+        assert await again.read_file("keep.txt", 10) == b"kept"
+        assert (await again.exec("echo back")).output == "back\n"
+        with pytest.raises(SandboxNotFound):
+            await other.attach(sb.id, SandboxSpec(name="someone-else"))
+        await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(sb.id).remove(force=True))
+        with pytest.raises(SandboxNotFound):
+            await other.attach(sb.id, SandboxSpec(name=sb.name))
+    finally:
+        await other.aclose()
+
+
+@pytest.mark.docker
+async def test_close_keeps_the_volume_unless_deleted(docker_driver: DockerDriver, docker_engine: Any) -> None:
+    import docker.errors
+
+    name = "t-" + secrets.token_hex(5)
+    sb = await docker_driver.create(SandboxSpec(name=name))
+    await sb.write_file("f.txt", b"x")
+    volume = sb.volume
+    assert volume
+    await sb.close()
+    await sb.close()  # idempotent
+    with pytest.raises(docker.errors.NotFound):
+        docker_engine.containers.get(sb.id)
+    assert docker_engine.volumes.get(volume)
+    with pytest.raises(SandboxNotFound):
+        await docker_driver.attach(sb.id, SandboxSpec(name=name))
+    await sb.close(delete=True)
+    with pytest.raises(docker.errors.NotFound):
+        docker_engine.volumes.get(volume)
+
+
+# -- creation ------------------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_create_reports_phases_and_actionable_errors(docker_driver: DockerDriver, sandbox_factory: Any) -> None:
+    phases: list[str] = []
+
+    async def on_phase(phase: str, detail: str) -> None:
+        phases.append(phase)
+
+    sb = await docker_driver.create(SandboxSpec(name="t-" + secrets.token_hex(5)), on_phase)
+    await sb.close(delete=True)
+    assert phases == ["creating_sandbox", "starting"]
+
+    with pytest.raises(
+        SandboxError, match=r"image not found: no-such-image:1\. Build it with scripts/build-sandbox-image\.sh"
+    ):
+        await docker_driver.create(SandboxSpec(name="t-" + secrets.token_hex(5), image="no-such-image:1"))
+    with pytest.raises(SandboxError, match="network"):
+        await docker_driver.create(SandboxSpec(name="t-" + secrets.token_hex(5), network=True))
+    capped = DockerDriver(image=IMAGE, server_id=docker_driver.server_id, max_limits=Limits(memory_mb=512))
+    with pytest.raises(SandboxError, match="memory_mb=1024 is over this server's maximum of 512"):
+        await capped.create(SandboxSpec(name="t-" + secrets.token_hex(5)))
+    taken = await sandbox_factory()
+    with pytest.raises(SandboxError, match="already exists"):
+        await docker_driver.create(SandboxSpec(name=taken.name))
+
+
+async def test_unreachable_engine_says_how_to_start_it(tmp_path: Path) -> None:
+    driver = DockerDriver(base_url=f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(SandboxError, match="start-docker.sh"):
+        await driver.create(SandboxSpec(name="x"))
+
+
+@pytest.mark.docker
+async def test_warm_pool(docker_server_id: str, docker_engine: Any) -> None:
+    driver = DockerDriver(image=IMAGE, server_id=docker_server_id, pool_size=1)
+    made: list[DockerSandbox] = []
+
+    async def on_failure(name: str, reason: str) -> None:
+        raise AssertionError(f"unexpected failure of {name}: {reason}")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(driver.watch, on_failure)
+
+            async def pool_full() -> bool:
+                return driver.pool_available == 1
+
+            await wait_for(pool_full, timeout=30)
+            name = "t-" + secrets.token_hex(5)
+            sb = await driver.create(SandboxSpec(name=name, env={"WHO": "pooled"}))
+            made.append(sb)
+            assert sb.describe()["pooled"] is True
+            assert docker_engine.containers.get(sb.id).name == SESSION_PREFIX + name
+            r = await sb.exec("echo $WHO; id -u; pwd")
+            assert r.output == "pooled\n1000\n/workspace\n"
+            await sb.write_file("a.txt", b"A")
+            await wait_for(pool_full, timeout=30)  # refilled in the background
+
+            cold = await driver.create(SandboxSpec(name="t-" + secrets.token_hex(5), limits=Limits(pids=99)))
+            made.append(cold)
+            assert cold.describe()["pooled"] is False
+            tg.cancel_scope.cancel()
+        await driver.aclose()
+        left = docker_engine.containers.list(all=True, filters={"label": f"mcp-sessions.server={docker_server_id}"})
+        assert not [c for c in left if c.name.startswith(POOL_PREFIX)]  # unclaimed pool containers removed
+        assert {c.id for c in made} <= {c.id for c in left}  # session containers kept
+        assert await made[0].read_file("a.txt", 10) == b"A"
+    finally:
+        for sb in made:
+            await sb.close(delete=True)
+        await driver.aclose()
+
+
+@pytest.mark.docker
+async def test_garbage_on_the_control_channel_is_survived(sandbox_factory: Any) -> None:
+    sb = await sandbox_factory()
+    # Commands run as the control shell's user, so they can write into its stdout: forged or
+    # malformed frames must cost the connection (which is remade), never the server or the result.
+    r = await sb.exec("printf 'Z\\377\\377\\377\\377junk' > /proc/$PPID/fd/1; sleep 0.5; echo after")
+    assert (r.exit_code, r.output) == (0, "after\n")
+    assert (await sb.exec("echo next")).output == "next\n"
