@@ -1,0 +1,306 @@
+"""Docker driver latencies against plain docker SDK calls, measured in one run on the same engine.
+
+    PYTHONPATH=. python bench/bench_docker.py [--n 30] [--image IMAGE]
+
+Prints a Markdown table (median and p90 per measurement, and the ratio to its baseline):
+
+- a `true` round trip through `DockerSandbox.exec` (the attached control shell) vs a raw `docker exec`
+  (`exec_run`) into the same container, back to back and after 20 ms idle (the control shell starts
+  the next command's bash in the background), also with a proposed faster runner for shell.py;
+- sandbox create to ready (first `true` done): cold, claimed from the warm pool, and a raw
+  `containers.run` with the same hardened settings plus a first `exec_run`;
+- interrupt of `sleep 300` until `exec` has returned;
+- a 1 MB file write and read through the control shell vs put_archive / get_archive.
+
+Needs a running engine and the sandbox image (scripts/start-docker.sh). Everything it makes is
+labelled with a throwaway server id and removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import secrets
+import statistics
+import sys
+import tarfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import docker
+
+import sandbox_backends.docker as docker_driver_module
+from sandbox_backends.base import SandboxSpec
+from sandbox_backends.docker import DEFAULT_IMAGE, KEEPALIVE_CMD, LABEL_SERVER, DockerDriver, DockerSandbox
+from sandbox_backends.shell import RUNNER
+
+PROPOSED_RUNNER = RUNNER.replace(
+    """    for __sbx_f in $(compgen -A function); do
+      case $__sbx_f in __sbx_*) ;; *) declare -f "$__sbx_f" ;; esac
+    done""",
+    '''    compgen -A function > "$__sbx_dir/functions.tmp"
+    while IFS= read -r __sbx_f; do
+      case $__sbx_f in __sbx_*) ;; *) declare -f "$__sbx_f" ;; esac
+    done < "$__sbx_dir/functions.tmp"''',
+).replace(
+    '''} > "$__sbx_dir/state.tmp" 2>/dev/null && mv -f "$__sbx_dir/state.tmp" "$__sbx_dir/state.sh"''',
+    """} > "$__sbx_dir/state.sh" 2>/dev/null""",
+)
+"""shell.py's runner without its two extra processes per command: the `$(compgen ...)` subshell and `mv`.
+Measured as an extra row when shell.py still has them (the change is proposed, not applied)."""
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, list[float], str | None]] = []
+        self.samples: dict[str, list[float]] = {}
+
+    def add(self, name: str, xs: list[float], baseline: str | None = None) -> None:
+        self.rows.append((name, xs, baseline))
+        self.samples[name] = xs
+        print(f"  {name}: median {statistics.median(xs) * 1000:.2f} ms (n={len(xs)})", file=sys.stderr)
+
+    def render(self) -> str:
+        out = [
+            "| measurement | n | median | p90 | ratio to baseline (median) |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for name, xs, baseline in self.rows:
+            med = statistics.median(xs)
+            ratio = ""
+            if baseline:
+                ratio = f"{med / statistics.median(self.samples[baseline]):.3f}x of {baseline}"
+            out.append(f"| {name} | {len(xs)} | {fmt(med)} | {fmt(pct(xs, 0.9))} | {ratio} |")
+        return "\n".join(out)
+
+
+def fmt(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
+
+
+async def timed(
+    n: int, fn: Callable[[], Awaitable[Any]], between: Callable[[], Awaitable[Any]] | None = None
+) -> list[float]:
+    xs = []
+    for _ in range(n):
+        if between is not None:
+            await between()
+        t = time.perf_counter()
+        await fn()
+        xs.append(time.perf_counter() - t)
+    return xs
+
+
+def one_file_tar(name: str, data: bytes) -> bytes:
+    bio = io.BytesIO()
+    with tarfile.open(fileobj=bio, mode="w") as tf:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.uid = info.gid = 1000
+        tf.addfile(info, io.BytesIO(data))
+    return bio.getvalue()
+
+
+async def main(n: int, image: str) -> None:
+    server_id = "bench-" + secrets.token_hex(4)
+    client = docker.from_env(version="auto")
+    api = client.api
+    driver = DockerDriver(image=image, server_id=server_id)
+    table = Table()
+    names = iter(f"b-{i}-{secrets.token_hex(3)}" for i in range(10_000))
+    try:
+        # -- exec round trip -------------------------------------------------------------------
+        print("exec round trip", file=sys.stderr)
+        sb = await driver.create(SandboxSpec(name=next(names)))
+        container = client.containers.get(sb.id)
+        for _ in range(10):  # warm up both paths
+            await sb.exec("true")
+            container.exec_run(["true"])
+
+        async def raw_true() -> None:
+            container.exec_run(["true"])
+
+        async def sandbox_true() -> None:
+            await sb.exec("true")
+
+        async def idle() -> None:
+            await anyio.sleep(0.02)
+
+        raw = "raw `docker exec true` (exec_run)"
+        table.add(raw, await timed(n, raw_true))
+        table.add("`DockerSandbox.exec('true')` back to back", await timed(max(n, 100), sandbox_true), raw)
+        table.add("`DockerSandbox.exec('true')` after 20 ms idle", await timed(max(n, 100), sandbox_true, idle), raw)
+        if PROPOSED_RUNNER != RUNNER:
+            # The same, with the runner change proposed for shell.py (no `$(...)` subshell, no `mv`).
+            docker_driver_module.CONTROL_CODE = docker_driver_module.build_control_code(PROPOSED_RUNNER)
+            fast = await driver.create(SandboxSpec(name=next(names)))
+            docker_driver_module.CONTROL_CODE = docker_driver_module.build_control_code(RUNNER)
+            assert (await fast.exec("cd /tmp; f() { echo fn; }")).exit_code == 0
+            assert (await fast.exec("pwd; f")).output == "/tmp\nfn\n"
+
+            async def fast_true() -> None:
+                await fast.exec("true")
+
+            for _ in range(10):
+                await fast_true()
+            table.add("same, proposed runner, back to back", await timed(max(n, 100), fast_true), raw)
+            table.add("same, proposed runner, after 20 ms idle", await timed(max(n, 100), fast_true, idle), raw)
+            await fast.close(delete=True)
+
+        # -- files -----------------------------------------------------------------------------
+        print("files", file=sys.stderr)
+        data = secrets.token_bytes(1 << 20)
+        tar = one_file_tar("bench.bin", data)
+
+        async def put_archive() -> None:
+            container.put_archive("/workspace", tar)
+
+        async def get_archive() -> None:
+            stream, _ = container.get_archive("/workspace/bench.bin")
+            b"".join(stream)
+
+        async def write_file() -> None:
+            await sb.write_file("bench.bin", data)
+
+        async def read_file() -> None:
+            assert len(await sb.read_file("bench.bin", 2 << 20)) == len(data)
+
+        table.add("raw put_archive 1 MB", await timed(n, put_archive))
+        table.add("`write_file` 1 MB", await timed(n, write_file), "raw put_archive 1 MB")
+        table.add("raw get_archive 1 MB", await timed(n, get_archive))
+        table.add("`read_file` 1 MB", await timed(n, read_file), "raw get_archive 1 MB")
+
+        # -- interrupt -------------------------------------------------------------------------
+        print("interrupt", file=sys.stderr)
+        interrupts: list[float] = []
+
+        async def sleep_300(into: list[Any]) -> None:
+            into.append(await sb.exec("sleep 300"))
+
+        for _ in range(n):
+            result: list[Any] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sleep_300, result)
+                await anyio.sleep(0.2)
+                t = time.perf_counter()
+                await sb.interrupt()
+            interrupts.append(time.perf_counter() - t)
+            assert result[0].interrupted, result
+        table.add("interrupt `sleep 300` until `exec` returned", interrupts)
+        await sb.close(delete=True)
+
+        # -- create to ready -------------------------------------------------------------------
+        print("create to ready", file=sys.stderr)
+        made: list[DockerSandbox] = []
+
+        async def cold_create() -> None:
+            s = await driver.create(SandboxSpec(name=next(names)))
+            await s.exec("true")
+            made.append(s)
+
+        async def close_made() -> None:
+            while made:
+                await made.pop().close(delete=True)
+
+        hc = driver._host_config(api, driver._pool_policy, "VOLUME")
+
+        async def raw_run() -> None:
+            vol = next(names)
+            c = client.containers.run(
+                image,
+                KEEPALIVE_CMD,
+                detach=True,
+                labels={LABEL_SERVER: server_id},
+                user=driver.user,
+                network_mode="none",
+                init=True,
+                mem_limit=hc["Memory"],
+                memswap_limit=hc["MemorySwap"],
+                nano_cpus=hc["NanoCpus"],
+                pids_limit=hc["PidsLimit"],
+                read_only=True,
+                tmpfs=hc["Tmpfs"],
+                volumes={vol: {"bind": "/workspace", "mode": "rw"}},
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"],
+            )
+            c.exec_run(["true"])
+            raw_made.append((c, vol))
+
+        raw_made: list[tuple[Any, str]] = []
+
+        async def close_raw() -> None:
+            while raw_made:
+                c, vol = raw_made.pop()
+                c.remove(force=True)
+                client.volumes.get(vol).remove(force=True)
+
+        table.add("raw `containers.run` + first `exec_run true`", await timed(n, raw_run, close_raw))
+        await close_raw()
+        table.add(
+            "`create` cold + first `exec('true')`",
+            await timed(n, cold_create, close_made),
+            "raw `containers.run` + first `exec_run true`",
+        )
+        await close_made()
+
+        pooled = DockerDriver(image=image, server_id=server_id, pool_size=1)
+
+        async def fail(name: str, reason: str) -> None:
+            print(f"unexpected failure of {name}: {reason}", file=sys.stderr)
+
+        async def pool_create() -> None:
+            s = await pooled.create(SandboxSpec(name=next(names)))
+            await s.exec("true")
+            made.append(s)
+            assert s.describe()["pooled"], "the pool was empty"
+
+        async def refill() -> None:
+            await close_made()
+            with anyio.fail_after(60):
+                while pooled.pool_available < 1:
+                    await anyio.sleep(0.02)
+            await anyio.sleep(0.05)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pooled.watch, fail)
+            table.add(
+                "`create` from the warm pool + first `exec('true')`",
+                await timed(n, pool_create, refill),
+                "raw `containers.run` + first `exec_run true`",
+            )
+            tg.cancel_scope.cancel()
+        await close_made()
+        await pooled.aclose()
+    finally:
+        await driver.aclose()
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server_id}"}):
+            c.remove(force=True)
+        for v in client.volumes.list(filters={"label": f"{LABEL_SERVER}={server_id}"}):
+            v.remove(force=True)
+        client.close()
+
+    print(f"\nDocker driver, {time.strftime('%Y-%m-%d')}, engine {docker_version()}, image {image}\n")
+    print(table.render())
+
+
+def docker_version() -> str:
+    try:
+        return docker.from_env().version().get("Version", "?")
+    except Exception:
+        return "?"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=30, help="samples per measurement (default 30)")
+    parser.add_argument("--image", default=DEFAULT_IMAGE)
+    args = parser.parse_args()
+    anyio.run(main, args.n, args.image)
