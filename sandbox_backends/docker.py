@@ -40,7 +40,10 @@ so the server treats frames as untrusted: a malformed or oversized one ends the 
 request reconnects), never the server.
 
 The runner's state (`/tmp/.mcp-shell`: saved shell state, per-run script, output, exit code) lives on
-the container's tmpfs: it survives the server, not a restart of the container. The image needs bash
+the container's tmpfs: it survives the server, not a restart of the container. Output already sent
+is punched out of the middle of the output file, so a long-running, chatty command does not fill
+/tmp; a command that prints faster than the server reads (about 150 MB/s here) for more than
+`Limits.tmp_mb` still can, and then gets ENOSPC. The image needs bash
 and python3 (3.7 or later). `SandboxSpec.env` is passed with every command (it is not baked into the
 container, so pooled containers get it too); commands start with HOME=/workspace.
 
@@ -345,6 +348,7 @@ class Follower:
         self.req, self.run, self.pid, self.fd, self.child, self.sent = req, run, pid, fd, child, 0
         self.announce = False
         self.t0 = time.monotonic()
+        self.trimmed = 0
 
 def start_run(req, msg):
     run = msg["run"]
@@ -410,6 +414,33 @@ def follow(req, msg):
     reply(req, ev="following", run=run, pid=pid, running=bool(pid and run_alive(pid, run)))
     followers.append(f)
 
+try:
+    import ctypes
+    fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+except Exception:
+    fallocate = None
+PUNCH_HOLE = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+KEEP_HEAD, KEEP_BEHIND, TRIM_STEP = 1 << 20, 16 << 20, 32 << 20
+
+def trim(f):
+    """Free the middle of a long output file once it has been sent: it lives on the sandbox's /tmp."""
+    start = max(f.trimmed, KEEP_HEAD)
+    end = (f.sent - KEEP_BEHIND) & ~0xFFFF
+    if fallocate is None or end - start < TRIM_STEP:
+        return
+    try:
+        wfd = os.open(path(f.run + ".out"), os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        if fallocate(wfd, PUNCH_HOLE, start, end - start) == 0:
+            f.trimmed = end
+        else:
+            f.trimmed = 1 << 62  # not supported here: stop trying
+    finally:
+        os.close(wfd)
+
 def pump(f, limit):
     sent = 0
     while limit is None or sent < limit:
@@ -419,6 +450,7 @@ def pump(f, limit):
         f.sent += len(data)
         sent += len(data)
         data_frame(b"O", f.req, data)
+    trim(f)
 
 def pump_all():
     for item in list(standbys):
