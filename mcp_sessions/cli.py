@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sqlite3
 import sys
 from datetime import UTC, datetime
@@ -235,8 +236,6 @@ def _single(error: BaseException) -> BaseException:
 
 def _quiet_stdout() -> None:
     """The reader of stdout went away (`| head`): stop writing there without a second error at exit."""
-    import os
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
 
