@@ -540,11 +540,17 @@ def write_file(req, msg, payload):
         return
     reply(req, ok=True, size=len(payload))
 
-def in_thread(fn, *args):
+def guarded(fn, req, *args):
     try:
-        threading.Thread(target=fn, args=args, daemon=True).start()
+        fn(req, *args)
+    except Exception as e:
+        reply(req, error="internal", message="%s: %s" % (type(e).__name__, e))
+
+def in_thread(fn, req, *args):
+    try:
+        threading.Thread(target=guarded, args=(fn, req) + args, daemon=True).start()
     except RuntimeError:
-        fn(*args)  # no thread left under the process limit: do it inline
+        guarded(fn, req, *args)  # no thread left under the process limit: do it inline
 
 def handle(msg, payload):
     op, req = msg.get("op"), msg.get("req", "")
@@ -939,7 +945,10 @@ class DockerSandbox:
         for attempt in range(3):
             conn = await self._connection()
             try:
-                kind, msg = await conn.request({"op": "stop", "mark": mark})
+                with anyio.fail_after(STOP_TIMEOUT_S):
+                    kind, msg = await conn.request({"op": "stop", "mark": mark})
+            except TimeoutError:
+                raise SandboxError("The sandbox did not confirm that the command stopped.") from None
             except _Lost:
                 if attempt == 2:
                     raise SandboxError("Lost the connection to the sandbox's control shell three times.") from None
@@ -1484,6 +1493,7 @@ class DockerDriver:
         )
 
     async def _claim(self, spec: SandboxSpec, name: str, on_phase: PhaseCallback | None) -> DockerSandbox | None:
+        """Take a warm container for `spec` (renaming binds it), or None if the pool is empty."""
         api = await self._api()
         while self._pool:
             entry = self._pool.pop(0)
@@ -1491,20 +1501,24 @@ class DockerDriver:
             if entry.conn.lost:
                 await self._discard(entry)
                 continue
-            if on_phase:
-                await on_phase("creating_sandbox", f"warm pool container {entry.container_id[:12]}")
             try:
-                await _blocking(api.rename, entry.container_id, name)
+                if on_phase:
+                    await on_phase("creating_sandbox", f"warm pool container {entry.container_id[:12]}")
+                    await on_phase("starting", f"container {entry.container_id[:12]}")
+            except BaseException:
+                self._pool.insert(0, entry)
+                raise
+            try:
+                with anyio.CancelScope(shield=True):  # once renamed, it must reach its owner
+                    await _blocking(api.rename, entry.container_id, name)
             except docker.errors.NotFound:
                 await self._discard(entry)
                 continue
-            except docker.errors.APIError as e:
+            except (docker.errors.APIError, SandboxError) as e:
                 self._pool.insert(0, entry)
-                if e.status_code == 409:
+                if isinstance(e, docker.errors.APIError) and e.status_code == 409:
                     raise SandboxError(f"A sandbox container named {name} already exists.") from None
-                raise SandboxError(f"Could not claim a pooled sandbox: {e.explanation or e}") from None
-            if on_phase:
-                await on_phase("starting", f"container {entry.container_id[:12]}")
+                raise SandboxError(f"Could not claim a pooled sandbox: {e}") from None
             return DockerSandbox(
                 self,
                 entry.container_id,
