@@ -7,9 +7,9 @@ test, so a broken CI machine cannot pass by skipping everything.
 Every container and volume a test makes carries the label `mcp-sessions.server=<docker_server_id>`,
 a per-run id; the session finalizer removes whatever is left with that label.
 
-Use from a test module:
+Use from a test module (pytest fixtures are found by name, so import the ones the tests use):
 
-    from docker_support import docker_engine, docker_server_id, docker_driver, sandbox_factory  # noqa: F401
+    from tests.docker_support import docker_engine, docker_server_id, docker_driver, sandbox_factory  # noqa: F401
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 No timing assertions beyond generous bounds that catch hangs; speed is measured in bench/bench_docker.py.
 """
+# ruff: noqa: F811  (the fixtures imported from tests.docker_support are used by name)
 
 from __future__ import annotations
 
@@ -27,11 +28,13 @@ from sandbox_backends.base import (
     SandboxSpec,
 )
 from sandbox_backends.docker import POOL_PREFIX, SESSION_PREFIX, DockerDriver, DockerSandbox
-
-try:
-    from docker_support import IMAGE, docker_driver, docker_engine, docker_server_id, sandbox_factory  # noqa: F401
-except ImportError:  # tests/ imported as a package
-    from tests.docker_support import IMAGE, docker_driver, docker_engine, docker_server_id, sandbox_factory  # noqa: F401
+from tests.docker_support import (  # noqa: F401  (fixtures are used by name)
+    IMAGE,
+    docker_driver,
+    docker_engine,
+    docker_server_id,
+    sandbox_factory,
+)
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parent.parent
