@@ -6,7 +6,7 @@ Prints a Markdown table (median and p90 per measurement, and the ratio to its ba
 
 - a `true` round trip through `DockerSandbox.exec` (the attached control shell) vs a raw `docker exec`
   (`exec_run`) into the same container, back to back and after 20 ms idle (the control shell starts
-  the next command's bash in the background), also with a proposed faster runner for shell.py;
+  the next command's bash in the background);
 - sandbox create to ready (first `true` done): cold, claimed from the warm pool, and a raw
   `containers.run` with the same hardened settings plus a first `exec_run`;
 - interrupt of `sleep 300` until `exec` has returned;
@@ -31,26 +31,8 @@ from typing import Any
 import anyio
 import docker
 
-import sandbox_backends.docker as docker_driver_module
 from sandbox_backends.base import SandboxSpec
 from sandbox_backends.docker import DEFAULT_IMAGE, KEEPALIVE_CMD, LABEL_SERVER, DockerDriver, DockerSandbox
-from sandbox_backends.shell import RUNNER
-
-PROPOSED_RUNNER = RUNNER.replace(
-    """    for __sbx_f in $(compgen -A function); do
-      case $__sbx_f in __sbx_*) ;; *) declare -f "$__sbx_f" ;; esac
-    done""",
-    '''    compgen -A function > "$__sbx_dir/functions.tmp"
-    while IFS= read -r __sbx_f; do
-      case $__sbx_f in __sbx_*) ;; *) declare -f "$__sbx_f" ;; esac
-    done < "$__sbx_dir/functions.tmp"''',
-).replace(
-    '''} > "$__sbx_dir/state.tmp" 2>/dev/null && mv -f "$__sbx_dir/state.tmp" "$__sbx_dir/state.sh"''',
-    """} > "$__sbx_dir/state.sh" 2>/dev/null""",
-)
-"""shell.py's runner without its two extra processes per command: the `$(compgen ...)` subshell and `mv`.
-Measured as an extra row when shell.py still has them (the change is proposed, not applied)."""
-
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
@@ -137,22 +119,6 @@ async def main(n: int, image: str) -> None:
         table.add(raw, await timed(n, raw_true))
         table.add("`DockerSandbox.exec('true')` back to back", await timed(max(n, 100), sandbox_true), raw)
         table.add("`DockerSandbox.exec('true')` after 20 ms idle", await timed(max(n, 100), sandbox_true, idle), raw)
-        if PROPOSED_RUNNER != RUNNER:
-            # The same, with the runner change proposed for shell.py (no `$(...)` subshell, no `mv`).
-            docker_driver_module.CONTROL_CODE = docker_driver_module.build_control_code(PROPOSED_RUNNER)
-            fast = await driver.create(SandboxSpec(name=next(names)))
-            docker_driver_module.CONTROL_CODE = docker_driver_module.build_control_code(RUNNER)
-            assert (await fast.exec("cd /tmp; f() { echo fn; }")).exit_code == 0
-            assert (await fast.exec("pwd; f")).output == "/tmp\nfn\n"
-
-            async def fast_true() -> None:
-                await fast.exec("true")
-
-            for _ in range(10):
-                await fast_true()
-            table.add("same, proposed runner, back to back", await timed(max(n, 100), fast_true), raw)
-            table.add("same, proposed runner, after 20 ms idle", await timed(max(n, 100), fast_true, idle), raw)
-            await fast.close(delete=True)
 
         # -- files -----------------------------------------------------------------------------
         print("files", file=sys.stderr)

@@ -98,7 +98,7 @@ from .base import (
     SandboxSpec,
 )
 from .output import OutputBuffer
-from .shell import INTERRUPTED_FILE, PID_FILE, RUNNER, RUNNER_FILE
+from .shell import NEW_STATE_FILE, PID_FILE, RUNNER, RUNNER_FILE, STATE_COMPLETE, STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ CONTROL_PY = r'''
 import json, os, select, signal, struct, subprocess, sys, threading, time
 MARK, DIR, WS = sys.argv[1], sys.argv[2], sys.argv[3]
 RUNNER = @RUNNER@
-PID_FILE, MARKER, RUNNER_FILE = @PID_FILE@, @MARKER@, @RUNNER_FILE@
+PID_FILE, RUNNER_FILE = @PID_FILE@, @RUNNER_FILE@
+STATE_FILE, NEW_STATE_FILE, STATE_COMPLETE = @STATE_FILE@, @NEW_STATE_FILE@, @STATE_COMPLETE@
 GRACE = 0.3
 CHUNK = 1 << 20
 os.umask(0o022)
@@ -267,7 +268,7 @@ def stop(req, mark):
         return
     pid, run = cur
     if mark:
-        open(path(MARKER), "w").close()
+        open(path(run + ".interrupted"), "w").close()
     for sig in (signal.SIGINT, signal.SIGTERM):
         killpg(pid, sig)
         end = time.monotonic() + GRACE
@@ -282,13 +283,26 @@ def stop(req, mark):
         time.sleep(0.005)
     reply(req, ok=True, was_running=True, run=run)
 
+def promote_state():
+    """The runner writes state.new and forks no mv; a whole one (ending with the marker) goes in force."""
+    try:
+        with open(path(NEW_STATE_FILE), "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - len(STATE_COMPLETE)))
+            whole = f.read() == STATE_COMPLETE
+    except OSError:
+        return
+    if whole:
+        os.replace(path(NEW_STATE_FILE), path(STATE_FILE))
+    else:
+        unlink(NEW_STATE_FILE)
+
 def cleanup(run):
-    for suffix in (".sh", ".out", ".rc", ".start"):
+    promote_state()
+    for suffix in (".sh", ".out", ".rc", ".start", ".interrupted"):
         unlink(run + suffix)
     cur = current_run()
     if cur is None or cur[1] == run:
         unlink(PID_FILE)
-        unlink(MARKER)
 
 children = {}
 followers = []
@@ -360,7 +374,6 @@ def start_run(req, msg):
         cleanup(cur[1])
     with open(path(run + ".sh"), "w") as f:
         f.write(msg["script"])
-    unlink(MARKER)
     os.close(os.open(path(run + ".out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     fd = os.open(path(run + ".out"), os.O_RDONLY)
     env = dict(os.environ)
@@ -488,7 +501,7 @@ def pump_all():
                 rc = 128 - code if code < 0 else code
         if f.child is not None:
             children.pop(f.run, None)
-        reply(f.req, ev="exit", run=f.run, rc=rc, interrupted=os.path.exists(path(MARKER)), bytes=f.sent)
+        reply(f.req, ev="exit", run=f.run, rc=rc, interrupted=os.path.exists(path(f.run + ".interrupted")), bytes=f.sent)
         if last_env[0] is not None:
             refill(last_env[0])
 
@@ -632,7 +645,9 @@ def build_control_code(runner: str = RUNNER) -> bytes:
     return (
         CONTROL_PY.replace("@RUNNER@", repr(runner))
         .replace("@PID_FILE@", repr(PID_FILE))
-        .replace("@MARKER@", repr(INTERRUPTED_FILE))
+        .replace("@STATE_FILE@", repr(STATE_FILE))
+        .replace("@NEW_STATE_FILE@", repr(NEW_STATE_FILE))
+        .replace("@STATE_COMPLETE@", repr(STATE_COMPLETE))
         .replace("@RUNNER_FILE@", repr(RUNNER_FILE))
         .encode()
     )

@@ -34,7 +34,7 @@ from .base import (
     SandboxSpec,
 )
 from .output import OutputBuffer
-from .shell import INTERRUPTED_FILE, PID_FILE, RUNNER, RUNNER_FILE, output_file, rc_file, script_file
+from .shell import PID_FILE, RUNNER, RUNNER_FILE, interrupted_file, output_file, promote_state, rc_file, script_file
 
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
 """Server variables a local command sees. Everything else, API keys included, stays out."""
@@ -187,7 +187,6 @@ class LocalSandbox:
         run_id = "r" + secrets.token_hex(6)
         (self._state / script_file(run_id)).write_text(script)
         (self._state / output_file(run_id)).touch()
-        (self._state / INTERRUPTED_FILE).unlink(missing_ok=True)
         self._running = True
         started = time.monotonic()
         try:
@@ -232,18 +231,18 @@ class LocalSandbox:
                         await pump()
                 if deadline.cancelled_caught:
                     timed_out = True
-                    await stop_process_group(proc.pid)
+                    await self._stop(proc.pid)
                     await proc.wait()
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await stop_process_group(proc.pid)
+                    await self._stop(proc.pid)
                     await proc.wait()
                     self._cleanup(run_id)
                 raise
             await pump()
         code = proc.returncode
         exit_code = 128 - code if code is not None and code < 0 else code
-        interrupted = (self._state / INTERRUPTED_FILE).exists()
+        interrupted = (self._state / interrupted_file(run_id)).exists()
         self._cleanup(run_id)
         return ExecResult(
             exit_code=exit_code,
@@ -256,16 +255,22 @@ class LocalSandbox:
         )
 
     def _cleanup(self, run_id: str) -> None:
-        for name in (script_file(run_id), output_file(run_id), rc_file(run_id), PID_FILE, INTERRUPTED_FILE):
+        promote_state(self._state)
+        for name in (script_file(run_id), output_file(run_id), rc_file(run_id), interrupted_file(run_id), PID_FILE):
             (self._state / name).unlink(missing_ok=True)
 
     async def interrupt(self) -> bool:
         current = self._current_run()
         if current is None or not _alive(current[0]):
             return False
-        (self._state / INTERRUPTED_FILE).touch()
-        await stop_process_group(current[0])
+        (self._state / interrupted_file(current[1])).touch()
+        await self._stop(current[0])
         return True
+
+    async def _stop(self, pgid: int) -> None:
+        """Stop a command's process group, then whatever else runs in this sandbox (`setsid` escapees too)."""
+        await stop_process_group(pgid)
+        _kill_marked(self._name)
 
     async def take_over(self) -> ExecResult | None:
         current = self._current_run()
@@ -274,7 +279,7 @@ class LocalSandbox:
         pid, run_id = current
         was_running = _alive(pid)
         if was_running:
-            await stop_process_group(pid)
+            await self._stop(pid)
         buf = OutputBuffer(65536)
         try:
             with open(self._state / output_file(run_id), "rb") as out:
