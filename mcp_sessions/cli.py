@@ -369,14 +369,19 @@ def format_event(event: Event) -> str:
     return f"{event.seq} {when} {event.type} {json.dumps(event.data, ensure_ascii=False, separators=(',', ':'))}"
 
 
+def has_ended(s: Session) -> bool:
+    """Dead or failed, and no turn left to record its end (a failed sandbox's turn is finished by its runner)."""
+    return s.status in ("dead", "failed") and (s.last_turn is None or s.last_turn.status != "running")
+
+
 async def print_events(manager: SessionManager, args: argparse.Namespace) -> int:
     import anyio
 
     after = args.after
     while True:
-        # Status first: a status change and its events are written together, so once the status is
-        # final the events read next include the last ones.
-        status = (await manager.get(args.session_id)).session.status if args.follow else None
+        # State first: a change of state and its events are written together, so once the session has
+        # ended the events read next include the last ones.
+        ended = args.follow and has_ended((await manager.get(args.session_id)).session)
         batch = await manager.events(args.session_id, after=after, limit=EVENTS_PAGE)
         for event in batch:
             print(event.model_dump_json() if args.json else format_event(event))
@@ -385,7 +390,7 @@ async def print_events(manager: SessionManager, args: argparse.Namespace) -> int
             after = batch[-1].seq
         if len(batch) == EVENTS_PAGE:
             continue
-        if not args.follow or status in ("dead", "failed"):
+        if not args.follow or ended:
             return 0
         await anyio.sleep(FOLLOW_POLL_S)
 
