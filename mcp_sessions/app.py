@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sandbox_backends import registry
-from sandbox_backends.base import Driver
+from sandbox_backends.base import Driver, Limits
 
 from .agents.base import Agent
 from .agents.shell import ShellAgent
@@ -16,16 +16,31 @@ from .settings import Settings
 from .store import Store
 
 
-def make_driver_factory(settings: Settings):
+def server_id(settings: Settings) -> str:
+    """Names this state folder on a Docker engine (a container label), so every server process that
+    shares the folder finds its sandboxes again, and servers with other folders leave them alone."""
+    return "home-" + hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
+
+
+def make_driver_factory(settings: Settings) -> Callable[[str], Driver]:
     """A function that builds the driver called `name`, configured from `settings`."""
-    server_id = hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
     def make(name: str) -> Driver:
         cls = registry.load(name)
         if name == "local":
             return cls(settings.workspaces)
         if name == "docker":
-            return cls(image=settings.image, server_id=server_id, pool_size=settings.docker_pool)
+            return cls(
+                image=settings.image,
+                server_id=server_id(settings),
+                pool_size=settings.docker_pool,
+                max_limits=Limits(
+                    memory_mb=settings.max_memory_mb,
+                    cpus=settings.max_cpus,
+                    pids=settings.max_pids,
+                    tmp_mb=settings.max_tmp_mb,
+                ),
+            )
         return cls()
 
     return make

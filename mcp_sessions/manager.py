@@ -39,6 +39,7 @@ from .models import (
     SessionSummary,
     TextBlock,
     TurnReply,
+    TurnStatus,
     TurnSummary,
     new_session_id,
     now,
@@ -95,6 +96,7 @@ class RunningTurn:
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     stop_reason: str = "server stopped"
+    stop_status: TurnStatus = "interrupted"
     flush: Callable[[], Awaitable[None]] | None = None
     """Publishes output not yet sent as events, so a reply's output and its events cursor agree."""
 
@@ -202,7 +204,7 @@ class SessionManager:
 
     async def recover(self) -> None:
         """Finish what a dead server process left half done: running turns and creations."""
-        for record in await self.store.with_status(["creating", "busy"]):
+        for record in await self.store.with_status(["creating", "busy", "failed"]):
             if record.lease and record.lease != self._lease and not leases.is_alive(record.lease):
                 await self._adopt(record)
 
@@ -350,8 +352,9 @@ class SessionManager:
     @staticmethod
     def _fail(record: SessionRecord, reason: str) -> list[EventSpec]:
         s = record.session
+        if s.status != "busy":  # a running turn keeps its lease: its owner still has to record how it ended
+            record.lease = None
         s.status, s.failure_reason, s.finished_at = "failed", reason, now()
-        record.lease = None
         return [("session.failed", {"reason": reason}), ("status", {"status": "failed"})]
 
     async def _on_sandbox_failure(self, session_id: str, reason: str) -> None:
@@ -366,7 +369,7 @@ class SessionManager:
             return
         running = self._turns.get(session_id)
         if running is not None:
-            running.stop_reason = f"the sandbox failed: {reason}"
+            running.stop_reason, running.stop_status = f"the sandbox failed: {reason}", "failed"
             running.scope.cancel()
 
     # -- turns ------------------------------------------------------------------------------------
@@ -519,7 +522,7 @@ class SessionManager:
                 if outcome is None:
                     output_text = running.buffer.render()
                     outcome = TurnOutcome(
-                        status="interrupted",
+                        status=running.stop_status,
                         content=[TextBlock(text=output_text)],
                         output=output_text,
                         output_bytes=running.buffer.total,
@@ -606,9 +609,11 @@ class SessionManager:
 
     @staticmethod
     def _turn_over(s: Session, turn: int) -> bool:
-        if s.status in ("dead", "failed") or s.turns > turn:
+        if s.turns > turn:
             return True
-        return s.turns == turn and s.status != "busy"
+        if s.turns < turn:  # still queued, unless the session ended first
+            return s.status in ("dead", "failed")
+        return s.last_turn is None or s.last_turn.status != "running"
 
     async def _reply(self, record: SessionRecord, turn: int) -> TurnReply:
         s = record.session
@@ -627,7 +632,7 @@ class SessionManager:
                     f"Call get_session(session_id='{s.id}', wait_s=30, events_after={cursor}) to follow."
                 ),
             )
-        if s.turns == turn and s.status == "busy":
+        if s.turns == turn and s.last_turn is not None and s.last_turn.status == "running":
             return TurnReply(
                 **base,
                 turn_status="running",
@@ -825,7 +830,7 @@ class SessionManager:
             except SandboxError as e:
                 log.warning("interrupting %s through its sandbox failed: %s", session_id, e)
         record = await self._wait_turn(session_id, turn, 10.0)
-        stopped = not (record.session.status == "busy" and record.session.turns == turn)
+        stopped = self._turn_over(record.session, turn)
         return InterruptReply(
             session_id=s.id,
             interrupted=stopped,

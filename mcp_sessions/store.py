@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,7 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+SESSION_ID = re.compile(r"ses_[0-9a-f]{32}")
 
 
 def stamp(dt: datetime) -> str:
@@ -78,8 +80,12 @@ def encode_cursor(created_at: str, session_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[str, str]:
+    """The (created_at, id) a cursor points after; anything this server could not have issued is refused."""
     try:
         created_at, session_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        parse_stamp(created_at)
+        if not SESSION_ID.fullmatch(session_id):
+            raise ValueError(session_id)
         return created_at, session_id
     except (ValueError, UnicodeError):
         raise InvalidInput("The cursor is not one this server gave out. Call list_sessions without a cursor.") from None

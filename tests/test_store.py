@@ -222,10 +222,6 @@ async def test_a_cursor_that_was_not_issued_is_refused_clearly(store: Store, cur
         await store.query(cursor=cursor)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.decode_cursor accepts any 'text|text' and pages from there instead of refusing it",
-)
 async def test_a_well_formed_cursor_that_was_not_issued_is_refused(store: Store) -> None:
     with pytest.raises(InvalidInput):
         await store.query(cursor=cursor_of("yesterday|ses_x"))

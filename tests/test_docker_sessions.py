@@ -1,0 +1,134 @@
+"""Sessions on the docker driver through real MCP clients and a real engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from mcp_sessions.app import server_id
+from mcp_sessions.server import create_server
+from mcp_sessions.settings import Settings
+
+from .conftest import ERAS, call, call_error, new_session, stdio_params
+from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
+from .test_stdio import server_pids
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+
+@pytest.fixture
+def docker_settings(home: Path, docker_engine: Any) -> Iterator[Settings]:  # noqa: F811
+    settings = Settings(home=home, driver="docker", image=IMAGE, command_timeout_s=120)
+    yield settings
+    remove_labelled(docker_engine, server_id(settings))
+
+
+def containers_of(engine: Any, session_id: str) -> list[Any]:
+    return engine.containers.list(all=True, filters={"name": f"mcp-ses-{session_id}"})
+
+
+async def wait_for(client: Client, sid: str, status: str, within: float = 10) -> dict[str, Any]:
+    with anyio.fail_after(within):
+        while (session := (await call(client, "get_session", session_id=sid))["session"])["status"] != status:
+            await anyio.sleep(0.1)
+    return session
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_a_docker_session_end_to_end(docker_settings: Settings, docker_engine: Any, mode: str) -> None:  # noqa: F811
+    async with Client(create_server(docker_settings), mode=mode) as client:
+        session = await call(client, "create_session", files={"notes/todo.txt": "ship it\n"}, limits={"memory_mb": 256})
+        assert session["status"] == "ready" and session["driver"] == "docker" and session["workspace"] == "/workspace"
+        assert session["sandbox"]["limits"]["memory_mb"] == 256
+        sid = session["id"]
+        await call(client, "send_message", session_id=sid, text="cd /tmp && export X=1")
+        reply = await call(client, "send_message", session_id=sid, text="pwd; echo $X; id -u; cat /workspace/notes/todo.txt")
+        assert reply["output"] == "/tmp\n1\n1000\nship it\n"
+        assert (await call(client, "send_message", session_id=sid, text="ls /sys/class/net"))["output"] == "lo\n"
+        text = (await client.read_resource(f"session://{sid}/files/notes/todo.txt")).contents[0].text
+        assert text == "ship it\n"
+        with pytest.raises(Exception):
+            await client.read_resource(f"session://{sid}/files/../../etc/passwd")
+
+        busy = await call(client, "send_message", session_id=sid, text="sleep 300 & setsid sleep 301 & sleep 302", wait_s=1)
+        assert busy["status"] == "busy"
+        stopped = await call(client, "interrupt", session_id=sid)
+        assert stopped["interrupted"] and stopped["status"] == "ready"
+        left = await call(client, "send_message", session_id=sid, text="ps -eo args= | grep -c '^sleep 30' || true")
+        assert left["output"].strip() == "0"
+        await call(client, "close_session", session_id=sid)
+        assert containers_of(docker_engine, sid) == []
+
+
+async def test_a_container_removed_behind_the_servers_back_fails_its_session(
+    docker_settings: Settings, docker_engine: Any  # noqa: F811
+) -> None:
+    async with Client(create_server(docker_settings), mode="legacy") as client:
+        sid = await new_session(client)
+        (container,) = containers_of(docker_engine, sid)
+        await anyio.to_thread.run_sync(lambda: container.remove(force=True))
+        session = await wait_for(client, sid, "failed", within=5)
+        assert session["failure_reason"] == "sandbox removed"
+        assert "failed (sandbox removed)" in await call_error(client, "send_message", session_id=sid, text="true")
+
+
+async def test_a_memory_hog_is_reported_as_oom_killed(docker_settings: Settings) -> None:
+    async with Client(create_server(docker_settings), mode="legacy") as client:
+        sid = await new_session(client, limits={"memory_mb": 128})
+        reply = await call(
+            client, "send_message", session_id=sid, text="python3 -c 'x = bytearray(1 << 30); print(len(x))'", wait_s=30
+        )
+        session = await wait_for(client, sid, "failed", within=5)
+        assert session["failure_reason"] == "oom killed"
+        assert reply["exit_code"] == 137 or (reply["turn_status"] == "failed" and "oom killed" in reply["reason"])
+
+
+async def test_limits_over_the_servers_maximum_are_refused(docker_settings: Settings) -> None:
+    async with Client(create_server(docker_settings), mode="legacy") as client:
+        session = await call(client, "create_session", limits={"memory_mb": 100_000})
+        assert session["status"] == "failed" and "memory" in session["failure_reason"]
+
+
+async def test_a_killed_server_reattaches_its_container(docker_settings: Settings, docker_engine: Any) -> None:  # noqa: F811
+    home = docker_settings.home
+    env = ["--driver", "docker", "--image", IMAGE]
+    async with Client(stdio_params(home, *env), mode="legacy") as client:
+        sid = await new_session(client)
+        await call(client, "send_message", session_id=sid, text="cd /tmp && export KEEP=yes && echo made > /workspace/f")
+        busy = await call(client, "send_message", session_id=sid, text="echo partial; sleep 300", wait_s=1)
+        assert busy["status"] == "busy"
+        (pid,) = server_pids(home)
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(10):
+            while pid in server_pids(home):
+                await anyio.sleep(0.05)
+    (before,) = containers_of(docker_engine, sid)
+    async with Client(stdio_params(home, *env), mode="legacy") as client:
+        session = (await call(client, "get_session", session_id=sid))["session"]
+        assert session["status"] == "ready"
+        assert session["last_turn"]["status"] == "interrupted" and session["last_turn"]["reason"] == "server restarted"
+        assert session["last_turn"]["output"] == "partial\n"
+        reply = await call(client, "send_message", session_id=sid, text="pwd; echo $KEEP; cat /workspace/f; pgrep -fc '^sleep 300' || true")
+        assert reply["output"] == "/tmp\nyes\nmade\n0\n"
+    (after,) = containers_of(docker_engine, sid)
+    assert after.id == before.id
+
+
+async def test_sessions_from_the_warm_pool(docker_settings: Settings, docker_engine: Any) -> None:  # noqa: F811
+    settings = docker_settings.model_copy(update={"docker_pool": 2})
+    async with Client(create_server(settings), mode="legacy") as client:
+        first = await new_session(client)
+        with anyio.fail_after(30):
+            while len(docker_engine.containers.list(filters={"label": "mcp-sessions.pool=1", "name": "mcp-pool-"})) < 2:
+                await anyio.sleep(0.2)
+        second = await new_session(client)
+        assert (await call(client, "send_message", session_id=second, text="echo pooled"))["output"] == "pooled\n"
+        for sid in (first, second):
+            await call(client, "close_session", session_id=sid, delete=True)
