@@ -57,6 +57,7 @@ OUTPUT_FLUSH_BYTES = 16384
 MAX_WAIT_S = 50.0
 MAX_QUEUE = 100
 REAP_INTERVAL_S = 1.0
+WATCH_RETRY_S = 5.0
 TURN_END_EVENTS = ("turn.completed", "turn.failed", "turn.interrupted")
 MAX_EVENTS_PER_READ = 200
 MAX_EVENT_TEXT = 16384
@@ -69,6 +70,10 @@ def shorten(text: str, limit: int) -> str:
 
 def tail(text: str, limit: int) -> str:
     return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+class _Orphaned(Exception):
+    """Raised inside a store update that found a session held by a dead server; nothing is written."""
 
 
 @dataclass
@@ -127,6 +132,7 @@ class SessionManager:
     async def __aenter__(self) -> SessionManager:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._driver(self.settings.driver)  # its watch starts now, and a warm pool fills before the first create
         await self.recover()
         self._tg.start_soon(self._reap_idle_sessions)
         return self
@@ -148,8 +154,18 @@ class SessionManager:
         if driver is None:
             driver = self._drivers[name] = self._make_driver(name)
             assert self._tg is not None
-            self._tg.start_soon(driver.watch, self._on_sandbox_failure)
+            self._tg.start_soon(self._watch, driver)
         return driver
+
+    async def _watch(self, driver: Driver) -> None:
+        """Keep a driver's failure watch (and, for docker, its warm pool) running through engine outages."""
+        while True:
+            try:
+                await driver.watch(self._on_sandbox_failure)
+                return
+            except Exception as e:
+                log.warning("the %s driver's watch stopped (%s); restarting it in %g s", driver.name, e, WATCH_RETRY_S)
+                await anyio.sleep(WATCH_RETRY_S)
 
     def _spec(self, record: SessionRecord) -> SandboxSpec:
         s = record.session
@@ -196,16 +212,20 @@ class SessionManager:
         record = await self.store.get(session_id)
         if record is None or (owner is not None and record.session.owner != owner):
             raise SessionNotFound(session_id)
-        if record.lease and record.lease != self._lease and not leases.is_alive(record.lease):
+        if self._orphaned(record):
             record = await self._adopt(record)
         return record
+
+    def _orphaned(self, record: SessionRecord) -> bool:
+        """True if a server process that died holds this session's turn or creation."""
+        return bool(record.lease and record.lease != self._lease and not leases.is_alive(record.lease))
 
     # -- recovery ---------------------------------------------------------------------------------
 
     async def recover(self) -> None:
         """Finish what a dead server process left half done: running turns and creations."""
         for record in await self.store.with_status(["creating", "busy", "failed"]):
-            if record.lease and record.lease != self._lease and not leases.is_alive(record.lease):
+            if self._orphaned(record):
                 await self._adopt(record)
 
     async def _adopt(self, record: SessionRecord) -> SessionRecord:
@@ -385,12 +405,15 @@ class SessionManager:
                 f"The message is {size} bytes, over this server's limit of {self.settings.max_message_bytes}. "
                 "Write large inputs into the workspace as files and send a short message that uses them."
             )
-        await self._record(session_id, owner)
         messages: list[Message] = []
         placed: dict[str, int] = {}
 
         def start(r: SessionRecord) -> list[EventSpec]:
             s = r.session
+            if owner is not None and s.owner != owner:
+                raise SessionNotFound(s.id)
+            if self._orphaned(r):
+                raise _Orphaned()
             if queue and s.status == "busy":
                 if len(r.queue) >= MAX_QUEUE:
                     raise SessionBusy(
@@ -403,7 +426,11 @@ class SessionManager:
             placed["turn"] = s.turns + 1
             return self._begin_turn(r, text, messages)
 
-        record, _ = await self._update(session_id, start, messages)
+        try:
+            record, _ = await self._update(session_id, start, messages)
+        except _Orphaned:  # a turn left by a dead server: finish it, then start ours
+            await self._record(session_id, owner)
+            record, _ = await self._update(session_id, start, messages)
         if "position" not in placed:
             self._spawn_turn(record, text)
         record = await self._wait_turn(session_id, placed["turn"], wait_s)
@@ -450,11 +477,10 @@ class SessionManager:
         published = 0
         outcome: TurnOutcome | None = None
 
-        async def emit(type_: str, data: dict[str, Any]) -> None:
-            await self.store.append_events(sid, [(type_, data)])
-            self._notify(sid)
+        queued: list[EventSpec] = []
+        """Events of this turn not yet written: they go out with the next flush, or with the turn's end."""
 
-        async def flush() -> None:
+        def queue_output() -> None:
             nonlocal published
             if not pending:
                 return
@@ -467,7 +493,22 @@ class SessionManager:
             if len(chunk) > room:
                 data["note"] = "Later output is not published as events; the reply keeps its tail."
             published += len(chunk)
-            await emit("tool.output", data)
+            queued.append(("tool.output", data))
+
+        def take_queued() -> list[EventSpec]:
+            queue_output()
+            taken = list(queued)
+            queued.clear()
+            return taken
+
+        async def emit(type_: str, data: dict[str, Any]) -> None:
+            queue_output()
+            queued.append((type_, data))
+
+        async def flush() -> None:
+            if events := take_queued():
+                await self.store.append_events(sid, events)
+                self._notify(sid)
 
         async def output(chunk: bytes) -> None:
             running.buffer.feed(chunk)
@@ -518,7 +559,6 @@ class SessionManager:
             outcome = TurnOutcome(status="failed", content=[], reason=f"internal error: {e}")
         finally:
             with anyio.CancelScope(shield=True):
-                await flush()
                 if outcome is None:
                     output_text = running.buffer.render()
                     outcome = TurnOutcome(
@@ -532,13 +572,18 @@ class SessionManager:
                 try:
                     if self._turns.get(sid) is running:
                         del self._turns[sid]
-                    await self._finish_turn(sid, running.turn, self._lease, outcome)
+                    await self._finish_turn(sid, running.turn, self._lease, outcome, take_queued())
                 finally:
                     running.done.set()
                     self._notify(sid)
 
-    async def _finish_turn(self, session_id: str, turn: int, lease: str | None, outcome: TurnOutcome) -> SessionRecord:
-        """Record how `turn` ended and, if messages are queued, start the next one in the same transaction."""
+    async def _finish_turn(
+        self, session_id: str, turn: int, lease: str | None, outcome: TurnOutcome, events_first: list[EventSpec] = []
+    ) -> SessionRecord:
+        """Record how `turn` ended and, if messages are queued, start the next one in the same transaction.
+
+        `events_first` are the turn's own events not yet written (its last output, tool ends); they go first.
+        """
         finished = now()
         messages = [Message(role="assistant", content=outcome.content, turn=turn)] if outcome.content else []
         next_text: list[str] = []
@@ -546,7 +591,7 @@ class SessionManager:
         def finish(r: SessionRecord) -> list[EventSpec]:
             s = r.session
             if r.lease != lease or s.turns != turn or s.last_turn is None or s.last_turn.status != "running":
-                return []  # someone else finished it already
+                return events_first  # someone else finished it already
             started = s.last_turn.started_at
             s.last_turn = TurnSummary(
                 turn=turn,
@@ -574,7 +619,7 @@ class SessionManager:
                 "output_bytes": outcome.output_bytes,
                 "reason": outcome.reason,
             }
-            events: list[EventSpec] = [(f"turn.{outcome.status}", data)]
+            events: list[EventSpec] = [*events_first, (f"turn.{outcome.status}", data)]
             if s.status == "busy" and r.queue:
                 queued = r.queue.pop(0)
                 next_text.append(queued.text)

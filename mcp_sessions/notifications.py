@@ -165,12 +165,27 @@ class ChangeFeed:
             self._connections.pop(id(conn.session._connection), None)
 
 
+def wants_progress(ctx: Context) -> bool:
+    """Whether the caller asked for progress: a JSON-RPC progress token, or an in-process callback.
+
+    mcp 2.3 has no public way to ask, so this looks at the request's outbound channel; an unknown kind
+    of channel counts as yes (progress to a caller that ignores it costs little).
+    """
+    outbound = getattr(ctx.request_context.session, "_request_outbound", None)
+    for attribute in ("_progress_token", "_on_progress"):
+        if hasattr(outbound, attribute):
+            return getattr(outbound, attribute) is not None
+    return True
+
+
 async def with_progress(ctx: Context, store: Store, session_id: str, work: Callable[[], Awaitable[T]]) -> T:
     """Run `work` while forwarding the session's new output to the caller as progress notifications.
 
-    A no-op for callers that sent no progress token. Output is polled every half second, so a turn that
-    prints keeps the caller informed well within every 2 s.
+    Callers that sent no progress token just get `work` done. Output is polled every half second, so a
+    turn that prints keeps the caller informed well within every 2 s.
     """
+    if not wants_progress(ctx):
+        return await work()
     cursor = await store.last_seq(session_id)
     seen = 0
 

@@ -68,6 +68,8 @@ SESSION_ID = re.compile(r"ses_[0-9a-f]{32}")
 
 def stamp(dt: datetime) -> str:
     """A fixed-width UTC timestamp, so string order is time order."""
+    if dt.tzinfo is None:  # a time without an offset is UTC, as every time this server prints
+        dt = dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC).strftime(STAMP)
 
 
@@ -115,37 +117,47 @@ class Store:
     def _connect(path: Path) -> sqlite3.Connection:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"Cannot create the state folder {path.parent}: {e.strerror}.") from e
+        conn = None
+        try:
             conn = sqlite3.connect(path, timeout=15, isolation_level=None, check_same_thread=False)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as e:
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"The state database {path} was written by a newer mcp-sessions (schema {version}, this "
+                    f"one knows up to {SCHEMA_VERSION}). Upgrade mcp-sessions, or point MCP_SESSIONS_HOME elsewhere."
+                )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                Store._migrate(conn, target)
+            return conn
+        except StoreError:
+            if conn is not None:
+                conn.close()
+            raise
+        except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
             raise StoreError(
                 f"The state database {path} cannot be read ({e}). It was left untouched: move it aside "
                 "to start afresh, or point MCP_SESSIONS_HOME elsewhere."
             ) from e
-        except OSError as e:
-            raise StoreError(f"Cannot create the state folder {path.parent}: {e.strerror}.") from e
-        if version > SCHEMA_VERSION:
-            conn.close()
-            raise StoreError(
-                f"The state database {path} was written by a newer mcp-sessions (schema {version}, this "
-                f"one knows up to {SCHEMA_VERSION}). Upgrade mcp-sessions, or point MCP_SESSIONS_HOME elsewhere."
-            )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                current = conn.execute("PRAGMA user_version").fetchone()[0]
-                if current < target:  # another process may have migrated meanwhile
-                    for statement in MIGRATIONS[target - 1].split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version={target}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection, target: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] < target:  # another process may have done it
+                for statement in MIGRATIONS[target - 1].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     async def aclose(self) -> None:
         await self._run(self._conn.close)
