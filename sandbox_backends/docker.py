@@ -1095,12 +1095,9 @@ class DockerSandbox:
             raise
         await self._ack(run)
         assert run.exit is not None
-        return ExecResult(
-            exit_code=run.exit.get("rc"),
-            output=buf.render(),
-            output_bytes=buf.total,
-            cut_bytes=buf.cut,
-            duration_s=round(time.monotonic() - started, 3),
+        return buf.result(
+            run.exit.get("rc"),
+            round(time.monotonic() - started, 3),
             timed_out=timed_out,
             interrupted=bool(run.exit.get("interrupted")) and not timed_out,
         )
@@ -1126,14 +1123,7 @@ class DockerSandbox:
             self._running = False
         assert run.exit is not None
         exit_code = run.exit.get("rc")
-        return ExecResult(
-            exit_code=exit_code,
-            output=buf.render(),
-            output_bytes=buf.total,
-            cut_bytes=buf.cut,
-            duration_s=0.0,
-            interrupted=bool(stopped.get("was_running")) or exit_code is None,
-        )
+        return buf.result(exit_code, 0.0, interrupted=bool(stopped.get("was_running")) or exit_code is None)
 
     # -- files ----------------------------------------------------------------------------------
 

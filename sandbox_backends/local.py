@@ -244,12 +244,9 @@ class LocalSandbox:
         exit_code = 128 - code if code is not None and code < 0 else code
         interrupted = (self._state / interrupted_file(run_id)).exists()
         self._cleanup(run_id)
-        return ExecResult(
-            exit_code=exit_code,
-            output=buf.render(),
-            output_bytes=buf.total,
-            cut_bytes=buf.cut,
-            duration_s=round(time.monotonic() - started, 3),
+        return buf.result(
+            exit_code,
+            round(time.monotonic() - started, 3),
             timed_out=timed_out,
             interrupted=interrupted and not timed_out,
         )
@@ -292,14 +289,7 @@ class LocalSandbox:
         except (FileNotFoundError, ValueError):
             exit_code = None
         self._cleanup(run_id)
-        return ExecResult(
-            exit_code=exit_code,
-            output=buf.render(),
-            output_bytes=buf.total,
-            cut_bytes=buf.cut,
-            duration_s=0.0,
-            interrupted=was_running or exit_code is None,
-        )
+        return buf.result(exit_code, 0.0, interrupted=was_running or exit_code is None)
 
     # -- files ----------------------------------------------------------------------------------
 

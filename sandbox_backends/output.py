@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .base import ExecResult
+
 
 class OutputBuffer:
     """Holds at most `limit` bytes of a stream: the first half and the most recent half.
@@ -40,3 +42,17 @@ class OutputBuffer:
         if self.cut:
             return f"{head}\n[... {self.cut} bytes cut from the middle of the output ...]\n{tail}"
         return head + tail
+
+    def result(
+        self, exit_code: int | None, duration_s: float, *, timed_out: bool = False, interrupted: bool = False
+    ) -> ExecResult:
+        """The outcome of the command whose output this buffer kept."""
+        return ExecResult(
+            exit_code=exit_code,
+            output=self.render(),
+            output_bytes=self.total,
+            cut_bytes=self.cut,
+            duration_s=duration_s,
+            timed_out=timed_out,
+            interrupted=interrupted,
+        )
