@@ -33,6 +33,12 @@ class PayloadTooLarge(SessionError):
     code = "payload_too_large"
 
 
+class TooManySessions(SessionError):
+    """The caller's owner already has as many live sessions as the server allows."""
+
+    code = "too_many_sessions"
+
+
 class StoreError(SessionError):
     """The state database cannot be used (corrupt, newer schema, disk full)."""
 

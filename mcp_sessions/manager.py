@@ -23,7 +23,7 @@ from sandbox_backends.output import OutputBuffer
 
 from . import leases
 from .agents.base import Agent, TurnContext, TurnOutcome
-from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError
+from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError, TooManySessions
 from .models import (
     LIVE_STATUSES,
     CloseReply,
@@ -128,6 +128,7 @@ class SessionManager:
         self._changed: dict[str, anyio.Event] = {}
         self._lease = leases.this_process()
         self._tg: TaskGroup | None = None
+        self._admit = anyio.Lock()
 
     async def __aenter__(self) -> SessionManager:
         self._tg = anyio.create_task_group()
@@ -306,6 +307,9 @@ class SessionManager:
                 raise InvalidInput(f"File path {path!r} must be relative to the workspace, without '..'.")
             if len(content.encode()) > settings.max_file_bytes:
                 raise PayloadTooLarge(f"File {path!r} is over the {settings.max_file_bytes}-byte limit.")
+        for key, value in request.env.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise InvalidInput(f"Environment variable name {key!r} is invalid: use a name without '=' or NUL bytes.")
         limits = (request.limits or LimitsModel()).model_dump(exclude_none=True)
         session = Session(
             id=new_session_id(),
@@ -320,16 +324,30 @@ class SessionManager:
             owner=request.owner,
         )
         record = SessionRecord(session=session, env=request.env, limits=limits, lease=self._lease)
-        await self.store.insert(
-            record,
-            [("session.created", {"driver": driver, "agent": agent, "title": request.title}), ("phase", {"phase": "queued"})],
-        )
+        async with self._admit:
+            await self._check_owner_limit(request.owner)
+            await self.store.insert(
+                record,
+                [("session.created", {"driver": driver, "agent": agent, "title": request.title}), ("phase", {"phase": "queued"})],
+            )
         done = anyio.Event()
         assert self._tg is not None
         self._tg.start_soon(self._provision, record, request.files, done)
         with anyio.move_on_after(min(wait_s, MAX_WAIT_S)):
             await done.wait()
         return (await self._record(session.id)).session
+
+    async def _check_owner_limit(self, owner: str | None) -> None:
+        """An owner (a token's) may hold at most `max_sessions_per_owner` live sessions; no owner, no limit."""
+        cap = self.settings.max_sessions_per_owner
+        if owner is None or cap <= 0:
+            return
+        _, live, _ = await self.store.query(statuses=list(LIVE_STATUSES), owner=owner, limit=1)
+        if live >= cap:
+            raise TooManySessions(
+                f"You already have {live} live sessions, this server's limit per caller. "
+                "Close sessions you no longer need (close_session), then create again."
+            )
 
     async def _provision(self, record: SessionRecord, files: dict[str, str], done: anyio.Event) -> None:
         sid = record.session.id
@@ -832,6 +850,11 @@ class SessionManager:
         messages = await self.store.messages(session_id)
         ends = await self.store.events_of_type(session_id, TURN_END_EVENTS)
         return render_transcript(record.session, messages, ends)
+
+    async def messages(self, session_id: str, owner: str | None = None) -> list[Message]:
+        """The whole conversation, oldest first."""
+        await self._record(session_id, owner)
+        return await self.store.messages(session_id)
 
     async def events(self, session_id: str, after: int = 0, limit: int = 1000, owner: str | None = None) -> list[Event]:
         await self._record(session_id, owner)

@@ -66,8 +66,10 @@ def describe_event(session_id: str, event: Event) -> str:
 class _Connection:
     """A handshake-era client connection: where its notifications go and which it wants."""
 
-    def __init__(self, session: ServerSession) -> None:
+    def __init__(self, session: ServerSession, owner: str | None) -> None:
         self.session = session
+        self.owner = owner
+        """Whose sessions it hears about; None: every session (stdio)."""
         self.alive = weakref.ref(session._connection)  # no public disconnect hook: notice when it is collected
         self.level: LoggingLevel = "debug"
         self.uris: set[str] = set()
@@ -83,28 +85,28 @@ class ChangeFeed:
 
     # -- who listens ------------------------------------------------------------------------------
 
-    def connection(self, session: ServerSession) -> _Connection | None:
-        """Remember a handshake-era connection (modern ones have no standalone channel)."""
+    def connection(self, session: ServerSession, owner: str | None = None) -> _Connection | None:
+        """Remember a handshake-era connection (modern ones have no standalone channel) and whose it is."""
         if str(session.protocol_version) >= "2026":
             return None
         key = id(session._connection)
         known = self._connections.get(key)
         if known is None or known.alive() is not session._connection:
-            known = self._connections[key] = _Connection(session)
+            known = self._connections[key] = _Connection(session, owner)
         return known
 
-    def subscribe(self, session: ServerSession, uri: str) -> None:
-        conn = self.connection(session)
+    def subscribe(self, session: ServerSession, uri: str, owner: str | None = None) -> None:
+        conn = self.connection(session, owner)
         if conn is not None:
             conn.uris.add(uri)
 
-    def unsubscribe(self, session: ServerSession, uri: str) -> None:
-        conn = self.connection(session)
+    def unsubscribe(self, session: ServerSession, uri: str, owner: str | None = None) -> None:
+        conn = self.connection(session, owner)
         if conn is not None:
             conn.uris.discard(uri)
 
-    def set_level(self, session: ServerSession, level: LoggingLevel) -> None:
-        conn = self.connection(session)
+    def set_level(self, session: ServerSession, level: LoggingLevel, owner: str | None = None) -> None:
+        conn = self.connection(session, owner)
         if conn is not None:
             conn.level = level
 
@@ -142,6 +144,10 @@ class ChangeFeed:
         for uri in session_uris(session_id):
             await self._bus.publish(ResourceUpdated(uri=uri))
         conns = self._live_connections()
+        if any(c.owner is not None for c in conns):  # a caller hears only of its own sessions
+            record = await self._store.get(session_id)
+            owner = record.session.owner if record else None
+            conns = [c for c in conns if c.owner is None or c.owner == owner]
         for conn in conns:
             for uri in session_uris(session_id):
                 if uri in conn.uris:

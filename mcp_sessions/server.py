@@ -16,6 +16,7 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import anyio
 from mcp.server import NotificationOptions
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
@@ -84,10 +85,28 @@ class AppState:
     feed: ChangeFeed
 
 
+def _owner() -> str | None:
+    """Who calls: the owner named by the HTTP bearer token; None (every session) on stdio."""
+    token = get_access_token()
+    return token.client_id if token else None
+
+
 def _manager(ctx: Context) -> SessionManager:
     state: AppState = ctx.request_context.lifespan_context
-    state.feed.connection(ctx.request_context.session)
+    state.feed.connection(ctx.request_context.session, _owner())
     return state.manager
+
+
+@asynccontextmanager
+async def open_state(settings: Settings, bus: InMemorySubscriptionBus) -> AsyncIterator[AppState]:
+    """The manager and its change feed, running until the block ends."""
+    async with open_manager(settings) as manager, anyio.create_task_group() as tg:
+        state = AppState(manager, ChangeFeed(manager.store, bus))
+        tg.start_soon(state.feed.run)
+        try:
+            yield state
+        finally:
+            tg.cancel_scope.cancel()
 
 
 SessionId = Annotated[str, Field(description="The session id (ses_...), as returned by create_session or list_sessions.")]
@@ -102,7 +121,7 @@ class SessionsServer(MCPServer[AppState]):
         if state is None:
             return static
         listed = []
-        for s in await state.manager.live_sessions():
+        for s in await state.manager.live_sessions(owner=_owner()):
             name = s.title or s.id
             listed.append(
                 Resource(
@@ -123,19 +142,19 @@ class SessionsServer(MCPServer[AppState]):
         return static + listed
 
 
-def create_server(settings: Settings) -> SessionsServer:
+def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
+    """The MCP server. With `shared`, its lifespan opens no manager of its own: whoever runs it (the HTTP
+    app) sets `server.state` from `open_state(settings, server.bus)` first, and every connection uses that."""
     bus = InMemorySubscriptionBus()
 
     @asynccontextmanager
     async def lifespan(server: MCPServer[AppState]) -> AsyncIterator[AppState]:
-        async with open_manager(settings) as manager, anyio.create_task_group() as tg:
-            state = AppState(manager, ChangeFeed(manager.store, bus))
-            tg.start_soon(state.feed.run)
+        if shared:
+            yield server.state  # type: ignore[attr-defined]
+            return
+        async with open_state(settings, bus) as state:
             server.state = state  # type: ignore[attr-defined]
-            try:
-                yield state
-            finally:
-                tg.cancel_scope.cancel()
+            yield state
 
     mcp = SessionsServer(
         "mcp-sessions",
@@ -145,6 +164,7 @@ def create_server(settings: Settings) -> SessionsServer:
         lifespan=lifespan,
         subscriptions=bus,
     )
+    mcp.bus = bus  # type: ignore[attr-defined]
     register_tools(mcp)
     register_resources(mcp)
     register_notifications(mcp)
@@ -157,15 +177,15 @@ def register_notifications(mcp: MCPServer[AppState]) -> None:
     low = mcp._lowlevel_server  # no public accessor in mcp 2.3
 
     async def subscribe(ctx: ServerRequestContext[AppState], params: SubscribeRequestParams) -> EmptyResult:
-        ctx.lifespan_context.feed.subscribe(ctx.session, str(params.uri))
+        ctx.lifespan_context.feed.subscribe(ctx.session, str(params.uri), _owner())
         return EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext[AppState], params: UnsubscribeRequestParams) -> EmptyResult:
-        ctx.lifespan_context.feed.unsubscribe(ctx.session, str(params.uri))
+        ctx.lifespan_context.feed.unsubscribe(ctx.session, str(params.uri), _owner())
         return EmptyResult()
 
     async def set_level(ctx: ServerRequestContext[AppState], params: SetLevelRequestParams) -> EmptyResult:
-        ctx.lifespan_context.feed.set_level(ctx.session, params.level)
+        ctx.lifespan_context.feed.set_level(ctx.session, params.level, _owner())
         return EmptyResult()
 
     low.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
@@ -203,9 +223,6 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         (id, status, workspace path). Status is 'ready' when it can take messages; 'creating' if it is still
         being set up after wait_s (poll get_session); 'failed' with failure_reason if it could not start.
         """
-        for key in env:
-            if not key or "=" in key or "\0" in key or "\0" in env[key]:
-                raise ToolError(f"Environment variable name {key!r} is invalid: use a name without '=' or NUL bytes.")
         request = CreateRequest(
             driver=driver,
             agent=agent,
@@ -218,6 +235,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
             limits=limits,
             command_timeout_s=command_timeout_s,
             idle_timeout_s=idle_timeout_s,
+            owner=_owner(),
         )
         return await _manager(ctx).create(request, wait_s=wait_s)
 
@@ -243,7 +261,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         """
         manager = _manager(ctx)
         return await with_progress(
-            ctx, manager.store, session_id, lambda: manager.send(session_id, text, wait_s=wait_s, queue=queue)
+            ctx, manager.store, session_id, lambda: manager.send(session_id, text, wait_s=wait_s, queue=queue, owner=_owner())
         )
 
     @mcp.tool(
@@ -264,10 +282,14 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         until session.status is no longer 'busy'. Long output in events is cut with a note.
         """
         manager = _manager(ctx)
+        owner = _owner()
         if wait_s <= 0:
-            return await manager.get(session_id, events_after=events_after)
+            return await manager.get(session_id, events_after=events_after, owner=owner)
         return await with_progress(
-            ctx, manager.store, session_id, lambda: manager.get(session_id, wait_s=wait_s, events_after=events_after)
+            ctx,
+            manager.store,
+            session_id,
+            lambda: manager.get(session_id, wait_s=wait_s, events_after=events_after, owner=owner),
         )
 
     @mcp.tool(
@@ -297,6 +319,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
             created_before=created_before,
             limit=limit,
             cursor=cursor,
+            owner=_owner(),
         )
 
     @mcp.tool(
@@ -308,7 +331,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         """Stop the running turn of a session: the command and every process it started get SIGINT, then
         SIGTERM, then SIGKILL, within about a second. The session stays usable (status 'ready') and keeps
         the output produced so far. Safe to call when nothing runs (returns interrupted=false)."""
-        return await _manager(ctx).interrupt(session_id)
+        return await _manager(ctx).interrupt(session_id, owner=_owner())
 
     @mcp.tool(
         title="Close session",
@@ -322,7 +345,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
     ) -> CloseReply:
         """Close a session: stop anything running and free its sandbox. The transcript stays readable unless
         delete=true. Closing an already closed session succeeds."""
-        return await _manager(ctx).close(session_id, delete=delete)
+        return await _manager(ctx).close(session_id, delete=delete, owner=_owner())
 
 
 def _resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -349,7 +372,7 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
     )
     @_resource_errors
     async def transcript(session_id: str, ctx: Context) -> str:
-        return await _manager(ctx).transcript(session_id)
+        return await _manager(ctx).transcript(session_id, owner=_owner())
 
     @mcp.resource(
         "session://{session_id}/events",
@@ -359,7 +382,7 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
     )
     @_resource_errors
     async def events(session_id: str, ctx: Context) -> str:
-        found = await _manager(ctx).events(session_id)
+        found = await _manager(ctx).events(session_id, owner=_owner())
         return json.dumps([e.model_dump(mode="json") for e in found], indent=1)
 
     @mcp.resource(
@@ -370,7 +393,7 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
     )
     @_resource_errors
     async def file(session_id: str, path: str, ctx: Context) -> str | bytes:
-        data = await _manager(ctx).read_file(session_id, path)
+        data = await _manager(ctx).read_file(session_id, path, owner=_owner())
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
@@ -384,5 +407,5 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
     )
     @_resource_errors
     async def state(session_id: str, ctx: Context) -> str:
-        detail = await _manager(ctx).get(session_id)
+        detail = await _manager(ctx).get(session_id, owner=_owner())
         return detail.session.model_dump_json(indent=1)

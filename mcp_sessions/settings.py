@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 ENV_PREFIX = "MCP_SESSIONS_"
 
@@ -34,6 +34,13 @@ class Settings(BaseModel):
     idle_timeout_s: float = Field(900.0, ge=0, description="Close a session idle this long, in seconds (0 = never).")
     create_timeout_s: float = Field(300.0, gt=0, description="A session still creating after this fails.")
     log_level: str = Field("WARNING", description="Level of the server's own log on stderr.")
+    host: str = Field("127.0.0.1", description="Address `serve --http` listens on; other than loopback only with tokens.")
+    port: int = Field(8765, ge=0, le=65535, description="Port `serve --http` listens on.")
+    tokens_file: Path | None = Field(None, description="Bearer tokens for HTTP, one `owner:token` a line.")
+    tokens: SecretStr | None = Field(None, description="Bearer tokens for HTTP, `owner:token` pairs separated by commas.")
+    max_request_bytes: int = Field(10_000_000, ge=1024, description="Largest HTTP request body; larger ones get 413.")
+    max_sessions_per_owner: int = Field(20, ge=0, description="Live sessions one token's owner may have at once (0 = no limit).")
+    rate_limit_per_s: float = Field(20.0, ge=0, description="HTTP requests per second per owner, bursts of twice that (0 = off).")
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
