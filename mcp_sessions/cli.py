@@ -49,6 +49,12 @@ FLAGS = [
     ("--max-file-bytes", "max_file_bytes", int, "largest file read or written through the server (default 5000000)"),
     ("--create-timeout", "create_timeout_s", float, "a session still creating after this many seconds fails (default 300)"),
     ("--log-level", "log_level", str, "level of the server's own log on stderr (default WARNING)"),
+    ("--host", "host", str, "address serve --http listens on (default 127.0.0.1; others need tokens)"),
+    ("--port", "port", int, "port serve --http listens on (default 8765)"),
+    ("--tokens-file", "tokens_file", str, "HTTP bearer tokens, one owner:token a line (also MCP_SESSIONS_TOKENS)"),
+    ("--max-request-bytes", "max_request_bytes", int, "largest HTTP request body, else 413 (default 10000000)"),
+    ("--max-sessions-per-owner", "max_sessions_per_owner", int, "live sessions per token owner; 0 = no limit (default 20)"),
+    ("--rate-limit", "rate_limit_per_s", float, "HTTP requests a second per owner, bursts of twice that; 0 = off (default 20)"),
 ]
 CLIENT_FLAGS = ("--home", "--log-level")
 """The server options that matter to the commands for people; they may also follow the command's name."""
@@ -103,8 +109,11 @@ def build_parser() -> Parser:
 
     # A subcommand's copy of a flag defaults to SUPPRESS so it does not hide the same flag given before the command.
     serve = commands.add_parser(
-        "serve", help="serve MCP over stdio (what no command does)", description="Serve MCP over stdio."
+        "serve",
+        help="serve MCP over stdio (what no command does), or over HTTP with the REST API",
+        description="Serve MCP over stdio, or with --http: MCP at /mcp, the REST API at /api/v1 and /healthz.",
     )
+    serve.add_argument("--http", action="store_true", help="serve HTTP on --host/--port instead of stdio")
     _add_settings_flags(serve, None, argparse.SUPPRESS)
 
     ls = commands.add_parser(
@@ -173,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     if not isinstance(level, int):
         fail(f"invalid configuration: log level {settings.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command in (None, "serve"):
+    if args.command == "serve" and args.http:
+        serve_http(settings)
+    elif args.command in (None, "serve"):
         serve(settings)
     else:
         sys.exit(run_command(args, settings))
@@ -190,6 +201,21 @@ def serve(settings: Settings) -> None:
         fail(str(e))
     try:
         create_server(settings).run("stdio")
+    except KeyboardInterrupt:
+        pass
+
+
+def serve_http(settings: Settings) -> None:
+    """MCP and the REST API over HTTP, until Ctrl-C."""
+    from .auth import ConfigError
+    from .http import serve_http as run
+    from .store import Store
+
+    try:
+        Store.check(settings.db_path)
+        run(settings)
+    except (ConfigError, StoreError) as e:
+        fail(str(e), 2)
     except KeyboardInterrupt:
         pass
 
@@ -375,8 +401,7 @@ def format_event(event: Event) -> str:
 
 
 def has_ended(s: Session) -> bool:
-    """Dead or failed, and no turn left to record its end (a failed sandbox's turn is finished by its runner)."""
-    return s.status in ("dead", "failed") and (s.last_turn is None or s.last_turn.status != "running")
+    return s.has_ended()
 
 
 async def print_events(manager: SessionManager, args: argparse.Namespace) -> int:

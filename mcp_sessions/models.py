@@ -152,6 +152,10 @@ class Session(BaseModel):
     parent_session_id: str | None = None
     owner: str | None = None
 
+    def has_ended(self) -> bool:
+        """Dead or failed, and no turn left to record its end (a failed sandbox's turn is finished by its runner)."""
+        return self.status in ("dead", "failed") and (self.last_turn is None or self.last_turn.status != "running")
+
 
 class QueuedMessage(BaseModel):
     text: str

@@ -1,0 +1,201 @@
+"""HTTP: MCP streamable HTTP at /mcp, the REST API at /api/v1 (http_api.py), /healthz. One process, one
+SessionManager and one change feed behind both surfaces; bearer tokens name owners (auth.py).
+
+Every request except /healthz and the OpenAPI document passes the gate first: the Host and Origin
+check on a loopback bind, the bearer token, the owner's rate limit, the body size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials
+from starlette.datastructures import Headers, QueryParams
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .auth import RateLimiter, StaticTokenVerifier, check_bind, is_loopback, load_tokens
+from .errors import PayloadTooLarge
+from .http_api import API, Health, dumps, error_response, openapi, routes
+from .server import AppState, create_server, open_state
+from .settings import Settings
+
+MCP_PATH = "/mcp"
+PUBLIC = ("/healthz", API + "/openapi.json")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header or an Origin's authority, without the port."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Gate:
+    """Pure ASGI middleware in front of both surfaces. SSE responses pass through unbuffered."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, verifier: StaticTokenVerifier | None) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.backend = BearerAuthBackend(verifier) if verifier else None
+        self.limiter = RateLimiter(settings.rate_limit_per_s)
+        self.max_body = settings.max_request_bytes
+        self.loopback = is_loopback(settings.host)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if self.loopback:  # DNS rebinding: a web page must not reach a server that trusts this machine
+            if _host_name(headers.get("host", "")) not in LOOPBACK_HOSTS:
+                await error_response(421, "misdirected_request", "Host must be 127.0.0.1, localhost or [::1].")(scope, receive, send)
+                return
+            origin = headers.get("origin")
+            if origin and _host_name(origin.split("://", 1)[-1]) not in LOOPBACK_HOSTS:
+                await error_response(403, "forbidden", f"Origin {origin} may not call this server.")(scope, receive, send)
+                return
+        if scope["path"] in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        user = await self._authenticate(scope)
+        if self.backend is not None and user is None:
+            await error_response(
+                401,
+                "unauthorized",
+                "A valid bearer token is required: send 'Authorization: Bearer <token>'.",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )(scope, receive, send)
+            return
+        owner = user.access_token.client_id if user else None
+        wait = self.limiter.take(owner or "")
+        if wait:
+            await error_response(
+                429,
+                "rate_limited",
+                f"Over {self.limiter.rate:g} requests a second; retry after the Retry-After seconds.",
+                {"Retry-After": self.limiter.retry_after(wait)},
+            )(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body:
+            await self._too_large(scope, receive, send)
+            return
+        if user is None:
+            await self._guarded(scope, receive, send)
+            return
+        scope["user"], scope["auth"] = user, AuthCredentials(user.scopes)
+        reset = auth_context_var.set(user)
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            auth_context_var.reset(reset)
+
+    async def _authenticate(self, scope: Scope) -> AuthenticatedUser | None:
+        if self.backend is None or self.verifier is None:
+            return None
+        found = await self.backend.authenticate(HTTPConnection(scope))
+        if found is not None:
+            return found[1]
+        # EventSource in a browser cannot set headers: the stream also takes ?access_token=
+        token = QueryParams(scope.get("query_string", b"")).get("access_token")
+        if token and scope["path"].endswith("/stream") and (info := await self.verifier.verify_token(token)):
+            return AuthenticatedUser(info)
+        return None
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app, cutting off a body that grows past the limit without announcing its length."""
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:  # the REST routes answer 413 for it; for others, it is answered below
+                    raise PayloadTooLarge(self._too_large_message())
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except PayloadTooLarge:
+            if not started:
+                await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await error_response(413, "payload_too_large", self._too_large_message())(scope, receive, send)
+
+    def _too_large_message(self) -> str:
+        return f"The request body is over this server's limit of {self.max_body} bytes (--max-request-bytes)."
+
+
+def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Starlette:
+    """The whole HTTP server as one ASGI app; its lifespan opens the manager both surfaces share."""
+    tokens = load_tokens(settings) if tokens is None else tokens
+    check_bind(settings, tokens)
+    verifier = StaticTokenVerifier(tokens) if tokens else None
+    mcp = create_server(settings, shared=True)
+    mcp_app = mcp.streamable_http_app(
+        streamable_http_path=MCP_PATH, host=settings.host, max_request_body_size=settings.max_request_bytes
+    )
+    holder: dict[str, AppState] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_state(settings, mcp.bus) as state:  # type: ignore[attr-defined]
+            mcp.state = holder["state"] = state  # type: ignore[attr-defined]
+            async with mcp.session_manager.run():
+                yield
+
+    def owner_of(request: Request) -> str | None:
+        user = request.scope.get("user")
+        return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
+
+    extra_paths: dict[str, Any] = {
+        "/healthz": {"get": {"summary": "Liveness.", "security": [], "operationId": "healthz", "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}}}},
+        API + "/openapi.json": {"get": {"summary": "This document.", "security": [], "operationId": "openapi", "responses": {"200": {"description": "OK"}}}},
+        MCP_PATH: {
+            method: {"summary": f"MCP streamable HTTP ({what}); see the MCP specification.", "operationId": f"mcp_{method}", "responses": {"200": {"description": "JSON-RPC"}}}
+            for method, what in (("post", "requests"), ("get", "the notification stream"), ("delete", "end the MCP session"))
+        },
+    }
+    document = dumps(openapi(extra_paths))
+
+    async def healthz(request: Request) -> Response:
+        return Response(Health(status="ok", version=__version__).model_dump_json(), media_type="application/json")
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(document, media_type="application/json")
+
+    served = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route(API + "/openapi.json", openapi_json, methods=["GET"]),
+        *routes(lambda: holder["state"].manager, owner_of),
+        Mount("/", app=mcp_app),  # serves MCP_PATH only
+    ]
+    app = Starlette(routes=served, lifespan=lifespan)
+    return Gate(app, settings, verifier)  # type: ignore[return-value]
+
+
+def serve_http(settings: Settings) -> None:
+    import uvicorn
+
+    app = build_app(settings)
+    print(f"mcp-sessions: MCP at http://{settings.host}:{settings.port}{MCP_PATH}, REST at {API}", file=sys.stderr)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), lifespan="on")

@@ -1,0 +1,409 @@
+"""The REST API at /api/v1: CIAB's sessions API with one sandbox per session. A thin adapter over the
+SessionManager, like the MCP tools: parse, call the manager, shape the answer.
+
+Every route is one `Endpoint` in `ENDPOINTS`; the Starlette routes and the OpenAPI document are both made
+from that table and from the pydantic models it names, so the document always matches what is served.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from sandbox_backends.base import SandboxError
+
+from . import __version__
+from .errors import SessionError, SessionNotFound
+from .manager import CreateRequest, SessionManager
+from .models import (
+    CloseReply,
+    InterruptReply,
+    LimitsModel,
+    Message,
+    Session,
+    SessionDetail,
+    SessionPage,
+    Status,
+    TurnReply,
+)
+
+API = "/api/v1"
+STREAM_POLL_S = 0.25
+KEEPALIVE_S = 15.0
+STREAM_PAGE = 500
+STATUS_OF_CODE = {
+    "invalid_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "session_not_found": 404,
+    "not_found": 404,
+    "session_busy": 409,
+    "session_closed": 409,
+    "payload_too_large": 413,
+    "too_many_sessions": 429,
+    "rate_limited": 429,
+    "store_error": 503,
+    "sandbox_error": 502,
+}
+
+
+# -- what comes in ----------------------------------------------------------------------------------
+
+
+class CreateBody(BaseModel):
+    """A new session; every field is optional. The same fields as the create_session tool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, max_length=200, description="A short human title.")
+    driver: str | None = Field(None, description="Sandbox driver: 'local' or 'docker'. Default: the server's.")
+    agent: str | None = Field(None, description="Agent that answers messages. 'shell' runs each message as bash.")
+    image: str | None = Field(None, max_length=300, description="Container image (docker driver only).")
+    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field([], max_length=20)
+    metadata: dict[str, str | int | float | bool | None] = Field({}, max_length=50)
+    files: dict[str, str] = Field({}, max_length=1000, description="Workspace path -> UTF-8 text, written first.")
+    env: dict[str, str] = Field({}, max_length=200, description="Environment variables for the session's commands.")
+    limits: LimitsModel | None = None
+    command_timeout_s: float | None = Field(None, gt=0)
+    idle_timeout_s: float | None = Field(None, ge=0, description="0 = never closed for idleness.")
+
+
+class MessageBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="The message. For the shell agent: a bash script run in the session's shell.")
+    queue: bool = Field(True, description="If a turn runs, run this one after it (false: refuse with 409).")
+
+
+class CreateQuery(BaseModel):
+    wait_s: float = Field(30, ge=0, description="Wait up to this long for the session to be ready (at most 50).")
+
+
+class WaitQuery(BaseModel):
+    wait_s: float = Field(0, ge=0, description="Wait up to this long for the turn to end (at most 50); 0 = at once.")
+
+
+class GetQuery(BaseModel):
+    wait_s: float = Field(0, ge=0, description="If a turn runs, wait up to this long for it to end (at most 50).")
+    events_after: int | None = Field(None, ge=0, description="Also return the events after this sequence number.")
+
+
+class ListQuery(BaseModel):
+    status: list[Status] | None = Field(None, description="Only these statuses (repeat the parameter for several).")
+    tag: list[str] | None = Field(None, description="Only sessions with all of these tags (repeat).")
+    driver: str | None = None
+    agent: str | None = None
+    created_after: datetime | None = Field(None, description="ISO 8601, inclusive.")
+    created_before: datetime | None = Field(None, description="ISO 8601, inclusive.")
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, description="next_cursor of the previous page.")
+
+
+class CloseQuery(BaseModel):
+    delete: bool = Field(False, description="Also delete the transcript, events and workspace.")
+
+
+class StreamQuery(BaseModel):
+    last_event_id: int | None = Field(
+        None, ge=0, description="Replay events after this seq; the Last-Event-ID header, for clients that cannot set it."
+    )
+
+
+# -- what goes out ----------------------------------------------------------------------------------
+
+
+class SessionView(SessionDetail):
+    """A session with its whole conversation."""
+
+    messages: list[Message] = Field(default_factory=list, description="Every message, oldest first.")
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="Stable and machine-readable, e.g. session_not_found.")
+    message: str = Field(description="What went wrong and what to do next.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _one_line(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors(include_url=False))
+
+
+# -- the routes ---------------------------------------------------------------------------------------
+
+Reply = BaseModel | tuple[BaseModel, int] | Response
+
+
+@dataclass
+class Call:
+    """One request, parsed: who asks, the path's session id, the query and the body."""
+
+    manager: SessionManager
+    request: Request
+    owner: str | None
+    session_id: str
+    query: Any
+    body: Any
+
+
+async def create_session(c: Call) -> Reply:
+    request = CreateRequest(**dict(c.body), owner=c.owner)
+    return await c.manager.create(request, wait_s=c.query.wait_s), 201
+
+
+async def list_sessions(c: Call) -> Reply:
+    q: ListQuery = c.query
+    return await c.manager.list(
+        statuses=list(q.status) if q.status else None,
+        tags=q.tag,
+        driver=q.driver,
+        agent=q.agent,
+        created_after=q.created_after,
+        created_before=q.created_before,
+        limit=q.limit,
+        cursor=q.cursor,
+        owner=c.owner,
+    )
+
+
+async def get_session(c: Call) -> Reply:
+    detail = await c.manager.get(c.session_id, wait_s=c.query.wait_s, events_after=c.query.events_after, owner=c.owner)
+    messages = await c.manager.messages(c.session_id, owner=c.owner)
+    return SessionView(**dict(detail), messages=messages)
+
+
+async def send_message(c: Call) -> Reply:
+    reply = await c.manager.send(c.session_id, c.body.text, wait_s=c.query.wait_s, queue=c.body.queue, owner=c.owner)
+    return reply, (202 if reply.turn_status in ("queued", "running") else 200)
+
+
+async def interrupt(c: Call) -> Reply:
+    return await c.manager.interrupt(c.session_id, owner=c.owner)
+
+
+async def close_session(c: Call) -> Reply:
+    return await c.manager.close(c.session_id, delete=c.query.delete, owner=c.owner)
+
+
+def _sse(event_id: int | None, event: str, data: str) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {data}\n\n"
+
+
+async def stream(c: Call) -> Reply:
+    """Server-Sent Events: the session's events after Last-Event-ID, then new ones as they come, a keepalive
+    comment every 15 s, until the session is closed or failed and its last events are sent."""
+    header = c.request.headers.get("last-event-id")
+    after = c.query.last_event_id
+    if after is None and header:
+        try:
+            after = max(0, int(header))
+        except ValueError:
+            return error_response(400, "invalid_request", "Last-Event-ID must be an event's seq, a whole number.")
+    manager, sid, owner = c.manager, c.session_id, c.owner
+    await manager.get(sid, owner=owner)  # an unknown session is a 404, not an empty stream
+
+    async def events() -> AsyncIterator[str]:
+        cursor = after or 0
+        quiet_since = anyio.current_time()
+        yield "retry: 2000\n\n"
+        while True:
+            try:
+                ended = (await manager.get(sid, owner=owner)).session.has_ended()
+                batch = await manager.events(sid, after=cursor, limit=STREAM_PAGE, owner=owner)
+            except SessionNotFound:  # deleted meanwhile
+                return
+            for event in batch:
+                cursor = event.seq
+                yield _sse(event.seq, event.type, event.model_dump_json())
+            if len(batch) == STREAM_PAGE:
+                continue
+            if ended:
+                return
+            if batch:
+                quiet_since = anyio.current_time()
+            elif anyio.current_time() - quiet_since >= KEEPALIVE_S:
+                yield ": keepalive\n\n"
+                quiet_since = anyio.current_time()
+            await anyio.sleep(STREAM_POLL_S)
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+@dataclass
+class Endpoint:
+    method: str
+    path: str
+    handler: Callable[[Call], Awaitable[Reply]]
+    summary: str
+    response: type[BaseModel] | None
+    status: tuple[int, ...] = (200,)
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    sse: bool = False
+
+
+S = API + "/sessions/{session_id}"
+ENDPOINTS = [
+    Endpoint("POST", API + "/sessions", create_session, "Create a session and wait up to wait_s until it is ready.", Session, (201,), CreateQuery, CreateBody),
+    Endpoint("GET", API + "/sessions", list_sessions, "List your sessions, newest first, with filters and a cursor.", SessionPage, query=ListQuery),
+    Endpoint("GET", S, get_session, "A session's state, queue, whole conversation and, with events_after, its events.", SessionView, query=GetQuery),
+    Endpoint("POST", S + "/messages", send_message, "Send a message: queued behind a running turn and answered at once (202), or after up to wait_s (200 once the turn ended).", TurnReply, (200, 202), WaitQuery, MessageBody),
+    Endpoint("POST", S + "/interrupt", interrupt, "Stop the running turn; the session stays usable.", InterruptReply),
+    Endpoint("POST", S + "/close", close_session, "Close the session and free its sandbox; delete=true also removes its transcript and workspace. Idempotent.", CloseReply, query=CloseQuery),
+    Endpoint("GET", S + "/stream", stream, "Server-Sent Events of the session's events: id = seq, event = type, data = the event as JSON.", None, query=StreamQuery, sse=True),
+]
+
+
+def _is_list(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(annotation))
+    return typing.get_origin(annotation) is list
+
+
+def parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
+    values: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if _is_list(info.annotation):
+            found = request.query_params.getlist(name)
+            if found:
+                values[name] = found
+        elif name in request.query_params:
+            values[name] = request.query_params[name]
+    return model.model_validate(values)
+
+
+def routes(manager_of: Callable[[], SessionManager], owner_of: Callable[[Request], str | None]) -> list[Route]:
+    def make(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                query = parse_query(request, ep.query) if ep.query else None
+                body = ep.body.model_validate_json(await request.body() or b"{}") if ep.body else None
+                call = Call(manager_of(), request, owner_of(request), request.path_params.get("session_id", ""), query, body)
+                reply = await ep.handler(call)
+            except ValidationError as e:
+                return error_response(400, "invalid_request", _one_line(e))
+            except SessionError as e:
+                return error_response(STATUS_OF_CODE.get(e.code, 400), e.code, str(e))
+            except SandboxError as e:
+                return error_response(502, "sandbox_error", str(e))
+            if isinstance(reply, Response):
+                return reply
+            model, status = reply if isinstance(reply, tuple) else (reply, 200)
+            return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+        return endpoint
+
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for ep in ENDPOINTS:
+        by_path.setdefault(ep.path, {})[ep.method] = ep
+    served = []
+    for path, methods in by_path.items():
+        handlers = {m: make(ep) for m, ep in methods.items()}
+
+        async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
+            return await handlers[request.method](request)
+
+        served.append(Route(path, dispatch, methods=list(methods)))
+    return served
+
+
+# -- the OpenAPI document -----------------------------------------------------------------------------
+
+
+def openapi(extra_paths: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI 3.1 for ENDPOINTS, built from the same models the routes parse and return."""
+    wanted: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization"), (Health, "serialization")]
+    for ep in ENDPOINTS:
+        if ep.body:
+            wanted.append((ep.body, "validation"))
+        if ep.response:
+            wanted.append((ep.response, "serialization"))
+        if ep.query:
+            wanted.append((ep.query, "validation"))
+    refs, defs = models_json_schema(wanted, ref_template="#/components/schemas/{model}")
+    schemas = defs.get("$defs", {})
+
+    def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+        ref = refs[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
+        schema = schemas.pop(ref)
+        return [
+            {
+                "name": name,
+                "in": "query",
+                "required": name in schema.get("required", []),
+                "schema": prop,
+                **({"description": prop["description"]} if "description" in prop else {}),
+            }
+            for name, prop in schema["properties"].items()
+        ]
+
+    errors = {
+        str(code): {"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        for code, desc in (
+            (400, "Invalid request"),
+            (401, "Missing or unknown bearer token"),
+            (403, "Origin not allowed"),
+            (404, "No such session (or not yours)"),
+            (409, "The session cannot do that now (busy, failed, closed)"),
+            (413, "Request body too large"),
+            (429, "Rate limit or session limit reached; see Retry-After"),
+        )
+    }
+    paths: dict[str, Any] = {}
+    for ep in ENDPOINTS:
+        op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.handler.__name__, "parameters": []}
+        if "{session_id}" in ep.path:
+            op["parameters"].append({"name": "session_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^ses_[0-9a-f]{32}$"}})
+        if ep.query:
+            op["parameters"] += query_parameters(ep.query)
+        if ep.sse:
+            op["parameters"].append({"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer"}})
+        if ep.body:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[(ep.body, "validation")]}}}
+        responses: dict[str, Any] = {}
+        for status in ep.status:
+            if ep.sse:
+                content = {"text/event-stream": {"schema": {"type": "string", "description": "id: seq, event: type, data: Event as JSON"}}}
+            else:
+                content = {"application/json": {"schema": refs[(ep.response, "serialization")]}}  # type: ignore[index]
+            responses[str(status)] = {"description": "OK" if status < 300 else "Accepted", "content": content}
+        op["responses"] = {**responses, **errors}
+        paths.setdefault(ep.path, {})[ep.method.lower()] = op
+    paths.update(extra_paths)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mcp-sessions", "version": __version__, "description": "Agent sessions in sandboxes: REST and SSE; MCP at /mcp."},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    }
+
+
+def dumps(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
