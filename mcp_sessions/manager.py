@@ -41,6 +41,7 @@ from .models import (
     TurnReply,
     TurnStatus,
     TurnSummary,
+    Usage,
     new_session_id,
     now,
 )
@@ -90,6 +91,8 @@ class CreateRequest:
     idle_timeout_s: float | None = None
     command_timeout_s: float | None = None
     owner: str | None = None
+    model: str | None = None
+    agent_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +131,8 @@ class SessionManager:
         self._changed: dict[str, anyio.Event] = {}
         self._lease = leases.this_process()
         self._tg: TaskGroup | None = None
+        self._samplers: dict[str, Any] = {}
+        """Per session, how to reach the model of the client that last sent it a message (MCP sampling)."""
         self._admit = anyio.Lock()
 
     async def __aenter__(self) -> SessionManager:
@@ -311,6 +316,13 @@ class SessionManager:
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise InvalidInput(f"Environment variable name {key!r} is invalid: use a name without '=' or NUL bytes.")
         limits = (request.limits or LimitsModel()).model_dump(exclude_none=True)
+        model, agent_options = request.model, request.agent_options
+        prepare = getattr(self._agents[agent], "prepare", None)
+        if prepare is not None:  # the agent checks its options and fills in defaults
+            try:
+                model, agent_options = prepare(model, agent_options)
+            except ValueError as e:
+                raise InvalidInput(str(e)) from None
         session = Session(
             id=new_session_id(),
             title=request.title,
@@ -322,8 +334,11 @@ class SessionManager:
             idle_timeout_s=settings.idle_timeout_s if request.idle_timeout_s is None else request.idle_timeout_s,
             command_timeout_s=command_timeout,
             owner=request.owner,
+            model=model,
         )
-        record = SessionRecord(session=session, env=request.env, limits=limits, lease=self._lease)
+        record = SessionRecord(
+            session=session, env=request.env, limits=limits, lease=self._lease, agent_options=agent_options
+        )
         async with self._admit:
             await self._check_owner_limit(request.owner)
             await self.store.insert(
@@ -413,8 +428,15 @@ class SessionManager:
     # -- turns ------------------------------------------------------------------------------------
 
     async def send(
-        self, session_id: str, text: str, wait_s: float = 20.0, queue: bool = False, owner: str | None = None
+        self,
+        session_id: str,
+        text: str,
+        wait_s: float = 20.0,
+        queue: bool = False,
+        owner: str | None = None,
+        sampler: Any = None,
     ) -> TurnReply:
+        """`sampler` reaches the sending client's model; this and later turns of the session use it."""
         if not text.strip():
             raise InvalidInput("The message is empty. Send the text (for the shell agent, a bash script) to run.")
         size = len(text.encode())
@@ -449,6 +471,10 @@ class SessionManager:
         except _Orphaned:  # a turn left by a dead server: finish it, then start ours
             await self._record(session_id, owner)
             record, _ = await self._update(session_id, start, messages)
+        if sampler is not None:
+            self._samplers[session_id] = sampler
+        else:
+            self._samplers.pop(session_id, None)
         if "position" not in placed:
             self._spawn_turn(record, text)
         record = await self._wait_turn(session_id, placed["turn"], wait_s)
@@ -494,6 +520,7 @@ class SessionManager:
         pending = bytearray()
         published = 0
         outcome: TurnOutcome | None = None
+        ctx: TurnContext | None = None
 
         queued: list[EventSpec] = []
         """Events of this turn not yet written: they go out with the next flush, or with the turn's end."""
@@ -559,6 +586,9 @@ class SessionManager:
                     max_output_bytes=self.settings.max_output_bytes,
                     emit=emit,
                     output=output,
+                    options=record.agent_options,
+                    history=lambda: self.store.messages(sid),
+                    sampler=self._samplers.get(sid),
                 )
                 async with anyio.create_task_group() as helpers:
                     helpers.start_soon(flush_periodically)
@@ -587,6 +617,8 @@ class SessionManager:
                         output_cut_bytes=running.buffer.cut,
                         reason=running.stop_reason,
                     )
+                    if ctx is not None and ctx.messages:  # what the agent said and did before it was stopped
+                        outcome.messages, outcome.usage = ctx.messages, ctx.usage
                 try:
                     if self._turns.get(sid) is running:
                         del self._turns[sid]
@@ -603,7 +635,11 @@ class SessionManager:
         `events_first` are the turn's own events not yet written (its last output, tool ends); they go first.
         """
         finished = now()
-        messages = [Message(role="assistant", content=outcome.content, turn=turn)] if outcome.content else []
+        if outcome.messages is not None:
+            messages = outcome.messages
+        else:
+            messages = [Message(role="assistant", content=outcome.content, turn=turn)] if outcome.content else []
+        turn_usage = outcome.usage if outcome.usage != Usage() else None
         next_text: list[str] = []
 
         def finish(r: SessionRecord) -> list[EventSpec]:
@@ -622,6 +658,7 @@ class SessionManager:
                 output_bytes=outcome.output_bytes,
                 output_cut_bytes=outcome.output_cut_bytes,
                 reason=outcome.reason,
+                usage=turn_usage,
             )
             s.last_response = outcome.content
             s.output_preview = tail(outcome.output, 500) if outcome.output else None
@@ -629,6 +666,8 @@ class SessionManager:
             for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "total_tokens"):
                 setattr(s.usage, key, getattr(s.usage, key) + getattr(outcome.usage, key))
             s.usage.cost_usd += outcome.usage.cost_usd
+            for model, cost in outcome.usage.cost_by_model.items():
+                s.usage.cost_by_model[model] = s.usage.cost_by_model.get(model, 0.0) + cost
             r.lease, r.interrupt_requested = None, False
             data = {
                 "turn": turn,
@@ -637,6 +676,8 @@ class SessionManager:
                 "output_bytes": outcome.output_bytes,
                 "reason": outcome.reason,
             }
+            if turn_usage is not None:
+                data["usage"] = turn_usage.model_dump()
             events: list[EventSpec] = [*events_first, (f"turn.{outcome.status}", data)]
             if s.status == "busy" and r.queue:
                 queued = r.queue.pop(0)
@@ -716,6 +757,7 @@ class SessionManager:
             output_bytes=summary.output_bytes,
             output_cut_bytes=summary.output_cut_bytes,
             reason=summary.reason,
+            usage=summary.usage,
             next_step=self._next_step(s),
         )
 
@@ -737,6 +779,7 @@ class SessionManager:
             output=output,
             output_bytes=end.data.get("output_bytes") or 0,
             reason=end.data.get("reason"),
+            usage=end.data.get("usage"),
         )
 
     @staticmethod

@@ -117,6 +117,7 @@ class TurnSummary(BaseModel):
     output_bytes: int = 0
     output_cut_bytes: int = 0
     reason: str | None = Field(None, description="Why the turn failed or was interrupted.")
+    usage: Usage | None = Field(None, description="Tokens and cost of this turn (agents that call a model).")
 
 
 class Session(BaseModel):
@@ -172,6 +173,7 @@ class SessionRecord(BaseModel):
     lease: str | None = Field(None, description="The server process running this session's turn or creation.")
     interrupt_requested: bool = False
     queue: list[QueuedMessage] = Field(default_factory=list, description="Messages to run, in order, after the current turn.")
+    agent_options: dict[str, Any] = Field(default_factory=dict, description="The agent's settings: system prompt, limits, provider.")
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -217,6 +219,7 @@ class TurnReply(BaseModel):
     output_bytes: int = 0
     output_cut_bytes: int = Field(0, description="Bytes cut from the middle of the output to keep the reply bounded.")
     reason: str | None = None
+    usage: Usage | None = Field(None, description="Tokens and cost of this turn (agents that call a model).")
     events_cursor: int = Field(description="Pass as events_after to get_session to read only newer events.")
     next_step: str = Field(description="What to do next, in one sentence.")
 
