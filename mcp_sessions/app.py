@@ -10,6 +10,7 @@ from sandbox_backends import registry
 from sandbox_backends.base import Driver, Limits
 
 from .agents.base import Agent
+from .agents.llm import LlmAgent
 from .agents.shell import ShellAgent
 from .manager import SessionManager
 from .settings import Settings
@@ -46,8 +47,8 @@ def make_driver_factory(settings: Settings) -> Callable[[str], Driver]:
     return make
 
 
-def agents() -> dict[str, Agent]:
-    return {"shell": ShellAgent()}
+def agents(settings: Settings) -> dict[str, Agent]:
+    return {"shell": ShellAgent(), "llm": LlmAgent(settings)}
 
 
 @asynccontextmanager
@@ -55,7 +56,7 @@ async def open_manager(settings: Settings) -> AsyncIterator[SessionManager]:
     store = await Store.open(settings.db_path)
     try:
         manager = SessionManager(
-            settings, store, make_driver_factory(settings), agents(), known_drivers=sorted(registry.available())
+            settings, store, make_driver_factory(settings), agents(settings), known_drivers=sorted(registry.available())
         )
         async with manager:
             yield manager

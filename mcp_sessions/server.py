@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Literal, ParamSpec, TypeVar
 
 import anyio
 from mcp.server import NotificationOptions
@@ -34,6 +34,7 @@ from pydantic import Field
 from sandbox_backends.base import PathNotAllowed, SandboxError
 
 from . import __version__
+from .agents.providers.sampling import ConnectionSampler
 from .app import open_manager
 from .errors import SessionError, SessionNotFound
 from .manager import CreateRequest, SessionManager
@@ -206,7 +207,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         ctx: Context,
         title: Annotated[str | None, Field(max_length=200, description="A short human title.")] = None,
         driver: Annotated[str | None, Field(description="Sandbox driver: 'local' or 'docker'. Default: the server's.")] = None,
-        agent: Annotated[str | None, Field(description="Agent that answers messages. 'shell' runs each message as bash.")] = None,
+        agent: Annotated[str | None, Field(description="Agent that answers messages. 'shell' runs each message as bash; 'llm' is a coding agent (a model using bash and file tools in the sandbox).")] = None,
         image: Annotated[str | None, Field(max_length=300, description="Container image (docker driver only).")] = None,
         tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=20, description="Labels for filtering in list_sessions.")] = [],
         metadata: Annotated[dict[str, str | int | float | bool | None], Field(max_length=50, description="Free-form key/values kept with the session.")] = {},
@@ -216,6 +217,12 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         command_timeout_s: Annotated[float | None, Field(gt=0, description="Stop a single command after this many seconds (default 600).")] = None,
         idle_timeout_s: Annotated[float | None, Field(ge=0, description="Close the session after this many idle seconds; 0 = never (default: the server's, 900).")] = None,
         wait_s: Annotated[float, Field(ge=0, description="Wait up to this long for the session to be ready (capped at 50).")] = 30,
+        model: Annotated[str | None, Field(max_length=200, description="llm agent: the model, e.g. 'gpt-4o' or 'claude-sonnet-4-5' (default: the server's).")] = None,
+        provider: Annotated[Literal["openai", "anthropic", "sampling"] | None, Field(description="llm agent: where the model runs; 'sampling' asks your own model through MCP sampling (default: the server's).")] = None,
+        system_prompt: Annotated[str | None, Field(max_length=100_000, description="llm agent: replaces the default system prompt.")] = None,
+        max_steps: Annotated[int | None, Field(ge=1, le=1000, description="llm agent: most model calls per turn (default: the server's, 50).")] = None,
+        max_turn_tokens: Annotated[int | None, Field(ge=1, description="llm agent: stop a turn once it has used this many tokens.")] = None,
+        max_turn_cost_usd: Annotated[float | None, Field(gt=0, description="llm agent: stop a turn once it has cost this much.")] = None,
     ) -> Session:
         """Create a new session: a sandbox with a persistent bash shell, ready for send_message.
 
@@ -236,6 +243,18 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
             command_timeout_s=command_timeout_s,
             idle_timeout_s=idle_timeout_s,
             owner=_owner(),
+            model=model,
+            agent_options={
+                k: v
+                for k, v in dict(
+                    provider=provider,
+                    system_prompt=system_prompt,
+                    max_steps=max_steps,
+                    max_turn_tokens=max_turn_tokens,
+                    max_turn_cost_usd=max_turn_cost_usd,
+                ).items()
+                if v is not None
+            },
         )
         return await _manager(ctx).create(request, wait_s=wait_s)
 
@@ -261,7 +280,17 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         """
         manager = _manager(ctx)
         return await with_progress(
-            ctx, manager.store, session_id, lambda: manager.send(session_id, text, wait_s=wait_s, queue=queue, owner=_owner())
+            ctx,
+            manager.store,
+            session_id,
+            lambda: manager.send(
+                session_id,
+                text,
+                wait_s=wait_s,
+                queue=queue,
+                owner=_owner(),
+                sampler=ConnectionSampler(ctx.request_context.session),
+            ),
         )
 
     @mcp.tool(

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
 ENV_PREFIX = "MCP_SESSIONS_"
+STANDARD_ENV = {
+    "openai_base_url": "OPENAI_BASE_URL",
+    "openai_api_key": "OPENAI_API_KEY",
+    "anthropic_base_url": "ANTHROPIC_BASE_URL",
+    "anthropic_api_key": "ANTHROPIC_API_KEY",
+}
+"""Variables other tools already use; read when the `MCP_SESSIONS_*` one is not set."""
 
 
 def default_home() -> Path:
@@ -34,6 +41,18 @@ class Settings(BaseModel):
     idle_timeout_s: float = Field(900.0, ge=0, description="Close a session idle this long, in seconds (0 = never).")
     create_timeout_s: float = Field(300.0, gt=0, description="A session still creating after this fails.")
     log_level: str = Field("WARNING", description="Level of the server's own log on stderr.")
+    llm_provider: Literal["auto", "openai", "anthropic", "sampling"] = Field(
+        "auto", description="Model provider of the llm agent; auto: anthropic with its key, else openai with a key or base URL, else sampling."
+    )
+    model: str | None = Field(None, description="Default model of the llm agent.")
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible API base URL, e.g. http://localhost:11434/v1.")
+    openai_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible API.")
+    anthropic_base_url: str | None = Field(None, description="Anthropic API base URL.")
+    anthropic_api_key: SecretStr | None = Field(None, description="Key for the Anthropic API.")
+    price_file: Path | None = Field(None, description="JSON price table that overrides or extends the shipped one.")
+    llm_max_steps: int = Field(50, ge=1, le=1000, description="Default most model calls per turn of the llm agent.")
+    llm_max_tokens: int = Field(8192, ge=16, description="Most output tokens of one model call.")
+    llm_retries: int = Field(2, ge=0, le=10, description="Retries of a model call on 429, 5xx or an unreachable API.")
     host: str = Field("127.0.0.1", description="Address `serve --http` listens on; other than loopback only with tokens.")
     port: int = Field(8765, ge=0, le=65535, description="Port `serve --http` listens on.")
     tokens_file: Path | None = Field(None, description="Bearer tokens for HTTP, one `owner:token` a line.")
@@ -50,6 +69,8 @@ class Settings(BaseModel):
             env = os.environ.get(ENV_PREFIX + name.upper())
             if env not in (None, ""):
                 values[name] = env
+            elif name in STANDARD_ENV and os.environ.get(STANDARD_ENV[name]):
+                values[name] = os.environ[STANDARD_ENV[name]]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
 

@@ -1,0 +1,166 @@
+"""Anthropic Messages API, streamed: POST {base_url}/v1/messages with `stream: true`.
+
+Events: message_start (usage), content_block_start / content_block_delta (text_delta,
+input_json_delta) / content_block_stop, message_delta (stop_reason, output usage), message_stop;
+an `error` event mid-stream fails the call.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from .common import (
+    ModelReply,
+    ModelRequest,
+    ProviderError,
+    TextCallback,
+    TokenUsage,
+    connect_error,
+    http_error,
+    parse_arguments,
+    redact,
+    sse_events,
+    with_retries,
+)
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+
+
+def to_wire(messages: list[Message]) -> list[dict[str, Any]]:
+    """Anthropic's alternation: tool results travel in user messages; consecutive same-role messages merge."""
+    wire: list[dict[str, Any]] = []
+    for m in messages:
+        role = "assistant" if m.role == "assistant" else "user"
+        blocks: list[dict[str, Any]] = []
+        for b in m.content:
+            if isinstance(b, TextBlock) and b.text:
+                blocks.append({"type": "text", "text": b.text})
+            elif isinstance(b, ToolUseBlock):
+                blocks.append({"type": "tool_use", "id": b.id, "name": b.name, "input": b.input})
+            elif isinstance(b, ToolResultBlock):
+                blocks.append({"type": "tool_result", "tool_use_id": b.tool_use_id, "content": b.content, "is_error": b.is_error})
+        if not blocks:
+            continue
+        if wire and wire[-1]["role"] == role:
+            wire[-1]["content"].extend(blocks)
+        else:
+            wire.append({"role": role, "content": blocks})
+    return wire
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        retries: int = 2,
+        backoff_s: float = 1.0,
+    ) -> None:
+        self._client = client
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._key = api_key
+        self._retries, self._backoff_s = retries, backoff_s
+        self._who = "the Anthropic API"
+
+    async def complete(self, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+        try:
+            return await with_retries(lambda: self._once(request, on_text), self._retries, self._backoff_s)
+        except ProviderError as e:
+            raise ProviderError(redact(str(e), [self._key])) from None
+
+    async def _once(self, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "messages": to_wire(request.messages),
+            "stream": True,
+        }
+        if request.system:
+            body["system"] = request.system
+        if request.tools:
+            body["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.input_schema} for t in request.tools]
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION, "accept": "text/event-stream"}
+        if self._key:
+            headers["x-api-key"] = self._key
+        url = f"{self.base_url}/v1/messages"
+        try:
+            async with self._client.stream("POST", url, json=body, headers=headers) as response:
+                if response.status_code >= 300:
+                    raise http_error(response.status_code, await response.aread(), response.headers, self._who, "ANTHROPIC_API_KEY")
+                return await self._read(response, request, on_text)
+        except httpx.TransportError as e:
+            raise connect_error(e, self._who, self.base_url) from None
+
+    async def _read(self, response: httpx.Response, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+        blocks: dict[int, dict[str, Any]] = {}
+        usage = TokenUsage()
+        stop: str | None = None
+        model = request.model or ""
+        async for _, data in sse_events(response):
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise ProviderError(f"{self._who} sent a stream event that is not JSON: {data[:200]!r}.") from None
+            kind = event.get("type")
+            if kind == "message_start":
+                message = event.get("message") or {}
+                model = message.get("model") or model
+                u = message.get("usage") or {}
+                usage = TokenUsage(
+                    input_tokens=u.get("input_tokens") or 0,
+                    output_tokens=u.get("output_tokens") or 0,
+                    cache_read_tokens=u.get("cache_read_input_tokens") or 0,
+                    cache_creation_tokens=u.get("cache_creation_input_tokens") or 0,
+                )
+            elif kind == "content_block_start":
+                block = event.get("content_block") or {}
+                blocks[event.get("index", len(blocks))] = {
+                    "type": block.get("type"),
+                    "text": block.get("text") or "",
+                    "id": block.get("id"),
+                    "name": block.get("name"),
+                    "json": "",
+                }
+            elif kind == "content_block_delta":
+                slot = blocks.setdefault(event.get("index", 0), {"type": "text", "text": "", "json": ""})
+                delta = event.get("delta") or {}
+                if delta.get("type") == "text_delta":
+                    slot["text"] += delta.get("text") or ""
+                    if delta.get("text"):
+                        await on_text(delta["text"])
+                elif delta.get("type") == "input_json_delta":
+                    slot["json"] += delta.get("partial_json") or ""
+            elif kind == "message_delta":
+                stop = (event.get("delta") or {}).get("stop_reason") or stop
+                u = event.get("usage") or {}
+                if u.get("output_tokens") is not None:
+                    usage.output_tokens = u["output_tokens"]
+                for key, attr in (
+                    ("input_tokens", "input_tokens"),
+                    ("cache_read_input_tokens", "cache_read_tokens"),
+                    ("cache_creation_input_tokens", "cache_creation_tokens"),
+                ):
+                    if u.get(key) is not None:
+                        setattr(usage, attr, u[key])
+            elif kind == "message_stop":
+                break
+            elif kind == "error":
+                err = event.get("error") or {}
+                retryable = err.get("type") in ("overloaded_error", "api_error", "rate_limit_error")
+                raise ProviderError(f"{self._who} failed mid-answer ({err.get('type')}: {err.get('message')}).", retryable=retryable)
+        content: list[TextBlock | ToolUseBlock] = []
+        for index in sorted(blocks):
+            b = blocks[index]
+            if b["type"] == "text" and b["text"]:
+                content.append(TextBlock(text=b["text"]))
+            elif b["type"] == "tool_use":
+                content.append(ToolUseBlock(id=b["id"] or f"toolu_{index}", name=b["name"] or "", input=parse_arguments(b["json"])))
+        return ModelReply(content=content, stop_reason=stop, model=model, usage=usage)

@@ -1,0 +1,168 @@
+"""What every provider speaks: a request in the session's own message format, a reply of content
+blocks with token usage, and errors as one sentence a caller can act on.
+
+Providers translate `Message`s (roles user, assistant and tool; blocks text, tool_use, tool_result)
+to their wire format and back, stream text through `on_text`, and never put a key in an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import httpx
+
+from ...models import Message, TextBlock, ToolUseBlock
+
+TextCallback = Callable[[str], Awaitable[None]]
+
+
+class ProviderError(Exception):
+    """A model call failed. The message is one sentence for the caller, free of keys."""
+
+    def __init__(self, message: str, *, retryable: bool = False, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class ToolSpec:
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass
+class ModelRequest:
+    model: str | None
+    system: str
+    messages: list[Message]
+    tools: list[ToolSpec]
+    max_tokens: int = 8192
+
+
+@dataclass
+class TokenUsage:
+    """Tokens of one model call. `input_tokens` excludes the cached ones, which are counted apart."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+
+
+@dataclass
+class ModelReply:
+    content: list[TextBlock | ToolUseBlock]
+    stop_reason: str | None
+    model: str
+    usage: TokenUsage = field(default_factory=TokenUsage)
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+        """One model call. Text is streamed to `on_text` as it arrives. Raises `ProviderError`."""
+        ...
+
+
+def redact(text: str, secrets: list[str | None]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def error_message(body: bytes) -> str:
+    """The human part of an error body in the OpenAI or Anthropic shape, else the body's start."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:300] or "no details"
+    if isinstance(doc, dict):
+        err = doc.get("error", doc)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"][:500]
+        if isinstance(err, str):
+            return err[:500]
+    return json.dumps(doc)[:300]
+
+
+def http_error(status: int, body: bytes, headers: httpx.Headers, who: str, key_var: str) -> ProviderError:
+    """The sentence for a non-2xx answer of a model API."""
+    detail = error_message(body)
+    if status in (401, 403):
+        return ProviderError(f"{who} refused the credentials ({status}: {detail}); check {key_var}.")
+    if status == 429:
+        retry_after = _seconds(headers.get("retry-after"))
+        return ProviderError(
+            f"{who} is rate limiting or out of quota (429: {detail}); wait and send the message again.",
+            retryable=True,
+            retry_after_s=retry_after,
+        )
+    if status == 404:
+        return ProviderError(f"{who} answered 404 ({detail}); check the model name and the base URL.")
+    if status >= 500 or status == 529:
+        return ProviderError(f"{who} failed with an internal error ({status}: {detail}); try again later.", retryable=True)
+    return ProviderError(f"{who} rejected the request ({status}: {detail}).")
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def connect_error(e: Exception, who: str, url: str) -> ProviderError:
+    reason = type(e).__name__ if not str(e) else str(e)
+    return ProviderError(f"cannot reach {who} at {url} ({reason}); check that it runs and the base URL.", retryable=True)
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str | None, str]]:
+    """(event name, data) pairs of a server-sent event stream."""
+    event: str | None = None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line == "":
+            if data:
+                yield event, "\n".join(data)
+            event, data = None, []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    if data:
+        yield event, "\n".join(data)
+
+
+async def with_retries(call: Callable[[], Awaitable[ModelReply]], retries: int, backoff_s: float) -> ModelReply:
+    """Run `call`, again after a pause on errors worth retrying (429, 5xx, unreachable), at most `retries` more times."""
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except ProviderError as e:
+            if not e.retryable or attempt >= retries:
+                raise
+            pause = e.retry_after_s if e.retry_after_s is not None else backoff_s * 2**attempt
+            await anyio.sleep(min(pause, 30.0))
+            attempt += 1
+
+
+def parse_arguments(text: str) -> dict[str, Any]:
+    """Tool arguments the model streamed as JSON; invalid JSON becomes an input the tool reports as an error."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"__invalid_json__": text[:2000]}
+    return value if isinstance(value, dict) else {"__invalid_json__": text[:2000]}

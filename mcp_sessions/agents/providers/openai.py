@@ -1,0 +1,146 @@
+"""OpenAI-compatible Chat Completions, streamed: OpenAI, a LiteLLM proxy, vLLM, Ollama, llama.cpp's server.
+
+POST {base_url}/chat/completions with `stream: true` and `stream_options.include_usage`; the reply
+arrives as SSE chunks of `choices[0].delta` (content, tool_calls fragments by index) and a last
+chunk with `usage`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from .common import (
+    ModelReply,
+    ModelRequest,
+    ProviderError,
+    TextCallback,
+    TokenUsage,
+    connect_error,
+    http_error,
+    parse_arguments,
+    redact,
+    sse_events,
+    with_retries,
+)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def to_wire(system: str, messages: list[Message]) -> list[dict[str, Any]]:
+    wire: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    for m in messages:
+        if m.role == "assistant":
+            text = "".join(b.text for b in m.content if isinstance(b, TextBlock))
+            calls = [
+                {"id": b.id, "type": "function", "function": {"name": b.name, "arguments": json.dumps(b.input)}}
+                for b in m.content
+                if isinstance(b, ToolUseBlock)
+            ]
+            entry: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if calls:
+                entry["tool_calls"] = calls
+            wire.append(entry)
+        elif m.role == "tool":
+            for b in m.content:
+                if isinstance(b, ToolResultBlock):
+                    wire.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": b.content})
+        else:
+            wire.append({"role": "user", "content": m.text()})
+    return wire
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        retries: int = 2,
+        backoff_s: float = 1.0,
+    ) -> None:
+        self._client = client
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._key = api_key
+        self._retries, self._backoff_s = retries, backoff_s
+        self._who = f"the OpenAI-compatible API"
+
+    async def complete(self, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+        try:
+            return await with_retries(lambda: self._once(request, on_text), self._retries, self._backoff_s)
+        except ProviderError as e:
+            raise ProviderError(redact(str(e), [self._key])) from None
+
+    async def _once(self, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": to_wire(request.system, request.messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.tools:
+            body["tools"] = [
+                {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}
+                for t in request.tools
+            ]
+        headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        if self._key:
+            headers["authorization"] = f"Bearer {self._key}"
+        url = f"{self.base_url}/chat/completions"
+        try:
+            async with self._client.stream("POST", url, json=body, headers=headers) as response:
+                if response.status_code >= 300:
+                    raise http_error(response.status_code, await response.aread(), response.headers, self._who, "OPENAI_API_KEY")
+                return await self._read(response, request, on_text)
+        except httpx.TransportError as e:
+            raise connect_error(e, self._who, self.base_url) from None
+
+    async def _read(self, response: httpx.Response, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        finish: str | None = None
+        usage = TokenUsage()
+        model = request.model or ""
+        async for _, data in sse_events(response):
+            if data.strip() == "[DONE]":
+                break
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise ProviderError(f"{self._who} sent a stream chunk that is not JSON: {data[:200]!r}.") from None
+            if "error" in chunk:
+                err = chunk["error"]
+                raise ProviderError(f"{self._who} failed mid-answer: {err.get('message', err) if isinstance(err, dict) else err}.")
+            model = chunk.get("model") or model
+            if chunk.get("usage"):
+                u = chunk["usage"]
+                cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                usage = TokenUsage(
+                    input_tokens=max((u.get("prompt_tokens") or 0) - cached, 0),
+                    output_tokens=u.get("completion_tokens") or 0,
+                    cache_read_tokens=cached,
+                )
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    text.append(delta["content"])
+                    await on_text(delta["content"])
+                for call in delta.get("tool_calls") or []:
+                    slot = calls.setdefault(call.get("index", len(calls)), {"id": "", "name": "", "arguments": ""})
+                    slot["id"] = call.get("id") or slot["id"]
+                    fn = call.get("function") or {}
+                    slot["name"] += fn.get("name") or ""
+                    slot["arguments"] += fn.get("arguments") or ""
+                finish = choice.get("finish_reason") or finish
+        content: list[TextBlock | ToolUseBlock] = []
+        if text:
+            content.append(TextBlock(text="".join(text)))
+        for index in sorted(calls):
+            c = calls[index]
+            content.append(ToolUseBlock(id=c["id"] or f"call_{index}", name=c["name"], input=parse_arguments(c["arguments"])))
+        return ModelReply(content=content, stop_reason=finish, model=model, usage=usage)
