@@ -1,0 +1,134 @@
+"""End-to-end timings through the real MCP client and a stdio server, with baselines from the same run.
+
+    python bench/bench_e2e.py --driver local [-n 50]
+    python bench/bench_e2e.py --driver docker [-n 50] [--pool 8]
+
+Measures create_session to ready, a `true` round trip through send_message, and interrupt of
+`sleep 300` back to ready. Baselines: for local, spawning `bash -c true`; for docker, a raw
+`docker exec` (`exec_run`) and `containers.run` + first exec with the docker SDK. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client, StdioServerParameters
+
+IMAGE = os.environ.get("MCP_SESSIONS_IMAGE", "mcp-sessions-sandbox:bookworm")
+
+
+def stats(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.9) - 1] * 1000
+
+
+async def timed(n: int, fn: Callable[[], Awaitable[Any]], warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        await fn()
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    if result.is_error:
+        raise RuntimeError(result.content[0].text)
+    return result.structured_content or {}
+
+
+async def measure_server(driver: str, n: int, pool: int) -> dict[str, list[float]]:
+    home = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    args = ["-m", "mcp_sessions", "--driver", driver]
+    if pool:
+        args += ["--docker-pool", str(pool)]
+    env = {**os.environ, "MCP_SESSIONS_HOME": str(home), "MCP_SESSIONS_IMAGE": IMAGE}
+    results: dict[str, list[float]] = {}
+    async with Client(StdioServerParameters(command=sys.executable, args=args, env=env), mode="legacy") as client:
+        created: list[str] = []
+
+        async def create() -> None:
+            session = await call(client, "create_session", wait_s=50)
+            assert session["status"] == "ready", session
+            created.append(session["id"])
+
+        if pool:
+            await anyio.sleep(max(2.0, pool * 0.5))  # let the pool fill before timing claims
+        results["create_session to ready"] = await timed(min(n, pool) if pool else n, create, warmup=0)
+        sid = created[0]
+        results["send_message `true`"] = await timed(n, lambda: call(client, "send_message", session_id=sid, text="true"))
+
+        async def interrupt_sleep() -> None:
+            await call(client, "send_message", session_id=sid, text="sleep 300", wait_s=0)
+            reply = await call(client, "interrupt", session_id=sid)
+            assert reply["status"] == "ready", reply
+
+        results["interrupt `sleep 300` to ready"] = await timed(max(5, n // 5), interrupt_sleep, warmup=1)
+        for session_id in created:
+            await call(client, "close_session", session_id=session_id, delete=True)
+    return results
+
+
+async def measure_baseline(driver: str, n: int) -> dict[str, list[float]]:
+    if driver == "local":
+
+        async def spawn() -> None:
+            await anyio.run_process(["bash", "-c", "true"])
+
+        return {"send_message `true`": await timed(n, spawn)}
+    import docker
+
+    client = docker.from_env()
+    kwargs: dict[str, Any] = dict(image=IMAGE, command=["sleep", "infinity"], network_mode="none", detach=True, init=True)
+    containers = []
+
+    def run_and_exec() -> None:
+        container = client.containers.run(**kwargs)
+        containers.append(container)
+        container.exec_run(["true"])
+
+    create = await timed(max(5, n // 2), lambda: anyio.to_thread.run_sync(run_and_exec), warmup=1)
+    target = containers[0]
+    exec_true = await timed(n, lambda: anyio.to_thread.run_sync(lambda: target.exec_run(["true"])))
+    for container in containers:
+        container.remove(force=True)
+    return {"create_session to ready": create, "send_message `true`": exec_true}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--driver", choices=["local", "docker"], default="local")
+    parser.add_argument("-n", type=int, default=50)
+    parser.add_argument("--pool", type=int, default=0, help="docker warm pool size (docker only)")
+    args = parser.parse_args()
+    ours = anyio.run(measure_server, args.driver, args.n, args.pool)
+    base = anyio.run(measure_baseline, args.driver, args.n)
+    base_name = "`bash -c true` spawn" if args.driver == "local" else "raw docker SDK"
+    label = f"{args.driver}{f', pool {args.pool}' if args.pool else ''}"
+    print(f"\n| operation ({label}, over stdio) | median ms | p90 ms | {base_name} median ms | ratio |")
+    print("|---|---|---|---|---|")
+    for name, samples in ours.items():
+        med, p90 = stats(samples)
+        if name in base:
+            base_med, _ = stats(base[name])
+            print(f"| {name} | {med:.1f} | {p90:.1f} | {base_med:.1f} | {med / base_med:.2f}x |")
+        else:
+            print(f"| {name} | {med:.1f} | {p90:.1f} | – | – |")
+    print(f"\n{subprocess.run(['uname', '-srm'], capture_output=True, text=True).stdout.strip()}, {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    main()
