@@ -223,12 +223,18 @@ class LocalSandbox:
                     if on_output is not None:
                         await on_output(chunk)
 
+            async def pump_while_running() -> None:
+                while True:
+                    await anyio.sleep(POLL_S)
+                    with anyio.CancelScope(shield=True):  # a chunk is either delivered whole or not read yet
+                        await pump()
+
             try:
                 with anyio.move_on_after(timeout_s) as deadline:
-                    while proc.returncode is None:
-                        with anyio.move_on_after(POLL_S):
-                            await proc.wait()
-                        await pump()
+                    async with anyio.create_task_group() as pumping:
+                        pumping.start_soon(pump_while_running)
+                        await proc.wait()
+                        pumping.cancel_scope.cancel()
                 if deadline.cancelled_caught:
                     timed_out = True
                     await self._stop(proc.pid)
