@@ -13,7 +13,7 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -78,6 +78,12 @@ class CreateBody(BaseModel):
     limits: LimitsModel | None = None
     command_timeout_s: float | None = Field(None, gt=0)
     idle_timeout_s: float | None = Field(None, ge=0, description="0 = never closed for idleness.")
+    model: str | None = Field(None, max_length=200, description="llm agent: the model (default: the server's).")
+    provider: Literal["openai", "anthropic", "sampling"] | None = Field(None, description="llm agent: where the model runs.")
+    system_prompt: str | None = Field(None, max_length=100_000, description="llm agent: replaces the default system prompt.")
+    max_steps: int | None = Field(None, ge=1, le=1000, description="llm agent: most model calls per turn.")
+    max_turn_tokens: int | None = Field(None, ge=1, description="llm agent: stop a turn once it has used this many tokens.")
+    max_turn_cost_usd: float | None = Field(None, gt=0, description="llm agent: stop a turn once it has cost this much.")
 
 
 class MessageBody(BaseModel):
@@ -170,7 +176,7 @@ class Call:
 
 
 async def create_session(c: Call) -> Reply:
-    request = CreateRequest(**dict(c.body), owner=c.owner)
+    request = CreateRequest.of(c.owner, **dict(c.body))
     return await c.manager.create(request, wait_s=c.query.wait_s), 201
 
 

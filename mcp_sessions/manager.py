@@ -77,6 +77,10 @@ class _Orphaned(Exception):
     """Raised inside a store update that found a session held by a dead server; nothing is written."""
 
 
+AGENT_OPTIONS = ("provider", "system_prompt", "max_steps", "max_turn_tokens", "max_turn_cost_usd")
+"""create_session arguments that configure the agent rather than the session."""
+
+
 @dataclass
 class CreateRequest:
     driver: str | None = None
@@ -93,6 +97,13 @@ class CreateRequest:
     owner: str | None = None
     model: str | None = None
     agent_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, owner: str | None, **fields: Any) -> CreateRequest:
+        """From create_session's arguments (the REST create body has the same): the agent's own options
+        go to `agent_options`, unset ones left out."""
+        options = {k: fields.pop(k) for k in AGENT_OPTIONS if k in fields}
+        return cls(**fields, owner=owner, agent_options={k: v for k, v in options.items() if v is not None})
 
 
 @dataclass

@@ -230,7 +230,8 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         (id, status, workspace path). Status is 'ready' when it can take messages; 'creating' if it is still
         being set up after wait_s (poll get_session); 'failed' with failure_reason if it could not start.
         """
-        request = CreateRequest(
+        request = CreateRequest.of(
+            _owner(),
             driver=driver,
             agent=agent,
             image=image,
@@ -242,19 +243,12 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
             limits=limits,
             command_timeout_s=command_timeout_s,
             idle_timeout_s=idle_timeout_s,
-            owner=_owner(),
             model=model,
-            agent_options={
-                k: v
-                for k, v in dict(
-                    provider=provider,
-                    system_prompt=system_prompt,
-                    max_steps=max_steps,
-                    max_turn_tokens=max_turn_tokens,
-                    max_turn_cost_usd=max_turn_cost_usd,
-                ).items()
-                if v is not None
-            },
+            provider=provider,
+            system_prompt=system_prompt,
+            max_steps=max_steps,
+            max_turn_tokens=max_turn_tokens,
+            max_turn_cost_usd=max_turn_cost_usd,
         )
         return await _manager(ctx).create(request, wait_s=wait_s)
 

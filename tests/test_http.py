@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 
 from mcp_sessions.auth import ConfigError, parse_tokens
 from mcp_sessions.http import build_app
+from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
 from .conftest import ERAS, call, call_error, stdio_params
@@ -363,3 +364,11 @@ async def test_the_openapi_document_matches_the_served_routes(base: str, setting
     create = doc["paths"][f"{API}/sessions"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/CreateBody")
     assert {p["name"] for p in doc["paths"][f"{API}/sessions"]["get"]["parameters"]} >= {"status", "tag", "limit", "cursor"}
+
+
+async def test_the_rest_create_body_takes_the_same_fields_as_create_session(settings: Settings) -> None:
+    from mcp_sessions.http_api import CreateBody
+
+    async with Client(create_server(settings)) as client:
+        tool = next(t for t in (await client.list_tools()).tools if t.name == "create_session")
+    assert set(CreateBody.model_fields) == set(tool.input_schema["properties"]) - {"wait_s"}
