@@ -9,6 +9,7 @@ get them through the SDK's subscription bus (`subscriptions/listen`).
 from __future__ import annotations
 
 import logging
+import warnings
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -17,6 +18,7 @@ import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import SubscriptionBus
+from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.types import LoggingLevel
 
@@ -161,7 +163,10 @@ class ChangeFeed:
             for conn in conns:
                 if LEVELS.index(level) >= LEVELS.index(conn.level):
                     data = {"session_id": session_id, "event": event.type, "message": describe_event(session_id, event)}
-                    await self._send(conn, conn.session.send_log_message(level, data, logger="mcp-sessions"))
+                    with warnings.catch_warnings():  # deprecated in 2026-07-28, still what handshake-era clients use
+                        warnings.simplefilter("ignore", MCPDeprecationWarning)
+                        sending = conn.session.send_log_message(level, data, logger="mcp-sessions")
+                    await self._send(conn, sending)
 
     async def _send(self, conn: _Connection, sending: Awaitable[None]) -> None:
         try:

@@ -1,0 +1,91 @@
+"""The examples a new user starts from run, and do what they say."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+from mcp_sessions.app import server_id
+from mcp_sessions.settings import Settings
+
+from .docker_support import docker_engine, remove_labelled  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+CLIENTS = EXAMPLES / "clients"
+PLACEHOLDER = "/path/to/mcp-sessions/.venv/bin/mcp-sessions"
+COMMAND = str(Path(sys.executable).parent / "mcp-sessions")
+
+
+def run_orchestrator(home: Path, driver: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "orchestrator.py"), "--driver", driver, "--home", str(home)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr, proc.stderr
+    return proc.stdout
+
+
+def check_orchestrator_summary(out: str) -> None:
+    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")] for line in out.splitlines() if "|" in line}
+    assert rows["test shard 1/2"][2] == "ok" and rows["test shard 1/2"][4] == "OK"
+    assert rows["count lines of code"][2] == "ok" and rows["count lines of code"][4] == "9 total"
+    assert rows["build and run"][2] == "interrupted (deadline)"
+    assert "built and running on linux" in out and "benchmark done" not in out
+
+
+def test_the_orchestrator_example_on_the_local_driver(tmp_path: Path) -> None:
+    check_orchestrator_summary(run_orchestrator(tmp_path / "home", "local"))
+
+
+@pytest.mark.docker
+def test_the_orchestrator_example_on_the_docker_driver(tmp_path: Path, docker_engine: Any) -> None:  # noqa: F811
+    home = tmp_path / "home"
+    try:
+        check_orchestrator_summary(run_orchestrator(home, "docker"))
+        left = docker_engine.containers.list(all=True, filters={"label": f"mcp-sessions.server={server_id(Settings(home=home))}"})
+        assert left == [], "the example closes every session it made"
+    finally:
+        remove_labelled(docker_engine, server_id(Settings(home=home)))
+
+
+def configs() -> list[tuple[str, dict[str, Any]]]:
+    """(file, server entry) for every client example, each as its client would read it."""
+    found = []
+    desktop = json.loads((CLIENTS / "claude_desktop_config.json").read_text())
+    found.append(("claude_desktop_config.json", desktop["mcpServers"]["sessions"]))
+    vscode = json.loads((CLIENTS / ".vscode/mcp.json").read_text())
+    assert vscode["servers"]["sessions"]["type"] == "stdio"
+    found.append((".vscode/mcp.json", vscode["servers"]["sessions"]))
+    cursor = json.loads((CLIENTS / ".cursor/mcp.json").read_text())
+    found.append((".cursor/mcp.json", cursor["mcpServers"]["sessions"]))
+    (line,) = [l for l in (CLIENTS / "claude-code.sh").read_text().splitlines() if l.startswith("claude ")]
+    words = shlex.split(line)
+    assert words[:4] == ["claude", "mcp", "add", "sessions"] and words[4] == "--"
+    found.append(("claude-code.sh", {"command": words[5], "args": words[6:]}))
+    return found
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name,entry", configs(), ids=[name for name, _ in configs()])
+async def test_each_client_config_starts_a_server_that_lists_the_tools(
+    name: str, entry: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    assert entry["command"] == PLACEHOLDER, "every example uses the same placeholder the README explains"
+    home = tmp_path / "home"
+    if "docker" in entry.get("args", []):
+        engine = request.getfixturevalue("docker_engine")
+        request.addfinalizer(lambda: remove_labelled(engine, server_id(Settings(home=home))))
+    env = {**entry.get("env", {}), "MCP_SESSIONS_HOME": str(home)}
+    params = StdioServerParameters(command=COMMAND, args=entry.get("args", []), env=env)
+    async with Client(params, mode="legacy") as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+    assert names == {"create_session", "send_message", "get_session", "list_sessions", "interrupt", "close_session"}
