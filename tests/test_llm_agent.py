@@ -14,8 +14,10 @@ from mcp import Client, types
 
 from mcp_sessions.agents.pricing import PriceTable
 from mcp_sessions.app import server_id
-from mcp_sessions.agents.providers.common import TokenUsage
+from mcp_sessions.agents.providers.common import ModelRequest, ProviderError, TokenUsage
+from mcp_sessions.agents.providers.sampling import SamplingProvider
 from mcp_sessions.cli import build_parser
+from mcp_sessions.models import Message, TextBlock
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 from mcp_sessions.store import Store
@@ -479,3 +481,13 @@ async def test_the_llm_agent_works_in_a_docker_sandbox(home: Path, llm: FakeLLM,
     assert_no_keys(results["d2"])
     assert results["d4"].splitlines() == ["src/", "src/app.py"]
     assert "outside the workspace" in results["d5"]
+
+
+async def test_a_client_gone_mid_turn_fails_sampling_with_a_sentence() -> None:
+    class Gone:
+        async def create_message(self, params: dict[str, Any]) -> Any:
+            raise anyio.ClosedResourceError()
+
+    request = ModelRequest(model=None, system="", messages=[Message(role="user", content=[TextBlock(text="hi")], turn=1)], tools=[])
+    with pytest.raises(ProviderError, match="the client that sent the message disconnected"):
+        await SamplingProvider(Gone()).complete(request, on_text=lambda _: anyio.sleep(0))

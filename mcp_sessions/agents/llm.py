@@ -303,6 +303,8 @@ class LlmAgent:
                     reply = await provider.complete(request, on_text)
                 except ProviderError as e:  # raised outside the group, so callers see it, not a group of it
                     failure = e
+                except Exception as e:  # a malformed answer: say so rather than fail as an internal error
+                    failure = ProviderError(f"the {provider.name} provider's answer could not be read ({type(e).__name__}: {e})")
                 finally:
                     tg.cancel_scope.cancel()
         finally:
