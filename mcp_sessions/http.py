@@ -145,8 +145,9 @@ class Gate:
         return f"The request body is over this server's limit of {self.max_body} bytes (--max-request-bytes)."
 
 
-def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Starlette:
-    """The whole HTTP server as one ASGI app; its lifespan opens the manager both surfaces share."""
+def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
+    """The whole HTTP server as one ASGI app (the Starlette app is its `.app`); the lifespan opens the
+    manager both surfaces share. `tokens` (token -> owner) defaults to those the settings name."""
     tokens = load_tokens(settings) if tokens is None else tokens
     check_bind(settings, tokens)
     verifier = StaticTokenVerifier(tokens) if tokens else None
@@ -189,8 +190,7 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Starl
         *routes(lambda: holder["state"].manager, owner_of),
         Mount("/", app=mcp_app),  # serves MCP_PATH only
     ]
-    app = Starlette(routes=served, lifespan=lifespan)
-    return Gate(app, settings, verifier)  # type: ignore[return-value]
+    return Gate(Starlette(routes=served, lifespan=lifespan), settings, verifier)
 
 
 def serve_http(settings: Settings) -> None:
