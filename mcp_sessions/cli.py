@@ -187,6 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     level = logging.getLevelName(settings.log_level.upper())
     if not isinstance(level, int):
         fail(f"invalid configuration: log level {settings.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    if settings.price_file is not None:
+        from .agents.pricing import PriceTable
+
+        try:
+            PriceTable.load(settings.price_file)
+        except ValueError as e:
+            fail(f"invalid configuration: {e}")
     logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve" and args.http:
         serve_http(settings)

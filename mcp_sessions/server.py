@@ -53,7 +53,9 @@ from .settings import Settings
 
 INSTRUCTIONS = """\
 Run work in isolated agent sessions. A session is a sandbox with a persistent shell (the `shell` agent runs \
-each message as a bash script; cd, exported variables and functions carry over between messages).
+each message as a bash script; cd, exported variables and functions carry over between messages). \
+create_session(agent="llm") gives a coding agent instead: each message is a task that a model carries out \
+with bash and file tools in the sandbox; the reply is its answer, with token usage and cost.
 
 Typical flow: create_session -> send_message (waits up to wait_s; if the turn is still running you get \
 status "busy" and the output so far) -> get_session(wait_s=30, events_after=<cursor>) until the turn ends -> \

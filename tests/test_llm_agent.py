@@ -16,7 +16,7 @@ from mcp_sessions.agents.pricing import PriceTable
 from mcp_sessions.app import server_id
 from mcp_sessions.agents.providers.common import ModelRequest, ProviderError, TokenUsage
 from mcp_sessions.agents.providers.sampling import SamplingProvider
-from mcp_sessions.cli import build_parser
+from mcp_sessions.cli import build_parser, main
 from mcp_sessions.models import Message, TextBlock
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
@@ -491,3 +491,12 @@ async def test_a_client_gone_mid_turn_fails_sampling_with_a_sentence() -> None:
     request = ModelRequest(model=None, system="", messages=[Message(role="user", content=[TextBlock(text="hi")], turn=1)], tools=[])
     with pytest.raises(ProviderError, match="the client that sent the message disconnected"):
         await SamplingProvider(Gone()).complete(request, on_text=lambda _: anyio.sleep(0))
+
+
+def test_an_unreadable_price_file_stops_the_command_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "prices.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit) as stopped:
+        main(["--home", str(tmp_path / "home"), "--price-file", str(bad), "ls"])
+    assert stopped.value.code == 1
+    assert f"invalid configuration: cannot read the price file {bad}" in capsys.readouterr().err
