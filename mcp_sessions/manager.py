@@ -978,6 +978,7 @@ class SessionManager:
     async def close(self, session_id: str, delete: bool = False, owner: str | None = None) -> CloseReply:
         record = await self._record(session_id, owner)
         s = record.session
+        self._samplers.pop(session_id, None)
         dropped = len(record.queue)
         if dropped:
 

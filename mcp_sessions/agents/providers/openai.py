@@ -68,7 +68,7 @@ class OpenAIProvider:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._key = api_key
         self._retries, self._backoff_s = retries, backoff_s
-        self._who = f"the OpenAI-compatible API"
+        self._who = "the OpenAI-compatible API"
 
     async def complete(self, request: ModelRequest, on_text: TextCallback) -> ModelReply:
         try:
