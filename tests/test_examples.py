@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from mcp_sessions.app import server_id
 from mcp_sessions.settings import Settings
 
 from .docker_support import docker_engine, remove_labelled  # noqa: F401
+from .fake_llm import FakeLLM, Reply, ToolCall
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -89,3 +91,52 @@ async def test_each_client_config_starts_a_server_that_lists_the_tools(
     async with Client(params, mode="legacy") as client:
         names = {t.name for t in (await client.list_tools()).tools}
     assert names == {"create_session", "send_message", "get_session", "list_sessions", "interrupt", "close_session"}
+
+
+def run_delegate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY")}
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / "delegate_to_llm.py"), *args],
+        env={**clean, **env}, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_the_llm_example_says_what_to_set_without_a_provider() -> None:
+    proc = run_delegate({})
+    assert proc.returncode == 0
+    assert "No model provider is configured" in proc.stdout and "OPENAI_API_KEY" in proc.stdout
+
+
+def test_the_llm_example_fixes_the_bug_with_the_test_model_server(tmp_path: Path) -> None:
+    fixed_order = "    if n % 15 == 0:\n        return 'FizzBuzz'\n    if n % 3 == 0:"
+    with FakeLLM() as llm:
+        llm.script(
+            Reply(text="Running the tests first.", tool_calls=[ToolCall("bash", {"command": "python3 -m unittest -q"})]),
+            Reply(
+                tool_calls=[
+                    ToolCall(
+                        "edit_file",
+                        {
+                            "path": "fizzbuzz.py",
+                            "old_text": "    if n % 3 == 0:",
+                            "new_text": fixed_order,
+                        },
+                    )
+                ]
+            ),
+            Reply(tool_calls=[ToolCall("bash", {"command": "python3 -m unittest -q 2>&1; echo rc=$?"})]),
+            Reply(text="Fixed: 15 is checked before 3 and 5, and the tests pass."),
+        )
+        proc = run_delegate(
+            {"OPENAI_BASE_URL": llm.openai_base_url, "OPENAI_API_KEY": "sk-test-secret"},
+            "--model", "gpt-4o-mini", "--home", str(tmp_path / "home"),
+        )
+        assert proc.returncode == 0, proc.stderr
+        sent = json.dumps([r.body for r in llm.requests])
+    out = proc.stdout
+    assert "return 'FizzBuzz'\n    if n % 3 == 0:" in out.split("== fizzbuzz.py after the turn")[1]
+    assert "rc=0" in out and "Fixed: 15 is checked" in out
+    cost = float(out.split("cost $")[1].split()[0])
+    assert cost == pytest.approx(4 * (100 * 0.15 + 20 * 0.6) / 1e6)  # four calls at gpt-4o-mini's listed price
+    assert "(gpt-4o-mini: $" in out
+    assert "sk-test-secret" not in out + proc.stderr and "sk-test-secret" not in sent
