@@ -39,7 +39,7 @@ import anyio
 from mcp_sessions.app import open_manager
 from mcp_sessions.models import Session, SessionRecord, SessionSummary, TextBlock, TurnSummary
 from mcp_sessions.settings import Settings
-from mcp_sessions.store import Store, stamp
+from mcp_sessions.store import Store
 
 SECTION = "## list_sessions: a status filter and the first page"
 TARGETS = {"server": 5.0, "stdio": 15.0}

@@ -406,10 +406,12 @@ class SessionManager:
         except TimeoutError:
             await self._update(sid, lambda r: self._fail(r, "creating timeout"))
         except (SandboxError, OSError) as e:
-            await self._update(sid, lambda r: self._fail(r, str(e)))
+            reason = str(e)
+            await self._update(sid, lambda r: self._fail(r, reason))
         except Exception as e:
             log.exception("creating %s failed", sid)
-            await self._update(sid, lambda r: self._fail(r, f"internal error while creating: {e}"))
+            reason = f"internal error while creating: {e}"
+            await self._update(sid, lambda r: self._fail(r, reason))
         finally:
             done.set()
 

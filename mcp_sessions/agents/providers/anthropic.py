@@ -14,17 +14,14 @@ import httpx
 
 from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from .common import (
+    StreamingHTTPProvider,
     ModelReply,
     ModelRequest,
     ProviderError,
     TextCallback,
     TokenUsage,
-    connect_error,
-    http_error,
     parse_arguments,
-    redact,
     sse_events,
-    with_retries,
 )
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -53,30 +50,13 @@ def to_wire(messages: list[Message]) -> list[dict[str, Any]]:
     return wire
 
 
-class AnthropicProvider:
+class AnthropicProvider(StreamingHTTPProvider):
     name = "anthropic"
+    who = "the Anthropic API"
+    key_var = "ANTHROPIC_API_KEY"
+    default_base_url = DEFAULT_BASE_URL
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        retries: int = 2,
-        backoff_s: float = 1.0,
-    ) -> None:
-        self._client = client
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._key = api_key
-        self._retries, self._backoff_s = retries, backoff_s
-        self._who = "the Anthropic API"
-
-    async def complete(self, request: ModelRequest, on_text: TextCallback) -> ModelReply:
-        try:
-            return await with_retries(lambda: self._once(request, on_text), self._retries, self._backoff_s)
-        except ProviderError as e:
-            raise ProviderError(redact(str(e), [self._key])) from None
-
-    async def _once(self, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+    def _request(self, request: ModelRequest) -> tuple[str, dict[str, Any], dict[str, str]]:
         body: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
@@ -91,13 +71,7 @@ class AnthropicProvider:
         if self._key:
             headers["x-api-key"] = self._key
         url = f"{self.base_url}/v1/messages"
-        try:
-            async with self._client.stream("POST", url, json=body, headers=headers) as response:
-                if response.status_code >= 300:
-                    raise http_error(response.status_code, await response.aread(), response.headers, self._who, "ANTHROPIC_API_KEY")
-                return await self._read(response, request, on_text)
-        except httpx.TransportError as e:
-            raise connect_error(e, self._who, self.base_url) from None
+        return url, body, headers
 
     async def _read(self, response: httpx.Response, request: ModelRequest, on_text: TextCallback) -> ModelReply:
         blocks: dict[int, dict[str, Any]] = {}
@@ -108,7 +82,7 @@ class AnthropicProvider:
             try:
                 event = json.loads(data)
             except ValueError:
-                raise ProviderError(f"{self._who} sent a stream event that is not JSON: {data[:200]!r}.") from None
+                raise ProviderError(f"{self.who} sent a stream event that is not JSON: {data[:200]!r}.") from None
             kind = event.get("type")
             if kind == "message_start":
                 message = event.get("message") or {}
@@ -155,7 +129,7 @@ class AnthropicProvider:
             elif kind == "error":
                 err = event.get("error") or {}
                 retryable = err.get("type") in ("overloaded_error", "api_error", "rate_limit_error")
-                raise ProviderError(f"{self._who} failed mid-answer ({err.get('type')}: {err.get('message')}).", retryable=retryable)
+                raise ProviderError(f"{self.who} failed mid-answer ({err.get('type')}: {err.get('message')}).", retryable=retryable)
         content: list[TextBlock | ToolUseBlock] = []
         for index in sorted(blocks):
             b = blocks[index]

@@ -166,3 +166,51 @@ def parse_arguments(text: str) -> dict[str, Any]:
     except ValueError:
         return {"__invalid_json__": text[:2000]}
     return value if isinstance(value, dict) else {"__invalid_json__": text[:2000]}
+
+
+class StreamingHTTPProvider:
+    """A model API reached over HTTP with a streamed answer. Retries, key redaction and transport errors
+    live here; a subclass says how to ask (`_request`) and how to read the stream (`_read`)."""
+
+    name: str
+    who: str
+    """How errors name the API, e.g. "the Anthropic API"."""
+    key_var: str
+    """The environment variable that holds the key, named in authentication errors."""
+    default_base_url: str
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        retries: int = 2,
+        backoff_s: float = 1.0,
+    ) -> None:
+        self._client = client
+        self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self._key = api_key
+        self._retries, self._backoff_s = retries, backoff_s
+
+    async def complete(self, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+        try:
+            return await with_retries(lambda: self._once(request, on_text), self._retries, self._backoff_s)
+        except ProviderError as e:
+            raise ProviderError(redact(str(e), [self._key])) from None
+
+    async def _once(self, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+        url, body, headers = self._request(request)
+        try:
+            async with self._client.stream("POST", url, json=body, headers=headers) as response:
+                if response.status_code >= 300:
+                    raise http_error(response.status_code, await response.aread(), response.headers, self.who, self.key_var)
+                return await self._read(response, request, on_text)
+        except httpx.TransportError as e:
+            raise connect_error(e, self.who, self.base_url) from None
+
+    def _request(self, request: ModelRequest) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """The URL, JSON body and headers of one streamed call."""
+        raise NotImplementedError
+
+    async def _read(self, response: httpx.Response, request: ModelRequest, on_text: TextCallback) -> ModelReply:
+        raise NotImplementedError
