@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sandbox_backends import registry
-from sandbox_backends.base import Driver, Limits
+from sandbox_backends.base import Driver, Limits, SandboxError
+from sandbox_backends.remote import load_remotes
 
 from .agents.base import Agent
 from .agents.llm import LlmAgent
+from .agents.remote import RemoteAgent
 from .agents.shell import ShellAgent
 from .manager import SessionManager
 from .settings import Settings
@@ -42,13 +44,18 @@ def make_driver_factory(settings: Settings) -> Callable[[str], Driver]:
                     tmp_mb=settings.max_tmp_mb,
                 ),
             )
+        if name == "remote":
+            try:
+                return cls(load_remotes(settings.remotes, settings.remotes_file))
+            except (ValueError, OSError) as e:
+                raise SandboxError(f"The remotes configuration is invalid: {e}") from None
         return cls()
 
     return make
 
 
 def agents(settings: Settings) -> dict[str, Agent]:
-    return {"shell": ShellAgent(), "llm": LlmAgent(settings)}
+    return {"shell": ShellAgent(), "llm": LlmAgent(settings), "remote": RemoteAgent()}
 
 
 @asynccontextmanager

@@ -58,6 +58,7 @@ FLAGS = [
     ("--host", "host", str, "address serve --http listens on (default 127.0.0.1; others need tokens)"),
     ("--port", "port", int, "port serve --http listens on (default 8765)"),
     ("--tokens-file", "tokens_file", str, "HTTP bearer tokens, one owner:token a line (also MCP_SESSIONS_TOKENS)"),
+    ("--remotes-file", "remotes_file", str, "remote platforms for driver=remote: JSON (or .toml) name -> {url, dialect, token_env} (also MCP_SESSIONS_REMOTES, a JSON object)"),
     ("--max-request-bytes", "max_request_bytes", int, "largest HTTP request body, else 413 (default 10000000)"),
     ("--max-sessions-per-owner", "max_sessions_per_owner", int, "live sessions per token owner; 0 = no limit (default 20)"),
     ("--rate-limit", "rate_limit_per_s", float, "HTTP requests a second per owner, bursts of twice that; 0 = off (default 20)"),

@@ -84,6 +84,7 @@ class CreateBody(BaseModel):
     max_steps: int | None = Field(None, ge=1, le=1000, description="llm agent: most model calls per turn.")
     max_turn_tokens: int | None = Field(None, ge=1, description="llm agent: stop a turn once it has used this many tokens.")
     max_turn_cost_usd: float | None = Field(None, gt=0, description="llm agent: stop a turn once it has cost this much.")
+    remote: str | None = Field(None, max_length=100, description="driver 'remote': the name of a configured remote platform.")
 
 
 class MessageBody(BaseModel):

@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 
 from sandbox_backends.base import Driver, Limits, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
 from sandbox_backends.output import OutputBuffer
+from sandbox_backends.remote import REMOTE_LABEL
 
 from . import leases
 from .agents.base import Agent, TurnContext, TurnOutcome
@@ -77,7 +78,7 @@ class _Orphaned(Exception):
     """Raised inside a store update that found a session held by a dead server; nothing is written."""
 
 
-AGENT_OPTIONS = ("provider", "system_prompt", "max_steps", "max_turn_tokens", "max_turn_cost_usd")
+AGENT_OPTIONS = ("provider", "system_prompt", "max_steps", "max_turn_tokens", "max_turn_cost_usd", "remote")
 """create_session arguments that configure the agent rather than the session."""
 
 
@@ -191,7 +192,8 @@ class SessionManager:
             image=s.image,
             env=record.env,
             limits=Limits(**record.limits),
-            labels={"mcp-sessions.session": s.id},
+            labels={"mcp-sessions.session": s.id}
+            | ({REMOTE_LABEL: record.agent_options["remote"]} if record.agent_options.get("remote") else {}),
         )
 
     async def _sandbox(self, record: SessionRecord) -> Sandbox:
@@ -307,7 +309,9 @@ class SessionManager:
     async def create(self, request: CreateRequest, wait_s: float = 30.0) -> Session:
         settings = self.settings
         driver = request.driver or settings.driver
-        agent = request.agent or settings.agent
+        agent = request.agent or ("remote" if driver == "remote" else settings.agent)
+        if (driver == "remote") != (agent == "remote"):
+            raise InvalidInput("A remote session runs the remote platform's own agent: use driver='remote' with agent='remote' (the default there) and remote=NAME.")
         if driver not in self._known_drivers:
             raise InvalidInput(f"Unknown driver '{driver}'. Use one of: {', '.join(self._known_drivers)}.")
         if agent not in self._agents:

@@ -208,7 +208,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
     async def create_session(
         ctx: Context,
         title: Annotated[str | None, Field(max_length=200, description="A short human title.")] = None,
-        driver: Annotated[str | None, Field(description="Sandbox driver: 'local' or 'docker'. Default: the server's.")] = None,
+        driver: Annotated[str | None, Field(description="Sandbox driver: 'local', 'docker', or 'remote' (with remote=NAME). Default: the server's.")] = None,
         agent: Annotated[str | None, Field(description="Agent that answers messages. 'shell' runs each message as bash; 'llm' is a coding agent (a model using bash and file tools in the sandbox).")] = None,
         image: Annotated[str | None, Field(max_length=300, description="Container image (docker driver only).")] = None,
         tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=20, description="Labels for filtering in list_sessions.")] = [],
@@ -225,6 +225,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         max_steps: Annotated[int | None, Field(ge=1, le=1000, description="llm agent: most model calls per turn (default: the server's, 50).")] = None,
         max_turn_tokens: Annotated[int | None, Field(ge=1, description="llm agent: stop a turn once it has used this many tokens.")] = None,
         max_turn_cost_usd: Annotated[float | None, Field(gt=0, description="llm agent: stop a turn once it has cost this much.")] = None,
+        remote: Annotated[str | None, Field(max_length=100, description="driver='remote': the name of a configured remote platform whose own agent answers.")] = None,
     ) -> Session:
         """Create a new session: a sandbox with a persistent bash shell, ready for send_message.
 
@@ -251,6 +252,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
             max_steps=max_steps,
             max_turn_tokens=max_turn_tokens,
             max_turn_cost_usd=max_turn_cost_usd,
+            remote=remote,
         )
         return await _manager(ctx).create(request, wait_s=wait_s)
 

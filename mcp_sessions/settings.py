@@ -59,6 +59,8 @@ class Settings(BaseModel):
     tokens: SecretStr | None = Field(None, description="Bearer tokens for HTTP, `owner:token` pairs separated by commas.")
     max_request_bytes: int = Field(10_000_000, ge=1024, description="Largest HTTP request body; larger ones get 413.")
     max_sessions_per_owner: int = Field(20, ge=0, description="Live sessions one token's owner may have at once (0 = no limit).")
+    remotes_file: Path | None = Field(None, description="Remote platforms for driver='remote': JSON (or .toml) name -> {url, dialect, token_env}.")
+    remotes: str | None = Field(None, description="Remote platforms as a JSON object, like the remotes file; wins per name.")
     rate_limit_per_s: float = Field(20.0, ge=0, description="HTTP requests per second per owner, bursts of twice that (0 = off).")
 
     @classmethod

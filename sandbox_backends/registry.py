@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 BUILTIN = {
     "local": "sandbox_backends.local:LocalDriver",
     "docker": "sandbox_backends.docker:DockerDriver",
+    "remote": "sandbox_backends.remote:RemoteDriver",
 }
 ENTRY_POINT_GROUP = "mcp_sessions.drivers"
 

@@ -1,0 +1,79 @@
+"""The `remote` agent: a remote platform's own agent. It forwards each message to the remote session (the
+session's sandbox, made by the `remote` driver) and maps what the remote reports into this server's events,
+reply, transcript and usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from pydantic import TypeAdapter, ValidationError
+
+from sandbox_backends.base import SandboxError
+
+from ..models import ContentBlock, Message, TextBlock, Usage
+from .base import TurnContext, TurnOutcome
+
+_blocks = TypeAdapter(list[ContentBlock])
+
+
+def _content(raw: Any) -> list[ContentBlock]:
+    try:
+        return _blocks.validate_python(raw or [])
+    except ValidationError:
+        return [TextBlock(text=str(raw))]
+
+
+class RemoteAgent:
+    name = "remote"
+
+    def prepare(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        if not options.get("remote"):
+            raise ValueError("The remote agent needs `remote`: the name of a configured remote platform.")
+        return model, options
+
+    async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
+        send = getattr(ctx.sandbox, "send", None)
+        if send is None:
+            raise SandboxError("The remote agent works only with driver='remote'; this sandbox cannot answer messages.")
+        turn = ctx.session.turns
+        try:
+            async for event in send(text):
+                kind = event["kind"]
+                if kind == "text":
+                    await ctx.emit("text.delta", {"text": event["text"]})
+                elif kind == "output":
+                    await ctx.output(event["text"].encode())
+                elif kind in ("tool.started", "tool.completed"):
+                    await ctx.emit(kind, event["data"])
+                elif kind == "end":
+                    usage = Usage.model_validate(event.get("usage") or {})
+                    messages = [
+                        Message(role=m["role"], content=_content(m["content"]), turn=turn)
+                        for m in event.get("messages") or []
+                        if m.get("role") in ("assistant", "tool", "system")
+                    ]
+                    content = _content(event.get("content"))
+                    output = event.get("output") or "".join(b.text for b in content if isinstance(b, TextBlock))
+                    status = event["status"] if event["status"] in ("completed", "failed", "interrupted") else "failed"
+                    reason = event.get("reason")
+                    if status != "completed" and reason:
+                        reason = f"on the remote: {reason}"
+                    return TurnOutcome(
+                        status=status,
+                        content=content,
+                        exit_code=event.get("exit_code"),
+                        output=output,
+                        output_bytes=len(output.encode()),
+                        reason=reason,
+                        usage=usage,
+                        messages=messages or None,
+                    )
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):  # stop the remote turn too
+                try:
+                    await ctx.sandbox.interrupt()
+                except SandboxError:
+                    pass
+            raise
+        raise SandboxError("the remote's event stream ended without the end of the turn")

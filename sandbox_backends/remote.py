@@ -1,0 +1,412 @@
+"""The `remote` driver: a session on another platform, reached over its HTTP API.
+
+A remote platform runs both the brain and the hands, so a remote "sandbox" is the remote session itself.
+It runs no commands of ours (`exec`, files: a clear error naming the platform); instead it answers
+messages: `send(text)` starts a turn on the remote and yields what happens there as plain dicts, which
+the `remote` agent turns into this server's events, reply and usage.
+
+Remotes are configured by name (see `parse_remotes`); a sandbox id is `<remote name>/<remote session id>`,
+so a restarted server re-attaches without any other state. Each platform's wire format is a *dialect*;
+`mcp-sessions` (this project's own REST + SSE API) is the one implemented here.
+
+Network faults: connect and read time-outs are bounded; idempotent calls and the event stream are retried
+with backoff while the remote restarts (up to `reconnect_s`); the stream resumes after the last event seen
+(`Last-Event-ID`), so nothing is lost or repeated; a remote session that is gone raises `SandboxNotFound`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx
+
+from .base import ExecResult, FailureCallback, OutputCallback, PhaseCallback, SandboxError, SandboxNotFound, SandboxSpec
+
+REMOTE_LABEL = "mcp-sessions.remote"
+"""The SandboxSpec label that names which configured remote a new session goes to."""
+DIALECTS = ("mcp-sessions",)
+WATCH_INTERVAL_S = 5.0
+API = "/api/v1"
+
+RemoteEvent = dict[str, Any]
+"""What `RemoteSandbox.send` yields, in this server's vocabulary:
+- `{"kind": "text", "text"}`: assistant text as it is written;
+- `{"kind": "tool.started" | "tool.completed", "data": {...}}`: a tool call on the remote;
+- `{"kind": "output", "text"}`: output of a running tool;
+- `{"kind": "end", "status": completed|failed|interrupted, "reason", "content": [blocks], "output",
+  "exit_code", "usage": {...}, "messages": [{"role", "content"}]}`: the turn is over (always last)."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One configured remote platform."""
+
+    name: str
+    url: str
+    dialect: str = "mcp-sessions"
+    token_env: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra fields for the remote's create call, e.g. {"agent": "llm", "driver": "docker"}."""
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    reconnect_s: float = 120.0
+    """How long to keep retrying an unreachable remote (a restart) before giving up."""
+
+    @property
+    def label(self) -> str:
+        return f"remote '{self.name}' ({self.dialect} at {self.url})"
+
+    def token(self) -> str | None:
+        if not self.token_env:
+            return None
+        value = os.environ.get(self.token_env)
+        if not value:
+            raise SandboxError(f"{self.label}: the token variable {self.token_env} is not set in the server's environment.")
+        return value
+
+
+def parse_remotes(data: Any) -> dict[str, Remote]:
+    """Remotes from a JSON object: `{"name": {"url", "dialect", "token_env", "options", ...}}`.
+    Raises ValueError with a sentence naming the bad entry."""
+    if not isinstance(data, dict):
+        raise ValueError("the remotes configuration must be an object: name -> {url, dialect, token_env}")
+    remotes = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            raise ValueError(f"remote '{name}' needs at least a \"url\" (a string)")
+        unknown = set(entry) - {"url", "dialect", "token_env", "options", "connect_timeout_s", "read_timeout_s", "reconnect_s"}
+        if unknown:
+            raise ValueError(f"remote '{name}' has unknown fields: {', '.join(sorted(unknown))}")
+        dialect = entry.get("dialect", "mcp-sessions")
+        if dialect not in DIALECTS:
+            raise ValueError(f"remote '{name}': unknown dialect '{dialect}'; known: {', '.join(DIALECTS)}")
+        remotes[name] = Remote(name=name, **{**entry, "url": entry["url"].rstrip("/"), "dialect": dialect})
+    return remotes
+
+
+def load_remotes(text: str | None = None, path: str | os.PathLike[str] | None = None) -> dict[str, Remote]:
+    """Remotes from a JSON file (`.toml` files are read as TOML) and/or a JSON string; the string wins per name."""
+    found: dict[str, Remote] = {}
+    if path is not None:
+        raw = open(path, "rb").read()
+        if str(path).endswith(".toml"):
+            import tomllib
+
+            data = tomllib.loads(raw.decode())
+            data = data.get("remotes", data)
+        else:
+            data = json.loads(raw)
+        found.update(parse_remotes(data))
+    if text:
+        found.update(parse_remotes(json.loads(text)))
+    return found
+
+
+class _Unreachable(Exception):
+    pass
+
+
+class McpSessionsClient:
+    """The `mcp-sessions` dialect: this project's REST API at /api/v1, SSE at .../stream."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        headers = {}
+        token = remote.token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.AsyncClient(
+            base_url=remote.url,
+            headers=headers,
+            timeout=httpx.Timeout(remote.read_timeout_s, connect=remote.connect_timeout_s),
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def _error(self, response: httpx.Response, rid: str | None) -> SandboxError:
+        try:
+            info = response.json()["error"]
+            code, message = info.get("code", ""), info.get("message", "")
+        except Exception:
+            code, message = "", response.text[:300]
+        where = self.remote.label
+        if response.status_code == 404 and rid is not None:
+            return SandboxNotFound(f"the session {rid} on {where} is gone")
+        if response.status_code in (401, 403):
+            hint = f" (set {self.remote.token_env})" if self.remote.token_env else " (configure token_env)"
+            return SandboxError(f"{where} refused the credentials{hint}: {message}")
+        return SandboxError(f"{where} answered {response.status_code} {code}: {message}")
+
+    async def request(self, method: str, path: str, *, rid: str | None = None, retry: bool = True, **kw: Any) -> Any:
+        """One call; transport errors and 502/503/504 are retried with backoff for `reconnect_s` when
+        `retry` (idempotent calls); otherwise only a refused connection (nothing was sent) is retried."""
+        deadline = time.monotonic() + self.remote.reconnect_s
+        delay = 0.25
+        while True:
+            try:
+                response = await self.http.request(method, path, **kw)
+                if response.status_code in (502, 503, 504) and retry:
+                    raise _Unreachable(f"{response.status_code}")
+            except (httpx.TransportError, _Unreachable) as e:
+                sent = not isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
+                if (sent and not retry) or time.monotonic() + delay > deadline:
+                    raise SandboxError(f"{self.remote.label} is unreachable: {type(e).__name__} {e}".rstrip()) from e
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if response.status_code >= 400:
+                raise self._error(response, rid)
+            return response.json()
+
+    async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None) -> str:
+        body: dict[str, Any] = {**self.remote.options, "metadata": {"caller_session": spec.name}}
+        if spec.env:
+            body["env"] = spec.env
+        if spec.image:
+            body["image"] = spec.image
+        session = await self.request("POST", f"{API}/sessions", params={"wait_s": 30}, json=body, retry=False)
+        rid = session["id"]
+        deadline = time.monotonic() + 600
+        while session["status"] == "creating" and time.monotonic() < deadline:
+            if on_phase is not None:
+                await on_phase(session.get("phase") or "creating_sandbox", f"{self.remote.name}: {rid}")
+            session = (await self.request("GET", f"{API}/sessions/{rid}", rid=rid, params={"wait_s": 30}))["session"]
+        if session["status"] != "ready":
+            raise SandboxError(
+                f"{self.remote.label} could not start session {rid}: "
+                f"{session.get('failure_reason') or 'status ' + session['status']}"
+            )
+        return rid
+
+    async def get(self, rid: str) -> dict[str, Any]:
+        return await self.request("GET", f"{API}/sessions/{rid}", rid=rid)
+
+    async def state(self, rid: str) -> str | None:
+        """None while the remote session is usable, else why it is not."""
+        s = (await self.get(rid))["session"]
+        if s["status"] == "failed":
+            return f"the session on {self.remote.label} failed: {s.get('failure_reason')}"
+        if s["status"] == "dead":
+            return f"the session on {self.remote.label} was closed ({s.get('close_reason')})"
+        return None
+
+    async def events(self, rid: str, after: int) -> AsyncIterator[dict[str, Any]]:
+        """The remote session's events after `after`, live, reconnecting with backoff through drops and
+        restarts and resuming with Last-Event-ID. Ends when the remote session has ended."""
+        delay = 0.25
+        failed_since: float | None = None
+        while True:
+            try:
+                async with self.http.stream(
+                    "GET", f"{API}/sessions/{rid}/stream", headers={"Last-Event-ID": str(after)}
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        if response.status_code not in (502, 503, 504):
+                            raise self._error(response, rid)
+                        raise _Unreachable(str(response.status_code))
+                    failed_since, delay = None, 0.25
+                    data: list[str] = []
+                    async for line in response.aiter_lines():
+                        if line == "":
+                            if data:
+                                event = json.loads("\n".join(data))
+                                after = max(after, int(event["seq"]))
+                                yield event
+                            data = []
+                        elif line.startswith("data:"):
+                            data.append(line[5:].removeprefix(" "))
+                # a clean end: the remote session ended, or the remote is shutting down
+                why = await self.state(rid)
+                if why is not None:
+                    raise SandboxNotFound(why)
+            except (httpx.TransportError, _Unreachable) as e:
+                now = time.monotonic()
+                failed_since = failed_since or now
+                if now - failed_since > self.remote.reconnect_s:
+                    raise SandboxError(
+                        f"lost the event stream of {self.remote.label} for over {self.remote.reconnect_s:g} s: {e}"
+                    ) from e
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def send(self, rid: str, text: str) -> AsyncIterator[RemoteEvent]:
+        cursor = (await self.get(rid))["events_cursor"]
+        reply = await self.request(
+            "POST", f"{API}/sessions/{rid}/messages", rid=rid, params={"wait_s": 0}, json={"text": text, "queue": False}, retry=False
+        )
+        turn = reply["turn"]
+        async for event in self.events(rid, cursor):
+            kind, data = event["type"], event.get("data") or {}
+            if kind == "text.delta":
+                yield {"kind": "text", "text": data.get("text", "")}
+            elif kind == "tool.output":
+                yield {"kind": "output", "text": data.get("text", "")}
+            elif kind in ("tool.started", "tool.completed"):
+                yield {"kind": kind, "data": data}
+            elif kind in ("session.failed", "session.closed"):
+                raise SandboxNotFound(await self.state(rid) or f"the session on {self.remote.label} ended")
+            elif kind.startswith("turn.") and kind != "turn.started" and kind != "turn.queued" and data.get("turn") == turn:
+                view = await self.get(rid)
+                last = view["session"].get("last_turn") or {}
+                yield {
+                    "kind": "end",
+                    "status": kind.removeprefix("turn."),
+                    "reason": data.get("reason"),
+                    "content": view["session"].get("last_response") or [],
+                    "output": last.get("output", "") if last.get("turn") == turn else "",
+                    "exit_code": data.get("exit_code"),
+                    "usage": data.get("usage") or {},
+                    "messages": [
+                        {"role": m["role"], "content": m["content"]}
+                        for m in view.get("messages", [])
+                        if m.get("turn") == turn and m["role"] != "user"
+                    ],
+                }
+                return
+        raise SandboxNotFound(f"the session on {self.remote.label} ended during the turn")
+
+    async def interrupt(self, rid: str) -> bool:
+        return bool((await self.request("POST", f"{API}/sessions/{rid}/interrupt", rid=rid)).get("interrupted"))
+
+    async def close(self, rid: str, delete: bool) -> None:
+        await self.request("POST", f"{API}/sessions/{rid}/close", rid=rid, params={"delete": str(delete).lower()})
+
+
+class RemoteSandbox:
+    """A session on a remote platform, standing in for a sandbox."""
+
+    def __init__(self, client: McpSessionsClient, rid: str) -> None:
+        self._client = client
+        self.remote_id = rid
+        self.closed = False
+
+    @property
+    def id(self) -> str:
+        return f"{self._client.remote.name}/{self.remote_id}"
+
+    @property
+    def workspace(self) -> str:
+        return f"{self._client.remote.url}/sessions/{self.remote_id}"
+
+    def describe(self) -> dict[str, object]:
+        r = self._client.remote
+        return {"remote": r.name, "dialect": r.dialect, "url": r.url, "remote_session_id": self.remote_id}
+
+    def _unsupported(self, what: str) -> SandboxError:
+        return SandboxError(
+            f"{what} is not supported by remote sandboxes: {self._client.remote.label} runs its own agent; "
+            "send messages instead."
+        )
+
+    async def exec(
+        self, script: str, *, timeout_s: float | None = None, on_output: OutputCallback | None = None, max_output_bytes: int = 65536
+    ) -> ExecResult:
+        raise self._unsupported("Running commands directly")
+
+    def send(self, text: str) -> AsyncIterator[RemoteEvent]:
+        """Start a turn on the remote with `text` and yield its events; the last is `{"kind": "end"}`."""
+        return self._client.send(self.remote_id, text)
+
+    async def interrupt(self) -> bool:
+        return await self._client.interrupt(self.remote_id)
+
+    async def take_over(self) -> ExecResult | None:
+        try:
+            await self.interrupt()
+        except SandboxError:
+            pass
+        return None
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes:
+        raise self._unsupported("Reading workspace files")
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        raise self._unsupported("Writing workspace files")
+
+    async def close(self, *, delete: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True  # first, so the driver's watch does not report the close as a failure
+        try:
+            await self._client.close(self.remote_id, delete)
+        except SandboxNotFound:
+            pass
+        except BaseException:
+            self.closed = False
+            raise
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class RemoteDriver:
+    """Sessions on configured remote platforms. `SandboxSpec.labels[REMOTE_LABEL]` names the remote."""
+
+    name = "remote"
+
+    def __init__(self, remotes: dict[str, Remote] | None = None) -> None:
+        self.remotes = remotes or {}
+        self._clients: dict[str, McpSessionsClient] = {}
+        self._live: dict[str, RemoteSandbox] = {}
+        """Sandbox name (our session id) -> sandbox, for the watch."""
+
+    def _client(self, name: str | None) -> McpSessionsClient:
+        remote = self.remotes.get(name or "")
+        if remote is None:
+            known = ", ".join(sorted(self.remotes)) or "none are configured (--remotes-file or MCP_SESSIONS_REMOTES)"
+            raise SandboxError(f"Unknown remote '{name}'. Known remotes: {known}.")
+        if name not in self._clients:
+            self._clients[remote.name] = McpSessionsClient(remote)
+        return self._clients[remote.name]
+
+    async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> RemoteSandbox:
+        client = self._client(spec.labels.get(REMOTE_LABEL))
+        if on_phase is not None:
+            await on_phase("creating_sandbox", f"asking {client.remote.label}")
+        sandbox = RemoteSandbox(client, await client.create(spec, on_phase))
+        self._live[spec.name] = sandbox
+        return sandbox
+
+    async def attach(self, sandbox_id: str, spec: SandboxSpec) -> RemoteSandbox:
+        name, _, rid = sandbox_id.partition("/")
+        client = self._client(name)
+        sandbox = RemoteSandbox(client, rid)
+        self._live[spec.name] = sandbox
+        return sandbox
+
+    async def watch(self, on_failure: FailureCallback) -> None:
+        """Poll the remote sessions this process knows; report those that failed, closed or vanished."""
+        while True:
+            await anyio.sleep(WATCH_INTERVAL_S)
+            for name, sandbox in list(self._live.items()):
+                if sandbox.closed:
+                    self._live.pop(name, None)
+                    continue
+                try:
+                    why = await sandbox._client.state(sandbox.remote_id)
+                except SandboxNotFound as e:
+                    why = str(e)
+                except SandboxError:
+                    continue  # unreachable for now: the next round tries again
+                if why is not None:
+                    self._live.pop(name, None)
+                    await on_failure(name, why)
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()

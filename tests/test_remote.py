@@ -1,0 +1,190 @@
+"""The remote driver, `mcp-sessions` dialect, end to end: a back server (the real HTTP app, local driver, on
+a loopback port) and a front server (in-memory MCP) whose sessions live on the back one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+from mcp import Client
+
+from mcp_sessions.http import build_app
+from mcp_sessions.server import create_server
+from mcp_sessions.settings import Settings
+from sandbox_backends.remote import load_remotes
+
+from .conftest import call, call_error
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "back-token-0123456789abcdef"
+API = "/api/v1"
+
+
+@asynccontextmanager
+async def back_server(home: Path, port: int = 0) -> AsyncIterator[str]:
+    app = build_app(Settings(home=home, command_timeout_s=120), {TOKEN: "front"})
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        with anyio.fail_after(30):
+            while not server.started:
+                await anyio.sleep(0.02)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{bound}"
+        finally:
+            server.should_exit = True
+
+
+def front_settings(home: Path, url: str, **remote: Any) -> Settings:
+    remotes = {"back": {"url": url, "token_env": "BACK_TOKEN", "reconnect_s": 30, **remote}}
+    return Settings(home=home, remotes=json.dumps(remotes), command_timeout_s=120)
+
+
+async def back_view(url: str, rid: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        r = await c.get(f"{API}/sessions/{rid}")
+        return {"status_code": r.status_code, **r.json()}
+
+
+async def wait_turn(client: Client, sid: str, turn: int) -> dict[str, Any]:
+    with anyio.fail_after(60):
+        while True:
+            got = await call(client, "get_session", session_id=sid, wait_s=20)
+            last = got["session"].get("last_turn") or {}
+            if last.get("turn") == turn and last.get("status") != "running":
+                return got
+
+
+async def test_remote_session_end_to_end_with_a_back_server_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BACK_TOKEN", TOKEN)
+    back_home = tmp_path / "back"
+    async with anyio.create_task_group() as tg:
+        stopped = anyio.Event()
+        restart = anyio.Event()
+        urls: list[str] = []
+
+        async def back(port: int = 0) -> None:
+            async with back_server(back_home, port) as url:
+                urls.append(url)
+                await restart.wait() if port == 0 else await stopped.wait()
+
+        tg.start_soon(back)
+        with anyio.fail_after(30):
+            while not urls:
+                await anyio.sleep(0.02)
+        url = urls[0]
+        port = int(url.rsplit(":", 1)[1])
+
+        async with Client(create_server(front_settings(tmp_path / "front", url))) as client:
+            s = await call(client, "create_session", driver="remote", remote="back", title="delegated")
+            assert s["status"] == "ready", s
+            assert s["driver"] == "remote" and s["agent"] == "remote"
+            assert s["sandbox"]["remote"] == "back" and s["sandbox"]["dialect"] == "mcp-sessions"
+            sid, rid = s["id"], s["sandbox"]["remote_session_id"]
+            assert (await back_view(url, rid))["session"]["status"] == "ready"
+
+            # a long turn, followed through get_session
+            r = await call(client, "send_message", session_id=sid, text="for i in 1 2 3; do echo step $i; sleep 0.4; done", wait_s=0)
+            assert r["turn_status"] in ("running", "completed")
+            got = await wait_turn(client, sid, 1)
+            assert got["session"]["status"] == "ready"
+            assert got["session"]["last_turn"]["status"] == "completed"
+            assert got["session"]["last_turn"]["output"] == "step 1\nstep 2\nstep 3\n"
+            events = await call(client, "get_session", session_id=sid, events_after=0)
+            types = [e["type"] for e in events["events"]]
+            assert "tool.started" in types and "tool.output" in types and "tool.completed" in types
+            assert "".join(e["data"]["text"] for e in events["events"] if e["type"] == "tool.output") == "step 1\nstep 2\nstep 3\n"
+
+            # interrupt stops the remote turn too
+            r = await call(client, "send_message", session_id=sid, text="echo start; sleep 60", wait_s=1)
+            assert r["turn_status"] == "running"
+            stopped_reply = await call(client, "interrupt", session_id=sid)
+            assert stopped_reply["interrupted"] is True
+            with anyio.fail_after(15):
+                while (await back_view(url, rid))["session"]["status"] != "ready":
+                    await anyio.sleep(0.1)
+            r = await call(client, "send_message", session_id=sid, text="echo ok", wait_s=30)
+            assert r["turn_status"] == "completed" and r["output"] == "ok\n"
+
+            # the back server restarts in the middle of a turn: the turn ends, the session goes on
+            r = await call(client, "send_message", session_id=sid, text="echo before; sleep 30", wait_s=1)
+            assert r["turn_status"] == "running"
+            restart.set()
+            tg.start_soon(back, port)
+            got = await wait_turn(client, sid, 4)
+            assert got["session"]["last_turn"]["status"] == "interrupted"
+            assert got["session"]["last_turn"]["reason"] == "on the remote: server stopped"
+            assert got["session"]["status"] == "ready"
+            r = await call(client, "send_message", session_id=sid, text="echo after", wait_s=30)
+            assert r["turn_status"] == "completed" and r["output"] == "after\n", r
+
+            transcript = (await client.read_resource(f"session://{sid}/transcript")).contents[0].text
+            assert "echo after" in transcript and "step 3" in transcript
+
+            closed = await call(client, "close_session", session_id=sid)
+            assert closed["status"] == "dead"
+            assert (await back_view(url, rid))["session"]["status"] == "dead"
+
+            # a remote session that disappears: the local session fails with the reason
+            s = await call(client, "create_session", driver="remote", remote="back")
+            sid, rid = s["id"], s["sandbox"]["remote_session_id"]
+            async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+                assert (await c.post(f"{API}/sessions/{rid}/close", params={"delete": "true"})).status_code == 200
+            r = await call(client, "send_message", session_id=sid, text="echo hi", wait_s=30)
+            assert r["turn_status"] == "failed"
+            got = await call(client, "get_session", session_id=sid)
+            assert got["session"]["status"] == "failed"
+            assert "gone" in got["session"]["failure_reason"] and "back" in got["session"]["failure_reason"]
+
+        stopped.set()
+
+
+async def test_remote_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACK_TOKEN", TOKEN)
+    async with back_server(tmp_path / "back") as url:
+        async with Client(create_server(front_settings(tmp_path / "front", url))) as client:
+            s = await call(client, "create_session", driver="remote", remote="nowhere")
+            assert s["status"] == "failed" and "Unknown remote 'nowhere'" in s["failure_reason"] and "back" in s["failure_reason"]
+
+            text = await call_error(client, "create_session", driver="remote", remote="back", agent="shell")
+            assert "agent='remote'" in text
+            text = await call_error(client, "create_session", driver="remote")
+            assert "remote" in text
+
+            s = await call(client, "create_session", driver="remote", remote="back", files={"a.txt": "x"})
+            assert s["status"] == "failed"
+            assert "not supported by remote sandboxes" in s["failure_reason"] and "mcp-sessions" in s["failure_reason"]
+
+        monkeypatch.setenv("BACK_TOKEN", "wrong-token-0123456789")
+        async with Client(create_server(front_settings(tmp_path / "front2", url))) as client:
+            s = await call(client, "create_session", driver="remote", remote="back")
+            assert s["status"] == "failed" and "refused the credentials" in s["failure_reason"] and "BACK_TOKEN" in s["failure_reason"]
+
+    # nothing listens there any more: a bounded, clear failure
+    async with Client(create_server(front_settings(tmp_path / "front3", url, reconnect_s=1, connect_timeout_s=1))) as client:
+        s = await call(client, "create_session", driver="remote", remote="back")
+        assert s["status"] == "failed" and "unreachable" in s["failure_reason"]
+
+
+def test_remotes_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "remotes.toml"
+    path.write_text('[remotes.a]\nurl = "http://a.example/"\ntoken_env = "A_TOKEN"\n')
+    remotes = load_remotes('{"b": {"url": "http://b.example", "options": {"agent": "llm"}}}', path)
+    assert remotes["a"].url == "http://a.example" and remotes["a"].token_env == "A_TOKEN"
+    assert remotes["b"].options == {"agent": "llm"} and remotes["b"].dialect == "mcp-sessions"
+    with pytest.raises(ValueError, match="unknown dialect"):
+        load_remotes('{"c": {"url": "http://c", "dialect": "carrier-pigeon"}}')
+    with pytest.raises(ValueError, match="url"):
+        load_remotes('{"c": {}}')
