@@ -183,7 +183,8 @@ class Store:
             self._conn.execute("COMMIT")
             return result
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:  # SQLite already rolled back after some errors (a full disk)
+                self._conn.execute("ROLLBACK")
             raise
 
     # -- sessions ---------------------------------------------------------------------------------
