@@ -284,10 +284,12 @@ class McpSessionsClient:
 class RemoteSandbox:
     """A session on a remote platform, standing in for a sandbox."""
 
-    def __init__(self, client: McpSessionsClient, rid: str) -> None:
+    def __init__(self, client: McpSessionsClient, rid: str, name: str = "", on_gone: FailureCallback | None = None) -> None:
         self._client = client
         self.remote_id = rid
         self.closed = False
+        self._name = name
+        self._on_gone = on_gone
 
     @property
     def id(self) -> str:
@@ -312,9 +314,16 @@ class RemoteSandbox:
     ) -> ExecResult:
         raise self._unsupported("Running commands directly")
 
-    def send(self, text: str) -> AsyncIterator[RemoteEvent]:
-        """Start a turn on the remote with `text` and yield its events; the last is `{"kind": "end"}`."""
-        return self._client.send(self.remote_id, text)
+    async def send(self, text: str) -> AsyncIterator[RemoteEvent]:
+        """Start a turn on the remote with `text` and yield its events; the last is `{"kind": "end"}`.
+        A remote session found gone is also reported to the driver's watch, which fails the local session."""
+        try:
+            async for event in self._client.send(self.remote_id, text):
+                yield event
+        except SandboxNotFound as e:
+            if self._on_gone is not None:
+                await self._on_gone(self._name, str(e))
+            raise
 
     async def interrupt(self) -> bool:
         return await self._client.interrupt(self.remote_id)
@@ -363,6 +372,12 @@ class RemoteDriver:
         self._clients: dict[str, McpSessionsClient] = {}
         self._live: dict[str, RemoteSandbox] = {}
         """Sandbox name (our session id) -> sandbox, for the watch."""
+        self._on_failure: FailureCallback | None = None
+
+    async def _gone(self, name: str, reason: str) -> None:
+        self._live.pop(name, None)
+        if self._on_failure is not None:
+            await self._on_failure(name, reason)
 
     def _client(self, name: str | None) -> McpSessionsClient:
         remote = self.remotes.get(name or "")
@@ -377,19 +392,20 @@ class RemoteDriver:
         client = self._client(spec.labels.get(REMOTE_LABEL))
         if on_phase is not None:
             await on_phase("creating_sandbox", f"asking {client.remote.label}")
-        sandbox = RemoteSandbox(client, await client.create(spec, on_phase))
+        sandbox = RemoteSandbox(client, await client.create(spec, on_phase), spec.name, self._gone)
         self._live[spec.name] = sandbox
         return sandbox
 
     async def attach(self, sandbox_id: str, spec: SandboxSpec) -> RemoteSandbox:
         name, _, rid = sandbox_id.partition("/")
         client = self._client(name)
-        sandbox = RemoteSandbox(client, rid)
+        sandbox = RemoteSandbox(client, rid, spec.name, self._gone)
         self._live[spec.name] = sandbox
         return sandbox
 
     async def watch(self, on_failure: FailureCallback) -> None:
         """Poll the remote sessions this process knows; report those that failed, closed or vanished."""
+        self._on_failure = on_failure
         while True:
             await anyio.sleep(WATCH_INTERVAL_S)
             for name, sandbox in list(self._live.items()):
@@ -403,8 +419,7 @@ class RemoteDriver:
                 except SandboxError:
                     continue  # unreachable for now: the next round tries again
                 if why is not None:
-                    self._live.pop(name, None)
-                    await on_failure(name, why)
+                    await self._gone(name, why)
 
     async def aclose(self) -> None:
         for client in self._clients.values():

@@ -35,7 +35,7 @@ class RemoteAgent:
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         send = getattr(ctx.sandbox, "send", None)
         if send is None:
-            raise SandboxError("The remote agent works only with driver='remote'; this sandbox cannot answer messages.")
+            return TurnOutcome(status="failed", content=[], reason="The remote agent works only with driver='remote'; this sandbox cannot answer messages.")
         turn = ctx.session.turns
         try:
             async for event in send(text):
@@ -69,6 +69,8 @@ class RemoteAgent:
                         usage=usage,
                         messages=messages or None,
                     )
+        except SandboxError as e:  # returned, not raised: the turn fails with the reason, the session goes on
+            return TurnOutcome(status="failed", content=[], reason=str(e))  # (a gone remote also failed the session)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):  # stop the remote turn too
                 try:
@@ -76,4 +78,4 @@ class RemoteAgent:
                 except SandboxError:
                     pass
             raise
-        raise SandboxError("the remote's event stream ended without the end of the turn")
+        return TurnOutcome(status="failed", content=[], reason="the remote's event stream ended before the turn did")
