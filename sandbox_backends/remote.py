@@ -7,7 +7,7 @@ the `remote` agent turns into this server's events, reply and usage.
 
 Remotes are configured by name (see `parse_remotes`); a sandbox id is `<remote name>/<remote session id>`,
 so a restarted server re-attaches without any other state. Each platform's wire format is a *dialect*;
-`mcp-sessions` (this project's own REST + SSE API) is the one implemented here.
+implemented here: `mcp-sessions` (this project's own REST + SSE API) and `ciab` (Claude-In-A-Box).
 
 Network faults: connect and read time-outs are bounded; idempotent calls and the event stream are retried
 with backoff while the remote restarts (up to `reconnect_s`); the stream resumes after the last event seen
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -31,7 +31,6 @@ from .base import ExecResult, FailureCallback, OutputCallback, PhaseCallback, Sa
 
 REMOTE_LABEL = "mcp-sessions.remote"
 """The SandboxSpec label that names which configured remote a new session goes to."""
-DIALECTS = ("mcp-sessions",)
 WATCH_INTERVAL_S = 5.0
 API = "/api/v1"
 
@@ -113,8 +112,9 @@ class _Unreachable(Exception):
     pass
 
 
-class McpSessionsClient:
-    """The `mcp-sessions` dialect: this project's REST API at /api/v1, SSE at .../stream."""
+class HttpDialect:
+    """What every dialect shares: an HTTP client with the remote's token and time-outs, calls retried
+    through restarts, error bodies turned into sentences, and an SSE reader that resumes after drops."""
 
     def __init__(self, remote: Remote) -> None:
         self.remote = remote
@@ -167,6 +167,94 @@ class McpSessionsClient:
             return response.json()
 
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None) -> str:
+        """Make a remote session; its id."""
+        raise NotImplementedError
+
+    async def state(self, rid: str) -> str | None:
+        """None while the remote session is usable, else why it is not."""
+        raise NotImplementedError
+
+    def send(self, rid: str, text: str) -> AsyncIterator[RemoteEvent]:
+        raise NotImplementedError
+
+    async def interrupt(self, rid: str) -> bool:
+        raise NotImplementedError
+
+    async def close(self, rid: str, delete: bool) -> None:
+        raise NotImplementedError
+
+    async def frames(
+        self,
+        rid: str,
+        path: str,
+        resume: Callable[[str | None], dict[str, Any]],
+        on_open: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[dict[str, str]]:
+        """SSE frames `{"id", "event", "data"}` of `path`, live, reconnecting with backoff through drops and
+        restarts; `resume(last id seen)` gives the request's headers/params to resume after it. `on_open`
+        runs each time the stream is open. Ends only by raising: SandboxNotFound once the remote session
+        has ended, SandboxError once the remote stayed unreachable for `reconnect_s`."""
+        last: str | None = None
+        delay = 0.25
+        failed_since: float | None = None
+        while True:
+            try:
+                async with self.http.stream("GET", path, **resume(last)) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        if response.status_code not in (502, 503, 504):
+                            raise self._error(response, rid)
+                        raise _Unreachable(str(response.status_code))
+                    failed_since, delay = None, 0.25
+                    if on_open is not None:
+                        await on_open()
+                    frame: dict[str, str] = {}
+                    data: list[str] = []
+                    async for line in response.aiter_lines():
+                        if line == "":
+                            if data:
+                                frame["data"] = "\n".join(data)
+                                if "id" in frame:
+                                    last = frame["id"]
+                                yield frame
+                            frame, data = {}, []
+                        elif line.startswith(":"):
+                            continue
+                        else:
+                            key, _, value = line.partition(":")
+                            value = value.removeprefix(" ")
+                            if key == "data":
+                                data.append(value)
+                            elif key in ("id", "event"):
+                                frame[key] = value
+                # a clean end: the remote session ended, or the remote is shutting down
+                why = await self.state(rid)
+                if why is not None:
+                    raise SandboxNotFound(why)
+            except (httpx.TransportError, _Unreachable) as e:
+                now = time.monotonic()
+                failed_since = failed_since or now
+                if now - failed_since > self.remote.reconnect_s:
+                    raise SandboxError(
+                        f"lost the event stream of {self.remote.label} for over {self.remote.reconnect_s:g} s: {e}"
+                    ) from e
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class McpSessionsClient(HttpDialect):
+    """The `mcp-sessions` dialect: this project's REST API at /api/v1, SSE at .../stream."""
+
+    async def events(self, rid: str, after: int) -> AsyncIterator[dict[str, Any]]:
+        """The remote session's events after seq `after`, resumed with Last-Event-ID."""
+
+        def resume(last: str | None) -> dict[str, Any]:
+            return {"headers": {"Last-Event-ID": last or str(after)}}
+
+        async for frame in self.frames(rid, f"{API}/sessions/{rid}/stream", resume):
+            yield json.loads(frame["data"])
+
+    async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None) -> str:
         body: dict[str, Any] = {**self.remote.options, "metadata": {"caller_session": spec.name}}
         if spec.env:
             body["env"] = spec.env
@@ -197,46 +285,6 @@ class McpSessionsClient:
         if s["status"] == "dead":
             return f"the session on {self.remote.label} was closed ({s.get('close_reason')})"
         return None
-
-    async def events(self, rid: str, after: int) -> AsyncIterator[dict[str, Any]]:
-        """The remote session's events after `after`, live, reconnecting with backoff through drops and
-        restarts and resuming with Last-Event-ID. Ends when the remote session has ended."""
-        delay = 0.25
-        failed_since: float | None = None
-        while True:
-            try:
-                async with self.http.stream(
-                    "GET", f"{API}/sessions/{rid}/stream", headers={"Last-Event-ID": str(after)}
-                ) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        if response.status_code not in (502, 503, 504):
-                            raise self._error(response, rid)
-                        raise _Unreachable(str(response.status_code))
-                    failed_since, delay = None, 0.25
-                    data: list[str] = []
-                    async for line in response.aiter_lines():
-                        if line == "":
-                            if data:
-                                event = json.loads("\n".join(data))
-                                after = max(after, int(event["seq"]))
-                                yield event
-                            data = []
-                        elif line.startswith("data:"):
-                            data.append(line[5:].removeprefix(" "))
-                # a clean end: the remote session ended, or the remote is shutting down
-                why = await self.state(rid)
-                if why is not None:
-                    raise SandboxNotFound(why)
-            except (httpx.TransportError, _Unreachable) as e:
-                now = time.monotonic()
-                failed_since = failed_since or now
-                if now - failed_since > self.remote.reconnect_s:
-                    raise SandboxError(
-                        f"lost the event stream of {self.remote.label} for over {self.remote.reconnect_s:g} s: {e}"
-                    ) from e
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
     async def send(self, rid: str, text: str) -> AsyncIterator[RemoteEvent]:
         cursor = (await self.get(rid))["events_cursor"]
@@ -281,10 +329,105 @@ class McpSessionsClient:
         await self.request("POST", f"{API}/sessions/{rid}/close", rid=rid, params={"delete": str(delete).lower()})
 
 
+class CiabClient(HttpDialect):
+    """The `ciab` dialect (Claude-In-A-Box): sessions live in an existing CIAB sandbox (`options.sandbox_id`);
+    messages are queued and answered in the background; `GET /sessions/{sid}/stream` is SSE resumed with
+    `?last_event_id=`. CIAB reports no token usage, and has no session delete: closing leaves the CIAB
+    session in its sandbox (the sandbox's owner removes it)."""
+
+    async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None) -> str:
+        sandbox_id = self.remote.options.get("sandbox_id")
+        if not sandbox_id:
+            raise SandboxError(f"{self.remote.label}: set options.sandbox_id, the CIAB sandbox the sessions go into.")
+        session = await self.request(
+            "POST", f"{API}/sandboxes/{sandbox_id}/sessions", json={"metadata": {"caller_session": spec.name}}, retry=False
+        )
+        if session.get("state") == "failed":
+            raise SandboxError(f"{self.remote.label} could not start a session: its state is failed")
+        return session["id"]
+
+    async def get(self, rid: str) -> dict[str, Any]:
+        return await self.request("GET", f"{API}/sessions/{rid}", rid=rid)
+
+    async def state(self, rid: str) -> str | None:
+        if (await self.get(rid)).get("state") == "failed":
+            return f"the session on {self.remote.label} failed"
+        return None
+
+    async def send(self, rid: str, text: str) -> AsyncIterator[RemoteEvent]:
+        sent = False
+
+        async def post_once() -> None:  # after the stream is open, so no event of the turn is missed
+            nonlocal sent
+            if not sent:
+                sent = True
+                body = {"role": "user", "content": [{"type": "text", "text": text}]}
+                await self.request("POST", f"{API}/sessions/{rid}/messages", rid=rid, json=body, retry=False)
+
+        def resume(last: str | None) -> dict[str, Any]:
+            return {"params": {"last_event_id": last}} if last else {}
+
+        tools: dict[str, str] = {}
+        async for frame in self.frames(rid, f"{API}/sessions/{rid}/stream", resume, post_once):
+            try:
+                event = json.loads(frame["data"])
+            except ValueError:
+                continue
+            if not isinstance(event, dict) or event.get("session_id") not in (None, rid):
+                continue
+            kind = frame.get("event") or event.get("event_type", "")
+            data = event.get("data") if isinstance(event.get("data"), dict) else {}
+            if kind == "text_delta":
+                yield {"kind": "text", "text": str(data.get("text", ""))}
+            elif kind == "tool_use_start":
+                tools[str(data.get("id"))] = str(data.get("name", "tool"))
+                yield {"kind": "tool.started", "data": {"id": data.get("id"), "tool": data.get("name"), "input": data.get("input")}}
+            elif kind == "tool_result":
+                content = data.get("content")
+                if isinstance(content, list):
+                    content = "".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+                if content:
+                    yield {"kind": "output", "text": str(content)}
+                call = str(data.get("tool_use_id"))
+                yield {"kind": "tool.completed", "data": {"id": call, "tool": tools.get(call), "is_error": bool(data.get("is_error"))}}
+            elif kind in ("session_completed", "session_failed", "result_error", "error"):
+                failed = kind != "session_completed"
+                reason = (data.get("error") or data.get("message") or kind) if failed else None
+                yield await self._end(rid, "failed" if failed else "completed", reason)
+                return
+
+    async def _end(self, rid: str, status: str, reason: Any) -> RemoteEvent:
+        messages = (await self.get(rid)).get("messages") or []
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        turn = messages[users[-1] + 1 :] if users else messages
+        replies = [m for m in turn if m.get("role") == "assistant"]
+        return {
+            "kind": "end",
+            "status": status,
+            "reason": str(reason) if reason else None,
+            "content": replies[-1]["content"] if replies else [],
+            "usage": {},
+            "messages": [{"role": m["role"], "content": m.get("content") or []} for m in turn],
+        }
+
+    async def interrupt(self, rid: str) -> bool:
+        return (await self.request("POST", f"{API}/sessions/{rid}/interrupt", rid=rid)).get("status") == "interrupted"
+
+    async def close(self, rid: str, delete: bool) -> None:
+        try:
+            await self.interrupt(rid)
+        except SandboxNotFound:
+            pass
+
+
+CLIENTS: dict[str, type[HttpDialect]] = {"mcp-sessions": McpSessionsClient, "ciab": CiabClient}
+DIALECTS = tuple(CLIENTS)
+
+
 class RemoteSandbox:
     """A session on a remote platform, standing in for a sandbox."""
 
-    def __init__(self, client: McpSessionsClient, rid: str, name: str = "", on_gone: FailureCallback | None = None) -> None:
+    def __init__(self, client: HttpDialect, rid: str, name: str = "", on_gone: FailureCallback | None = None) -> None:
         self._client = client
         self.remote_id = rid
         self.closed = False
@@ -369,7 +512,7 @@ class RemoteDriver:
 
     def __init__(self, remotes: dict[str, Remote] | None = None) -> None:
         self.remotes = remotes or {}
-        self._clients: dict[str, McpSessionsClient] = {}
+        self._clients: dict[str, HttpDialect] = {}
         self._live: dict[str, RemoteSandbox] = {}
         """Sandbox name (our session id) -> sandbox, for the watch."""
         self._on_failure: FailureCallback | None = None
@@ -379,13 +522,13 @@ class RemoteDriver:
         if self._on_failure is not None:
             await self._on_failure(name, reason)
 
-    def _client(self, name: str | None) -> McpSessionsClient:
+    def _client(self, name: str | None) -> HttpDialect:
         remote = self.remotes.get(name or "")
         if remote is None:
             known = ", ".join(sorted(self.remotes)) or "none are configured (--remotes-file or MCP_SESSIONS_REMOTES)"
             raise SandboxError(f"Unknown remote '{name}'. Known remotes: {known}.")
         if name not in self._clients:
-            self._clients[remote.name] = McpSessionsClient(remote)
+            self._clients[remote.name] = CLIENTS[remote.dialect](remote)
         return self._clients[remote.name]
 
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> RemoteSandbox:
