@@ -146,6 +146,7 @@ class SessionManager:
         self._samplers: dict[str, Any] = {}
         """Per session, how to reach the model of the client that last sent it a message (MCP sampling)."""
         self._admit = anyio.Lock()
+        self._stopping = False
 
     async def __aenter__(self) -> SessionManager:
         self._tg = anyio.create_task_group()
@@ -157,6 +158,7 @@ class SessionManager:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         assert self._tg is not None
+        self._stopping = True
         for running in self._turns.values():
             running.stop_reason = "server stopped"
         self._tg.cancel_scope.cancel()
@@ -284,7 +286,10 @@ class SessionManager:
                 log.warning("idle check failed: %s", e)
                 continue
             for session_id in due:
-                await self._close_idle(session_id)
+                try:
+                    await self._close_idle(session_id)
+                except StoreError as e:
+                    log.warning("closing %s after its idle timeout failed: %s", session_id, e)
 
     async def _close_idle(self, session_id: str) -> None:
         moment = now()
@@ -569,26 +574,46 @@ class SessionManager:
 
         async def flush() -> None:
             if events := take_queued():
-                await self.store.append_events(sid, events)
+                try:
+                    await self.store.append_events(sid, events)
+                except StoreError:
+                    queued[:0] = events  # kept for the next flush or the turn's end; bounded by max_output_bytes
+                    raise
                 self._notify(sid)
+
+        store_failing = False
+
+        async def try_flush() -> None:
+            """Flush, but let a store that cannot be written (a full disk) not stop the command."""
+            nonlocal store_failing
+            try:
+                await flush()
+                store_failing = False
+            except StoreError as e:
+                if not store_failing:
+                    log.warning("cannot record the output of %s yet: %s", sid, e)
+                store_failing = True
 
         async def output(chunk: bytes) -> None:
             running.buffer.feed(chunk)
             pending.extend(chunk[: OUTPUT_FLUSH_BYTES * 4])
             if len(pending) >= OUTPUT_FLUSH_BYTES:
-                await flush()
+                await try_flush()
 
         running.flush = flush
 
         async def flush_periodically() -> None:
             while True:
                 await anyio.sleep(OUTPUT_FLUSH_S)
-                await flush()
+                await try_flush()
 
         async def watch_interrupt_flag() -> None:
             while True:
                 await anyio.sleep(POLL_S)
-                current = await self.store.get(sid)
+                try:
+                    current = await self.store.get(sid)
+                except StoreError:
+                    continue
                 if current is None or current.interrupt_requested:
                     running.stop_reason = "interrupted by the caller"
                     running.scope.cancel()
@@ -607,21 +632,26 @@ class SessionManager:
                     history=lambda: self.store.messages(sid),
                     sampler=self._samplers.get(sid),
                 )
+                error: Exception | None = None
                 async with anyio.create_task_group() as helpers:
                     helpers.start_soon(flush_periodically)
                     helpers.start_soon(watch_interrupt_flag)
                     try:
                         outcome = await self._agents[record.session.agent].run_turn(ctx, text)
+                    except Exception as e:  # raised outside the group, so it is not wrapped in an ExceptionGroup
+                        error = e
                     finally:
                         helpers.cancel_scope.cancel()
+                if error is not None:
+                    raise error
         except SandboxNotFound as e:
-            outcome = TurnOutcome(status="failed", content=[], reason=f"the sandbox is gone: {e}")
+            running.stop_status, running.stop_reason = "failed", f"the sandbox is gone: {e}"
             await self._on_sandbox_failure(sid, f"sandbox lost: {e}")
         except SandboxError as e:
-            outcome = TurnOutcome(status="failed", content=[], reason=str(e))
+            running.stop_status, running.stop_reason = "failed", str(e)
         except Exception as e:
             log.exception("turn %s of %s failed", running.turn, sid)
-            outcome = TurnOutcome(status="failed", content=[], reason=f"internal error: {e}")
+            running.stop_status, running.stop_reason = "failed", f"internal error: {e}"
         finally:
             with anyio.CancelScope(shield=True):
                 if outcome is None:
@@ -637,12 +667,28 @@ class SessionManager:
                     if ctx is not None and ctx.messages:  # what the agent said and did before it was stopped
                         outcome.messages, outcome.usage = ctx.messages, ctx.usage
                 try:
+                    await self._record_turn_end(sid, running, outcome, take_queued())
+                finally:
                     if self._turns.get(sid) is running:
                         del self._turns[sid]
-                    await self._finish_turn(sid, running.turn, self._lease, outcome, take_queued())
-                finally:
                     running.done.set()
                     self._notify(sid)
+
+    async def _record_turn_end(
+        self, sid: str, running: RunningTurn, outcome: TurnOutcome, events: list[EventSpec]
+    ) -> None:
+        """Write how a turn ended; while the store cannot be written (a full disk), try again every second.
+        A server stopped meanwhile leaves the turn to the next one, which marks it interrupted."""
+        while True:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._finish_turn(sid, running.turn, self._lease, outcome, events)
+                return
+            except StoreError as e:
+                if self._stopping:
+                    return
+                log.warning("cannot record the end of turn %s of %s yet: %s", running.turn, sid, e)
+            await anyio.sleep(1.0)
 
     async def _finish_turn(
         self, session_id: str, turn: int, lease: str | None, outcome: TurnOutcome, events_first: list[EventSpec] = []
