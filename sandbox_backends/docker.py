@@ -39,11 +39,11 @@ Anything in the sandbox runs as the same user as the control shell and could wri
 so the server treats frames as untrusted: a malformed or oversized one ends the connection (the next
 request reconnects), never the server.
 
-The runner's state (`/tmp/.mcp-shell`: saved shell state, per-run script, output, exit code) lives on
-the container's tmpfs: it survives the server, not a restart of the container. Output already sent
-is punched out of the middle of the output file, so a long-running, chatty command does not fill
-/tmp; a command that prints faster than the server reads (about 150 MB/s here) for more than
-`Limits.tmp_mb` still can, and then gets ENOSPC. The image needs bash
+The runner's state (`STATE_DIR`, /run/mcp-shell: saved shell state, per-run script, output, exit code)
+lives on a tmpfs of its own (as large as /tmp), so a command that fills /tmp leaves the shell working: it
+survives the server, not a restart of the container. Output already sent is punched out of the middle of
+the output file, so a long-running, chatty command does not fill it; a command that prints faster than
+the server reads (about 150 MB/s here) for more than `Limits.tmp_mb` still can, and then gets ENOSPC. The image needs bash
 and python3 (3.7 or later). `SandboxSpec.env` is passed with every command (it is not baked into the
 container, so pooled containers get it too); commands start with HOME=/workspace.
 
@@ -104,7 +104,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "mcp-sessions-sandbox:bookworm"
 WORKSPACE = "/workspace"
-STATE_DIR = "/tmp/.mcp-shell"
+STATE_DIR = "/run/mcp-shell"
+"""A tmpfs of its own, so a command that fills /tmp does not take the shell's state and output files with it."""
 KEEPALIVE_NAME = "mcp-keepalive"
 CONTROL_MARK = "mcp-sessions-control"
 
@@ -1329,6 +1330,7 @@ class DockerDriver:
             tmpfs={
                 "/tmp": f"rw,nosuid,nodev,size={lim.tmp_mb}m,mode=1777",
                 "/run": "rw,nosuid,nodev,noexec,size=16m,mode=1777",
+                STATE_DIR: f"rw,nosuid,nodev,noexec,size={lim.tmp_mb}m,mode=1777",
             },
             binds={volume: {"bind": WORKSPACE, "mode": "rw"}},
             cap_drop=["ALL"],
@@ -1424,6 +1426,8 @@ class DockerDriver:
         except docker.errors.NotFound:
             raise SandboxNotFound(f"The sandbox container {cid[:12]} no longer exists.") from None
         except docker.errors.APIError as e:
+            if stopped := await self._stopped(cid):
+                raise SandboxError(stopped) from None
             raise SandboxError(f"Cannot reach the sandbox's shell: {e.explanation or e}") from None
         stream = await anyio.abc.SocketStream.from_socket(sock)
         conn = _Control(stream, exec_id)
@@ -1438,6 +1442,8 @@ class DockerDriver:
                 code = (await _blocking(api.exec_inspect, exec_id)).get("ExitCode")
             except docker.errors.APIError:
                 code = None
+            if stopped := await self._stopped(cid):  # killed meanwhile: say so, not "no python3"
+                raise SandboxError(stopped) from None
             if code in (126, 127):
                 raise SandboxError(
                     "The sandbox image has no python3; the docker driver needs bash and python3 in the image."
@@ -1448,6 +1454,19 @@ class DockerDriver:
         if not msg.get("ws_writable"):
             log.warning("the workspace of container %s is not writable by %s", cid[:12], self.user)
         return conn
+
+    async def _stopped(self, cid: str) -> str | None:
+        """Why the container is not running (in the words the failure watch uses), or None if it runs."""
+        api = await self._api()
+        try:
+            state = (await _blocking(api.inspect_container, cid)).get("State") or {}
+        except docker.errors.NotFound:
+            return "sandbox removed"
+        except docker.errors.APIError:
+            return None
+        if state.get("Running"):
+            return None
+        return f"sandbox exited with code {state.get('ExitCode', '?')}"
 
     async def _remove(self, cid: str | None, volume: str | None) -> None:
         api = await self._api()
