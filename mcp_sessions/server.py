@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal, ParamSpec, TypeVar
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import anyio
 from mcp.server import NotificationOptions
@@ -20,12 +20,13 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.types import (
     EmptyResult,
     Resource,
     SetLevelRequestParams,
     SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
@@ -174,6 +175,18 @@ def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
     return mcp
 
 
+async def _owns(manager: SessionManager, uri: str, owner: str) -> bool:
+    """Whether a session:// URI names a session of `owner` (other URIs are nobody's, so allowed)."""
+    if not uri.startswith("session://"):
+        return True
+    session_id = uri.removeprefix("session://").split("/", 1)[0]
+    try:
+        await manager.get(session_id, owner=owner)
+    except SessionNotFound:
+        return False
+    return True
+
+
 def register_notifications(mcp: MCPServer[AppState]) -> None:
     """resources/subscribe, resources/unsubscribe and logging/setLevel for handshake-era clients, which
     MCPServer does not serve itself, and the capabilities that announce them."""
@@ -191,6 +204,19 @@ def register_notifications(mcp: MCPServer[AppState]) -> None:
         ctx.lifespan_context.feed.set_level(ctx.session, params.level, _owner())
         return EmptyResult()
 
+    sdk_listen = ListenHandler(mcp._subscriptions)
+
+    async def listen(ctx: ServerRequestContext[AppState], params: SubscriptionsListenRequestParams) -> Any:
+        """2026-07-28 subscriptions: drop URIs of sessions the caller does not own before the SDK honors
+        them, so an owner cannot even learn when another owner's session changes."""
+        owner, wanted = _owner(), params.notifications.resource_subscriptions
+        if owner is not None and wanted:
+            kept = [uri for uri in wanted if await _owns(ctx.lifespan_context.manager, uri, owner)]
+            notifications = params.notifications.model_copy(update={"resource_subscriptions": kept})
+            params = params.model_copy(update={"notifications": notifications})
+        return await sdk_listen(ctx, params)
+
+    low.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, listen)
     low.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
     low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
     low.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)

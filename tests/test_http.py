@@ -372,3 +372,26 @@ async def test_the_rest_create_body_takes_the_same_fields_as_create_session(sett
     async with Client(create_server(settings)) as client:
         tool = next(t for t in (await client.list_tools()).tools if t.name == "create_session")
     assert set(CreateBody.model_fields) == set(tool.input_schema["properties"]) - {"wait_s"}
+
+
+async def test_a_modern_listener_hears_only_its_own_sessions(base: str) -> None:
+    """subscriptions/listen honors only the caller's sessions: another owner cannot learn when one changes."""
+    from mcp.shared.subscriptions import ResourceUpdated
+
+    async with http(base, ALICE) as alice:
+        alices = (await alice.post(f"{API}/sessions", json={})).json()["id"]
+    async with mcp_client(base, BOB, "auto") as bob:
+        bobs = (await call(bob, "create_session"))["id"]
+        wanted = [f"session://{alices}", f"session://{bobs}"]
+        async with bob.listen(resource_subscriptions=wanted) as stream:
+            assert stream.honored.resource_subscriptions == [f"session://{bobs}"]
+            async with http(base, ALICE) as alice:
+                await alice.post(f"{API}/sessions/{alices}/messages", params={"wait_s": 5}, json={"text": "echo a"})
+            await call(bob, "send_message", session_id=bobs, text="echo b")
+            seen = []
+            with anyio.fail_after(10):
+                async for event in stream:
+                    seen.append(event)
+                    if event == ResourceUpdated(uri=f"session://{bobs}"):
+                        break
+    assert all(alices not in str(getattr(e, "uri", "")) for e in seen)
