@@ -17,6 +17,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuth
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
 from starlette.datastructures import Headers, QueryParams
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -190,7 +191,18 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
         *routes(lambda: holder["state"].manager, owner_of),
         Mount("/", app=mcp_app),  # serves MCP_PATH only
     ]
-    return Gate(Starlette(routes=served, lifespan=lifespan), settings, verifier)
+    mcp_app.add_exception_handler(HTTPException, http_error)  # an unknown path falls through to it
+    app = Starlette(routes=served, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    return Gate(app, settings, verifier)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (an unknown path, such as a session id with a '/' in it; a method a route does not
+    take) in the error body every route uses, not Starlette's plain text."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(404, "not_found", f"No route {request.url.path}. See {API}/openapi.json for the routes.")
+    return error_response(exc.status_code, "invalid_request", str(exc.detail), exc.headers)
 
 
 def serve_http(settings: Settings) -> None:
