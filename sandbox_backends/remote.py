@@ -33,6 +33,8 @@ from .base import ExecResult, FailureCallback, OutputCallback, PhaseCallback, Sa
 REMOTE_LABEL = "mcp-sessions.remote"
 """The SandboxSpec label that names which configured remote a new session goes to."""
 WATCH_INTERVAL_S = 5.0
+CLOSE_PATIENCE_S = 10.0
+"""Closing retries an unreachable remote this long, not `reconnect_s`: the local session closes anyway."""
 API = "/api/v1"
 
 RemoteEvent = dict[str, Any]
@@ -150,10 +152,12 @@ class HttpDialect:
             return SandboxError(f"{where} refused the credentials{hint}: {message}")
         return SandboxError(f"{where} answered {response.status_code} {code}: {message}")
 
-    async def request(self, method: str, path: str, *, rid: str | None = None, retry: bool = True, **kw: Any) -> Any:
+    async def request(
+        self, method: str, path: str, *, rid: str | None = None, retry: bool = True, patience_s: float | None = None, **kw: Any
+    ) -> Any:
         """One call; transport errors and 502/503/504 are retried with backoff for `reconnect_s` when
         `retry` (idempotent calls); otherwise only a refused connection (nothing was sent) is retried."""
-        deadline = time.monotonic() + self.remote.reconnect_s
+        deadline = time.monotonic() + (self.remote.reconnect_s if patience_s is None else patience_s)
         delay = 0.25
         while True:
             try:
@@ -332,7 +336,9 @@ class McpSessionsClient(HttpDialect):
         return bool((await self.request("POST", f"{API}/sessions/{rid}/interrupt", rid=rid)).get("interrupted"))
 
     async def close(self, rid: str, delete: bool) -> None:
-        await self.request("POST", f"{API}/sessions/{rid}/close", rid=rid, params={"delete": str(delete).lower()})
+        await self.request(
+            "POST", f"{API}/sessions/{rid}/close", rid=rid, params={"delete": str(delete).lower()}, patience_s=CLOSE_PATIENCE_S
+        )
 
 
 class CiabClient(HttpDialect):
@@ -421,7 +427,7 @@ class CiabClient(HttpDialect):
 
     async def close(self, rid: str, delete: bool) -> None:
         try:
-            await self.interrupt(rid)
+            await self.request("POST", f"{API}/sessions/{rid}/interrupt", rid=rid, patience_s=CLOSE_PATIENCE_S)
         except SandboxNotFound:
             pass
 
@@ -539,7 +545,7 @@ class LiteLlmAgentPlatformClient(HttpDialect):
         return bool((await self.request("POST", f"{LAP}/sessions/{rid}/abort", rid=rid)).get("ok"))
 
     async def close(self, rid: str, delete: bool) -> None:
-        await self.request("DELETE", f"{LAP}/sessions/{rid}", rid=rid)
+        await self.request("DELETE", f"{LAP}/sessions/{rid}", rid=rid, patience_s=CLOSE_PATIENCE_S)
 
 
 CLIENTS: dict[str, type[HttpDialect]] = {

@@ -18,6 +18,7 @@ from mcp import Client
 from mcp_sessions.http import build_app
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
+from sandbox_backends import remote as remote_module
 from sandbox_backends.remote import load_remotes
 
 from .conftest import call, call_error
@@ -188,3 +189,17 @@ def test_remotes_configuration(tmp_path: Path) -> None:
         load_remotes('{"c": {"url": "http://c", "dialect": "carrier-pigeon"}}')
     with pytest.raises(ValueError, match="url"):
         load_remotes('{"c": {}}')
+
+
+async def test_closing_a_session_whose_remote_is_down_does_not_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACK_TOKEN", TOKEN)
+    monkeypatch.setattr(remote_module, "CLOSE_PATIENCE_S", 0.5)
+    async with back_server(tmp_path / "back") as url:
+        async with Client(create_server(front_settings(tmp_path / "front", url))) as client:
+            s = await call(client, "create_session", driver="remote", remote="back")
+            assert s["status"] == "ready"
+    # the back server is gone now; a new front process finds the session and closes it at once
+    async with Client(create_server(front_settings(tmp_path / "front", url))) as client:
+        with anyio.fail_after(10):
+            closed = await call(client, "close_session", session_id=s["id"])
+        assert closed["status"] == "dead"
