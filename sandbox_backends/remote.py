@@ -173,7 +173,12 @@ class HttpDialect:
                 continue
             if response.status_code >= 400:
                 raise self._error(response, rid)
-            return response.json()
+            try:
+                return response.json()
+            except ValueError:
+                raise SandboxError(
+                    f"{self.remote.label} answered {method} {path} with something other than JSON: {response.text[:200]!r}"
+                ) from None
 
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None) -> str:
         """Make a remote session; its id."""
