@@ -22,13 +22,22 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import httpx
 
-from .base import ExecResult, FailureCallback, OutputCallback, PhaseCallback, SandboxError, SandboxNotFound, SandboxSpec
+from .base import (
+    ExecResult,
+    FailureCallback,
+    OutputCallback,
+    PhaseCallback,
+    SandboxError,
+    SandboxNotFound,
+    SandboxSpec,
+)
 
 REMOTE_LABEL = "mcp-sessions.remote"
 """The SandboxSpec label that names which configured remote a new session goes to."""
@@ -97,7 +106,7 @@ def load_remotes(text: str | None = None, path: str | os.PathLike[str] | None = 
     """Remotes from a JSON file (`.toml` files are read as TOML) and/or a JSON string; the string wins per name."""
     found: dict[str, Remote] = {}
     if path is not None:
-        raw = open(path, "rb").read()
+        raw = Path(path).read_bytes()
         if str(path).endswith(".toml"):
             import tomllib
 
@@ -142,7 +151,7 @@ class HttpDialect:
         try:  # {"error": {"code", "message"}} (ours, CIAB), {"error": "text"} (LiteLLM), else the text
             info = response.json()["error"]
             code, message = (info.get("code", ""), info.get("message", "")) if isinstance(info, dict) else ("", str(info))
-        except Exception:
+        except (ValueError, KeyError, TypeError, AttributeError):
             code, message = "", response.text[:300]
         where = self.remote.label
         if response.status_code == 404 and rid is not None:
