@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,7 @@ def body(draw: Any, outside: Path) -> bytes:
 def test_every_route_answers_hostile_input_with_a_4xx_and_an_error_body(rest: Any, outside: Path, data: st.DataObject) -> None:
     client, sid = rest
     session_id = data.draw(st.just(sid) | ids().map(lambda v: v if isinstance(v, str) else json.dumps(v)))
-    quoted = httpx.URL("/").copy_with(path="/api/v1/sessions/" + session_id.replace("/", "%2F").replace("\0", "%00")).raw_path.decode()
+    quoted = "/api/v1/sessions/" + urllib.parse.quote(session_id, safe="")
     params = data.draw(st.lists(st.tuples(st.sampled_from(["wait_s", "events_after", "limit", "status", "tag", "cursor", "delete", "created_after", "last_event_id", "x"]), TEXT), max_size=4))
     params = [(k, v.replace("\0", "")) for k, v in params if k != "wait_s" or v.strip() in ("", "0")]  # no long waits
     route = data.draw(st.sampled_from(["create", "list", "get", "message", "interrupt", "close"]))
