@@ -15,7 +15,6 @@ import anyio
 import httpx
 import httpx2
 import pytest
-import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from starlette.routing import Mount, Route
@@ -25,6 +24,7 @@ from mcp_sessions.http import build_app
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
+from .asgi import serve
 from .conftest import ERAS, call, call_error, stdio_params
 
 pytestmark = pytest.mark.anyio
@@ -42,18 +42,8 @@ def bearer(token: str) -> dict[str, str]:
 async def running(settings: Settings, tokens: dict[str, str] | None = None) -> AsyncIterator[tuple[str, Any]]:
     """The real app under uvicorn on 127.0.0.1, a free port; yields its base URL and the app."""
     app = build_app(settings, tokens or {})
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        with anyio.fail_after(30):
-            while not server.started:
-                await anyio.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield f"http://127.0.0.1:{port}", app
-        finally:
-            server.should_exit = True
+    async with serve(app, lifespan="on", grace_s=5) as url:
+        yield url, app
 
 
 @pytest.fixture

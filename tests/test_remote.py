@@ -12,7 +12,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 from mcp import Client
 
 from mcp_sessions.http import build_app
@@ -21,6 +20,7 @@ from mcp_sessions.settings import Settings
 from sandbox_backends import remote as remote_module
 from sandbox_backends.remote import load_remotes
 
+from .asgi import serve
 from .conftest import call, call_error
 
 pytestmark = pytest.mark.anyio
@@ -32,18 +32,8 @@ API = "/api/v1"
 @asynccontextmanager
 async def back_server(home: Path, port: int = 0) -> AsyncIterator[str]:
     app = build_app(Settings(home=home, command_timeout_s=120), {TOKEN: "front"})
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        with anyio.fail_after(30):
-            while not server.started:
-                await anyio.sleep(0.02)
-        bound = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield f"http://127.0.0.1:{bound}"
-        finally:
-            server.should_exit = True
+    async with serve(app, port=port, lifespan="on") as url:
+        yield url
 
 
 def front_settings(home: Path, url: str, **remote: Any) -> Settings:

@@ -13,9 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
-import uvicorn
 from mcp import Client
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,6 +23,7 @@ from starlette.routing import Route
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
+from .asgi import serve
 from .conftest import call
 
 pytestmark = pytest.mark.anyio
@@ -164,16 +163,10 @@ class FakeLap:
 
 @asynccontextmanager
 async def lap_server(fake: FakeLap) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(fake.app(), host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        with anyio.fail_after(30):
-            while not server.started:
-                await anyio.sleep(0.02)
+    async with serve(fake.app()) as url:
         try:
-            yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+            yield url
         finally:
-            server.should_exit = True
             for task in fake.tasks.values():
                 task.cancel()
 
