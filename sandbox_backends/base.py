@@ -146,6 +146,21 @@ class Sandbox(Protocol):
     ) -> None: ...
 
 
+class ClosesOnExit:
+    """`async with sandbox:` closes the sandbox on the way out. Sandboxes inherit this."""
+
+    async def close(self, *, delete: bool = False) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
 @runtime_checkable
 class Driver(Protocol):
     """Makes sandboxes of one kind. One instance per server process, closed at shutdown."""

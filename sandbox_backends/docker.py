@@ -75,8 +75,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -86,6 +85,7 @@ import docker.types
 import requests.exceptions
 
 from .base import (
+    ClosesOnExit,
     ExecResult,
     FailureCallback,
     Limits,
@@ -856,7 +856,7 @@ class _Run:
     exit: dict[str, Any] | None = None
 
 
-class DockerSandbox:
+class DockerSandbox(ClosesOnExit):
     """A container with an attached control shell. Made by `DockerDriver.create` or `.attach`."""
 
     def __init__(
@@ -1190,14 +1190,6 @@ class DockerSandbox:
             await self._conn.aclose()
         with anyio.CancelScope(shield=True):
             await self._driver._remove(self._cid, self._volume if delete else None)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
 
 @dataclass

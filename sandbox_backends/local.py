@@ -15,13 +15,12 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import anyio
 from anyio.abc import Process
 
 from .base import (
+    ClosesOnExit,
     ExecResult,
     FailureCallback,
     Limits,
@@ -133,7 +132,7 @@ def resolve_inside(workspace: Path, path: str) -> Path:
     return full
 
 
-class LocalSandbox:
+class LocalSandbox(ClosesOnExit):
     """A workspace folder and a shell runner on this machine."""
 
     def __init__(self, name: str, base: Path, env: dict[str, str], limits: Limits) -> None:
@@ -320,14 +319,6 @@ class LocalSandbox:
         _kill_marked(self._name)
         if delete and self._base.exists():
             await anyio.to_thread.run_sync(shutil.rmtree, self._base, True)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
 
 class LocalDriver:

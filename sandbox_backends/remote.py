@@ -23,13 +23,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import httpx
 
 from .base import (
+    ClosesOnExit,
     ExecResult,
     FailureCallback,
     OutputCallback,
@@ -570,7 +570,7 @@ CLIENTS: dict[str, type[HttpDialect]] = {
 DIALECTS = tuple(CLIENTS)
 
 
-class RemoteSandbox:
+class RemoteSandbox(ClosesOnExit):
     """A session on a remote platform, standing in for a sandbox."""
 
     def __init__(self, client: HttpDialect, rid: str, name: str = "", on_gone: FailureCallback | None = None) -> None:
@@ -641,14 +641,6 @@ class RemoteSandbox:
         except BaseException:
             self.closed = False
             raise
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
 
 class RemoteDriver:

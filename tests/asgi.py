@@ -26,3 +26,14 @@ async def serve(app: Any, port: int = 0, lifespan: str = "auto", grace_s: float 
             yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         finally:
             server.should_exit = True
+
+
+@asynccontextmanager
+async def serve_fake(fake: Any) -> AsyncIterator[str]:
+    """Serve a fake platform (`fake.app()`), cancelling its background `fake.tasks` when the block ends."""
+    async with serve(fake.app()) as url:
+        try:
+            yield url
+        finally:
+            for task in fake.tasks.values():
+                task.cancel()

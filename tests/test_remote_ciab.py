@@ -8,7 +8,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from starlette.routing import Route
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
-from .asgi import serve
+from .asgi import serve_fake
 from .conftest import call
 
 pytestmark = pytest.mark.anyio
@@ -179,16 +178,6 @@ class FakeCiab:
         ])
 
 
-@asynccontextmanager
-async def ciab_server(fake: FakeCiab) -> AsyncIterator[str]:
-    async with serve(fake.app()) as url:
-        try:
-            yield url
-        finally:
-            for task in fake.tasks.values():
-                task.cancel()
-
-
 def front(home: Path, url: str, sandbox_id: str = SANDBOX) -> Settings:
     remotes = {"box": {"url": url, "dialect": "ciab", "token_env": "CIAB_TOKEN", "options": {"sandbox_id": sandbox_id}, "reconnect_s": 10}}
     return Settings(home=home, remotes=json.dumps(remotes))
@@ -197,7 +186,7 @@ def front(home: Path, url: str, sandbox_id: str = SANDBOX) -> Settings:
 async def test_ciab_session_messages_stream_resume_interrupt_and_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIAB_TOKEN", TOKEN)
     fake = FakeCiab()
-    async with ciab_server(fake) as url:
+    async with serve_fake(fake) as url:
         async with Client(create_server(front(tmp_path / "front", url))) as client:
             s = await call(client, "create_session", driver="remote", remote="box")
             assert s["status"] == "ready", s
@@ -247,7 +236,7 @@ async def test_ciab_session_messages_stream_resume_interrupt_and_loss(tmp_path: 
 async def test_ciab_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIAB_TOKEN", TOKEN)
     fake = FakeCiab()
-    async with ciab_server(fake) as url:
+    async with serve_fake(fake) as url:
         async with Client(create_server(front(tmp_path / "a", url, sandbox_id="no-such-sandbox"))) as client:
             s = await call(client, "create_session", driver="remote", remote="box")
             assert s["status"] == "failed"

@@ -9,7 +9,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from starlette.routing import Route
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
-from .asgi import serve
+from .asgi import serve_fake
 from .conftest import call
 
 pytestmark = pytest.mark.anyio
@@ -161,16 +160,6 @@ class FakeLap:
         ])
 
 
-@asynccontextmanager
-async def lap_server(fake: FakeLap) -> AsyncIterator[str]:
-    async with serve(fake.app()) as url:
-        try:
-            yield url
-        finally:
-            for task in fake.tasks.values():
-                task.cancel()
-
-
 def front(home: Path, url: str, agent_id: str = AGENT) -> Settings:
     remotes = {"lap": {"url": url, "dialect": "litellm-agent-platform", "token_env": "LAP_KEY", "options": {"agent_id": agent_id}, "reconnect_s": 10}}
     return Settings(home=home, remotes=json.dumps(remotes))
@@ -179,7 +168,7 @@ def front(home: Path, url: str, agent_id: str = AGENT) -> Settings:
 async def test_lap_bring_up_stream_usage_drop_abort_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAP_KEY", KEY)
     fake = FakeLap()
-    async with lap_server(fake) as url:
+    async with serve_fake(fake) as url:
         async with Client(create_server(front(tmp_path / "front", url))) as client:
             s = await call(client, "create_session", driver="remote", remote="lap")
             assert s["status"] == "ready", s
