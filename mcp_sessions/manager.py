@@ -933,7 +933,7 @@ class SessionManager:
     ) -> SessionPage:
         if not 1 <= limit <= 200:
             raise InvalidInput(f"limit must be between 1 and 200, not {limit}.")
-        records, total, next_cursor = await self.store.query(
+        rows, total, next_cursor = await self.store.query(
             statuses=statuses,
             tags=tags,
             driver=driver,
@@ -944,11 +944,11 @@ class SessionManager:
             limit=limit,
             cursor=cursor,
         )
-        return SessionPage(sessions=[SessionSummary.of(r.session) for r in records], total=total, next_cursor=next_cursor)
+        return SessionPage(sessions=rows, total=total, next_cursor=next_cursor)
 
-    async def live_sessions(self, owner: str | None = None) -> list[Session]:
+    async def live_sessions(self, owner: str | None = None) -> list[SessionSummary]:
         page = await self.store.query(statuses=list(LIVE_STATUSES), owner=owner, limit=200)
-        return [r.session for r in page[0]]
+        return page[0]
 
     async def transcript(self, session_id: str, owner: str | None = None) -> str:
         """The whole conversation as readable text, with each turn's outcome."""

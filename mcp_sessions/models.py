@@ -237,7 +237,11 @@ class SessionDetail(BaseModel):
 
 
 class SessionSummary(BaseModel):
-    """One row of list_sessions: small, no transcript."""
+    """One row of list_sessions: small, no transcript.
+
+    Each stored session keeps its summary as JSON (store.py), so a field added here needs a migration
+    that rewrites the stored summaries.
+    """
 
     id: str
     title: str | None

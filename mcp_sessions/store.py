@@ -20,12 +20,22 @@ from typing import Any, TypeVar
 import anyio
 
 from .errors import InvalidInput, StoreError
-from .models import Event, Message, SessionRecord, now
+from .models import Event, Message, SessionRecord, SessionSummary, now
 
 T = TypeVar("T")
 EventSpec = tuple[str, dict[str, Any]]
 
-MIGRATIONS: list[str] = [
+
+def _add_summaries(conn: sqlite3.Connection) -> None:
+    """Version 3: each row keeps its list_sessions summary, so listing never decodes whole records."""
+    conn.execute("ALTER TABLE sessions ADD COLUMN summary TEXT")
+    rows = conn.execute("SELECT id, record FROM sessions").fetchall()
+    for session_id, record in rows:
+        summary = SessionSummary.of(SessionRecord.model_validate_json(record).session).model_dump_json()
+        conn.execute("UPDATE sessions SET summary=? WHERE id=?", (summary, session_id))
+
+
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # version 1
     """
     CREATE TABLE sessions(
@@ -60,6 +70,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN idle_deadline TEXT;
     CREATE INDEX sessions_by_idle_deadline ON sessions(idle_deadline) WHERE idle_deadline IS NOT NULL;
     """,
+    _add_summaries,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -150,9 +161,13 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if conn.execute("PRAGMA user_version").fetchone()[0] < target:  # another process may have done it
-                for statement in MIGRATIONS[target - 1].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                step = MIGRATIONS[target - 1]
+                if callable(step):
+                    step(conn)
+                else:
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={target}")
             conn.execute("COMMIT")
         except BaseException:
@@ -195,9 +210,9 @@ class Store:
         if s.status == "ready" and s.idle_timeout_s > 0:
             deadline = stamp(s.last_activity_at + timedelta(seconds=s.idle_timeout_s))
         self._conn.execute(
-            "INSERT INTO sessions(id, created_at, status, driver, agent, owner, tags, record, idle_deadline) "
-            "VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, owner=excluded.owner, "
-            "tags=excluded.tags, record=excluded.record, idle_deadline=excluded.idle_deadline",
+            "INSERT INTO sessions(id, created_at, status, driver, agent, owner, tags, record, idle_deadline, summary) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, owner=excluded.owner, "
+            "tags=excluded.tags, record=excluded.record, idle_deadline=excluded.idle_deadline, summary=excluded.summary",
             (
                 s.id,
                 stamp(s.created_at),
@@ -208,6 +223,7 @@ class Store:
                 json.dumps(s.tags),
                 record.model_dump_json(),
                 deadline,
+                SessionSummary.of(s).model_dump_json(),
             ),
         )
 
@@ -317,8 +333,8 @@ class Store:
         created_before: datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> tuple[list[SessionRecord], int, str | None]:
-        """Newest first. Returns (page, total matching, cursor of the next page or None)."""
+    ) -> tuple[list[SessionSummary], int, str | None]:
+        """Newest first. Returns (page of summaries, total matching, cursor of the next page or None)."""
         where: list[str] = []
         args: list[Any] = []
         if statuses:
@@ -344,17 +360,17 @@ class Store:
             page_where += " AND (created_at<? OR (created_at=? AND id<?))"
             page_args += [after_time, after_time, after_id]
 
-        def run() -> tuple[list[SessionRecord], int, str | None]:
+        def run() -> tuple[list[SessionSummary], int, str | None]:
             total = self._conn.execute(f"SELECT COUNT(*) FROM sessions WHERE {base}", args).fetchone()[0]
             rows = self._conn.execute(
-                f"SELECT created_at, id, record FROM sessions WHERE {page_where} "
+                f"SELECT created_at, id, summary FROM sessions WHERE {page_where} "
                 "ORDER BY created_at DESC, id DESC LIMIT ?",
                 [*page_args, limit + 1],
             ).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
             next_cursor = encode_cursor(rows[-1][0], rows[-1][1]) if more else None
-            return [SessionRecord.model_validate_json(r[2]) for r in rows], total, next_cursor
+            return [SessionSummary.model_validate_json(r[2]) for r in rows], total, next_cursor
 
         return await self._run(run)
 

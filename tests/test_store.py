@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from mcp_sessions.errors import InvalidInput
-from mcp_sessions.models import Session, SessionRecord
-from mcp_sessions.store import MIGRATIONS, SCHEMA_VERSION, Store, stamp
+from mcp_sessions.models import Session, SessionRecord, SessionSummary
+from mcp_sessions.store import SCHEMA_VERSION, Store, stamp
 
 pytestmark = pytest.mark.anyio
 
@@ -89,7 +89,7 @@ async def walk(store: Store, limit: int, **filters: Any) -> tuple[list[str], set
             assert len(page) == limit, "a page with a next cursor is full"
         elif ids:
             assert page, "the last page is not an empty one after a full page"
-        ids += [r.session.id for r in page]
+        ids += [r.id for r in page]
         totals.add(total)
         if cursor is None:
             return ids, totals
@@ -188,7 +188,7 @@ async def test_a_cursor_stays_valid_while_newer_sessions_arrive(tmp_path: Path) 
         await store.insert(SessionRecord(session=newer), [])
         rest, total, _ = await walk_from(store, cursor, limit=10)
         assert total == 31
-        assert [r.session.id for r in first] + rest == newest_first(old, lambda s: True)
+        assert [r.id for r in first] + rest == newest_first(old, lambda s: True)
     finally:
         await store.aclose()
 
@@ -198,7 +198,7 @@ async def walk_from(store: Store, cursor: str | None, limit: int) -> tuple[list[
     total = 0
     while cursor is not None:
         page, total, cursor = await store.query(limit=limit, cursor=cursor)
-        ids += [r.session.id for r in page]
+        ids += [r.id for r in page]
     return ids, total, None
 
 
@@ -243,7 +243,7 @@ async def round_trip(path: Path) -> None:
         got = await store.get(s.id)
         assert got is not None and got.session.tags == ["x"]
         page, total, _ = await store.query(tags=["x"])
-        assert total == 1 and page[0].session.id == s.id
+        assert total == 1 and page[0].id == s.id
         assert [e.type for e in await store.events(s.id)] == ["session.created"]
     finally:
         await store.aclose()
@@ -266,20 +266,24 @@ async def test_an_empty_existing_file_gets_the_current_schema(tmp_path: Path) ->
 async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_sessions(tmp_path: Path, version: int) -> None:
     """A database as version `version` left it: its sessions survive every later migration."""
     path = tmp_path / "sessions.db"
-    with sqlite3.connect(path) as conn:
-        for migration in MIGRATIONS[:version]:
-            conn.executescript(migration)
-        s = Session(id="ses_" + "b" * 32, driver="local", agent="shell", command_timeout_s=1, status="ready")
-        conn.execute(
-            "INSERT INTO sessions(id, created_at, status, driver, agent, owner, tags, record) VALUES(?,?,?,?,?,?,?,?)",
-            (s.id, stamp(s.created_at), s.status, s.driver, s.agent, None, "[]", SessionRecord(session=s).model_dump_json()),
-        )
-        conn.execute(f"PRAGMA user_version={version}")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for target in range(1, version + 1):
+            Store._migrate(conn, target)
+        s = Session(id="ses_" + "b" * 32, title="old", driver="local", agent="shell", command_timeout_s=1, status="ready")
+        row = {"id": s.id, "created_at": stamp(s.created_at), "status": s.status, "driver": s.driver, "agent": s.agent,
+               "owner": None, "tags": "[]", "record": SessionRecord(session=s).model_dump_json()}
+        if version >= 3:
+            row["summary"] = SessionSummary.of(s).model_dump_json()
+        conn.execute(f"INSERT INTO sessions({','.join(row)}) VALUES({','.join('?' * len(row))})", list(row.values()))
+    finally:
+        conn.close()
     store = await Store.open(path)
     try:
         got = await store.get(s.id)
         assert got is not None and got.session.status == "ready"
-        assert (await store.query(statuses=["ready"]))[1] == 1
+        page, total, _ = await store.query(statuses=["ready"])
+        assert total == 1 and page[0].id == s.id and page[0].title == "old" and page[0].status == "ready"
     finally:
         await store.aclose()
     assert user_version(path) == SCHEMA_VERSION
