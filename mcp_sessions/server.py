@@ -22,11 +22,15 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.types import (
+    CallToolResult,
     EmptyResult,
+    InputRequiredResult,
     Resource,
     SetLevelRequestParams,
     SubscribeRequestParams,
     SubscriptionsListenRequestParams,
+    TextContent,
+    Tool,
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
@@ -40,6 +44,7 @@ from .app import open_manager
 from .errors import SessionError, SessionNotFound
 from .manager import CreateRequest, SessionManager
 from .notifications import ChangeFeed, with_progress
+from .schemas import flatten
 from .models import (
     CloseReply,
     InterruptReply,
@@ -117,7 +122,24 @@ SessionId = Annotated[str, Field(description="The session id (ses_...), as retur
 
 
 class SessionsServer(MCPServer[AppState]):
-    """MCPServer whose resources/list shows the live sessions."""
+    """MCPServer whose resources/list shows the live sessions, whose output schemas are quick to check
+    (see schemas.py) and whose results carry their JSON compactly in the text block, as a model reads it."""
+
+    async def list_tools(self) -> list[Tool]:
+        tools = await super().list_tools()
+        for tool in tools:
+            if tool.output_schema is not None:
+                tool.output_schema = flatten(tool.output_schema)
+        return tools
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        result = await super().call_tool(name, arguments, context)
+        if isinstance(result, CallToolResult) and result.structured_content is not None and not result.is_error:
+            text = json.dumps(result.structured_content, ensure_ascii=False, separators=(",", ":"))
+            result.content = [TextContent(type="text", text=text)]
+        return result
 
     async def list_resources(self) -> list[Resource]:
         static = await super().list_resources()

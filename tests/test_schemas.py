@@ -1,0 +1,98 @@
+"""Published output schemas accept and refuse exactly what pydantic's schemas do, and results read compactly."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jsonschema import validators
+from mcp import Client
+from mcp.server.mcpserver import MCPServer
+from pydantic import BaseModel
+
+from mcp_sessions.schemas import flatten
+from mcp_sessions.server import create_server
+from mcp_sessions.settings import Settings
+
+from .conftest import call
+
+pytestmark = pytest.mark.anyio
+
+ODD_VALUES: list[Any] = [None, 7, -1, 2.5, "", "x", True, [], ["x"], [None], {}, {"k": None}]
+
+
+def variants(doc: Any) -> Iterator[Any]:
+    """`doc` with one value anywhere in it replaced by an odd value, or one key removed."""
+    if isinstance(doc, dict):
+        for key in doc:
+            for odd in ODD_VALUES:
+                yield {**doc, key: odd}
+            yield {k: v for k, v in doc.items() if k != key}
+            for inner in variants(doc[key]):
+                yield {**doc, key: inner}
+    elif isinstance(doc, list) and doc:
+        for inner in variants(doc[0]):
+            yield [inner, *doc[1:]]
+
+
+def assert_same_verdicts(original: dict[str, Any], flat: dict[str, Any], doc: Any) -> int:
+    """Both schemas agree on `doc` and on every variant of it; returns how many variants they refused."""
+    before = validators.validator_for(original)(original)
+    after = validators.validator_for(flat)(flat)
+    assert before.is_valid(doc) and after.is_valid(doc)
+    refused = 0
+    for variant in variants(doc):
+        verdict = before.is_valid(variant)
+        assert after.is_valid(variant) == verdict, json.dumps(variant)[:500]
+        refused += not verdict
+    return refused
+
+
+async def test_every_tool_result_gets_the_same_verdicts_from_the_published_and_the_pydantic_schema(
+    settings: Settings,
+) -> None:
+    server = create_server(settings)
+    async with Client(server) as client:
+        published = {t.name: t.output_schema for t in (await client.list_tools()).tools}
+        generated = {t.name: t.output_schema for t in await MCPServer.list_tools(server)}
+        session = await call(client, "create_session", title="t", tags=["a"], metadata={"n": 1, "s": "x", "b": None})
+        sid = session["id"]
+        results = {
+            "create_session": session,
+            "send_message": await call(client, "send_message", session_id=sid, text="echo hi; exit 3"),
+            "get_session": await call(client, "get_session", session_id=sid, events_after=0),
+            "list_sessions": await call(client, "list_sessions"),
+            "interrupt": await call(client, "interrupt", session_id=sid),
+            "close_session": await call(client, "close_session", session_id=sid),
+        }
+    assert set(results) == set(published)
+    for name, doc in results.items():
+        flat = published[name]
+        assert flat is not None and "$ref" not in json.dumps(flat) and "anyOf" not in json.dumps(flat), name
+        assert flat == flatten(generated[name])  # type: ignore[arg-type]
+        refused = assert_same_verdicts(generated[name], flat, doc)  # type: ignore[arg-type]
+        assert refused > 0, f"no variant of the {name} result was refused: the check proves nothing"
+
+
+class Tree(BaseModel):
+    name: str | None
+    children: list[Tree] = []
+
+
+def test_a_recursive_model_keeps_its_reference_and_gives_the_same_verdicts() -> None:
+    original = Tree.model_json_schema()
+    flat = flatten(copy.deepcopy(original))
+    assert "$defs" in flat and "$ref" in json.dumps(flat)
+    doc = Tree(name="a", children=[Tree(name=None, children=[Tree(name="c")])]).model_dump(mode="json")
+    assert assert_same_verdicts(original, flat, doc) > 0
+
+
+async def test_a_result_carries_its_structured_content_as_compact_json_text(client: Client) -> None:
+    result = await client.call_tool("list_sessions", {})
+    assert result.structured_content is not None and len(result.content) == 1
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert json.loads(text) == result.structured_content
+    assert "\n" not in text and ": " not in text
