@@ -6,7 +6,8 @@ Fills a fresh state folder through Store.insert (mixed statuses, turn outputs of
 times the same query at each layer, in one run:
 
 - sqlite3: the store's two statements (COUNT(*) and the page) on a plain connection, no decoding;
-- sqlite3 + decode: the same plus turning each row into a SessionRecord and a SessionSummary, as the server does;
+- sqlite3 + decode: the same plus parsing each row's stored summary into a SessionSummary, as the server does
+  (and, for comparison, decoding the whole records instead, as schema 2 had to);
 - server: SessionManager.list, what the list_sessions tool calls (also with the other filters);
 - stdio, raw: `python -m mcp_sessions` driven with JSON-RPC lines written and read by hand;
 - stdio: the list_sessions tool through the MCP Python SDK client against `python -m mcp_sessions`.
@@ -144,7 +145,8 @@ async def time_async(fn: Callable[[], Awaitable[Any]], calls: int, warmup: int) 
 
 # The statements Store.query runs for `statuses=[status]`, limit 50 (it asks for one row more).
 COUNT_SQL = "SELECT COUNT(*) FROM sessions WHERE status IN (?)"
-PAGE_SQL = "SELECT created_at, id, record FROM sessions WHERE status IN (?) ORDER BY created_at DESC, id DESC LIMIT ?"
+PAGE_SQL = "SELECT created_at, id, summary FROM sessions WHERE status IN (?) ORDER BY created_at DESC, id DESC LIMIT ?"
+RECORDS_SQL = PAGE_SQL.replace("summary", "record")
 
 
 def raw_sqlite(db: Path, status: str, calls: int, warmup: int) -> dict[str, Any]:
@@ -168,11 +170,11 @@ def raw_sqlite(db: Path, status: str, calls: int, warmup: int) -> dict[str, Any]
         def both_decoded() -> None:
             count()
             for row in page()[:50]:
-                SessionRecord.model_validate_json(row[2])
+                SessionSummary.model_validate_json(row[2])
 
-        def both_summarized() -> None:
+        def from_records() -> None:
             count()
-            for row in page()[:50]:
+            for row in conn.execute(RECORDS_SQL, (status, 51)).fetchall()[:50]:
                 SessionSummary.of(SessionRecord.model_validate_json(row[2]).session)
 
         other_counts = []
@@ -188,11 +190,12 @@ def raw_sqlite(db: Path, status: str, calls: int, warmup: int) -> dict[str, Any]
             "plans": plans,
             "total": count(),
             "page_json_bytes": sum(len(r[2]) for r in rows[:50]),
+            "records_json_bytes": sum(len(r[2]) for r in conn.execute(RECORDS_SQL, (status, 51)).fetchall()[:50]),
             "count": time_sync(count, calls, warmup),
             "page": time_sync(page, calls, warmup),
             "both": time_sync(both, calls, warmup),
             "decoded": time_sync(both_decoded, calls, warmup),
-            "summarized": time_sync(both_summarized, calls, warmup),
+            "from_records": time_sync(from_records, calls, warmup),
         }
     finally:
         conn.close()
@@ -340,10 +343,10 @@ def main() -> None:
 
     rows = [
         ("sqlite3", "`COUNT(*)` alone", raw["count"]),
-        ("sqlite3", "page of 51 rows alone, records not decoded", raw["page"]),
+        ("sqlite3", "page of 51 rows alone, summaries not decoded", raw["page"]),
         ("sqlite3", "both statements, no decoding (the baseline)", raw["both"]),
-        ("sqlite3 + decode", "both, and the 50 records parsed into `SessionRecord`", raw["decoded"]),
-        ("sqlite3 + decode", "both, parsed, and made into 50 `SessionSummary` rows (the server's work)", raw["summarized"]),
+        ("sqlite3 + decode", "both, and the 50 stored summaries parsed into `SessionSummary` (the server's work)", raw["decoded"]),
+        ("sqlite3 + decode", "for comparison: whole records read and cut down to summaries instead (schema 2)", raw["from_records"]),
         ("server", "`SessionManager.list(statuses=[...])`, limit 50", server),
         ("stdio, raw", f"`tools/call list_sessions` as JSON-RPC lines by hand, no client library ({reply_bytes / 1e3:.0f} KB reply)", raw_stdio),
         ("stdio", f"`list_sessions` through the MCP Python SDK client ({args.mode} era)", stdio),
@@ -361,11 +364,11 @@ def main() -> None:
         )
     command = " ".join(["python bench/bench_list.py", *map(shlex.quote, sys.argv[1:])])
     med = {name: summarize(samples)[0] for name, samples in
-           (("sql", raw["both"]), ("decode", raw["summarized"]), ("server", server), ("raw", raw_stdio), ("sdk", stdio), ("check", schema_check))}
+           (("sql", raw["both"]), ("decode", raw["decoded"]), ("old", raw["from_records"]), ("server", server), ("raw", raw_stdio), ("sdk", stdio), ("check", schema_check))}
     reading = (
-        f"Where the time goes: SQLite answers both statements in {med['sql']:.2f} ms; parsing the 50 full records "
-        f"(each carries its last turn's output, twice) and making the summary rows takes "
-        f"{med['decode'] - med['sql']:.2f} ms more, {(med['decode'] - med['sql']) / med['server']:.0%} of the server's "
+        f"Where the time goes: SQLite answers both statements in {med['sql']:.2f} ms; parsing the 50 stored "
+        f"summaries takes {med['decode'] - med['sql']:.2f} ms more (decoding the whole records instead, each carrying "
+        f"its last turn's output twice, took {med['old'] - med['sql']:.2f} ms); the server answers in "
         f"{med['server']:.2f} ms. Over stdio the server "
         f"answers a hand-written client in {med['raw']:.2f} ms; the MCP Python SDK client adds "
         f"{med['sdk'] - med['raw']:.2f} ms; checking one reply against the tool's output schema with jsonschema, as "
@@ -378,7 +381,8 @@ def main() -> None:
             f"`list_sessions(statuses=[\"{args.status}\"])`, default page of 50, over {args.sessions:,} sessions "
             f"({', '.join(f'{n:,} {s}' for s, n in sorted(mix.items(), key=lambda kv: -kv[1]))}; {raw['total']:,} match). "
             f"Records carry turn outputs of realistic sizes (most under 2 KB, 5% at the 32 KiB cap): the page's 50 "
-            f"records are {raw['page_json_bytes'] / 1e3:,.0f} KB of JSON; the database is {db_mb:,.0f} MB. "
+            f"records are {raw['records_json_bytes'] / 1e3:,.0f} KB of JSON, their stored summaries "
+            f"{raw['page_json_bytes'] / 1e3:,.0f} KB; the database is {db_mb:,.0f} MB. "
             f"{args.calls} timed calls per layer after {args.warmup} warm-up calls.",
             "",
             "```",
