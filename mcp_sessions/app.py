@@ -55,7 +55,8 @@ def make_driver_factory(settings: Settings) -> Callable[[str], Driver]:
 
 
 def agents(settings: Settings) -> dict[str, Agent]:
-    return {"shell": ShellAgent(), "llm": LlmAgent(settings), "remote": RemoteAgent()}
+    llm = LlmAgent(settings)
+    return {"shell": ShellAgent(), "llm": llm, "remote": RemoteAgent(llm.prices)}
 
 
 @asynccontextmanager

@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup
 
 from sandbox_backends.base import Driver, Limits, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
 from sandbox_backends.output import OutputBuffer
-from sandbox_backends.remote import REMOTE_LABEL
+from sandbox_backends.remote import remote_labels
 
 from . import leases
 from .agents.base import Agent, TurnContext, TurnOutcome
@@ -195,7 +195,7 @@ class SessionManager:
             env=record.env,
             limits=Limits(**record.limits),
             labels={"mcp-sessions.session": s.id}
-            | ({REMOTE_LABEL: record.agent_options["remote"]} if record.agent_options.get("remote") else {}),
+            | (remote_labels(record.agent_options["remote"], s.title, s.tags, s.model) if record.agent_options.get("remote") else {}),
         )
 
     async def _sandbox(self, record: SessionRecord) -> Sandbox:

@@ -13,6 +13,8 @@ from sandbox_backends.base import SandboxError
 
 from ..models import ContentBlock, Message, TextBlock, Usage
 from .base import TurnContext, TurnOutcome
+from .pricing import PriceTable
+from .providers.common import TokenUsage
 
 _blocks = TypeAdapter(list[ContentBlock])
 
@@ -27,10 +29,21 @@ def _content(raw: Any) -> list[ContentBlock]:
 class RemoteAgent:
     name = "remote"
 
+    def __init__(self, prices: PriceTable | None = None) -> None:
+        self.prices = prices
+        """Prices the usage of remotes that report tokens and the model but no cost."""
+
     def prepare(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         if not options.get("remote"):
             raise ValueError("The remote agent needs `remote`: the name of a configured remote platform.")
         return model, options
+
+    def _priced(self, usage: Usage, model: Any) -> Usage:
+        if usage.cost_usd or not model or self.prices is None:
+            return usage
+        tokens = TokenUsage(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_creation_tokens)
+        cost = self.prices.cost(str(model), tokens)
+        return usage.model_copy(update={"cost_usd": cost, "cost_by_model": {str(model): cost}}) if cost else usage
 
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         send = getattr(ctx.sandbox, "send", None)
@@ -47,7 +60,7 @@ class RemoteAgent:
                 elif kind in ("tool.started", "tool.completed"):
                     await ctx.emit(kind, event["data"])
                 elif kind == "end":
-                    usage = Usage.model_validate(event.get("usage") or {})
+                    usage = self._priced(Usage.model_validate(event.get("usage") or {}), event.get("model"))
                     messages = [
                         Message(role=m["role"], content=_content(m["content"]), turn=turn)
                         for m in event.get("messages") or []
