@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sandbox_backends import registry
 from sandbox_backends.base import Driver, Limits, SandboxError
-from sandbox_backends.remote import load_remotes
+from sandbox_backends.remote import CLIENTS, Remote, load_remotes
 
 from .agents.base import Agent
 from .agents.llm import LlmAgent
 from .agents.remote import RemoteAgent
 from .agents.shell import ShellAgent
 from .manager import SessionManager
+from .mirror import Mirror
 from .settings import Settings
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 
 def server_id(settings: Settings) -> str:
@@ -54,9 +58,19 @@ def make_driver_factory(settings: Settings) -> Callable[[str], Driver]:
     return make
 
 
+def configured_remotes(settings: Settings) -> dict[str, Remote]:
+    """The configured remotes; none if the configuration is invalid (the remote driver says why when used)."""
+    try:
+        return load_remotes(settings.remotes, settings.remotes_file)
+    except (ValueError, OSError) as e:
+        log.warning("the remotes configuration is invalid: %s", e)
+        return {}
+
+
 def agents(settings: Settings) -> dict[str, Agent]:
     llm = LlmAgent(settings)
-    return {"shell": ShellAgent(), "llm": llm, "remote": RemoteAgent(llm.prices)}
+    read_only = {name: r.dialect for name, r in configured_remotes(settings).items() if CLIENTS[r.dialect].read_only}
+    return {"shell": ShellAgent(), "llm": llm, "remote": RemoteAgent(read_only, llm.prices)}
 
 
 @asynccontextmanager
@@ -66,7 +80,8 @@ async def open_manager(settings: Settings) -> AsyncIterator[SessionManager]:
         manager = SessionManager(
             settings, store, make_driver_factory(settings), agents(settings), known_drivers=sorted(registry.available())
         )
-        async with manager:
+        async with manager, Mirror.running(store, settings, configured_remotes(settings)) as mirror:
+            manager.mirror = mirror
             yield manager
     finally:
         await store.aclose()

@@ -25,6 +25,7 @@ from sandbox_backends.remote import remote_labels
 from . import leases
 from .agents.base import Agent, TurnContext, TurnOutcome
 from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError, TooManySessions
+from .mirror import Mirror, read_only
 from .models import (
     LIVE_STATUSES,
     CloseReply,
@@ -147,6 +148,8 @@ class SessionManager:
         """Per session, how to reach the model of the client that last sent it a message (MCP sampling)."""
         self._admit = anyio.Lock()
         self._stopping = False
+        self.mirror: Mirror | None = None
+        """Keeps the sessions of read-only platforms in the store (mirror.py); set by whoever opens the manager."""
 
     async def __aenter__(self) -> SessionManager:
         self._tg = anyio.create_task_group()
@@ -476,6 +479,8 @@ class SessionManager:
                 raise SessionNotFound(s.id)
             if self._orphaned(r):
                 raise _Orphaned()
+            if reason := read_only(r):
+                raise SessionClosed(reason)
             if queue and s.status == "busy":
                 if len(r.queue) >= MAX_QUEUE:
                     raise SessionBusy(
@@ -867,6 +872,8 @@ class SessionManager:
         self, session_id: str, wait_s: float = 0.0, events_after: int | None = None, owner: str | None = None
     ) -> SessionDetail:
         record = await self._record(session_id, owner)
+        if self.mirror is not None:
+            record = await self.mirror.refresh(record)
         s = record.session
         if wait_s > 0 and s.status in ("busy", "creating"):
             record = await self._wait_until_settled(session_id, s.status, s.turns, wait_s)
@@ -980,6 +987,8 @@ class SessionManager:
 
     async def interrupt(self, session_id: str, owner: str | None = None) -> InterruptReply:
         record = await self._record(session_id, owner)
+        if reason := read_only(record):
+            raise SessionClosed(reason)
         s = record.session
         if s.status != "busy":
             return InterruptReply(
@@ -1038,7 +1047,7 @@ class SessionManager:
                 r.queue.clear()
 
             await self._update(session_id, drop_queue)
-        if s.status == "busy":
+        if s.status == "busy" and not read_only(record):  # a mirrored session is only marked closed here
             await self.interrupt(session_id)
         was_closed = s.status == "dead"
         if not was_closed or delete:

@@ -8,7 +8,8 @@ the `remote` agent turns into this server's events, reply and usage.
 Remotes are configured by name (see `parse_remotes`); a sandbox id is `<remote name>/<remote session id>`,
 so a restarted server re-attaches without any other state. Each platform's wire format is a *dialect*;
 implemented here: `mcp-sessions` (this project's own REST + SSE API), `ciab` (Claude-In-A-Box),
-`litellm-agent-platform` and `everruns`.
+`litellm-agent-platform`, `everruns`, and the read-only `syntropic137` (its sessions are mirrored, not driven:
+see mcp_sessions/mirror.py).
 
 Network faults: connect and read time-outs are bounded; idempotent calls and the event stream are retried
 with backoff while the remote restarts (up to `reconnect_s`); the stream resumes after the last event seen
@@ -17,6 +18,7 @@ with backoff while the remote restarts (up to `reconnect_s`); the stream resumes
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -100,6 +102,13 @@ def parse_remotes(data: Any) -> dict[str, Remote]:
         dialect = entry.get("dialect", "mcp-sessions")
         if dialect not in DIALECTS:
             raise ValueError(f"remote '{name}': unknown dialect '{dialect}'; known: {', '.join(DIALECTS)}")
+        options = entry.get("options", {})
+        if not isinstance(options, dict):
+            raise ValueError(f"remote '{name}': \"options\" must be an object")
+        try:
+            CLIENTS[dialect].check_options(options)
+        except ValueError as e:
+            raise ValueError(f"remote '{name}' ({dialect}): {e}") from None
         remotes[name] = Remote(name=name, **{**entry, "url": entry["url"].rstrip("/"), "dialect": dialect})
     return remotes
 
@@ -152,6 +161,9 @@ class HttpDialect:
     """What every dialect shares: an HTTP client with the remote's token and time-outs, calls retried
     through restarts, error bodies turned into sentences, and an SSE reader that resumes after drops."""
 
+    read_only = False
+    """True for platforms whose sessions can only be read (see mcp_sessions/mirror.py)."""
+
     def __init__(self, remote: Remote) -> None:
         self.remote = remote
         headers = {}
@@ -167,6 +179,10 @@ class HttpDialect:
     def authorization(self, token: str) -> str:
         """The Authorization header for the remote's token."""
         return f"Bearer {token}"
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Raise ValueError naming what is wrong with a remote's `options` (checked when remotes are loaded)."""
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -750,11 +766,74 @@ class EverrunsClient(HttpDialect):
         await self.request("DELETE", f"{EVR}/{rid}", rid=rid, patience_s=CLOSE_PATIENCE_S)
 
 
+class Syntropic137Client(HttpDialect):
+    """The `syntropic137` dialect, read-only. Syntropic137 runs agent sessions for its workflows and lets others
+    only read them over HTTP (shared/seeds/003): `GET /sessions` (filters `statuses`, `workflow_id`,
+    `started_after`/`started_before`, `limit` 1..200; `{sessions, total}`) and `GET /sessions/{id}` (with
+    `operations`); errors are FastAPI's `{"detail": ...}`. This server mirrors those sessions
+    (mcp_sessions/mirror.py) and cannot create, message or interrupt them. The remote's `url` includes the API
+    prefix (e.g. `http://localhost:8137/api/v1`). `token_env` holds a bearer token (`SYN_API_TOKEN`), or, with
+    `options.user`, the password of the gateway's basic auth (`SYN_API_PASSWORD`)."""
+
+    read_only = True
+    OPTIONS = {"poll_s": "seconds between polls (default 30)", "limit": "sessions per page, 1..200 (default 200)",
+               "max_sessions": "most sessions read per poll (default 1000)", "statuses": "only these statuses",
+               "workflow_id": "only this workflow's sessions", "owner": "owner of the mirrored sessions",
+               "user": "basic-auth user"}  # fmt: skip
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        unknown = set(options) - set(cls.OPTIONS)
+        if unknown:
+            known = "; ".join(f"{k} ({v})" for k, v in cls.OPTIONS.items())
+            raise ValueError(f"unknown options {', '.join(sorted(unknown))}; known: {known}")
+        for key, low, high in (("poll_s", 0.1, None), ("limit", 1, 200), ("max_sessions", 1, None)):
+            value = options.get(key)
+            if value is not None and (not isinstance(value, (int, float)) or value < low or (high is not None and value > high)):
+                raise ValueError(f"options.{key} must be a number from {low:g}{f' to {high:g}' if high else ' up'}, not {value!r}")
+
+    def authorization(self, token: str) -> str:
+        user = self.remote.options.get("user")
+        return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode() if user else f"Bearer {token}"
+
+    def refuse(self, what: str) -> SandboxError:
+        return SandboxError(
+            f"syntropic137 sessions are read-only: {what} on {self.remote.label} is not possible. Its workflows start "
+            "and run the sessions; this server only shows them (list_sessions, get_session, the transcript)."
+        )
+
+    async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None) -> str:
+        raise self.refuse("creating a session")
+
+    def send(self, rid: str, text: str) -> AsyncIterator[RemoteEvent]:
+        raise self.refuse("sending a message")
+
+    async def interrupt(self, rid: str) -> bool:
+        raise self.refuse("interrupting a session")
+
+    async def state(self, rid: str) -> str | None:
+        await self.get(rid)
+        return None
+
+    async def close(self, rid: str, delete: bool) -> None:
+        return None  # nothing to do there: the session is the platform's
+
+    async def get(self, rid: str, patience_s: float | None = None) -> dict[str, Any]:
+        return await self.request("GET", f"/sessions/{rid}", rid=rid, patience_s=patience_s)
+
+    async def sessions(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """One page of `GET /sessions` (older versions answer a bare list)."""
+        data = await self.request("GET", "/sessions", params=params)
+        rows = data.get("sessions") if isinstance(data, dict) else data
+        return [r for r in rows or [] if isinstance(r, dict) and r.get("id")]
+
+
 CLIENTS: dict[str, type[HttpDialect]] = {
     "mcp-sessions": McpSessionsClient,
     "ciab": CiabClient,
     "litellm-agent-platform": LiteLlmAgentPlatformClient,
     "everruns": EverrunsClient,
+    "syntropic137": Syntropic137Client,
 }
 DIALECTS = tuple(CLIENTS)
 

@@ -29,13 +29,21 @@ def _content(raw: Any) -> list[ContentBlock]:
 class RemoteAgent:
     name = "remote"
 
-    def __init__(self, prices: PriceTable | None = None) -> None:
+    def __init__(self, read_only: dict[str, str] | None = None, prices: PriceTable | None = None) -> None:
+        self.read_only = read_only or {}
+        """Remote name -> dialect, for the remotes whose sessions can only be read (they are mirrored)."""
         self.prices = prices
         """Prices the usage of remotes that report tokens and the model but no cost."""
 
     def prepare(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        if not options.get("remote"):
+        name = options.get("remote")
+        if not name:
             raise ValueError("The remote agent needs `remote`: the name of a configured remote platform.")
+        if name in self.read_only:
+            raise ValueError(
+                f"{self.read_only[name]} sessions are read-only: remote '{name}' cannot make sessions here; its own "
+                f"workflows start them, and they show up by themselves: list_sessions(tags=['{name}'])."
+            )
         return model, options
 
     def _priced(self, usage: Usage, model: Any) -> Usage:
