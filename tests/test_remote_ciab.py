@@ -23,6 +23,7 @@ from mcp_sessions.settings import Settings
 
 from .asgi import serve_fake
 from .conftest import call
+from .remote_checks import check_lost_session_fails
 
 pytestmark = pytest.mark.anyio
 
@@ -223,14 +224,7 @@ async def test_ciab_session_messages_stream_resume_interrupt_and_loss(tmp_path: 
             assert closed["status"] == "dead"
 
             # a CIAB session that disappears: the local session fails, saying so
-            s = await call(client, "create_session", driver="remote", remote="box")
-            sid, rid = s["id"], s["sandbox"]["remote_session_id"]
-            del fake.sessions[rid]
-            r = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
-            assert r["turn_status"] == "failed"
-            got = await call(client, "get_session", session_id=sid)
-            assert got["session"]["status"] == "failed"
-            assert "gone" in got["session"]["failure_reason"] and "ciab" in got["session"]["failure_reason"]
+            await check_lost_session_fails(client, "box", fake.sessions.pop, "ciab")
 
 
 async def test_ciab_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

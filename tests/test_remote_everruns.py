@@ -25,6 +25,7 @@ from mcp_sessions.settings import Settings
 
 from .asgi import serve_fake
 from .conftest import call
+from .remote_checks import check_lost_session_fails
 
 pytestmark = pytest.mark.anyio
 
@@ -309,14 +310,7 @@ async def test_everruns_session_stream_usage_resume_cancel_delete_and_loss(tmp_p
             assert fake.deleted == [rid]
 
             # an Everruns session deleted behind our back: the local session fails, saying so
-            s = await call(client, "create_session", driver="remote", remote="evr")
-            sid, rid = s["id"], s["sandbox"]["remote_session_id"]
-            del fake.sessions[rid]
-            r = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
-            assert r["turn_status"] == "failed"
-            got = await call(client, "get_session", session_id=sid)
-            assert got["session"]["status"] == "failed"
-            assert "gone" in got["session"]["failure_reason"] and "everruns" in got["session"]["failure_reason"]
+            await check_lost_session_fails(client, "evr", fake.sessions.pop, "everruns")
 
 
 async def test_everruns_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
