@@ -120,6 +120,8 @@ class RunningTurn:
     stop_status: TurnStatus = "interrupted"
     flush: Callable[[], Awaitable[None]] | None = None
     """Publishes output not yet sent as events, so a reply's output and its events cursor agree."""
+    ended: tuple[SessionRecord, int] | None = None
+    """The record as the turn's end left it and the last event seq then: the reply needs no store read."""
 
 
 class SessionManager:
@@ -275,7 +277,7 @@ class SessionManager:
             outcome.content = [TextBlock(text=result.output)]
             outcome.exit_code, outcome.output = result.exit_code, result.output
             outcome.output_bytes, outcome.output_cut_bytes = result.output_bytes, result.cut_bytes
-        return await self._finish_turn(s.id, s.turns, dead_lease, outcome)
+        return (await self._finish_turn(s.id, s.turns, dead_lease, outcome))[0]
 
     # -- timers -----------------------------------------------------------------------------------
 
@@ -503,7 +505,13 @@ class SessionManager:
         else:
             self._samplers.pop(session_id, None)
         if "position" not in placed:
-            self._spawn_turn(record, text)
+            running = self._spawn_turn(record, text)
+            with anyio.move_on_after(min(max(wait_s, 0.0), MAX_WAIT_S)):
+                await running.done.wait()
+            if running.ended is not None:  # the usual quick turn: answered from its own end
+                record, cursor = running.ended
+                return await self._reply(record, placed["turn"], cursor)
+            wait_s = 0  # waited already: the turn is still running (or its end could not be recorded)
         record = await self._wait_turn(session_id, placed["turn"], wait_s)
         return await self._reply(record, placed["turn"])
 
@@ -518,11 +526,12 @@ class SessionManager:
         messages.append(Message(role="user", content=[TextBlock(text=text)], turn=s.turns))
         return [("turn.started", {"turn": s.turns, "text": shorten(text, 2000)}), ("status", {"status": "busy"})]
 
-    def _spawn_turn(self, record: SessionRecord, text: str) -> None:
+    def _spawn_turn(self, record: SessionRecord, text: str) -> RunningTurn:
         running = RunningTurn(turn=record.session.turns, buffer=OutputBuffer(self.settings.max_output_bytes))
         self._turns[record.session.id] = running
         assert self._tg is not None
         self._tg.start_soon(self._run_turn, record, text, running)
+        return running
 
     def _check_can_send(self, s: Session) -> None:
         if s.status == "busy":
@@ -687,7 +696,7 @@ class SessionManager:
         while True:
             try:
                 with anyio.CancelScope(shield=True):
-                    await self._finish_turn(sid, running.turn, self._lease, outcome, events)
+                    running.ended = await self._finish_turn(sid, running.turn, self._lease, outcome, events)
                 return
             except StoreError as e:
                 if self._stopping:
@@ -697,10 +706,11 @@ class SessionManager:
 
     async def _finish_turn(
         self, session_id: str, turn: int, lease: str | None, outcome: TurnOutcome, events_first: list[EventSpec] = []
-    ) -> SessionRecord:
+    ) -> tuple[SessionRecord, int]:
         """Record how `turn` ended and, if messages are queued, start the next one in the same transaction.
 
         `events_first` are the turn's own events not yet written (its last output, tool ends); they go first.
+        Returns the record as written and the session's last event seq.
         """
         finished = now()
         if outcome.messages is not None:
@@ -756,10 +766,10 @@ class SessionManager:
                 events.append(("status", {"status": "ready"}))
             return events
 
-        record, _ = await self._update(session_id, finish, messages)
+        record, events = await self._update(session_id, finish, messages)
         if next_text:
             self._spawn_turn(record, next_text[0])
-        return record
+        return record, events[-1].seq if events else await self.store.last_seq(session_id)
 
     async def _wait_turn(self, session_id: str, turn: int, wait_s: float) -> SessionRecord:
         """The record once `turn` has ended, or as it stands after `wait_s` (at most 50 s)."""
@@ -787,12 +797,14 @@ class SessionManager:
             return s.status in ("dead", "failed")
         return s.last_turn is None or s.last_turn.status != "running"
 
-    async def _reply(self, record: SessionRecord, turn: int) -> TurnReply:
+    async def _reply(self, record: SessionRecord, turn: int, cursor: int | None = None) -> TurnReply:
+        """What the caller learns of `turn`; `cursor`, if known, is the last event seq as of `record`."""
         s = record.session
         running = self._turns.get(s.id)
-        if running is not None and running.flush is not None:
-            await running.flush()
-        cursor = await self.store.last_seq(s.id)
+        if cursor is None:
+            if running is not None and running.flush is not None:
+                await running.flush()
+            cursor = await self.store.last_seq(s.id)
         base = {"session_id": s.id, "status": s.status, "turn": turn, "events_cursor": cursor}
         if s.turns < turn and s.status == "busy":
             position = turn - s.turns
