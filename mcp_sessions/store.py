@@ -71,6 +71,15 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     CREATE INDEX sessions_by_idle_deadline ON sessions(idle_deadline) WHERE idle_deadline IS NOT NULL;
     """,
     _add_summaries,
+    # version 4: list filters by driver, agent, owner (every list over HTTP with tokens) and tag read an
+    # index instead of every row
+    """
+    CREATE INDEX sessions_by_driver ON sessions(driver, created_at DESC, id DESC);
+    CREATE INDEX sessions_by_agent ON sessions(agent, created_at DESC, id DESC);
+    CREATE INDEX sessions_by_owner ON sessions(owner, status, created_at DESC, id DESC);
+    CREATE TABLE session_tags(tag TEXT NOT NULL, session_id TEXT NOT NULL, PRIMARY KEY(tag, session_id)) WITHOUT ROWID;
+    INSERT OR IGNORE INTO session_tags(tag, session_id) SELECT json_each.value, sessions.id FROM sessions, json_each(sessions.tags);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -202,10 +211,26 @@ class Store:
                 self._conn.execute("ROLLBACK")
             raise
 
+    def _snapshot(self, fn: Callable[[], T]) -> T:
+        """Run reads in one read transaction, so they see one state of a database others write to."""
+        self._conn.execute("BEGIN")
+        try:
+            return fn()
+        finally:
+            self._conn.execute("COMMIT")
+
     # -- sessions ---------------------------------------------------------------------------------
 
-    def _write_record(self, record: SessionRecord) -> None:
+    def _write_record(self, record: SessionRecord, stored_tags: str | None = None) -> None:
+        """Insert or update the row; `stored_tags` is the row's tags column before, None for a new row."""
         s = record.session
+        tags = json.dumps(s.tags)
+        if tags != stored_tags:
+            if stored_tags is not None:
+                self._conn.execute("DELETE FROM session_tags WHERE session_id=?", (s.id,))
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO session_tags(tag, session_id) VALUES(?,?)", [(t, s.id) for t in s.tags]
+            )
         deadline = None
         if s.status == "ready" and s.idle_timeout_s > 0:
             deadline = stamp(s.last_activity_at + timedelta(seconds=s.idle_timeout_s))
@@ -220,7 +245,7 @@ class Store:
                 s.driver,
                 s.agent,
                 s.owner,
-                json.dumps(s.tags),
+                tags,
                 record.model_dump_json(),
                 deadline,
                 SessionSummary.of(s).model_dump_json(),
@@ -267,12 +292,12 @@ class Store:
         """
 
         def run() -> tuple[SessionRecord, list[Event]]:
-            row = self._conn.execute("SELECT record FROM sessions WHERE id=?", (session_id,)).fetchone()
+            row = self._conn.execute("SELECT record, tags FROM sessions WHERE id=?", (session_id,)).fetchone()
             if row is None:
                 raise KeyError(session_id)
             record = SessionRecord.model_validate_json(row[0])
             specs = mutate(record) or []
-            self._write_record(record)
+            self._write_record(record, row[1])
             for message in messages:
                 self._add_message(session_id, message)
             return record, self._append_events(session_id, specs)
@@ -281,7 +306,8 @@ class Store:
 
     async def delete(self, session_id: str) -> None:
         def run() -> None:
-            for table, column in (("events", "session_id"), ("messages", "session_id"), ("sessions", "id")):
+            tables = (("events", "session_id"), ("messages", "session_id"), ("session_tags", "session_id"), ("sessions", "id"))
+            for table, column in tables:
                 self._conn.execute(f"DELETE FROM {table} WHERE {column}=?", (session_id,))
 
         await self._run(self._transaction, run)
@@ -341,7 +367,7 @@ class Store:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args += statuses
         for tag in tags or []:
-            where.append("EXISTS (SELECT 1 FROM json_each(sessions.tags) WHERE value=?)")
+            where.append("id IN (SELECT session_id FROM session_tags WHERE tag=?)")
             args.append(tag)
         for column, value in (("driver", driver), ("agent", agent), ("owner", owner)):
             if value is not None:
@@ -362,17 +388,22 @@ class Store:
 
         def run() -> tuple[list[SessionSummary], int, str | None]:
             total = self._conn.execute(f"SELECT COUNT(*) FROM sessions WHERE {base}", args).fetchone()[0]
+            # The page's ids first, then their summaries: a row's summary lies after its record (often
+            # several pages long), so reading it for every candidate row would walk every record.
             rows = self._conn.execute(
-                f"SELECT created_at, id, summary FROM sessions WHERE {page_where} "
-                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                f"SELECT created_at, id FROM sessions WHERE {page_where} ORDER BY created_at DESC, id DESC LIMIT ?",
                 [*page_args, limit + 1],
             ).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
             next_cursor = encode_cursor(rows[-1][0], rows[-1][1]) if more else None
-            return [SessionSummary.model_validate_json(r[2]) for r in rows], total, next_cursor
+            ids = [r[1] for r in rows]
+            summaries = dict(
+                self._conn.execute(f"SELECT id, summary FROM sessions WHERE id IN ({','.join('?' * len(ids))})", ids)
+            )
+            return [SessionSummary.model_validate_json(summaries[i]) for i in ids], total, next_cursor
 
-        return await self._run(run)
+        return await self._run(self._snapshot, run)
 
     # -- messages and events ----------------------------------------------------------------------
 

@@ -270,12 +270,14 @@ async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_ses
     try:
         for target in range(1, version + 1):
             Store._migrate(conn, target)
-        s = Session(id="ses_" + "b" * 32, title="old", driver="local", agent="shell", command_timeout_s=1, status="ready")
+        s = Session(id="ses_" + "b" * 32, title="old", driver="local", agent="shell", command_timeout_s=1, status="ready", tags=["p", "q"])
         row = {"id": s.id, "created_at": stamp(s.created_at), "status": s.status, "driver": s.driver, "agent": s.agent,
-               "owner": None, "tags": "[]", "record": SessionRecord(session=s).model_dump_json()}
+               "owner": None, "tags": '["p", "q"]', "record": SessionRecord(session=s).model_dump_json()}
         if version >= 3:
             row["summary"] = SessionSummary.of(s).model_dump_json()
         conn.execute(f"INSERT INTO sessions({','.join(row)}) VALUES({','.join('?' * len(row))})", list(row.values()))
+        if version >= 4:
+            conn.executemany("INSERT INTO session_tags(tag, session_id) VALUES(?,?)", [("p", s.id), ("q", s.id)])
     finally:
         conn.close()
     store = await Store.open(path)
@@ -284,6 +286,9 @@ async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_ses
         assert got is not None and got.session.status == "ready"
         page, total, _ = await store.query(statuses=["ready"])
         assert total == 1 and page[0].id == s.id and page[0].title == "old" and page[0].status == "ready"
+        for filters in ({"tags": ["p"]}, {"tags": ["p", "q"]}, {"driver": "local"}, {"agent": "shell"}):
+            assert (await store.query(**filters))[1] == 1, filters  # type: ignore[arg-type]
+        assert (await store.query(tags=["z"]))[1] == 0
     finally:
         await store.aclose()
     assert user_version(path) == SCHEMA_VERSION
@@ -305,3 +310,16 @@ async def test_many_connections_opening_a_new_database_at_once_all_get_the_schem
     assert len(opened) == 8
     assert user_version(path) == SCHEMA_VERSION
     await round_trip(path)
+
+
+async def test_tag_filters_follow_tags_changed_by_an_update_and_a_delete(store: Store) -> None:
+    s = Session(id="ses_" + "c" * 32, driver="local", agent="shell", command_timeout_s=1, tags=["old", "kept"])
+    await store.insert(SessionRecord(session=s), [])
+
+    def retag(r: SessionRecord) -> None:
+        r.session.tags = ["kept", "new"]
+
+    await store.update(s.id, retag)
+    assert [(await store.query(tags=[t]))[1] for t in ("old", "kept", "new")] == [0, 1, 1]
+    await store.delete(s.id)
+    assert [(await store.query(tags=[t]))[1] for t in ("old", "kept", "new")] == [0, 0, 0]
