@@ -45,6 +45,7 @@ from .errors import SessionError, SessionNotFound
 from .manager import CreateRequest, SessionManager
 from .notifications import ChangeFeed, with_progress
 from .schemas import flatten
+from .stdio import stdio_streams
 from .models import (
     CloseReply,
     InterruptReply,
@@ -123,7 +124,13 @@ SessionId = Annotated[str, Field(description="The session id (ses_...), as retur
 
 class SessionsServer(MCPServer[AppState]):
     """MCPServer whose resources/list shows the live sessions, whose output schemas are quick to check
-    (see schemas.py) and whose results carry their JSON compactly in the text block, as a model reads it."""
+    (see schemas.py), whose results carry their JSON compactly in the text block, as a model reads it,
+    and whose stdio transport polls the pipes instead of handing each message to a thread (stdio.py)."""
+
+    async def run_stdio_async(self) -> None:
+        async with stdio_streams() as (read_stream, write_stream):
+            server = self._lowlevel_server
+            await server.run(read_stream, write_stream, server.create_initialization_options())
 
     async def list_tools(self) -> list[Tool]:
         tools = await super().list_tools()

@@ -5,6 +5,7 @@ Several server processes share one state folder here, as they do when several cl
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import Client
 
 from .conftest import ERAS, call, call_error, new_session, processes_marked, stdio_params
@@ -145,3 +147,44 @@ def test_a_corrupt_database_is_reported_and_left_untouched(home: Path) -> None:
     assert "cannot be read" in proc.stderr and "left untouched" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert db.read_bytes() == b"this is not a database" * 100
+
+
+async def test_the_stdio_transport_handles_pipelined_huge_and_broken_lines(home: Path) -> None:
+    """Raw JSON-RPC lines on the real pipes: several requests in one write, a line of 12 MB that arrives
+    in many reads, a line that is not JSON (skipped: it has no id to answer, as the SDK's transport does);
+    every request is answered, then closing stdin stops the server."""
+    params = stdio_params(home)
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    huge = {"session_id": "ses_" + "0" * 32, "text": "x" * (12 * 1024 * 1024)}
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "create_session", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "list_sessions", "arguments": {}}},
+        "{this is not json",
+        "",
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "send_message", "arguments": huge}},
+        {"jsonrpc": "2.0", "id": 5, "method": "tools/list"},
+    ]
+    data = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests).encode()
+    by_id: dict[int, dict] = {}
+    others = []
+    with anyio.fail_after(60):
+        async with await anyio.open_process([params.command, *params.args], env=params.env, stderr=subprocess.DEVNULL) as server:
+            assert server.stdin is not None and server.stdout is not None
+            await server.stdin.send(data)  # one write: the server reads it in many chunks
+            lines = BufferedByteReceiveStream(server.stdout)
+            while len(by_id) < 5:
+                reply = json.loads(await lines.receive_until(b"\n", 1 << 20))
+                if reply.get("id") is None:
+                    others.append(reply)
+                else:
+                    by_id[reply["id"]] = reply
+            await server.stdin.aclose()
+            assert await server.wait() == 0
+    assert "result" in by_id[2], by_id[2]
+    assert by_id[2]["result"]["structuredContent"]["status"] == "ready"
+    assert by_id[3]["result"]["structuredContent"]["total"] >= 1
+    assert by_id[4]["result"]["isError"] and "bytes, over this server's limit" in by_id[4]["result"]["content"][0]["text"]
+    assert len(by_id[5]["result"]["tools"]) == 6
+    assert not [r for r in [*by_id.values(), *others] if "error" in r]
