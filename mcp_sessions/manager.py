@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from sandbox_backends.base import Driver, Limits, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
+from sandbox_backends.base import Driver, Limits, Sandbox, SandboxError, SandboxNotFound, SandboxRestarted, SandboxSpec
 from sandbox_backends.output import OutputBuffer
 from sandbox_backends.remote import remote_labels
 
@@ -658,6 +658,8 @@ class SessionManager:
                         helpers.cancel_scope.cancel()
                 if error is not None:
                     raise error
+        except SandboxRestarted as e:  # e.g. its engine restarted: the command is gone, the sandbox works
+            running.stop_status, running.stop_reason = "interrupted", str(e)
         except SandboxNotFound as e:
             running.stop_status, running.stop_reason = "failed", f"the sandbox is gone: {e}"
             await self._on_sandbox_failure(sid, f"sandbox lost: {e}")

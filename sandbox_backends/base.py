@@ -32,6 +32,11 @@ class SandboxNotFound(SandboxError):
     """The sandbox no longer exists (removed, or never made)."""
 
 
+class SandboxRestarted(SandboxError):
+    """The sandbox restarted under a running command (its engine restarted, say): the command is gone, the
+    sandbox works again with its workspace files. The message says what was reset."""
+
+
 class SandboxBusy(SandboxError):
     """A command is already running in this sandbox."""
 

@@ -67,6 +67,7 @@ import collections
 import json
 import logging
 import posixpath
+import re
 import secrets
 import socket
 import ssl
@@ -74,7 +75,8 @@ import struct
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
@@ -95,6 +97,7 @@ from .base import (
     SandboxBusy,
     SandboxError,
     SandboxNotFound,
+    SandboxRestarted,
     SandboxSpec,
 )
 from .output import OutputBuffer
@@ -125,6 +128,15 @@ STOP_TIMEOUT_S = 10.0
 """Upper bound on waiting for a stopped command's last frames (the control shell stops it in about 1 s)."""
 CONNECT_TIMEOUT_S = 30.0
 TAKE_OVER_OUTPUT = 65536
+ENGINE_WAIT_S = 30.0
+"""How long a command (or file access) waits for an engine that stopped answering before it fails."""
+ENGINE_POLL_S = 0.5
+OUTAGE_SLACK_S = 5.0
+"""A container that stopped up to this long before the engine was seen going away counts as stopped by it."""
+ENGINE_RESTARTED = (
+    "docker engine restarted: the command was stopped and the sandbox started again with its /workspace files "
+    "(its /tmp, background processes and the shell's cwd and variables were reset)"
+)
 MAX_FRAME = 64 << 20
 """Largest frame accepted from a control shell (output comes in 1 MiB frames; file reads may raise it)."""
 
@@ -674,8 +686,25 @@ class _Lost(Exception):
     """The control shell's connection ended."""
 
 
+class _EngineDown(SandboxError):
+    """The Docker engine does not answer (stopped, restarting, or never started)."""
+
+
+class _ContainerStopped(SandboxError):
+    """The sandbox's container is not running; the message says why, in the words the failure watch uses."""
+
+
 def _engine_error(e: BaseException) -> SandboxError:
-    return SandboxError(f"Cannot reach the Docker engine ({type(e).__name__}: {e}). {ENGINE_HELP}")
+    return _EngineDown(f"Cannot reach the Docker engine ({type(e).__name__}: {e}). {ENGINE_HELP}")
+
+
+def _epoch(stamp: str | None) -> float | None:
+    """Seconds since the epoch of an engine time stamp such as 2026-11-22T22:53:16.640892065Z."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", stamp or "")
+    if m is None:
+        return None
+    zone = "+00:00" if m[3] == "Z" else m[3]
+    return datetime.fromisoformat(m[1] + zone).timestamp() + float(m[2] or 0)
 
 
 def _is_connection_error(e: BaseException) -> bool:
@@ -854,6 +883,7 @@ class _Run:
     started: bool = False
     offset: int = 0
     exit: dict[str, Any] | None = None
+    t0: float = field(default_factory=time.time)
 
 
 class DockerSandbox(ClosesOnExit):
@@ -954,7 +984,7 @@ class DockerSandbox(ClosesOnExit):
                 if self._conn is not None:
                     await self._conn.aclose()
                 self._conn = None
-                self._conn = await self._driver._open_control(self._cid, self._spec.env)
+                self._conn = await self._driver._reopen(self._cid, self._spec.env)
             return self._conn
 
     async def _stop(self, *, mark: bool) -> dict[str, Any]:
@@ -1032,6 +1062,10 @@ class DockerSandbox(ClosesOnExit):
                             run.conn = None
                             run.sent = False
                             break
+                        if run.started and self._driver._revived.get(self._cid, 0.0) >= run.t0:
+                            run.exit = {"rc": None, "interrupted": True}  # its files went with the old /run
+                            run.conn.close_request(run.req)
+                            raise SandboxRestarted(ENGINE_RESTARTED)
                         run.exit = {"rc": None, "interrupted": False}
                         run.conn.close_request(run.req)
                         return
@@ -1256,6 +1290,20 @@ class DockerDriver:
         self._pool_wanted = anyio.Event()
         self._pool_policy = _Policy(image, self.pool_limits, False)
         self._sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
+        self._down_since: float | None = None
+        """When the engine was first seen not answering (wall clock), while it does not."""
+        self._down_confirmed = False
+        """Whether the engine also ended the event stream meanwhile: it went away, it did not just miss a ping."""
+        self._outage: tuple[float, float] | None = None
+        """(went away, answered again) of the latest confirmed outage, wall clock."""
+        self._outages = 0
+        self._reconciled = 0
+        self._reconcile_lock = anyio.Lock()
+        self._revive_locks: dict[str, anyio.Lock] = collections.defaultdict(anyio.Lock)
+        self._revived: dict[str, float] = {}
+        """Container id -> when it was started again after an engine outage."""
+        self._leftovers: set[tuple[str | None, str | None]] = set()
+        """(container, volume) whose removal failed because the engine was away; removed once it is back."""
 
     # -- engine ---------------------------------------------------------------------------------
 
@@ -1267,10 +1315,7 @@ class DockerDriver:
             if self._client is None:
 
                 def connect() -> docker.DockerClient:
-                    if self.base_url:
-                        c = docker.DockerClient(base_url=self.base_url, version="auto")
-                    else:
-                        c = docker.from_env(version="auto")
+                    c = self._new_client()
                     c.ping()
                     return c
 
@@ -1279,6 +1324,12 @@ class DockerDriver:
                 except Exception as e:
                     raise _engine_error(e) from e
             return self._client
+
+    def _new_client(self, version: str = "auto", timeout: int | None = None) -> docker.DockerClient:
+        extra = {"timeout": timeout} if timeout else {}
+        if self.base_url:
+            return docker.DockerClient(base_url=self.base_url, version=version, **extra)
+        return docker.from_env(version=version, **extra)
 
     async def _api(self) -> docker.APIClient:
         return (await self.client()).api
@@ -1382,10 +1433,14 @@ class DockerDriver:
                 raise SandboxError(f"The sandbox container did not start: {e.explanation or e}") from None
             conn = await self._open_control(cid, env)
             return cid, host_config, conn
-        except BaseException:
+        except BaseException as e:
+            # An engine that went away mid-create may have made the container without saying so: remove it by name.
+            ref = cid or (name if isinstance(e, _EngineDown) else None)
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._remove(cid, volume if new_volume else None)
+                    await self._remove(ref, volume if new_volume else None)
+                except _EngineDown:
+                    log.warning("the engine went away while %s was made; it is removed once the engine is back", name)
                 except Exception:
                     log.exception("cleaning up a failed sandbox")
             raise
@@ -1419,7 +1474,7 @@ class DockerDriver:
             raise SandboxNotFound(f"The sandbox container {cid[:12]} no longer exists.") from None
         except docker.errors.APIError as e:
             if stopped := await self._stopped(cid):
-                raise SandboxError(stopped) from None
+                raise _ContainerStopped(stopped) from None
             raise SandboxError(f"Cannot reach the sandbox's shell: {e.explanation or e}") from None
         stream = await anyio.abc.SocketStream.from_socket(sock)
         conn = _Control(stream, exec_id)
@@ -1435,7 +1490,7 @@ class DockerDriver:
             except docker.errors.APIError:
                 code = None
             if stopped := await self._stopped(cid):  # killed meanwhile: say so, not "no python3"
-                raise SandboxError(stopped) from None
+                raise _ContainerStopped(stopped) from None
             if code in (126, 127):
                 raise SandboxError(
                     "The sandbox image has no python3; the docker driver needs bash and python3 in the image."
@@ -1458,9 +1513,29 @@ class DockerDriver:
             return None
         if state.get("Running"):
             return None
+        if state.get("OOMKilled"):
+            return "oom killed"
         return f"sandbox exited with code {state.get('ExitCode', '?')}"
 
+    async def _start(self, cid: str, failed: str) -> None:
+        """Start a stopped container; `failed` says what went wrong if it does not start."""
+        api = await self._api()
+        try:
+            await _blocking(api.start, cid)
+        except docker.errors.NotFound:
+            raise SandboxNotFound(f"The sandbox container {cid[:12]} no longer exists.") from None
+        except docker.errors.APIError as e:
+            raise SandboxError(f"{failed}: {e.explanation or e}") from None
+
     async def _remove(self, cid: str | None, volume: str | None) -> None:
+        """Remove a container (id or name) and a volume; while the engine is away, remember to do it once it is back."""
+        try:
+            await self._remove_now(cid, volume)
+        except _EngineDown:
+            self._leftovers.add((cid, volume))
+            raise
+
+    async def _remove_now(self, cid: str | None, volume: str | None) -> None:
         api = await self._api()
         if cid:
             try:
@@ -1488,6 +1563,152 @@ class DockerDriver:
                     ) from None
             await anyio.sleep(0.1)
         raise SandboxError(f"The workspace volume {volume} is still in use.")
+
+    # -- engine outages -------------------------------------------------------------------------
+    #
+    # Without live-restore a stopping engine stops every container. It refuses new connections at once
+    # but serves those already open for about a second more, so `die` events may or may not arrive, and
+    # an inspect may still answer "exited". So a stopped container is only reported dead once the engine
+    # answers a new connection; one that stopped while the engine was away is started again instead.
+
+    async def _engine_down(self) -> bool:
+        """True (and an outage noted) if the engine does not answer a new connection."""
+        version = self._client.api.api_version if self._client is not None else "auto"
+
+        def ping() -> None:
+            client = self._new_client(version, timeout=10)
+            try:
+                client.ping()
+            finally:
+                client.close()
+
+        try:
+            await anyio.to_thread.run_sync(ping)
+        except Exception:
+            if self._down_since is None:
+                self._down_since = time.time()
+                log.warning("the Docker engine is not answering; waiting for it")
+            return True
+        if self._down_since is not None:
+            if self._down_confirmed:
+                self._outage = (self._down_since, time.time())
+            log.warning("the Docker engine answers again")
+            self._down_since, self._down_confirmed = None, False
+        return False
+
+    def _confirm_outage(self) -> None:
+        """The engine ended the event stream and does not answer: it went away (stopping, restarting)."""
+        if self._down_since is not None and not self._down_confirmed:
+            self._down_confirmed = True
+            self._outages += 1
+
+    def _stopped_by_outage(self, state: dict[str, Any]) -> bool:
+        if self._outage is None or state.get("OOMKilled") or state.get("Status") != "exited":
+            return False
+        began, ended = self._outage
+        finished = _epoch(state.get("FinishedAt"))
+        return finished is not None and began - OUTAGE_SLACK_S <= finished <= ended + 1.0
+
+    async def _revive(self, cid: str) -> bool:
+        """Whether the container runs (again). One the engine stopped while going away is started again
+        (its workspace volume is kept) and its old control shells dropped; one that stopped for another
+        reason is left alone. Raises _EngineDown while the engine does not answer, SandboxNotFound if
+        the container is gone."""
+        async with self._revive_locks[cid]:
+            if await self._engine_down():
+                raise _EngineDown(f"The Docker engine is not answering. {ENGINE_HELP}")
+            api = await self._api()
+            try:
+                state = (await _blocking(api.inspect_container, cid)).get("State") or {}
+            except docker.errors.NotFound:
+                raise SandboxNotFound(f"The sandbox container {cid[:12]} no longer exists.") from None
+            if state.get("Running"):
+                return True
+            if cid in self._closing or not self._stopped_by_outage(state):
+                return False
+            stale = [s._conn for s in list(self._sandboxes) if s._cid == cid and s._conn is not None]
+            await self._start(cid, "The Docker engine restarted and the sandbox did not start again")
+            self._revived[cid] = time.time()
+            for conn in stale:
+                await conn.aclose()
+            log.warning("started sandbox container %s again: the Docker engine had stopped it", cid[:12])
+            return True
+
+    async def _reopen(self, cid: str, env: dict[str, str] | None) -> _Control:
+        """Open a control shell in the container. Through an engine outage, wait for the engine (up to
+        ENGINE_WAIT_S) and start the container again if the engine stopped it."""
+        deadline = time.monotonic() + ENGINE_WAIT_S
+        retry_now = True
+        while True:
+            try:
+                return await self._open_control(cid, env)
+            except SandboxNotFound:
+                raise
+            except SandboxError as e:
+                error: SandboxError = e
+            try:
+                if isinstance(error, _ContainerStopped) and await self._revive(cid):
+                    if retry_now:  # at once after a restart; if it stopped again, at the pace of the wait below
+                        retry_now = False
+                        continue
+                elif not isinstance(error, _EngineDown) and not await self._engine_down():
+                    raise error
+            except _EngineDown as e:
+                error = e
+            if time.monotonic() > deadline:
+                raise _EngineDown(f"The Docker engine did not come back within {ENGINE_WAIT_S:g} s: {error}")
+            await anyio.sleep(ENGINE_POLL_S)
+
+    async def _reconcile(self, on_failure: FailureCallback) -> None:
+        """After an outage: start again the session containers the engine stopped, report the ones that
+        died otherwise or are gone, drop dead pool containers (the pool refills) and remove leftovers."""
+        async with self._reconcile_lock:
+            known = [s for s in list(self._sandboxes) if not s._closed]
+            try:
+                api = await self._api()
+                listed = await _blocking(
+                    api.containers, all=True, filters={"label": [f"{LABEL_SANDBOX}=1", f"{LABEL_SERVER}={self.server_id}"]}
+                )
+            except SandboxError as e:
+                log.warning("could not check the sandboxes after the engine came back: %s", e)
+                return
+            present = {c["Id"] for c in listed}
+            async with anyio.create_task_group() as tg:
+                for c in listed:
+                    name = ((c.get("Names") or ["/"])[0]).lstrip("/")
+                    if name.startswith(SESSION_PREFIX) and c.get("State") == "exited" and c["Id"] not in self._closing:
+                        tg.start_soon(self._recover, c["Id"], name[len(SESSION_PREFIX) :], on_failure)
+            for sandbox in known:
+                if sandbox._cid not in present and not sandbox._closed and sandbox._cid not in self._closing:
+                    await on_failure(sandbox.name, "sandbox removed")
+            running = {c["Id"] for c in listed if c.get("State") == "running"}
+            for entry in [e for e in self._pool if e.container_id not in running]:
+                if entry in self._pool:
+                    self._pool.remove(entry)
+                    await self._discard(entry)
+            self._pool_wanted.set()
+            for ref, volume in list(self._leftovers):
+                self._leftovers.discard((ref, volume))
+                try:
+                    await self._remove(ref, volume)
+                except SandboxError as e:
+                    log.warning("could not remove %s left from the outage: %s", ref or volume, e)
+
+    async def _recover(self, cid: str, name: str, on_failure: FailureCallback) -> None:
+        try:
+            if await self._revive(cid):
+                for sandbox in [s for s in list(self._sandboxes) if s._cid == cid]:
+                    await sandbox._connection()  # its control shell, ready for the next command
+                return
+            reason = await self._stopped(cid)
+        except _EngineDown:
+            return  # away again: the next reconnect looks again
+        except SandboxNotFound:
+            reason = "sandbox removed"
+        except SandboxError as e:
+            reason = str(e)
+        if reason:
+            await on_failure(name, reason)
 
     # -- the protocol ---------------------------------------------------------------------------
 
@@ -1567,15 +1788,9 @@ class DockerDriver:
         elif not state.get("Running"):
             if state.get("Status") in ("removing", "dead"):
                 raise SandboxNotFound(f"The sandbox container {cid[:12]} is {state.get('Status')}.")
-            try:
-                await _blocking(api.start, cid)
-            except docker.errors.NotFound:
-                raise SandboxNotFound(f"The sandbox container {cid[:12]} no longer exists.") from None
-            except docker.errors.APIError as e:
-                raise SandboxError(
-                    f"The sandbox container {cid[:12]} had stopped (exit code {state.get('ExitCode')}) "
-                    f"and did not start again: {e.explanation or e}"
-                ) from None
+            await self._start(
+                cid, f"The sandbox container {cid[:12]} had stopped (exit code {state.get('ExitCode')}) and did not start again"
+            )
         volume = next(
             (m.get("Name") for m in info.get("Mounts") or [] if m.get("Destination") == WORKSPACE and m.get("Name")),
             None,
@@ -1598,7 +1813,9 @@ class DockerDriver:
         """Report this server's sandboxes that die, get OOM-killed or get removed; keep the warm pool full.
 
         Follows the engine's event stream filtered by this server's labels. A `die` is held for half a
-        second, so a container removed with force is reported once, as "sandbox removed".
+        second, so a container removed with force is reported once, as "sandbox removed"; a `die` while
+        the engine is stopping is not reported. When the stream comes back after the engine went away,
+        `_reconcile` starts again the sandboxes the engine stopped and replaces the pool.
         """
         async with anyio.create_task_group() as tg:
             if self.pool_size:
@@ -1621,17 +1838,31 @@ class DockerDriver:
                 pending_die[cid] = scope
                 await anyio.sleep(0.5)
                 pending_die.pop(cid, None)
-                if cid not in self._closing:
-                    await on_failure(sandbox, f"sandbox exited with code {code}")
+                if cid in self._closing:
+                    return
+                try:
+                    if await self._revive(cid):  # the engine stopped it while going away: it runs again
+                        return
+                    reason = await self._stopped(cid) or f"sandbox exited with code {code}"
+                except _EngineDown:
+                    return  # the engine is stopping: `_reconcile` decides once it is back
+                except SandboxError as e:
+                    reason = str(e)
+                await on_failure(sandbox, reason)
             pending_die.pop(cid, None)
 
         while True:
             try:
+                if await self._engine_down():
+                    raise _EngineDown("no answer")
                 stream = await _blocking(api.events, since=since, filters=filters, decode=True)
             except Exception as e:
-                log.warning("docker events unavailable (%s); retrying in 2 s", e)
-                await anyio.sleep(2)
+                log.debug("docker events unavailable (%s); retrying in %g s", e, ENGINE_POLL_S)
+                await anyio.sleep(ENGINE_POLL_S)
                 continue
+            if self._reconciled != self._outages:
+                self._reconciled = self._outages
+                tg.start_soon(self._reconcile, on_failure)
             try:
                 while True:
                     event = await anyio.to_thread.run_sync(next, stream, None, abandon_on_cancel=True, limiter=limiter)
@@ -1639,11 +1870,14 @@ class DockerDriver:
                         break
                     since = max(since or 0, int(event.get("time") or 0)) or None
                     await self._on_event(event, on_failure, tg, pending_die, report_die)
-            except Exception:
-                log.exception("docker event stream failed; reconnecting")
-                await anyio.sleep(1)
+            except Exception as e:
+                broken = isinstance(e, (requests.exceptions.RequestException, OSError)) or _is_connection_error(e)
+                log.warning("the docker event stream failed (%s: %s); reconnecting", type(e).__name__, e, exc_info=not broken)
             finally:
                 stream.close()
+            if await self._engine_down():  # it ended the stream and takes no new connection: it is going away
+                self._confirm_outage()
+            await anyio.sleep(ENGINE_POLL_S)
 
     async def _on_event(
         self,
@@ -1661,8 +1895,8 @@ class DockerDriver:
             if action in ("die", "destroy"):
                 for entry in [e for e in self._pool if e.container_id == cid]:
                     self._pool.remove(entry)
-                    await entry.conn.aclose()
                     self._pool_wanted.set()
+                    tg.start_soon(self._discard, entry)
             return
         sandbox = cname[len(SESSION_PREFIX) :] if cname.startswith(SESSION_PREFIX) else attrs.get(LABEL_NAME)
         if cid in self._closing:
@@ -1706,7 +1940,9 @@ class DockerDriver:
             except SandboxError as e:
                 failures += 1
                 log.warning("could not fill the sandbox pool: %s", e)
-                await anyio.sleep(min(60, 2**failures))
+                wanted = self._pool_wanted = anyio.Event()
+                with anyio.move_on_after(min(60, 2**failures)):
+                    await wanted.wait()  # set early once the engine is back from an outage
                 continue
             failures = 0
             self._pool.append(_PoolEntry(cid, name, volume, host_config, conn))
@@ -1733,6 +1969,8 @@ class DockerDriver:
         await entry.conn.aclose()
         try:
             await self._remove(entry.container_id, entry.volume)
+        except _EngineDown:
+            log.info("pool container %s is removed once the engine is back", entry.container_name)
         except SandboxError as e:
             log.warning("could not remove pool container %s: %s", entry.container_name, e)
 
