@@ -2,7 +2,7 @@
 that never ends, a sandbox that fills its /tmp. Each test ends with nothing lost and every session in a
 state that tells the truth.
 
-A restart of dockerd is not tested here: the engine is shared with other work on the machine.
+A restart of dockerd is in test_docker_engine_restart.py, on a private engine: this one is shared.
 """
 
 from __future__ import annotations
