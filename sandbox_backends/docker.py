@@ -1475,6 +1475,8 @@ class DockerDriver:
         except docker.errors.APIError as e:
             if stopped := await self._stopped(cid):
                 raise _ContainerStopped(stopped) from None
+            if e.status_code == 409 and any(w in str(e.explanation) for w in ("not running", "restarting")):
+                raise _ContainerStopped(str(e.explanation)) from None  # it was, and someone started it since
             raise SandboxError(f"Cannot reach the sandbox's shell: {e.explanation or e}") from None
         stream = await anyio.abc.SocketStream.from_socket(sock)
         conn = _Control(stream, exec_id)
@@ -1601,6 +1603,8 @@ class DockerDriver:
         if self._down_since is not None and not self._down_confirmed:
             self._down_confirmed = True
             self._outages += 1
+            # A stop ends the stream within seconds of refusing connections; an older first miss was another matter.
+            self._down_since = max(self._down_since, time.time() - 60)
 
     def _stopped_by_outage(self, state: dict[str, Any]) -> bool:
         if self._outage is None or state.get("OOMKilled") or state.get("Status") != "exited":
