@@ -1494,6 +1494,13 @@ class DockerDriver:
             if stopped := await self._stopped(cid):  # killed meanwhile: say so, not "no python3"
                 raise _ContainerStopped(stopped) from None
             if code in (126, 127):
+                # The exit code of a missing python3, and also of an exec cut short by the container's death
+                # while the engine still calls it running: only a container that stays up lacks python3.
+                with anyio.move_on_after(2):
+                    while not (stopped := await self._stopped(cid)):
+                        await anyio.sleep(0.2)
+                if stopped:
+                    raise _ContainerStopped(stopped) from None
                 raise SandboxError(
                     "The sandbox image has no python3; the docker driver needs bash and python3 in the image."
                 ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 from collections.abc import Iterator
@@ -88,6 +89,20 @@ async def test_a_memory_hog_is_reported_as_oom_killed(docker_settings: Settings)
         session = await wait_for(client, sid, "failed", within=5)
         assert session["failure_reason"] == "oom killed"
         assert reply["exit_code"] == 137 or (reply["turn_status"] == "failed" and "oom killed" in reply["reason"])
+
+
+async def test_an_image_without_python3_fails_its_session_saying_so(docker_settings: Settings, docker_engine: Any) -> None:  # noqa: F811
+    dockerfile = f"FROM {IMAGE}\nUSER root\nRUN rm -f /usr/bin/python3*\nUSER 1000\n"
+    image, _ = await anyio.to_thread.run_sync(
+        lambda: docker_engine.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag="mcp-sessions-test-nopython:latest", rm=True)
+    )
+    try:
+        async with Client(create_server(docker_settings), mode="legacy") as client:
+            session = await call(client, "create_session", image="mcp-sessions-test-nopython:latest")
+            assert session["status"] == "failed"
+            assert session["failure_reason"].endswith("the docker driver needs bash and python3 in the image."), session
+    finally:
+        await anyio.to_thread.run_sync(lambda: docker_engine.images.remove(image.id, force=True))
 
 
 async def test_limits_over_the_servers_maximum_are_refused(docker_settings: Settings) -> None:
