@@ -386,12 +386,18 @@ class Store:
             page_where += " AND (created_at<? OR (created_at=? AND id<?))"
             page_args += [after_time, after_time, after_id]
 
+        # With tags as the only column filter, SQLite would look up and sort every tagged session; walking
+        # the time index newest first stops at the page's end (12 -> 1 ms for a tag on 2,000 of 10,000).
+        only_tags = bool(tags) and not (statuses or driver is not None or agent is not None or owner is not None)
+        by_time = " INDEXED BY sessions_by_time" if only_tags else ""
+
         def run() -> tuple[list[SessionSummary], int, str | None]:
             total = self._conn.execute(f"SELECT COUNT(*) FROM sessions WHERE {base}", args).fetchone()[0]
             # The page's ids first, then their summaries: a row's summary lies after its record (often
             # several pages long), so reading it for every candidate row would walk every record.
             rows = self._conn.execute(
-                f"SELECT created_at, id FROM sessions WHERE {page_where} ORDER BY created_at DESC, id DESC LIMIT ?",
+                f"SELECT created_at, id FROM sessions{by_time} WHERE {page_where} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?",
                 [*page_args, limit + 1],
             ).fetchall()
             more = len(rows) > limit
