@@ -590,8 +590,10 @@ class SessionManager:
             if events := take_queued():
                 try:
                     await self.store.append_events(sid, events)
-                except StoreError:
-                    queued[:0] = events  # kept for the next flush or the turn's end; bounded by max_output_bytes
+                except BaseException:
+                    # Not written: a full disk, or cancelled while waiting for the store (the turn ended as
+                    # this flush began). Kept for the next flush or the turn's end; bounded by max_output_bytes.
+                    queued[:0] = events
                     raise
                 self._notify(sid)
 
