@@ -221,7 +221,8 @@ class Mirror:
             with anyio.fail_after(REFRESH_TIMEOUT_S):
                 detail = await client.get(m["id"], patience_s=0)
         except SandboxNotFound as e:
-            return await self._change(record, lambda r: self._fail(r, str(e)))
+            reason = str(e)
+            return await self._change(record, lambda r: self._fail(r, reason))
         except (SandboxError, TimeoutError) as e:
             why = str(e) or f"no answer from {client.remote.label} in {REFRESH_TIMEOUT_S:g} s"
             note = f"not refreshed just now ({why}); showing what was last read"

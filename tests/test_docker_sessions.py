@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from mcp_sessions.settings import Settings
 
 from .conftest import ERAS, call, call_error, new_session, stdio_params
 from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
-from .test_stdio import server_pids
+from .test_stdio import kill_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -119,11 +117,7 @@ async def test_a_killed_server_reattaches_its_container(docker_settings: Setting
         await call(client, "send_message", session_id=sid, text="cd /tmp && export KEEP=yes && echo made > /workspace/f")
         busy = await call(client, "send_message", session_id=sid, text="echo partial; sleep 300", wait_s=1)
         assert busy["status"] == "busy"
-        (pid,) = server_pids(home)
-        os.kill(pid, signal.SIGKILL)
-        with anyio.fail_after(10):
-            while pid in server_pids(home):
-                await anyio.sleep(0.05)
+        await kill_server(home)
     (before,) = containers_of(docker_engine, sid)
     async with Client(stdio_params(home, *env), mode="legacy") as client:
         session = (await call(client, "get_session", session_id=sid))["session"]

@@ -8,7 +8,6 @@ A restart of dockerd is in test_docker_engine_restart.py, on a private engine: t
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from mcp_sessions.settings import Settings
 
 from .conftest import call, call_error, new_session, processes_marked, stdio_params
 from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
-from .test_stdio import peak_rss_mb, server_pids
+from .test_stdio import kill_server, peak_rss_mb, server_pids
 
 pytestmark = pytest.mark.anyio
 
@@ -99,11 +98,7 @@ async def test_a_server_killed_during_20_concurrent_turns_loses_nothing(home: Pa
         async with anyio.create_task_group() as tg:
             for i, sid in enumerate(sids):
                 tg.start_soon(start, i, sid)
-        (pid,) = server_pids(home)
-        os.kill(pid, signal.SIGKILL)
-        with anyio.fail_after(10):
-            while pid in server_pids(home):
-                await anyio.sleep(0.05)
+        await kill_server(home)
     async with Client(stdio_params(home), mode="legacy") as client:
         listed = await call(client, "list_sessions", limit=200)
         assert sorted(s["id"] for s in listed["sessions"]) == sorted(sids)

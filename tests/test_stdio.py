@@ -39,6 +39,15 @@ def server_pids(home: Path) -> list[int]:
     return pids
 
 
+async def kill_server(home: Path) -> None:
+    """SIGKILL the one server process on `home`, as a crash would, and wait until it is gone."""
+    (pid,) = server_pids(home)
+    os.kill(pid, signal.SIGKILL)
+    with anyio.fail_after(10):
+        while pid in server_pids(home):
+            await anyio.sleep(0.05)
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -93,11 +102,7 @@ async def test_a_server_killed_during_a_turn_loses_nothing(home: Path) -> None:
         await call(client, "send_message", session_id=sid, text="cd /tmp && export KEEP=yes && echo before")
         busy = await call(client, "send_message", session_id=sid, text="echo partial; sleep 300", wait_s=0.5)
         assert busy["status"] == "busy" and busy["output"] == "partial\n"
-        (pid,) = server_pids(home)
-        os.kill(pid, signal.SIGKILL)
-        with anyio.fail_after(10):
-            while pid in server_pids(home):
-                await anyio.sleep(0.05)
+        await kill_server(home)
     async with Client(stdio_params(home), mode="legacy") as client:
         listed = await call(client, "list_sessions")
         assert [s["id"] for s in listed["sessions"]] == [sid] and listed["sessions"][0]["status"] == "ready"
