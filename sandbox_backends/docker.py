@@ -19,14 +19,15 @@ on stdout:
         D  content of a file:     len(req) (1 byte) + req + bytes
 
 Requests (each carries "req", an id chosen by the server; several may be in flight):
-- `run {run, script, env}` starts the runner of `shell.py` (`bash RUNNER STATE_DIR RUN_ID`) in a new
-  session, streams the run's output file as O frames and ends with `exit {rc, interrupted}`
-  (`started` is sent too, once the command has run for 15 ms). To keep bash's start-up off the round
-  trip, the control shell keeps two bash processes started ahead, each waiting on a pipe for a run id
-  before it sources the runner exactly as `bash RUNNER STATE_DIR RUN_ID` would.
-- `stop {mark}` sends SIGINT, SIGTERM, then SIGKILL to the command's process group (0.3 s apart, so
-  it is over within about 1 s), then SIGKILLs every other process in the container except PID 1, the
-  keepalive and control shells (so `setsid` escapees go too); `mark` writes the `interrupted` marker.
+- `run {run, script, env}` hands the run to the control shell's runner (`shell.py`: one long-lived bash
+  in a session of its own that sources each command in turn), streams the run's output file as O frames
+  and ends with `exit {rc, interrupted}` (`started` is sent too, once the command has run for 15 ms).
+  A command thus costs no process start or exit of its own. A spare runner is kept started for when
+  the runner ends (`exit`, an interrupt); it restores the saved state before its first command.
+- `stop {mark}` sends SIGINT, SIGTERM, then SIGKILL to the runner's process group, the command's
+  (0.3 s apart, so it is over within about 1 s), then SIGKILLs every other process in the container
+  except PID 1, the keepalive, control shells and their idle runners (so `setsid` escapees go too);
+  `mark` writes the `interrupted` marker.
 - `follow {run, offset}` streams a run another control shell started, from an offset: that is how a
   new connection resumes a command after the old one died, and how `take_over` collects a command
   whose server is gone.
@@ -240,13 +241,13 @@ def ppid_of(pid):
     return int(st[1]) if st is not None and len(st) > 1 else 0
 
 def protected(pid, running):
-    """PID 1, the keepalive, control shells and their idle standbys are not the user's processes."""
+    """PID 1, the keepalive, control shells and their idle runners are not the user's processes."""
     if pid in (1, os.getpid()):
         return True
     argv = cmdline(pid)
     if not argv or argv == [b""] or argv[0] == b"mcp-keepalive" or MARK.encode() in argv:
         return True
-    return pid != running and BOOT.encode() in argv and MARK.encode() in cmdline(ppid_of(pid))
+    return pid != running and RUNNER_PATH.encode() in argv and MARK.encode() in cmdline(ppid_of(pid))
 
 def kill_others(running):
     """SIGKILL every process but PID 1, the keepalive and control shells, until none is left."""
@@ -276,7 +277,7 @@ def killpg(pgid, sig):
 
 def stop(req, mark):
     cur = current_run()
-    if cur is None or not run_alive(*cur):
+    if cur is None or not run_active(*cur):
         reply(req, ok=True, was_running=False, run=cur[1] if cur else None)
         return
     pid, run = cur
@@ -296,60 +297,99 @@ def stop(req, mark):
         time.sleep(0.005)
     reply(req, ok=True, was_running=True, run=run)
 
+def whole(name):
+    """Whether a saved state was written whole: it ends with the marker line."""
+    try:
+        with open(path(name), "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - len(STATE_COMPLETE)))
+            return f.read() == STATE_COMPLETE
+    except OSError:
+        return False
+
 def promote_state():
     """The runner writes state.new and forks no mv; a whole one (ending with the marker) goes in force."""
-    try:
-        with open(path(NEW_STATE_FILE), "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - len(STATE_COMPLETE)))
-            whole = f.read() == STATE_COMPLETE
-    except OSError:
-        return
-    if whole:
+    if whole(NEW_STATE_FILE):
         os.replace(path(NEW_STATE_FILE), path(STATE_FILE))
     else:
         unlink(NEW_STATE_FILE)
 
 def cleanup(run):
+    """Put the run's state in force and remove its files. The output goes before the exit code, so another
+    control shell never sees a finished run without either (see run_active)."""
     promote_state()
-    for suffix in (".sh", ".out", ".rc", ".start", ".interrupted"):
-        unlink(run + suffix)
     cur = current_run()
     if cur is None or cur[1] == run:
         unlink(PID_FILE)
+    for suffix in (".out", ".rc", ".sh", ".start", ".interrupted"):
+        unlink(run + suffix)
 
-children = {}
 followers = []
-standbys = []
-last_env = [None]
-STANDBYS = 2
-# Bash processes started ahead of time, each waiting for a run id on stdin; given one, it sources the
-# runner exactly as `bash RUNNER DIR RUN_ID` would. That takes bash's start-up off a command's round
-# trip; two are kept so back-to-back commands never wait for one to be started.
-BOOT = 'IFS= read -r __sbx_id || exit 0; set -- "$1" "$__sbx_id"; unset __sbx_id; . "$1/%s"' % RUNNER_FILE
+STANDBYS = 1
+RUNNER_ARGV = ["bash", "--noprofile", "--norc", RUNNER_PATH, DIR]
 
-def spawn(argv, env, stdin):
-    return subprocess.Popen(argv, cwd=WS, env=env, start_new_session=True, stdin=stdin,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+class Shell:
+    """A long-lived runner (see shell.py): commands are sourced in it one after another."""
+    def __init__(self, env):
+        self.env = env
+        self.proc = subprocess.Popen(RUNNER_ARGV, cwd=WS, env=env, start_new_session=True, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.out = self.proc.stdout.fileno()
+        os.set_blocking(self.out, False)
+        self.state = None  # identity of the state its last command saved: it is used again only while in force
+        self.done = None
+        self.buf = b""
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def drain(self):
+        """Read its "RUN_ID EXIT_CODE" lines: the last run it finished and is back from, ready for the next."""
+        if self.out is None:
+            return
+        try:
+            while True:
+                chunk = os.read(self.out, 4096)
+                if not chunk:
+                    break
+                self.buf += chunk
+                lines = self.buf.split(b"\n")
+                self.buf = lines.pop()[-256:]
+                if lines and lines[-1]:
+                    self.done = lines[-1].split()[0].decode(errors="replace")
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self.close_out()
+
+    def close_out(self):
+        if self.out is not None:
+            self.proc.stdout.close()
+            self.out = None
+
+    def retire(self):
+        try:
+            self.proc.stdin.close()  # it reads EOF and exits
+        except OSError:
+            pass
+        retired.append(self)
+
+session = [None]
+standbys = []
+retired = []
+last_env = [None]
 
 def fill_standbys(env):
     while len(standbys) < STANDBYS and last_env[0] == env:
         try:
-            argv = ["bash", "--noprofile", "--norc", "-c", BOOT, "bash", DIR]
-            standbys.append((spawn(argv, env, subprocess.PIPE), env))
+            standbys.append(Shell(env))
         except OSError:
             return
-
-def drop_standby(p):
-    try:
-        p.stdin.close()  # it reads EOF and exits
-    except OSError:
-        pass
-    children["standby-%d" % p.pid] = p
 
 spawner = None
 
 def refill(env):
-    """Start standbys in a thread, so the main loop stays free to answer."""
+    """Start the spare shell in a thread, so the main loop stays free to answer."""
     global spawner
     last_env[0] = env
     if len(standbys) < STANDBYS and (spawner is None or not spawner.is_alive()):
@@ -365,14 +405,47 @@ def take_standby(env):
             spawner.join()
         if not standbys:
             return None
-        p, penv = standbys.pop(0)
-        if penv == env and p.poll() is None:
-            return p
-        drop_standby(p)
+        sh = standbys.pop(0)
+        if sh.env == env and sh.alive():
+            return sh
+        sh.retire()
+
+def state_identity(name):
+    try:
+        st = os.stat(path(name))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+def take_shell(env):
+    """The session shell if its state is the one in force, else a fresh runner, which restores the file."""
+    sh = session[0]
+    if sh is not None:
+        if sh.alive() and sh.env == env and sh.state is not None and sh.state == state_identity(STATE_FILE):
+            return sh
+        sh.retire()
+        session[0] = None
+    sh = take_standby(env) or Shell(env)
+    session[0] = sh
+    refill(env)
+    return sh
+
+def read_rc(run):
+    """The exit code the runner wrote, or None while it is missing or not written whole."""
+    try:
+        with open(path(run + ".rc")) as fh:
+            text = fh.read()
+        return int(text) if text.endswith("\n") else None
+    except (OSError, ValueError):
+        return None
+
+def run_active(pid, run):
+    """Running: no exit code yet, its output not cleaned up, and its runner alive (runners outlive runs)."""
+    return read_rc(run) is None and os.path.exists(path(run + ".out")) and run_alive(pid, run)
 
 class Follower:
-    def __init__(self, req, run, pid, fd, child):
-        self.req, self.run, self.pid, self.fd, self.child, self.sent = req, run, pid, fd, child, 0
+    def __init__(self, req, run, pid, fd, shell):
+        self.req, self.run, self.pid, self.fd, self.shell, self.sent = req, run, pid, fd, shell, 0
         self.announce = False
         self.t0 = time.monotonic()
         self.trimmed = 0
@@ -381,39 +454,33 @@ def start_run(req, msg):
     run = msg["run"]
     cur = current_run()
     if cur is not None:
-        if run_alive(*cur):
+        if run_active(*cur):
             reply(req, error="busy", message="A command is already running in this sandbox.")
             return
         cleanup(cur[1])
     with open(path(run + ".sh"), "w") as f:
         f.write(msg["script"])
     os.close(os.open(path(run + ".out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-    fd = os.open(path(run + ".out"), os.O_RDONLY)
     env = dict(os.environ)
     env.update(msg.get("env") or {})
-    child = take_standby(env)
-    if child is not None:
+    for attempt in (0, 1):
         try:
-            mark_started(run, child.pid)
-            child.stdin.write(run.encode() + b"\n")
-            child.stdin.close()
-        except OSError:
-            children["standby-%d" % child.pid] = child
-            child = None
-    if child is None:
-        try:
-            child = spawn(["bash", "--noprofile", "--norc", RUNNER_PATH, DIR, run], env, subprocess.DEVNULL)
+            sh = take_shell(env)
+            mark_started(run, sh.proc.pid)
+            sh.proc.stdin.write(run.encode() + b"\n")
+            sh.proc.stdin.flush()
+            break
         except OSError as e:
-            os.close(fd)
-            cleanup(run)
-            reply(req, error="spawn", message="Cannot start the command: %s." % (e.strerror or e))
-            return
-        mark_started(run, child.pid)
-    children[run] = child
-    f = Follower(req, run, child.pid, fd, child)
+            if session[0] is not None:
+                session[0].retire()
+                session[0] = None
+            if attempt:
+                cleanup(run)
+                reply(req, error="spawn", message="Cannot start the command: %s." % (e.strerror or e))
+                return
+    f = Follower(req, run, sh.proc.pid, os.open(path(run + ".out"), os.O_RDONLY), sh)
     f.announce = True  # "started" goes out only if the command outlives the first poll
     followers.append(f)
-    last_env[0] = env
 
 def mark_started(run, pid):
     with open(path(run + ".start"), "w") as f:
@@ -435,9 +502,10 @@ def follow(req, msg):
     offset = int(msg.get("offset") or 0)
     os.lseek(fd, offset, os.SEEK_SET)
     pid = cur[0] if cur and cur[1] == run else 0
-    f = Follower(req, run, pid, fd, children.get(run))
+    sh = session[0]
+    f = Follower(req, run, pid, fd, sh if sh is not None and pid and sh.proc.pid == pid else None)
     f.sent = offset
-    reply(req, ev="following", run=run, pid=pid, running=bool(pid and run_alive(pid, run)))
+    reply(req, ev="following", run=run, pid=pid, running=bool(pid and run_active(pid, run)))
     followers.append(f)
 
 try:
@@ -478,18 +546,34 @@ def pump(f, limit):
         data_frame(b"O", f.req, data)
     trim(f)
 
-def pump_all():
-    for item in list(standbys):
-        if item[0].poll() is not None:
-            standbys.remove(item)
+def reap():
+    sh = session[0]
+    if sh is not None:
+        sh.drain()
+        if not sh.alive() and not any(f.shell is sh for f in followers):
+            sh.close_out()
+            session[0] = None
+    for sh in list(standbys):
+        if not sh.alive():
+            standbys.remove(sh)
+            sh.close_out()
             if last_env[0] is not None:
                 refill(last_env[0])
-    for run, child in list(children.items()):
-        if child.poll() is not None and not any(f.child is child for f in followers):
-            del children[run]
+    for sh in list(retired):
+        if not sh.alive():
+            retired.remove(sh)
+            sh.close_out()
+
+def finished(f):
+    """Whether the run is over: its shell said so (or died); for a run another control started, its files."""
+    if f.shell is not None:
+        return f.shell.done == f.run or not f.shell.alive()
+    return read_rc(f.run) is not None or not (f.pid and run_alive(f.pid, f.run))
+
+def pump_all():
+    reap()
     for f in list(followers):
-        finished = (f.child.poll() is not None) if f.child is not None else not (f.pid and run_alive(f.pid, f.run))
-        if not finished:
+        if not finished(f):
             if f.announce and time.monotonic() - f.t0 > 0.015:
                 f.announce = False
                 reply(f.req, ev="started", run=f.run, pid=f.pid)
@@ -504,19 +588,15 @@ def pump_all():
             data_frame(b"O", f.req, data)
         os.close(f.fd)
         followers.remove(f)
-        rc = None
-        try:
-            with open(path(f.run + ".rc")) as fh:
-                rc = int(fh.read().strip())
-        except (OSError, ValueError):
-            if f.child is not None and f.child.returncode is not None:
-                code = f.child.returncode
-                rc = 128 - code if code < 0 else code
-        if f.child is not None:
-            children.pop(f.run, None)
+        rc = read_rc(f.run)
+        sh = f.shell
+        if rc is None and sh is not None and sh.proc.returncode is not None:
+            code = sh.proc.returncode
+            rc = 128 - code if code < 0 else code
+        if sh is not None:
+            # Back at its loop with the state saved: the next command may run in it while that state is in force.
+            sh.state = state_identity(NEW_STATE_FILE) if sh.done == f.run and whole(NEW_STATE_FILE) else None
         reply(f.req, ev="exit", run=f.run, rc=rc, interrupted=os.path.exists(path(f.run + ".interrupted")), bytes=f.sent)
-        if last_env[0] is not None:
-            refill(last_env[0])
 
 def inside(p):
     if "\0" in p:
@@ -612,7 +692,9 @@ def main():
     inbuf = bytearray()
     pending = None
     while True:
-        ready = select.select([0, sig_r], [], [], 0.02 if followers else None)[0]
+        sh = session[0]
+        fds = [0, sig_r] if sh is None or sh.out is None else [0, sig_r, sh.out]
+        ready = select.select(fds, [], [], 0.02 if followers else None)[0]
         if sig_r in ready:
             try:
                 os.read(sig_r, 4096)

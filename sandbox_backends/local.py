@@ -5,6 +5,9 @@ docker driver for untrusted work. Layout under the driver's root:
 
     <root>/<name>/workspace/   the commands' starting cwd, and what file resources read
     <root>/<name>/.shell/      the runner's state: saved shell state, per-run script, output, exit code
+
+Commands run in a long-lived runner (`shell.py`), a child of the server in a session of its own, fed run
+ids on a pipe. If the server dies, the runner finishes its command, writes the result and exits.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import time
+import weakref
 from pathlib import Path
 
 import anyio
@@ -33,7 +38,20 @@ from .base import (
     SandboxSpec,
 )
 from .output import OutputBuffer
-from .shell import PID_FILE, RUNNER, RUNNER_FILE, interrupted_file, output_file, promote_state, rc_file, script_file
+from .shell import (
+    NEW_STATE_FILE,
+    PID_FILE,
+    RUNNER,
+    RUNNER_FILE,
+    interrupted_file,
+    output_file,
+    promote_state,
+    rc_file,
+    read_rc,
+    script_file,
+    state_identity,
+    state_whole,
+)
 
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
 """Server variables a local command sees. Everything else, API keys included, stays out."""
@@ -42,6 +60,7 @@ MARKER_ENV = "MCP_SESSIONS_SANDBOX"
 """Set in every command's environment so `close()` finds processes that left their group (`setsid`)."""
 
 POLL_S = 0.02
+EXIT_WAIT_S = 2.0
 GRACE_S = 0.35
 READ_CHUNK = 1 << 20
 
@@ -132,6 +151,48 @@ def resolve_inside(workspace: Path, path: str) -> Path:
     return full
 
 
+class _Shell:
+    """A runner process and what it last told: the run it finished and is back from, and the state it saved."""
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+        self.done: str | None = None
+        self.state: tuple[int, int, int] | None = None
+        self._buf = b""
+
+    async def wait_done(self, run_id: str) -> None:
+        """Until the runner says `run_id` is done, or it exits (a job of its own may keep its stdout open)."""
+        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        async with anyio.create_task_group() as tg:
+
+            async def exited() -> None:
+                await self.proc.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(exited)
+            while self.done != run_id:
+                try:
+                    chunk = await stdout.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    break
+                lines = (self._buf + chunk).split(b"\n")
+                self._buf = lines.pop()[-256:]
+                if lines and lines[-1]:
+                    self.done = lines[-1].split()[0].decode(errors="replace")
+            if self.done == run_id:
+                tg.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Close its input: an idle runner exits, one running a command exits after it (not waited for)."""
+        with anyio.CancelScope(shield=True):
+            for stream in (self.proc.stdin, self.proc.stdout):
+                if stream is not None:
+                    await stream.aclose()
+            with anyio.move_on_after(EXIT_WAIT_S):
+                await self.proc.wait()
+
+
 class LocalSandbox(ClosesOnExit):
     """A workspace folder and a shell runner on this machine."""
 
@@ -143,6 +204,7 @@ class LocalSandbox(ClosesOnExit):
         self._env = env
         self._limits = limits
         self._running = False
+        self._shell: _Shell | None = None
 
     @property
     def id(self) -> str:
@@ -170,6 +232,47 @@ class LocalSandbox(ClosesOnExit):
         except (FileNotFoundError, ValueError):
             return None
 
+    def _active(self, current: tuple[int, str] | None) -> bool:
+        """Running: no exit code yet, its output not cleaned up, and its runner alive (runners outlive runs)."""
+        if current is None:
+            return False
+        pid, run_id = current
+        rc, out = self._state / rc_file(run_id), self._state / output_file(run_id)
+        return read_rc(rc) is None and out.exists() and _alive(pid)
+
+    async def _take_shell(self) -> _Shell:
+        """This object's runner while the saved state is the one it left, else a new one (it restores the file)."""
+        shell = self._shell
+        if shell is not None:
+            if shell.proc.returncode is None and shell.state is not None and shell.state == state_identity(self._state):
+                return shell
+            self._shell = None
+            await shell.aclose()
+        proc = await anyio.open_process(
+            ["bash", "--noprofile", "--norc", str(self._state / RUNNER_FILE), str(self._state)],
+            cwd=self._ws,
+            env=self._env,
+            start_new_session=True,
+            stderr=subprocess.DEVNULL,
+        )
+        self._shell = _Shell(proc)
+        return self._shell
+
+    async def _hand(self, run_id: str) -> _Shell:
+        """Give the run to a runner: this object's own, or a new one if that one has gone."""
+        for attempt in (0, 1):
+            shell = await self._take_shell()
+            (self._state / PID_FILE).write_text(f"{shell.proc.pid} {run_id}\n")
+            try:
+                assert shell.proc.stdin is not None
+                await shell.proc.stdin.send(f"{run_id}\n".encode())
+                return shell
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                shell.state = None  # it died idle: the next one restores the saved state
+                if attempt:
+                    raise SandboxError("Cannot start the command: the shell exited at once.") from None
+        raise AssertionError("unreachable")
+
     async def exec(
         self,
         script: str,
@@ -179,33 +282,31 @@ class LocalSandbox(ClosesOnExit):
         max_output_bytes: int = 65536,
     ) -> ExecResult:
         current = self._current_run()
-        if self._running or (current and _alive(current[0])):
+        if self._running or self._active(current):
             raise SandboxBusy("A command is already running in this sandbox.")
         if not self._ws.is_dir():
             raise SandboxNotFound(f"The workspace {self._ws} no longer exists.")
+        if current is not None:  # finished, not cleaned up (its server died): its state goes in force first
+            self._cleanup(current[1])
         run_id = "r" + secrets.token_hex(6)
         (self._state / script_file(run_id)).write_text(script)
         (self._state / output_file(run_id)).touch()
         self._running = True
         started = time.monotonic()
         try:
-            proc = await anyio.open_process(
-                ["bash", "--noprofile", "--norc", str(self._state / RUNNER_FILE), str(self._state), run_id],
-                cwd=self._ws,
-                env=self._env,
-                start_new_session=True,
-                stdin=None,
-                stdout=None,
-                stderr=None,
-            )
-            result = await self._follow(proc, run_id, started, timeout_s, on_output, max_output_bytes)
+            try:
+                shell = await self._hand(run_id)
+            except BaseException:
+                self._cleanup(run_id)
+                raise
+            result = await self._follow(shell, run_id, started, timeout_s, on_output, max_output_bytes)
         finally:
             self._running = False
         return result
 
     async def _follow(
         self,
-        proc: Process,
+        shell: _Shell,
         run_id: str,
         started: float,
         timeout_s: float | None,
@@ -214,6 +315,7 @@ class LocalSandbox(ClosesOnExit):
     ) -> ExecResult:
         buf = OutputBuffer(max_output_bytes)
         timed_out = False
+        pid = shell.proc.pid
         with open(self._state / output_file(run_id), "rb") as out:
 
             async def pump() -> None:
@@ -232,21 +334,26 @@ class LocalSandbox(ClosesOnExit):
                 with anyio.move_on_after(timeout_s) as deadline:
                     async with anyio.create_task_group() as pumping:
                         pumping.start_soon(pump_while_running)
-                        await proc.wait()
+                        await shell.wait_done(run_id)
                         pumping.cancel_scope.cancel()
                 if deadline.cancelled_caught:
                     timed_out = True
-                    await self._stop(proc.pid)
-                    await proc.wait()
+                    await self._stop(pid)
+                    await shell.wait_done(run_id)
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await self._stop(proc.pid)
-                    await proc.wait()
+                    await self._stop(pid)
+                    await shell.wait_done(run_id)
                     self._cleanup(run_id)
                 raise
             await pump()
-        code = proc.returncode
-        exit_code = 128 - code if code is not None and code < 0 else code
+        exit_code = read_rc(self._state / rc_file(run_id))
+        code = shell.proc.returncode
+        if exit_code is None and code is not None:
+            exit_code = 128 - code if code < 0 else code
+        # Back at its loop with the state saved: the next command may run in it while that state is in force.
+        back = shell.done == run_id and state_whole(self._state)
+        shell.state = state_identity(self._state, NEW_STATE_FILE) if back else None
         interrupted = (self._state / interrupted_file(run_id)).exists()
         self._cleanup(run_id)
         return buf.result(
@@ -257,13 +364,17 @@ class LocalSandbox(ClosesOnExit):
         )
 
     def _cleanup(self, run_id: str) -> None:
+        """Put the run's state in force and remove its files; the output before the exit code (see `_active`)."""
         promote_state(self._state)
-        for name in (script_file(run_id), output_file(run_id), rc_file(run_id), interrupted_file(run_id), PID_FILE):
+        current = self._current_run()
+        if current is None or current[1] == run_id:
+            (self._state / PID_FILE).unlink(missing_ok=True)
+        for name in (output_file(run_id), rc_file(run_id), script_file(run_id), interrupted_file(run_id)):
             (self._state / name).unlink(missing_ok=True)
 
     async def interrupt(self) -> bool:
         current = self._current_run()
-        if current is None or not _alive(current[0]):
+        if current is None or not self._active(current):
             return False
         (self._state / interrupted_file(current[1])).touch()
         await self._stop(current[0])
@@ -279,7 +390,7 @@ class LocalSandbox(ClosesOnExit):
         if current is None:
             return None
         pid, run_id = current
-        was_running = _alive(pid)
+        was_running = self._active(current)
         if was_running:
             await self._stop(pid)
         buf = OutputBuffer(65536)
@@ -289,10 +400,7 @@ class LocalSandbox(ClosesOnExit):
                     buf.feed(chunk)
         except FileNotFoundError:
             pass
-        try:
-            exit_code: int | None = int((self._state / rc_file(run_id)).read_text())
-        except (FileNotFoundError, ValueError):
-            exit_code = None
+        exit_code = read_rc(self._state / rc_file(run_id))
         self._cleanup(run_id)
         return buf.result(exit_code, 0.0, interrupted=was_running or exit_code is None)
 
@@ -314,8 +422,15 @@ class LocalSandbox(ClosesOnExit):
 
     # -- life -----------------------------------------------------------------------------------
 
+    async def disconnect(self) -> None:
+        """Let go of the runner: idle, it exits; running a command, it finishes it and records the result."""
+        shell, self._shell = self._shell, None
+        if shell is not None:
+            await shell.aclose()
+
     async def close(self, *, delete: bool = False) -> None:
         await self.interrupt()
+        await self.disconnect()
         _kill_marked(self._name)
         if delete and self._base.exists():
             await anyio.to_thread.run_sync(shutil.rmtree, self._base, True)
@@ -328,6 +443,7 @@ class LocalDriver:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._sandboxes: weakref.WeakSet[LocalSandbox] = weakref.WeakSet()
 
     def _env(self, spec: SandboxSpec) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
@@ -337,7 +453,9 @@ class LocalDriver:
         return env
 
     def _sandbox(self, spec: SandboxSpec) -> LocalSandbox:
-        return LocalSandbox(spec.name, self.root / spec.name, self._env(spec), spec.limits)
+        sandbox = LocalSandbox(spec.name, self.root / spec.name, self._env(spec), spec.limits)
+        self._sandboxes.add(sandbox)
+        return sandbox
 
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> LocalSandbox:
         if not spec.name or "/" in spec.name or spec.name.startswith("."):
@@ -368,4 +486,5 @@ class LocalDriver:
         await anyio.sleep_forever()
 
     async def aclose(self) -> None:
-        return None
+        for sandbox in list(self._sandboxes):
+            await sandbox.disconnect()

@@ -35,6 +35,7 @@ from tests.docker_support import (  # noqa: F401  (fixtures are used by name)
     docker_server_id,
     sandbox_factory,
 )
+from tests.shell_checks import check_terminal_semantics, check_two_servers_share_the_state
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parent.parent
@@ -54,10 +55,16 @@ def raw_exec(client: Any, sandbox: DockerSandbox, cmd: str) -> str:
 
 
 def user_processes(client: Any, sandbox: DockerSandbox) -> list[str]:
-    """Command lines of processes in the sandbox other than init, the keepalive and control shells."""
-    out = raw_exec(client, sandbox, "ps -eo args=")
-    skip = ("docker-init", "mcp-keepalive", "mcp-sessions-control", "ps -eo", "bash -c ps", "--norc -c IFS=")
-    return [line for line in out.splitlines() if line.strip() and not any(s in line for s in skip)]
+    """Command lines of processes in the sandbox other than init, the keepalive, control shells and
+    the idle runners they keep (a runner's forks, e.g. `( ... ) &` subshells, are the user's)."""
+    rows = [line.split(None, 2) for line in raw_exec(client, sandbox, "ps -eo pid=,ppid=,args=").splitlines()]
+    controls = {pid for pid, _, args in rows if "mcp-sessions-control" in args}
+    skip = ("docker-init", "mcp-keepalive", "mcp-sessions-control", "ps -eo", "bash -c ps")
+    return [
+        args
+        for _, ppid, args in rows
+        if not any(s in args for s in skip) and not (ppid in controls and args.endswith("runner.sh /run/mcp-shell"))
+    ]
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
@@ -216,22 +223,18 @@ async def test_watch_reports_removed_and_killed_containers_but_not_closed_ones(
 
 
 @pytest.mark.docker
-async def test_shell_state_persists_across_commands(sandbox_factory: Any) -> None:
-    sb = await sandbox_factory(env={"GREETING": "hi"})
-    r = await sb.exec(
-        "mkdir -p proj && cd proj && export FOO=bar && greet() { echo \"$GREETING $1\"; } && alias ll='ls -la'; set -e"
-    )
-    assert r.exit_code == 0
-    r = await sb.exec("pwd; echo FOO=$FOO; greet world; type ll | head -1; false; echo 'set -e did not carry'")
-    assert r.output.splitlines() == [
-        "/workspace/proj",
-        "FOO=bar",
-        "hi world",
-        "ll is aliased to `ls -la'",
-        "set -e did not carry",
-    ]
-    r = await sb.exec("echo out; echo err >&2; exit 42")
-    assert (r.exit_code, r.output) == (42, "out\nerr\n")
+async def test_shell_state_carries_like_a_terminal(sandbox_factory: Any) -> None:
+    await check_terminal_semantics(await sandbox_factory(env={"GREETING": "hi"}))
+
+
+@pytest.mark.docker
+async def test_two_servers_on_one_sandbox_share_the_shell_state(sandbox_factory: Any, docker_server_id: str) -> None:
+    sb = await sandbox_factory()
+    other = DockerDriver(image=IMAGE, server_id=docker_server_id)
+    try:
+        await check_two_servers_share_the_state(sb, await other.attach(sb.id, SandboxSpec(name=sb.name)))
+    finally:
+        await other.aclose()
 
 
 @pytest.mark.docker
@@ -471,9 +474,9 @@ async def test_take_over_after_the_server_died(docker_server_id: str, docker_eng
 
 
 @pytest.mark.docker
-async def test_take_over_of_a_command_that_finished_alone(docker_server_id: str) -> None:
+async def test_take_over_of_a_command_that_finished_alone(docker_server_id: str, docker_engine: Any) -> None:
     sandbox_id, name = await _server_dies_while_running(
-        docker_server_id, "echo started; sleep 1; cd /tmp; echo finished; exit 7"
+        docker_server_id, "echo started; sleep 1; cd /tmp; echo finished; (exit 7)"
     )
     await anyio.sleep(2)
     driver = DockerDriver(image=IMAGE, server_id=docker_server_id)
@@ -482,6 +485,7 @@ async def test_take_over_of_a_command_that_finished_alone(docker_server_id: str)
         r = await sb.take_over()
         assert r is not None
         assert (r.exit_code, r.interrupted, r.output) == (7, False, "started\nfinished\n")
+        assert user_processes(docker_engine, sb) == []  # the old shell ended once it had nobody to tell
         assert (await sb.exec("pwd")).output == "/tmp\n"  # the shell state it left is kept
         await sb.close(delete=True)
     finally:
