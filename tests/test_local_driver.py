@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,25 +10,11 @@ import pytest
 
 from sandbox_backends.base import SandboxSpec
 from sandbox_backends.local import LocalDriver
+from tests.conftest import processes_marked
 from tests.shell_checks import check_terminal_semantics, check_two_servers_share_the_state
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parent.parent
-
-
-def runners(root: Path) -> list[int]:
-    """Pids of runner processes working under `root`."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if any(str(root).encode() in a and a.endswith(b"runner.sh") for a in argv):
-                found.append(int(entry.name))
-    return found
 
 
 async def test_shell_state_carries_like_a_terminal(tmp_path: Path) -> None:
@@ -56,7 +41,7 @@ from sandbox_backends.base import SandboxSpec
 from sandbox_backends.local import LocalDriver
 
 async def main():
-    sb = await LocalDriver(sys.argv[1]).create(SandboxSpec(name="t"))
+    sb = await LocalDriver(sys.argv[1]).create(SandboxSpec(name="outlives"))
     await sb.exec("cd sub 2>/dev/null || mkdir sub && cd sub; export KEPT=1")
     print("ready", flush=True)
     await sb.exec(sys.argv[2])
@@ -73,16 +58,16 @@ async def test_a_command_outlives_its_killed_server_and_its_result_is_taken_over
         await anyio.sleep(0.2)
         server.kill()  # as `kill -9`: no cleanup of any kind
     with anyio.fail_after(10):  # the runner finishes its command, then sees its input gone and exits
-        while runners(tmp_path):
+        while processes_marked("outlives"):
             await anyio.sleep(0.05)
-    assert (tmp_path / "t" / "workspace" / "sub" / "done.txt").read_text() == "end\n"
+    assert (tmp_path / "outlives" / "workspace" / "sub" / "done.txt").read_text() == "end\n"
     driver = LocalDriver(tmp_path)
     try:
-        later = await driver.attach("t", SandboxSpec(name="t"))
+        later = await driver.attach("outlives", SandboxSpec(name="outlives"))
         result = await later.take_over()
         assert result is not None and (result.exit_code, result.output, result.interrupted) == (7, "begin\n", False)
         r = await later.exec("basename $PWD; echo KEPT=$KEPT")
         assert r.output == "sub\nKEPT=1\n"
     finally:
         await driver.aclose()
-    assert runners(tmp_path) == []
+    assert processes_marked("outlives") == []
