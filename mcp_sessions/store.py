@@ -12,6 +12,7 @@ import base64
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,6 +85,7 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 SESSION_ID = re.compile(r"ses_[0-9a-f]{32}")
+BUSY_TIMEOUT_S = 15.0  # how long a writer waits for another server holding the database
 
 
 def stamp(dt: datetime) -> str:
@@ -141,14 +143,14 @@ class Store:
             raise StoreError(f"Cannot create the state folder {path.parent}: {e.strerror}.") from e
         conn = None
         try:
-            conn = sqlite3.connect(path, timeout=15, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"The state database {path} was written by a newer mcp-sessions (schema {version}, this "
                     f"one knows up to {SCHEMA_VERSION}). Upgrade mcp-sessions, or point MCP_SESSIONS_HOME elsewhere."
                 )
-            conn.execute("PRAGMA journal_mode=WAL")
+            Store._use_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 Store._migrate(conn, target)
@@ -164,6 +166,24 @@ class Store:
                 f"The state database {path} cannot be read ({e}). It was left untouched: move it aside "
                 "to start afresh, or point MCP_SESSIONS_HOME elsewhere."
             ) from e
+
+    @staticmethod
+    def _use_wal(conn: sqlite3.Connection) -> None:
+        """Switch the database to WAL, which persists in the file.
+
+        SQLite does not call the busy handler while another connection is switching the journal mode,
+        so servers opening a new database at the same moment retry here instead of failing.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection, target: int) -> None:
