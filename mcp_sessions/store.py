@@ -2,8 +2,14 @@
 
 Several server processes may share one database (each stdio client starts its own server), so every
 read-modify-write runs in one `BEGIN IMMEDIATE` transaction and event sequence numbers are assigned
-inside it. WAL lets readers go on while one process writes. Blocking calls run in a worker thread,
-one at a time per process.
+inside it. WAL lets readers go on while one process writes.
+
+Calls that may wait run in a worker thread, one at a time per process. The short calls of every turn
+(a record read, a record update, an event append) run on the event loop when the database is free: a
+thread hop costs more than the SQL itself (0.4 ms against 0.1 ms here). There they use a second
+connection that never waits for a lock and never checkpoints; if another connection holds the write
+lock, the call goes to the thread and waits like any other. That connection's commits are checkpointed
+from the thread now and then.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import base64
 import json
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -86,6 +93,11 @@ SCHEMA_VERSION = len(MIGRATIONS)
 STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 SESSION_ID = re.compile(r"ses_[0-9a-f]{32}")
 BUSY_TIMEOUT_S = 15.0  # how long a writer waits for another server holding the database
+CHECKPOINT_EVERY = 200  # commits on the event loop's connection between checkpoints (~1,000 WAL pages)
+
+
+class _Locked(Exception):
+    """The event loop's connection found the database locked before doing anything: retry in the thread."""
 
 
 def stamp(dt: datetime) -> str:
@@ -118,17 +130,32 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 class Store:
     """The database behind every session. Open with `await Store.open(path)`; close with `aclose()`."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, shared: sqlite3.Connection, fast: sqlite3.Connection) -> None:
         self.path = path
-        self._conn = conn
+        self._shared = shared
+        self._fast = fast
+        self._local = threading.local()
         self._limiter = anyio.CapacityLimiter(1)
+        self._fast_commits = 0
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The connection of the call being run: the event loop's own in `_quick`, else the shared one."""
+        return getattr(self._local, "conn", self._shared)
 
     # -- opening ----------------------------------------------------------------------------------
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        conn = await anyio.to_thread.run_sync(cls._connect, path)
-        return cls(path, conn)
+        shared = await anyio.to_thread.run_sync(cls._connect, path)
+        try:
+            fast = await anyio.to_thread.run_sync(cls._connect, path)
+            fast.execute("PRAGMA busy_timeout=0")
+            fast.execute("PRAGMA wal_autocheckpoint=0")
+        except BaseException:
+            shared.close()
+            raise
+        return cls(path, shared, fast)
 
     @classmethod
     def check(cls, path: Path) -> None:
@@ -204,31 +231,66 @@ class Store:
             raise
 
     async def aclose(self) -> None:
-        await self._run(self._conn.close)
+        self._fast.close()
+        await self._run(self._shared.close)
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except sqlite3.OperationalError as e:
+            if "full" in str(e):
+                raise StoreError(
+                    f"The state database {self.path} cannot be written: the disk is full. Free some space; "
+                    "nothing already stored was lost."
+                ) from e
+            raise StoreError(f"The state database {self.path} failed: {e}.") from e
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        def guarded() -> T:
-            try:
-                return fn(*args)
-            except sqlite3.OperationalError as e:
-                if "full" in str(e):
-                    raise StoreError(
-                        f"The state database {self.path} cannot be written: the disk is full. Free some space; "
-                        "nothing already stored was lost."
-                    ) from e
-                raise StoreError(f"The state database {self.path} failed: {e}.") from e
+        """Run `fn` on the shared connection in a worker thread."""
+        return await anyio.to_thread.run_sync(self._call, fn, *args, limiter=self._limiter)
 
-        return await anyio.to_thread.run_sync(guarded, limiter=self._limiter)
+    async def _quick(self, fn: Callable[[], T], *, write: bool) -> T:
+        """Run a short read, or a short write transaction, on the event loop if the database is free; else as
+        `_run` does."""
+        await anyio.lowlevel.checkpoint()
+        body: Callable[..., T] = self._transaction if write else fn
+        args = (fn,) if write else ()
+        self._local.conn = self._fast
+        try:
+            result = self._call(body, *args)
+        except _Locked:
+            return await self._run(body, *args)
+        except StoreError as e:
+            locked = isinstance(e.__cause__, sqlite3.OperationalError) and "locked" in str(e.__cause__)
+            if locked and not write:  # a read: nothing was done, so it can run again
+                return await self._run(body, *args)
+            raise
+        finally:
+            del self._local.conn
+        if write:
+            self._fast_commits += 1
+            if self._fast_commits % CHECKPOINT_EVERY == 0:
+                await self._run(self._checkpoint)
+        return result
+
+    def _checkpoint(self) -> None:
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _transaction(self, fn: Callable[[], T]) -> T:
-        self._conn.execute("BEGIN IMMEDIATE")
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if conn is self._fast and "locked" in str(e):
+                raise _Locked() from e
+            raise
         try:
             result = fn()
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
             return result
         except BaseException:
-            if self._conn.in_transaction:  # SQLite already rolled back after some errors (a full disk)
-                self._conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite already rolled back after some errors (a full disk)
+                conn.execute("ROLLBACK")
             raise
 
     def _snapshot(self, fn: Callable[[], T]) -> T:
@@ -290,14 +352,14 @@ class Store:
             self._write_record(record)
             return self._append_events(record.session.id, events)
 
-        return await self._run(self._transaction, run)
+        return await self._quick(run, write=True)
 
     async def get(self, session_id: str) -> SessionRecord | None:
         def run() -> SessionRecord | None:
             row = self._conn.execute("SELECT record FROM sessions WHERE id=?", (session_id,)).fetchone()
             return SessionRecord.model_validate_json(row[0]) if row else None
 
-        return await self._run(run)
+        return await self._quick(run, write=False)
 
     async def update(
         self,
@@ -322,7 +384,7 @@ class Store:
                 self._add_message(session_id, message)
             return record, self._append_events(session_id, specs)
 
-        return await self._run(self._transaction, run)
+        return await self._quick(run, write=True)
 
     async def delete(self, session_id: str) -> None:
         def run() -> None:
@@ -455,7 +517,7 @@ class Store:
         return await self._run(run)
 
     async def append_events(self, session_id: str, specs: list[EventSpec]) -> list[Event]:
-        return await self._run(self._transaction, lambda: self._append_events(session_id, specs))
+        return await self._quick(lambda: self._append_events(session_id, specs), write=True)
 
     async def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         def run() -> list[Event]:
@@ -484,4 +546,4 @@ class Store:
         def run() -> int:
             return self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (session_id,)).fetchone()[0] or 0
 
-        return await self._run(run)
+        return await self._quick(run, write=False)
