@@ -8,7 +8,8 @@ Prints a Markdown table (median and p90 per measurement, and the ratio to its ba
   (`exec_run`) into the same container, back to back and after 20 ms idle (the control shell starts
   the next command's bash in the background);
 - sandbox create to ready (first `true` done): cold, claimed from the warm pool, and a raw
-  `containers.run` with the same hardened settings plus a first `exec_run`;
+  `containers.run` with the same hardened settings plus a first `exec_run` (timed in alternation
+  with the cold creates, so both see the engine in the same state);
 - interrupt of `sleep 300` until `exec` has returned;
 - a 1 MB file write and read through the control shell vs put_archive / get_archive.
 
@@ -33,6 +34,7 @@ import docker
 
 from sandbox_backends.base import SandboxSpec
 from sandbox_backends.docker import DEFAULT_IMAGE, KEEPALIVE_CMD, LABEL_SERVER, DockerDriver, DockerSandbox
+from timing import interleaved
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
@@ -208,14 +210,14 @@ async def main(n: int, image: str) -> None:
                 c.remove(force=True)
                 client.volumes.get(vol).remove(force=True)
 
-        table.add("raw `containers.run` + first `exec_run true`", await timed(n, raw_run, close_raw))
-        await close_raw()
-        table.add(
-            "`create` cold + first `exec('true')`",
-            await timed(n, cold_create, close_made),
-            "raw `containers.run` + first `exec_run true`",
-        )
-        await close_made()
+        async def close_both() -> None:
+            await close_made()
+            await close_raw()
+
+        cold, raw_cold = await interleaved(n, cold_create, raw_run, between=close_both)
+        await close_both()
+        table.add("raw `containers.run` + first `exec_run true`", raw_cold)
+        table.add("`create` cold + first `exec('true')`", cold, "raw `containers.run` + first `exec_run true`")
 
         pooled = DockerDriver(image=image, server_id=server_id, pool_size=1)
 
