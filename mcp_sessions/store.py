@@ -252,7 +252,7 @@ class Store:
     async def _quick(self, fn: Callable[[], T], *, write: bool) -> T:
         """Run a short read, or a short write transaction, on the event loop if the database is free; else as
         `_run` does."""
-        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()  # a scheduling point, as a thread hop was
         body: Callable[..., T] = self._transaction if write else fn
         args = (fn,) if write else ()
         self._local.conn = self._fast

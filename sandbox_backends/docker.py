@@ -822,11 +822,16 @@ class _Control:
     There is no reader task. Whoever waits for an answer reads the socket while no one else does
     (one frame batch at a time) and files what it reads under the request it belongs to, so any
     number of requests can be in flight from any tasks without a task group to own a reader.
+
+    The socket is non-blocking and used directly: a request that fits in the socket buffer (all but
+    file writes) goes out in one `send` without a trip through the event loop, which an anyio stream
+    takes on every send (0.1-0.25 ms of a 1 ms round trip here).
     """
 
-    def __init__(self, stream: anyio.abc.SocketStream, exec_id: str) -> None:
+    def __init__(self, sock: socket.socket, exec_id: str) -> None:
+        sock.setblocking(False)
         self.exec_id = exec_id
-        self._stream = stream
+        self._sock = sock
         self._raw = bytearray()
         self._out = bytearray()
         self._err = bytearray()
@@ -859,10 +864,23 @@ class _Control:
     async def send_raw(self, data: bytes) -> None:
         if self.lost:
             raise _Lost(self.lost)
+        view = memoryview(data)
         try:
+            if not self._wlock.locked():  # nobody half way through a frame: try it in one go
+                try:
+                    view = view[self._sock.send(view) :]
+                except BlockingIOError:
+                    pass
+                if not view:
+                    return
             async with self._wlock:
-                await self._stream.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+                while view:
+                    await anyio.wait_writable(self._sock)
+                    try:
+                        view = view[self._sock.send(view) :]
+                    except BlockingIOError:
+                        pass
+        except (anyio.ClosedResourceError, OSError) as e:
             self._lose(f"write failed: {e!r}")
             raise _Lost(self.lost) from e
 
@@ -880,8 +898,8 @@ class _Control:
             self._reading = True
             try:
                 try:
-                    chunk = await self._stream.receive(1 << 20)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+                    chunk = await self._receive()
+                except (anyio.ClosedResourceError, OSError) as e:
                     self._lose(f"connection closed ({type(e).__name__})")
                 else:
                     try:
@@ -890,12 +908,23 @@ class _Control:
                         # Anything in the sandbox runs as the control shell's user and could write into its
                         # stdout: a malformed or oversized frame ends the connection, never the server.
                         self._lose(f"protocol error from the control shell: {e}")
-                        with anyio.CancelScope(shield=True):
-                            await self._stream.aclose()
+                        self._close()
             finally:
                 self._reading = False
                 tick, self._tick = self._tick, anyio.Event()
                 tick.set()
+
+    async def _receive(self) -> bytes:
+        """What the socket holds, waiting for some; EOF ends the connection."""
+        while True:
+            try:
+                chunk = self._sock.recv(1 << 20)
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+                continue
+            if not chunk:
+                raise anyio.ClosedResourceError("end of stream")
+            return chunk
 
     async def request(self, msg: dict[str, Any], payload: bytes = b"") -> tuple[str, Any]:
         """Send one request and return its single answer."""
@@ -946,12 +975,17 @@ class _Control:
                 if queue is not None:
                     queue.append((kind, payload[1 + n :]))
 
+    def _close(self) -> None:
+        if self._sock.fileno() >= 0:
+            anyio.notify_closing(self._sock)  # wakes a task waiting on it with ClosedResourceError
+            self._sock.close()
+
     async def aclose(self) -> None:
         self._lose("closed")
-        with anyio.CancelScope(shield=True):
-            await self._stream.aclose()
+        self._close()
         tick, self._tick = self._tick, anyio.Event()
         tick.set()
+        await anyio.lowlevel.checkpoint()
 
 
 @dataclass
@@ -1560,8 +1594,7 @@ class DockerDriver:
             if e.status_code == 409 and any(w in str(e.explanation) for w in ("not running", "restarting")):
                 raise _ContainerStopped(str(e.explanation)) from None  # it was, and someone started it since
             raise SandboxError(f"Cannot reach the sandbox's shell: {e.explanation or e}") from None
-        stream = await anyio.abc.SocketStream.from_socket(sock)
-        conn = _Control(stream, exec_id)
+        conn = _Control(sock, exec_id)
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 await conn.send_raw(code)
