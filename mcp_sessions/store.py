@@ -255,18 +255,21 @@ class Store:
         await anyio.lowlevel.checkpoint()  # a scheduling point, as a thread hop was
         body: Callable[..., T] = self._transaction if write else fn
         args = (fn,) if write else ()
+        retry = False
         self._local.conn = self._fast
         try:
             result = self._call(body, *args)
         except _Locked:
-            return await self._run(body, *args)
+            retry = True
         except StoreError as e:
             locked = isinstance(e.__cause__, sqlite3.OperationalError) and "locked" in str(e.__cause__)
-            if locked and not write:  # a read: nothing was done, so it can run again
-                return await self._run(body, *args)
-            raise
+            if not locked or write:
+                raise
+            retry = True  # a read: nothing was done, so it can run again
         finally:
             del self._local.conn
+        if retry:
+            return await self._run(body, *args)
         if write:
             self._fast_commits += 1
             if self._fast_commits % CHECKPOINT_EVERY == 0:

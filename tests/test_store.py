@@ -337,30 +337,33 @@ async def test_an_update_waits_for_another_server_holding_the_database_without_f
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another server in the middle of a write
         other.execute("UPDATE sessions SET status=status")
-        done = anyio.Event()
+        done: list[str] = []
         ticks = 0
 
         def retitle(r: SessionRecord) -> list[Any]:
             r.session.title = "after"
             return [("phase", {"phase": "renamed"})]
 
-        async def update() -> None:
-            await store.update(s.id, retitle)
-            done.set()
+        def retag(r: SessionRecord) -> list[Any]:
+            r.session.tags = ["waited"]
+            return [("phase", {"phase": "tagged"})]
+
+        async def update(name: str, mutate: Callable[[SessionRecord], list[Any]]) -> None:
+            await store.update(s.id, mutate)
+            done.append(name)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(update)
-            for _ in range(20):  # the loop keeps running while the update waits for the lock
+            tg.start_soon(update, "title", retitle)  # two calls waiting at once
+            tg.start_soon(update, "tags", retag)
+            for _ in range(20):  # the loop keeps running while they wait for the lock
                 await anyio.sleep(0.01)
                 ticks += 1
-            assert not done.is_set(), "the update went through a database another connection was writing"
+            assert not done, "an update went through a database another connection was writing"
             other.execute("COMMIT")
-            with anyio.fail_after(10):
-                await done.wait()
-        assert ticks == 20
+        assert ticks == 20 and sorted(done) == ["tags", "title"]
         got = await store.get(s.id)
-        assert got is not None and got.session.title == "after"
-        assert [e.type for e in await store.events(s.id)] == ["phase"]
+        assert got is not None and got.session.title == "after" and got.session.tags == ["waited"]
+        assert sorted(e.data["phase"] for e in await store.events(s.id)) == ["renamed", "tagged"]
         other.close()
     finally:
         await store.aclose()
