@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,18 @@ from sandbox_backends.base import (
     SandboxNotFound,
     SandboxSpec,
 )
-from sandbox_backends.docker import POOL_PREFIX, SESSION_PREFIX, DockerDriver, DockerSandbox
+from sandbox_backends.docker import (
+    CONTROL_BOOT,
+    CONTROL_CODE,
+    CONTROL_MARK,
+    POOL_PREFIX,
+    SESSION_PREFIX,
+    STATE_DIR,
+    WORKSPACE,
+    DockerDriver,
+    DockerSandbox,
+    _Control,
+)
 from tests.docker_support import (  # noqa: F401  (fixtures are used by name)
     IMAGE,
     docker_driver,
@@ -71,6 +83,37 @@ async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition
     with anyio.fail_after(timeout):
         while not await predicate():
             await anyio.sleep(0.05)
+
+
+# -- the control shell -----------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_an_image_with_another_python_compiles_the_control_shell_from_source(
+    sandbox_factory: Any, docker_engine: Any
+) -> None:
+    """The server sends the control shell compiled by its own Python, tagged with that Python's bytecode
+    magic, and the source. Here the magic and the compiled code are what another Python would not run:
+    the control shell must start from the source and answer."""
+    sb = await sandbox_factory()
+    api = docker_engine.api
+    ex = api.exec_create(
+        sb.id, ["python3", "-I", "-S", "-c", CONTROL_BOOT, CONTROL_MARK, STATE_DIR, WORKSPACE], stdin=True, workdir=WORKSPACE
+    )
+    raw = api.exec_start(ex["Id"], socket=True)
+    conn = _Control(socket.socket(fileno=raw._sock.detach()), ex["Id"])
+    try:
+        junk = b"not bytecode"
+        await conn.send_raw(
+            b"\x00\x00\r\n" + len(junk).to_bytes(4, "big") + junk + len(CONTROL_CODE).to_bytes(4, "big") + CONTROL_CODE
+        )
+        with anyio.fail_after(30):
+            kind, hello = await conn.request({"op": "hello", "env": {}})
+        assert kind == "J" and hello.get("ok") and hello["python"].startswith("3."), (hello, conn.stderr)
+        assert hello["pid"] > 1
+    finally:
+        await conn.aclose()
+    assert (await sb.exec("echo still fine")).output.strip() == "still fine"
 
 
 # -- isolation and limits ------------------------------------------------------------------------
