@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.2
 """How often a process checks the store for changes made by another process."""
-OUTPUT_FLUSH_S = 0.2
+OUTPUT_FLUSH_S = POLL_S  # a running turn publishes its output and checks for an interrupt request together
 OUTPUT_FLUSH_BYTES = 16384
 MAX_WAIT_S = 50.0
 MAX_QUEUE = 100
@@ -618,14 +618,12 @@ class SessionManager:
 
         running.flush = flush
 
-        async def flush_periodically() -> None:
+        async def tend() -> None:
+            """While the turn runs: publish its new output, and stop it when an interrupt was asked for in
+            the store (by this server or another). One task for both: most turns end before its first tick."""
             while True:
                 await anyio.sleep(OUTPUT_FLUSH_S)
                 await try_flush()
-
-        async def watch_interrupt_flag() -> None:
-            while True:
-                await anyio.sleep(POLL_S)
                 try:
                     current = await self.store.get(sid)
                 except StoreError:
@@ -650,8 +648,7 @@ class SessionManager:
                 )
                 error: Exception | None = None
                 async with anyio.create_task_group() as helpers:
-                    helpers.start_soon(flush_periodically)
-                    helpers.start_soon(watch_interrupt_flag)
+                    helpers.start_soon(tend)
                     try:
                         outcome = await self._agents[record.session.agent].run_turn(ctx, text)
                     except Exception as e:  # raised outside the group, so it is not wrapped in an ExceptionGroup
