@@ -432,7 +432,12 @@ def spawn(argv, env):
     """Start `argv` in a new session in the workspace (the control shell's own cwd), on pipes: (pid, stdin
     fd, stdout fd). Every other descriptor of this process is close-on-exec, as Python makes them."""
     in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
+    try:
+        out_r, out_w = os.pipe()
+    except OSError:
+        os.close(in_r)
+        os.close(in_w)
+        raise
     try:
         pid = os.posix_spawnp(argv[0], argv, env, setsid=True, file_actions=[
             (os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
