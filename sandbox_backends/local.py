@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -152,45 +153,90 @@ def resolve_inside(workspace: Path, path: str) -> Path:
 
 
 class _Shell:
-    """A runner process and what it last told: the run it finished and is back from, and the state it saved."""
+    """A runner process and what it last told: the run it finished and is back from, and the state it saved.
 
-    def __init__(self, proc: Process) -> None:
+    It runs on pipes of our own, non-blocking: handing it a run id is one write with no trip through the
+    event loop, and closing our ends is ours to do (a job the runner left may hold its stdout open after
+    it exits, which would keep a subprocess transport's pipe open until garbage collection).
+    """
+
+    def __init__(self, proc: Process, stdin: int, stdout: int) -> None:
         self.proc = proc
         self.done: str | None = None
         self.state: tuple[int, int, int] | None = None
+        self._stdin: int | None = stdin
+        self._stdout: int | None = stdout
         self._buf = b""
 
-    async def wait_done(self, run_id: str) -> None:
-        """Until the runner says `run_id` is done, or it exits (a job of its own may keep its stdout open)."""
-        assert self.proc.stdout is not None
-        stdout = self.proc.stdout
-        async with anyio.create_task_group() as tg:
+    @classmethod
+    async def start(cls, argv: list[str], cwd: Path, env: dict[str, str]) -> _Shell:
+        in_r, in_w = os.pipe()
+        try:
+            out_r, out_w = os.pipe()
+        except OSError:
+            os.close(in_r)
+            os.close(in_w)
+            raise
+        try:
+            proc = await anyio.open_process(
+                argv, cwd=cwd, env=env, start_new_session=True, stdin=in_r, stdout=out_w, stderr=subprocess.DEVNULL
+            )
+        except BaseException:
+            os.close(in_w)
+            os.close(out_r)
+            raise
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+        os.set_blocking(in_w, False)
+        os.set_blocking(out_r, False)
+        return cls(proc, in_w, out_r)
 
-            async def exited() -> None:
-                await self.proc.wait()
-                tg.cancel_scope.cancel()
+    def send(self, run_id: str) -> None:
+        """Hand it a run; OSError (a broken pipe) if it has gone."""
+        if self._stdin is None:
+            raise BrokenPipeError("the runner's input is closed")
+        os.write(self._stdin, f"{run_id}\n".encode())
 
-            tg.start_soon(exited)
-            while self.done != run_id:
-                try:
-                    chunk = await stdout.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    break
+    async def wait_done(self, run_id: str, tick: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Until the runner says `run_id` is done, or it exits. Every POLL_S meanwhile, `tick()` (say, to
+        publish output) and a look at whether it exited: a job of its own may keep its stdout open.
+        No helper task: most commands end before the first POLL_S."""
+        next_tick = anyio.current_time() + POLL_S
+        while self.done != run_id and self._stdout is not None:
+            try:
+                chunk = os.read(self._stdout, 4096)
+            except BlockingIOError:
+                with anyio.move_on_after(max(0.0, next_tick - anyio.current_time())):
+                    try:
+                        await anyio.wait_readable(self._stdout)
+                    except anyio.ClosedResourceError:
+                        return
+            else:
+                if not chunk:
+                    return  # it exited, and nothing else holds its stdout
                 lines = (self._buf + chunk).split(b"\n")
                 self._buf = lines.pop()[-256:]
                 if lines and lines[-1]:
                     self.done = lines[-1].split()[0].decode(errors="replace")
-            if self.done == run_id:
-                tg.cancel_scope.cancel()
+                continue
+            if anyio.current_time() >= next_tick:
+                next_tick = anyio.current_time() + POLL_S
+                if self.proc.returncode is not None:
+                    return
+                if tick is not None:
+                    with anyio.CancelScope(shield=True):  # a chunk is either delivered whole or not read yet
+                        await tick()
 
     async def aclose(self) -> None:
         """Close its input: an idle runner exits, one running a command exits after it (not waited for)."""
-        with anyio.CancelScope(shield=True):
-            for stream in (self.proc.stdin, self.proc.stdout):
-                if stream is not None:
-                    await stream.aclose()
-            with anyio.move_on_after(EXIT_WAIT_S):
-                await self.proc.wait()
+        for fd in (self._stdin, self._stdout):
+            if fd is not None:
+                anyio.notify_closing(fd)
+                os.close(fd)
+        self._stdin = self._stdout = None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_WAIT_S):
+            await self.proc.wait()
 
 
 class LocalSandbox(ClosesOnExit):
@@ -248,14 +294,9 @@ class LocalSandbox(ClosesOnExit):
                 return shell
             self._shell = None
             await shell.aclose()
-        proc = await anyio.open_process(
-            ["bash", "--noprofile", "--norc", str(self._state / RUNNER_FILE), str(self._state)],
-            cwd=self._ws,
-            env=self._env,
-            start_new_session=True,
-            stderr=subprocess.DEVNULL,
+        self._shell = await _Shell.start(
+            ["bash", "--noprofile", "--norc", str(self._state / RUNNER_FILE), str(self._state)], self._ws, self._env
         )
-        self._shell = _Shell(proc)
         return self._shell
 
     async def _hand(self, run_id: str) -> _Shell:
@@ -264,10 +305,9 @@ class LocalSandbox(ClosesOnExit):
             shell = await self._take_shell()
             (self._state / PID_FILE).write_text(f"{shell.proc.pid} {run_id}\n")
             try:
-                assert shell.proc.stdin is not None
-                await shell.proc.stdin.send(f"{run_id}\n".encode())
+                shell.send(run_id)
                 return shell
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            except OSError:
                 shell.state = None  # it died idle: the next one restores the saved state
                 if attempt:
                     raise SandboxError("Cannot start the command: the shell exited at once.") from None
@@ -324,18 +364,9 @@ class LocalSandbox(ClosesOnExit):
                     if on_output is not None:
                         await on_output(chunk)
 
-            async def pump_while_running() -> None:
-                while True:
-                    await anyio.sleep(POLL_S)
-                    with anyio.CancelScope(shield=True):  # a chunk is either delivered whole or not read yet
-                        await pump()
-
             try:
                 with anyio.move_on_after(timeout_s) as deadline:
-                    async with anyio.create_task_group() as pumping:
-                        pumping.start_soon(pump_while_running)
-                        await shell.wait_done(run_id)
-                        pumping.cancel_scope.cancel()
+                    await shell.wait_done(run_id, tick=pump)
                 if deadline.cancelled_caught:
                     timed_out = True
                     await self._stop(pid)

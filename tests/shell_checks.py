@@ -27,6 +27,10 @@ async def check_terminal_semantics(sb: Sandbox) -> None:
     assert r.output.splitlines() == ["proj", "FOO=bar plain=", "hi again", "ll is aliased to `ls -la'", "set -e is gone"]
     r = await sb.exec("echo out; echo err >&2; exit 42")
     assert (r.exit_code, r.output) == (42, "out\nerr\n")
+    # A shell that exits while a subshell of its own lives on (holding the shell's stdout) is done too.
+    r = await sb.exec("(while :; do sleep 1; done) & echo left; exit 3", timeout_s=20)
+    assert (r.exit_code, r.output, r.timed_out) == (3, "left\n", False)
+    await sb.interrupt()  # the subshell
     # A command cannot derail the shell that runs it: loop control, a user `read` or `echo`, a closed stdout.
     assert (await sb.exec("echo a; continue; echo b")).output == "a\n"
     assert (await sb.exec("echo c; break 9; echo d")).output == "c\n"
