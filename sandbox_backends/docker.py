@@ -307,22 +307,29 @@ class _Control:
         view = memoryview(data)
         try:
             if not self._wlock.locked():  # nobody half way through a frame: try it in one go
-                try:
-                    view = view[self._sock.send(view) :]
-                except BlockingIOError:
-                    pass
-                if not view:
-                    return
-            async with self._wlock:
-                while view:
-                    await anyio.wait_writable(self._sock)
-                    try:
-                        view = view[self._sock.send(view) :]
-                    except BlockingIOError:
-                        pass
-        except (anyio.ClosedResourceError, OSError) as e:
-            self._lose(f"write failed: {e!r}")
-            raise _Lost(self.lost) from e
+                view = self._send_some(view)
+            if view:
+                async with self._wlock:
+                    while view:
+                        await anyio.wait_writable(self._sock)
+                        view = self._send_some(view)
+        except BaseException as e:
+            if 0 < len(view) < len(data):
+                # Cancelled (or failed) half way through a frame: the control shell would read the next
+                # request as the rest of this one. Drop the connection; the next request opens another.
+                self._lose("a request was cut short")
+                self._close()
+            if isinstance(e, (anyio.ClosedResourceError, OSError)):
+                self._lose(f"write failed: {e!r}")
+                raise _Lost(self.lost) from e
+            raise
+
+    def _send_some(self, view: memoryview) -> memoryview:
+        """What is left of `view` after one non-blocking send."""
+        try:
+            return view[self._sock.send(view) :]
+        except BlockingIOError:
+            return view
 
     async def next(self, req: str) -> tuple[str, Any]:
         """The next frame for `req`: ("J", dict), ("O", bytes) or ("D", bytes)."""

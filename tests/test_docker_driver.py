@@ -423,6 +423,22 @@ async def test_files_inside_the_workspace(sandbox_factory: Any) -> None:
 
 
 @pytest.mark.docker
+async def test_a_big_write_cancelled_half_way_leaves_the_sandbox_working(sandbox_factory: Any) -> None:
+    """A 32 MB write goes out over many sends; cancelled between two, the control shell must not take
+    the next request for the rest of the file."""
+    sb = await sandbox_factory()
+    await sb.exec("true")
+    with anyio.move_on_after(0.005) as scope:
+        await sb.write_file("big.bin", b"x" * (32 << 20))
+    assert scope.cancelled_caught, "the write finished before it could be cancelled"
+    with anyio.fail_after(30):
+        r = await sb.exec("echo still here; ls big.bin 2>/dev/null | wc -l")
+    assert r.output.splitlines()[0] == "still here"
+    await sb.write_file("small.txt", b"whole\n")
+    assert await sb.read_file("small.txt", 100) == b"whole\n"
+
+
+@pytest.mark.docker
 async def test_paths_outside_the_workspace_are_refused(sandbox_factory: Any) -> None:
     sb = await sandbox_factory()
     r = await sb.exec("ln -s /etc etc-link; ln -s /etc/passwd pw; ln -s ../tmp up; echo x > /tmp/x")
