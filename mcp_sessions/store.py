@@ -97,7 +97,7 @@ CHECKPOINT_EVERY = 200  # commits on the event loop's connection between checkpo
 
 
 class _Locked(Exception):
-    """The event loop's connection found the database locked before doing anything: retry in the thread."""
+    """The event loop's connection met a lock before doing anything: run the call in the thread instead."""
 
 
 def stamp(dt: datetime) -> str:
@@ -253,23 +253,17 @@ class Store:
         """Run a short read, or a short write transaction, on the event loop if the database is free; else as
         `_run` does."""
         await anyio.lowlevel.checkpoint()  # a scheduling point, as a thread hop was
-        body: Callable[..., T] = self._transaction if write else fn
-        args = (fn,) if write else ()
+        body = self._transaction if write else self._read
         retry = False
         self._local.conn = self._fast
         try:
-            result = self._call(body, *args)
+            result = self._call(body, fn)
         except _Locked:
             retry = True
-        except StoreError as e:
-            locked = isinstance(e.__cause__, sqlite3.OperationalError) and "locked" in str(e.__cause__)
-            if not locked or write:
-                raise
-            retry = True  # a read: nothing was done, so it can run again
         finally:
             del self._local.conn
         if retry:
-            return await self._run(body, *args)
+            return await self._run(body, fn)
         if write:
             self._fast_commits += 1
             if self._fast_commits % CHECKPOINT_EVERY == 0:
@@ -279,12 +273,25 @@ class Store:
     def _checkpoint(self) -> None:
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+    def _locked_on_loop(self, e: sqlite3.OperationalError) -> bool:
+        """Whether the event loop's connection met a lock, which it does not wait for."""
+        return self._conn is self._fast and "locked" in str(e)
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        """Reads outside a transaction. They do nothing, so a lock met on the loop just sends them to the thread."""
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if self._locked_on_loop(e):
+                raise _Locked() from e
+            raise
+
     def _transaction(self, fn: Callable[[], T]) -> T:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            if conn is self._fast and "locked" in str(e):
+            if self._locked_on_loop(e):  # before anything ran: it can run again in the thread
                 raise _Locked() from e
             raise
         try:

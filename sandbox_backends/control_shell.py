@@ -82,7 +82,7 @@ def send(kind, payload):
 
 def reply(req, **kw):
     kw["req"] = req
-    send(b"J", dumps(kw).encode("utf-8", "backslashreplace"))  # a lone surrogate becomes a \\udcXX escape
+    send(b"J", dumps(kw).encode("utf-8", "backslashreplace"))  # a lone surrogate becomes a \udcXX escape
 
 def data_frame(kind, req, data):
     r = req.encode()

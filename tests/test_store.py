@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import random
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -328,76 +328,71 @@ async def test_tag_filters_follow_tags_changed_by_an_update_and_a_delete(store: 
     assert [(await store.query(tags=[t]))[1] for t in ("old", "kept", "new")] == [0, 0, 0]
 
 
-async def test_an_update_waits_for_another_server_holding_the_database_without_freezing_the_loop(tmp_path: Path) -> None:
+@pytest.fixture
+async def one_session(tmp_path: Path) -> AsyncIterator[tuple[Path, Store, str]]:
+    """A store on a new database holding one session: (the database's path, the store, the session id)."""
     path = tmp_path / "sessions.db"
     store = await Store.open(path)
-    try:
-        s = Session(id="ses_" + "d" * 32, driver="local", agent="shell", command_timeout_s=1, title="before")
-        await store.insert(SessionRecord(session=s), [])
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")  # another server in the middle of a write
-        other.execute("UPDATE sessions SET status=status")
-        done: list[str] = []
-        ticks = 0
-
-        def retitle(r: SessionRecord) -> list[Any]:
-            r.session.title = "after"
-            return [("phase", {"phase": "renamed"})]
-
-        def retag(r: SessionRecord) -> list[Any]:
-            r.session.tags = ["waited"]
-            return [("phase", {"phase": "tagged"})]
-
-        async def update(name: str, mutate: Callable[[SessionRecord], list[Any]]) -> None:
-            await store.update(s.id, mutate)
-            done.append(name)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(update, "title", retitle)  # two calls waiting at once
-            tg.start_soon(update, "tags", retag)
-            for _ in range(20):  # the loop keeps running while they wait for the lock
-                await anyio.sleep(0.01)
-                ticks += 1
-            assert not done, "an update went through a database another connection was writing"
-            other.execute("COMMIT")
-        assert ticks == 20 and sorted(done) == ["tags", "title"]
-        got = await store.get(s.id)
-        assert got is not None and got.session.title == "after" and got.session.tags == ["waited"]
-        assert sorted(e.data["phase"] for e in await store.events(s.id)) == ["renamed", "tagged"]
-        other.close()
-    finally:
-        await store.aclose()
+    s = Session(id="ses_" + "d" * 32, driver="local", agent="shell", command_timeout_s=1)
+    await store.insert(SessionRecord(session=s), [])
+    yield path, store, s.id
+    await store.aclose()
 
 
-async def test_a_reader_holding_the_database_does_not_stop_quick_writes(tmp_path: Path) -> None:
-    path = tmp_path / "sessions.db"
-    store = await Store.open(path)
-    try:
-        s = Session(id="ses_" + "e" * 32, driver="local", agent="shell", command_timeout_s=1)
-        await store.insert(SessionRecord(session=s), [])
-        reader = sqlite3.connect(path, isolation_level=None)
-        reader.execute("BEGIN")
-        assert reader.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
-        with anyio.fail_after(5):
-            await store.append_events(s.id, [("text.delta", {"text": "a"}), ("text.delta", {"text": "b"})])
-        assert await store.last_seq(s.id) == 2
-        reader.execute("COMMIT")
-        reader.close()
-    finally:
-        await store.aclose()
+async def test_an_update_waits_for_another_server_holding_the_database_without_freezing_the_loop(
+    one_session: tuple[Path, Store, str],
+) -> None:
+    path, store, sid = one_session
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another server in the middle of a write
+    other.execute("UPDATE sessions SET status=status")
+    done: list[str] = []
+    ticks = 0
+
+    def retitle(r: SessionRecord) -> list[Any]:
+        r.session.title = "after"
+        return [("phase", {"phase": "renamed"})]
+
+    def retag(r: SessionRecord) -> list[Any]:
+        r.session.tags = ["waited"]
+        return [("phase", {"phase": "tagged"})]
+
+    async def update(name: str, mutate: Callable[[SessionRecord], list[Any]]) -> None:
+        await store.update(sid, mutate)
+        done.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(update, "title", retitle)  # two calls waiting at once
+        tg.start_soon(update, "tags", retag)
+        for _ in range(20):  # the loop keeps running while they wait for the lock
+            await anyio.sleep(0.01)
+            ticks += 1
+        assert not done, "an update went through a database another connection was writing"
+        other.execute("COMMIT")
+    other.close()
+    assert ticks == 20 and sorted(done) == ["tags", "title"]
+    got = await store.get(sid)
+    assert got is not None and got.session.title == "after" and got.session.tags == ["waited"]
+    assert sorted(e.data["phase"] for e in await store.events(sid)) == ["renamed", "tagged"]
 
 
-async def test_the_write_ahead_log_stays_bounded_over_many_writes(tmp_path: Path) -> None:
-    path = tmp_path / "sessions.db"
-    store = await Store.open(path)
-    try:
-        s = Session(id="ses_" + "f" * 32, driver="local", agent="shell", command_timeout_s=1)
-        await store.insert(SessionRecord(session=s), [])
-        payload = {"text": "x" * 3000}  # an event a page long or so: 2,000 writes would make an 8 MB log
-        for _ in range(2000):
-            await store.append_events(s.id, [("tool.output", payload)])
-        wal = path.with_name(path.name + "-wal").stat().st_size
-        assert wal < 4 << 20, f"the write-ahead log grew to {wal} bytes: it is not checkpointed"
-        assert await store.last_seq(s.id) == 2000
-    finally:
-        await store.aclose()
+async def test_a_reader_holding_the_database_does_not_stop_quick_writes(one_session: tuple[Path, Store, str]) -> None:
+    path, store, sid = one_session
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
+    with anyio.fail_after(5):
+        await store.append_events(sid, [("text.delta", {"text": "a"}), ("text.delta", {"text": "b"})])
+    assert await store.last_seq(sid) == 2
+    reader.execute("COMMIT")
+    reader.close()
+
+
+async def test_the_write_ahead_log_stays_bounded_over_many_writes(one_session: tuple[Path, Store, str]) -> None:
+    path, store, sid = one_session
+    payload = {"text": "x" * 3000}  # an event a page long or so: 2,000 writes would make an 8 MB log
+    for _ in range(2000):
+        await store.append_events(sid, [("tool.output", payload)])
+    wal = path.with_name(path.name + "-wal").stat().st_size
+    assert wal < 4 << 20, f"the write-ahead log grew to {wal} bytes: it is not checkpointed"
+    assert await store.last_seq(sid) == 2000
