@@ -26,7 +26,6 @@ import statistics
 import sys
 import tarfile
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -34,7 +33,7 @@ import docker
 
 from sandbox_backends.base import SandboxSpec
 from sandbox_backends.docker import DEFAULT_IMAGE, KEEPALIVE_CMD, LABEL_SERVER, DockerDriver, DockerSandbox
-from timing import interleaved
+from timing import interleaved, timed
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
@@ -67,19 +66,6 @@ class Table:
 
 def fmt(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
-
-
-async def timed(
-    n: int, fn: Callable[[], Awaitable[Any]], between: Callable[[], Awaitable[Any]] | None = None
-) -> list[float]:
-    xs = []
-    for _ in range(n):
-        if between is not None:
-            await between()
-        t = time.perf_counter()
-        await fn()
-        xs.append(time.perf_counter() - t)
-    return xs
 
 
 def one_file_tar(name: str, data: bytes) -> bytes:
@@ -120,7 +106,7 @@ async def main(n: int, image: str) -> None:
         raw = "raw `docker exec true` (exec_run)"
         table.add(raw, await timed(n, raw_true))
         table.add("`DockerSandbox.exec('true')` back to back", await timed(max(n, 100), sandbox_true), raw)
-        table.add("`DockerSandbox.exec('true')` after 20 ms idle", await timed(max(n, 100), sandbox_true, idle), raw)
+        table.add("`DockerSandbox.exec('true')` after 20 ms idle", await timed(max(n, 100), sandbox_true, between=idle), raw)
 
         # -- files -----------------------------------------------------------------------------
         print("files", file=sys.stderr)
@@ -241,7 +227,7 @@ async def main(n: int, image: str) -> None:
             tg.start_soon(pooled.watch, fail)
             table.add(
                 "`create` from the warm pool + first `exec('true')`",
-                await timed(n, pool_create, refill),
+                await timed(n, pool_create, between=refill),
                 "raw `containers.run` + first `exec_run true`",
             )
             tg.cancel_scope.cancel()

@@ -17,14 +17,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 from mcp import Client, StdioServerParameters
-from timing import interleaved
+from timing import interleaved, timed
 
 IMAGE = os.environ.get("MCP_SESSIONS_IMAGE", "mcp-sessions-sandbox:bookworm")
 IDLE_S = 0.1  # a pause before each call, as between the calls of a model: caches and clocks cool down
@@ -33,17 +31,6 @@ IDLE_S = 0.1  # a pause before each call, as between the calls of a model: cache
 def stats(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.9) - 1] * 1000
-
-
-async def timed(n: int, fn: Callable[[], Awaitable[Any]], warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        await fn()
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:

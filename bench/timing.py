@@ -9,6 +9,21 @@ from typing import Any
 Op = Callable[[], Awaitable[Any]]
 
 
+async def _sample(fn: Op, between: Op | None) -> float:
+    if between is not None:
+        await between()
+    start = time.perf_counter()
+    await fn()
+    return time.perf_counter() - start
+
+
+async def timed(n: int, fn: Op, warmup: int = 0, between: Op | None = None) -> list[float]:
+    """`n` timings of `fn` in seconds, after `warmup` untimed calls; `between` runs before every call."""
+    for _ in range(warmup):
+        await fn()
+    return [await _sample(fn, between) for _ in range(n)]
+
+
 async def interleaved(
     n: int, ours: Op, baseline: Op, warmup: int = 1, between: Op | None = None, block: int = 1
 ) -> tuple[list[float], list[float]]:
@@ -28,10 +43,6 @@ async def interleaved(
     while len(a) < n or len(b) < n:
         for fn, into in sides:
             for _ in range(min(block, n - len(into))):
-                if between is not None:
-                    await between()
-                start = time.perf_counter()
-                await fn()
-                into.append(time.perf_counter() - start)
+                into.append(await _sample(fn, between))
         sides.reverse()
     return a, b
