@@ -38,7 +38,7 @@ from typing import Any
 import anyio
 
 from mcp_sessions.app import open_manager
-from mcp_sessions.models import Session, SessionRecord, SessionSummary, TextBlock, TurnSummary
+from mcp_sessions.models import SUMMARY_FIELDS, Session, SessionRecord, SessionSummary, TextBlock, TurnSummary
 from mcp_sessions.settings import Settings
 from mcp_sessions.store import Store
 
@@ -178,7 +178,8 @@ def raw_sqlite(db: Path, status: str, calls: int, warmup: int) -> dict[str, Any]
         def from_records() -> None:
             count()
             for row in conn.execute(RECORDS_SQL, (status, 51)).fetchall()[:50]:
-                SessionSummary.of(SessionRecord.model_validate_json(row[2]).session)
+                session = SessionRecord.model_validate_json(row[2]).session
+                SessionSummary.model_validate(session.model_dump(include=SUMMARY_FIELDS))
 
         other_counts = []
         for _, _, where, where_args in OTHER_FILTERS:

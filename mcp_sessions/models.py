@@ -257,9 +257,13 @@ class SessionSummary(BaseModel):
     failure_reason: str | None
     close_reason: str | None
 
-    @classmethod
-    def of(cls, s: Session) -> SessionSummary:
-        return cls.model_validate(s.model_dump(include=set(cls.model_fields)))
+
+SUMMARY_FIELDS = frozenset(SessionSummary.model_fields)
+
+
+def summary_json(s: Session) -> str:
+    """The session's list_sessions row as JSON, dumped straight from the session (no model in between)."""
+    return s.model_dump_json(include=SUMMARY_FIELDS)
 
 
 class SessionPage(BaseModel):

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .errors import InvalidInput, StoreError
-from .models import Event, Message, SessionRecord, SessionSummary, now
+from .models import Event, Message, SessionRecord, SessionSummary, now, summary_json
 
 T = TypeVar("T")
 EventSpec = tuple[str, dict[str, Any]]
@@ -39,7 +39,7 @@ def _add_summaries(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE sessions ADD COLUMN summary TEXT")
     rows = conn.execute("SELECT id, record FROM sessions").fetchall()
     for session_id, record in rows:
-        summary = SessionSummary.of(SessionRecord.model_validate_json(record).session).model_dump_json()
+        summary = summary_json(SessionRecord.model_validate_json(record).session)
         conn.execute("UPDATE sessions SET summary=? WHERE id=?", (summary, session_id))
 
 
@@ -252,7 +252,8 @@ class Store:
     async def _quick(self, fn: Callable[[], T], *, write: bool) -> T:
         """Run a short read, or a short write transaction, on the event loop if the database is free; else as
         `_run` does."""
-        await anyio.lowlevel.checkpoint()  # a scheduling point, as a thread hop was
+        # A cancellation point, but not a scheduling point: the call is shorter than a turn of the event loop.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         body = self._transaction if write else self._read
         retry = False
         self._local.conn = self._fast
@@ -326,35 +327,31 @@ class Store:
         deadline = None
         if s.status == "ready" and s.idle_timeout_s > 0:
             deadline = stamp(s.last_activity_at + timedelta(seconds=s.idle_timeout_s))
-        self._conn.execute(
-            "INSERT INTO sessions(id, created_at, status, driver, agent, owner, tags, record, idle_deadline, summary) "
-            "VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, owner=excluded.owner, "
-            "tags=excluded.tags, record=excluded.record, idle_deadline=excluded.idle_deadline, summary=excluded.summary",
-            (
-                s.id,
-                stamp(s.created_at),
-                s.status,
-                s.driver,
-                s.agent,
-                s.owner,
-                tags,
-                record.model_dump_json(),
-                deadline,
-                SessionSummary.of(s).model_dump_json(),
-            ),
-        )
+        columns = (s.status, s.owner, tags, record.model_dump_json(), deadline, summary_json(s))
+        if stored_tags is None:
+            self._conn.execute(  # an upsert: two servers mirroring one remote session may both add it
+                "INSERT INTO sessions(status, owner, tags, record, idle_deadline, summary, id, created_at, driver, agent) "
+                "VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
+                "owner=excluded.owner, tags=excluded.tags, record=excluded.record, "
+                "idle_deadline=excluded.idle_deadline, summary=excluded.summary",
+                (*columns, s.id, stamp(s.created_at), s.driver, s.agent),
+            )
+        else:
+            self._conn.execute(
+                "UPDATE sessions SET status=?, owner=?, tags=?, record=?, idle_deadline=?, summary=? WHERE id=?",
+                (*columns, s.id),
+            )
 
     def _append_events(self, session_id: str, specs: Iterable[EventSpec]) -> list[Event]:
+        """Add events after the session's last; those of one call share one time."""
         last = self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (session_id,)).fetchone()[0] or 0
-        events = []
-        for type_, data in specs:
-            last += 1
-            event = Event(seq=last, time=now(), type=type_, data=data)  # type: ignore[arg-type]
-            self._conn.execute(
-                "INSERT INTO events(session_id, seq, time, type, data) VALUES(?,?,?,?,?)",
-                (session_id, event.seq, stamp(event.time), event.type, json.dumps(event.data)),
-            )
-            events.append(event)
+        moment = now()
+        at = stamp(moment)
+        events = [Event(seq=last + i, time=moment, type=type_, data=data) for i, (type_, data) in enumerate(specs, 1)]  # type: ignore[arg-type]
+        self._conn.executemany(
+            "INSERT INTO events(session_id, seq, time, type, data) VALUES(?,?,?,?,?)",
+            [(session_id, e.seq, at, e.type, json.dumps(e.data)) for e in events],
+        )
         return events
 
     async def insert(self, record: SessionRecord, events: list[EventSpec]) -> list[Event]:

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from mcp_sessions.errors import InvalidInput
-from mcp_sessions.models import Session, SessionRecord, SessionSummary
+from mcp_sessions.models import Session, SessionRecord, summary_json
 from mcp_sessions.store import SCHEMA_VERSION, Store, stamp
 
 pytestmark = pytest.mark.anyio
@@ -274,7 +274,7 @@ async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_ses
         row = {"id": s.id, "created_at": stamp(s.created_at), "status": s.status, "driver": s.driver, "agent": s.agent,
                "owner": None, "tags": '["p", "q"]', "record": SessionRecord(session=s).model_dump_json()}
         if version >= 3:
-            row["summary"] = SessionSummary.of(s).model_dump_json()
+            row["summary"] = summary_json(s)
         conn.execute(f"INSERT INTO sessions({','.join(row)}) VALUES({','.join('?' * len(row))})", list(row.values()))
         if version >= 4:
             conn.executemany("INSERT INTO session_tags(tag, session_id) VALUES(?,?)", [("p", s.id), ("q", s.id)])
