@@ -122,6 +122,9 @@ class RunningTurn:
     """Publishes output not yet sent as events, so a reply's output and its events cursor agree."""
     ended: tuple[SessionRecord, int] | None = None
     """The record as the turn's end left it and the last event seq then: the reply needs no store read."""
+    helpers: TaskGroup | None = None
+    """While the agent runs: the group where the turn's helper (`tend`) starts once the turn has run a tick."""
+    tend: Callable[[], Awaitable[None]] | None = None
 
 
 class SessionManager:
@@ -143,6 +146,7 @@ class SessionManager:
         self._drivers: dict[str, Driver] = {}
         self._sandboxes: dict[str, Sandbox] = {}
         self._turns: dict[str, RunningTurn] = {}
+        self._turn_spawned = anyio.Event()
         self._changed: dict[str, anyio.Event] = {}
         self._lease = leases.this_process()
         self._tg: TaskGroup | None = None
@@ -159,6 +163,7 @@ class SessionManager:
         self._driver(self.settings.driver)  # its watch starts now, and a warm pool fills before the first create
         await self.recover()
         self._tg.start_soon(self._reap_idle_sessions)
+        self._tg.start_soon(self._start_helpers)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -529,9 +534,25 @@ class SessionManager:
     def _spawn_turn(self, record: SessionRecord, text: str) -> RunningTurn:
         running = RunningTurn(turn=record.session.turns, buffer=OutputBuffer(self.settings.max_output_bytes))
         self._turns[record.session.id] = running
+        self._turn_spawned.set()
         assert self._tg is not None
         self._tg.start_soon(self._run_turn, record, text, running)
         return running
+
+    async def _start_helpers(self) -> None:
+        """Every tick, start the helper of each turn that has run since the last tick.
+
+        Most turns end before the first tick: they never start a task beside their own.
+        """
+        while True:
+            if not self._turns:
+                self._turn_spawned = anyio.Event()
+                await self._turn_spawned.wait()
+            await anyio.sleep(OUTPUT_FLUSH_S)
+            for running in list(self._turns.values()):
+                if running.helpers is not None and running.tend is not None:
+                    running.helpers.start_soon(running.tend)
+                    running.tend = None
 
     def _check_can_send(self, s: Session) -> None:
         if s.status == "busy":
@@ -619,18 +640,19 @@ class SessionManager:
         running.flush = flush
 
         async def tend() -> None:
-            """While the turn runs: publish its new output, and stop it when an interrupt was asked for in
-            the store (by this server or another). One task for both: most turns end before its first tick."""
+            """While the turn runs, every tick: publish its new output, and stop it when an interrupt was asked
+            for in the store (by this server or another)."""
             while True:
-                await anyio.sleep(OUTPUT_FLUSH_S)
                 await try_flush()
                 try:
                     current = await self.store.get(sid)
-                except StoreError:
-                    continue
-                if current is None or current.interrupt_requested:
-                    running.stop_reason = "interrupted by the caller"
-                    running.scope.cancel()
+                except StoreError:  # locked or full: look again next tick
+                    pass
+                else:
+                    if current is None or current.interrupt_requested:
+                        running.stop_reason = "interrupted by the caller"
+                        running.scope.cancel()
+                await anyio.sleep(OUTPUT_FLUSH_S)
 
         try:
             with running.scope:
@@ -648,12 +670,13 @@ class SessionManager:
                 )
                 error: Exception | None = None
                 async with anyio.create_task_group() as helpers:
-                    helpers.start_soon(tend)
+                    running.helpers, running.tend = helpers, tend  # started by _start_helpers
                     try:
                         outcome = await self._agents[record.session.agent].run_turn(ctx, text)
                     except Exception as e:  # raised outside the group, so it is not wrapped in an ExceptionGroup
                         error = e
                     finally:
+                        running.helpers = None
                         helpers.cancel_scope.cancel()
                 if error is not None:
                     raise error
