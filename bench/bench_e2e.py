@@ -1,36 +1,66 @@
 """End-to-end timings through the real MCP client and a stdio server, with baselines from the same run.
 
-    python bench/bench_e2e.py --driver local [-n 50]
-    python bench/bench_e2e.py --driver docker [-n 50] [--pool 8]
+    python bench/bench_e2e.py --driver docker [-n 60] [--pool 8] [--write BENCHMARKS.md]
+    python bench/bench_e2e.py --driver local [-n 60] [--write BENCHMARKS.md]
 
-Measures create_session to ready, a `true` round trip through send_message (back to back, and after
-100 ms idle, as between a model's calls), and interrupt of `sleep 300` back to ready. Baselines: for local, spawning `bash -c true`; for docker, a raw
-`docker exec` (`exec_run`) and `containers.run` + first exec with the docker SDK. Each baseline is
-timed in alternation with the operation it is compared to. Prints a Markdown table.
+One command measures, in one run: create_session to ready (for docker: cold, then claimed from the
+warm pool of a second server started with `--docker-pool`), a `true` round trip through send_message
+(back to back, and after 100 ms idle, as between a model's calls), and interrupt of `sleep 300` back
+to ready. Baselines: for local, spawning `bash -c true`; for docker, a raw `docker exec` (`exec_run`)
+and `containers.run` + first `exec_run` with the docker SDK. Each baseline is timed in alternation
+with the operation it is compared to. Prints a Markdown section with the targets; --write puts it
+into that file (BENCHMARKS.md), replacing the section of the same driver.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
-import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 from mcp import Client, StdioServerParameters
+from report import command_line, paragraph, target_cell, write_section
 from timing import interleaved, timed
 
 IMAGE = os.environ.get("MCP_SESSIONS_IMAGE", "mcp-sessions-sandbox:bookworm")
 IDLE_S = 0.1  # a pause before each call, as between the calls of a model: caches and clocks cool down
+SEND_TARGET = 0.1  # send_message `true` over stdio: at most this times a raw `docker exec`
+POOL_TARGET_MS = 25.0  # create_session from the warm pool over stdio
+INTERRUPT_TARGET_MS = 1000.0
 
 
 def stats(samples: list[float]) -> tuple[float, float]:
+    """Median and p90, in ms."""
     ordered = sorted(samples)
     return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.9) - 1] * 1000
+
+
+@dataclass
+class Row:
+    name: str
+    ours: list[float]
+    baseline: list[float] | None = None
+    baseline_name: str = ""
+    max_ratio: float | None = None
+    max_ms: float | None = None
+
+    def render(self) -> str:
+        med, p90 = stats(self.ours)
+        base_med = stats(self.baseline)[0] if self.baseline else None
+        base = f"{self.baseline_name}: {base_med:.1f} ms" if base_med else ""
+        ratio = f"{med / base_med:.2f}x" if base_med else ""
+        target = target_cell(med, base_med, self.max_ratio, self.max_ms)
+        return f"| {self.name} | {med:.1f} | {p90:.1f} | {base} | {ratio} | {target} |"
 
 
 async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
@@ -88,37 +118,43 @@ class Baseline:
             container.remove(force=True)
 
 
-Samples = dict[str, tuple[list[float], list[float] | None]]
-
-
-async def measure(driver: str, n: int, pool: int) -> Samples:
-    """Our timings, each with the baseline's timed in alternation with it (None where there is none)."""
+@asynccontextmanager
+async def server(driver: str, pool: int = 0) -> AsyncIterator[Client]:
+    """A client connected to a new `python -m mcp_sessions` over stdio, with a fresh state folder."""
     home = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    args = ["-m", "mcp_sessions", "--driver", driver]
-    if pool:
-        args += ["--docker-pool", str(pool)]
+    args = ["-m", "mcp_sessions", "--driver", driver, *(["--docker-pool", str(pool)] if pool else [])]
     env = {**os.environ, "MCP_SESSIONS_HOME": str(home), "MCP_SESSIONS_IMAGE": IMAGE}
-    results: Samples = {}
+    async with Client(StdioServerParameters(command=sys.executable, args=args, env=env), mode="legacy") as client:
+        yield client
+
+
+async def measure(driver: str, n: int, pool: int) -> list[Row]:
+    docker = driver == "docker"
+    exec_name = "raw `docker exec`" if docker else "spawning `bash -c true`"
+    create_name = "`containers.run` + first `exec_run`"
+    rows: list[Row] = []
     base = Baseline(driver)
+    created: list[str] = []
+
+    def creator(client: Client) -> Callable[[], Awaitable[None]]:
+        async def create() -> None:
+            session = await call(client, "create_session", wait_s=50)
+            assert session["status"] == "ready", session
+            created.append(session["id"])
+
+        return create
+
+    async def close_created(client: Client) -> None:
+        while created:
+            await call(client, "close_session", session_id=created.pop(), delete=True)
+
     try:
-        async with Client(StdioServerParameters(command=sys.executable, args=args, env=env), mode="legacy") as client:
-            created: list[str] = []
-
-            async def create() -> None:
-                session = await call(client, "create_session", wait_s=50)
-                assert session["status"] == "ready", session
-                created.append(session["id"])
-
-            if pool:
-                await pool_full(pool)  # before timing claims
-            if driver == "docker":
-                results["create_session to ready"] = await interleaved(
-                    min(n, pool) if pool else max(5, n // 2), create, base.create, warmup=0
-                )
+        async with server(driver) as client:
+            if docker:
+                ours, raw = await interleaved(max(5, n // 2), creator(client), base.create, warmup=0)
+                rows.append(Row("`create_session` to ready, cold", ours, raw, create_name))
             else:
-                results["create_session to ready"] = (await timed(n, create, warmup=0), None)
-            if pool:  # the claims are being replaced by cold creates: time the rest once the pool is full again
-                await pool_full(pool)
+                rows.append(Row("`create_session` to ready", await timed(n, creator(client), warmup=0)))
             sid = created[0]
 
             async def send_true() -> None:
@@ -127,43 +163,86 @@ async def measure(driver: str, n: int, pool: int) -> Samples:
             async def pause() -> None:
                 await anyio.sleep(IDLE_S)
 
-            results["send_message `true`, back to back"] = await interleaved(n, send_true, base.true, warmup=3, block=10)
-            results[f"send_message `true`, after {IDLE_S * 1000:.0f} ms idle"] = await interleaved(
-                n, send_true, base.true, warmup=1, between=pause
-            )
+            target = SEND_TARGET if docker else None
+            ours, raw = await interleaved(n, send_true, base.true, warmup=3, block=10)
+            rows.append(Row("`send_message` `true`, back to back", ours, raw, exec_name, max_ratio=target))
+            ours, raw = await interleaved(n, send_true, base.true, warmup=1, between=pause)
+            rows.append(Row(f"`send_message` `true`, after {IDLE_S * 1000:.0f} ms idle", ours, raw, exec_name, max_ratio=target))
 
             async def interrupt_sleep() -> None:
                 await call(client, "send_message", session_id=sid, text="sleep 300", wait_s=0)
                 reply = await call(client, "interrupt", session_id=sid)
                 assert reply["status"] == "ready", reply
 
-            results["interrupt `sleep 300` to ready"] = (await timed(max(5, n // 5), interrupt_sleep, warmup=1), None)
-            for session_id in created:
-                await call(client, "close_session", session_id=session_id, delete=True)
+            interrupts = await timed(max(5, n // 5), interrupt_sleep, warmup=1)
+            rows.append(Row("interrupt `sleep 300` to ready", interrupts, max_ms=INTERRUPT_TARGET_MS))
+            await close_created(client)
+
+        if docker and pool:
+            async with server(driver, pool) as client:
+                await pool_full(pool)  # before timing claims
+                ours, raw = await interleaved(min(n, pool), creator(client), base.create, warmup=0)
+                name = f"`create_session` to ready, from a warm pool of {pool}"
+                rows.append(Row(name, ours, raw, create_name, max_ms=POOL_TARGET_MS))
+                await close_created(client)
     finally:
         base.close()
-    return results
+    return rows
+
+
+def engine_version() -> str:
+    import docker
+
+    try:
+        return docker.from_env().version().get("Version", "?")
+    except Exception:
+        return "?"
+
+
+def section(driver: str, pool: int, rows: list[Row], started: str) -> str:
+    machine = f"{platform.system()} {platform.release()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    if driver == "docker":
+        machine += f", Docker {engine_version()}, image `{IMAGE}`"
+    how = [
+        f"The MCP Python SDK client (handshake era) talking to `python -m mcp_sessions --driver {driver}` over stdio,",
+        f"each tool call timed from the client; {started}, {machine}. Each baseline is timed in alternation with",
+        "what it is compared to: back to back in blocks of ten calls, and after idle one call of each side after a",
+        f"{IDLE_S * 1000:.0f} ms pause, the way a model spaces its calls.",
+    ]
+    if driver == "docker":
+        how.append("The cold baseline is a plain `containers.run`, without the sandbox's limits, volume and tmpfs.")
+        if pool:
+            how.append(f"The pool row comes from a second server started with `--docker-pool {pool}`, once its pool is full.")
+    lines = [
+        f"## End to end over stdio: {driver}",
+        "",
+        paragraph(*how),
+        "",
+        "```",
+        command_line(),
+        "```",
+        "",
+        "| operation | median ms | p90 ms | baseline, same run (median) | ratio | target |",
+        "|---|---:|---:|---|---|---|",
+        *(row.render() for row in rows),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--driver", choices=["local", "docker"], default="local")
     parser.add_argument("-n", type=int, default=50)
-    parser.add_argument("--pool", type=int, default=0, help="docker warm pool size (docker only)")
+    parser.add_argument("--pool", type=int, default=8, help="docker: the warm pool of the second server (0: no pool row)")
+    parser.add_argument("--write", type=Path, metavar="FILE", help="put the section into this Markdown file")
     args = parser.parse_args()
-    results = anyio.run(measure, args.driver, args.n, args.pool)
-    base_name = "`bash -c true` spawn" if args.driver == "local" else "raw docker SDK"
-    label = f"{args.driver}{f', pool {args.pool}' if args.pool else ''}"
-    print(f"\n| operation ({label}, over stdio) | median ms | p90 ms | {base_name} median ms | ratio |")
-    print("|---|---|---|---|---|")
-    for name, (ours, base) in results.items():
-        med, p90 = stats(ours)
-        if base:
-            base_med, _ = stats(base)
-            print(f"| {name} | {med:.1f} | {p90:.1f} | {base_med:.1f} | {med / base_med:.2f}x |")
-        else:
-            print(f"| {name} | {med:.1f} | {p90:.1f} | – | – |")
-    print(f"\n{subprocess.run(['uname', '-srm'], capture_output=True, text=True).stdout.strip()}, {os.cpu_count()} cores")
+    started = time.strftime("%Y-%m-%d %H:%M")
+    rows = anyio.run(measure, args.driver, args.n, args.pool)
+    text = section(args.driver, args.pool, rows, started)
+    print(text)
+    if args.write:
+        write_section(args.write, text)
+        print(f"written to {args.write}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ import json
 import os
 import platform
 import random
-import re
-import shlex
 import sqlite3
 import statistics
 import sys
@@ -41,6 +39,7 @@ from mcp_sessions.app import open_manager
 from mcp_sessions.models import SUMMARY_FIELDS, Session, SessionRecord, SessionSummary, TextBlock, TurnSummary
 from mcp_sessions.settings import Settings
 from mcp_sessions.store import Store
+from report import command_line, write_section
 
 SECTION = "## list_sessions: a status filter and the first page"
 TARGETS = {"server": 5.0, "stdio": 15.0}
@@ -309,16 +308,6 @@ def table(rows: list[tuple[str, str, list[int]]], targets: bool = True) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured numbers, each with the command that produced them.\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=10_000, help="sessions to fill the state folder with")
@@ -368,7 +357,7 @@ def main() -> None:
         other_lines.append(
             f"| {name} (`{shown}`) | {median:.2f} | {p90:.2f} | {summarize(count_samples)[0]:.2f} | `{plan}` |"
         )
-    command = " ".join(["python bench/bench_list.py", *map(shlex.quote, sys.argv[1:])])
+    command = command_line()
     med = {name: summarize(samples)[0] for name, samples in
            (("sql", raw["both"]), ("decode", raw["decoded"]), ("old", raw["from_records"]), ("server", server), ("raw", raw_stdio), ("sdk", stdio), ("check", schema_check))}
     reading = (
