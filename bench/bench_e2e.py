@@ -8,7 +8,8 @@ warm pool of a second server started with `--docker-pool`), a `true` round trip 
 (back to back, and after 100 ms idle, as between a model's calls), and interrupt of `sleep 300` back
 to ready. Baselines: for local, spawning `bash -c true`; for docker, a raw `docker exec` (`exec_run`)
 and `containers.run` + first `exec_run` with the docker SDK. Each baseline is timed in alternation
-with the operation it is compared to. Prints a Markdown section with the targets; --write puts it
+with the operation it is compared to. For reference, it also times a trivial tool on a bare SDK
+server (sdk_floor_server.py): the protocol's own cost on the machine, under every call above. Prints a Markdown section with the targets; --write puts it
 into that file (BENCHMARKS.md), replacing the section of the same driver.
 """
 
@@ -128,6 +129,21 @@ async def server(driver: str, pool: int = 0) -> AsyncIterator[Client]:
         yield client
 
 
+async def floor_rows(n: int, pause: Callable[[], Awaitable[None]]) -> list[Row]:
+    """A trivial tool on a bare SDK server over stdio: what the protocol alone costs on this machine."""
+    floor = Path(__file__).with_name("sdk_floor_server.py")
+    params = StdioServerParameters(command=sys.executable, args=[str(floor)])
+    async with Client(params, mode="legacy") as client:
+
+        async def ping() -> None:
+            await call(client, "ping", n=1)
+
+        return [
+            Row("for reference: a trivial tool on a bare SDK server, back to back", await timed(n, ping, warmup=3)),
+            Row(f"for reference: the same, after {IDLE_S * 1000:.0f} ms idle", await timed(n, ping, warmup=1, between=pause)),
+        ]
+
+
 async def measure(driver: str, n: int, pool: int) -> list[Row]:
     docker = driver == "docker"
     exec_name = "raw `docker exec`" if docker else "spawning `bash -c true`"
@@ -174,6 +190,8 @@ async def measure(driver: str, n: int, pool: int) -> list[Row]:
                 reply = await call(client, "interrupt", session_id=sid)
                 assert reply["status"] == "ready", reply
 
+            rows += await floor_rows(n, pause)
+
             interrupts = await timed(max(5, n // 5), interrupt_sleep, warmup=1)
             rows.append(Row("interrupt `sleep 300` to ready", interrupts, max_ms=INTERRUPT_TARGET_MS))
             await close_created(client)
@@ -213,6 +231,10 @@ def section(driver: str, pool: int, rows: list[Row], started: str) -> str:
         how.append("The cold baseline is a plain `containers.run`, without the sandbox's limits, volume and tmpfs.")
         if pool:
             how.append(f"The pool row comes from a second server started with `--docker-pool {pool}`, once its pool is full.")
+    how.append(
+        "The reference rows time a tool that answers at once on a bare SDK server (`bench/sdk_floor_server.py`),"
+        " right after the `send_message` rows: the floor under any call through the SDK over stdio."
+    )
     lines = [
         f"## End to end over stdio: {driver}",
         "",
