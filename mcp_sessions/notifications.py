@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
+from anyio.abc import TaskStatus
 from mcp.server.mcpserver import Context
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import SubscriptionBus
@@ -78,7 +79,7 @@ class _Connection:
 
 
 class ChangeFeed:
-    """Watches the store and notifies subscribers. Run `run()` in a task group for the server's lifetime."""
+    """Watches the store and notifies subscribers. Start `run()` in a task group for the server's lifetime."""
 
     def __init__(self, store: Store, bus: SubscriptionBus) -> None:
         self._store = store
@@ -119,8 +120,11 @@ class ChangeFeed:
 
     # -- watching ---------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start with `await task_group.start(feed.run)`: it returns once the feed knows what to report changes
+        against, so a session created right after is reported (as a list change) like any other."""
         live, seqs = await self._store.live_and_latest(set())
+        task_status.started()
         while True:
             await anyio.sleep(POLL_S)
             subscribed = {sid for c in self._live_connections() for u in c.uris if (sid := _session_of(u))}

@@ -112,7 +112,7 @@ async def open_state(settings: Settings, bus: InMemorySubscriptionBus) -> AsyncI
     """The manager and its change feed, running until the block ends."""
     async with open_manager(settings) as manager, anyio.create_task_group() as tg:
         state = AppState(manager, ChangeFeed(manager.store, bus))
-        tg.start_soon(state.feed.run)
+        await tg.start(state.feed.run)  # before the first request: what that request changes gets reported
         try:
             yield state
         finally:

@@ -15,7 +15,10 @@ from mcp.types import (
     ResourceUpdatedNotification,
 )
 
-from mcp_sessions.server import create_server
+from mcp.server.subscriptions import InMemorySubscriptionBus
+
+from mcp_sessions.models import Session, SessionRecord, new_session_id
+from mcp_sessions.server import create_server, open_state
 from mcp_sessions.settings import Settings
 
 from .conftest import ERAS, call, new_session
@@ -76,6 +79,21 @@ async def test_a_handshake_era_subscriber_gets_updates_list_changes_and_turn_log
     texts = [log.data["message"] for log in logs]
     assert any("turn 1 started: echo hi" in t for t in texts)
     assert any("turn 1 completed (exit code 2" in t for t in texts)
+
+
+async def test_a_session_added_while_the_server_starts_is_announced(settings: Settings) -> None:
+    """As from another server sharing the state folder, the moment this one starts: the change feed knows
+    what it reports changes against before the first request, so nothing added after goes unannounced."""
+    bus = InMemorySubscriptionBus()
+    seen: list[object] = []
+    bus.subscribe(seen.append)
+    async with open_state(settings, bus) as state:
+        s = Session(id=new_session_id(), driver="local", agent="shell", command_timeout_s=10, status="ready")
+        await state.manager.store.insert(SessionRecord(session=s), [("session.created", {})])
+        with anyio.fail_after(5):
+            while not any(isinstance(event, ResourcesListChanged) for event in seen):
+                await anyio.sleep(0.05)
+        assert ResourceUpdated(uri=f"session://{s.id}") in seen
 
 
 async def test_logging_level_filters_what_the_client_gets(settings: Settings) -> None:
