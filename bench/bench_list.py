@@ -39,7 +39,7 @@ from mcp_sessions.app import open_manager
 from mcp_sessions.models import SUMMARY_FIELDS, Session, SessionRecord, SessionSummary, TextBlock, TurnSummary
 from mcp_sessions.settings import Settings
 from mcp_sessions.store import Store
-from report import command_line, write_section
+from report import command_line, target_cell, write_section
 
 SECTION = "## list_sessions: a status filter and the first page"
 TARGETS = {"server": 5.0, "stdio": 15.0}
@@ -302,8 +302,7 @@ def table(rows: list[tuple[str, str, list[int]]], targets: bool = True) -> str:
         median, p90 = summarize(samples)
         line = f"| {layer} | {what} | {median:.2f} | {p90:.2f} |"
         if targets:
-            target = TARGETS.get(layer)
-            line += f" < {target:g} ms median: {'met' if median < target else 'MISSED'} |" if target else " |"
+            line += f" {target_cell(median, None, max_ms=TARGETS.get(layer))} |"
         lines.append(line)
     return "\n".join(lines)
 
