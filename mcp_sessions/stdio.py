@@ -1,9 +1,10 @@
-"""MCP over stdio with the pipes read and written on the event loop.
+"""MCP over stdio with the pipes read and written by the tasks that use them.
 
 The SDK's stdio transport reads each line and writes and flushes each message in a worker thread: three
 thread hops per request, two more per notification. MCP hosts start a server with pipes, which can be
-non-blocking and polled by the event loop instead. Anything else (a file, a terminal) is served by the
-SDK's transport.
+non-blocking: here the SDK's receive loop reads the pipe itself, and whoever sends a message writes it,
+so a request and its reply cross no task or thread of the transport's own. Anything else on stdin or
+stdout (a file, a terminal) is served by the SDK's transport.
 
 While serving, fd 0 reads /dev/null and fd 1 points at stderr, as with the SDK's transport, so a stray
 print or a child process cannot write into the protocol stream.
@@ -11,6 +12,7 @@ print or a child process cannot write into the protocol stream.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import os
 import stat
@@ -18,14 +20,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
 import mcp_types as types
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
 READ_CHUNK = 1 << 16
 
-Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
+Streams = tuple[ObjectReceiveStream[SessionMessage | Exception], ObjectSendStream[SessionMessage]]
 
 
 def _is_pipe(fd: int) -> bool:
@@ -41,7 +43,7 @@ async def stdio_streams() -> AsyncIterator[Streams]:
     """The server's (read, write) streams over this process's stdin and stdout."""
     if not (_is_pipe(0) and _is_pipe(1)):
         async with stdio_server() as streams:
-            yield streams  # type: ignore[misc]
+            yield streams
         return
     wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
     wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
@@ -51,14 +53,8 @@ async def stdio_streams() -> AsyncIterator[Streams]:
     os.dup2(2, 1)
     os.set_blocking(wire_in, False)
     os.set_blocking(wire_out, False)
-    incoming_send, incoming = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    outgoing, outgoing_receive = anyio.create_memory_object_stream[SessionMessage](0)
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_read_lines, wire_in, incoming_send)
-            tg.start_soon(_write_messages, wire_out, outgoing_receive)
-            yield incoming, outgoing
-            tg.cancel_scope.cancel()
+        yield PipeLines(wire_in), PipeMessages(wire_out)
     finally:
         os.set_blocking(wire_out, True)
         os.dup2(wire_in, 0)
@@ -67,26 +63,47 @@ async def stdio_streams() -> AsyncIterator[Streams]:
         os.close(wire_out)
 
 
-async def _read_lines(fd: int, sink: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
-    buffer = bytearray()
-    searched = 0  # bytes of `buffer` known to hold no newline: a long message is scanned once
-    async with sink:
-        while True:
-            await anyio.wait_readable(fd)
+class PipeLines(ObjectReceiveStream[SessionMessage | Exception]):
+    """The messages read from a non-blocking pipe, one per line: a line that is not a JSON-RPC message
+    comes out as the exception, which the SDK answers with a parse error."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+        self._searched = 0  # bytes of the buffer known to hold no newline: a long message is scanned once
+        self._ready: collections.deque[SessionMessage | Exception] = collections.deque()
+        self._eof = False
+        self._closed = False
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def receive(self) -> SessionMessage | Exception:
+        while not self._ready:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._eof:
+                raise anyio.EndOfStream
+            await anyio.wait_readable(self._fd)
             try:
-                chunk = os.read(fd, READ_CHUNK)
+                chunk = os.read(self._fd, READ_CHUNK)
             except BlockingIOError:
                 continue
             if not chunk:
-                return
-            buffer += chunk
-            while (end := buffer.find(b"\n", searched)) >= 0:
-                line = bytes(buffer[:end])
-                del buffer[: end + 1]
-                searched = 0
-                if line.strip():
-                    await sink.send(_parse(line))
-            searched = len(buffer)
+                self._eof = True
+            self._split(chunk)
+        return self._ready.popleft()
+
+    def _split(self, chunk: bytes) -> None:
+        buffer = self._buffer
+        buffer += chunk
+        while (end := buffer.find(b"\n", self._searched)) >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            self._searched = 0
+            if line.strip():
+                self._ready.append(_parse(line))
+        self._searched = len(buffer)
 
 
 def _parse(line: bytes) -> SessionMessage | Exception:
@@ -96,15 +113,46 @@ def _parse(line: bytes) -> SessionMessage | Exception:
         return e
 
 
-async def _write_messages(fd: int, source: MemoryObjectReceiveStream[SessionMessage]) -> None:
-    gone = False  # the client closed its end: what is left to send is dropped, not an error
-    async with source:
-        async for message in source:
-            data = memoryview((message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode())
-            while data and not gone:
-                try:
-                    data = data[os.write(fd, data) :]
-                except BlockingIOError:
-                    await anyio.wait_writable(fd)
-                except (BrokenPipeError, ConnectionResetError):
-                    gone = True
+class PipeMessages(ObjectSendStream[SessionMessage]):
+    """Messages written to a non-blocking pipe by the task that sends them, each as one line.
+
+    A message that does not fit in the pipe at once is finished under a lock, which later senders wait
+    for, so lines never interleave. If the client has closed its end, messages are dropped."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = anyio.Lock()
+        self._gone = False  # the client closed its end: what is left to send is dropped, not an error
+        self._closed = False
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def send(self, item: SessionMessage) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        line = memoryview((item.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode())
+        data = line
+        if not self._lock.locked():  # nobody half way through a line: try it in one go
+            data = self._write_some(data)
+            if not data:
+                return
+        # Once a line is begun it is finished, even if the sender is cancelled: a line cut short would
+        # corrupt the stream.
+        with anyio.CancelScope(shield=len(data) < len(line)) as scope:
+            async with self._lock:
+                while data:
+                    await anyio.wait_writable(self._fd)
+                    data = self._write_some(data)
+                    scope.shield = len(data) < len(line)
+
+    def _write_some(self, data: memoryview) -> memoryview:
+        if self._gone:
+            return data[:0]
+        try:
+            return data[os.write(self._fd, data) :]
+        except BlockingIOError:
+            return data
+        except (BrokenPipeError, ConnectionResetError):
+            self._gone = True
+            return data[:0]

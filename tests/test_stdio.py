@@ -193,3 +193,57 @@ async def test_the_stdio_transport_handles_pipelined_huge_and_broken_lines(home:
     assert by_id[4]["result"]["isError"] and "bytes, over this server's limit" in by_id[4]["result"]["content"][0]["text"]
     assert len(by_id[5]["result"]["tools"]) == 6
     assert not [r for r in [*by_id.values(), *others] if "error" in r]
+
+
+async def test_replies_larger_than_the_pipe_arrive_whole_while_the_client_is_slow_to_read(home: Path) -> None:
+    """Four 3 MB file reads and a turn's notifications, pipelined while the client reads nothing: the
+    server's writes fill the pipe and wait. Once the client reads, every line is one whole message, and
+    every reply carries the whole file."""
+    params = stdio_params(home)
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    size = 3_000_000
+
+    def line(id_: int | None, method: str, params: dict | None = None) -> bytes:
+        msg: dict = {"jsonrpc": "2.0", "method": method}
+        if id_ is not None:
+            msg["id"] = id_
+        if params is not None:
+            msg["params"] = params
+        return (json.dumps(msg) + "\n").encode()
+
+    with anyio.fail_after(90):
+        async with await anyio.open_process([params.command, *params.args], env=params.env, stderr=subprocess.DEVNULL) as server:
+            assert server.stdin is not None and server.stdout is not None
+            lines = BufferedByteReceiveStream(server.stdout)
+
+            async def reply_to(id_: int) -> dict:
+                while True:
+                    msg = json.loads(await lines.receive_until(b"\n", 1 << 24))
+                    if msg.get("id") == id_:
+                        return msg
+
+            await server.stdin.send(line(1, "initialize", init) + line(None, "notifications/initialized"))
+            await reply_to(1)
+            script = f"head -c {size} /dev/zero | tr '\\0' a > big.txt"
+            await server.stdin.send(line(2, "tools/call", {"name": "create_session", "arguments": {"files": {"make.sh": script}}}))
+            sid = (await reply_to(2))["result"]["structuredContent"]["id"]
+            await server.stdin.send(line(3, "tools/call", {"name": "send_message", "arguments": {"session_id": sid, "text": "bash make.sh"}}))
+            assert (await reply_to(3))["result"]["structuredContent"]["exit_code"] == 0
+
+            uri = f"session://{sid}/files/big.txt"
+            reads = [line(10 + i, "resources/read", {"uri": uri}) for i in range(4)]
+            turn = line(20, "tools/call", {"name": "send_message", "arguments": {"session_id": sid, "text": "echo done"}})
+            await server.stdin.send(reads[0] + reads[1] + turn + reads[2] + reads[3])
+            await anyio.sleep(1)  # the server meanwhile fills the pipe and waits for room
+            by_id: dict[int, dict] = {}
+            while len(by_id) < 5:
+                raw = await lines.receive_until(b"\n", 1 << 24)
+                msg = json.loads(raw)  # a line cut by another would not parse
+                if "id" in msg:
+                    by_id[msg["id"]] = msg
+            await server.stdin.aclose()
+            assert await server.wait() == 0
+    for i in range(4):
+        (content,) = by_id[10 + i]["result"]["contents"]
+        assert content["uri"] == uri and content["text"] == "a" * size
+    assert by_id[20]["result"]["structuredContent"]["output"] == "done\n"
