@@ -247,3 +247,20 @@ async def test_replies_larger_than_the_pipe_arrive_whole_while_the_client_is_slo
         (content,) = by_id[10 + i]["result"]["contents"]
         assert content["uri"] == uri and content["text"] == "a" * size
     assert by_id[20]["result"]["structuredContent"]["output"] == "done\n"
+
+
+def test_stdin_and_stdout_that_are_files_are_served_by_the_sdk_transport(home: Path, tmp_path: Path) -> None:
+    """Requests from a file, replies into a file (no pipes to poll): the server still answers, then ends
+    at the end of its input."""
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}) + "\n")
+    replies = tmp_path / "replies.jsonl"
+    params = stdio_params(home)
+    with requests.open("rb") as stdin, replies.open("wb") as stdout:
+        proc = subprocess.run(
+            [params.command, *params.args], env=params.env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=60
+        )
+    assert proc.returncode == 0, proc.stderr.decode()
+    (reply,) = [json.loads(line) for line in replies.read_text().splitlines()]
+    assert reply["id"] == 1 and reply["result"]["serverInfo"]["name"] == "mcp-sessions"
