@@ -8,14 +8,13 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client
+from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.types import (
     LoggingMessageNotificationParams,
     ResourceListChangedNotification,
     ResourceUpdatedNotification,
 )
-
-from mcp.server.subscriptions import InMemorySubscriptionBus
 
 from mcp_sessions.models import Session, SessionRecord, new_session_id
 from mcp_sessions.server import create_server, open_state
