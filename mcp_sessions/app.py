@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sandbox_backends import registry
-from sandbox_backends.base import Driver, Limits, SandboxError
-from sandbox_backends.remote import CLIENTS, Remote, load_remotes
+from sandbox_backends.base import Driver
+from sandbox_backends.registry import DriverContext
+from sandbox_backends.remote import Remote, load_remotes
 
 from .agents.base import Agent
 from .agents.llm import LlmAgent
@@ -31,29 +32,15 @@ def server_id(settings: Settings) -> str:
 
 def make_driver_factory(settings: Settings) -> Callable[[str], Driver]:
     """A function that builds the driver called `name`, configured from `settings`."""
+    plugins = registry.drivers()
+    context = DriverContext(home=settings.home, server_id=server_id(settings))
 
     def make(name: str) -> Driver:
-        cls = registry.load(name)
-        if name == "local":
-            return cls(settings.workspaces)
-        if name == "docker":
-            return cls(
-                image=settings.image,
-                server_id=server_id(settings),
-                pool_size=settings.docker_pool,
-                max_limits=Limits(
-                    memory_mb=settings.max_memory_mb,
-                    cpus=settings.max_cpus,
-                    pids=settings.max_pids,
-                    tmp_mb=settings.max_tmp_mb,
-                ),
-            )
-        if name == "remote":
-            try:
-                return cls(load_remotes(settings.remotes, settings.remotes_file))
-            except (ValueError, OSError) as e:
-                raise SandboxError(f"The remotes configuration is invalid: {e}") from None
-        return cls()
+        plugin = plugins[name]
+        section = None
+        if plugin.settings is not None:
+            section = plugin.settings.model_validate(settings.model_dump(include=set(plugin.settings.model_fields)))
+        return plugin.make(section, context)
 
     return make
 
@@ -69,8 +56,7 @@ def configured_remotes(settings: Settings) -> dict[str, Remote]:
 
 def agents(settings: Settings) -> dict[str, Agent]:
     llm = LlmAgent(settings)
-    read_only = {name: r.dialect for name, r in configured_remotes(settings).items() if CLIENTS[r.dialect].read_only}
-    return {"shell": ShellAgent(), "llm": llm, "remote": RemoteAgent(read_only, llm.prices)}
+    return {"shell": ShellAgent(), "llm": llm, "remote": RemoteAgent(llm.prices)}
 
 
 @asynccontextmanager
@@ -78,7 +64,7 @@ async def open_manager(settings: Settings) -> AsyncIterator[SessionManager]:
     store = await Store.open(settings.db_path)
     try:
         manager = SessionManager(
-            settings, store, make_driver_factory(settings), agents(settings), known_drivers=sorted(registry.available())
+            settings, store, make_driver_factory(settings), agents(settings), known_drivers=sorted(registry.drivers())
         )
         async with manager, Mirror.running(store, settings, configured_remotes(settings)) as mirror:
             manager.mirror = mirror

@@ -18,9 +18,17 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from sandbox_backends.base import Driver, Limits, Sandbox, SandboxError, SandboxNotFound, SandboxRestarted, SandboxSpec
+from sandbox_backends.base import (
+    ChecksSpec,
+    Driver,
+    Limits,
+    Sandbox,
+    SandboxError,
+    SandboxNotFound,
+    SandboxRestarted,
+    SandboxSpec,
+)
 from sandbox_backends.output import OutputBuffer
-from sandbox_backends.remote import remote_labels
 
 from . import leases
 from .agents.base import Agent, TurnContext, TurnOutcome
@@ -79,8 +87,10 @@ class _Orphaned(Exception):
     """Raised inside a store update that found a session held by a dead server; nothing is written."""
 
 
-AGENT_OPTIONS = ("provider", "system_prompt", "max_steps", "max_turn_tokens", "max_turn_cost_usd", "remote")
+AGENT_OPTIONS = ("provider", "system_prompt", "max_steps", "max_turn_tokens", "max_turn_cost_usd")
 """create_session arguments that configure the agent rather than the session."""
+DRIVER_OPTIONS = ("remote",)
+"""create_session arguments that configure the driver."""
 
 
 @dataclass
@@ -99,13 +109,20 @@ class CreateRequest:
     owner: str | None = None
     model: str | None = None
     agent_options: dict[str, Any] = field(default_factory=dict)
+    driver_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, owner: str | None, **fields: Any) -> CreateRequest:
-        """From create_session's arguments (the REST create body has the same): the agent's own options
-        go to `agent_options`, unset ones left out."""
+        """From create_session's arguments (the REST create body has the same): the agent's and the driver's
+        own options go to `agent_options` and `driver_options`, unset ones left out."""
         options = {k: fields.pop(k) for k in AGENT_OPTIONS if k in fields}
-        return cls(**fields, owner=owner, agent_options={k: v for k, v in options.items() if v is not None})
+        driver = {k: fields.pop(k) for k in DRIVER_OPTIONS if k in fields}
+        return cls(
+            **fields,
+            owner=owner,
+            agent_options={k: v for k, v in options.items() if v is not None},
+            driver_options={k: v for k, v in driver.items() if v is not None},
+        )
 
 
 @dataclass
@@ -204,8 +221,11 @@ class SessionManager:
             image=s.image,
             env=record.env,
             limits=Limits(**record.limits),
-            labels={"mcp-sessions.session": s.id}
-            | (remote_labels(record.agent_options["remote"], s.title, s.tags, s.model) if record.agent_options.get("remote") else {}),
+            labels={"mcp-sessions.session": s.id},
+            title=s.title,
+            tags=tuple(s.tags),
+            model=s.model,
+            options=record.driver_options,
         )
 
     async def _sandbox(self, record: SessionRecord) -> Sandbox:
@@ -367,8 +387,19 @@ class SessionManager:
             model=model,
         )
         record = SessionRecord(
-            session=session, env=request.env, limits=limits, lease=self._lease, agent_options=agent_options
+            session=session,
+            env=request.env,
+            limits=limits,
+            lease=self._lease,
+            agent_options=agent_options,
+            driver_options=request.driver_options,
         )
+        chosen = self._driver(driver)
+        if isinstance(chosen, ChecksSpec):
+            try:
+                chosen.check(self._spec(record))
+            except ValueError as e:
+                raise InvalidInput(str(e)) from None
         async with self._admit:
             await self._check_owner_limit(request.owner)
             await self.store.insert(

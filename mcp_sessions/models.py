@@ -174,6 +174,7 @@ class SessionRecord(BaseModel):
     interrupt_requested: bool = False
     queue: list[QueuedMessage] = Field(default_factory=list, description="Messages to run, in order, after the current turn.")
     agent_options: dict[str, Any] = Field(default_factory=dict, description="The agent's settings: system prompt, limits, provider.")
+    driver_options: dict[str, Any] = Field(default_factory=dict, description="The driver's create options, e.g. which remote.")
 
 
 # -- events --------------------------------------------------------------------------------------

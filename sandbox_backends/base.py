@@ -14,14 +14,21 @@ Shell semantics every driver provides:
   SIGKILL to the process group) before the cancellation propagates;
 - the state a command leaves lives with the sandbox, so a sandbox re-attached by another server
   process (after a restart) keeps the shell's cwd and environment.
+
+Some drivers can do more than this contract; each extra is an optional protocol below, which the
+session layer checks with `isinstance` and never by a driver's name: `MessageSandbox` (the platform
+runs its own agent and answers messages), `ChecksSpec` (refuses a spec before anything is made),
+`MirrorSource` (shows sessions that run elsewhere, read-only). How a driver is found and configured:
+`registry.py`. What every driver must pass: `tests/driver_conformance.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 
 class SandboxError(Exception):
@@ -57,7 +64,12 @@ class Limits:
 
 @dataclass(frozen=True)
 class SandboxSpec:
-    """What to make. `name` is unique per server (the session id); drivers use it to find the sandbox again."""
+    """What to make. `name` is unique per server (the session id); drivers use it to find the sandbox again.
+
+    `title`, `tags` and `model` are what the caller asked of the session, for drivers whose platform keeps
+    them (a remote platform); `options` are the driver's own create options, as its options model
+    (`DriverPlugin.options`) validated them, e.g. `{"remote": "prod"}`.
+    """
 
     name: str
     image: str | None = None
@@ -65,6 +77,10 @@ class SandboxSpec:
     limits: Limits = field(default_factory=Limits)
     network: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    title: str | None = None
+    tags: tuple[str, ...] = ()
+    model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -189,4 +205,100 @@ class Driver(Protocol):
 
     async def aclose(self) -> None:
         """Release the driver's own resources. Sandboxes are left running so a restarted server finds them."""
+        ...
+
+
+# -- optional protocols: what some drivers can do beyond the contract ------------------------------
+
+AgentEvent = dict[str, Any]
+"""What `MessageSandbox.send` yields, in the session layer's vocabulary:
+- `{"kind": "text", "text"}`: assistant text as it is written;
+- `{"kind": "tool.started" | "tool.completed", "data": {...}}`: a tool call on the platform;
+- `{"kind": "output", "text"}`: output of a running tool;
+- `{"kind": "end", "status": completed|failed|interrupted, "reason", "content": [blocks], "output",
+  "exit_code", "usage": {...}, "model", "messages": [{"role", "content"}]}`: the turn is over (always last)."""
+
+
+@runtime_checkable
+class MessageSandbox(Protocol):
+    """A sandbox whose platform runs its own agent (brain and hands remote): it answers messages."""
+
+    def send(self, text: str) -> AsyncIterator[AgentEvent]:
+        """Start a turn with `text` and yield what happens; the last event is `{"kind": "end", ...}`."""
+        ...
+
+
+@runtime_checkable
+class ChecksSpec(Protocol):
+    """A driver that can tell, before anything is made, that it cannot serve a spec."""
+
+    def check(self, spec: SandboxSpec) -> None:
+        """Raise `ValueError` with a sentence for the caller (what is wrong, what to do) if `spec` cannot work."""
+        ...
+
+
+@dataclass
+class ForeignMessage:
+    """One message of a mirrored session: role `user|assistant|tool|system`, content blocks as dicts
+    (`{"type": "text", "text"}`, `tool_use`, `tool_result`), when it was written."""
+
+    role: Literal["user", "assistant", "tool", "system"]
+    content: list[dict[str, Any]]
+    created_at: datetime | None = None
+
+
+@dataclass
+class ForeignSession:
+    """A session that runs elsewhere and can only be read, as a mirror source reports it.
+
+    `messages` is None when the source only listed the session (no conversation read), else the whole
+    conversation so far, oldest first, the same list each time (so new ones are those past the count seen).
+    """
+
+    key: str
+    """Stable and unique per source, e.g. the platform's session id."""
+    status: Literal["busy", "dead", "failed"]
+    reason: str | None = None
+    """Why it ended (`dead`: "completed on X"; `failed`: the platform's error)."""
+    title: str | None = None
+    model: str | None = None
+    workspace: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    """Any of input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, total_tokens, cost_usd,
+    cost_by_model; what is missing keeps its last known value."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    messages: list[ForeignMessage] | None = None
+
+
+@dataclass(frozen=True)
+class MirroredSource:
+    """One place a `MirrorSource` driver mirrors sessions from (a configured read-only platform)."""
+
+    name: str
+    """Unique within the driver; becomes a tag of every session mirrored from it."""
+    tags: tuple[str, ...]
+    describe: dict[str, Any]
+    """Shown as each mirrored session's `sandbox` (with `remote_session_id` and `read_only` added)."""
+    read_only_reason: str
+    """Why these sessions cannot be driven here, and what to use instead; shown to callers who try."""
+    poll_s: float = 30.0
+    owner: str | None = None
+
+
+@runtime_checkable
+class MirrorSource(Protocol):
+    """A driver that shows sessions run by someone else (a read-only platform's own workflows)."""
+
+    def mirrored_sources(self) -> list[MirroredSource]:
+        """The sources to follow; may be empty."""
+        ...
+
+    def list_mirrored(self, source: str) -> AsyncIterator[list[ForeignSession]]:
+        """The source's sessions, newest first, one page at a time (without their messages)."""
+        ...
+
+    async def get_mirrored(self, source: str, key: str) -> ForeignSession:
+        """One session with its whole conversation. Raises `SandboxNotFound` if the source no longer has it."""
         ...

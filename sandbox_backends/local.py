@@ -39,6 +39,7 @@ from .base import (
     SandboxSpec,
 )
 from .output import OutputBuffer
+from .registry import DriverContext, DriverPlugin
 from .shell import (
     NEW_STATE_FILE,
     PID_FILE,
@@ -519,3 +520,14 @@ class LocalDriver:
     async def aclose(self) -> None:
         for sandbox in list(self._sandboxes):
             await sandbox.disconnect()
+
+
+def _make(settings: object, context: DriverContext) -> LocalDriver:
+    return LocalDriver(context.home / "workspaces")
+
+
+plugin = DriverPlugin(
+    name="local",
+    make=_make,
+    summary="a folder and a bash shell per session on this machine (no isolation)",
+)

@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 import httpx
+from pydantic import BaseModel, Field
 
 from .base import (
     ClosesOnExit,
@@ -40,11 +41,8 @@ from .base import (
     SandboxNotFound,
     SandboxSpec,
 )
+from .registry import DriverContext, DriverPlugin
 
-REMOTE_LABEL = "mcp-sessions.remote"
-"""The SandboxSpec label that names which configured remote a new session goes to."""
-TITLE_LABEL, TAGS_LABEL, MODEL_LABEL = "mcp-sessions.title", "mcp-sessions.tags", "mcp-sessions.model"
-"""SandboxSpec labels with the caller's title, tags (a JSON list) and model, for dialects whose platform takes them."""
 WATCH_INTERVAL_S = 5.0
 CLOSE_PATIENCE_S = 10.0
 """Closing retries an unreachable remote this long, not `reconnect_s`: the local session closes anyway."""
@@ -129,16 +127,6 @@ def load_remotes(text: str | None = None, path: str | os.PathLike[str] | None = 
     if text:
         found.update(parse_remotes(json.loads(text)))
     return found
-
-
-def remote_labels(remote: str, title: str | None, tags: list[str], model: str | None) -> dict[str, str]:
-    """The SandboxSpec labels of a new remote session: which remote, and what the caller asked for."""
-    labels = {REMOTE_LABEL: remote, TAGS_LABEL: json.dumps(tags)}
-    if title:
-        labels[TITLE_LABEL] = title
-    if model:
-        labels[MODEL_LABEL] = model
-    return labels
 
 
 class _Unreachable(Exception):
@@ -671,13 +659,13 @@ class EverrunsClient(HttpDialect):
         if not any(options.get(k) for k in ("agent_id", "harness_id", "harness_name")):
             raise SandboxError(f"{self.remote.label}: set options.agent_id (the Everruns agent the sessions run) or options.harness_name.")
         body: dict[str, Any] = dict(options)
-        if TITLE_LABEL in spec.labels:
-            body["title"] = spec.labels[TITLE_LABEL]
-        tags = [*options.get("tags", []), *json.loads(spec.labels.get(TAGS_LABEL, "[]"))]
+        if spec.title:
+            body["title"] = spec.title
+        tags = [*options.get("tags", []), *spec.tags]
         if tags:
             body["tags"] = list(dict.fromkeys(tags))
-        if MODEL_LABEL in spec.labels:
-            body["model_id"] = spec.labels[MODEL_LABEL]
+        if spec.model:
+            body["model_id"] = spec.model
         return str((await self.request("POST", EVR, json=body, retry=False))["id"])
 
     async def state(self, rid: str) -> str | None:
@@ -912,7 +900,7 @@ class RemoteSandbox(ClosesOnExit):
 
 
 class RemoteDriver:
-    """Sessions on configured remote platforms. `SandboxSpec.labels[REMOTE_LABEL]` names the remote."""
+    """Sessions on configured remote platforms. `SandboxSpec.options["remote"]` names the remote."""
 
     name = "remote"
 
@@ -937,8 +925,22 @@ class RemoteDriver:
             self._clients[remote.name] = CLIENTS[remote.dialect](remote)
         return self._clients[remote.name]
 
+    def check(self, spec: SandboxSpec) -> None:
+        name = spec.options.get("remote")
+        if not name:
+            raise ValueError("A remote session needs `remote`: the name of a configured remote platform.")
+        remote = self.remotes.get(name)
+        if remote is None:
+            known = ", ".join(sorted(self.remotes)) or "none are configured (--remotes-file or MCP_SESSIONS_REMOTES)"
+            raise ValueError(f"Unknown remote '{name}'. Known remotes: {known}.")
+        if CLIENTS[remote.dialect].read_only:
+            raise ValueError(
+                f"{remote.dialect} sessions are read-only: remote '{name}' cannot make sessions here; its own "
+                f"workflows start them, and they show up by themselves: list_sessions(tags=['{name}'])."
+            )
+
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> RemoteSandbox:
-        client = self._client(spec.labels.get(REMOTE_LABEL))
+        client = self._client(spec.options.get("remote"))
         if on_phase is not None:
             await on_phase("creating_sandbox", f"asking {client.remote.label}")
         sandbox = RemoteSandbox(client, await client.create(spec, on_phase), spec.name, self._gone)
@@ -974,3 +976,31 @@ class RemoteDriver:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+
+class RemoteSettings(BaseModel):
+    remotes_file: Path | None = Field(
+        None, description="Remote platforms for driver='remote': JSON (or .toml) name -> {url, dialect, token_env}."
+    )
+    remotes: str | None = Field(None, description="Remote platforms as a JSON object, like the remotes file; wins per name.")
+
+
+class RemoteOptions(BaseModel):
+    remote: str | None = Field(None, max_length=100, description="the name of a configured remote platform whose own agent answers")
+
+
+def _make(settings: Any, context: DriverContext) -> RemoteDriver:
+    s: RemoteSettings = settings
+    try:
+        return RemoteDriver(load_remotes(s.remotes, s.remotes_file))
+    except (ValueError, OSError) as e:
+        raise SandboxError(f"The remotes configuration is invalid: {e}") from None
+
+
+plugin = DriverPlugin(
+    name="remote",
+    make=_make,
+    summary="a session on another platform over its HTTP API (with remote=NAME), whose own agent answers",
+    settings=RemoteSettings,
+    options=RemoteOptions,
+)

@@ -146,8 +146,9 @@ async def test_remote_errors_are_clear(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("BACK_TOKEN", TOKEN)
     async with back_server(tmp_path / "back") as url:
         async with Client(create_server(front_settings(tmp_path / "front", url))) as client:
-            s = await call(client, "create_session", driver="remote", remote="nowhere")
-            assert s["status"] == "failed" and "Unknown remote 'nowhere'" in s["failure_reason"] and "back" in s["failure_reason"]
+            text = await call_error(client, "create_session", driver="remote", remote="nowhere")
+            assert "Unknown remote 'nowhere'" in text and "Known remotes: back" in text
+            assert (await call(client, "list_sessions"))["total"] == 0  # refused before anything was made
 
             text = await call_error(client, "create_session", driver="remote", remote="back", agent="shell")
             assert "agent='remote'" in text

@@ -231,6 +231,5 @@ async def test_syntropic_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             assert s["phase_detail"] is None and s["preview"] == "Fix the failing test"
 
         async with Client(create_server(front(tmp_path / "c", url, poll_s="often"))) as client:
-            s = await call(client, "create_session", driver="remote", remote="syn")
-            assert s["status"] == "failed"
-            assert "options.poll_s must be a number from 0.1 up, not 'often'" in s["failure_reason"] and "'syn'" in s["failure_reason"]
+            text = await call_error(client, "create_session", driver="remote", remote="syn")
+            assert "options.poll_s must be a number from 0.1 up, not 'often'" in text and "'syn'" in text

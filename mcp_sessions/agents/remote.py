@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 from pydantic import TypeAdapter, ValidationError
 
-from sandbox_backends.base import SandboxError
+from sandbox_backends.base import MessageSandbox, SandboxError
 
 from ..models import ContentBlock, Message, TextBlock, Usage
 from .base import TurnContext, TurnOutcome
@@ -29,22 +29,9 @@ def _content(raw: Any) -> list[ContentBlock]:
 class RemoteAgent:
     name = "remote"
 
-    def __init__(self, read_only: dict[str, str] | None = None, prices: PriceTable | None = None) -> None:
-        self.read_only = read_only or {}
-        """Remote name -> dialect, for the remotes whose sessions can only be read (they are mirrored)."""
+    def __init__(self, prices: PriceTable | None = None) -> None:
         self.prices = prices
         """Prices the usage of remotes that report tokens and the model but no cost."""
-
-    def prepare(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        name = options.get("remote")
-        if not name:
-            raise ValueError("The remote agent needs `remote`: the name of a configured remote platform.")
-        if name in self.read_only:
-            raise ValueError(
-                f"{self.read_only[name]} sessions are read-only: remote '{name}' cannot make sessions here; its own "
-                f"workflows start them, and they show up by themselves: list_sessions(tags=['{name}'])."
-            )
-        return model, options
 
     def _priced(self, usage: Usage, model: Any) -> Usage:
         if usage.cost_usd or not model or self.prices is None:
@@ -54,12 +41,11 @@ class RemoteAgent:
         return usage.model_copy(update={"cost_usd": cost, "cost_by_model": {str(model): cost}}) if cost else usage
 
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
-        send = getattr(ctx.sandbox, "send", None)
-        if send is None:
+        if not isinstance(ctx.sandbox, MessageSandbox):
             return TurnOutcome(status="failed", content=[], reason="The remote agent works only with driver='remote'; this sandbox cannot answer messages.")
         turn = ctx.session.turns
         try:
-            async for event in send(text):
+            async for event in ctx.sandbox.send(text):
                 kind = event["kind"]
                 if kind == "text":
                     await ctx.emit("text.delta", {"text": event["text"]})
