@@ -64,12 +64,19 @@ async def test_remote_session_end_to_end_with_a_back_server_restart(
     async with anyio.create_task_group() as tg:
         stopped = anyio.Event()
         restart = anyio.Event()
+        first_down = anyio.Event()
         urls: list[str] = []
 
         async def back(port: int = 0) -> None:
             async with back_server(back_home, port) as url:
                 urls.append(url)
                 await restart.wait() if port == 0 else await stopped.wait()
+            if port == 0:
+                first_down.set()  # its port is free again only now
+
+        async def back_again(port: int) -> None:
+            await first_down.wait()
+            await back(port)
 
         tg.start_soon(back)
         with anyio.fail_after(30):
@@ -113,7 +120,7 @@ async def test_remote_session_end_to_end_with_a_back_server_restart(
             r = await call(client, "send_message", session_id=sid, text="echo before; sleep 30", wait_s=1)
             assert r["turn_status"] == "running"
             restart.set()
-            tg.start_soon(back, port)
+            tg.start_soon(back_again, port)
             got = await wait_turn(client, sid, 4)
             assert got["session"]["last_turn"]["status"] == "interrupted"
             assert got["session"]["last_turn"]["reason"] == "on the remote: server stopped"
