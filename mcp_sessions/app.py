@@ -1,4 +1,4 @@
-"""Assembles a running SessionManager from settings: the store, the drivers and the agents."""
+"""Assembles a running SessionManager from settings: the store, and the drivers and agents the catalog knows."""
 
 from __future__ import annotations
 
@@ -7,17 +7,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from sandbox_backends import registry
 from sandbox_backends.base import Driver
 from sandbox_backends.registry import DriverContext
-from sandbox_backends.remote import Remote, load_remotes
+from sandbox_backends.remote import Remote, RemoteSettings, load_remotes
 
-from .agents.base import Agent
-from .agents.llm import LlmAgent
-from .agents.remote import RemoteAgent
-from .agents.shell import ShellAgent
+from .agents.base import Agent, AgentContext
+from .agents.pricing import PriceTable
 from .manager import SessionManager
 from .mirror import Mirror
+from .plugins import Catalog, catalog
 from .settings import Settings
 from .store import Store
 
@@ -30,41 +28,44 @@ def server_id(settings: Settings) -> str:
     return "home-" + hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
 
-def make_driver_factory(settings: Settings) -> Callable[[str], Driver]:
-    """A function that builds the driver called `name`, configured from `settings`."""
-    plugins = registry.drivers()
-    context = DriverContext(home=settings.home, server_id=server_id(settings))
+def make_driver_factory(settings: Settings, plugins: Catalog, serving: bool = True) -> Callable[[str], Driver]:
+    """A function that builds the driver called `name` from its plugin and its settings section."""
+    context = DriverContext(home=settings.home, server_id=server_id(settings), serving=serving)
 
     def make(name: str) -> Driver:
-        plugin = plugins[name]
-        section = None
-        if plugin.settings is not None:
-            section = plugin.settings.model_validate(settings.model_dump(include=set(plugin.settings.model_fields)))
-        return plugin.make(section, context)
+        plugin = plugins.drivers[name]
+        return plugin.make(settings.section(plugin.settings) if plugin.settings else None, context)
 
     return make
 
 
+def make_agents(settings: Settings, plugins: Catalog) -> dict[str, Agent]:
+    """Every installed agent, made from its plugin and its settings section."""
+    context = AgentContext(home=settings.home, prices=PriceTable.load(settings.price_file))
+    return {
+        name: plugin.make(settings.section(plugin.settings) if plugin.settings else None, context)
+        for name, plugin in plugins.agents.items()
+    }
+
+
 def configured_remotes(settings: Settings) -> dict[str, Remote]:
     """The configured remotes; none if the configuration is invalid (the remote driver says why when used)."""
+    section = settings.section(RemoteSettings)
     try:
-        return load_remotes(settings.remotes, settings.remotes_file)
+        return load_remotes(section.remotes, section.remotes_file)
     except (ValueError, OSError) as e:
         log.warning("the remotes configuration is invalid: %s", e)
         return {}
 
 
-def agents(settings: Settings) -> dict[str, Agent]:
-    llm = LlmAgent(settings)
-    return {"shell": ShellAgent(), "llm": llm, "remote": RemoteAgent(llm.prices)}
-
-
 @asynccontextmanager
-async def open_manager(settings: Settings) -> AsyncIterator[SessionManager]:
+async def open_manager(settings: Settings, serving: bool = True) -> AsyncIterator[SessionManager]:
+    """The manager over the state folder's store. `serving=False` for one-shot commands: no warm pools."""
+    plugins = catalog()
     store = await Store.open(settings.db_path)
     try:
         manager = SessionManager(
-            settings, store, make_driver_factory(settings), agents(settings), known_drivers=sorted(registry.drivers())
+            settings, store, plugins, make_driver_factory(settings, plugins, serving), make_agents(settings, plugins)
         )
         async with manager, Mirror.running(store, settings, configured_remotes(settings)) as mirror:
             manager.mirror = mirror

@@ -15,14 +15,20 @@ import os
 import sqlite3
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn, get_args
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Union, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from . import __version__
 from .errors import InvalidInput, SessionError, SessionNotFound, StoreError
 from .models import Event, Session, SessionPage, Status
-from .settings import ENV_PREFIX, Settings
+from .plugins import catalog
+from .settings import ENV_PREFIX, Settings, flag_name, is_secret
 
 if TYPE_CHECKING:
     from .manager import SessionManager
@@ -30,39 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROG = "mcp-sessions"
-FLAGS = [
-    # (flag, settings field, type, help)
-    ("--home", "home", str, "state folder: database and local workspaces (default ~/.local/share/mcp-sessions)"),
-    ("--driver", "driver", str, "default sandbox driver for new sessions: local or docker (default local)"),
-    ("--agent", "agent", str, "default agent for new sessions (default shell)"),
-    ("--image", "image", str, "default image for the docker driver (default mcp-sessions-sandbox:bookworm)"),
-    ("--docker-pool", "docker_pool", int, "docker containers kept warm for fast creates (default 0 = off)"),
-    ("--max-memory", "max_memory_mb", int, "most memory a docker session may ask for, MiB (default 8192)"),
-    ("--max-cpus", "max_cpus", float, "most CPUs a docker session may ask for (default 4)"),
-    ("--max-pids", "max_pids", int, "most processes a docker session may ask for (default 4096)"),
-    ("--max-tmp", "max_tmp_mb", int, "largest /tmp a docker session may ask for, MiB (default 4096)"),
-    ("--idle-timeout", "idle_timeout_s", float, "close sessions idle this many seconds; 0 = never (default 900)"),
-    ("--command-timeout", "command_timeout_s", float, "default limit on one command's run time, seconds (default 600)"),
-    ("--max-command-timeout", "max_command_timeout_s", float, "largest command timeout a caller may ask for (default 86400)"),
-    ("--max-output-bytes", "max_output_bytes", int, "output kept per turn, head and tail (default 32768)"),
-    ("--max-message-bytes", "max_message_bytes", int, "largest message a caller may send (default 1000000)"),
-    ("--max-file-bytes", "max_file_bytes", int, "largest file read or written through the server (default 5000000)"),
-    ("--create-timeout", "create_timeout_s", float, "a session still creating after this many seconds fails (default 300)"),
-    ("--log-level", "log_level", str, "level of the server's own log on stderr (default WARNING)"),
-    ("--llm-provider", "llm_provider", str, "model provider of the llm agent: auto, openai, anthropic or sampling (default auto: anthropic if ANTHROPIC_API_KEY is set, else openai if OPENAI_API_KEY or OPENAI_BASE_URL is, else the client's model through MCP sampling). Keys come only from OPENAI_API_KEY and ANTHROPIC_API_KEY"),
-    ("--model", "model", str, "default model of the llm agent (MCP_SESSIONS_MODEL)"),
-    ("--openai-base-url", "openai_base_url", str, "OpenAI-compatible API base URL, e.g. http://localhost:11434/v1 for Ollama (OPENAI_BASE_URL; default https://api.openai.com/v1)"),
-    ("--anthropic-base-url", "anthropic_base_url", str, "Anthropic API base URL (ANTHROPIC_BASE_URL; default https://api.anthropic.com)"),
-    ("--price-file", "price_file", str, "JSON price table that overrides or extends the shipped one (per million tokens)"),
-    ("--llm-max-steps", "llm_max_steps", int, "default most model calls per turn of the llm agent (default 50)"),
-    ("--host", "host", str, "address serve --http listens on (default 127.0.0.1; others need tokens)"),
-    ("--port", "port", int, "port serve --http listens on (default 8765)"),
-    ("--tokens-file", "tokens_file", str, "HTTP bearer tokens, one owner:token a line (also MCP_SESSIONS_TOKENS)"),
-    ("--remotes-file", "remotes_file", str, "remote platforms for driver=remote: JSON (or .toml) name -> {url, dialect, token_env} (also MCP_SESSIONS_REMOTES, a JSON object)"),
-    ("--max-request-bytes", "max_request_bytes", int, "largest HTTP request body, else 413 (default 10000000)"),
-    ("--max-sessions-per-owner", "max_sessions_per_owner", int, "live sessions per token owner; 0 = no limit (default 20)"),
-    ("--rate-limit", "rate_limit_per_s", float, "HTTP requests a second per owner, bursts of twice that; 0 = off (default 20)"),
-]
 CLIENT_FLAGS = ("--home", "--log-level")
 """The server options that matter to the commands for people; they may also follow the command's name."""
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -90,10 +63,44 @@ def _when(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...] | None, default: Any) -> None:
-    for flag, field, type_, help_ in FLAGS:
-        if flags is None or flag in flags:
-            parser.add_argument(flag, dest=field, type=type_, default=default, help=help_)
+@dataclass(frozen=True)
+class Flag:
+    """A settings field as a command-line flag."""
+
+    flag: str
+    field: str
+    type: Callable[[str], Any]
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+def _flag(name: str, info: FieldInfo) -> Flag:
+    annotation: Any = info.annotation
+    args = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) in (Union, UnionType) else []
+    if len(args) == 1:
+        annotation = args[0]
+    choices = tuple(get_args(annotation)) if get_origin(annotation) is Literal else None
+    kind = annotation if annotation in (int, float) else str
+    default = info.get_default(call_default_factory=False)
+    text = (info.description or "").rstrip(".")
+    if default not in (None, PydanticUndefined) and info.default_factory is None:
+        text += f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
+    return Flag(flag_name(name), name, kind, text.replace("%", "%%"), choices)
+
+
+def settings_flags() -> list[tuple[str, list[Flag]]]:
+    """Every settings field that may be given as a flag (all but secrets), grouped: the core settings, then
+    one group per plugin with settings."""
+    groups = [("options", Settings.model_fields), *((title + " options", model.model_fields) for title, model in catalog().settings_sections())]
+    return [(title, [_flag(n, i) for n, i in fields.items() if not is_secret(i)]) for title, fields in groups]
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None, default: Any) -> None:
+    for title, flags in settings_flags():
+        group = parser if title == "options" else parser.add_argument_group(title)
+        for f in flags:
+            if only is None or f.flag in only:
+                group.add_argument(f.flag, dest=f.field, type=f.type, choices=f.choices, default=default, help=f.help)
 
 
 def build_parser() -> Parser:
@@ -182,7 +189,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.load(**{field: getattr(args, field, None) for _, field, _, _ in FLAGS})
+        settings = Settings.load(**{f.field: getattr(args, f.field, None) for _, flags in settings_flags() for f in flags})
     except ValidationError as e:
         fail(f"invalid configuration: {_one_line(e)}")
     level = logging.getLevelName(settings.log_level.upper())
@@ -245,8 +252,6 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.db_path.exists():
         fail(f"no state database at {settings.db_path}. Check --home or {ENV_PREFIX}HOME (a server creates it on start).")
-    # A one-shot command must not start a pool of warm containers that a server would keep.
-    settings = settings.model_copy(update={"docker_pool": 0})
     try:
         return anyio.run(_run_command, args, settings)
     except KeyboardInterrupt:
@@ -288,7 +293,7 @@ def _quiet_stdout() -> None:
 async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
     from .app import open_manager
 
-    async with open_manager(settings) as manager:
+    async with open_manager(settings, serving=False) as manager:  # a one-shot command starts no warm pools
         if args.command == "ls":
             return await list_sessions(manager, args)
         if args.command == "show":

@@ -1,7 +1,7 @@
 """The REST API at /api/v1: CIAB's sessions API with one sandbox per session. A thin adapter over the
 SessionManager, like the MCP tools: parse, call the manager, shape the answer.
 
-Every route is one `Endpoint` in `ENDPOINTS`; the Starlette routes and the OpenAPI document are both made
+Every route is one `Endpoint` in `endpoints()`; the Starlette routes and the OpenAPI document are both made
 from that table and from the pydantic models it names, so the document always matches what is served.
 """
 
@@ -13,7 +13,7 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,11 +26,12 @@ from sandbox_backends.base import SandboxError
 
 from . import __version__
 from .errors import SessionError, SessionNotFound
-from .manager import CreateRequest, SessionManager
+from .create import CreateRequest, create_body
+from .manager import SessionManager
+from .plugins import catalog
 from .models import (
     CloseReply,
     InterruptReply,
-    LimitsModel,
     Message,
     Session,
     SessionDetail,
@@ -60,31 +61,6 @@ STATUS_OF_CODE = {
 
 
 # -- what comes in ----------------------------------------------------------------------------------
-
-
-class CreateBody(BaseModel):
-    """A new session; every field is optional. The same fields as the create_session tool."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    title: str | None = Field(None, max_length=200, description="A short human title.")
-    driver: str | None = Field(None, description="Sandbox driver: 'local' or 'docker'. Default: the server's.")
-    agent: str | None = Field(None, description="Agent that answers messages. 'shell' runs each message as bash.")
-    image: str | None = Field(None, max_length=300, description="Container image (docker driver only).")
-    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field([], max_length=20)
-    metadata: dict[str, str | int | float | bool | None] = Field({}, max_length=50)
-    files: dict[str, str] = Field({}, max_length=1000, description="Workspace path -> UTF-8 text, written first.")
-    env: dict[str, str] = Field({}, max_length=200, description="Environment variables for the session's commands.")
-    limits: LimitsModel | None = None
-    command_timeout_s: float | None = Field(None, gt=0)
-    idle_timeout_s: float | None = Field(None, ge=0, description="0 = never closed for idleness.")
-    model: str | None = Field(None, max_length=200, description="llm agent: the model (default: the server's).")
-    provider: Literal["openai", "anthropic", "sampling"] | None = Field(None, description="llm agent: where the model runs.")
-    system_prompt: str | None = Field(None, max_length=100_000, description="llm agent: replaces the default system prompt.")
-    max_steps: int | None = Field(None, ge=1, le=1000, description="llm agent: most model calls per turn.")
-    max_turn_tokens: int | None = Field(None, ge=1, description="llm agent: stop a turn once it has used this many tokens.")
-    max_turn_cost_usd: float | None = Field(None, gt=0, description="llm agent: stop a turn once it has cost this much.")
-    remote: str | None = Field(None, max_length=100, description="driver 'remote': the name of a configured remote platform.")
 
 
 class MessageBody(BaseModel):
@@ -276,8 +252,15 @@ class Endpoint:
 
 
 S = API + "/sessions/{session_id}"
-ENDPOINTS = [
-    Endpoint("POST", API + "/sessions", create_session, "Create a session and wait up to wait_s until it is ready.", Session, (201,), CreateQuery, CreateBody),
+def endpoints() -> list[Endpoint]:
+    """Every route, with the create body built from the installed plugins' options."""
+    return [
+        Endpoint("POST", API + "/sessions", create_session, "Create a session and wait up to wait_s until it is ready.", Session, (201,), CreateQuery, create_body(catalog())),
+        *SESSION_ENDPOINTS,
+    ]
+
+
+SESSION_ENDPOINTS = [
     Endpoint("GET", API + "/sessions", list_sessions, "List your sessions, newest first, with filters and a cursor.", SessionPage, query=ListQuery),
     Endpoint("GET", S, get_session, "A session's state, queue, whole conversation and, with events_after, its events.", SessionView, query=GetQuery),
     Endpoint("POST", S + "/messages", send_message, "Send a message: queued behind a running turn and answered at once (202), or after up to wait_s (200 once the turn ended).", TurnReply, (200, 202), WaitQuery, MessageBody),
@@ -327,7 +310,7 @@ def routes(manager_of: Callable[[], SessionManager], owner_of: Callable[[Request
         return endpoint
 
     by_path: dict[str, dict[str, Endpoint]] = {}
-    for ep in ENDPOINTS:
+    for ep in endpoints():
         by_path.setdefault(ep.path, {})[ep.method] = ep
     served = []
     for path, methods in by_path.items():
@@ -344,9 +327,10 @@ def routes(manager_of: Callable[[], SessionManager], owner_of: Callable[[Request
 
 
 def openapi(extra_paths: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI 3.1 for ENDPOINTS, built from the same models the routes parse and return."""
+    """OpenAPI 3.1 for every endpoint, built from the same models the routes parse and return."""
     wanted: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization"), (Health, "serialization")]
-    for ep in ENDPOINTS:
+    served = endpoints()
+    for ep in served:
         if ep.body:
             wanted.append((ep.body, "validation"))
         if ep.response:
@@ -383,7 +367,7 @@ def openapi(extra_paths: dict[str, Any]) -> dict[str, Any]:
         )
     }
     paths: dict[str, Any] = {}
-    for ep in ENDPOINTS:
+    for ep in served:
         op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.handler.__name__, "parameters": []}
         if "{session_id}" in ep.path:
             op["parameters"].append({"name": "session_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^ses_[0-9a-f]{32}$"}})

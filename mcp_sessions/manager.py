@@ -31,7 +31,8 @@ from sandbox_backends.base import (
 from sandbox_backends.output import OutputBuffer
 
 from . import leases
-from .agents.base import Agent, TurnContext, TurnOutcome
+from .agents.base import Agent, ConfiguresSessions, PrepareContext, PreparesSandbox, TurnContext, TurnOutcome
+from .create import CreateRequest
 from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError, TooManySessions
 from .mirror import Mirror, read_only
 from .models import (
@@ -55,6 +56,7 @@ from .models import (
     new_session_id,
     now,
 )
+from .plugins import Catalog
 from .settings import Settings
 from .store import EventSpec, Store
 from .transcript import render_transcript
@@ -87,44 +89,6 @@ class _Orphaned(Exception):
     """Raised inside a store update that found a session held by a dead server; nothing is written."""
 
 
-AGENT_OPTIONS = ("provider", "system_prompt", "max_steps", "max_turn_tokens", "max_turn_cost_usd")
-"""create_session arguments that configure the agent rather than the session."""
-DRIVER_OPTIONS = ("remote",)
-"""create_session arguments that configure the driver."""
-
-
-@dataclass
-class CreateRequest:
-    driver: str | None = None
-    agent: str | None = None
-    image: str | None = None
-    title: str | None = None
-    tags: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, str] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
-    limits: LimitsModel | None = None
-    idle_timeout_s: float | None = None
-    command_timeout_s: float | None = None
-    owner: str | None = None
-    model: str | None = None
-    agent_options: dict[str, Any] = field(default_factory=dict)
-    driver_options: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, owner: str | None, **fields: Any) -> CreateRequest:
-        """From create_session's arguments (the REST create body has the same): the agent's and the driver's
-        own options go to `agent_options` and `driver_options`, unset ones left out."""
-        options = {k: fields.pop(k) for k in AGENT_OPTIONS if k in fields}
-        driver = {k: fields.pop(k) for k in DRIVER_OPTIONS if k in fields}
-        return cls(
-            **fields,
-            owner=owner,
-            agent_options={k: v for k, v in options.items() if v is not None},
-            driver_options={k: v for k, v in driver.items() if v is not None},
-        )
-
-
 @dataclass
 class RunningTurn:
     """A turn this process runs: the scope that `interrupt` cancels and the output seen so far."""
@@ -151,14 +115,14 @@ class SessionManager:
         self,
         settings: Settings,
         store: Store,
+        catalog: Catalog,
         make_driver: Callable[[str], Driver],
         agents: dict[str, Agent],
-        known_drivers: list[str],
     ) -> None:
         self.settings = settings
         self.store = store
+        self.catalog = catalog
         self._make_driver = make_driver
-        self._known_drivers = known_drivers
         self._agents = agents
         self._drivers: dict[str, Driver] = {}
         self._sandboxes: dict[str, Sandbox] = {}
@@ -342,15 +306,25 @@ class SessionManager:
     # -- create -----------------------------------------------------------------------------------
 
     async def create(self, request: CreateRequest, wait_s: float = 30.0) -> Session:
-        settings = self.settings
+        settings, catalog = self.settings, self.catalog
         driver = request.driver or settings.driver
-        agent = request.agent or ("remote" if driver == "remote" else settings.agent)
-        if (driver == "remote") != (agent == "remote"):
-            raise InvalidInput("A remote session runs the remote platform's own agent: use driver='remote' with agent='remote' (the default there) and remote=NAME.")
-        if driver not in self._known_drivers:
-            raise InvalidInput(f"Unknown driver '{driver}'. Use one of: {', '.join(self._known_drivers)}.")
+        if driver not in catalog.drivers:
+            raise InvalidInput(f"Unknown driver '{driver}'. Use one of: {', '.join(catalog.drivers)}.")
+        own_agent = catalog.own_agent(driver)
+        agent = request.agent or own_agent or settings.agent
         if agent not in self._agents:
             raise InvalidInput(f"Unknown agent '{agent}'. Use one of: {', '.join(self._agents)}.")
+        if own_agent is not None and agent != own_agent:
+            raise InvalidInput(
+                f"A '{driver}' session runs its platform's own agent: use agent='{own_agent}' (the default there) "
+                "or leave agent out."
+            )
+        if own_agent is None and (homes := catalog.drivers_of(agent)):
+            raise InvalidInput(
+                f"Agent '{agent}' is the own agent of driver {' or '.join(repr(h) for h in homes)} and runs only there: "
+                f"use driver='{homes[0]}'."
+            )
+        driver_options, agent_options = catalog.split_options(driver, agent, request.options)
         command_timeout = request.command_timeout_s or settings.command_timeout_s
         if command_timeout > settings.max_command_timeout_s:
             raise InvalidInput(
@@ -366,11 +340,11 @@ class SessionManager:
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise InvalidInput(f"Environment variable name {key!r} is invalid: use a name without '=' or NUL bytes.")
         limits = (request.limits or LimitsModel()).model_dump(exclude_none=True)
-        model, agent_options = request.model, request.agent_options
-        prepare = getattr(self._agents[agent], "prepare", None)
-        if prepare is not None:  # the agent checks its options and fills in defaults
+        model = request.model
+        configures = self._agents[agent]
+        if isinstance(configures, ConfiguresSessions):  # the agent checks its options and fills in defaults
             try:
-                model, agent_options = prepare(model, agent_options)
+                model, agent_options = configures.configure(model, agent_options)
             except ValueError as e:
                 raise InvalidInput(str(e)) from None
         session = Session(
@@ -380,7 +354,7 @@ class SessionManager:
             metadata=request.metadata,
             driver=driver,
             agent=agent,
-            image=(request.image or settings.image) if driver == "docker" else request.image,
+            image=request.image,
             idle_timeout_s=settings.idle_timeout_s if request.idle_timeout_s is None else request.idle_timeout_s,
             command_timeout_s=command_timeout,
             owner=request.owner,
@@ -392,7 +366,7 @@ class SessionManager:
             limits=limits,
             lease=self._lease,
             agent_options=agent_options,
-            driver_options=request.driver_options,
+            driver_options=driver_options,
         )
         chosen = self._driver(driver)
         if isinstance(chosen, ChecksSpec):
@@ -443,6 +417,14 @@ class SessionManager:
                     await phase("injecting_files", f"{len(files)} file(s)")
                     for path, content in files.items():
                         await sandbox.write_file(path, content.encode())
+                agent = self._agents[record.session.agent]
+                if isinstance(agent, PreparesSandbox):
+                    await phase("starting_agent", record.session.agent)
+
+                    async def detail(text: str) -> None:
+                        await phase("starting_agent", text)
+
+                    await agent.prepare(PrepareContext(record.session, sandbox, record.agent_options, detail))
 
             def ready(r: SessionRecord) -> list[EventSpec]:
                 r.sandbox_id, r.lease = sandbox.id, None
@@ -450,12 +432,14 @@ class SessionManager:
                 s.status, s.phase, s.phase_detail = "ready", "ready", None
                 s.started_at = s.last_activity_at = now()
                 s.sandbox, s.workspace = sandbox.describe(), sandbox.workspace
+                if s.image is None and isinstance(s.sandbox.get("image"), str):
+                    s.image = s.sandbox["image"]  # the driver's default
                 return [("phase", {"phase": "ready"}), ("status", {"status": "ready"})]
 
             await self._update(sid, ready)
         except TimeoutError:
             await self._update(sid, lambda r: self._fail(r, "creating timeout"))
-        except (SandboxError, OSError) as e:
+        except (SandboxError, OSError, ValueError) as e:
             reason = str(e)
             await self._update(sid, lambda r: self._fail(r, reason))
         except Exception as e:
@@ -693,6 +677,7 @@ class SessionManager:
                     sandbox=sandbox,
                     command_timeout_s=record.session.command_timeout_s,
                     max_output_bytes=self.settings.max_output_bytes,
+                    max_file_bytes=self.settings.max_file_bytes,
                     emit=emit,
                     output=output,
                     options=record.agent_options,

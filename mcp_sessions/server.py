@@ -7,12 +7,13 @@ to use it and what comes back; errors say what went wrong and what to do next.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import anyio
 from mcp.server import NotificationOptions
@@ -42,14 +43,15 @@ from . import __version__
 from .agents.providers.sampling import ConnectionSampler
 from .app import open_manager
 from .errors import SessionError, SessionNotFound
-from .manager import CreateRequest, SessionManager
+from .create import CreateRequest, create_parameters
+from .manager import SessionManager
+from .plugins import catalog
 from .notifications import ChangeFeed, with_progress
 from .schemas import flatten
 from .stdio import stdio_streams
 from .models import (
     CloseReply,
     InterruptReply,
-    LimitsModel,
     SessionDetail,
     Session,
     SessionPage,
@@ -118,6 +120,9 @@ async def open_state(settings: Settings, bus: InMemorySubscriptionBus) -> AsyncI
         finally:
             tg.cancel_scope.cancel()
 
+
+MAX_WAIT_PARAM_S = 3600
+"""Waits are capped at 50 s; larger numbers up to this are taken (and capped), beyond it they are refused."""
 
 SessionId = Annotated[str, Field(description="The session id (ses_...), as returned by create_session or list_sessions.")]
 
@@ -255,61 +260,27 @@ def register_notifications(mcp: MCPServer[AppState]) -> None:
 
 
 def register_tools(mcp: MCPServer[AppState]) -> None:
-    @mcp.tool(
-        title="Create session",
-        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
-    )
-    @_tool_errors
-    async def create_session(
-        ctx: Context,
-        title: Annotated[str | None, Field(max_length=200, description="A short human title.")] = None,
-        driver: Annotated[str | None, Field(description="Sandbox driver: 'local', 'docker', or 'remote' (with remote=NAME). Default: the server's.")] = None,
-        agent: Annotated[str | None, Field(description="Agent that answers messages. 'shell' runs each message as bash; 'llm' is a coding agent (a model using bash and file tools in the sandbox).")] = None,
-        image: Annotated[str | None, Field(max_length=300, description="Container image (docker driver only).")] = None,
-        tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=20, description="Labels for filtering in list_sessions.")] = [],
-        metadata: Annotated[dict[str, str | int | float | bool | None], Field(max_length=50, description="Free-form key/values kept with the session.")] = {},
-        files: Annotated[dict[str, str], Field(max_length=1000, description="Files to write into the workspace first: relative path -> UTF-8 text.")] = {},
-        env: Annotated[dict[str, str], Field(max_length=200, description="Environment variables for commands in the session.")] = {},
-        limits: Annotated[LimitsModel | None, Field(description="Sandbox resource limits (docker driver).")] = None,
-        command_timeout_s: Annotated[float | None, Field(gt=0, description="Stop a single command after this many seconds (default 600).")] = None,
-        idle_timeout_s: Annotated[float | None, Field(ge=0, description="Close the session after this many idle seconds; 0 = never (default: the server's, 900).")] = None,
-        wait_s: Annotated[float, Field(ge=0, description="Wait up to this long for the session to be ready (capped at 50).")] = 30,
-        model: Annotated[str | None, Field(max_length=200, description="llm agent: the model, e.g. 'gpt-4o' or 'claude-sonnet-4-5' (default: the server's).")] = None,
-        provider: Annotated[Literal["openai", "anthropic", "sampling"] | None, Field(description="llm agent: where the model runs; 'sampling' asks your own model through MCP sampling (default: the server's).")] = None,
-        system_prompt: Annotated[str | None, Field(max_length=100_000, description="llm agent: replaces the default system prompt.")] = None,
-        max_steps: Annotated[int | None, Field(ge=1, le=1000, description="llm agent: most model calls per turn (default: the server's, 50).")] = None,
-        max_turn_tokens: Annotated[int | None, Field(ge=1, description="llm agent: stop a turn once it has used this many tokens.")] = None,
-        max_turn_cost_usd: Annotated[float | None, Field(gt=0, description="llm agent: stop a turn once it has cost this much.")] = None,
-        remote: Annotated[str | None, Field(max_length=100, description="driver='remote': the name of a configured remote platform whose own agent answers.")] = None,
-    ) -> Session:
+    async def create_session(ctx: Context, wait_s: float = 30, **given: Any) -> Session:
         """Create a new session: a sandbox with a persistent bash shell, ready for send_message.
 
         Use it once per independent task; reuse the session for follow-up messages. Returns the session
         (id, status, workspace path). Status is 'ready' when it can take messages; 'creating' if it is still
         being set up after wait_s (poll get_session); 'failed' with failure_reason if it could not start.
         """
-        request = CreateRequest.of(
-            _owner(),
-            driver=driver,
-            agent=agent,
-            image=image,
-            title=title,
-            tags=tags,
-            metadata=metadata,
-            files=files,
-            env=env,
-            limits=limits,
-            command_timeout_s=command_timeout_s,
-            idle_timeout_s=idle_timeout_s,
-            model=model,
-            provider=provider,
-            system_prompt=system_prompt,
-            max_steps=max_steps,
-            max_turn_tokens=max_turn_tokens,
-            max_turn_cost_usd=max_turn_cost_usd,
-            remote=remote,
-        )
-        return await _manager(ctx).create(request, wait_s=wait_s)
+        return await _manager(ctx).create(CreateRequest.of(_owner(), **given), wait_s=wait_s)
+
+    wait = Annotated[float, Field(ge=0, le=MAX_WAIT_PARAM_S, description="Wait up to this long for the session to be ready (capped at 50).")]
+    parameters = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Context),
+        *create_parameters(catalog()),
+        inspect.Parameter("wait_s", inspect.Parameter.KEYWORD_ONLY, annotation=wait, default=30),
+    ]
+    create_session.__signature__ = inspect.Signature(parameters, return_annotation=Session)  # type: ignore[attr-defined]
+    create_session.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": Session}
+    mcp.tool(
+        title="Create session",
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+    )(_tool_errors(create_session))
 
     @mcp.tool(
         title="Send message",

@@ -1,21 +1,22 @@
-"""Server configuration: one model, filled from flags, then `MCP_SESSIONS_*` variables, then defaults."""
+"""Server configuration: flags, then `MCP_SESSIONS_*` variables, then defaults.
+
+`Settings` holds what the session layer itself needs. Each driver and agent plugin declares its own
+settings model; its values live in a *section* that only that plugin reads (`settings.section(Model)`).
+Every field, core or section, is set the same way: `--<name>` (see `flag_name`), `MCP_SESSIONS_<NAME>`,
+or a keyword of `Settings(...)`, so field names are unique across all plugins (the catalog checks).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 
 ENV_PREFIX = "MCP_SESSIONS_"
-STANDARD_ENV = {
-    "openai_base_url": "OPENAI_BASE_URL",
-    "openai_api_key": "OPENAI_API_KEY",
-    "anthropic_base_url": "ANTHROPIC_BASE_URL",
-    "anthropic_api_key": "ANTHROPIC_API_KEY",
-}
-"""Variables other tools already use; read when the `MCP_SESSIONS_*` one is not set."""
+M = TypeVar("M", bound=BaseModel)
 
 
 def default_home() -> Path:
@@ -23,63 +24,107 @@ def default_home() -> Path:
     return Path(base) / "mcp-sessions"
 
 
+def flag_name(field: str) -> str:
+    """The command-line flag of a settings field: `max_memory_mb` -> `--max-memory`, `idle_timeout_s` ->
+    `--idle-timeout`, `rate_limit_per_s` -> `--rate-limit` (the unit is in the help, not the flag)."""
+    for suffix in ("_per_s", "_mb", "_s"):
+        if field.endswith(suffix):
+            field = field.removesuffix(suffix)
+            break
+    return "--" + field.replace("_", "-")
+
+
+def env_names(name: str, info: FieldInfo) -> list[str]:
+    """The variables a field is read from, first found wins: `MCP_SESSIONS_<NAME>`, then the variable other
+    tools already use for it, if the field names one (`json_schema_extra={"env": "OPENAI_API_KEY"}`)."""
+    names = [ENV_PREFIX + name.upper()]
+    extra = info.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get("env"), str):
+        names.append(str(extra["env"]))
+    return names
+
+
+def is_secret(info: FieldInfo) -> bool:
+    """Secrets are set through the environment only: a flag would show them in `ps`."""
+    return "SecretStr" in repr(info.annotation)
+
+
 class Settings(BaseModel):
+    """The session layer's settings, plus a section per plugin that has settings (`section()`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     home: Path = Field(default_factory=default_home, description="Where state lives: the database and local workspaces.")
     driver: str = Field("local", description="Default sandbox driver for new sessions.")
     agent: str = Field("shell", description="Default agent for new sessions.")
-    image: str = Field("mcp-sessions-sandbox:bookworm", description="Default image for the docker driver.")
-    docker_pool: int = Field(0, ge=0, le=200, description="Docker containers kept warm for fast creates (0 = off).")
-    max_memory_mb: int = Field(8192, ge=64, description="Most memory a docker session may ask for, MiB.")
-    max_cpus: float = Field(4.0, gt=0, description="Most CPUs a docker session may ask for.")
-    max_pids: int = Field(4096, ge=16, description="Most processes a docker session may ask for.")
-    max_tmp_mb: int = Field(4096, ge=1, description="Largest /tmp a docker session may ask for, MiB.")
-    command_timeout_s: float = Field(600.0, gt=0, description="Default limit on one command's run time, in seconds.")
-    max_command_timeout_s: float = Field(86400.0, gt=0, description="Largest command timeout a caller may ask for.")
-    max_output_bytes: int = Field(32768, ge=1024, description="Output kept per turn (head and tail); the rest is cut.")
-    max_message_bytes: int = Field(1_000_000, ge=1024, description="Largest message a caller may send, in bytes.")
-    max_file_bytes: int = Field(5_000_000, ge=1024, description="Largest file read or written through the server.")
-    idle_timeout_s: float = Field(900.0, ge=0, description="Close a session idle this long, in seconds (0 = never).")
-    create_timeout_s: float = Field(300.0, gt=0, description="A session still creating after this fails.")
-    log_level: str = Field("WARNING", description="Level of the server's own log on stderr.")
-    llm_provider: Literal["auto", "openai", "anthropic", "sampling"] = Field(
-        "auto", description="Model provider of the llm agent; auto: anthropic with its key, else openai with a key or base URL, else sampling."
-    )
-    model: str | None = Field(None, description="Default model of the llm agent.")
-    openai_base_url: str | None = Field(None, description="OpenAI-compatible API base URL, e.g. http://localhost:11434/v1.")
-    openai_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible API.")
-    anthropic_base_url: str | None = Field(None, description="Anthropic API base URL.")
-    anthropic_api_key: SecretStr | None = Field(None, description="Key for the Anthropic API.")
-    price_file: Path | None = Field(None, description="JSON price table that overrides or extends the shipped one.")
-    llm_max_steps: int = Field(50, ge=1, le=1000, description="Default most model calls per turn of the llm agent.")
-    llm_max_tokens: int = Field(8192, ge=16, description="Most output tokens of one model call.")
-    llm_retries: int = Field(2, ge=0, le=10, description="Retries of a model call on 429, 5xx or an unreachable API.")
+    command_timeout_s: float = Field(600.0, gt=0, le=10**7, description="Default limit on one command's run time, in seconds.")
+    max_command_timeout_s: float = Field(86400.0, gt=0, le=10**7, description="Largest command timeout a caller may ask for.")
+    max_output_bytes: int = Field(32768, ge=1024, le=1 << 30, description="Output kept per turn (head and tail); the rest is cut.")
+    max_message_bytes: int = Field(1_000_000, ge=1024, le=1 << 30, description="Largest message a caller may send, in bytes.")
+    max_file_bytes: int = Field(5_000_000, ge=1024, le=1 << 31, description="Largest file read or written through the server.")
+    idle_timeout_s: float = Field(900.0, ge=0, le=10**9, description="Close a session idle this long, in seconds (0 = never).")
+    create_timeout_s: float = Field(300.0, gt=0, le=10**6, description="A session still creating after this many seconds fails.")
+    log_level: str = Field("WARNING", description="Level of the server's own log on stderr: DEBUG, INFO, WARNING or ERROR.")
+    price_file: Path | None = Field(None, description="JSON price table (USD per million tokens) that overrides or extends the shipped one.")
     host: str = Field("127.0.0.1", description="Address `serve --http` listens on; other than loopback only with tokens.")
     port: int = Field(8765, ge=0, le=65535, description="Port `serve --http` listens on.")
-    tokens_file: Path | None = Field(None, description="Bearer tokens for HTTP, one `owner:token` a line.")
+    tokens_file: Path | None = Field(None, description="Bearer tokens for HTTP, one `owner:token` a line (or MCP_SESSIONS_TOKENS).")
     tokens: SecretStr | None = Field(None, description="Bearer tokens for HTTP, `owner:token` pairs separated by commas.")
-    max_request_bytes: int = Field(10_000_000, ge=1024, description="Largest HTTP request body; larger ones get 413.")
-    max_sessions_per_owner: int = Field(20, ge=0, description="Live sessions one token's owner may have at once (0 = no limit).")
-    remotes_file: Path | None = Field(None, description="Remote platforms for driver='remote': JSON (or .toml) name -> {url, dialect, token_env}.")
-    remotes: str | None = Field(None, description="Remote platforms as a JSON object, like the remotes file; wins per name.")
-    rate_limit_per_s: float = Field(20.0, ge=0, description="HTTP requests per second per owner, bursts of twice that (0 = off).")
+    max_request_bytes: int = Field(10_000_000, ge=1024, le=1 << 31, description="Largest HTTP request body; larger ones get 413.")
+    max_sessions_per_owner: int = Field(20, ge=0, le=10**6, description="Live sessions one token's owner may have at once (0 = no limit).")
+    rate_limit_per_s: float = Field(20.0, ge=0, le=10**6, description="HTTP requests per second per owner, bursts of twice that (0 = off).")
+
+    _sections: dict[type[BaseModel], BaseModel] = PrivateAttr(default_factory=dict)
+
+    def __init__(self, **values: Any) -> None:
+        from .plugins import catalog  # the catalog imports plugins, which may import this module
+
+        core = {k: v for k, v in values.items() if k in type(self).model_fields}
+        super().__init__(**core)
+        rest = {k: v for k, v in values.items() if k not in core}
+        sections: dict[type[BaseModel], BaseModel] = {}
+        for _, model in catalog().settings_sections():
+            mine = {k: rest.pop(k) for k in list(rest) if k in model.model_fields}
+            sections[model] = model.model_validate(mine)
+        if rest:
+            raise ValidationError.from_exception_data(
+                "Settings", [{"type": "extra_forbidden", "loc": (name,), "input": value} for name, value in rest.items()]
+            )
+        self._sections = sections
+
+    def section(self, model: type[M]) -> M:
+        """The values of one plugin's settings model (its defaults if the plugin was not installed when these
+        settings were made)."""
+        found = self._sections.get(model)
+        return found if isinstance(found, model) else model()
+
+    def values(self) -> dict[str, Any]:
+        """Every field, core and sections, by name: what `Settings(**values)` takes."""
+        flat = {name: getattr(self, name) for name in type(self).model_fields}
+        for section in self._sections.values():
+            flat.update({name: getattr(section, name) for name in type(section).model_fields})
+        return flat
+
+    def replace(self, **values: Any) -> Settings:
+        """A copy with some fields (core or any section's) changed, validated like the original."""
+        return Settings(**{**self.values(), **values})
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
         """Flags (given as `overrides`, None meaning unset) win over `MCP_SESSIONS_*` variables."""
+        from .plugins import catalog
+
         values: dict[str, Any] = {}
-        for name in cls.model_fields:
-            env = os.environ.get(ENV_PREFIX + name.upper())
-            if env not in (None, ""):
-                values[name] = env
-            elif name in STANDARD_ENV and os.environ.get(STANDARD_ENV[name]):
-                values[name] = os.environ[STANDARD_ENV[name]]
+        models: list[type[BaseModel]] = [cls, *(model for _, model in catalog().settings_sections())]
+        for model in models:
+            for name, info in model.model_fields.items():
+                for variable in env_names(name, info):
+                    if os.environ.get(variable):
+                        values[name] = os.environ[variable]
+                        break
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
+        return cls(**values)
 
     @property
     def db_path(self) -> Path:
         return self.home / "sessions.db"
-
-    @property
-    def workspaces(self) -> Path:
-        return self.home / "workspaces"

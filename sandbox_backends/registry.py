@@ -56,6 +56,9 @@ class DriverPlugin:
     settings: type[BaseModel] | None = None
     """The driver's server settings. Each field becomes a flag `--<name>` (`_s`, `_mb` and `_per_s` suffixes
     dropped) and a variable `MCP_SESSIONS_<NAME>`, so field names must be unique across every plugin."""
+    agent: str | None = None
+    """The agent every session of this driver runs, when its platform runs its own (the remote driver's
+    sandboxes answer messages themselves); None: any agent that runs commands in a sandbox."""
     options: type[BaseModel] | None = None
     """What `create_session` may pass this driver (fields default to None = not given); they reach the
     driver as `SandboxSpec.options`. Each field's description says what it does in a few words."""

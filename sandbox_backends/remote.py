@@ -1003,4 +1003,5 @@ plugin = DriverPlugin(
     summary="a session on another platform over its HTTP API (with remote=NAME), whose own agent answers",
     settings=RemoteSettings,
     options=RemoteOptions,
+    agent="remote",
 )

@@ -131,7 +131,7 @@ async def test_a_killed_server_reattaches_its_container(docker_settings: Setting
 
 
 async def test_sessions_from_the_warm_pool(docker_settings: Settings, docker_engine: Any) -> None:  # noqa: F811
-    settings = docker_settings.model_copy(update={"docker_pool": 2})
+    settings = docker_settings.replace(docker_pool=2)
     async with Client(create_server(settings), mode="legacy") as client:
         first = await new_session(client)
         with anyio.fail_after(30):

@@ -356,12 +356,14 @@ async def test_the_openapi_document_matches_the_served_routes(base: str, setting
     assert {p["name"] for p in doc["paths"][f"{API}/sessions"]["get"]["parameters"]} >= {"status", "tag", "limit", "cursor"}
 
 
-async def test_the_rest_create_body_takes_the_same_fields_as_create_session(settings: Settings) -> None:
-    from mcp_sessions.http_api import CreateBody
-
+async def test_the_rest_create_body_takes_the_same_fields_as_create_session(base: str, settings: Settings) -> None:
+    async with http(base, BOB) as c:
+        body = (await c.get(f"{API}/openapi.json")).json()["components"]["schemas"]["CreateBody"]["properties"]
     async with Client(create_server(settings)) as client:
         tool = next(t for t in (await client.list_tools()).tools if t.name == "create_session")
-    assert set(CreateBody.model_fields) == set(tool.input_schema["properties"]) - {"wait_s"}
+    fields = {k: v for k, v in tool.input_schema["properties"].items() if k != "wait_s"}
+    assert set(body) == set(fields) and {"provider", "remote", "limits"} <= set(body)
+    assert all(body[k].get("description") == fields[k].get("description") for k in fields if k != "limits")
 
 
 async def test_a_modern_listener_hears_only_its_own_sessions(base: str) -> None:

@@ -12,6 +12,7 @@ import anyio
 import pytest
 from mcp import Client, types
 
+from mcp_sessions.agents.llm import LlmSettings
 from mcp_sessions.agents.pricing import PriceTable
 from mcp_sessions.app import server_id
 from mcp_sessions.agents.providers.common import ModelRequest, ProviderError, TokenUsage
@@ -336,8 +337,9 @@ async def test_no_api_key_reaches_the_sandbox(home: Path, llm: FakeLLM, monkeypa
     monkeypatch.setenv("OPENAI_BASE_URL", llm.openai_base_url)
     monkeypatch.setenv("MCP_SESSIONS_MODEL", "gpt-4o-mini")
     settings = Settings.load(home=str(home), llm_provider="openai", agent="llm")
-    assert settings.openai_api_key is not None and settings.openai_api_key.get_secret_value() == OPENAI_KEY
-    assert settings.model == "gpt-4o-mini" and OPENAI_KEY not in repr(settings)
+    llm_settings = settings.section(LlmSettings)
+    assert llm_settings.openai_api_key is not None and llm_settings.openai_api_key.get_secret_value() == OPENAI_KEY
+    assert llm_settings.model == "gpt-4o-mini" and OPENAI_KEY not in repr(settings) + repr(llm_settings) + str(settings.values())
     llm.script(Reply(tool_calls=[ToolCall("bash", {"command": "env; cat /proc/self/environ | tr '\\0' '\\n'"}, id="env")]), Reply(text="ok"))
     async with Client(create_server(settings)) as client:
         sid = await new_session(client)

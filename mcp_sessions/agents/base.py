@@ -1,14 +1,33 @@
-"""What answers a message: the agent protocol and the context a turn runs in."""
+"""What answers a message: the agent contract, the context a turn runs in, and how an agent declares itself.
+
+The rules every agent keeps:
+- `run_turn` answers one user message with one `TurnOutcome`; one turn runs at a time per session.
+- Everything observable goes through the `TurnContext`: events (`emit`), command output (`output`),
+  the messages and usage produced so far (`messages`, `usage`: kept if the turn is stopped).
+- Cancellation means the turn was interrupted (by the caller, a failed sandbox or a server stopping):
+  stop promptly, leaving the sandbox usable; the manager records the outcome.
+- Keys and the server's settings stay in the server: an agent gives the sandbox only what its
+  commands need.
+
+An agent declares itself with one `AgentPlugin` (registry.py): its server settings, the create options it
+takes (one pydantic model, from which the `create_session` schema, the REST body and the docs are built),
+and how to make it. Optional steps are protocols below: `ConfiguresSessions` (check options, fill in
+defaults at create), `PreparesSandbox` (set the sandbox up at create, phase `starting_agent`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
 
 from sandbox_backends.base import Sandbox
 
 from ..models import ContentBlock, Message, Session, TurnStatus, Usage
+from .pricing import PriceTable
 
 
 @dataclass
@@ -19,11 +38,13 @@ class TurnContext:
     sandbox: Sandbox
     command_timeout_s: float
     max_output_bytes: int
+    max_file_bytes: int
+    """The server's limit on one file read or written; a larger file is refused with a clear error."""
     emit: Callable[[str, dict[str, Any]], Awaitable[None]]
     output: Callable[[bytes], Awaitable[None]]
     """Streams command output: kept for the busy reply and published as coalesced `tool.output` events."""
     options: dict[str, Any] = field(default_factory=dict)
-    """The agent's settings for this session, as given to create_session (model, system prompt, limits)."""
+    """The agent's options for this session, as its options model and `configure` left them."""
     history: Callable[[], Awaitable[list[Message]]] | None = None
     """Loads the session's messages so far, this turn's user message last."""
     sampler: Any = None
@@ -55,3 +76,59 @@ class Agent(Protocol):
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         """Answer one user message. Cancellation means the turn was interrupted: stop promptly."""
         ...
+
+
+@runtime_checkable
+class ConfiguresSessions(Protocol):
+    """An agent that checks a new session's settings and fills in the server's defaults."""
+
+    def configure(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        """The model and options to store for a new session (options already validated by the options model,
+        unset ones left out). Raise `ValueError` with a sentence for the caller if they cannot work."""
+        ...
+
+
+@dataclass
+class PrepareContext:
+    """What an agent may use while a new session's sandbox is set up for it."""
+
+    session: Session
+    sandbox: Sandbox
+    options: dict[str, Any]
+    detail: Callable[[str], Awaitable[None]]
+    """Says what is happening now (the phase's `phase_detail`), e.g. "installing claude 2.1"."""
+
+
+@runtime_checkable
+class PreparesSandbox(Protocol):
+    """An agent that sets up a new session's sandbox (after its files are written; phase `starting_agent`)."""
+
+    async def prepare(self, ctx: PrepareContext) -> None:
+        """Raise `SandboxError` (or `ValueError`) with a sentence for the caller: the session fails with it."""
+        ...
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What the server gives every agent it makes."""
+
+    home: Path
+    """The server's state folder; an agent may keep files under `home / "agents" / <name>`."""
+    prices: PriceTable
+    """Token prices (the shipped table and the server's price file), for agents that report usage."""
+
+
+@dataclass(frozen=True)
+class AgentPlugin:
+    """How the server finds, configures and makes one agent."""
+
+    name: str
+    make: Callable[[Any, AgentContext], Agent]
+    """Builds the agent from its settings (an instance of `settings`, or None without one) and the context."""
+    summary: str
+    """One line for people and models choosing an agent, e.g. "each message is a bash script"."""
+    settings: type[BaseModel] | None = None
+    """Server settings, as for drivers: each field a flag and a `MCP_SESSIONS_*` variable; names unique."""
+    options: type[BaseModel] | None = None
+    """What `create_session` may pass this agent. Every field defaults to None (= not given); its
+    description says what it does in a few words. Agents may share a field name if its type is the same."""

@@ -12,24 +12,23 @@ from __future__ import annotations
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
+from pydantic import BaseModel, Field, SecretStr
 
 from sandbox_backends.base import PathNotAllowed, SandboxError, SandboxNotFound
 
 from ..models import Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
-from ..settings import Settings
-from .base import TurnContext, TurnOutcome
+from .base import AgentPlugin, TurnContext, TurnOutcome
 from .pricing import PriceTable
 from .providers.anthropic import AnthropicProvider
 from .providers.common import ModelRequest, Provider, ProviderError, TokenUsage, ToolSpec
 from .providers.openai import OpenAIProvider
 from .providers.sampling import SamplingProvider
 
-PROVIDERS = ("openai", "anthropic", "sampling")
-OPTION_KEYS = {"provider", "system_prompt", "max_steps", "max_turn_tokens", "max_turn_cost_usd"}
+ProviderName = Literal["openai", "anthropic", "sampling"]
 TEXT_FLUSH_CHARS = 400
 TEXT_FLUSH_S = 0.2
 MAX_TOOL_RESULT_CHARS = 30000
@@ -136,12 +135,38 @@ def close_dangling_tool_calls(messages: list[Message]) -> list[Message]:
     return fixed
 
 
+class LlmSettings(BaseModel):
+    llm_provider: Literal["auto", "openai", "anthropic", "sampling"] = Field(
+        "auto",
+        description="Model provider of the llm agent; auto: anthropic with ANTHROPIC_API_KEY, else openai with "
+        "OPENAI_API_KEY or a base URL, else the client's own model through MCP sampling.",
+    )
+    model: str | None = Field(None, description="Default model of the llm agent.")
+    openai_base_url: str | None = Field(
+        None, description="OpenAI-compatible API base URL, e.g. http://localhost:11434/v1 for Ollama.", json_schema_extra={"env": "OPENAI_BASE_URL"}
+    )
+    openai_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible API.", json_schema_extra={"env": "OPENAI_API_KEY"})
+    anthropic_base_url: str | None = Field(None, description="Anthropic API base URL.", json_schema_extra={"env": "ANTHROPIC_BASE_URL"})
+    anthropic_api_key: SecretStr | None = Field(None, description="Key for the Anthropic API.", json_schema_extra={"env": "ANTHROPIC_API_KEY"})
+    llm_max_steps: int = Field(50, ge=1, le=1000, description="Default most model calls per turn of the llm agent.")
+    llm_max_tokens: int = Field(8192, ge=16, le=1_000_000, description="Most output tokens of one model call.")
+    llm_retries: int = Field(2, ge=0, le=10, description="Retries of a model call on 429, 5xx or an unreachable API.")
+
+
+class LlmOptions(BaseModel):
+    provider: ProviderName | None = Field(None, description="where the model runs; 'sampling' asks your own model through MCP sampling (default: the server's)")
+    system_prompt: str | None = Field(None, max_length=100_000, description="replaces the default system prompt")
+    max_steps: int | None = Field(None, ge=1, le=1000, description="most model calls per turn (default: the server's, 50)")
+    max_turn_tokens: int | None = Field(None, ge=1, le=10**12, description="stop a turn once it has used this many tokens")
+    max_turn_cost_usd: float | None = Field(None, gt=0, le=10**6, description="stop a turn once it has cost this much")
+
+
 class LlmAgent:
     name = "llm"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: LlmSettings, prices: PriceTable) -> None:
         self.settings = settings
-        self.prices = PriceTable.load(settings.price_file)
+        self.prices = prices
 
     # -- configuration -----------------------------------------------------------------------------
 
@@ -155,14 +180,9 @@ class LlmAgent:
             return "openai"
         return "sampling"
 
-    def prepare(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    def configure(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         """Check a new session's options and fill in the server's defaults. Raises ValueError."""
-        unknown = set(options) - OPTION_KEYS
-        if unknown:
-            raise ValueError(f"Unknown llm agent option(s): {', '.join(sorted(unknown))}.")
         provider = options.get("provider") or self.default_provider()
-        if provider not in PROVIDERS:
-            raise ValueError(f"Unknown provider '{provider}'. Use one of: {', '.join(PROVIDERS)}.")
         model = model or self.settings.model
         if provider != "sampling" and not model:
             raise ValueError(
@@ -387,7 +407,7 @@ class LlmAgent:
         return text, result.exit_code, result.interrupted
 
     async def _read_text(self, ctx: TurnContext, path: str) -> str:
-        data = await ctx.sandbox.read_file(path, self.settings.max_file_bytes)
+        data = await ctx.sandbox.read_file(path, ctx.max_file_bytes)
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
@@ -400,8 +420,8 @@ class LlmAgent:
     async def _tool_write_file(self, ctx: TurnContext, args: dict[str, Any]) -> tuple[str, int | None, bool]:
         path, content = self._arg(args, "path"), self._arg(args, "content")
         data = content.encode()
-        if len(data) > self.settings.max_file_bytes:
-            raise ToolFailed(f"The content is {len(data)} bytes, over the {self.settings.max_file_bytes}-byte limit.")
+        if len(data) > ctx.max_file_bytes:
+            raise ToolFailed(f"The content is {len(data)} bytes, over the {ctx.max_file_bytes}-byte limit.")
         await ctx.sandbox.write_file(path, data)
         return f"Wrote {len(data)} bytes to {path}.", None, False
 
@@ -442,3 +462,12 @@ class LlmAgent:
         more = f"\n[more than {LIST_LIMIT} entries; list a subfolder]" if len(lines) > LIST_LIMIT else ""
         return ("\n".join(entries) or "(empty)") + more, None, result.interrupted
 
+
+
+plugin = AgentPlugin(
+    name="llm",
+    make=lambda settings, context: LlmAgent(settings, context.prices),
+    summary="a coding agent: a model that works with bash and file tools in the sandbox; the reply is its answer, with usage and cost",
+    settings=LlmSettings,
+    options=LlmOptions,
+)

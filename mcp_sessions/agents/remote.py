@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 from sandbox_backends.base import MessageSandbox, SandboxError
 
 from ..models import ContentBlock, Message, TextBlock, Usage
-from .base import TurnContext, TurnOutcome
+from .base import AgentPlugin, TurnContext, TurnOutcome
 from .pricing import PriceTable
 from .providers.common import TokenUsage
 
@@ -86,3 +86,10 @@ class RemoteAgent:
                     pass
             raise
         return TurnOutcome(status="failed", content=[], reason="the remote's event stream ended before the turn did")
+
+
+plugin = AgentPlugin(
+    name="remote",
+    make=lambda settings, context: RemoteAgent(context.prices),
+    summary="a remote platform's own agent (driver='remote' only)",
+)

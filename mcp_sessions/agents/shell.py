@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 from ..models import TextBlock
-from .base import TurnContext, TurnOutcome
+from .base import AgentPlugin, TurnContext, TurnOutcome
 
 
 class ShellAgent:
@@ -37,3 +37,10 @@ class ShellAgent:
             output_cut_bytes=result.cut_bytes,
             reason=reason,
         )
+
+
+plugin = AgentPlugin(
+    name="shell",
+    make=lambda settings, context: ShellAgent(),
+    summary="runs each message as a bash script in the session's persistent shell",
+)

@@ -1,0 +1,104 @@
+"""What a caller may ask for when creating a session, declared once for every surface.
+
+`SessionFields` holds the options every session takes; the drivers' and agents' own options come from
+their plugins (`plugins.Catalog.option_fields`). `create_parameters` turns both into the parameters of
+the `create_session` tool, `create_body` into the REST API's create body: the two surfaces cannot drift.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from .models import LimitsModel
+from .plugins import Catalog
+
+MetadataValue = str | int | float | bool | None
+
+
+class SessionFields(BaseModel):
+    """Options of every session, whatever its driver and agent."""
+
+    title: str | None = Field(None, max_length=200, description="A short human title.")
+    driver: str | None = Field(None, max_length=100, description="Sandbox driver.")
+    agent: str | None = Field(None, max_length=100, description="Agent that answers messages.")
+    image: str | None = Field(None, max_length=300, description="Container image, for drivers that run containers (default: the server's).")
+    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        [], max_length=20, description="Labels for filtering in list_sessions."
+    )
+    metadata: dict[str, MetadataValue] = Field({}, max_length=50, description="Free-form key/values kept with the session.")
+    files: dict[str, str] = Field({}, max_length=1000, description="Files to write into the workspace first: relative path -> UTF-8 text.")
+    env: dict[str, str] = Field({}, max_length=200, description="Environment variables for commands in the session.")
+    limits: LimitsModel | None = Field(None, description="Sandbox resource limits, for drivers that enforce them.")
+    command_timeout_s: float | None = Field(
+        None, gt=0, le=10**7, description="Stop a single command after this many seconds (default: the server's, 600)."
+    )
+    idle_timeout_s: float | None = Field(
+        None, ge=0, le=10**9, description="Close the session after this many idle seconds; 0 = never (default: the server's, 900)."
+    )
+    model: str | None = Field(None, max_length=200, description="The model, for agents that call one, e.g. 'gpt-4o' or 'claude-sonnet-4-5' (default: the server's).")
+
+
+def _described(catalog: Catalog) -> dict[str, Any]:
+    """SessionFields' annotations, with the driver and agent descriptions listing what is installed."""
+    fields = {name: (Annotated[(info.annotation, *info.metadata, Field(description=info.description))], info.default)
+              for name, info in SessionFields.model_fields.items()}
+    fields["driver"] = (
+        Annotated[str | None, Field(max_length=100, description=f"Sandbox driver (default: the server's). {catalog.describe_drivers()}.")],
+        None,
+    )
+    fields["agent"] = (
+        Annotated[str | None, Field(max_length=100, description=f"Agent that answers messages (default: the server's). {catalog.describe_agents()}.")],
+        None,
+    )
+    for name, option in catalog.option_fields().items():
+        fields[name] = (option.annotation, None)
+    return fields
+
+
+def create_parameters(catalog: Catalog) -> list[inspect.Parameter]:
+    """The `create_session` tool's parameters (keyword-only), built from the session's and the plugins' options."""
+    return [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+        for name, (annotation, default) in _described(catalog).items()
+    ]
+
+
+def create_body(catalog: Catalog) -> type[BaseModel]:
+    """The REST API's create body: the same fields as the tool, unknown ones refused."""
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        "CreateBody",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="A new session; every field is optional. The same fields as the create_session tool.",
+        **_described(catalog),
+    )
+
+
+@dataclass
+class CreateRequest:
+    """A create call as the manager takes it: the session's fields, and the plugins' options still unsorted."""
+
+    driver: str | None = None
+    agent: str | None = None
+    image: str | None = None
+    title: str | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    limits: LimitsModel | None = None
+    idle_timeout_s: float | None = None
+    command_timeout_s: float | None = None
+    owner: str | None = None
+    model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    """Driver and agent options by name (None = not given); the manager sorts and validates them."""
+
+    @classmethod
+    def of(cls, owner: str | None, **given: Any) -> CreateRequest:
+        """From `create_session`'s arguments or the REST body: what is not a session field is a plugin's option."""
+        own = {k: v for k, v in given.items() if k in SessionFields.model_fields}
+        return cls(**own, owner=owner, options={k: v for k, v in given.items() if k not in own})
