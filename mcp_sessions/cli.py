@@ -15,7 +15,7 @@ import os
 import sqlite3
 import sys
 from datetime import UTC, datetime
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Union, get_args, get_origin
@@ -39,8 +39,6 @@ PROG = "mcp-sessions"
 CLIENT_FLAGS = ("--home", "--log-level")
 """The server options that matter to the commands for people; they may also follow the command's name."""
 STATUSES: tuple[str, ...] = get_args(Status)
-FOLLOW_POLL_S = 0.2
-"""How often `events --follow` looks for new events written by a server process."""
 EVENTS_PAGE = 1000
 TITLE_WIDTH = 60
 
@@ -419,29 +417,23 @@ def format_event(event: Event) -> str:
     return f"{event.seq} {when} {event.type} {json.dumps(event.data, ensure_ascii=False, separators=(',', ':'))}"
 
 
-def has_ended(s: Session) -> bool:
-    return s.has_ended()
-
-
 async def print_events(manager: SessionManager, args: argparse.Namespace) -> int:
-    import anyio
+    async def batches() -> AsyncIterator[list[Event]]:
+        if args.follow:
+            async for batch in manager.follow(args.session_id, args.after):
+                yield batch
+            return
+        after = args.after
+        while batch := await manager.events(args.session_id, after=after, limit=EVENTS_PAGE):
+            yield batch
+            after = batch[-1].seq
 
-    after = args.after
-    while True:
-        # State first: a change of state and its events are written together, so once the session has
-        # ended the events read next include the last ones.
-        ended = args.follow and has_ended((await manager.get(args.session_id)).session)
-        batch = await manager.events(args.session_id, after=after, limit=EVENTS_PAGE)
+    await manager.get(args.session_id)  # an unknown session is an error, not an empty list
+    async for batch in batches():
         for event in batch:
             print(event.model_dump_json() if args.json else format_event(event))
         sys.stdout.flush()
-        if batch:
-            after = batch[-1].seq
-        if len(batch) == EVENTS_PAGE:
-            continue
-        if not args.follow or ended:
-            return 0
-        await anyio.sleep(FOLLOW_POLL_S)
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
@@ -41,9 +40,7 @@ from .models import (
 )
 
 API = "/api/v1"
-STREAM_POLL_S = 0.25
 KEEPALIVE_S = 15.0
-STREAM_PAGE = 500
 STATUS_OF_CODE = {
     "invalid_request": 400,
     "unauthorized": 401,
@@ -210,28 +207,12 @@ async def stream(c: Call) -> Reply:
     await manager.get(sid, owner=owner)  # an unknown session is a 404, not an empty stream
 
     async def events() -> AsyncIterator[str]:
-        cursor = after or 0
-        quiet_since = anyio.current_time()
         yield "retry: 2000\n\n"
-        while True:
-            try:
-                ended = (await manager.get(sid, owner=owner)).session.has_ended()
-                batch = await manager.events(sid, after=cursor, limit=STREAM_PAGE, owner=owner)
-            except SessionNotFound:  # deleted meanwhile
-                return
+        async for batch in manager.follow(sid, after or 0, owner=owner, idle_s=KEEPALIVE_S):
             for event in batch:
-                cursor = event.seq
                 yield _sse(event.seq, event.type, event.model_dump_json())
-            if len(batch) == STREAM_PAGE:
-                continue
-            if ended:
-                return
-            if batch:
-                quiet_since = anyio.current_time()
-            elif anyio.current_time() - quiet_since >= KEEPALIVE_S:
+            if not batch:
                 yield ": keepalive\n\n"
-                quiet_since = anyio.current_time()
-            await anyio.sleep(STREAM_POLL_S)
 
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

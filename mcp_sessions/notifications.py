@@ -1,8 +1,8 @@
 """Telling MCP clients what changed: resource updates, list changes, turn logs and progress.
 
-Any server process sharing the state folder may change a session, so changes are found by polling
-the store (two indexed queries every half second), not by in-process hooks. Both protocol eras are
-served: handshake-era connections get notifications on their standalone channel; 2026-07-28 clients
+Any server process sharing the state folder may change a session, so changes come from the event
+waiter (events.py), which hears this process at once and other processes through the store. Both
+protocol eras are served: handshake-era connections get notifications on their standalone channel; 2026-07-28 clients
 get them through the SDK's subscription bus (`subscriptions/listen`).
 """
 
@@ -12,7 +12,7 @@ import logging
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -23,12 +23,15 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.types import LoggingLevel
 
+from .events import EventWaiter
 from .models import Event
 from .store import Store
 
+if TYPE_CHECKING:
+    from .manager import SessionManager
+
 log = logging.getLogger(__name__)
 
-POLL_S = 0.5
 LEVELS: tuple[LoggingLevel, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 TURN_LOGS: dict[str, LoggingLevel] = {
     "turn.started": "info",
@@ -79,9 +82,11 @@ class _Connection:
 
 
 class ChangeFeed:
-    """Watches the store and notifies subscribers. Start `run()` in a task group for the server's lifetime."""
+    """Follows every session's changes and notifies subscribers. Start `run()` in a task group for the
+    server's lifetime."""
 
-    def __init__(self, store: Store, bus: SubscriptionBus) -> None:
+    def __init__(self, waiter: EventWaiter, store: Store, bus: SubscriptionBus) -> None:
+        self._waiter = waiter
         self._store = store
         self._bus = bus
         self._connections: dict[int, _Connection] = {}
@@ -123,21 +128,22 @@ class ChangeFeed:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start with `await task_group.start(feed.run)`: it returns once the feed knows what to report changes
         against, so a session created right after is reported (as a list change) like any other."""
-        live, seqs = await self._store.live_and_latest(set())
-        task_status.started()
-        while True:
-            await anyio.sleep(POLL_S)
+        live: set[str] | None = None
+        seqs: dict[str, int] = {}
+        async for now_live, now_seqs in self._waiter.changes():
+            if live is None:
+                live, seqs = now_live, now_seqs
+                task_status.started()
+                continue
             subscribed = {sid for c in self._live_connections() for u in c.uris if (sid := _session_of(u))}
             try:
-                now_live, now_seqs = await self._store.live_and_latest(set(seqs) | subscribed)
+                if now_live != live:
+                    await self._list_changed()
+                for sid, seq in now_seqs.items():
+                    if seq > seqs.get(sid, 0):
+                        await self._session_changed(sid, seqs.get(sid, 0))
             except Exception as e:  # a full disk or a locked database must not end notifications
                 log.warning("change feed: %s", e)
-                continue
-            if now_live != live:
-                await self._list_changed()
-            for sid, seq in now_seqs.items():
-                if seq > seqs.get(sid, 0):
-                    await self._session_changed(sid, seqs.get(sid, 0))
             # a session that just ended was reported above; keep following only live or subscribed ones
             live, seqs = now_live, {sid: seq for sid, seq in now_seqs.items() if sid in now_live or sid in subscribed}
 
@@ -193,20 +199,19 @@ def wants_progress(ctx: Context) -> bool:
     return True
 
 
-async def with_progress(ctx: Context, store: Store, session_id: str, work: Callable[[], Awaitable[T]]) -> T:
+async def with_progress(ctx: Context, manager: SessionManager, session_id: str, work: Callable[[], Awaitable[T]]) -> T:
     """Run `work` while forwarding the session's new output to the caller as progress notifications.
 
-    Callers that sent no progress token just get `work` done. Output is polled every half second, so a
-    turn that prints keeps the caller informed well within every 2 s.
+    Callers that sent no progress token just get `work` done. Output is forwarded as it is written (a
+    running turn writes its output every 0.2 s), so a turn that prints keeps the caller informed.
     """
     if not wants_progress(ctx):
         return await work()
-    cursor = await store.last_seq(session_id)
+    cursor = await manager.store.last_seq(session_id)
     seen = 0
 
-    async def report_new_output() -> None:
+    async def report(events: list[Event]) -> None:
         nonlocal cursor, seen
-        events = await store.events(session_id, after=cursor, limit=500)
         if not events:
             return
         cursor = events[-1].seq
@@ -217,9 +222,8 @@ async def with_progress(ctx: Context, store: Store, session_id: str, work: Calla
             await ctx.report_progress(seen, None, shown)
 
     async def follow() -> None:
-        while True:
-            await anyio.sleep(POLL_S)
-            await report_new_output()
+        async for batch in manager.follow(session_id, cursor):
+            await report(batch)
 
     failure: Exception | None = None
     async with anyio.create_task_group() as tg:
@@ -232,5 +236,5 @@ async def with_progress(ctx: Context, store: Store, session_id: str, work: Calla
             tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    await report_new_output()  # the last lines, so the progress stream is complete when the reply arrives
+    await report(await manager.store.events(session_id, after=cursor, limit=500))  # the last lines, so the progress stream is complete when the reply arrives
     return value

@@ -113,7 +113,7 @@ def _manager(ctx: Context) -> SessionManager:
 async def open_state(settings: Settings, bus: InMemorySubscriptionBus) -> AsyncIterator[AppState]:
     """The manager and its change feed, running until the block ends."""
     async with open_manager(settings) as manager, anyio.create_task_group() as tg:
-        state = AppState(manager, ChangeFeed(manager.store, bus))
+        state = AppState(manager, ChangeFeed(manager.waiter, manager.store, bus))
         await tg.start(state.feed.run)  # before the first request: what that request changes gets reported
         try:
             yield state
@@ -305,7 +305,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         manager = _manager(ctx)
         return await with_progress(
             ctx,
-            manager.store,
+            manager,
             session_id,
             lambda: manager.send(
                 session_id,
@@ -340,7 +340,7 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
             return await manager.get(session_id, events_after=events_after, owner=owner)
         return await with_progress(
             ctx,
-            manager.store,
+            manager,
             session_id,
             lambda: manager.get(session_id, wait_s=wait_s, events_after=events_after, owner=owner),
         )

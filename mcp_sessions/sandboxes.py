@@ -1,0 +1,100 @@
+"""The sandboxes of this process's sessions: drivers made on first use (each with its failure watch), and
+each session's sandbox made or re-attached by the driver its record names. Knows no driver by name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import TaskGroup
+
+from sandbox_backends.base import Driver, Limits, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
+
+from .models import SessionRecord
+
+log = logging.getLogger(__name__)
+
+WATCH_RETRY_S = 5.0
+
+
+def spec_of(record: SessionRecord) -> SandboxSpec:
+    """What the driver makes for a session, or finds again: the same spec every time."""
+    s = record.session
+    return SandboxSpec(
+        name=s.id,
+        image=s.image,
+        env=record.env,
+        limits=Limits(**record.limits),
+        labels={"mcp-sessions.session": s.id},
+        title=s.title,
+        tags=tuple(s.tags),
+        model=s.model,
+        options=record.driver_options,
+    )
+
+
+class Sandboxes:
+    """Drivers by name and sandboxes by session id, for one process. `tg` runs the drivers' watches."""
+
+    def __init__(
+        self,
+        make_driver: Callable[[str], Driver],
+        on_failure: Callable[[str, str], Awaitable[None]],
+        tg: TaskGroup,
+    ) -> None:
+        self._make_driver = make_driver
+        self._on_failure = on_failure
+        self._tg = tg
+        self._drivers: dict[str, Driver] = {}
+        self._sandboxes: dict[str, Sandbox] = {}
+
+    def driver(self, name: str) -> Driver:
+        """The driver called `name`, made (and its watch started) on first use."""
+        driver = self._drivers.get(name)
+        if driver is None:
+            driver = self._drivers[name] = self._make_driver(name)
+            self._tg.start_soon(self._watch, driver)
+        return driver
+
+    async def _watch(self, driver: Driver) -> None:
+        """Keep a driver's failure watch (and whatever it tends, such as a warm pool) running through outages."""
+        while True:
+            try:
+                await driver.watch(self._on_failure)
+                return
+            except Exception as e:
+                log.warning("the %s driver's watch stopped (%s); restarting it in %g s", driver.name, e, WATCH_RETRY_S)
+                await anyio.sleep(WATCH_RETRY_S)
+
+    async def create(self, record: SessionRecord, on_phase: Callable[[str, str], Awaitable[None]]) -> Sandbox:
+        sandbox = await self.driver(record.session.driver).create(spec_of(record), on_phase=on_phase)
+        self._sandboxes[record.session.id] = sandbox
+        return sandbox
+
+    async def of(self, record: SessionRecord) -> Sandbox:
+        """The session's sandbox: the one this process holds, or re-attached by its id (after a restart)."""
+        sandbox = self._sandboxes.get(record.session.id)
+        if sandbox is None:
+            if record.sandbox_id is None:
+                raise SandboxNotFound("The session has no sandbox.")
+            sandbox = await self.driver(record.session.driver).attach(record.sandbox_id, spec_of(record))
+            self._sandboxes[record.session.id] = sandbox
+        return sandbox
+
+    async def free(self, record: SessionRecord, delete: bool) -> None:
+        """Close the session's sandbox (`delete`: its workspace too). A sandbox already gone is fine."""
+        if record.sandbox_id is not None:
+            try:
+                await (await self.of(record)).close(delete=delete)
+            except SandboxNotFound:
+                pass
+            except SandboxError as e:
+                log.warning("closing the sandbox of %s failed: %s", record.session.id, e)
+        self._sandboxes.pop(record.session.id, None)
+
+    async def aclose(self) -> None:
+        """Release the drivers; their sandboxes keep running for the next server process."""
+        with anyio.CancelScope(shield=True):
+            for driver in self._drivers.values():
+                await driver.aclose()
