@@ -7,47 +7,15 @@ keepalive child (`mcp-keepalive`), and labels `mcp-sessions.sandbox=1`, `mcp-ses
 `mcp-sessions.name=<name>` plus `SandboxSpec.labels`. Containers are named `mcp-ses-<name>`.
 
 Commands do not pay a `docker exec` each (50-80 ms here). Each sandbox object keeps one long-lived
-`docker exec` of a small python3 program, the *control shell* (`control_shell.py`), with stdin attached.
-`docker exec` starts a tiny bootstrap (`CONTROL_BOOT`) that reads the program from stdin, so `ps` in
-the sandbox stays readable. Then the server writes requests and the control shell answers in frames
-on stdout:
+`docker exec` of the control shell (`sandbox_backends.control`, which describes its protocol), with stdin
+attached, and frames its requests over the exec's attach socket.
 
-    request  (server -> control)   length (4 bytes, big-endian) + a marshalled dict; {"size": n} means n
-                                   raw bytes follow it (marshal: the control shell needs no json import)
-    response (control -> server)   kind (1 byte) + length (4 bytes, big-endian) + payload
-        J  a JSON object with "req", the id of the request it answers
-        O  output of a command:   len(req) (1 byte) + req + bytes
-        D  content of a file:     len(req) (1 byte) + req + bytes
-
-Requests (each carries "req", an id chosen by the server; several may be in flight):
-- `run {run, script, env}` hands the run to the control shell's runner (`shell.py`: one long-lived bash
-  in a session of its own that sources each command in turn), streams the run's output file as O frames
-  and ends with `exit {rc, interrupted}` (`started` is sent too, once the command has run for 15 ms).
-  A command thus costs no process start or exit of its own. A spare runner is kept started for when
-  the runner ends (`exit`, an interrupt); it restores the saved state before its first command.
-- `stop {mark}` sends SIGINT, SIGTERM, then SIGKILL to the runner's process group, the command's
-  (0.3 s apart, so it is over within about 1 s), then SIGKILLs every other process in the container
-  except PID 1, the keepalive, control shells and their idle runners (so `setsid` escapees go too);
-  `mark` writes the `interrupted` marker.
-- `follow {run, offset}` streams a run another control shell started, from an offset: that is how a
-  new connection resumes a command after the old one died, and how `take_over` collects a command
-  whose server is gone.
-- `done {run}` acknowledges a result; only then are the run's files removed, so a result survives the
-  server's death until someone has read it.
-- `read {path, max}` / `write {path}` + bytes serve workspace files, paths resolved inside the
-  container (symlinks included); about 8x faster than put_archive/get_archive.
-
-Anything in the sandbox runs as the same user as the control shell and could write into its stdout,
-so the server treats frames as untrusted: a malformed or oversized one ends the connection (the next
-request reconnects), never the server.
-
-The runner's state (`STATE_DIR`, /run/mcp-shell: saved shell state, per-run script, output, exit code)
-lives on a tmpfs of its own (as large as /tmp), so a command that fills /tmp leaves the shell working: it
-survives the server, not a restart of the container. Output already sent is punched out of the middle of
-the output file, so a long-running, chatty command does not fill it; a command that prints faster than
-the server reads (about 150 MB/s here) for more than `Limits.tmp_mb` still can, and then gets ENOSPC. The image needs bash
-and python3 (3.7 or later). `SandboxSpec.env` is passed with every command (it is not baked into the
-container, so pooled containers get it too); commands start with HOME=/workspace.
+The runner's state (`STATE_DIR`, /run/mcp-shell) lives on a tmpfs of its own (as large as /tmp), so a
+command that fills /tmp leaves the shell working: it survives the server, not a restart of the container.
+A command that prints faster than the server reads (about 150 MB/s here) for more than `Limits.tmp_mb`
+can still fill it, and then gets ENOSPC. The image needs bash and python3 (3.8 or later).
+`SandboxSpec.env` is passed with every command (it is not baked into the container, so pooled containers
+get it too); commands start with HOME=/workspace.
 
 Warm pool (opt-in, `pool_size`): containers made ahead for the default policy (image, `pool_limits`,
 no network), labelled `mcp-sessions.pool=1`, named `mcp-pool-<random>`, each with its control shell
@@ -106,8 +74,8 @@ from .base import (
     SandboxRestarted,
     SandboxSpec,
 )
+from .control.runner import NEW_STATE_FILE, PID_FILE, RUNNER, RUNNER_FILE, STATE_COMPLETE, STATE_FILE
 from .output import OutputBuffer
-from .shell import NEW_STATE_FILE, PID_FILE, RUNNER, RUNNER_FILE, STATE_COMPLETE, STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +118,8 @@ MIN_PYTHON = (3, 8)  # the control shell uses os.posix_spawnp(setsid=...)
 
 _T = TypeVar("_T")
 
-CONTROL_PY = (Path(__file__).with_name("control_shell.py")).read_text()
-"""The control shell's source (control_shell.py), with placeholders that `build_control_code` fills in."""
+CONTROL_PY = (Path(__file__).parent / "control" / "program.py").read_text()
+"""The control shell's source (control/program.py), with placeholders that `build_control_code` fills in."""
 
 
 def build_control_code(runner: str = RUNNER) -> bytes:
