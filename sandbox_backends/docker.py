@@ -34,11 +34,7 @@ Only plain `unix://` and `tcp://` engine addresses are supported (not TLS or ssh
 from __future__ import annotations
 
 import collections
-import functools
-import importlib.util
-import json
 import logging
-import marshal
 import posixpath
 import re
 import secrets
@@ -48,9 +44,8 @@ import struct
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -74,7 +69,7 @@ from .base import (
     SandboxRestarted,
     SandboxSpec,
 )
-from .control.runner import NEW_STATE_FILE, PID_FILE, RUNNER, RUNNER_FILE, STATE_COMPLETE, STATE_FILE
+from .control.client import MIN_PYTHON, ControlClient, Lost, Run, control_boot_input, control_command
 from .output import OutputBuffer
 
 log = logging.getLogger(__name__)
@@ -84,7 +79,6 @@ WORKSPACE = "/workspace"
 STATE_DIR = "/run/mcp-shell"
 """A tmpfs of its own, so a command that fills /tmp does not take the shell's state and output files with it."""
 KEEPALIVE_NAME = "mcp-keepalive"
-CONTROL_MARK = "mcp-sessions-control"
 
 LABEL_SANDBOX = "mcp-sessions.sandbox"
 LABEL_SERVER = "mcp-sessions.server"
@@ -112,65 +106,11 @@ ENGINE_RESTARTED = (
     "docker engine restarted: the command was stopped and the sandbox started again with its /workspace files "
     "(its /tmp, background processes and the shell's cwd and variables were reset)"
 )
-MAX_FRAME = 64 << 20
-MIN_PYTHON = (3, 8)  # the control shell uses os.posix_spawnp(setsid=...)
-"""Largest frame accepted from a control shell (output comes in 1 MiB frames; file reads may raise it)."""
-
 _T = TypeVar("_T")
-
-CONTROL_PY = (Path(__file__).parent / "control" / "program.py").read_text()
-"""The control shell's source (control/program.py), with placeholders that `build_control_code` fills in."""
-
-
-def build_control_code(runner: str = RUNNER) -> bytes:
-    """The control shell's source, with the runner it installs in the state dir."""
-    return (
-        CONTROL_PY.replace('"@RUNNER@"', repr(runner))
-        .replace('"@PID_FILE@"', repr(PID_FILE))
-        .replace('"@STATE_FILE@"', repr(STATE_FILE))
-        .replace('"@NEW_STATE_FILE@"', repr(NEW_STATE_FILE))
-        .replace('"@STATE_COMPLETE@"', repr(STATE_COMPLETE))
-        .replace('"@RUNNER_FILE@"', repr(RUNNER_FILE))
-        .encode()
-    )
-
-
-CONTROL_CODE = build_control_code()
-CONTROL_BOOT = (
-    "import os,sys\n"
-    "def rd(n):\n"
-    " b=b''\n"
-    " while len(b)<n:\n"
-    "  c=os.read(0,n-len(b))\n"
-    "  if not c:sys.exit(0)\n"
-    "  b+=c\n"
-    " return b\n"
-    "m=rd(4);c=rd(int.from_bytes(rd(4),'big'));s=rd(int.from_bytes(rd(4),'big'))\n"
-    "if m==sys.modules['_frozen_importlib_external'].MAGIC_NUMBER:\n"
-    " import marshal;c=marshal.loads(c)\n"
-    "else:c=compile(s,'mcp-sessions-control','exec')\n"
-    "exec(c,{'__name__':'__main__'})"
-)
-"""What `docker exec` starts: it reads the control shell (see `control_boot_input`) from stdin and runs it."""
-
-
-@functools.cache
-def control_boot_input() -> bytes:
-    """What CONTROL_BOOT reads: this Python's bytecode magic, the control shell compiled here, and its source.
-    A container whose Python has the same magic runs the compiled code and skips compiling (7-9 ms of a
-    cold start); any other compiles the source."""
-    compiled = marshal.dumps(compile(CONTROL_CODE, "mcp-sessions-control", "exec"))
-    return b"".join(
-        (importlib.util.MAGIC_NUMBER, len(compiled).to_bytes(4, "big"), compiled, len(CONTROL_CODE).to_bytes(4, "big"), CONTROL_CODE)
-    )
 
 KEEPALIVE_CMD = ["bash", "-c", f"exec -a {KEEPALIVE_NAME} sleep infinity"]
 BASE_ENV = {"HOME": WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
 """Environment of every container; `SandboxSpec.env` is added per command (so pooled containers get it too)."""
-
-
-class _Lost(Exception):
-    """The control shell's connection ended."""
 
 
 class _EngineDown(SandboxError):
@@ -221,12 +161,8 @@ class _Policy:
     network: bool
 
 
-class _Control:
-    """One attached control shell: frames requests out and demultiplexes answers by request id.
-
-    There is no reader task. Whoever waits for an answer reads the socket while no one else does
-    (one frame batch at a time) and files what it reads under the request it belongs to, so any
-    number of requests can be in flight from any tasks without a task group to own a reader.
+class ExecSocket:
+    """The attach socket of a `docker exec` as a control shell's `Transport`.
 
     The socket is non-blocking and used directly: a request that fits in the socket buffer (all but
     file writes) goes out in one `send` without a trip through the event loop, which an anyio stream
@@ -238,99 +174,24 @@ class _Control:
         self.exec_id = exec_id
         self._sock = sock
         self._raw = bytearray()
-        self._out = bytearray()
         self._err = bytearray()
-        self._queues: dict[str, collections.deque[tuple[str, Any]]] = {}
-        self._reading = False
-        self._tick = anyio.Event()
-        self._wlock = anyio.Lock()
-        self._seq = 0
-        self.lost: str | None = None
-        self.max_frame = MAX_FRAME
 
     @property
     def stderr(self) -> str:
         return self._err.decode("utf-8", errors="replace")
 
-    def open_request(self) -> str:
-        self._seq += 1
-        req = f"q{self._seq}"
-        self._queues[req] = collections.deque()
-        return req
-
-    def close_request(self, req: str) -> None:
-        self._queues.pop(req, None)
-
-    async def send(self, msg: dict[str, Any], payload: bytes = b"") -> None:
-        """Frame a request: 4-byte size, `msg` marshalled (the control shell reads it without importing
-        json), then `payload` of msg["size"] bytes. Answers come back as JSON, which is safe to parse."""
-        if payload:
-            msg = {**msg, "size": len(payload)}
-        body = marshal.dumps(msg, 4)
-        await self.send_raw(len(body).to_bytes(4, "big") + body + payload)
-
-    async def send_raw(self, data: bytes) -> None:
-        if self.lost:
-            raise _Lost(self.lost)
-        view = memoryview(data)
+    def send_nowait(self, data: memoryview) -> int:
         try:
-            if not self._wlock.locked():  # nobody half way through a frame: try it in one go
-                view = self._send_some(view)
-            if view:
-                async with self._wlock:
-                    while view:
-                        await anyio.wait_writable(self._sock)
-                        view = self._send_some(view)
-        except BaseException as e:
-            if 0 < len(view) < len(data):
-                # Cancelled (or failed) half way through a frame: the control shell would read the next
-                # request as the rest of this one. Drop the connection; the next request opens another.
-                self._lose("a request was cut short")
-                self._close()
-            if isinstance(e, (anyio.ClosedResourceError, OSError)):
-                self._lose(f"write failed: {e!r}")
-                raise _Lost(self.lost) from e
-            raise
-
-    def _send_some(self, view: memoryview) -> memoryview:
-        """What is left of `view` after one non-blocking send."""
-        try:
-            return view[self._sock.send(view) :]
+            return self._sock.send(data)
         except BlockingIOError:
-            return view
+            return 0
 
-    async def next(self, req: str) -> tuple[str, Any]:
-        """The next frame for `req`: ("J", dict), ("O", bytes) or ("D", bytes)."""
-        queue = self._queues[req]
-        while True:
-            if queue:
-                return queue.popleft()
-            if self.lost:
-                raise _Lost(self.lost)
-            if self._reading:
-                await self._tick.wait()
-                continue
-            self._reading = True
-            try:
-                try:
-                    chunk = await self._receive()
-                except (anyio.ClosedResourceError, OSError) as e:
-                    self._lose(f"connection closed ({type(e).__name__})")
-                else:
-                    try:
-                        self._feed(chunk)
-                    except (ValueError, IndexError, UnicodeDecodeError) as e:
-                        # Anything in the sandbox runs as the control shell's user and could write into its
-                        # stdout: a malformed or oversized frame ends the connection, never the server.
-                        self._lose(f"protocol error from the control shell: {e}")
-                        self._close()
-            finally:
-                self._reading = False
-                tick, self._tick = self._tick, anyio.Event()
-                tick.set()
+    async def wait_writable(self) -> None:
+        await anyio.wait_writable(self._sock)
 
-    async def _receive(self) -> bytes:
-        """What the socket holds, waiting for some; EOF ends the connection."""
+    async def receive_into(self, out: bytearray) -> None:
+        """What the socket holds, waiting for some, unwrapped from docker's stream multiplexing; EOF ends
+        the connection."""
         while True:
             try:
                 chunk = self._sock.recv(1 << 20)
@@ -339,22 +200,7 @@ class _Control:
                 continue
             if not chunk:
                 raise anyio.ClosedResourceError("end of stream")
-            return chunk
-
-    async def request(self, msg: dict[str, Any], payload: bytes = b"") -> tuple[str, Any]:
-        """Send one request and return its single answer."""
-        req = self.open_request()
-        try:
-            await self.send({**msg, "req": req}, payload)
-            return await self.next(req)
-        finally:
-            self.close_request(req)
-
-    def _lose(self, why: str) -> None:
-        if not self.lost:
-            self.lost = why
-
-    def _feed(self, chunk: bytes) -> None:
+            break
         raw = self._raw
         raw += chunk
         while len(raw) >= 8:  # docker's stream multiplexing: stream, 0, 0, 0, size (4 bytes)
@@ -365,56 +211,13 @@ class _Control:
                 self._err += raw[8 : 8 + size]
                 del self._err[:-4096]
             else:
-                self._out += raw[8 : 8 + size]
+                out += raw[8 : 8 + size]
             del raw[: 8 + size]
-        out = self._out
-        while len(out) >= 5:
-            size = struct.unpack(">I", out[1:5])[0]
-            if size > self.max_frame:
-                raise ValueError(f"a frame of {size} bytes")
-            if len(out) < 5 + size:
-                break
-            kind = chr(out[0])
-            payload = bytes(out[5 : 5 + size])
-            del out[: 5 + size]
-            if kind not in "JOD":
-                raise ValueError(f"unknown frame kind {kind!r}")
-            if kind == "J":
-                msg = json.loads(payload)
-                queue = self._queues.get(msg.get("req", ""))
-                if queue is not None:
-                    queue.append(("J", msg))
-            else:
-                n = payload[0]
-                queue = self._queues.get(payload[1 : 1 + n].decode())
-                if queue is not None:
-                    queue.append((kind, payload[1 + n :]))
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._sock.fileno() >= 0:
             anyio.notify_closing(self._sock)  # wakes a task waiting on it with ClosedResourceError
             self._sock.close()
-
-    async def aclose(self) -> None:
-        self._lose("closed")
-        self._close()
-        tick, self._tick = self._tick, anyio.Event()
-        tick.set()
-        await anyio.lowlevel.checkpoint()
-
-
-@dataclass
-class _Run:
-    run_id: str
-    script: str
-    conn: _Control | None = None
-    req: str | None = None
-    sent: bool = False
-    refused: bool = False
-    started: bool = False
-    offset: int = 0
-    exit: dict[str, Any] | None = None
-    t0: float = field(default_factory=time.time)
 
 
 class DockerSandbox(ClosesOnExit):
@@ -431,7 +234,7 @@ class DockerSandbox(ClosesOnExit):
         host_config: dict[str, Any],
         volume: str | None,
         pooled: bool = False,
-        conn: _Control | None = None,
+        conn: ControlClient | None = None,
     ) -> None:
         self._driver = driver
         self._cid = container_id
@@ -504,7 +307,7 @@ class DockerSandbox(ClosesOnExit):
 
     # -- the control shell ----------------------------------------------------------------------
 
-    async def _connection(self) -> _Control:
+    async def _connection(self) -> ControlClient:
         if self._closed:
             raise SandboxNotFound(f"The sandbox {self._spec.name} is closed.")
         conn = self._conn
@@ -526,7 +329,7 @@ class DockerSandbox(ClosesOnExit):
                     kind, msg = await conn.request({"op": "stop", "mark": mark})
             except TimeoutError:
                 raise SandboxError("The sandbox did not confirm that the command stopped.") from None
-            except _Lost:
+            except Lost:
                 if attempt == 2:
                     raise SandboxError("Lost the connection to the sandbox's control shell three times.") from None
                 continue
@@ -536,7 +339,7 @@ class DockerSandbox(ClosesOnExit):
         raise AssertionError("unreachable")
 
     async def _drive(
-        self, run: _Run, buf: OutputBuffer, on_output: OutputCallback | None, *, may_start: bool = True
+        self, run: Run, buf: OutputBuffer, on_output: OutputCallback | None, *, may_start: bool = True
     ) -> None:
         """Start the run (or resume following it) and read until its exit, reconnecting if the shell dies.
 
@@ -562,7 +365,7 @@ class DockerSandbox(ClosesOnExit):
                                 "env": self._spec.env,
                             }
                         )
-                except _Lost:
+                except Lost:
                     continue
             assert run.req is not None
             try:
@@ -600,16 +403,16 @@ class DockerSandbox(ClosesOnExit):
                         run.exit = {"rc": None, "interrupted": False}
                         run.conn.close_request(run.req)
                         return
-            except _Lost:
+            except Lost:
                 continue
         raise SandboxError("Lost the connection to the sandbox's control shell repeatedly; is the container running?")
 
-    async def _ack(self, run: _Run) -> None:
+    async def _ack(self, run: Run) -> None:
         conn = run.conn or self._conn
         if conn is not None and not conn.lost:
             try:
                 await conn.send({"op": "done", "run": run.run_id})
-            except _Lost:
+            except Lost:
                 pass
 
     # -- commands -------------------------------------------------------------------------------
@@ -633,7 +436,7 @@ class DockerSandbox(ClosesOnExit):
     async def _exec(
         self, script: str, timeout_s: float | None, on_output: OutputCallback | None, max_output_bytes: int
     ) -> ExecResult:
-        run = _Run("r" + secrets.token_hex(6), script)
+        run = Run("r" + secrets.token_hex(6), script)
         buf = OutputBuffer(max_output_bytes)
         started = time.monotonic()
         timed_out = False
@@ -680,7 +483,7 @@ class DockerSandbox(ClosesOnExit):
             stopped = await self._stop(mark=True)
             if not stopped.get("run"):
                 return None
-            run = _Run(stopped["run"], "", sent=True, started=True)
+            run = Run(stopped["run"], "", sent=True, started=True)
             buf = OutputBuffer(TAKE_OVER_OUTPUT)
             with anyio.fail_after(STOP_TIMEOUT_S):
                 await self._drive(run, buf, None)
@@ -710,7 +513,7 @@ class DockerSandbox(ClosesOnExit):
             conn.max_frame = max(conn.max_frame, max_frame)
             try:
                 return await conn.request(msg, payload)
-            except _Lost:
+            except Lost:
                 continue
         raise SandboxError("Lost the connection to the sandbox's control shell repeatedly; is the container running?")
 
@@ -763,7 +566,7 @@ class _PoolEntry:
     container_name: str
     volume: str
     host_config: dict[str, Any]
-    conn: _Control
+    conn: ControlClient
 
 
 class DockerDriver:
@@ -920,7 +723,7 @@ class DockerDriver:
         labels: dict[str, str],
         env: dict[str, str],
         on_phase: PhaseCallback | None,
-    ) -> tuple[str, dict[str, Any], _Control]:
+    ) -> tuple[str, dict[str, Any], ControlClient]:
         """Create and start a container and open its control shell; remove everything on failure."""
         api = await self._api()
         if on_phase:
@@ -976,7 +779,7 @@ class DockerDriver:
                     log.exception("cleaning up a failed sandbox")
             raise
 
-    async def _open_control(self, cid: str, env: dict[str, str] | None = None) -> _Control:
+    async def _open_control(self, cid: str, env: dict[str, str] | None = None) -> ControlClient:
         """Start the control shell in the container (one `docker exec`) and say hello."""
         api = await self._api()
 
@@ -985,7 +788,7 @@ class DockerDriver:
         def start() -> tuple[str, socket.socket]:
             ex = api.exec_create(
                 cid,
-                ["python3", "-I", "-S", "-c", CONTROL_BOOT, CONTROL_MARK, STATE_DIR, WORKSPACE],
+                control_command(STATE_DIR, WORKSPACE),
                 stdin=True,
                 stdout=True,
                 stderr=True,
@@ -1009,12 +812,12 @@ class DockerDriver:
             if e.status_code == 409 and any(w in str(e.explanation) for w in ("not running", "restarting")):
                 raise _ContainerStopped(str(e.explanation)) from None  # it was, and someone started it since
             raise SandboxError(f"Cannot reach the sandbox's shell: {e.explanation or e}") from None
-        conn = _Control(sock, exec_id)
+        conn = ControlClient(ExecSocket(sock, exec_id))
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 await conn.send_raw(code)
                 kind, msg = await conn.request({"op": "hello", "env": env or {}})
-        except (_Lost, TimeoutError):
+        except (Lost, TimeoutError):
             await conn.aclose()
             detail = conn.stderr.strip().splitlines()
             try:
@@ -1182,7 +985,7 @@ class DockerDriver:
             log.warning("started sandbox container %s again: the Docker engine had stopped it", cid[:12])
             return True
 
-    async def _reopen(self, cid: str, env: dict[str, str] | None) -> _Control:
+    async def _reopen(self, cid: str, env: dict[str, str] | None) -> ControlClient:
         """Open a control shell in the container. Through an engine outage, wait for the engine (up to
         ENGINE_WAIT_S) and start the container again if the engine stopped it."""
         deadline = time.monotonic() + ENGINE_WAIT_S

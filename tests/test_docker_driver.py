@@ -28,17 +28,15 @@ from sandbox_backends.base import (
     SandboxNotFound,
     SandboxSpec,
 )
+from sandbox_backends.control.client import CONTROL_CODE, ControlClient, control_command
 from sandbox_backends.docker import (
-    CONTROL_BOOT,
-    CONTROL_CODE,
-    CONTROL_MARK,
     POOL_PREFIX,
     SESSION_PREFIX,
     STATE_DIR,
     WORKSPACE,
     DockerDriver,
     DockerSandbox,
-    _Control,
+    ExecSocket,
 )
 from tests.docker_support import (  # noqa: F401  (fixtures are used by name)
     IMAGE,
@@ -97,11 +95,9 @@ async def test_an_image_with_another_python_compiles_the_control_shell_from_sour
     the control shell must start from the source and answer."""
     sb = await sandbox_factory()
     api = docker_engine.api
-    ex = api.exec_create(
-        sb.id, ["python3", "-I", "-S", "-c", CONTROL_BOOT, CONTROL_MARK, STATE_DIR, WORKSPACE], stdin=True, workdir=WORKSPACE
-    )
+    ex = api.exec_create(sb.id, control_command(STATE_DIR, WORKSPACE), stdin=True, workdir=WORKSPACE)
     raw = api.exec_start(ex["Id"], socket=True)
-    conn = _Control(socket.socket(fileno=raw._sock.detach()), ex["Id"])
+    conn = ControlClient(ExecSocket(socket.socket(fileno=raw._sock.detach()), ex["Id"]))
     try:
         junk = b"not bytecode"
         await conn.send_raw(
