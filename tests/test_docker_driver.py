@@ -36,8 +36,8 @@ from sandbox_backends.docker import (
     WORKSPACE,
     DockerDriver,
     DockerSandbox,
-    ExecSocket,
 )
+from sandbox_backends.docker.driver import ExecSocket
 from tests.docker_support import (  # noqa: F401  (fixtures are used by name)
     IMAGE,
     docker_driver,
