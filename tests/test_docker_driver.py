@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from sandbox_backends.docker import (
     DockerDriver,
     DockerSandbox,
 )
-from sandbox_backends.docker.driver import ExecSocket
+from sandbox_backends.docker.transport import open_exec
 from tests.docker_support import (  # noqa: F401  (fixtures are used by name)
     IMAGE,
     docker_driver,
@@ -95,9 +94,7 @@ async def test_an_image_with_another_python_compiles_the_control_shell_from_sour
     the control shell must start from the source and answer."""
     sb = await sandbox_factory()
     api = docker_engine.api
-    ex = api.exec_create(sb.id, control_command(STATE_DIR, WORKSPACE), stdin=True, workdir=WORKSPACE)
-    raw = api.exec_start(ex["Id"], socket=True)
-    conn = ControlClient(ExecSocket(socket.socket(fileno=raw._sock.detach()), ex["Id"]))
+    conn = ControlClient(open_exec(api, sb.id, control_command(STATE_DIR, WORKSPACE), WORKSPACE))
     try:
         junk = b"not bytecode"
         await conn.send_raw(

@@ -31,7 +31,7 @@ All docker SDK calls run in worker threads; the control shell's socket is read w
 Only plain `unix://` and `tcp://` engine addresses are supported (not TLS or ssh).
 """
 
-from .driver import (
+from .container import (
     BASE_ENV,
     DEFAULT_IMAGE,
     KEEPALIVE_CMD,
@@ -44,9 +44,8 @@ from .driver import (
     STATE_DIR,
     VOLUME_PREFIX,
     WORKSPACE,
-    DockerDriver,
-    DockerSandbox,
 )
+from .driver import DockerDriver, DockerSandbox
 
 __all__ = [
     "BASE_ENV",

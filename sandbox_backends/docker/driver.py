@@ -7,9 +7,6 @@ import logging
 import posixpath
 import re
 import secrets
-import socket
-import ssl
-import struct
 import time
 import weakref
 from collections.abc import Callable
@@ -40,22 +37,24 @@ from ..base import (
 )
 from ..control.client import MIN_PYTHON, ControlClient, Lost, Run, control_boot_input, control_command
 from ..output import OutputBuffer
+from .container import (
+    BASE_ENV,
+    DEFAULT_IMAGE,
+    KEEPALIVE_CMD,
+    LABEL_NAME,
+    LABEL_POOL,
+    LABEL_SANDBOX,
+    LABEL_SERVER,
+    POOL_PREFIX,
+    SESSION_PREFIX,
+    STATE_DIR,
+    VOLUME_PREFIX,
+    WORKSPACE,
+    Policy,
+)
+from .transport import open_exec
 
 log = logging.getLogger(__name__)
-
-DEFAULT_IMAGE = "mcp-sessions-sandbox:bookworm"
-WORKSPACE = "/workspace"
-STATE_DIR = "/run/mcp-shell"
-"""A tmpfs of its own, so a command that fills /tmp does not take the shell's state and output files with it."""
-KEEPALIVE_NAME = "mcp-keepalive"
-
-LABEL_SANDBOX = "mcp-sessions.sandbox"
-LABEL_SERVER = "mcp-sessions.server"
-LABEL_NAME = "mcp-sessions.name"
-LABEL_POOL = "mcp-sessions.pool"
-SESSION_PREFIX = "mcp-ses-"
-POOL_PREFIX = "mcp-pool-"
-VOLUME_PREFIX = "mcp-ws-"
 
 ENGINE_HELP = (
     "Start it with scripts/start-docker.sh (as root: installs docker.io if needed and runs "
@@ -76,11 +75,6 @@ ENGINE_RESTARTED = (
     "(its /tmp, background processes and the shell's cwd and variables were reset)"
 )
 _T = TypeVar("_T")
-
-KEEPALIVE_CMD = ["bash", "-c", f"exec -a {KEEPALIVE_NAME} sleep infinity"]
-BASE_ENV = {"HOME": WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-"""Environment of every container; `SandboxSpec.env` is added per command (so pooled containers get it too)."""
-
 
 class _EngineDown(SandboxError):
     """The Docker engine does not answer (stopped, restarting, or never started)."""
@@ -119,74 +113,6 @@ async def _blocking(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         if _is_connection_error(e):
             raise _engine_error(e) from e
         raise
-
-
-@dataclass(frozen=True)
-class _Policy:
-    """What a container is fixed to at create time; a pool serves one policy."""
-
-    image: str
-    limits: Limits
-    network: bool
-
-
-class ExecSocket:
-    """The attach socket of a `docker exec` as a control shell's `Transport`.
-
-    The socket is non-blocking and used directly: a request that fits in the socket buffer (all but
-    file writes) goes out in one `send` without a trip through the event loop, which an anyio stream
-    takes on every send (0.1-0.25 ms of a 1 ms round trip here).
-    """
-
-    def __init__(self, sock: socket.socket, exec_id: str) -> None:
-        sock.setblocking(False)
-        self.exec_id = exec_id
-        self._sock = sock
-        self._raw = bytearray()
-        self._err = bytearray()
-
-    @property
-    def stderr(self) -> str:
-        return self._err.decode("utf-8", errors="replace")
-
-    def send_nowait(self, data: memoryview) -> int:
-        try:
-            return self._sock.send(data)
-        except BlockingIOError:
-            return 0
-
-    async def wait_writable(self) -> None:
-        await anyio.wait_writable(self._sock)
-
-    async def receive_into(self, out: bytearray) -> None:
-        """What the socket holds, waiting for some, unwrapped from docker's stream multiplexing; EOF ends
-        the connection."""
-        while True:
-            try:
-                chunk = self._sock.recv(1 << 20)
-            except BlockingIOError:
-                await anyio.wait_readable(self._sock)
-                continue
-            if not chunk:
-                raise anyio.ClosedResourceError("end of stream")
-            break
-        raw = self._raw
-        raw += chunk
-        while len(raw) >= 8:  # docker's stream multiplexing: stream, 0, 0, 0, size (4 bytes)
-            size = struct.unpack(">I", raw[4:8])[0]
-            if len(raw) < 8 + size:
-                break
-            if raw[0] == 2:
-                self._err += raw[8 : 8 + size]
-                del self._err[:-4096]
-            else:
-                out += raw[8 : 8 + size]
-            del raw[: 8 + size]
-
-    def close(self) -> None:
-        if self._sock.fileno() >= 0:
-            anyio.notify_closing(self._sock)  # wakes a task waiting on it with ClosedResourceError
-            self._sock.close()
 
 
 class DockerSandbox(ClosesOnExit):
@@ -591,7 +517,7 @@ class DockerDriver:
         self._closing: set[str] = set()
         self._pool: list[_PoolEntry] = []
         self._pool_wanted = anyio.Event()
-        self._pool_policy = _Policy(image, self.pool_limits, False)
+        self._pool_policy = Policy(image, self.pool_limits, False)
         self._sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
         self._down_since: float | None = None
         """When the engine was first seen not answering (wall clock), while it does not."""
@@ -646,7 +572,7 @@ class DockerDriver:
             labels.update({LABEL_SANDBOX: "1", LABEL_SERVER: self.server_id, LABEL_NAME: spec.name})
         return labels
 
-    def _policy(self, spec: SandboxSpec) -> _Policy:
+    def _policy(self, spec: SandboxSpec) -> Policy:
         limits = spec.limits
         ceiling = self.max_limits
         if ceiling is not None:
@@ -661,9 +587,9 @@ class DockerDriver:
             raise SandboxError(
                 "This server does not allow network access for sandboxes (start it with networking allowed)."
             )
-        return _Policy(spec.image or self.image, limits, spec.network)
+        return Policy(spec.image or self.image, limits, spec.network)
 
-    def _host_config(self, api: docker.APIClient, policy: _Policy, volume: str) -> dict[str, Any]:
+    def _host_config(self, api: docker.APIClient, policy: Policy, volume: str) -> dict[str, Any]:
         lim = policy.limits
         return api.create_host_config(
             network_mode=self.network if policy.network else "none",
@@ -686,7 +612,7 @@ class DockerDriver:
 
     async def _make_container(
         self,
-        policy: _Policy,
+        policy: Policy,
         name: str,
         volume: str,
         labels: dict[str, str],
@@ -751,28 +677,9 @@ class DockerDriver:
     async def _open_control(self, cid: str, env: dict[str, str] | None = None) -> ControlClient:
         """Start the control shell in the container (one `docker exec`) and say hello."""
         api = await self._api()
-
         code = await anyio.to_thread.run_sync(control_boot_input)  # compiled once per process, off the loop
-
-        def start() -> tuple[str, socket.socket]:
-            ex = api.exec_create(
-                cid,
-                control_command(STATE_DIR, WORKSPACE),
-                stdin=True,
-                stdout=True,
-                stderr=True,
-                tty=False,
-                workdir=WORKSPACE,
-            )
-            sock = api.exec_start(ex["Id"], socket=True)
-            raw = getattr(sock, "_sock", sock)
-            if isinstance(raw, ssl.SSLSocket) or not isinstance(raw, socket.socket):
-                raise SandboxError("The docker driver needs a unix:// or tcp:// engine address (not TLS or ssh).")
-            # Take the file descriptor away from the SDK's objects so nothing but us ever closes it.
-            return ex["Id"], socket.socket(fileno=raw.detach())
-
         try:
-            exec_id, sock = await _blocking(start)
+            transport = await _blocking(open_exec, api, cid, control_command(STATE_DIR, WORKSPACE), WORKSPACE)
         except docker.errors.NotFound:
             raise SandboxNotFound(f"The sandbox container {cid[:12]} no longer exists.") from None
         except docker.errors.APIError as e:
@@ -781,7 +688,8 @@ class DockerDriver:
             if e.status_code == 409 and any(w in str(e.explanation) for w in ("not running", "restarting")):
                 raise _ContainerStopped(str(e.explanation)) from None  # it was, and someone started it since
             raise SandboxError(f"Cannot reach the sandbox's shell: {e.explanation or e}") from None
-        conn = ControlClient(ExecSocket(sock, exec_id))
+        exec_id = transport.exec_id
+        conn = ControlClient(transport)
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 await conn.send_raw(code)
