@@ -45,7 +45,8 @@ from .container import (
     VOLUME_PREFIX,
     WORKSPACE,
 )
-from .driver import DockerDriver, DockerSandbox
+from .driver import DockerDriver
+from .sandbox import DockerSandbox
 
 __all__ = [
     "BASE_ENV",
