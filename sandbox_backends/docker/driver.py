@@ -1,12 +1,14 @@
-"""DockerDriver: makes and attaches containers, with its warm pool; the engine side is in engine.py."""
+"""DockerDriver: the container policy, and making, claiming and attaching the containers sandboxes live in.
+
+The front of the driver, what `create` and `attach` do. Its engine side (the SDK client, outages, the
+event watch) is in engine.py and its warm pool in pool.py; `DockerDriver` joins the three.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
-import secrets
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -24,7 +26,6 @@ from .container import (
     LABEL_POOL,
     LABEL_SANDBOX,
     LABEL_SERVER,
-    POOL_PREFIX,
     SESSION_PREFIX,
     STATE_DIR,
     VOLUME_PREFIX,
@@ -32,25 +33,17 @@ from .container import (
     Policy,
 )
 from .engine import ContainerStopped, EngineDown, EngineMixin, blocking
+from .pool import PoolMixin
 from .sandbox import DockerSandbox
 from .transport import open_exec
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30.0
-REFILL_DELAY_S = 0.1  # after a claim, before the pool makes its replacement
+"""How long a new control shell may take to answer its hello."""
 
 
-@dataclass
-class _PoolEntry:
-    container_id: str
-    container_name: str
-    volume: str
-    host_config: dict[str, Any]
-    conn: ControlClient
-
-
-class DockerDriver(EngineMixin):
+class DockerDriver(EngineMixin, PoolMixin):
     """Makes `DockerSandbox`es: one hardened container per sandbox on a Docker engine.
 
     All arguments are keyword-only; none touches the engine until first use.
@@ -99,11 +92,9 @@ class DockerDriver(EngineMixin):
         self.nofile = nofile
         self.base_url = base_url
         self._closing: set[str] = set()
-        self._pool: list[_PoolEntry] = []
-        self._pool_wanted = anyio.Event()
-        self._pool_policy = Policy(image, self.pool_limits, False)
         self._sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
         self._init_engine()
+        self._init_pool()
 
     def _labels(self, spec: SandboxSpec | None) -> dict[str, str]:
         labels = {LABEL_SANDBOX: "1", LABEL_SERVER: self.server_id}
@@ -289,46 +280,6 @@ class DockerDriver(EngineMixin):
             self, cid, name, spec, image=policy.image, host_config=host_config, volume=volume, conn=conn
         )
 
-    async def _claim(self, spec: SandboxSpec, name: str, on_phase: PhaseCallback | None) -> DockerSandbox | None:
-        """Take a warm container for `spec` (renaming binds it), or None if the pool is empty."""
-        api = await self._api()
-        while self._pool:
-            entry = self._pool.pop(0)
-            self._pool_wanted.set()
-            if entry.conn.lost:
-                await self._discard(entry)
-                continue
-            try:
-                if on_phase:
-                    await on_phase("creating_sandbox", f"warm pool container {entry.container_id[:12]}")
-                    await on_phase("starting", f"container {entry.container_id[:12]}")
-            except BaseException:
-                self._pool.insert(0, entry)
-                raise
-            try:
-                with anyio.CancelScope(shield=True):  # once renamed, it must reach its owner
-                    await blocking(api.rename, entry.container_id, name)
-            except docker.errors.NotFound:
-                await self._discard(entry)
-                continue
-            except (docker.errors.APIError, SandboxError) as e:
-                self._pool.insert(0, entry)
-                if isinstance(e, docker.errors.APIError) and e.status_code == 409:
-                    raise SandboxError(f"A sandbox container named {name} already exists.") from None
-                raise SandboxError(f"Could not claim a pooled sandbox: {e}") from None
-            return DockerSandbox(
-                self,
-                entry.container_id,
-                name,
-                spec,
-                image=self._pool_policy.image,
-                host_config=entry.host_config,
-                volume=entry.volume,
-                pooled=True,
-                conn=entry.conn,
-            )
-        return None
-
     async def attach(self, sandbox_id: str, spec: SandboxSpec) -> DockerSandbox:
         api = await self._api()
         try:
@@ -368,67 +319,6 @@ class DockerDriver(EngineMixin):
             pooled=labels.get(LABEL_POOL) == "1",
             conn=conn,
         )
-
-    # -- warm pool ------------------------------------------------------------------------------
-
-    @property
-    def pool_available(self) -> int:
-        """How many warm containers are ready to be claimed."""
-        return len(self._pool)
-
-    async def _keep_pool(self) -> None:
-        await self._remove_stale_pool()
-        failures = 0
-        while True:
-            if len(self._pool) >= self.pool_size:
-                wanted = self._pool_wanted = anyio.Event()
-                await wanted.wait()
-                # Making a container keeps the engine and both cores here busy for ~0.3 s: let the session
-                # that just claimed one run its first commands first (they took 7 ms instead of 2 alongside).
-                await anyio.sleep(REFILL_DELAY_S)
-                continue
-            name = POOL_PREFIX + secrets.token_hex(6)
-            volume = VOLUME_PREFIX + name
-            try:
-                cid, host_config, conn = await self._make_container(
-                    self._pool_policy, name, volume, self._labels(None), {}, None
-                )
-            except SandboxError as e:
-                failures += 1
-                log.warning("could not fill the sandbox pool: %s", e)
-                wanted = self._pool_wanted = anyio.Event()
-                with anyio.move_on_after(min(60, 2**failures)):
-                    await wanted.wait()  # set early once the engine is back from an outage
-                continue
-            failures = 0
-            self._pool.append(_PoolEntry(cid, name, volume, host_config, conn))
-
-    async def _remove_stale_pool(self) -> None:
-        """Remove unclaimed pool containers a previous run of this server left behind."""
-        api = await self._api()
-        mine = {e.container_id for e in self._pool}
-        stale = await blocking(
-            api.containers,
-            all=True,
-            filters={"label": [f"{LABEL_POOL}=1", f"{LABEL_SERVER}={self.server_id}"], "name": POOL_PREFIX},
-        )
-        for c in stale:
-            names = [n.lstrip("/") for n in c.get("Names") or []]
-            if c["Id"] in mine or not any(n.startswith(POOL_PREFIX) for n in names):
-                continue
-            self._closing.add(c["Id"])
-            volume = next((m.get("Name") for m in c.get("Mounts") or [] if m.get("Destination") == WORKSPACE), None)
-            await self._remove(c["Id"], volume)
-
-    async def _discard(self, entry: _PoolEntry) -> None:
-        self._closing.add(entry.container_id)
-        await entry.conn.aclose()
-        try:
-            await self._remove(entry.container_id, entry.volume)
-        except EngineDown:
-            log.info("pool container %s is removed once the engine is back", entry.container_name)
-        except SandboxError as e:
-            log.warning("could not remove pool container %s: %s", entry.container_name, e)
 
     async def aclose(self) -> None:
         """Remove unclaimed pool containers, close control shells and the engine connection.

@@ -29,7 +29,7 @@ from .container import LABEL_NAME, LABEL_SANDBOX, LABEL_SERVER, POOL_PREFIX, SES
 
 if TYPE_CHECKING:
     from ..control.client import ControlClient
-    from .driver import _PoolEntry as PoolEntry
+    from .pool import PoolEntry
     from .sandbox import DockerSandbox
 
 log = logging.getLogger(__name__)
