@@ -29,6 +29,11 @@ removes the volume as well. A later sandbox with the same name reuses a kept vol
 
 All docker SDK calls run in worker threads; the control shell's socket is read with anyio directly.
 Only plain `unix://` and `tcp://` engine addresses are supported (not TLS or ssh).
+
+The modules: `container` (names, labels, the policy a container is fixed to), `driver` (DockerDriver:
+host config, create, attach), `engine` (the SDK client, outages and recovery, the event watch), `pool`
+(the warm pool), `sandbox` (DockerSandbox: commands and files) and `transport` (the exec's attach socket
+under the control client).
 """
 
 from .container import (

@@ -86,7 +86,11 @@ async def blocking(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
 
 
 class EngineMixin:
-    """DockerDriver's dealings with the engine: its client, container start and removal, outages, the watch."""
+    """DockerDriver's dealings with the engine: its client, container start and removal, outages, the watch.
+
+    Reopens control shells with the driver's `_open_control`, and keeps the pool going (`_keep_pool`,
+    `_discard`) while the watch runs.
+    """
 
     # Set by DockerDriver; shared with its other parts.
     server_id: str
@@ -97,14 +101,6 @@ class EngineMixin:
     _sandboxes: weakref.WeakSet[DockerSandbox]
     _pool: list[PoolEntry]
     _pool_wanted: anyio.Event
-
-    if TYPE_CHECKING:  # the driver's and the pool's, used here
-
-        async def _open_control(self, cid: str, env: dict[str, str] | None = None) -> ControlClient: ...
-
-        async def _keep_pool(self) -> None: ...
-
-        async def _discard(self, entry: PoolEntry) -> None: ...
 
     def _init_engine(self) -> None:
         self._client: docker.DockerClient | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import docker
@@ -39,7 +39,11 @@ class PoolEntry:
 
 
 class PoolMixin:
-    """DockerDriver's warm pool: claimed by `create`, filled while `watch()` runs, emptied by `aclose()`."""
+    """DockerDriver's warm pool: claimed by `create`, filled while `watch()` runs, emptied by `aclose()`.
+
+    Makes its containers with the driver's `_make_container` and `_labels`, and removes them with the
+    engine side's `_remove`.
+    """
 
     # Set by DockerDriver; shared with its other parts.
     image: str
@@ -47,24 +51,6 @@ class PoolMixin:
     pool_size: int
     pool_limits: Limits
     _closing: set[str]
-
-    if TYPE_CHECKING:  # the driver's and the engine side's, used here
-
-        async def _api(self) -> docker.APIClient: ...
-
-        async def _remove(self, cid: str | None, volume: str | None) -> None: ...
-
-        def _labels(self, spec: SandboxSpec | None) -> dict[str, str]: ...
-
-        async def _make_container(
-            self,
-            policy: Policy,
-            name: str,
-            volume: str,
-            labels: dict[str, str],
-            env: dict[str, str],
-            on_phase: PhaseCallback | None,
-        ) -> tuple[str, dict[str, Any], ControlClient]: ...
 
     def _init_pool(self) -> None:
         self._pool: list[PoolEntry] = []
