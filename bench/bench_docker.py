@@ -35,7 +35,9 @@ import anyio
 import docker
 
 from sandbox_backends.base import SandboxSpec
-from sandbox_backends.docker import DEFAULT_IMAGE, KEEPALIVE_CMD, LABEL_SERVER, DockerDriver, DockerSandbox
+from sandbox_backends.docker.container import DEFAULT_IMAGE, KEEPALIVE_CMD, LABEL_SERVER
+from sandbox_backends.docker.driver import DockerDriver
+from sandbox_backends.docker.sandbox import DockerSandbox
 from report import command_line, paragraph, target_cell, write_section
 from timing import interleaved, timed
 

@@ -75,7 +75,7 @@ async def pool_full(size: int) -> None:
     """Wait until the engine runs `size` warm containers and a moment more for their control shells."""
     import docker
 
-    from sandbox_backends.docker import POOL_PREFIX
+    from sandbox_backends.docker.container import POOL_PREFIX
 
     engine = docker.from_env()
     with anyio.fail_after(120):

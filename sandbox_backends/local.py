@@ -6,8 +6,8 @@ docker driver for untrusted work. Layout under the driver's root:
     <root>/<name>/workspace/   the commands' starting cwd, and what file resources read
     <root>/<name>/.shell/      the runner's state: saved shell state, per-run script, output, exit code
 
-Commands run in a long-lived runner (`shell.py`), a child of the server in a session of its own, fed run
-ids on a pipe. If the server dies, the runner finishes its command, writes the result and exits.
+Commands run in a long-lived runner (`control/runner.py`), a child of the server in a session of its
+own, fed run ids on a pipe. If the server dies, the runner finishes its command, writes the result and exits.
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ from .base import (
     SandboxNotFound,
     SandboxSpec,
 )
-from .output import OutputBuffer
-from .registry import DriverContext, DriverPlugin
-from .shell import (
+from .control.runner import (
     NEW_STATE_FILE,
     PID_FILE,
     RUNNER,
@@ -54,6 +52,8 @@ from .shell import (
     state_identity,
     state_whole,
 )
+from .output import OutputBuffer
+from .registry import DriverContext, DriverPlugin
 
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
 """Server variables a local command sees. Everything else, API keys included, stays out."""

@@ -27,7 +27,7 @@ from .base import Driver
 ENTRY_POINT_GROUP = "mcp_sessions.drivers"
 BUILTIN = {
     "local": "sandbox_backends.local:plugin",
-    "docker": "sandbox_backends.docker_plugin:plugin",
+    "docker": "sandbox_backends.docker:plugin",
     "remote": "sandbox_backends.remote:plugin",
 }
 

@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 
 from sandbox_backends.base import Limits, SandboxSpec
-from sandbox_backends.docker import DEFAULT_IMAGE, LABEL_SERVER, DockerDriver, DockerSandbox
+from sandbox_backends.docker.container import DEFAULT_IMAGE, LABEL_SERVER
+from sandbox_backends.docker.driver import DockerDriver
+from sandbox_backends.docker.sandbox import DockerSandbox
 
 IMAGE = os.environ.get("MCP_SESSIONS_TEST_IMAGE", DEFAULT_IMAGE)
 

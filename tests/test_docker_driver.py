@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,18 +27,11 @@ from sandbox_backends.base import (
     SandboxNotFound,
     SandboxSpec,
 )
-from sandbox_backends.docker import (
-    CONTROL_BOOT,
-    CONTROL_CODE,
-    CONTROL_MARK,
-    POOL_PREFIX,
-    SESSION_PREFIX,
-    STATE_DIR,
-    WORKSPACE,
-    DockerDriver,
-    DockerSandbox,
-    _Control,
-)
+from sandbox_backends.control.client import CONTROL_CODE, ControlClient, control_command
+from sandbox_backends.docker.container import POOL_PREFIX, SESSION_PREFIX, STATE_DIR, WORKSPACE
+from sandbox_backends.docker.driver import DockerDriver
+from sandbox_backends.docker.sandbox import DockerSandbox
+from sandbox_backends.docker.transport import open_exec
 from tests.docker_support import (  # noqa: F401  (fixtures are used by name)
     IMAGE,
     docker_driver,
@@ -97,11 +89,7 @@ async def test_an_image_with_another_python_compiles_the_control_shell_from_sour
     the control shell must start from the source and answer."""
     sb = await sandbox_factory()
     api = docker_engine.api
-    ex = api.exec_create(
-        sb.id, ["python3", "-I", "-S", "-c", CONTROL_BOOT, CONTROL_MARK, STATE_DIR, WORKSPACE], stdin=True, workdir=WORKSPACE
-    )
-    raw = api.exec_start(ex["Id"], socket=True)
-    conn = _Control(socket.socket(fileno=raw._sock.detach()), ex["Id"])
+    conn = ControlClient(open_exec(api, sb.id, control_command(STATE_DIR, WORKSPACE), WORKSPACE))
     try:
         junk = b"not bytecode"
         await conn.send_raw(
@@ -468,7 +456,7 @@ async def test_paths_outside_the_workspace_are_refused(sandbox_factory: Any) -> 
 SERVER = """
 import sys, anyio
 from sandbox_backends.base import SandboxSpec
-from sandbox_backends.docker import DockerDriver
+from sandbox_backends.docker.driver import DockerDriver
 
 async def main():
     driver = DockerDriver(image=sys.argv[1], server_id=sys.argv[2])

@@ -25,7 +25,7 @@ from mcp import Client
 
 from mcp_sessions.app import server_id
 from mcp_sessions.settings import Settings
-from sandbox_backends.docker import LABEL_SERVER, POOL_PREFIX
+from sandbox_backends.docker.container import LABEL_SERVER, POOL_PREFIX
 
 from .conftest import call, new_session, stdio_params
 from .docker_support import IMAGE, _unavailable, docker_engine  # noqa: F401

@@ -1,14 +1,15 @@
-"""The docker driver's control shell, run as the sandbox user inside the container.
+"""The control shell: the program that runs commands and serves files inside a sandbox, as the sandbox user.
 
-Not a module: `DockerDriver` sends this file's text, with the "@NAME@" strings filled in by
+Not a module: a driver sends this file's text, with the "@NAME@" strings filled in by
 `build_control_code`, into `python3 -I -S -c CONTROL_BOOT mcp-sessions-control STATE_DIR WORKSPACE`
-(see docker.py for the protocol). The marker argument keeps it out of the kill sweeps. It imports
-only what a new container loads quickly: builtins and os/select/signal.
+(see this package's docstring for the protocol). The marker argument keeps it out of the kill sweeps. It imports
+only what a new container loads quickly: builtins and os/select/signal. It is one long file because it is
+sent and run as one program, with nothing to import beside it.
 """
 import marshal, os, select, signal, sys, time, _thread
 
 if __name__ != "__main__":
-    raise ImportError("control_shell.py runs inside a sandbox (see sandbox_backends/docker.py); it is not a module")
+    raise ImportError("program.py runs inside a sandbox (see sandbox_backends/control); it is not a module")
 
 MARK, DIR, WS = sys.argv[1], sys.argv[2], sys.argv[3]
 RUNNER = "@RUNNER@"
@@ -234,7 +235,7 @@ STANDBYS = 1
 RUNNER_ARGV = ["bash", "--noprofile", "--norc", RUNNER_PATH, DIR]
 
 class Shell:
-    """A long-lived runner (see shell.py): commands are sourced in it one after another."""
+    """A long-lived runner (see runner.py): commands are sourced in it one after another."""
     def __init__(self, env):
         self.env = env
         self.pid, self.stdin, self.out = spawn(RUNNER_ARGV, env)

@@ -1,0 +1,79 @@
+"""The `docker` driver: one hardened container per sandbox, commands framed over one attached shell.
+
+Container (see `DockerDriver` for the knobs): no network, every capability dropped, no-new-privileges,
+memory (swap equal), CPU and process limits from `Limits`, user 1000:1000, read-only root, a named
+volume per sandbox at `/workspace`, tmpfs `/tmp` (`Limits.tmp_mb`) and `/run`, `init` as PID 1 with a
+keepalive child (`mcp-keepalive`), and labels `mcp-sessions.sandbox=1`, `mcp-sessions.server=<id>`,
+`mcp-sessions.name=<name>` plus `SandboxSpec.labels`. Containers are named `mcp-ses-<name>`.
+
+Commands do not pay a `docker exec` each (50-80 ms here). Each sandbox object keeps one long-lived
+`docker exec` of the control shell (`sandbox_backends.control`, which describes its protocol), with stdin
+attached, and frames its requests over the exec's attach socket.
+
+The runner's state (`STATE_DIR`, /run/mcp-shell) lives on a tmpfs of its own (as large as /tmp), so a
+command that fills /tmp leaves the shell working: it survives the server, not a restart of the container.
+A command that prints faster than the server reads (about 150 MB/s here) for more than `Limits.tmp_mb`
+can still fill it, and then gets ENOSPC. The image needs bash and python3 (3.8 or later).
+`SandboxSpec.env` is passed with every command (it is not baked into the container, so pooled containers
+get it too); commands start with HOME=/workspace.
+
+Warm pool (opt-in, `pool_size`): containers made ahead for the default policy (image, `pool_limits`,
+no network), labelled `mcp-sessions.pool=1`, named `mcp-pool-<random>`, each with its control shell
+already open. `create` claims one by renaming it to `mcp-ses-<name>` (labels cannot change after
+create, so the name binds it; `SandboxSpec.labels` are not applied to a pooled container). The pool
+is filled while `watch()` runs; `aclose()` removes unclaimed pool containers, never session ones.
+
+`close()` removes the container and keeps the workspace volume (`mcp-ws-<name>`, or
+`mcp-ws-mcp-pool-<random>` for a pooled one; labelled like the container); `close(delete=True)`
+removes the volume as well. A later sandbox with the same name reuses a kept volume.
+
+All docker SDK calls run in worker threads; the control shell's socket is read with anyio directly.
+Only plain `unix://` and `tcp://` engine addresses are supported (not TLS or ssh).
+
+The modules: `container` (names, labels, the policy a container is fixed to), `driver` (DockerDriver:
+host config, create, attach), `engine` (the SDK client, outages and recovery, the event watch), `pool`
+(the warm pool), `sandbox` (DockerSandbox: commands and files) and `transport` (the exec's attach socket
+under the control client). This module is only the driver's declaration, cheap to import: the server
+reads it at every start, and imports the docker SDK only once a docker session is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ..base import Driver, Limits
+from ..registry import DriverContext, DriverPlugin
+from .container import DEFAULT_IMAGE
+
+
+class DockerSettings(BaseModel):
+    """The docker driver's server settings."""
+
+    image: str = Field(DEFAULT_IMAGE, description="Default image of docker sessions.")
+    docker_pool: int = Field(0, ge=0, le=200, description="Docker containers kept warm for fast creates (0 = off).")
+    max_memory_mb: int = Field(8192, ge=64, description="Most memory a docker session may ask for, MiB.")
+    max_cpus: float = Field(4.0, gt=0, description="Most CPUs a docker session may ask for.")
+    max_pids: int = Field(4096, ge=16, description="Most processes a docker session may ask for.")
+    max_tmp_mb: int = Field(4096, ge=1, description="Largest /tmp a docker session may ask for, MiB.")
+
+
+def make(settings: Any, context: DriverContext) -> Driver:
+    from .driver import DockerDriver
+
+    s: DockerSettings = settings
+    return DockerDriver(
+        image=s.image,
+        server_id=context.server_id,
+        pool_size=s.docker_pool if context.serving else 0,
+        max_limits=Limits(memory_mb=s.max_memory_mb, cpus=s.max_cpus, pids=s.max_pids, tmp_mb=s.max_tmp_mb),
+    )
+
+
+plugin = DriverPlugin(
+    name="docker",
+    make=make,
+    summary="a hardened container per session on a Docker engine (no network, non-root, limits)",
+    settings=DockerSettings,
+)

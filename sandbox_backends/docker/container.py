@@ -1,0 +1,38 @@
+"""What every sandbox container of this driver shares: its names, labels, mounts, keepalive and environment.
+
+Separate so that the driver, the sandboxes, the pool and the engine watch name and recognise containers
+the same way without importing one another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..base import Limits
+
+DEFAULT_IMAGE = "mcp-sessions-sandbox:bookworm"
+WORKSPACE = "/workspace"
+STATE_DIR = "/run/mcp-shell"
+"""A tmpfs of its own, so a command that fills /tmp does not take the shell's state and output files with it."""
+KEEPALIVE_NAME = "mcp-keepalive"
+
+LABEL_SANDBOX = "mcp-sessions.sandbox"
+LABEL_SERVER = "mcp-sessions.server"
+LABEL_NAME = "mcp-sessions.name"
+LABEL_POOL = "mcp-sessions.pool"
+SESSION_PREFIX = "mcp-ses-"
+POOL_PREFIX = "mcp-pool-"
+VOLUME_PREFIX = "mcp-ws-"
+
+KEEPALIVE_CMD = ["bash", "-c", f"exec -a {KEEPALIVE_NAME} sleep infinity"]
+BASE_ENV = {"HOME": WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+"""Environment of every container; `SandboxSpec.env` is added per command (so pooled containers get it too)."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a container is fixed to at create time; a pool serves one policy."""
+
+    image: str
+    limits: Limits
+    network: bool

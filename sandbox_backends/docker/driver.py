@@ -1,0 +1,337 @@
+"""DockerDriver: the container policy, and making, claiming and attaching the containers sandboxes live in.
+
+The front of the driver, what `create` and `attach` do. Its engine side (the SDK client, outages, the
+event watch) is in engine.py and its warm pool in pool.py; `DockerDriver` joins the three.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import weakref
+from typing import Any
+
+import anyio
+import docker
+import docker.errors
+import docker.types
+
+from ..base import Limits, PhaseCallback, SandboxError, SandboxNotFound, SandboxSpec
+from ..control.client import MIN_PYTHON, ControlClient, Lost, control_boot_input, control_command
+from .container import (
+    BASE_ENV,
+    DEFAULT_IMAGE,
+    KEEPALIVE_CMD,
+    LABEL_NAME,
+    LABEL_POOL,
+    LABEL_SANDBOX,
+    LABEL_SERVER,
+    SESSION_PREFIX,
+    STATE_DIR,
+    VOLUME_PREFIX,
+    WORKSPACE,
+    Policy,
+)
+from .engine import ContainerStopped, EngineDown, EngineMixin, blocking
+from .pool import PoolMixin
+from .sandbox import DockerSandbox
+from .transport import open_exec
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 30.0
+"""How long a new control shell may take to answer its hello."""
+
+
+class DockerDriver(EngineMixin, PoolMixin):
+    """Makes `DockerSandbox`es: one hardened container per sandbox on a Docker engine.
+
+    All arguments are keyword-only; none touches the engine until first use.
+
+    - `image`: the image for specs that name none. It needs bash and python3
+      (`scripts/build-sandbox-image.sh` builds the default).
+    - `server_id`: written to the `mcp-sessions.server` label; `watch` and the pool only look at
+      containers with this server's id, so several servers can share one engine.
+    - `pool_size`: containers kept ready for specs matching the pool policy (`image`, `pool_limits`,
+      no network). 0 (default) disables the pool. The pool is filled while `watch()` runs.
+    - `pool_limits`: the limits of pooled containers (default `Limits()`).
+    - `max_limits`: the most a spec may ask for; `create` refuses more (default: no ceiling).
+    - `allow_network`: whether `SandboxSpec.network=True` is allowed; such sandboxes join `network`
+      (default "bridge"). Without it every sandbox has network mode "none" (only `lo`).
+    - `user`: the uid:gid commands run as (default "1000:1000"; the default image's `sandbox` user).
+    - `nofile`: the open-files limit inside the sandbox.
+    - `base_url`: the engine address (default: DOCKER_HOST, else the local unix socket).
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        *,
+        image: str = DEFAULT_IMAGE,
+        server_id: str = "default",
+        pool_size: int = 0,
+        pool_limits: Limits | None = None,
+        max_limits: Limits | None = None,
+        allow_network: bool = False,
+        network: str = "bridge",
+        user: str = "1000:1000",
+        nofile: int = 16384,
+        base_url: str | None = None,
+    ) -> None:
+        if pool_size < 0:
+            raise ValueError("pool_size must be 0 or more")
+        self.image = image
+        self.server_id = server_id
+        self.pool_size = pool_size
+        self.pool_limits = pool_limits or Limits()
+        self.max_limits = max_limits
+        self.allow_network = allow_network
+        self.network = network
+        self.user = user
+        self.nofile = nofile
+        self.base_url = base_url
+        self._closing: set[str] = set()
+        self._sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
+        self._init_engine()
+        self._init_pool()
+
+    def _labels(self, spec: SandboxSpec | None) -> dict[str, str]:
+        labels = {LABEL_SANDBOX: "1", LABEL_SERVER: self.server_id}
+        if spec is None:
+            labels[LABEL_POOL] = "1"
+        else:
+            labels.update(spec.labels)
+            labels.update({LABEL_SANDBOX: "1", LABEL_SERVER: self.server_id, LABEL_NAME: spec.name})
+        return labels
+
+    def _policy(self, spec: SandboxSpec) -> Policy:
+        limits = spec.limits
+        ceiling = self.max_limits
+        if ceiling is not None:
+            for field_name in ("memory_mb", "cpus", "pids", "tmp_mb"):
+                asked, most = getattr(limits, field_name), getattr(ceiling, field_name)
+                if asked > most:
+                    raise SandboxError(f"limits.{field_name}={asked} is over this server's maximum of {most}.")
+        for field_name in ("memory_mb", "cpus", "pids", "tmp_mb"):
+            if getattr(limits, field_name) <= 0:
+                raise SandboxError(f"limits.{field_name} must be positive.")
+        if spec.network and not self.allow_network:
+            raise SandboxError(
+                "This server does not allow network access for sandboxes (start it with networking allowed)."
+            )
+        return Policy(spec.image or self.image, limits, spec.network)
+
+    def _host_config(self, api: docker.APIClient, policy: Policy, volume: str) -> dict[str, Any]:
+        lim = policy.limits
+        return api.create_host_config(
+            network_mode=self.network if policy.network else "none",
+            init=True,
+            mem_limit=f"{lim.memory_mb}m",
+            memswap_limit=f"{lim.memory_mb}m",
+            nano_cpus=int(lim.cpus * 1e9),
+            pids_limit=lim.pids,
+            read_only=True,
+            tmpfs={
+                "/tmp": f"rw,nosuid,nodev,size={lim.tmp_mb}m,mode=1777",
+                "/run": "rw,nosuid,nodev,noexec,size=16m,mode=1777",
+                STATE_DIR: f"rw,nosuid,nodev,noexec,size={lim.tmp_mb}m,mode=1777",
+            },
+            binds={volume: {"bind": WORKSPACE, "mode": "rw"}},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            ulimits=[docker.types.Ulimit(name="nofile", soft=self.nofile, hard=self.nofile)],
+        )
+
+    async def _make_container(
+        self,
+        policy: Policy,
+        name: str,
+        volume: str,
+        labels: dict[str, str],
+        env: dict[str, str],
+        on_phase: PhaseCallback | None,
+    ) -> tuple[str, dict[str, Any], ControlClient]:
+        """Create and start a container and open its control shell; remove everything on failure."""
+        api = await self._api()
+        if on_phase:
+            await on_phase("creating_sandbox", f"image {policy.image}")
+        try:
+            await blocking(api.inspect_volume, volume)
+            new_volume = False  # kept from an earlier sandbox of the same name: reuse it, never remove it here
+        except docker.errors.NotFound:
+            await blocking(api.create_volume, name=volume, labels=labels)
+            new_volume = True
+        host_config = self._host_config(api, policy, volume)
+        cid: str | None = None
+        try:
+            try:
+                created = await blocking(
+                    api.create_container,
+                    policy.image,
+                    command=KEEPALIVE_CMD,
+                    name=name,
+                    user=self.user,
+                    labels=labels,
+                    environment=BASE_ENV,
+                    working_dir=WORKSPACE,
+                    host_config=host_config,
+                )
+            except docker.errors.ImageNotFound:
+                raise SandboxError(
+                    f"image not found: {policy.image}. "
+                    "Build it with scripts/build-sandbox-image.sh or pass another image."
+                ) from None
+            except docker.errors.APIError as e:
+                if e.status_code == 409:
+                    raise SandboxError(f"A sandbox container named {name} already exists.") from None
+                raise SandboxError(f"Docker refused to create the sandbox: {e.explanation or e}") from None
+            cid = created["Id"]
+            if on_phase:
+                await on_phase("starting", f"container {cid[:12]}")
+            try:
+                await blocking(api.start, cid)
+            except docker.errors.APIError as e:
+                raise SandboxError(f"The sandbox container did not start: {e.explanation or e}") from None
+            conn = await self._open_control(cid, env)
+            return cid, host_config, conn
+        except BaseException as e:
+            # An engine that went away mid-create may have made the container without saying so: remove it by name.
+            ref = cid or (name if isinstance(e, EngineDown) else None)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._remove(ref, volume if new_volume else None)
+                except EngineDown:
+                    log.warning("the engine went away while %s was made; it is removed once the engine is back", name)
+                except Exception:
+                    log.exception("cleaning up a failed sandbox")
+            raise
+
+    async def _open_control(self, cid: str, env: dict[str, str] | None = None) -> ControlClient:
+        """Start the control shell in the container (one `docker exec`) and say hello."""
+        api = await self._api()
+        code = await anyio.to_thread.run_sync(control_boot_input)  # compiled once per process, off the loop
+        try:
+            transport = await blocking(open_exec, api, cid, control_command(STATE_DIR, WORKSPACE), WORKSPACE)
+        except docker.errors.NotFound:
+            raise SandboxNotFound(f"The sandbox container {cid[:12]} no longer exists.") from None
+        except docker.errors.APIError as e:
+            if stopped := await self._stopped(cid):
+                raise ContainerStopped(stopped) from None
+            if e.status_code == 409 and any(w in str(e.explanation) for w in ("not running", "restarting")):
+                raise ContainerStopped(str(e.explanation)) from None  # it was, and someone started it since
+            raise SandboxError(f"Cannot reach the sandbox's shell: {e.explanation or e}") from None
+        exec_id = transport.exec_id
+        conn = ControlClient(transport)
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                await conn.send_raw(code)
+                kind, msg = await conn.request({"op": "hello", "env": env or {}})
+        except (Lost, TimeoutError):
+            await conn.aclose()
+            detail = conn.stderr.strip().splitlines()
+            try:
+                code = (await blocking(api.exec_inspect, exec_id)).get("ExitCode")
+            except docker.errors.APIError:
+                code = None
+            if stopped := await self._stopped(cid):  # killed meanwhile: say so, not "no python3"
+                raise ContainerStopped(stopped) from None
+            if code in (126, 127):
+                # The exit code of a missing python3, and also of an exec cut short by the container's death
+                # while the engine still calls it running: only a container that stays up lacks python3.
+                with anyio.move_on_after(2):
+                    while not (stopped := await self._stopped(cid)):
+                        await anyio.sleep(0.2)
+                if stopped:
+                    raise ContainerStopped(stopped) from None
+                raise SandboxError(
+                    "The sandbox image has no python3; the docker driver needs bash and python3 in the image."
+                ) from None
+            raise SandboxError(
+                "The sandbox's control shell did not start" + (f": {detail[-1]}" if detail else ".")
+            ) from None
+        version = tuple(int(part) for part in re.findall(r"\d+", str(msg.get("python", "")))[:2])
+        if version < MIN_PYTHON:
+            await conn.aclose()
+            raise SandboxError(
+                f"The sandbox image's python3 is {msg.get('python')}; the docker driver needs "
+                f"{'.'.join(map(str, MIN_PYTHON))} or newer in the image."
+            )
+        if not msg.get("ws_writable"):
+            log.warning("the workspace of container %s is not writable by %s", cid[:12], self.user)
+        return conn
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> DockerSandbox:
+        if not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name) or not spec.name[0].isalnum():
+            raise SandboxError(f"Invalid sandbox name {spec.name!r}: use letters, digits, '_', '.' and '-'.")
+        policy = self._policy(spec)
+        name = SESSION_PREFIX + spec.name
+        if policy == self._pool_policy:
+            sandbox = await self._claim(spec, name, on_phase)
+            if sandbox is not None:
+                return sandbox
+        volume = VOLUME_PREFIX + spec.name
+        cid, host_config, conn = await self._make_container(
+            policy, name, volume, self._labels(spec), spec.env, on_phase
+        )
+        return DockerSandbox(
+            self, cid, name, spec, image=policy.image, host_config=host_config, volume=volume, conn=conn
+        )
+
+    async def attach(self, sandbox_id: str, spec: SandboxSpec) -> DockerSandbox:
+        api = await self._api()
+        try:
+            info = await blocking(api.inspect_container, sandbox_id)
+        except docker.errors.NotFound:
+            raise SandboxNotFound(f"The sandbox container {sandbox_id[:12]} no longer exists.") from None
+        labels = info["Config"].get("Labels") or {}
+        cname = info["Name"].lstrip("/")
+        if labels.get(LABEL_SANDBOX) != "1" or (
+            cname != SESSION_PREFIX + spec.name and labels.get(LABEL_NAME) != spec.name
+        ):
+            raise SandboxNotFound(f"The container {sandbox_id[:12]} is not the sandbox of {spec.name}.")
+        state = info["State"]
+        cid = info["Id"]
+        if state.get("Paused"):
+            await blocking(api.unpause, cid)
+        elif not state.get("Running"):
+            if state.get("Status") in ("removing", "dead"):
+                raise SandboxNotFound(f"The sandbox container {cid[:12]} is {state.get('Status')}.")
+            await self._start(
+                cid, f"The sandbox container {cid[:12]} had stopped (exit code {state.get('ExitCode')}) and did not start again"
+            )
+        volume = next(
+            (m.get("Name") for m in info.get("Mounts") or [] if m.get("Destination") == WORKSPACE and m.get("Name")),
+            None,
+        )
+        self._closing.discard(cid)
+        conn = await self._open_control(cid, spec.env)
+        return DockerSandbox(
+            self,
+            cid,
+            cname,
+            spec,
+            image=info["Config"].get("Image") or "",
+            host_config=info["HostConfig"],
+            volume=volume,
+            pooled=labels.get(LABEL_POOL) == "1",
+            conn=conn,
+        )
+
+    async def aclose(self) -> None:
+        """Remove unclaimed pool containers, close control shells and the engine connection.
+
+        Session containers keep running (with any command in them); a sandbox object used afterwards
+        reconnects.
+        """
+        with anyio.CancelScope(shield=True):
+            pool, self._pool = self._pool, []
+            for entry in pool:
+                await self._discard(entry)
+            for sandbox in list(self._sandboxes):
+                await sandbox._disconnect()
+            if self._client is not None:
+                client, self._client = self._client, None
+                await anyio.to_thread.run_sync(client.close)

@@ -1,0 +1,380 @@
+"""DockerSandbox: commands and files of one container, over its control shell.
+
+Separate from the driver, which makes, finds and watches containers: a sandbox only talks to its own
+control shell, and asks the driver for a new connection when the old one is gone.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..base import (
+    ClosesOnExit,
+    ExecResult,
+    OutputCallback,
+    PathNotAllowed,
+    SandboxBusy,
+    SandboxError,
+    SandboxNotFound,
+    SandboxRestarted,
+    SandboxSpec,
+)
+from ..control.client import ControlClient, Lost, Run
+from ..output import OutputBuffer
+from .container import WORKSPACE
+
+if TYPE_CHECKING:
+    from .driver import DockerDriver
+
+STOP_TIMEOUT_S = 10.0
+"""Upper bound on waiting for a stopped command's last frames (the control shell stops it in about 1 s)."""
+TAKE_OVER_OUTPUT = 65536
+ENGINE_RESTARTED = (
+    "docker engine restarted: the command was stopped and the sandbox started again with its /workspace files "
+    "(its /tmp, background processes and the shell's cwd and variables were reset)"
+)
+
+
+class DockerSandbox(ClosesOnExit):
+    """A container with an attached control shell. Made by `DockerDriver.create` or `.attach`."""
+
+    def __init__(
+        self,
+        driver: DockerDriver,
+        container_id: str,
+        container_name: str,
+        spec: SandboxSpec,
+        *,
+        image: str,
+        host_config: dict[str, Any],
+        volume: str | None,
+        pooled: bool = False,
+        conn: ControlClient | None = None,
+    ) -> None:
+        self._driver = driver
+        self._cid = container_id
+        self._cname = container_name
+        self._spec = spec
+        self._image = image
+        self._host_config = host_config
+        self._volume = volume
+        self._pooled = pooled
+        self._conn = conn
+        self._conn_lock = anyio.Lock()
+        self._running = False
+        self._closed = False
+        driver._sandboxes.add(self)
+
+    async def _disconnect(self) -> None:
+        if self._conn is not None:
+            await self._conn.aclose()
+
+    @property
+    def id(self) -> str:
+        return self._cid
+
+    @property
+    def workspace(self) -> str:
+        return WORKSPACE
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    @property
+    def container_name(self) -> str:
+        return self._cname
+
+    @property
+    def volume(self) -> str | None:
+        return self._volume
+
+    def describe(self) -> dict[str, object]:
+        hc = self._host_config
+        tmpfs = hc.get("Tmpfs") or {}
+        tmp_mb = None
+        for opt in str(tmpfs.get("/tmp", "")).split(","):
+            if opt.startswith("size=") and opt.endswith("m"):
+                tmp_mb = int(opt[5:-1])
+        memory = hc.get("Memory") or 0
+        return {
+            "driver": "docker",
+            "id": self._cid,
+            "container": self._cname,
+            "image": self._image,
+            "workspace": WORKSPACE,
+            "volume": self._volume,
+            "network": hc.get("NetworkMode") or "default",
+            "user": self._driver.user,
+            "read_only_root": bool(hc.get("ReadonlyRootfs")),
+            "capabilities": "all dropped" if "ALL" in (hc.get("CapDrop") or []) else "docker default",
+            "no_new_privileges": any("no-new-privileges" in o for o in hc.get("SecurityOpt") or []),
+            "limits": {
+                "memory_mb": memory // (1 << 20) if memory else None,
+                "cpus": (hc.get("NanoCpus") or 0) / 1e9 or None,
+                "pids": hc.get("PidsLimit"),
+                "tmp_mb": tmp_mb,
+                "swap": "none" if memory and hc.get("MemorySwap") == memory else "allowed",
+            },
+            "pooled": self._pooled,
+            "labels": dict(self._spec.labels),
+        }
+
+    # -- the control shell ----------------------------------------------------------------------
+
+    async def _connection(self) -> ControlClient:
+        if self._closed:
+            raise SandboxNotFound(f"The sandbox {self._spec.name} is closed.")
+        conn = self._conn
+        if conn is not None and not conn.lost:
+            return conn
+        async with self._conn_lock:
+            if self._conn is None or self._conn.lost:
+                if self._conn is not None:
+                    await self._conn.aclose()
+                self._conn = None
+                self._conn = await self._driver._reopen(self._cid, self._spec.env)
+            return self._conn
+
+    async def _stop(self, *, mark: bool) -> dict[str, Any]:
+        for attempt in range(3):
+            conn = await self._connection()
+            try:
+                with anyio.fail_after(STOP_TIMEOUT_S):
+                    kind, msg = await conn.request({"op": "stop", "mark": mark})
+            except TimeoutError:
+                raise SandboxError("The sandbox did not confirm that the command stopped.") from None
+            except Lost:
+                if attempt == 2:
+                    raise SandboxError("Lost the connection to the sandbox's control shell three times.") from None
+                continue
+            if msg.get("error"):
+                raise SandboxError(f"Could not stop the command: {msg.get('message') or msg['error']}")
+            return msg
+        raise AssertionError("unreachable")
+
+    async def _drive(
+        self, run: Run, buf: OutputBuffer, on_output: OutputCallback | None, *, may_start: bool = True
+    ) -> None:
+        """Start the run (or resume following it) and read until its exit, reconnecting if the shell dies.
+
+        With `may_start=False` a run that never reached the shell is not started any more.
+        """
+        for _ in range(4):
+            if run.conn is None or run.conn.lost:
+                if run.conn is not None and run.req is not None:
+                    run.conn.close_request(run.req)
+                run.conn = await self._connection()
+                run.req = run.conn.open_request()
+                try:
+                    if run.sent:  # it may have started: pick it up where we are
+                        await run.conn.send({"op": "follow", "req": run.req, "run": run.run_id, "offset": run.offset})
+                    else:
+                        run.sent = True
+                        await run.conn.send(
+                            {
+                                "op": "run",
+                                "req": run.req,
+                                "run": run.run_id,
+                                "script": run.script,
+                                "env": self._spec.env,
+                            }
+                        )
+                except Lost:
+                    continue
+            assert run.req is not None
+            try:
+                while True:
+                    kind, msg = await run.conn.next(run.req)
+                    if kind == "O":
+                        run.offset += len(msg)
+                        buf.feed(msg)
+                        if on_output is not None:
+                            await on_output(msg)
+                        continue
+                    if msg.get("error"):
+                        if not run.started:
+                            run.refused = True
+                        if msg["error"] == "busy":
+                            raise SandboxBusy("A command is already running in this sandbox.")
+                        raise SandboxError(msg.get("message") or f"The control shell failed: {msg['error']}")
+                    ev = msg.get("ev")
+                    if ev in ("started", "following"):
+                        run.started = True
+                    elif ev == "exit":
+                        run.exit = msg
+                        run.conn.close_request(run.req)
+                        return
+                    elif ev == "none":
+                        if not run.started and may_start:  # the request never reached the shell: start it now
+                            run.conn.close_request(run.req)
+                            run.conn = None
+                            run.sent = False
+                            break
+                        if run.started and self._driver._revived.get(self._cid, 0.0) >= run.t0:
+                            run.exit = {"rc": None, "interrupted": True}  # its files went with the old /run
+                            run.conn.close_request(run.req)
+                            raise SandboxRestarted(ENGINE_RESTARTED)
+                        run.exit = {"rc": None, "interrupted": False}
+                        run.conn.close_request(run.req)
+                        return
+            except Lost:
+                continue
+        raise SandboxError("Lost the connection to the sandbox's control shell repeatedly; is the container running?")
+
+    async def _ack(self, run: Run) -> None:
+        conn = run.conn or self._conn
+        if conn is not None and not conn.lost:
+            try:
+                await conn.send({"op": "done", "run": run.run_id})
+            except Lost:
+                pass
+
+    # -- commands -------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        script: str,
+        *,
+        timeout_s: float | None = None,
+        on_output: OutputCallback | None = None,
+        max_output_bytes: int = 65536,
+    ) -> ExecResult:
+        if self._running:
+            raise SandboxBusy("A command is already running in this sandbox.")
+        self._running = True
+        try:
+            return await self._exec(script, timeout_s, on_output, max_output_bytes)
+        finally:
+            self._running = False
+
+    async def _exec(
+        self, script: str, timeout_s: float | None, on_output: OutputCallback | None, max_output_bytes: int
+    ) -> ExecResult:
+        run = Run("r" + secrets.token_hex(6), script)
+        buf = OutputBuffer(max_output_bytes)
+        started = time.monotonic()
+        timed_out = False
+        try:
+            with anyio.move_on_after(timeout_s) as deadline:
+                await self._drive(run, buf, on_output)
+            if run.exit is None and deadline.cancelled_caught:
+                timed_out = True
+                await self._stop(mark=False)
+                with anyio.fail_after(STOP_TIMEOUT_S):
+                    await self._drive(run, buf, on_output)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if run.sent and not run.refused and run.exit is None:
+                    with anyio.move_on_after(STOP_TIMEOUT_S):
+                        try:
+                            await self._stop(mark=False)
+                            await self._drive(run, buf, None, may_start=False)
+                        except SandboxError:
+                            pass
+                if run.exit is not None:
+                    await self._ack(run)
+                if run.conn is not None and run.req is not None:
+                    run.conn.close_request(run.req)
+            raise
+        await self._ack(run)
+        assert run.exit is not None
+        return buf.result(
+            run.exit.get("rc"),
+            round(time.monotonic() - started, 3),
+            timed_out=timed_out,
+            interrupted=bool(run.exit.get("interrupted")) and not timed_out,
+        )
+
+    async def interrupt(self) -> bool:
+        msg = await self._stop(mark=True)
+        return bool(msg.get("was_running"))
+
+    async def take_over(self) -> ExecResult | None:
+        if self._running:
+            raise SandboxBusy("This sandbox object is running a command itself; interrupt it instead.")
+        self._running = True
+        try:
+            stopped = await self._stop(mark=True)
+            if not stopped.get("run"):
+                return None
+            run = Run(stopped["run"], "", sent=True, started=True)
+            buf = OutputBuffer(TAKE_OVER_OUTPUT)
+            with anyio.fail_after(STOP_TIMEOUT_S):
+                await self._drive(run, buf, None)
+            await self._ack(run)
+        finally:
+            self._running = False
+        assert run.exit is not None
+        exit_code = run.exit.get("rc")
+        return buf.result(exit_code, 0.0, interrupted=bool(stopped.get("was_running")) or exit_code is None)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_path(path: str) -> str:
+        if "\0" in path:
+            raise PathNotAllowed("File paths cannot contain NUL bytes.")
+        full = posixpath.normpath(path if path.startswith("/") else posixpath.join(WORKSPACE, path))
+        if full != WORKSPACE and not full.startswith(WORKSPACE + "/"):
+            raise PathNotAllowed(
+                f"'{path}' is outside the workspace {WORKSPACE}. Give a path relative to the workspace."
+            )
+        return full
+
+    async def _file_request(self, msg: dict[str, Any], payload: bytes = b"", max_frame: int = 0) -> tuple[str, Any]:
+        for _ in range(3):
+            conn = await self._connection()
+            conn.max_frame = max(conn.max_frame, max_frame)
+            try:
+                return await conn.request(msg, payload)
+            except Lost:
+                continue
+        raise SandboxError("Lost the connection to the sandbox's control shell repeatedly; is the container running?")
+
+    @staticmethod
+    def _file_error(path: str, msg: dict[str, Any], max_bytes: int = 0) -> SandboxError | OSError:
+        err = msg.get("error")
+        if err == "not_allowed":
+            return PathNotAllowed(f"'{path}' resolves outside the workspace {WORKSPACE} (through '..' or a symlink).")
+        if err == "not_found":
+            return FileNotFoundError(f"No such file in the workspace: '{path}'.")
+        if err == "is_dir":
+            return IsADirectoryError(f"'{path}' is a folder, not a file.")
+        if err == "not_dir":
+            return NotADirectoryError(f"A parent of '{path}' is a file, not a folder.")
+        if err == "too_big":
+            return SandboxError(
+                f"'{path}' is {msg.get('size')} bytes, over the {max_bytes}-byte limit for reading it here."
+            )
+        return SandboxError(f"Cannot access '{path}': {msg.get('message') or err}.")
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes:
+        full = self._check_path(path)
+        kind, msg = await self._file_request({"op": "read", "path": full, "max": max_bytes}, max_frame=max_bytes + 256)
+        if kind == "D":
+            return msg
+        raise self._file_error(path, msg, max_bytes)
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        full = self._check_path(path)
+        if full == WORKSPACE:
+            raise IsADirectoryError(f"'{path}' is the workspace folder, not a file.")
+        kind, msg = await self._file_request({"op": "write", "path": full}, bytes(data))
+        if msg.get("error"):
+            raise self._file_error(path, msg)
+
+    # -- life -----------------------------------------------------------------------------------
+
+    async def close(self, *, delete: bool = False) -> None:
+        self._closed = True
+        self._driver._closing.add(self._cid)
+        if self._conn is not None:
+            await self._conn.aclose()
+        with anyio.CancelScope(shield=True):
+            await self._driver._remove(self._cid, self._volume if delete else None)
