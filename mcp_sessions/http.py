@@ -27,7 +27,7 @@ from . import __version__
 from .auth import RateLimiter, StaticTokenVerifier, check_bind, is_loopback, load_tokens
 from .errors import PayloadTooLarge
 from .http_api import API, Health, dumps, error_response, openapi, routes
-from .server import AppState, create_server, open_state
+from .server import AppState, create_server
 from .settings import Settings
 
 MCP_PATH = "/mcp"
@@ -160,8 +160,8 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_state(settings, mcp.bus) as state:  # type: ignore[attr-defined]
-            mcp.state = holder["state"] = state  # type: ignore[attr-defined]
+        async with mcp.serving() as state:
+            holder["state"] = state
             async with mcp.session_manager.run():
                 yield
 

@@ -28,6 +28,7 @@ from .errors import SessionError, SessionNotFound
 from .create import CreateRequest, create_body
 from .manager import SessionManager
 from .plugins import catalog
+from .tools import ToolPlugin
 from .models import (
     CloseReply,
     InterruptReply,
@@ -233,11 +234,22 @@ class Endpoint:
 
 
 S = API + "/sessions/{session_id}"
+def tool_endpoint(plugin: ToolPlugin) -> Endpoint:
+    """A tool plugin as a route: its parameters are the JSON body, its output the response."""
+
+    async def run(c: Call) -> Reply:
+        return await plugin.run(c.manager, c.owner, **dict(c.body))
+
+    return Endpoint("POST", f"{API}/tools/{plugin.name}", run, plugin.description, plugin.output(), body=plugin.body())
+
+
 def endpoints() -> list[Endpoint]:
-    """Every route, with the create body built from the installed plugins' options."""
+    """Every route: the create body built from the installed plugins' options, a route per tool plugin."""
+    plugins = catalog()
     return [
-        Endpoint("POST", API + "/sessions", create_session, "Create a session and wait up to wait_s until it is ready.", Session, (201,), CreateQuery, create_body(catalog())),
+        Endpoint("POST", API + "/sessions", create_session, "Create a session and wait up to wait_s until it is ready.", Session, (201,), CreateQuery, create_body(plugins)),
         *SESSION_ENDPOINTS,
+        *(tool_endpoint(plugin) for plugin in plugins.tools.values()),
     ]
 
 

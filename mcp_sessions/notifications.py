@@ -23,6 +23,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.types import LoggingLevel
 
+from . import sdk
 from .events import EventWaiter
 from .models import Event
 from .store import Store
@@ -76,7 +77,7 @@ class _Connection:
         self.session = session
         self.owner = owner
         """Whose sessions it hears about; None: every session (stdio)."""
-        self.alive = weakref.ref(session._connection)  # no public disconnect hook: notice when it is collected
+        self.alive = sdk.connection_alive(session)  # no public disconnect hook: notice when it is collected
         self.level: LoggingLevel = "debug"
         self.uris: set[str] = set()
 
@@ -97,9 +98,9 @@ class ChangeFeed:
         """Remember a handshake-era connection (modern ones have no standalone channel) and whose it is."""
         if str(session.protocol_version) >= "2026":
             return None
-        key = id(session._connection)
+        key = id(sdk.connection_of(session))
         known = self._connections.get(key)
-        if known is None or known.alive() is not session._connection:
+        if known is None or known.alive() is not sdk.connection_of(session):
             known = self._connections[key] = _Connection(session, owner)
         return known
 
@@ -183,20 +184,7 @@ class ChangeFeed:
             await sending
         except Exception as e:  # a client that went away: forget it
             log.debug("dropping a connection that cannot be notified: %s", e)
-            self._connections.pop(id(conn.session._connection), None)
-
-
-def wants_progress(ctx: Context) -> bool:
-    """Whether the caller asked for progress: a JSON-RPC progress token, or an in-process callback.
-
-    mcp 2.3 has no public way to ask, so this looks at the request's outbound channel; an unknown kind
-    of channel counts as yes (progress to a caller that ignores it costs little).
-    """
-    outbound = getattr(ctx.request_context.session, "_request_outbound", None)
-    for attribute in ("_progress_token", "_on_progress"):
-        if hasattr(outbound, attribute):
-            return getattr(outbound, attribute) is not None
-    return True
+            self._connections.pop(id(sdk.connection_of(conn.session)), None)
 
 
 async def with_progress(ctx: Context, manager: SessionManager, session_id: str, work: Callable[[], Awaitable[T]]) -> T:
@@ -205,7 +193,7 @@ async def with_progress(ctx: Context, manager: SessionManager, session_id: str, 
     Callers that sent no progress token just get `work` done. Output is forwarded as it is written (a
     running turn writes its output every 0.2 s), so a turn that prints keeps the caller informed.
     """
-    if not wants_progress(ctx):
+    if not sdk.wants_progress(ctx):
         return await work()
     cursor = await manager.store.last_seq(session_id)
     seen = 0

@@ -21,6 +21,7 @@ from sandbox_backends.registry import DriverPlugin, PluginError, drivers
 from .agents.base import AgentPlugin
 from .agents.registry import agents
 from .errors import InvalidInput
+from .tools import ToolPlugin, tools
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ def one_line(error: ValidationError) -> str:
 class Catalog:
     drivers: dict[str, DriverPlugin]
     agents: dict[str, AgentPlugin]
+    tools: dict[str, ToolPlugin]
 
     # -- settings ----------------------------------------------------------------------------------
 
@@ -173,12 +175,17 @@ class Catalog:
                 first = declared.setdefault(field, (info.annotation, f"{name} {kind}"))
                 if first[0] != info.annotation:
                     raise PluginError(f"The option '{field}' has one type for the {first[1]} and another for the {name} {kind}.")
+        for tool in self.tools.values():
+            try:
+                tool.output()
+            except TypeError as e:
+                raise PluginError(str(e)) from None
         return self
 
 
 @functools.cache
 def _catalog(path: tuple[str, ...]) -> Catalog:
-    return Catalog(drivers=drivers(), agents=agents()).check()
+    return Catalog(drivers=drivers(), agents=agents(), tools=tools()).check()
 
 
 def catalog() -> Catalog:

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import anyio
-from mcp.server import NotificationOptions
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
@@ -39,13 +38,15 @@ from pydantic import Field
 
 from sandbox_backends.base import PathNotAllowed, SandboxError
 
-from . import __version__
+from . import __version__, sdk
 from .agents.providers.sampling import ConnectionSampler
 from .app import open_manager
 from .errors import SessionError, SessionNotFound
 from .create import CreateRequest, create_parameters
 from .manager import SessionManager
 from .plugins import catalog
+from .tools import ToolPlugin
+from sandbox_backends.registry import PluginError
 from .notifications import ChangeFeed, with_progress
 from .schemas import flatten
 from .stdio import stdio_streams
@@ -109,18 +110,6 @@ def _manager(ctx: Context) -> SessionManager:
     return state.manager
 
 
-@asynccontextmanager
-async def open_state(settings: Settings, bus: InMemorySubscriptionBus) -> AsyncIterator[AppState]:
-    """The manager and its change feed, running until the block ends."""
-    async with open_manager(settings) as manager, anyio.create_task_group() as tg:
-        state = AppState(manager, ChangeFeed(manager.waiter, manager.store, bus))
-        await tg.start(state.feed.run)  # before the first request: what that request changes gets reported
-        try:
-            yield state
-        finally:
-            tg.cancel_scope.cancel()
-
-
 MAX_WAIT_PARAM_S = 3600
 """Waits are capped at 50 s; larger numbers up to this are taken (and capped), beyond it they are refused."""
 
@@ -132,9 +121,26 @@ class SessionsServer(MCPServer[AppState]):
     (see schemas.py), whose results carry their JSON compactly in the text block, as a model reads it,
     and whose stdio transport polls the pipes instead of handing each message to a thread (stdio.py)."""
 
+    settings_: Settings
+    state: AppState | None = None
+    """The manager and change feed every connection uses, while `serving()` runs."""
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[AppState]:
+        """Open the manager and its change feed for every connection, until the block ends."""
+        async with open_manager(self.settings_) as manager, anyio.create_task_group() as tg:
+            state = AppState(manager, ChangeFeed(manager.waiter, manager.store, sdk.subscription_bus(self)))
+            await tg.start(state.feed.run)  # before the first request: what that request changes gets reported
+            self.state = state
+            try:
+                yield state
+            finally:
+                self.state = None
+                tg.cancel_scope.cancel()
+
     async def run_stdio_async(self) -> None:
         async with stdio_streams() as (read_stream, write_stream):
-            server = self._lowlevel_server
+            server = sdk.lowlevel(self)
             await server.run(read_stream, write_stream, server.create_initialization_options())
 
     async def list_tools(self) -> list[Tool]:
@@ -155,7 +161,7 @@ class SessionsServer(MCPServer[AppState]):
 
     async def list_resources(self) -> list[Resource]:
         static = await super().list_resources()
-        state: AppState | None = getattr(self, "state", None)
+        state = self.state
         if state is None:
             return static
         listed = []
@@ -182,16 +188,16 @@ class SessionsServer(MCPServer[AppState]):
 
 def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
     """The MCP server. With `shared`, its lifespan opens no manager of its own: whoever runs it (the HTTP
-    app) sets `server.state` from `open_state(settings, server.bus)` first, and every connection uses that."""
-    bus = InMemorySubscriptionBus()
+    app) keeps `server.serving()` open around it, and every connection uses that one."""
 
     @asynccontextmanager
     async def lifespan(server: MCPServer[AppState]) -> AsyncIterator[AppState]:
+        assert isinstance(server, SessionsServer)
         if shared:
-            yield server.state  # type: ignore[attr-defined]
+            assert server.state is not None, "serve the shared server inside server.serving()"
+            yield server.state
             return
-        async with open_state(settings, bus) as state:
-            server.state = state  # type: ignore[attr-defined]
+        async with server.serving() as state:
             yield state
 
     mcp = SessionsServer(
@@ -200,10 +206,10 @@ def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
         instructions=INSTRUCTIONS,
         log_level=settings.log_level.upper(),  # type: ignore[arg-type]
         lifespan=lifespan,
-        subscriptions=bus,
+        subscriptions=InMemorySubscriptionBus(),
     )
-    mcp.bus = bus  # type: ignore[attr-defined]
-    register_tools(mcp)
+    mcp.settings_ = settings
+    register_plugin_tools(mcp, register_tools(mcp))
     register_resources(mcp)
     register_notifications(mcp)
     return mcp
@@ -224,8 +230,6 @@ async def _owns(manager: SessionManager, uri: str, owner: str) -> bool:
 def register_notifications(mcp: MCPServer[AppState]) -> None:
     """resources/subscribe, resources/unsubscribe and logging/setLevel for handshake-era clients, which
     MCPServer does not serve itself, and the capabilities that announce them."""
-    low = mcp._lowlevel_server  # no public accessor in mcp 2.3
-
     async def subscribe(ctx: ServerRequestContext[AppState], params: SubscribeRequestParams) -> EmptyResult:
         ctx.lifespan_context.feed.subscribe(ctx.session, str(params.uri), _owner())
         return EmptyResult()
@@ -238,7 +242,7 @@ def register_notifications(mcp: MCPServer[AppState]) -> None:
         ctx.lifespan_context.feed.set_level(ctx.session, params.level, _owner())
         return EmptyResult()
 
-    sdk_listen = ListenHandler(mcp._subscriptions)
+    sdk_listen = ListenHandler(sdk.subscription_bus(mcp))
 
     async def listen(ctx: ServerRequestContext[AppState], params: SubscriptionsListenRequestParams) -> Any:
         """2026-07-28 subscriptions: drop URIs of sessions the caller does not own before the SDK honors
@@ -250,16 +254,15 @@ def register_notifications(mcp: MCPServer[AppState]) -> None:
             params = params.model_copy(update={"notifications": notifications})
         return await sdk_listen(ctx, params)
 
-    low.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, listen)
-    low.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
-    low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
-    low.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)
-    low.create_initialization_options = functools.partial(  # type: ignore[method-assign]
-        low.create_initialization_options, NotificationOptions(resources_changed=True)
-    )
+    sdk.add_request_handler(mcp, "subscriptions/listen", SubscriptionsListenRequestParams, listen)
+    sdk.add_request_handler(mcp, "resources/subscribe", SubscribeRequestParams, subscribe)
+    sdk.add_request_handler(mcp, "resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
+    sdk.add_request_handler(mcp, "logging/setLevel", SetLevelRequestParams, set_level)
+    sdk.announce_resource_changes(mcp)
 
 
-def register_tools(mcp: MCPServer[AppState]) -> None:
+def register_tools(mcp: MCPServer[AppState]) -> set[str]:
+    """The six built-in tools; their names."""
     async def create_session(ctx: Context, wait_s: float = 30, **given: Any) -> Session:
         """Create a new session: a sandbox with a persistent bash shell, ready for send_message.
 
@@ -399,6 +402,32 @@ def register_tools(mcp: MCPServer[AppState]) -> None:
         """Close a session: stop anything running and free its sandbox. The transcript stays readable unless
         delete=true. Closing an already closed session succeeds."""
         return await _manager(ctx).close(session_id, delete=delete, owner=_owner())
+
+    return {f.__name__ for f in (create_session, send_message, get_session, list_sessions, interrupt, close_session)}
+
+
+def register_plugin_tools(mcp: SessionsServer, taken: set[str]) -> None:
+    """Serve every tool plugin (tools.py) like the built-in tools: typed input, output schema, annotations,
+    the caller's owner passed on, the session layer's errors turned into tool errors."""
+    for plugin in catalog().tools.values():
+        if plugin.name in taken:
+            raise PluginError(f"The tool plugin '{plugin.name}' has the name of a built-in tool: rename it.")
+
+        async def tool(ctx: Context, __plugin: ToolPlugin = plugin, **params: Any) -> Any:
+            return await __plugin.run(_manager(ctx), _owner(), **params)
+
+        parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Context), *plugin.parameters()]
+        tool.__signature__ = inspect.Signature(parameters, return_annotation=plugin.output())  # type: ignore[attr-defined]
+        tool.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": plugin.output()}
+        tool.__name__ = tool.__qualname__ = plugin.name
+        tool.__doc__ = plugin.description
+        annotations = ToolAnnotations(
+            read_only_hint=plugin.read_only,
+            destructive_hint=plugin.destructive,
+            idempotent_hint=plugin.idempotent,
+            open_world_hint=False,
+        )
+        mcp.tool(name=plugin.name, title=plugin.title, description=plugin.description, annotations=annotations)(_tool_errors(tool))
 
 
 def _resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

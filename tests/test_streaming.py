@@ -8,7 +8,6 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client
-from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.types import (
     LoggingMessageNotificationParams,
@@ -17,7 +16,8 @@ from mcp.types import (
 )
 
 from mcp_sessions.models import Session, SessionRecord, new_session_id
-from mcp_sessions.server import create_server, open_state
+from mcp_sessions import sdk
+from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
 from .conftest import ERAS, call, new_session
@@ -83,10 +83,10 @@ async def test_a_handshake_era_subscriber_gets_updates_list_changes_and_turn_log
 async def test_a_session_added_while_the_server_starts_is_announced(settings: Settings) -> None:
     """As from another server sharing the state folder, the moment this one starts: the change feed knows
     what it reports changes against before the first request, so nothing added after goes unannounced."""
-    bus = InMemorySubscriptionBus()
+    server = create_server(settings)
     seen: list[object] = []
-    bus.subscribe(seen.append)
-    async with open_state(settings, bus) as state:
+    sdk.subscription_bus(server).subscribe(seen.append)
+    async with server.serving() as state:
         s = Session(id=new_session_id(), driver="local", agent="shell", command_timeout_s=10, status="ready")
         await state.manager.store.insert(SessionRecord(session=s), [("session.created", {})])
         with anyio.fail_after(5):

@@ -1,0 +1,68 @@
+"""The MCP SDK internals this server needs, in one place.
+
+`mcp` 2.3 has no public way to add request handlers to an `MCPServer`, to reach its subscription bus, to
+tell when a client connection is gone, or to ask whether a request carries a progress token. Each of
+those reaches into the SDK here and nowhere else, so a new SDK minor (the dependency is pinned to one)
+is checked against this module alone. `tests/test_sdk_seams.py` fails if any of them stops working.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mcp.server import NotificationOptions
+from mcp.server.lowlevel import Server
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import SubscriptionBus
+
+
+def lowlevel(mcp: MCPServer[Any]) -> Server[Any]:
+    """The low-level server under an MCPServer."""
+    return mcp._lowlevel_server
+
+
+def subscription_bus(mcp: MCPServer[Any]) -> SubscriptionBus:
+    """The bus that carries 2026-07-28 subscription notifications (`subscriptions/listen`)."""
+    bus: SubscriptionBus = mcp._subscriptions
+    return bus
+
+
+def add_request_handler(mcp: MCPServer[Any], method: str, params: type, handler: Callable[..., Awaitable[Any]]) -> None:
+    """Serve a request method MCPServer does not serve itself (or replace how it serves one)."""
+    lowlevel(mcp).add_request_handler(method, params, handler)
+
+
+def announce_resource_changes(mcp: MCPServer[Any]) -> None:
+    """Make the initialize result say that the server sends `resources/list_changed`."""
+    low = lowlevel(mcp)
+    low.create_initialization_options = functools.partial(  # type: ignore[method-assign]
+        low.create_initialization_options, NotificationOptions(resources_changed=True)
+    )
+
+
+def connection_of(session: ServerSession) -> object:
+    """The object that lives exactly as long as a handshake-era client's connection: the SDK has no
+    disconnect hook, so a weak reference to it tells when the connection is gone."""
+    return session._connection
+
+
+def connection_alive(session: ServerSession) -> Callable[[], object | None]:
+    """A weak reference to the session's connection (None once the connection is gone)."""
+    return weakref.ref(connection_of(session))
+
+
+def wants_progress(ctx: Context[Any, Any]) -> bool:
+    """Whether the caller asked for progress: a JSON-RPC progress token, or an in-process callback.
+
+    Looks at the request's outbound channel; an unknown kind of channel counts as yes (progress to a
+    caller that ignores it costs little).
+    """
+    outbound = getattr(ctx.request_context.session, "_request_outbound", None)
+    for attribute in ("_progress_token", "_on_progress"):
+        if hasattr(outbound, attribute):
+            return getattr(outbound, attribute) is not None
+    return True
