@@ -1,8 +1,10 @@
-"""What a caller may ask for when creating a session, declared once for every surface.
+"""What a caller may ask for when creating a session, declared once for every surface, and how a request
+becomes a new session's record.
 
 `SessionFields` holds the options every session takes; the drivers' and agents' own options come from
 their plugins (`plugins.Catalog.option_fields`). `create_parameters` turns both into the parameters of
 the `create_session` tool, `create_body` into the REST API's create body: the two surfaces cannot drift.
+`new_record` checks a request against the settings and the plugins, before anything is made.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from .models import LimitsModel
+from .agents.base import Agent, ConfiguresSessions
+from .errors import InvalidInput, PayloadTooLarge
+from .models import LimitsModel, Session, SessionRecord, new_session_id
 from .plugins import Catalog
+from .settings import Settings
 
 MetadataValue = str | int | float | bool | None
 
@@ -102,3 +107,68 @@ class CreateRequest:
         """From `create_session`'s arguments or the REST body: what is not a session field is a plugin's option."""
         own = {k: v for k, v in given.items() if k in SessionFields.model_fields}
         return cls(**own, owner=owner, options={k: v for k, v in given.items() if k not in own})
+
+
+def new_record(request: CreateRequest, settings: Settings, catalog: Catalog, agents: dict[str, Agent], lease: str) -> SessionRecord:
+    """The record of a new session, every part of the request checked (`lease`: the creating process's).
+    Raises InvalidInput (or PayloadTooLarge) with what to change."""
+    driver = request.driver or settings.driver
+    if driver not in catalog.drivers:
+        raise InvalidInput(f"Unknown driver '{driver}'. Use one of: {', '.join(catalog.drivers)}.")
+    own_agent = catalog.own_agent(driver)
+    agent = request.agent or own_agent or settings.agent
+    if agent not in agents:
+        raise InvalidInput(f"Unknown agent '{agent}'. Use one of: {', '.join(agents)}.")
+    if own_agent is not None and agent != own_agent:
+        raise InvalidInput(
+            f"A '{driver}' session runs its platform's own agent: use agent='{own_agent}' (the default there) "
+            "or leave agent out."
+        )
+    if own_agent is None and (homes := catalog.drivers_of(agent)):
+        raise InvalidInput(
+            f"Agent '{agent}' is the own agent of driver {' or '.join(repr(h) for h in homes)} and runs only there: "
+            f"use driver='{homes[0]}'."
+        )
+    driver_options, agent_options = catalog.split_options(driver, agent, request.options)
+    command_timeout = request.command_timeout_s or settings.command_timeout_s
+    if command_timeout > settings.max_command_timeout_s:
+        raise InvalidInput(
+            f"command_timeout_s {command_timeout:g} is over this server's maximum of "
+            f"{settings.max_command_timeout_s:g} s. Ask for less."
+        )
+    for path, content in request.files.items():
+        if not path or "\0" in path or path.startswith("/") or ".." in path.split("/"):
+            raise InvalidInput(f"File path {path!r} must be relative to the workspace, without '..'.")
+        if len(content.encode()) > settings.max_file_bytes:
+            raise PayloadTooLarge(f"File {path!r} is over the {settings.max_file_bytes}-byte limit.")
+    for key, value in request.env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise InvalidInput(f"Environment variable name {key!r} is invalid: use a name without '=' or NUL bytes.")
+    model = request.model
+    configures = agents[agent]
+    if isinstance(configures, ConfiguresSessions):  # the agent checks its options and fills in defaults
+        try:
+            model, agent_options = configures.configure(model, agent_options)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
+    session = Session(
+        id=new_session_id(),
+        title=request.title,
+        tags=request.tags,
+        metadata=request.metadata,
+        driver=driver,
+        agent=agent,
+        image=request.image,
+        idle_timeout_s=settings.idle_timeout_s if request.idle_timeout_s is None else request.idle_timeout_s,
+        command_timeout_s=command_timeout,
+        owner=request.owner,
+        model=model,
+    )
+    return SessionRecord(
+        session=session,
+        env=request.env,
+        limits=(request.limits or LimitsModel()).model_dump(exclude_none=True),
+        lease=lease,
+        agent_options=agent_options,
+        driver_options=driver_options,
+    )

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from sandbox_backends.base import SandboxError
 
 from . import __version__
-from .errors import SessionError, SessionNotFound
+from .errors import SessionError
 from .create import CreateRequest, create_body
 from .manager import SessionManager
 from .plugins import catalog

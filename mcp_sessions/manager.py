@@ -21,8 +21,8 @@ from anyio.abc import TaskGroup
 from sandbox_backends.base import ChecksSpec, Driver, SandboxError, SandboxNotFound
 
 from . import leases, lifecycle, replies
-from .agents.base import Agent, ConfiguresSessions, PrepareContext, PreparesSandbox, TurnOutcome
-from .create import CreateRequest
+from .agents.base import Agent, PrepareContext, PreparesSandbox, TurnOutcome
+from .create import CreateRequest, new_record
 from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError, TooManySessions
 from .events import EventWaiter
 from .mirror import Mirror, read_only
@@ -31,7 +31,6 @@ from .models import (
     CloseReply,
     Event,
     InterruptReply,
-    LimitsModel,
     Message,
     QueuedMessage,
     Session,
@@ -41,7 +40,6 @@ from .models import (
     SessionSummary,
     TextBlock,
     TurnReply,
-    new_session_id,
     now,
 )
 from .plugins import Catalog
@@ -223,73 +221,8 @@ class SessionManager:
 
     # -- create -----------------------------------------------------------------------------------
 
-    def _new_record(self, request: CreateRequest) -> SessionRecord:
-        """The record of a new session, every part of the request checked. Raises InvalidInput (or
-        PayloadTooLarge) with what to change."""
-        settings, catalog = self.settings, self.catalog
-        driver = request.driver or settings.driver
-        if driver not in catalog.drivers:
-            raise InvalidInput(f"Unknown driver '{driver}'. Use one of: {', '.join(catalog.drivers)}.")
-        own_agent = catalog.own_agent(driver)
-        agent = request.agent or own_agent or settings.agent
-        if agent not in self._agents:
-            raise InvalidInput(f"Unknown agent '{agent}'. Use one of: {', '.join(self._agents)}.")
-        if own_agent is not None and agent != own_agent:
-            raise InvalidInput(
-                f"A '{driver}' session runs its platform's own agent: use agent='{own_agent}' (the default there) "
-                "or leave agent out."
-            )
-        if own_agent is None and (homes := catalog.drivers_of(agent)):
-            raise InvalidInput(
-                f"Agent '{agent}' is the own agent of driver {' or '.join(repr(h) for h in homes)} and runs only there: "
-                f"use driver='{homes[0]}'."
-            )
-        driver_options, agent_options = catalog.split_options(driver, agent, request.options)
-        command_timeout = request.command_timeout_s or settings.command_timeout_s
-        if command_timeout > settings.max_command_timeout_s:
-            raise InvalidInput(
-                f"command_timeout_s {command_timeout:g} is over this server's maximum of "
-                f"{settings.max_command_timeout_s:g} s. Ask for less."
-            )
-        for path, content in request.files.items():
-            if not path or "\0" in path or path.startswith("/") or ".." in path.split("/"):
-                raise InvalidInput(f"File path {path!r} must be relative to the workspace, without '..'.")
-            if len(content.encode()) > settings.max_file_bytes:
-                raise PayloadTooLarge(f"File {path!r} is over the {settings.max_file_bytes}-byte limit.")
-        for key, value in request.env.items():
-            if not key or "=" in key or "\0" in key or "\0" in value:
-                raise InvalidInput(f"Environment variable name {key!r} is invalid: use a name without '=' or NUL bytes.")
-        model = request.model
-        configures = self._agents[agent]
-        if isinstance(configures, ConfiguresSessions):  # the agent checks its options and fills in defaults
-            try:
-                model, agent_options = configures.configure(model, agent_options)
-            except ValueError as e:
-                raise InvalidInput(str(e)) from None
-        session = Session(
-            id=new_session_id(),
-            title=request.title,
-            tags=request.tags,
-            metadata=request.metadata,
-            driver=driver,
-            agent=agent,
-            image=request.image,
-            idle_timeout_s=settings.idle_timeout_s if request.idle_timeout_s is None else request.idle_timeout_s,
-            command_timeout_s=command_timeout,
-            owner=request.owner,
-            model=model,
-        )
-        return SessionRecord(
-            session=session,
-            env=request.env,
-            limits=(request.limits or LimitsModel()).model_dump(exclude_none=True),
-            lease=self._lease,
-            agent_options=agent_options,
-            driver_options=driver_options,
-        )
-
     async def create(self, request: CreateRequest, wait_s: float = 30.0) -> Session:
-        record = self._new_record(request)
+        record = new_record(request, self.settings, self.catalog, self._agents, self._lease)
         chosen = self.sandboxes.driver(record.session.driver)
         if isinstance(chosen, ChecksSpec):
             try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 

@@ -3,7 +3,9 @@
 `mcp` 2.3 has no public way to add request handlers to an `MCPServer`, to reach its subscription bus, to
 tell when a client connection is gone, or to ask whether a request carries a progress token. Each of
 those reaches into the SDK here and nowhere else, so a new SDK minor (the dependency is pinned to one)
-is checked against this module alone. `tests/test_sdk_seams.py` fails if any of them stops working.
+is checked against this module alone. Each is driven through real clients by the tests of subscriptions
+and notifications (test_streaming.py, test_http.py) and of progress (test_stdio.py); `test_architecture.py`
+fails if any other module reaches into the SDK.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def configs() -> list[tuple[str, dict[str, Any]]]:
     found.append((".vscode/mcp.json", vscode["servers"]["sessions"]))
     cursor = json.loads((CLIENTS / ".cursor/mcp.json").read_text())
     found.append((".cursor/mcp.json", cursor["mcpServers"]["sessions"]))
-    (line,) = [l for l in (CLIENTS / "claude-code.sh").read_text().splitlines() if l.startswith("claude ")]
+    (line,) = [text for text in (CLIENTS / "claude-code.sh").read_text().splitlines() if text.startswith("claude ")]
     words = shlex.split(line)
     assert words[:4] == ["claude", "mcp", "add", "sessions"] and words[4] == "--"
     found.append(("claude-code.sh", {"command": words[5], "args": words[6:]}))

@@ -3,8 +3,8 @@
 Not a module: a driver sends this file's text, with the "@NAME@" strings filled in by
 `build_control_code`, into `python3 -I -S -c CONTROL_BOOT mcp-sessions-control STATE_DIR WORKSPACE`
 (see this package's docstring for the protocol). The marker argument keeps it out of the kill sweeps. It imports
-only what a new container loads quickly: builtins and os/select/signal. It is one long file because it is
-sent and run as one program, with nothing to import beside it.
+only what a new container loads quickly: builtins and os/select/signal. Long because it is sent and run as
+one program, with nothing to import beside it.
 """
 import marshal, os, select, signal, sys, time, _thread
 
