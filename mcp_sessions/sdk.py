@@ -4,7 +4,7 @@
 tell when a client connection is gone, or to ask whether a request carries a progress token. Each of
 those reaches into the SDK here and nowhere else, so a new SDK minor (the dependency is pinned to one)
 is checked against this module alone. Each is driven through real clients by the tests of subscriptions
-and notifications (test_streaming.py, test_http.py) and of progress (test_stdio.py); `test_architecture.py`
+and notifications, and of progress (test_streaming.py, test_http.py); `test_architecture.py`
 fails if any other module reaches into the SDK.
 """
 
