@@ -29,7 +29,8 @@ from typing import Any
 import anyio
 
 from sandbox_backends.base import SandboxError, SandboxNotFound
-from sandbox_backends.remote import CLIENTS, HttpDialect, Remote, Syntropic137Client
+from sandbox_backends.remote import HttpDialect, Remote, dialect
+from sandbox_backends.remote.syntropic137 import Syntropic137Client
 
 from .errors import StoreError
 from .models import (
@@ -140,9 +141,9 @@ class Mirror:
         self._clients: dict[str, HttpDialect] = {}
         self._explained: set[str] = set()
         for name, remote in remotes.items():
-            if CLIENTS[remote.dialect].read_only:
+            if dialect(remote.dialect).read_only:
                 try:
-                    self._clients[name] = CLIENTS[remote.dialect](remote)
+                    self._clients[name] = dialect(remote.dialect).client(remote)
                 except SandboxError as e:
                     log.error("not mirroring the sessions of %s: %s", remote.label, e)
 
