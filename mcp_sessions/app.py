@@ -7,9 +7,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from sandbox_backends.base import Driver
+from sandbox_backends.base import Driver, SandboxError
 from sandbox_backends.registry import DriverContext
-from sandbox_backends.remote import Remote, RemoteSettings, load_remotes
 
 from .agents.base import Agent, AgentContext
 from .agents.pricing import PriceTable
@@ -48,14 +47,14 @@ def make_agents(settings: Settings, plugins: Catalog) -> dict[str, Agent]:
     }
 
 
-def configured_remotes(settings: Settings) -> dict[str, Remote]:
-    """The configured remotes; none if the configuration is invalid (the remote driver says why when used)."""
-    section = settings.section(RemoteSettings)
+def mirror_drivers(settings: Settings, plugins: Catalog) -> list[Driver]:
+    """Drivers of the mirror's own (it closes them): the remote driver, whose read-only remotes are mirrored.
+    None if the remotes configuration is invalid (the remote driver says why when used)."""
     try:
-        return load_remotes(section.remotes, section.remotes_file)
-    except (ValueError, OSError) as e:
-        log.warning("the remotes configuration is invalid: %s", e)
-        return {}
+        return [make_driver_factory(settings, plugins)("remote")]
+    except SandboxError as e:
+        log.warning("%s", e)
+        return []
 
 
 @asynccontextmanager
@@ -67,7 +66,7 @@ async def open_manager(settings: Settings, serving: bool = True) -> AsyncIterato
         manager = SessionManager(
             settings, store, plugins, make_driver_factory(settings, plugins, serving), make_agents(settings, plugins)
         )
-        async with manager, Mirror.running(store, settings, configured_remotes(settings)) as mirror:
+        async with manager, Mirror.running(store, settings, mirror_drivers(settings, plugins)) as mirror:
             manager.mirror = mirror
             yield manager
     finally:

@@ -11,6 +11,7 @@ state. How each platform is spoken to is its dialect's business (dialect.py find
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import anyio
@@ -20,6 +21,8 @@ from ..base import (
     ClosesOnExit,
     ExecResult,
     FailureCallback,
+    ForeignSession,
+    MirroredSource,
     OutputCallback,
     PhaseCallback,
     SandboxError,
@@ -28,7 +31,9 @@ from ..base import (
 )
 from .config import Remote
 from .dialect import dialect
-from .http import HttpDialect
+from .http import HttpDialect, ReadOnlyDialect
+
+log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 5.0
 
@@ -106,7 +111,9 @@ class RemoteSandbox(ClosesOnExit):
 
 
 class RemoteDriver:
-    """Sessions on configured remote platforms. `SandboxSpec.options["remote"]` names the remote."""
+    """Sessions on configured remote platforms. `SandboxSpec.options["remote"]` names the remote.
+
+    Also a `MirrorSource`: the sessions of its read-only remotes (each its own source, by the remote's name)."""
 
     name = "remote"
 
@@ -184,3 +191,28 @@ class RemoteDriver:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+    # -- MirrorSource: the read-only remotes' sessions ---------------------------------------------
+
+    def mirrored_sources(self) -> list[MirroredSource]:
+        found = []
+        for name, remote in self.remotes.items():
+            if not dialect(remote.dialect).read_only:
+                continue
+            try:
+                found.append(self._reader(name).mirrored_source())
+            except SandboxError as e:  # a token variable that is not set: it will not be set later either
+                log.error("not mirroring the sessions of %s: %s", remote.label, e)
+        return found
+
+    def list_mirrored(self, source: str) -> AsyncIterator[list[ForeignSession]]:
+        return self._reader(source).mirrored()
+
+    async def get_mirrored(self, source: str, key: str) -> ForeignSession:
+        return await self._reader(source).mirrored_one(key)
+
+    def _reader(self, name: str) -> ReadOnlyDialect:
+        client = self._client(name)
+        if not isinstance(client, ReadOnlyDialect):
+            raise SandboxError(f"{client.remote.label} is not read-only: its sessions are made here, not mirrored.")
+        return client

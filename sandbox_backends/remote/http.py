@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
-from ..base import AgentEvent, PhaseCallback, SandboxError, SandboxNotFound, SandboxSpec
+from ..base import AgentEvent, ForeignSession, MirroredSource, PhaseCallback, SandboxError, SandboxNotFound, SandboxSpec
 
 if TYPE_CHECKING:
     from .config import Remote
@@ -188,7 +188,13 @@ class HttpDialect:
 
 class ReadOnlyDialect(HttpDialect):
     """A platform that runs sessions itself (started by its own workflows) and lets others only read them. The
-    server mirrors them (mcp_sessions/mirror.py); creating, messaging and interrupting fail, saying so."""
+    remote driver mirrors them (it is a `MirrorSource`); creating, messaging and interrupting fail, saying so.
+    A subclass reads the platform's sessions as `ForeignSession`s and sets `poll_s` and `owner`."""
+
+    poll_s = 30.0
+    """Seconds between two reads of the platform's session list."""
+    owner: str | None = None
+    """The owner of the mirrored sessions here (who sees them over HTTP with tokens); None for everyone."""
 
     def refuse(self, what: str) -> SandboxError:
         return SandboxError(
@@ -207,3 +213,26 @@ class ReadOnlyDialect(HttpDialect):
 
     async def close(self, rid: str, delete: bool) -> None:
         return None  # nothing to do there: the session is the platform's
+
+    def mirrored_source(self) -> MirroredSource:
+        """This remote as a source of mirrored sessions."""
+        r = self.remote
+        return MirroredSource(
+            name=r.name,
+            tags=(r.dialect,),
+            describe=r.describe(),
+            read_only_reason=(
+                f"{r.dialect} sessions are read-only: session {{session}} mirrors session {{key}} of remote '{r.name}', "
+                f"whose workflows run it. Read it with get_session or its transcript; to steer it, use {r.dialect} itself."
+            ),
+            poll_s=self.poll_s,
+            owner=self.owner,
+        )
+
+    def mirrored(self) -> AsyncIterator[list[ForeignSession]]:
+        """The platform's sessions, newest first, a page at a time, without their messages."""
+        raise NotImplementedError
+
+    async def mirrored_one(self, key: str) -> ForeignSession:
+        """One session with its whole conversation, read at once (no retries: a caller is waiting)."""
+        raise NotImplementedError
