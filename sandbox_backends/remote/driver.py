@@ -195,14 +195,14 @@ class RemoteDriver:
     # -- MirrorSource: the read-only remotes' sessions ---------------------------------------------
 
     def mirrored_sources(self) -> list[MirroredSource]:
-        found = []
+        found: list[MirroredSource] = []
         for name, remote in self.remotes.items():
             if not dialect(remote.dialect).read_only:
                 continue
             try:
                 found.append(self._reader(name).mirrored_source())
             except SandboxError as e:  # a token variable that is not set: it will not be set later either
-                log.error("not mirroring the sessions of %s: %s", remote.label, e)
+                log.error("not mirroring the sessions of this remote: %s", e)
         return found
 
     def list_mirrored(self, source: str) -> AsyncIterator[list[ForeignSession]]:

@@ -42,7 +42,7 @@ class HttpDialect:
 
     def __init__(self, remote: Remote) -> None:
         self.remote = remote
-        headers = {}
+        headers: dict[str, str] = {}
         token = remote.token()
         if token:
             headers["Authorization"] = self.authorization(token)
