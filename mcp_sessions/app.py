@@ -13,7 +13,7 @@ from sandbox_backends.registry import DriverContext
 from .agents.base import Agent, AgentContext
 from .agents.pricing import PriceTable
 from .manager import SessionManager
-from .mirror import Mirror
+from .mirror import Mirror, MirrorDriver
 from .plugins import Catalog, catalog
 from .settings import Settings
 from .store import Store
@@ -47,14 +47,18 @@ def make_agents(settings: Settings, plugins: Catalog) -> dict[str, Agent]:
     }
 
 
-def mirror_drivers(settings: Settings, plugins: Catalog) -> list[Driver]:
-    """Drivers of the mirror's own (it closes them): the remote driver, whose read-only remotes are mirrored.
-    None if the remotes configuration is invalid (the remote driver says why when used)."""
-    try:
-        return [make_driver_factory(settings, plugins)("remote")]
-    except SandboxError as e:
-        log.warning("%s", e)
-        return []
+def mirror_drivers(settings: Settings, plugins: Catalog) -> list[MirrorDriver]:
+    """Drivers of the mirror's own (it closes them): one of each driver that shows sessions run elsewhere.
+    None of a driver whose configuration is invalid (using that driver says why)."""
+    make = make_driver_factory(settings, plugins)
+    found: list[MirrorDriver] = []
+    for name, plugin in plugins.drivers.items():
+        if plugin.mirrors and plugin.agent is not None:
+            try:
+                found.append(MirrorDriver(make(name), plugin.agent))
+            except SandboxError as e:
+                log.warning("%s", e)
+    return found
 
 
 @asynccontextmanager

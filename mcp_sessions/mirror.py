@@ -9,10 +9,10 @@ them like any other session. get_session first refreshes a mirrored session from
 messages are current.
 
 A mirrored record has the id `ses_` + a hash of (source, key), so every poll, process and restart finds the same
-one; the driver's name as its driver and `remote` as its agent (the platform's own agent answers there); the tags:
-the source's name and its tags; `sandbox`: the source's description with `remote_session_id` and `read_only: true`;
-status, reasons, usage, title and messages as the source reports them. One that vanished from the source while
-live turns failed, saying so. Closing one marks it closed here (dead, "closed") without calling the source; the
+one; the driver's name as its driver and the agent its plugin names (the platform's own); the tags: the source's
+name and its tags; `sandbox`: the source's description with `remote_session_id` and `read_only: true`;
+status (moved by the lifecycle), reasons, usage, title and messages as the source reports them. One that vanished
+from the source while live turns failed, saying so. Closing one marks it closed here (dead, "closed") without calling the source; the
 mirror then leaves it alone.
 """
 
@@ -37,6 +37,7 @@ from sandbox_backends.base import (
     SandboxNotFound,
 )
 
+from . import lifecycle
 from .errors import StoreError
 from .models import LIVE_STATUSES, ContentBlock, Message, Session, SessionRecord, TextBlock, Usage, now
 from .settings import Settings
@@ -49,19 +50,18 @@ MIRROR = "mirror"
 read_only (the source's `read_only_reason`)}."""
 CLOSED_HERE = "closed"
 REFRESH_TIMEOUT_S = 10.0
-AGENT = "remote"
-"""A mirrored session's agent: the platform's own, as for a session made with the remote driver."""
 
 _blocks = TypeAdapter(list[ContentBlock])
 
 
 def _state(record: SessionRecord) -> dict[str, Any] | None:
     """The record's mirror state. A record mirrored before sources were generic holds {remote, dialect, id,
-    operations}: it reads as {source, key} with the messages stored not yet counted (None) until `_adopt`."""
+    operations}: it reads as {source (its first tag, which always was the source's name), key}, with the
+    messages stored not yet counted (None) until `_adopt`."""
     m = record.agent_options.get(MIRROR)
     if m is None or "source" in m:
         return m
-    return {"source": m.get("remote"), "key": m.get("id"), "messages": None, "read_only": None}
+    return {"source": record.session.tags[0], "key": m.get("id"), "messages": None, "read_only": None}
 
 
 def read_only(record: SessionRecord) -> str | None:
@@ -78,10 +78,19 @@ def local_id(source: str, key: str) -> str:
 
 
 @dataclass(frozen=True)
+class MirrorDriver:
+    """A driver made for the mirror (which closes it), and the agent its mirrored sessions show: the platform's own."""
+
+    driver: Driver
+    agent: str
+
+
+@dataclass(frozen=True)
 class _Source:
     """One followed source and the driver that reads it."""
 
     driver: str
+    agent: str
     reader: MirrorSource
     info: MirroredSource
 
@@ -94,20 +103,21 @@ class Mirror:
     """Follows every source of the `MirrorSource` drivers among those it is given, and closes all of them at the
     end. Open with `Mirror.running(...)`."""
 
-    def __init__(self, store: Store, settings: Settings, drivers: list[Driver]) -> None:
+    def __init__(self, store: Store, settings: Settings, drivers: list[MirrorDriver]) -> None:
         self.store = store
         self.settings = settings
         self._sources: dict[tuple[str, str], _Source] = {}
         """(driver name, source name) -> the source."""
         self._explained: set[str] = set()
-        for driver in drivers:
+        for made in drivers:
+            driver = made.driver
             if isinstance(driver, MirrorSource):
                 for info in driver.mirrored_sources():
-                    self._sources[(driver.name, info.name)] = _Source(driver.name, driver, info)
+                    self._sources[(driver.name, info.name)] = _Source(driver.name, made.agent, driver, info)
 
     @classmethod
     @asynccontextmanager
-    async def running(cls, store: Store, settings: Settings, drivers: list[Driver]) -> AsyncIterator[Mirror]:
+    async def running(cls, store: Store, settings: Settings, drivers: list[MirrorDriver]) -> AsyncIterator[Mirror]:
         try:
             mirror = cls(store, settings, drivers)
             async with anyio.create_task_group() as tg:
@@ -117,8 +127,8 @@ class Mirror:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                for driver in drivers:
-                    await driver.aclose()
+                for made in drivers:
+                    await made.driver.aclose()
 
     async def _follow(self, source: _Source) -> None:
         interval = source.info.poll_s
@@ -174,7 +184,7 @@ class Mirror:
                 foreign = await source.reader.get_mirrored(source.info.name, m["key"])
         except SandboxNotFound as e:
             reason = str(e)
-            return await self._change(record, lambda r: self._fail(r, reason))
+            return await self._change(record, lambda r: lifecycle.fail(r, reason))
         except (SandboxError, TimeoutError) as e:
             why = str(e) or f"no answer from {source.label} in {REFRESH_TIMEOUT_S:g} s"
             note = f"not refreshed just now ({why}); showing what was last read"
@@ -187,19 +197,11 @@ class Mirror:
         except KeyError:  # deleted meanwhile
             return record
 
-    @staticmethod
-    def _fail(r: SessionRecord, reason: str) -> list[EventSpec]:
-        s = r.session
-        if s.status not in LIVE_STATUSES or s.close_reason == CLOSED_HERE:
-            return []
-        s.status, s.failure_reason, s.finished_at = "failed", reason, now()
-        return [("session.failed", {"reason": reason}), ("status", {"status": "failed"})]
-
     async def _upsert(self, source: _Source, foreign: ForeignSession) -> SessionRecord:
         record = await self.store.get(local_id(source.info.name, foreign.key))
         if record is None:
             record = self._new(source, foreign)
-            created = {"driver": source.driver, "agent": AGENT, "title": None, "mirror": source.info.name}
+            created = {"driver": source.driver, "agent": source.agent, "title": None, "mirror": source.info.name}
             listed = replace(foreign, messages=None)  # the store adds messages only to a record it has
             await self.store.insert(record, [("session.created", created), *self._apply(record, listed, [])])
             if not foreign.messages:
@@ -227,7 +229,7 @@ class Mirror:
             id=local_id(info.name, foreign.key),
             tags=list(dict.fromkeys([info.name, *info.tags])),
             driver=source.driver,
-            agent=AGENT,
+            agent=source.agent,
             status="busy",
             phase="ready",
             created_at=started,
@@ -267,18 +269,4 @@ class Mirror:
         times = [t for t in (s.started_at, foreign.finished_at, *(msg.created_at for msg in messages)) if t is not None]
         s.last_activity_at = max([s.last_activity_at, *times])
         s.phase_detail = None
-        status, reason = foreign.status, foreign.reason
-        if status == s.status:
-            if status == "failed" and reason:
-                s.failure_reason = reason
-            return []
-        reason = reason or f"on '{m['source']}': {'failed' if status == 'failed' else 'ended'}"
-        s.status, s.finished_at = status, (foreign.finished_at or now()) if status != "busy" else None
-        events: list[EventSpec] = []
-        if status == "failed":
-            s.failure_reason = reason
-            events.append(("session.failed", {"reason": reason}))
-        elif status == "dead":
-            s.close_reason = reason
-            events.append(("session.closed", {"reason": reason}))
-        return [*events, ("status", {"status": status})]
+        return lifecycle.mirror_status(r, foreign.status, foreign.reason, foreign.finished_at)

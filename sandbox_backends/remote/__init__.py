@@ -66,4 +66,5 @@ plugin = DriverPlugin(
     settings=RemoteSettings,
     options=RemoteOptions,
     agent="remote",
+    mirrors=True,
 )
