@@ -7,14 +7,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from sandbox_backends.base import Driver
+from sandbox_backends.base import Driver, SandboxError
 from sandbox_backends.registry import DriverContext
-from sandbox_backends.remote import Remote, RemoteSettings, load_remotes
 
 from .agents.base import Agent, AgentContext
 from .agents.pricing import PriceTable
 from .manager import SessionManager
-from .mirror import Mirror
+from .mirror import Mirror, MirrorDriver
 from .plugins import Catalog, catalog
 from .settings import Settings
 from .store import Store
@@ -48,14 +47,18 @@ def make_agents(settings: Settings, plugins: Catalog) -> dict[str, Agent]:
     }
 
 
-def configured_remotes(settings: Settings) -> dict[str, Remote]:
-    """The configured remotes; none if the configuration is invalid (the remote driver says why when used)."""
-    section = settings.section(RemoteSettings)
-    try:
-        return load_remotes(section.remotes, section.remotes_file)
-    except (ValueError, OSError) as e:
-        log.warning("the remotes configuration is invalid: %s", e)
-        return {}
+def mirror_drivers(settings: Settings, plugins: Catalog) -> list[MirrorDriver]:
+    """Drivers of the mirror's own (it closes them): one of each driver that shows sessions run elsewhere.
+    None of a driver whose configuration is invalid (using that driver says why)."""
+    make = make_driver_factory(settings, plugins)
+    found: list[MirrorDriver] = []
+    for name, plugin in plugins.drivers.items():
+        if plugin.mirrors and plugin.agent is not None:
+            try:
+                found.append(MirrorDriver(make(name), plugin.agent))
+            except SandboxError as e:
+                log.warning("%s", e)
+    return found
 
 
 @asynccontextmanager
@@ -67,7 +70,7 @@ async def open_manager(settings: Settings, serving: bool = True) -> AsyncIterato
         manager = SessionManager(
             settings, store, plugins, make_driver_factory(settings, plugins, serving), make_agents(settings, plugins)
         )
-        async with manager, Mirror.running(store, settings, configured_remotes(settings)) as mirror:
+        async with manager, Mirror.running(store, settings, mirror_drivers(settings, plugins)) as mirror:
             manager.mirror = mirror
             yield manager
     finally:

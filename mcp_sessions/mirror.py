@@ -1,20 +1,19 @@
-"""Sessions of read-only platforms, mirrored into the store so that every surface shows them.
+"""Sessions that run elsewhere, mirrored into the store so that every surface shows them.
 
-A read-only platform (the `syntropic137` dialect) runs agent sessions itself, started by its own workflows,
-and lets others only read them. This server cannot create, message or interrupt those sessions, but it shows
-them next to its own: for each configured read-only remote, `Mirror` reads the platform's session list once at
-start and then every `options.poll_s` seconds (30 by default), and writes one record per remote session through
-the store's public API. list_sessions with its filters and pagination, the REST API and the CLI then show them
-like any other session. get_session first refreshes a mirrored session from the platform's session detail, so
-its usage and operations are current.
+Some drivers can show sessions that someone else runs and lets others only read (a platform's own workflows, such
+as Syntropic137's): they are `MirrorSource`s (sandbox_backends/base.py). This server cannot create, message or
+interrupt those sessions, but it shows them next to its own: for each source of each such driver, `Mirror` reads
+the source's session list once at start and then every `poll_s` seconds, and writes one record per session
+through the store's public API. list_sessions with its filters and pagination, the REST API and the CLI then show
+them like any other session. get_session first refreshes a mirrored session from the source, so its usage and
+messages are current.
 
-A mirrored record has the id `ses_` + a hash of (remote, remote id), so every poll, process and restart finds
-the same one; driver and agent `remote`; the tags: the remote's name and the dialect; `sandbox`: {remote,
-dialect, url, remote_session_id, read_only: true}; the status mapped (running -> busy, completed and cancelled ->
-dead with that reason, failed -> failed with the platform's error); usage with the tokens, cost and cost per
-model; the operations as messages (requests, responses, tool calls and results), so the transcript reads like a
-session's. One that vanished from the platform while live turns failed, saying so. Closing one marks it closed
-here (dead, "closed") without calling the platform; the mirror then leaves it alone.
+A mirrored record has the id `ses_` + a hash of (source, key), so every poll, process and restart finds the same
+one; the driver's name as its driver and the agent its plugin names (the platform's own); the tags: the source's
+name and its tags; `sandbox`: the source's description with `remote_session_id` and `read_only: true`;
+status (moved by the lifecycle), reasons, usage, title and messages as the source reports them. One that vanished
+from the source while live turns failed, saying so. Closing one marks it closed here (dead, "closed") without calling the source; the
+mirror then leaves it alone.
 """
 
 from __future__ import annotations
@@ -23,212 +22,174 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
+from pydantic import TypeAdapter
 
-from sandbox_backends.base import SandboxError, SandboxNotFound
-from sandbox_backends.remote import CLIENTS, HttpDialect, Remote, Syntropic137Client
-
-from .errors import StoreError
-from .models import (
-    LIVE_STATUSES,
-    ContentBlock,
-    Message,
-    Session,
-    SessionRecord,
-    Status,
-    TextBlock,
-    ToolResultBlock,
-    ToolUseBlock,
-    Usage,
-    now,
+from sandbox_backends.base import (
+    Driver,
+    ForeignSession,
+    MirroredSource,
+    MirrorSource,
+    SandboxError,
+    SandboxNotFound,
 )
+
+from . import lifecycle
+from .errors import StoreError
+from .models import LIVE_STATUSES, ContentBlock, Message, Session, SessionRecord, TextBlock, Usage, now
 from .settings import Settings
 from .store import EventSpec, Store
 
 log = logging.getLogger(__name__)
 
 MIRROR = "mirror"
-"""The agent_options key of a mirrored record: {remote, dialect, id (the remote's), operations (how many are stored)}."""
+"""The agent_options key of a mirrored record: {source, key, messages (how many of the source's are stored),
+read_only (the source's `read_only_reason`)}."""
 CLOSED_HERE = "closed"
 REFRESH_TIMEOUT_S = 10.0
-TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "total_tokens")
-METADATA = ("workflow_id", "workflow_name", "execution_id", "phase_id", "agent_provider", "repos_display")
+
+_blocks = TypeAdapter(list[ContentBlock])
+
+
+def _state(record: SessionRecord) -> dict[str, Any] | None:
+    """The record's mirror state. A record mirrored before sources were generic holds {remote, dialect, id,
+    operations}: it reads as {source (its first tag, which always was the source's name), key}, with the
+    messages stored not yet counted (None) until `_adopt`."""
+    m = record.agent_options.get(MIRROR)
+    if m is None or "source" in m:
+        return m
+    return {"source": record.session.tags[0], "key": m.get("id"), "messages": None, "read_only": None}
 
 
 def read_only(record: SessionRecord) -> str | None:
-    """Why a caller cannot drive this session (it mirrors a read-only platform's), or None."""
-    m = record.agent_options.get(MIRROR)
-    if not m:
+    """Why a caller cannot drive this session (it mirrors one run elsewhere), or None."""
+    m = _state(record)
+    if m is None:
         return None
-    return (
-        f"{m['dialect']} sessions are read-only: session {record.session.id} mirrors session {m['id']} of remote "
-        f"'{m['remote']}', whose workflows run it. Read it with get_session or its transcript; to steer it, "
-        f"use {m['dialect']} itself."
-    )
+    reason = m["read_only"] or "Session {session} mirrors session {key}, run elsewhere: it can only be read here."
+    return reason.replace("{session}", record.session.id).replace("{key}", str(m["key"]))
 
 
-def local_id(remote: str, rid: str) -> str:
-    return "ses_" + hashlib.sha256(f"{remote}/{rid}".encode()).hexdigest()[:32]
+def local_id(source: str, key: str) -> str:
+    return "ses_" + hashlib.sha256(f"{source}/{key}".encode()).hexdigest()[:32]
 
 
-def _time(value: Any) -> datetime | None:
-    try:
-        t = datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
-    except ValueError:
-        return None
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+@dataclass(frozen=True)
+class MirrorDriver:
+    """A driver made for the mirror (which closes it), and the agent its mirrored sessions show: the platform's own."""
+
+    driver: Driver
+    agent: str
 
 
-def _money(value: Any) -> float:
-    try:
-        return float(str(value))
-    except ValueError:
-        return 0.0
+@dataclass(frozen=True)
+class _Source:
+    """One followed source and the driver that reads it."""
 
+    driver: str
+    agent: str
+    reader: MirrorSource
+    info: MirroredSource
 
-def _usage(row: dict[str, Any], old: Usage) -> Usage:
-    """The row's tokens and cost (a decimal string) over what is known; fields the row lacks are kept."""
-    usage = old.model_copy(deep=True)
-    for key in TOKENS:
-        if isinstance(row.get(key), int):
-            setattr(usage, key, row[key])
-    if row.get("total_cost_usd") is not None:
-        usage.cost_usd = _money(row["total_cost_usd"])
-    if isinstance(row.get("cost_by_model"), dict):
-        usage.cost_by_model = {str(k): _money(v) for k, v in row["cost_by_model"].items()}
-    return usage
-
-
-def _status(row: dict[str, Any], dialect: str) -> tuple[Status, str | None]:
-    status = str(row.get("status") or "")
-    if status == "failed":
-        return "failed", f"on {dialect}: {row.get('error_message') or 'failed'}"
-    if status in ("completed", "cancelled"):
-        return "dead", f"{status} on {dialect}"
-    return "busy", None  # running, and whatever the platform may add
-
-
-def _content(op: dict[str, Any]) -> tuple[str, list[ContentBlock]] | None:
-    """An operation as (role, content); None for those a transcript leaves out (thinking, validation)."""
-    kind, text = op.get("operation_type"), op.get("message_content")
-    call = str(op.get("tool_use_id") or op.get("operation_id"))
-    if kind in ("message_request", "agent_request") and text:
-        return ("system" if op.get("message_role") == "system" else "user"), [TextBlock(text=text)]
-    if kind == "message_response" and text:
-        return "assistant", [TextBlock(text=text)]
-    if kind in ("tool_started", "tool_use"):
-        tool_input = op.get("tool_input")
-        return "assistant", [ToolUseBlock(id=call, name=str(op.get("tool_name") or "tool"), input=tool_input if isinstance(tool_input, dict) else {})]
-    if kind in ("tool_completed", "tool_blocked", "tool_execution"):
-        blocked = kind == "tool_blocked"
-        output = op.get("tool_output") or ("blocked" if blocked else "")
-        return "tool", [ToolResultBlock(tool_use_id=call, content=str(output), is_error=blocked or op.get("success") is False)]
-    if kind == "error":
-        return "system", [TextBlock(text=f"error: {text or op.get('tool_output') or 'unknown'}")]
-    return None
+    @property
+    def label(self) -> str:
+        return f"'{self.info.name}' ({self.driver} driver)"
 
 
 class Mirror:
-    """Follows the read-only remotes among `remotes`. Open with `Mirror.running(...)`."""
+    """Follows every source of the `MirrorSource` drivers among those it is given, and closes all of them at the
+    end. Open with `Mirror.running(...)`."""
 
-    def __init__(self, store: Store, settings: Settings, remotes: dict[str, Remote]) -> None:
+    def __init__(self, store: Store, settings: Settings, drivers: list[MirrorDriver]) -> None:
         self.store = store
         self.settings = settings
-        self._clients: dict[str, HttpDialect] = {}
+        self._sources: dict[tuple[str, str], _Source] = {}
+        """(driver name, source name) -> the source."""
         self._explained: set[str] = set()
-        for name, remote in remotes.items():
-            if CLIENTS[remote.dialect].read_only:
-                try:
-                    self._clients[name] = CLIENTS[remote.dialect](remote)
-                except SandboxError as e:
-                    log.error("not mirroring the sessions of %s: %s", remote.label, e)
+        for made in drivers:
+            driver = made.driver
+            if isinstance(driver, MirrorSource):
+                for info in driver.mirrored_sources():
+                    self._sources[(driver.name, info.name)] = _Source(driver.name, made.agent, driver, info)
 
     @classmethod
     @asynccontextmanager
-    async def running(cls, store: Store, settings: Settings, remotes: dict[str, Remote]) -> AsyncIterator[Mirror]:
-        mirror = cls(store, settings, remotes)
+    async def running(cls, store: Store, settings: Settings, drivers: list[MirrorDriver]) -> AsyncIterator[Mirror]:
         try:
+            mirror = cls(store, settings, drivers)
             async with anyio.create_task_group() as tg:
-                for client in mirror._clients.values():
-                    tg.start_soon(mirror._follow, client)
+                for source in mirror._sources.values():
+                    tg.start_soon(mirror._follow, source)
                 yield mirror
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                for client in mirror._clients.values():
-                    await client.aclose()
+                for made in drivers:
+                    await made.driver.aclose()
 
-    async def _follow(self, client: HttpDialect) -> None:
-        interval = float(client.remote.options.get("poll_s", 30))
+    async def _follow(self, source: _Source) -> None:
+        interval = source.info.poll_s
         failing: str | None = None
         while True:
             try:
-                await self.poll(client)
+                await self.poll(source)
                 if failing:
-                    log.warning("mirroring the sessions of %s again", client.remote.label)
+                    log.warning("mirroring the sessions of %s again", source.label)
                 failing = None
             except (SandboxError, StoreError) as e:
                 if str(e) != failing:
-                    log.warning("cannot mirror the sessions of %s (trying again every %g s): %s", client.remote.label, interval, e)
+                    log.warning("cannot mirror the sessions of %s (trying again every %g s): %s", source.label, interval, e)
                 failing = str(e)
             except Exception:
-                log.exception("mirroring the sessions of %s failed", client.remote.label)
+                log.exception("mirroring the sessions of %s failed", source.label)
             await anyio.sleep(interval)
 
-    async def poll(self, client: HttpDialect) -> None:
-        """Read the remote's session list, page by page back in time, and store what changed; live mirrored
-        sessions the list no longer shows are refreshed one by one (so one that vanished fails)."""
-        assert isinstance(client, Syntropic137Client)
-        options = client.remote.options
-        limit, most = int(options.get("limit", 200)), int(options.get("max_sessions", 1000))
-        params: dict[str, Any] = {"limit": limit}
-        if options.get("statuses"):
-            statuses = options["statuses"]
-            params["statuses"] = statuses if isinstance(statuses, str) else ",".join(statuses)
-        if options.get("workflow_id"):
-            params["workflow_id"] = options["workflow_id"]
-        seen: set[str] = set()
-        while len(seen) < most:
-            rows = await client.sessions(params)
-            fresh = [row for row in rows if str(row["id"]) not in seen]
-            for row in fresh:
-                seen.add(str(row["id"]))
-                record = await self._upsert(client, row)
-                if record.session.status == "failed" and "error_message" not in row and record.session.id not in self._explained:
-                    self._explained.add(record.session.id)  # the list has no error message: read it once from the detail
-                    await self.refresh(record)
-            starts = [t for t in (_time(row.get("started_at")) for row in rows) if t is not None]
-            if len(rows) < limit or not fresh or not starts:
-                break
-            params["started_before"] = min(starts).isoformat()  # inclusive: the boundary repeats, `seen` drops it
+    async def poll(self, source: _Source) -> None:
+        """Read the source's session list and store what changed; live mirrored sessions the list no longer shows
+        are refreshed one by one (so one that vanished fails)."""
+        listed: set[str] = set()
+        async for page in source.reader.list_mirrored(source.info.name):
+            for foreign in page:
+                listed.add(foreign.key)
+                await self._upsert(source, await self._explained_failure(source, foreign))
         for record in await self.store.with_status(LIVE_STATUSES):
-            m = record.agent_options.get(MIRROR)
-            if m and m["remote"] == client.remote.name and m["id"] not in seen:
+            m = _state(record)
+            if m and record.session.driver == source.driver and m["source"] == source.info.name and m["key"] not in listed:
                 await self.refresh(record)
 
-    async def refresh(self, record: SessionRecord) -> SessionRecord:
-        """A mirrored session brought up to date from the platform's detail (with its operations); others as
-        they are. A platform that cannot answer leaves the stored copy, with `phase_detail` saying why."""
-        m = record.agent_options.get(MIRROR)
-        client = self._clients.get(m["remote"]) if m else None
-        if m is None or client is None or record.session.close_reason == CLOSED_HERE:
-            return record
-        assert isinstance(client, Syntropic137Client)
+    async def _explained_failure(self, source: _Source, foreign: ForeignSession) -> ForeignSession:
+        """A failed session the list gives no reason for, read whole once per process: the reason is in there."""
+        sid = local_id(source.info.name, foreign.key)
+        if foreign.status != "failed" or foreign.reason is not None or sid in self._explained:
+            return foreign
+        self._explained.add(sid)
         try:
             with anyio.fail_after(REFRESH_TIMEOUT_S):
-                detail = await client.get(m["id"], patience_s=0)
+                return await source.reader.get_mirrored(source.info.name, foreign.key)
+        except (SandboxError, TimeoutError):
+            return foreign  # stored without the reason; the next process asks again
+
+    async def refresh(self, record: SessionRecord) -> SessionRecord:
+        """A mirrored session brought up to date from its source (with its messages); others as they are. A source
+        that cannot answer leaves the stored copy, with `phase_detail` saying why."""
+        m = _state(record)
+        source = self._sources.get((record.session.driver, m["source"])) if m else None
+        if m is None or source is None or record.session.close_reason == CLOSED_HERE:
+            return record
+        try:
+            with anyio.fail_after(REFRESH_TIMEOUT_S):
+                foreign = await source.reader.get_mirrored(source.info.name, m["key"])
         except SandboxNotFound as e:
             reason = str(e)
-            return await self._change(record, lambda r: self._fail(r, reason))
+            return await self._change(record, lambda r: lifecycle.fail(r, reason))
         except (SandboxError, TimeoutError) as e:
-            why = str(e) or f"no answer from {client.remote.label} in {REFRESH_TIMEOUT_S:g} s"
+            why = str(e) or f"no answer from {source.label} in {REFRESH_TIMEOUT_S:g} s"
             note = f"not refreshed just now ({why}); showing what was last read"
             return await self._change(record, lambda r: setattr(r.session, "phase_detail", note))
-        operations = detail.get("operations")
-        return await self._upsert(client, detail, operations if isinstance(operations, list) else [])
+        return await self._upsert(source, foreign)
 
     async def _change(self, record: SessionRecord, mutate: Any, messages: list[Message] | None = None) -> SessionRecord:
         try:
@@ -236,38 +197,39 @@ class Mirror:
         except KeyError:  # deleted meanwhile
             return record
 
-    @staticmethod
-    def _fail(r: SessionRecord, reason: str) -> list[EventSpec]:
-        s = r.session
-        if s.status not in LIVE_STATUSES or s.close_reason == CLOSED_HERE:
-            return []
-        s.status, s.failure_reason, s.finished_at = "failed", reason, now()
-        return [("session.failed", {"reason": reason}), ("status", {"status": "failed"})]
-
-    async def _upsert(self, client: HttpDialect, row: dict[str, Any], operations: list[dict[str, Any]] | None = None) -> SessionRecord:
-        sid = local_id(client.remote.name, str(row["id"]))
-        record = await self.store.get(sid)
+    async def _upsert(self, source: _Source, foreign: ForeignSession) -> SessionRecord:
+        record = await self.store.get(local_id(source.info.name, foreign.key))
         if record is None:
-            record = self._new(client, row)
-            created = {"driver": "remote", "agent": "remote", "title": None, "mirror": client.remote.name}
-            await self.store.insert(record, [("session.created", created), *self._apply(record, row, [], [])])
-            if not operations:
+            record = self._new(source, foreign)
+            created = {"driver": source.driver, "agent": source.agent, "title": None, "mirror": source.info.name}
+            listed = replace(foreign, messages=None)  # the store adds messages only to a record it has
+            await self.store.insert(record, [("session.created", created), *self._apply(record, listed, [])])
+            if not foreign.messages:
                 return record
+        elif (m := _state(record)) is not None and m["messages"] is None:
+            record = await self._adopt(record, source)
         trial = record.model_copy(deep=True)
-        self._apply(trial, row, operations or [], [])
+        self._apply(trial, foreign, [])
         if trial == record:
             return record  # nothing new: no write
         messages: list[Message] = []
-        return await self._change(record, lambda r: self._apply(r, row, operations or [], messages), messages)
+        return await self._change(record, lambda r: self._apply(r, foreign, messages), messages)
 
-    def _new(self, client: HttpDialect, row: dict[str, Any]) -> SessionRecord:
-        remote, rid = client.remote, str(row["id"])
-        started = _time(row.get("started_at")) or now()
+    async def _adopt(self, record: SessionRecord, source: _Source) -> SessionRecord:
+        """A record mirrored before sources were generic, in today's shape. It counted the platform's operations,
+        some of which are no message, so the messages it stored are counted instead."""
+        count = len(await self.store.messages(record.session.id))
+        state = {**(_state(record) or {}), "messages": count, "read_only": source.info.read_only_reason}
+        return await self._change(record, lambda r: r.agent_options.update({MIRROR: state}))
+
+    def _new(self, source: _Source, foreign: ForeignSession) -> SessionRecord:
+        info = source.info
+        started = foreign.started_at or now()
         session = Session(
-            id=local_id(remote.name, rid),
-            tags=list(dict.fromkeys([remote.name, remote.dialect])),
-            driver="remote",
-            agent="remote",
+            id=local_id(info.name, foreign.key),
+            tags=list(dict.fromkeys([info.name, *info.tags])),
+            driver=source.driver,
+            agent=source.agent,
             status="busy",
             phase="ready",
             created_at=started,
@@ -275,58 +237,36 @@ class Mirror:
             last_activity_at=started,
             idle_timeout_s=0,
             command_timeout_s=self.settings.command_timeout_s,
-            sandbox={"remote": remote.name, "dialect": remote.dialect, "url": remote.url, "remote_session_id": rid, "read_only": True},
-            owner=remote.options.get("owner"),
+            sandbox={**info.describe, "remote_session_id": foreign.key, "read_only": True},
+            owner=info.owner,
         )
-        mirror = {"remote": remote.name, "dialect": remote.dialect, "id": rid, "operations": 0}
-        return SessionRecord(session=session, agent_options={MIRROR: mirror})
+        state = {"source": info.name, "key": foreign.key, "messages": 0, "read_only": info.read_only_reason}
+        return SessionRecord(session=session, agent_options={MIRROR: state})
 
     @staticmethod
-    def _apply(r: SessionRecord, row: dict[str, Any], operations: list[dict[str, Any]], messages: list[Message]) -> list[EventSpec]:
-        """Lay the platform's view of a session (a list row or the detail) over its record, add the operations
-        not stored yet to `messages`; the events of a change of status."""
+    def _apply(r: SessionRecord, foreign: ForeignSession, messages: list[Message]) -> list[EventSpec]:
+        """Lay the source's view of a session over its record, add its messages not stored yet to `messages`;
+        the events of a change of status."""
         s, m = r.session, r.agent_options[MIRROR]
         if s.close_reason == CLOSED_HERE:
             return []
-        workflow, phase = row.get("workflow_name") or row.get("workflow_id"), row.get("phase_display") or row.get("phase_id")
-        s.title = " / ".join(str(p) for p in (workflow, phase) if p) or s.title
-        s.model = row.get("agent_model") or s.model
-        s.workspace = row.get("workspace_path") or s.workspace
-        s.usage = _usage(row, s.usage)
-        s.started_at = _time(row.get("started_at")) or s.started_at
-        for op in operations[m["operations"] :]:
-            found = _content(op)
-            if found is None:
-                continue
-            role, content = found
-            if role == "user":
+        s.title = foreign.title or s.title
+        s.model = foreign.model or s.model
+        s.workspace = foreign.workspace or s.workspace
+        s.usage = Usage.model_validate({**s.usage.model_dump(), **foreign.usage})
+        s.started_at = foreign.started_at or s.started_at
+        for said in (foreign.messages or [])[m["messages"] :]:
+            content = _blocks.validate_python(said.content)
+            text = next((b.text for b in content if isinstance(b, TextBlock)), "")
+            if said.role == "user":
                 s.turns += 1
-                s.preview = s.preview or content[0].text[:200]  # type: ignore[union-attr]
-            elif role == "assistant" and isinstance(content[0], TextBlock):
-                s.last_response, s.output_preview = content, content[0].text[-500:]
-            messages.append(Message(role=role, content=content, turn=s.turns, created_at=_time(op.get("timestamp")) or now()))  # type: ignore[arg-type]
-        m["operations"] = max(m["operations"], len(operations))
-        s.metadata = {
-            **{k: row[k] for k in METADATA if isinstance(row.get(k), str)},
-            **{k: v for k, v in s.metadata.items() if k not in METADATA},
-            "remote_status": str(row.get("status")),
-            "operations": m["operations"],
-        }
-        finished = _time(row.get("completed_at"))
-        times = [t for t in (s.started_at, finished, *(msg.created_at for msg in messages)) if t is not None]
+                s.preview = s.preview or text[:200]
+            elif said.role == "assistant" and content and isinstance(content[0], TextBlock):
+                s.last_response, s.output_preview = content, text[-500:]
+            messages.append(Message(role=said.role, content=content, turn=s.turns, created_at=said.created_at or now()))
+        m["messages"] = max(m["messages"], len(foreign.messages or []))
+        s.metadata = {**s.metadata, **foreign.metadata}
+        times = [t for t in (s.started_at, foreign.finished_at, *(msg.created_at for msg in messages)) if t is not None]
         s.last_activity_at = max([s.last_activity_at, *times])
         s.phase_detail = None
-        status, reason = _status(row, m["dialect"])
-        if status == s.status:
-            if status == "failed" and row.get("error_message"):
-                s.failure_reason = reason
-            return []
-        s.status, s.finished_at = status, (finished or now()) if status != "busy" else None
-        events: list[EventSpec] = []
-        if status == "failed":
-            s.failure_reason = reason
-            events.append(("session.failed", {"reason": reason}))
-        elif status == "dead":
-            s.close_reason = reason
-            events.append(("session.closed", {"reason": reason}))
-        return [*events, ("status", {"status": status})]
+        return lifecycle.mirror_status(r, foreign.status, foreign.reason, foreign.finished_at)

@@ -259,7 +259,9 @@ class ForeignSession:
     """Stable and unique per source, e.g. the platform's session id."""
     status: Literal["busy", "dead", "failed"]
     reason: str | None = None
-    """Why it ended (`dead`: "completed on X"; `failed`: the platform's error)."""
+    """Why it ended (`dead`: "completed on X"; `failed`: the platform's error). For `failed`, None when the source
+    does not say why (a list that leaves errors out): the mirror keeps the reason it knows, or reads the session
+    (`get_mirrored`) once to learn it."""
     title: str | None = None
     model: str | None = None
     workspace: str | None = None
@@ -282,7 +284,8 @@ class MirroredSource:
     describe: dict[str, Any]
     """Shown as each mirrored session's `sandbox` (with `remote_session_id` and `read_only` added)."""
     read_only_reason: str
-    """Why these sessions cannot be driven here, and what to use instead; shown to callers who try."""
+    """Why these sessions cannot be driven here, and what to use instead; shown to callers who try. `{session}` and
+    `{key}` in it stand for the session's id here and its key at the source."""
     poll_s: float = 30.0
     owner: str | None = None
 
@@ -300,5 +303,6 @@ class MirrorSource(Protocol):
         ...
 
     async def get_mirrored(self, source: str, key: str) -> ForeignSession:
-        """One session with its whole conversation. Raises `SandboxNotFound` if the source no longer has it."""
+        """One session with its whole conversation, asked once (someone is waiting: no long retries). Raises
+        `SandboxNotFound` if the source no longer has it, `SandboxError` if it cannot be read now."""
         ...

@@ -62,6 +62,13 @@ class DriverPlugin:
     options: type[BaseModel] | None = None
     """What `create_session` may pass this driver (fields default to None = not given); they reach the
     driver as `SandboxSpec.options`. Each field's description says what it does in a few words."""
+    mirrors: bool = False
+    """The driver is also a `MirrorSource` (base.py): it shows sessions that run elsewhere. The server makes
+    one more of it at start, for the mirror, so making it must do no I/O; those sessions' agent is `agent`."""
+
+    def __post_init__(self) -> None:
+        if self.mirrors and self.agent is None:
+            raise PluginError(f"The driver '{self.name}' mirrors sessions run elsewhere but names no `agent` for them.")
 
 
 class PluginError(Exception):

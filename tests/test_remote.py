@@ -17,8 +17,7 @@ from mcp import Client
 from mcp_sessions.http import build_app
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
-from sandbox_backends import remote as remote_module
-from sandbox_backends.remote import load_remotes
+from sandbox_backends.remote import HttpDialect, load_remotes
 
 from .asgi import serve
 from .conftest import call, call_error
@@ -191,7 +190,7 @@ def test_remotes_configuration(tmp_path: Path) -> None:
 
 async def test_closing_a_session_whose_remote_is_down_does_not_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACK_TOKEN", TOKEN)
-    monkeypatch.setattr(remote_module, "CLOSE_PATIENCE_S", 0.5)
+    monkeypatch.setattr(HttpDialect, "close_patience_s", 0.5)
     async with back_server(tmp_path / "back") as url:
         async with Client(create_server(front_settings(tmp_path / "front", url))) as client:
             s = await call(client, "create_session", driver="remote", remote="back")
