@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from mcp import Client, StdioServerParameters
 
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
+from tests.plugin_site import installed
 
 ERAS = ["legacy", "auto"]
 """legacy: the initialize handshake (Claude Desktop, VS Code today); auto: the 2026-07-28 era."""
@@ -85,3 +86,11 @@ def processes_marked(session_id: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+@pytest.fixture
+def plugins_installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The test plugins (the `memory` driver) installed through their entry points for this test only,
+    subprocess servers included; yields the site folder they are installed in."""
+    with installed(tmp_path_factory.mktemp("site")) as site:
+        yield site

@@ -1,4 +1,6 @@
-"""The docker driver against a real engine: isolation, limits, shell semantics, interrupts, recovery, pool.
+"""The docker driver against a real engine: isolation, limits, interrupts of escaping processes, recovery, pool.
+
+The shell semantics it shares with every driver are checked in tests/driver_conformance.py.
 
 No timing assertions beyond generous bounds that catch hangs; speed is measured in bench/bench_docker.py.
 """
@@ -21,8 +23,6 @@ import pytest
 from sandbox_backends.base import (
     ExecResult,
     Limits,
-    PathNotAllowed,
-    SandboxBusy,
     SandboxError,
     SandboxNotFound,
     SandboxSpec,
@@ -39,7 +39,6 @@ from tests.docker_support import (  # noqa: F401  (fixtures are used by name)
     docker_server_id,
     sandbox_factory,
 )
-from tests.shell_checks import check_terminal_semantics, check_two_servers_share_the_state
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parent.parent
@@ -250,63 +249,6 @@ async def test_watch_reports_removed_and_killed_containers_but_not_closed_ones(
         await removed.exec("true")
 
 
-# -- shell semantics -----------------------------------------------------------------------------
-
-
-@pytest.mark.docker
-async def test_shell_state_carries_like_a_terminal(sandbox_factory: Any) -> None:
-    await check_terminal_semantics(await sandbox_factory(env={"GREETING": "hi"}))
-
-
-@pytest.mark.docker
-async def test_two_servers_on_one_sandbox_share_the_shell_state(sandbox_factory: Any, docker_server_id: str) -> None:
-    sb = await sandbox_factory()
-    other = DockerDriver(image=IMAGE, server_id=docker_server_id)
-    try:
-        await check_two_servers_share_the_state(sb, await other.attach(sb.id, SandboxSpec(name=sb.name)))
-    finally:
-        await other.aclose()
-
-
-@pytest.mark.docker
-async def test_one_command_at_a_time(sandbox_factory: Any) -> None:
-    sb = await sandbox_factory()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sb.exec, "sleep 1")
-        await anyio.sleep(0.2)
-        with pytest.raises(SandboxBusy):
-            await sb.exec("true")
-    assert (await sb.exec("echo free")).output == "free\n"
-
-
-@pytest.mark.docker
-async def test_output_of_50_mb_stays_bounded(sandbox_factory: Any) -> None:
-    sb = await sandbox_factory()
-    streamed = 0
-
-    async def on_output(chunk: bytes) -> None:
-        nonlocal streamed
-        streamed += len(chunk)
-
-    total = 50_000_000
-    r = await sb.exec(f"head -c {total} /dev/zero | tr '\\0' x; echo", on_output=on_output, max_output_bytes=65536)
-    assert r.exit_code == 0
-    assert r.output_bytes == total + 1 == streamed
-    assert r.cut_bytes == total + 1 - 65536
-    assert len(r.output) < 65536 + 200
-    assert r.output.startswith("xxxx") and "bytes cut from the middle" in r.output
-
-
-@pytest.mark.docker
-async def test_timeout_stops_the_command(sandbox_factory: Any, docker_engine: Any) -> None:
-    sb = await sandbox_factory()
-    with anyio.fail_after(HANG_S + 1):
-        r = await sb.exec("echo begin; sleep 300", timeout_s=1)
-    assert r.timed_out and not r.interrupted
-    assert r.output == "begin\n"
-    assert user_processes(docker_engine, sb) == []
-
-
 # -- interrupts ----------------------------------------------------------------------------------
 
 ESCAPING = "sleep 301 & setsid sleep 302 & trap '' INT; sleep 300"
@@ -393,21 +335,13 @@ async def test_control_shell_dying_mid_command_is_survived(sandbox_factory: Any)
 
 
 @pytest.mark.docker
-async def test_files_inside_the_workspace(sandbox_factory: Any) -> None:
+async def test_written_files_belong_to_the_sandbox_user(sandbox_factory: Any) -> None:
+    """Files the server writes are the sandbox user's (not root's), so commands can run and change them."""
     sb = await sandbox_factory()
     await sb.write_file("src/pkg/mod.py", b"print('hi')\n")
-    await sb.write_file("/workspace/data.bin", bytes(range(256)) * 4)
-    assert await sb.read_file("/workspace/src/pkg/mod.py", 100) == b"print('hi')\n"
-    assert await sb.read_file("data.bin", 2000) == bytes(range(256)) * 4
-    r = await sb.exec("python3 src/pkg/mod.py; stat -c '%u %a' src/pkg/mod.py; ln -s src inner")
-    assert r.output == "hi\n1000 644\n"
-    assert await sb.read_file("inner/pkg/mod.py", 100) == b"print('hi')\n"  # a symlink inside is fine
-    with pytest.raises(SandboxError, match="over the 10-byte limit"):
-        await sb.read_file("data.bin", 10)
-    with pytest.raises(FileNotFoundError):
-        await sb.read_file("missing.txt", 10)
-    with pytest.raises(IsADirectoryError):
-        await sb.read_file("src", 10)
+    r = await sb.exec("python3 src/pkg/mod.py; stat -c '%u %a' src/pkg/mod.py; echo 'print(2)' >> src/pkg/mod.py")
+    assert (r.exit_code, r.output) == (0, "hi\n1000 644\n")
+    assert await sb.read_file("src/pkg/mod.py", 100) == b"print('hi')\nprint(2)\n"
 
 
 @pytest.mark.docker
@@ -424,31 +358,6 @@ async def test_a_big_write_cancelled_half_way_leaves_the_sandbox_working(sandbox
     assert r.output.splitlines()[0] == "still here"
     await sb.write_file("small.txt", b"whole\n")
     assert await sb.read_file("small.txt", 100) == b"whole\n"
-
-
-@pytest.mark.docker
-async def test_paths_outside_the_workspace_are_refused(sandbox_factory: Any) -> None:
-    sb = await sandbox_factory()
-    r = await sb.exec("ln -s /etc etc-link; ln -s /etc/passwd pw; ln -s ../tmp up; echo x > /tmp/x")
-    assert r.exit_code == 0
-    for path in [
-        "../etc/passwd",
-        "/etc/passwd",
-        "a/../../etc/passwd",
-        "/workspace/../etc/passwd",
-        "x\0y",
-        "etc-link/passwd",
-        "pw",
-        "up/x",
-        "/tmp/x",
-    ]:
-        with pytest.raises(PathNotAllowed):
-            await sb.read_file(path, 10_000)
-    for path in ["../evil", "/etc/evil", "etc-link/evil", "up/evil", "pw"]:
-        with pytest.raises(PathNotAllowed):
-            await sb.write_file(path, b"no")
-    r = await sb.exec("ls /tmp; head -c 4 /etc/passwd")
-    assert "evil" not in r.output and r.output.endswith("root")
 
 
 # -- recovery ------------------------------------------------------------------------------------
