@@ -65,7 +65,7 @@ def marking(name: str, mark: pytest.MarkDecorator) -> list[Any]:
 DOCKER_LOSES_STATE = pytest.mark.xfail(
     strict=False,
     reason="docker: a control shell's late `done` for a run another control shell already cleaned up promotes or "
-    "discards the state.new a later run is writing (sandbox_backends/control_shell.py cleanup)",
+    "discards the state.new a later run is writing (sandbox_backends/control/program.py cleanup)",
 )
 MESSAGE_DRIVERS = {"remote"}
 SETTINGS: dict[str, dict[str, Any]] = {"docker": {"image": IMAGE}}
