@@ -396,10 +396,12 @@ class LocalSandbox(ClosesOnExit):
         )
 
     def _cleanup(self, run_id: str) -> None:
-        """Put the run's state in force and remove its files; the output before the exit code (see `_active`)."""
-        promote_state(self._state)
+        """Put the run's state in force and remove its files; the output before the exit code (see `_active`).
+        Once a later run is current, its start has promoted this run's state, and the state being written is
+        the later run's: it is left alone."""
         current = self._current_run()
         if current is None or current[1] == run_id:
+            promote_state(self._state)
             (self._state / PID_FILE).unlink(missing_ok=True)
         for name in (output_file(run_id), rc_file(run_id), script_file(run_id), interrupted_file(run_id)):
             (self._state / name).unlink(missing_ok=True)

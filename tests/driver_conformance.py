@@ -57,16 +57,6 @@ COMMAND_DRIVERS = [
 BASH_DRIVERS = [p for p in COMMAND_DRIVERS if p.values[0] != "memory"]
 
 
-def marking(name: str, mark: pytest.MarkDecorator) -> list[Any]:
-    """COMMAND_DRIVERS with `mark` on the driver called `name`: a known fault of that driver, still run."""
-    return [pytest.param(*p.values, id=p.id, marks=[*p.marks, mark]) if p.values[0] == name else p for p in COMMAND_DRIVERS]
-
-
-DOCKER_LOSES_STATE = pytest.mark.xfail(
-    strict=False,
-    reason="docker: a control shell's late `done` for a run another control shell already cleaned up promotes or "
-    "discards the state.new a later run is writing (sandbox_backends/control/program.py cleanup)",
-)
 MESSAGE_DRIVERS = {"remote"}
 SETTINGS: dict[str, dict[str, Any]] = {"docker": {"image": IMAGE}}
 """Server settings per driver, as the server would validate them from its flags."""
@@ -245,7 +235,6 @@ async def test_shell_state_survives_an_interrupted_command(servers: Servers) -> 
     assert (await sb.exec("pwd; echo $FOO")).output == f"{sb.workspace}/kept\nkept\n"
 
 
-@pytest.mark.parametrize("servers", marking("docker", DOCKER_LOSES_STATE), indirect=True)
 async def test_two_servers_on_one_sandbox_share_the_shell_state(servers: Servers) -> None:
     a = await servers.sandbox()
     b = await servers.attach(a)

@@ -214,18 +214,24 @@ def whole(name):
         return False
 
 def promote_state():
-    """The runner writes state.new and forks no mv; a whole one (ending with the marker) goes in force."""
+    """The runner writes state.new and forks no mv; a whole one (ending with the marker) goes in force.
+    Another control shell may promote the same file at the same moment: losing that race is fine."""
     if whole(NEW_STATE_FILE):
-        os.replace(path(NEW_STATE_FILE), path(STATE_FILE))
+        try:
+            os.replace(path(NEW_STATE_FILE), path(STATE_FILE))
+        except FileNotFoundError:
+            pass
     else:
         unlink(NEW_STATE_FILE)
 
 def cleanup(run):
     """Put the run's state in force and remove its files. The output goes before the exit code, so another
-    control shell never sees a finished run without either (see run_active)."""
-    promote_state()
+    control shell never sees a finished run without either (see run_active). Once a later run is current,
+    its start has promoted this run's state already, and state.new is the later run's, half written: it is
+    left alone (a late acknowledgement of this run must not discard it)."""
     cur = current_run()
     if cur is None or cur[1] == run:
+        promote_state()
         unlink(PID_FILE)
     for suffix in (".out", ".rc", ".sh", ".start", ".interrupted"):
         unlink(run + suffix)

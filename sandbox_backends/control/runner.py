@@ -82,9 +82,13 @@ def state_whole(state_dir: Path, name: str = NEW_STATE_FILE) -> bool:
 
 
 def promote_state(state_dir: Path) -> None:
-    """Put the state a finished run saved in force, if it was written whole (see the module docstring)."""
+    """Put the state a finished run saved in force, if it was written whole (see the module docstring).
+    Another process may promote the same file at the same moment: losing that race is fine."""
     if state_whole(state_dir):
-        os.replace(state_dir / NEW_STATE_FILE, state_dir / STATE_FILE)
+        try:
+            os.replace(state_dir / NEW_STATE_FILE, state_dir / STATE_FILE)
+        except FileNotFoundError:
+            pass
     else:
         (state_dir / NEW_STATE_FILE).unlink(missing_ok=True)
 
