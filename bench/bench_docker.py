@@ -33,19 +33,20 @@ from typing import Any
 
 import anyio
 import docker
+from report import command_line, paragraph, target_cell, write_section
+from timing import interleaved, timed
 
 from sandbox_backends.base import SandboxSpec
 from sandbox_backends.docker.container import DEFAULT_IMAGE, KEEPALIVE_CMD, LABEL_SERVER
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
-from report import command_line, paragraph, target_cell, write_section
-from timing import interleaved, timed
 
 SECTION = "## Docker driver against the docker SDK"
 
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 class Table:

@@ -34,17 +34,36 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from report import command_line, target_cell, write_section
 
 from mcp_sessions.app import open_manager
 from mcp_sessions.models import SUMMARY_FIELDS, Session, SessionRecord, SessionSummary, TextBlock, TurnSummary
 from mcp_sessions.settings import Settings
 from mcp_sessions.store import Store
-from report import command_line, target_cell, write_section
 
 SECTION = "## list_sessions: a status filter and the first page"
 TARGETS = {"server": 5.0, "stdio": 15.0}
 STATUS_MIX = [("dead", 60), ("ready", 20), ("failed", 10), ("busy", 5), ("creating", 5)]
-WORDS = "make the tests pass fix the build read the logs update deps run lint refactor module add docs".split()
+WORDS = [
+    "make",
+    "the",
+    "tests",
+    "pass",
+    "fix",
+    "the",
+    "build",
+    "read",
+    "the",
+    "logs",
+    "update",
+    "deps",
+    "run",
+    "lint",
+    "refactor",
+    "module",
+    "add",
+    "docs",
+]
 
 
 # -- filling -------------------------------------------------------------------------------------
@@ -68,7 +87,7 @@ def make_record(rng: random.Random, i: int, start: datetime) -> SessionRecord:
     finished = status in ("dead", "failed")
     turns = 0 if status == "creating" else rng.randint(1, 20)
     session = Session(
-        id="ses_" + "%032x" % rng.getrandbits(128),
+        id=f"ses_{rng.getrandbits(128):032x}",
         title=text[:40] if rng.random() < 0.5 else None,
         tags=rng.sample(["ci", "nightly", "repo-a", "repo-b", "urgent"], rng.randint(0, 3)),
         driver=rng.choice(["local", "docker"]),
@@ -88,8 +107,14 @@ def make_record(rng: random.Random, i: int, start: datetime) -> SessionRecord:
         last_response=[TextBlock(text=output)] if turns else [],
         output_preview=output[-500:] if turns else None,
         last_turn=TurnSummary(
-            turn=turns, status="completed", started_at=created, finished_at=created, duration_s=1.5,
-            exit_code=0, output=output, output_bytes=len(output),
+            turn=turns,
+            status="completed",
+            started_at=created,
+            finished_at=created,
+            duration_s=1.5,
+            exit_code=0,
+            output=output,
+            output_bytes=len(output),
         )
         if turns
         else None,
@@ -184,7 +209,7 @@ def raw_sqlite(db: Path, status: str, calls: int, warmup: int) -> dict[str, Any]
         for _, _, where, where_args in OTHER_FILTERS:
             sql = f"SELECT COUNT(*) FROM sessions WHERE {where}"
             plan = "; ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, where_args))
-            samples = time_sync(lambda: conn.execute(sql, where_args).fetchone(), calls, warmup)
+            samples = time_sync(lambda sql=sql, args=where_args: conn.execute(sql, args).fetchone(), calls, warmup)
             other_counts.append((samples, plan))
 
         rows = page()
@@ -220,12 +245,12 @@ OTHER_FILTERS: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
 async def in_server(home: Path, status: str, calls: int, warmup: int) -> tuple[list[int], list[list[int]]]:
     """The status filter of the targets, then the other filters, through SessionManager.list."""
     async with open_manager(Settings(home=home)) as manager:
-        page = await manager.list(statuses=[status])
+        page = await manager.list_sessions(statuses=[status])
         assert len(page.sessions) == 50, page.total
-        main = await time_async(lambda: manager.list(statuses=[status]), calls, warmup)
+        main = await time_async(lambda: manager.list_sessions(statuses=[status]), calls, warmup)
         others = []
         for _, filters, _, _ in OTHER_FILTERS:
-            others.append(await time_async(lambda: manager.list(**filters), calls, warmup))
+            others.append(await time_async(lambda filters=filters: manager.list_sessions(**filters), calls, warmup))
         return main, others
 
 
@@ -339,10 +364,22 @@ def main() -> None:
         ("sqlite3", "`COUNT(*)` alone", raw["count"]),
         ("sqlite3", "the page's 51 ids, then the 50 summaries, not decoded", raw["page"]),
         ("sqlite3", "both statements, no decoding (the baseline)", raw["both"]),
-        ("sqlite3 + decode", "both, and the 50 stored summaries parsed into `SessionSummary` (the server's work)", raw["decoded"]),
-        ("sqlite3 + decode", "for comparison: whole records read and cut down to summaries instead (schema 2)", raw["from_records"]),
-        ("server", "`SessionManager.list(statuses=[...])`, limit 50", server),
-        ("stdio, raw", f"`tools/call list_sessions` as JSON-RPC lines by hand, no client library ({reply_bytes / 1e3:.0f} KB reply)", raw_stdio),
+        (
+            "sqlite3 + decode",
+            "both, and the 50 stored summaries parsed into `SessionSummary` (the server's work)",
+            raw["decoded"],
+        ),
+        (
+            "sqlite3 + decode",
+            "for comparison: whole records read and cut down to summaries instead (schema 2)",
+            raw["from_records"],
+        ),
+        ("server", "`SessionManager.list_sessions(statuses=[...])`, limit 50", server),
+        (
+            "stdio, raw",
+            f"`tools/call list_sessions` as JSON-RPC lines by hand, no client library ({reply_bytes / 1e3:.0f} KB reply)",
+            raw_stdio,
+        ),
         ("stdio", f"`list_sessions` through the MCP Python SDK client ({args.mode} era)", stdio),
         ("client", "of that: the SDK's jsonschema check of one reply against the output schema, alone", schema_check),
     ]
@@ -350,15 +387,23 @@ def main() -> None:
         "| filter | server median ms | server p90 ms | of which `COUNT(*)` alone, median ms | plan of the `COUNT(*)` |",
         "|---|---:|---:|---:|---|",
     ]
-    for (name, filters, _, _), samples, (count_samples, plan) in zip(OTHER_FILTERS, others, raw["other_counts"]):
+    for (name, filters, _, _), samples, (count_samples, plan) in zip(OTHER_FILTERS, others, raw["other_counts"], strict=True):
         median, p90 = summarize(samples)
         shown = ", ".join(f"{k}={v}" for k, v in filters.items()) or "none"
-        other_lines.append(
-            f"| {name} (`{shown}`) | {median:.2f} | {p90:.2f} | {summarize(count_samples)[0]:.2f} | `{plan}` |"
-        )
+        other_lines.append(f"| {name} (`{shown}`) | {median:.2f} | {p90:.2f} | {summarize(count_samples)[0]:.2f} | `{plan}` |")
     command = command_line()
-    med = {name: summarize(samples)[0] for name, samples in
-           (("sql", raw["both"]), ("decode", raw["decoded"]), ("old", raw["from_records"]), ("server", server), ("raw", raw_stdio), ("sdk", stdio), ("check", schema_check))}
+    med = {
+        name: summarize(samples)[0]
+        for name, samples in (
+            ("sql", raw["both"]),
+            ("decode", raw["decoded"]),
+            ("old", raw["from_records"]),
+            ("server", server),
+            ("raw", raw_stdio),
+            ("sdk", stdio),
+            ("check", schema_check),
+        )
+    }
     reading = (
         f"Where the time goes: SQLite answers both statements in {med['sql']:.2f} ms; parsing the 50 stored "
         f"summaries takes {med['decode'] - med['sql']:.2f} ms more (decoding the whole records instead, each carrying "
@@ -372,7 +417,7 @@ def main() -> None:
         [
             SECTION,
             "",
-            f"`list_sessions(statuses=[\"{args.status}\"])`, default page of 50, over {args.sessions:,} sessions "
+            f'`list_sessions(statuses=["{args.status}"])`, default page of 50, over {args.sessions:,} sessions '
             f"({', '.join(f'{n:,} {s}' for s, n in sorted(mix.items(), key=lambda kv: -kv[1]))}; {raw['total']:,} match). "
             f"Records carry turn outputs of realistic sizes (most under 2 KB, 5% at the 32 KiB cap): the page's 50 "
             f"records are {raw['records_json_bytes'] / 1e3:,.0f} KB of JSON, their stored summaries "

@@ -103,7 +103,9 @@ class Rest:
         return s["id"]
 
     async def send(self, sid: str, text: str) -> dict[str, Any]:
-        return await self._json(await self.client.post(f"/api/v1/sessions/{sid}/messages", params={"wait_s": 50}, json={"text": text, "queue": False}))
+        return await self._json(
+            await self.client.post(f"/api/v1/sessions/{sid}/messages", params={"wait_s": 50}, json={"text": text, "queue": False})
+        )
 
     async def close(self, sid: str) -> None:
         await self._json(await self.client.post(f"/api/v1/sessions/{sid}/close", params={"delete": "true"}))
@@ -118,7 +120,9 @@ def free_port() -> int:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="bench-load-"))
     env = {**os.environ, "MCP_SESSIONS_HOME": str(home), "MCP_SESSIONS_IMAGE": IMAGE, "MCP_SESSIONS_DRIVER": "docker"}
-    env.update({"MCP_SESSIONS_MAX_SESSIONS_PER_OWNER": "0", "MCP_SESSIONS_RATE_LIMIT_PER_S": "0", "MCP_SESSIONS_IDLE_TIMEOUT_S": "0"})
+    env.update(
+        {"MCP_SESSIONS_MAX_SESSIONS_PER_OWNER": "0", "MCP_SESSIONS_RATE_LIMIT_PER_S": "0", "MCP_SESSIONS_IDLE_TIMEOUT_S": "0"}
+    )
     if args.transport == "stdio":
         params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_sessions"], env=env)
         async with Client(params, mode="legacy") as client:

@@ -128,7 +128,7 @@ def summary(tasks: list[Subtask]) -> str:
         last = (t.outputs[-1] if t.outputs else "").strip().splitlines()
         rows.append((t.name, t.session_id[:12] + "…", t.outcome, f"{t.seconds:.1f}", last[-1] if last else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -14,9 +14,9 @@ import logging
 import os
 import sqlite3
 import sys
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Union, get_args, get_origin
 
@@ -55,9 +55,7 @@ def _when(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time, e.g. 2026-05-01 or 2026-05-01T12:00:00Z"
-        ) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time, e.g. 2026-05-01 or 2026-05-01T12:00:00Z") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -89,7 +87,10 @@ def _flag(name: str, info: FieldInfo) -> Flag:
 def settings_flags() -> list[tuple[str, list[Flag]]]:
     """Every settings field that may be given as a flag (all but secrets), grouped: the core settings, then
     one group per plugin with settings."""
-    groups = [("options", Settings.model_fields), *((title + " options", model.model_fields) for title, model in catalog().settings_sections())]
+    groups = [
+        ("options", Settings.model_fields),
+        *((title + " options", model.model_fields) for title, model in catalog().settings_sections()),
+    ]
     return [(title, [_flag(n, i) for n, i in fields.items() if not is_secret(i)]) for title, fields in groups]
 
 
@@ -133,12 +134,31 @@ def build_parser() -> Parser:
         help="list sessions, newest first",
         description="List sessions, newest first, with the filters of the list_sessions tool. Times are UTC.",
     )
-    ls.add_argument("--status", dest="statuses", action="append", choices=STATUSES, metavar="STATUS", help=f"only this status ({', '.join(STATUSES)}); repeat for any of several")
-    ls.add_argument("--tag", dest="tags", action="append", metavar="TAG", help="only sessions with this tag; repeat for all of several")
+    ls.add_argument(
+        "--status",
+        dest="statuses",
+        action="append",
+        choices=STATUSES,
+        metavar="STATUS",
+        help=f"only this status ({', '.join(STATUSES)}); repeat for any of several",
+    )
+    ls.add_argument(
+        "--tag", dest="tags", action="append", metavar="TAG", help="only sessions with this tag; repeat for all of several"
+    )
     ls.add_argument("--driver", dest="filter_driver", metavar="NAME", help="only sessions on this driver")
     ls.add_argument("--agent", dest="filter_agent", metavar="NAME", help="only sessions with this agent")
-    ls.add_argument("--created-after", type=_when, metavar="TIME", help="only sessions created at or after this ISO 8601 time (UTC if no offset)")
-    ls.add_argument("--created-before", type=_when, metavar="TIME", help="only sessions created at or before this ISO 8601 time (UTC if no offset)")
+    ls.add_argument(
+        "--created-after",
+        type=_when,
+        metavar="TIME",
+        help="only sessions created at or after this ISO 8601 time (UTC if no offset)",
+    )
+    ls.add_argument(
+        "--created-before",
+        type=_when,
+        metavar="TIME",
+        help="only sessions created at or before this ISO 8601 time (UTC if no offset)",
+    )
     ls.add_argument("--limit", type=int, default=50, metavar="N", help="rows per page, 1..200 (default 50)")
     ls.add_argument("--cursor", help="the next-page cursor printed by the previous page (give the same filters)")
     ls.add_argument("--json", action="store_true", help="print the page as JSON")
@@ -323,14 +343,14 @@ def format_table(page: SessionPage) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = []
     for row in rows:
-        cells = [cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        cells = [cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines)
 
 
 async def list_sessions(manager: SessionManager, args: argparse.Namespace) -> int:
     try:
-        page = await manager.list(
+        page = await manager.list_sessions(
             statuses=args.statuses,
             tags=args.tags,
             driver=args.filter_driver,
@@ -367,7 +387,14 @@ def format_state(s: Session) -> str:
     if s.close_reason:
         status += f", closed: {s.close_reason}"
     rows.append(("status", status))
-    rows.append(("driver", f"{s.driver}, agent {s.agent}" + (f", model {s.model}" if s.model else "") + (f", image {s.image}" if s.image else "")))
+    rows.append(
+        (
+            "driver",
+            f"{s.driver}, agent {s.agent}"
+            + (f", model {s.model}" if s.model else "")
+            + (f", image {s.image}" if s.image else ""),
+        )
+    )
     if s.tags:
         rows.append(("tags", ", ".join(s.tags)))
     if s.metadata:
@@ -391,9 +418,7 @@ def format_state(s: Session) -> str:
             parts.append(last.reason)
         rows.append(("turns", f"{s.turns}; last: {', '.join(parts)}"))
     u = s.usage
-    rows.append(
-        ("usage", f"{u.input_tokens} input, {u.output_tokens} output, {u.total_tokens} total tokens; ${u.cost_usd:.4f}")
-    )
+    rows.append(("usage", f"{u.input_tokens} input, {u.output_tokens} output, {u.total_tokens} total tokens; ${u.cost_usd:.4f}"))
     if s.workspace:
         rows.append(("workspace", s.workspace))
     width = max(len(k) for k, _ in rows)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from .agents.base import Agent, ConfiguresSessions
 from .errors import InvalidInput, PayloadTooLarge
 from .models import LimitsModel, Session, SessionRecord, new_session_id
-from .plugins import Catalog
+from .plugins import Catalog, annotated
 from .settings import Settings
 
 MetadataValue = str | int | float | bool | None
@@ -30,33 +30,54 @@ class SessionFields(BaseModel):
     title: str | None = Field(None, max_length=200, description="A short human title.")
     driver: str | None = Field(None, max_length=100, description="Sandbox driver.")
     agent: str | None = Field(None, max_length=100, description="Agent that answers messages.")
-    image: str | None = Field(None, max_length=300, description="Container image, for drivers that run containers (default: the server's).")
+    image: str | None = Field(
+        None, max_length=300, description="Container image, for drivers that run containers (default: the server's)."
+    )
     tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
         [], max_length=20, description="Labels for filtering in list_sessions."
     )
     metadata: dict[str, MetadataValue] = Field({}, max_length=50, description="Free-form key/values kept with the session.")
-    files: dict[str, str] = Field({}, max_length=1000, description="Files to write into the workspace first: relative path -> UTF-8 text.")
+    files: dict[str, str] = Field(
+        {}, max_length=1000, description="Files to write into the workspace first: relative path -> UTF-8 text."
+    )
     env: dict[str, str] = Field({}, max_length=200, description="Environment variables for commands in the session.")
     limits: LimitsModel | None = Field(None, description="Sandbox resource limits, for drivers that enforce them.")
     command_timeout_s: float | None = Field(
         None, gt=0, le=10**7, description="Stop a single command after this many seconds (default: the server's, 600)."
     )
     idle_timeout_s: float | None = Field(
-        None, ge=0, le=10**9, description="Close the session after this many idle seconds; 0 = never (default: the server's, 900)."
+        None,
+        ge=0,
+        le=10**9,
+        description="Close the session after this many idle seconds; 0 = never (default: the server's, 900).",
     )
-    model: str | None = Field(None, max_length=200, description="The model, for agents that call one, e.g. 'gpt-4o' or 'claude-sonnet-4-5' (default: the server's).")
+    model: str | None = Field(
+        None,
+        max_length=200,
+        description="The model, for agents that call one, e.g. 'gpt-4o' or 'claude-sonnet-4-5' (default: the server's).",
+    )
 
 
 def _described(catalog: Catalog) -> dict[str, Any]:
     """SessionFields' annotations, with the driver and agent descriptions listing what is installed."""
-    fields = {name: (Annotated[(info.annotation, *info.metadata, Field(description=info.description))], info.default)
-              for name, info in SessionFields.model_fields.items()}
+    fields = {
+        name: (annotated(info.annotation, *info.metadata, Field(description=info.description)), info.default)
+        for name, info in SessionFields.model_fields.items()
+    }
     fields["driver"] = (
-        Annotated[str | None, Field(max_length=100, description=f"Sandbox driver (default: the server's). {catalog.describe_drivers()}.")],
+        Annotated[
+            str | None,
+            Field(max_length=100, description=f"Sandbox driver (default: the server's). {catalog.describe_drivers()}."),
+        ],
         None,
     )
     fields["agent"] = (
-        Annotated[str | None, Field(max_length=100, description=f"Agent that answers messages (default: the server's). {catalog.describe_agents()}.")],
+        Annotated[
+            str | None,
+            Field(
+                max_length=100, description=f"Agent that answers messages (default: the server's). {catalog.describe_agents()}."
+            ),
+        ],
         None,
     )
     for name, option in catalog.option_fields().items():
@@ -74,7 +95,7 @@ def create_parameters(catalog: Catalog) -> list[inspect.Parameter]:
 
 def create_body(catalog: Catalog) -> type[BaseModel]:
     """The REST API's create body: the same fields as the tool, unknown ones refused."""
-    return create_model(  # type: ignore[call-overload, no-any-return]
+    return create_model(
         "CreateBody",
         __config__=ConfigDict(extra="forbid"),
         __doc__="A new session; every field is optional. The same fields as the create_session tool.",
@@ -109,7 +130,9 @@ class CreateRequest:
         return cls(**own, owner=owner, options={k: v for k, v in given.items() if k not in own})
 
 
-def new_record(request: CreateRequest, settings: Settings, catalog: Catalog, agents: dict[str, Agent], lease: str) -> SessionRecord:
+def new_record(
+    request: CreateRequest, settings: Settings, catalog: Catalog, agents: dict[str, Agent], lease: str
+) -> SessionRecord:
     """The record of a new session, every part of the request checked (`lease`: the creating process's).
     Raises InvalidInput (or PayloadTooLarge) with what to change."""
     driver = request.driver or settings.driver
@@ -121,8 +144,7 @@ def new_record(request: CreateRequest, settings: Settings, catalog: Catalog, age
         raise InvalidInput(f"Unknown agent '{agent}'. Use one of: {', '.join(agents)}.")
     if own_agent is not None and agent != own_agent:
         raise InvalidInput(
-            f"A '{driver}' session runs its platform's own agent: use agent='{own_agent}' (the default there) "
-            "or leave agent out."
+            f"A '{driver}' session runs its platform's own agent: use agent='{own_agent}' (the default there) or leave agent out."
         )
     if own_agent is None and (homes := catalog.drivers_of(agent)):
         raise InvalidInput(

@@ -60,7 +60,9 @@ class Gate:
         headers = Headers(scope=scope)
         if self.loopback:  # DNS rebinding: a web page must not reach a server that trusts this machine
             if _host_name(headers.get("host", "")) not in LOOPBACK_HOSTS:
-                await error_response(421, "misdirected_request", "Host must be 127.0.0.1, localhost or [::1].")(scope, receive, send)
+                await error_response(421, "misdirected_request", "Host must be 127.0.0.1, localhost or [::1].")(
+                    scope, receive, send
+                )
                 return
             origin = headers.get("origin")
             if origin and _host_name(origin.split("://", 1)[-1]) not in LOOPBACK_HOSTS:
@@ -170,10 +172,33 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
         return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
 
     extra_paths: dict[str, Any] = {
-        "/healthz": {"get": {"summary": "Liveness.", "security": [], "operationId": "healthz", "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}}}},
-        API + "/openapi.json": {"get": {"summary": "This document.", "security": [], "operationId": "openapi", "responses": {"200": {"description": "OK"}}}},
+        "/healthz": {
+            "get": {
+                "summary": "Liveness.",
+                "security": [],
+                "operationId": "healthz",
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                    }
+                },
+            }
+        },
+        API + "/openapi.json": {
+            "get": {
+                "summary": "This document.",
+                "security": [],
+                "operationId": "openapi",
+                "responses": {"200": {"description": "OK"}},
+            }
+        },
         MCP_PATH: {
-            method: {"summary": f"MCP streamable HTTP ({what}); see the MCP specification.", "operationId": f"mcp_{method}", "responses": {"200": {"description": "JSON-RPC"}}}
+            method: {
+                "summary": f"MCP streamable HTTP ({what}); see the MCP specification.",
+                "operationId": f"mcp_{method}",
+                "responses": {"200": {"description": "JSON-RPC"}},
+            }
             for method, what in (("post", "requests"), ("get", "the notification stream"), ("delete", "end the MCP session"))
         },
     }
@@ -202,7 +227,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return error_response(404, "not_found", f"No route {request.url.path}. See {API}/openapi.json for the routes.")
-    return error_response(exc.status_code, "invalid_request", str(exc.detail), exc.headers)
+    return error_response(exc.status_code, "invalid_request", str(exc.detail), dict(exc.headers or {}))
 
 
 def serve_http(settings: Settings) -> None:

@@ -24,11 +24,9 @@ from starlette.routing import Route
 from sandbox_backends.base import SandboxError
 
 from . import __version__
-from .errors import SessionError
 from .create import CreateRequest, create_body
+from .errors import SessionError
 from .manager import SessionManager
-from .plugins import catalog
-from .tools import ToolPlugin
 from .models import (
     CloseReply,
     InterruptReply,
@@ -39,6 +37,8 @@ from .models import (
     Status,
     TurnReply,
 )
+from .plugins import catalog
+from .tools import ToolPlugin
 
 API = "/api/v1"
 KEEPALIVE_S = 15.0
@@ -157,7 +157,7 @@ async def create_session(c: Call) -> Reply:
 
 async def list_sessions(c: Call) -> Reply:
     q: ListQuery = c.query
-    return await c.manager.list(
+    return await c.manager.list_sessions(
         statuses=list(q.status) if q.status else None,
         tags=q.tag,
         driver=q.driver,
@@ -234,6 +234,8 @@ class Endpoint:
 
 
 S = API + "/sessions/{session_id}"
+
+
 def tool_endpoint(plugin: ToolPlugin) -> Endpoint:
     """A tool plugin as a route: its parameters are the JSON body, its output the response."""
 
@@ -247,19 +249,66 @@ def endpoints() -> list[Endpoint]:
     """Every route: the create body built from the installed plugins' options, a route per tool plugin."""
     plugins = catalog()
     return [
-        Endpoint("POST", API + "/sessions", create_session, "Create a session and wait up to wait_s until it is ready.", Session, (201,), CreateQuery, create_body(plugins)),
+        Endpoint(
+            "POST",
+            API + "/sessions",
+            create_session,
+            "Create a session and wait up to wait_s until it is ready.",
+            Session,
+            (201,),
+            CreateQuery,
+            create_body(plugins),
+        ),
         *SESSION_ENDPOINTS,
         *(tool_endpoint(plugin) for plugin in plugins.tools.values()),
     ]
 
 
 SESSION_ENDPOINTS = [
-    Endpoint("GET", API + "/sessions", list_sessions, "List your sessions, newest first, with filters and a cursor.", SessionPage, query=ListQuery),
-    Endpoint("GET", S, get_session, "A session's state, queue, whole conversation and, with events_after, its events.", SessionView, query=GetQuery),
-    Endpoint("POST", S + "/messages", send_message, "Send a message: queued behind a running turn and answered at once (202), or after up to wait_s (200 once the turn ended).", TurnReply, (200, 202), WaitQuery, MessageBody),
+    Endpoint(
+        "GET",
+        API + "/sessions",
+        list_sessions,
+        "List your sessions, newest first, with filters and a cursor.",
+        SessionPage,
+        query=ListQuery,
+    ),
+    Endpoint(
+        "GET",
+        S,
+        get_session,
+        "A session's state, queue, whole conversation and, with events_after, its events.",
+        SessionView,
+        query=GetQuery,
+    ),
+    Endpoint(
+        "POST",
+        S + "/messages",
+        send_message,
+        "Send a message: queued behind a running turn and answered at once (202), or after up to wait_s (200 once the turn ended).",
+        TurnReply,
+        (200, 202),
+        WaitQuery,
+        MessageBody,
+    ),
     Endpoint("POST", S + "/interrupt", interrupt, "Stop the running turn; the session stays usable.", InterruptReply),
-    Endpoint("POST", S + "/close", close_session, "Close the session and free its sandbox; delete=true also removes its transcript and workspace. Idempotent.", CloseReply, query=CloseQuery),
-    Endpoint("GET", S + "/stream", stream, "Server-Sent Events of the session's events: id = seq, event = type, data = the event as JSON.", None, query=StreamQuery, sse=True),
+    Endpoint(
+        "POST",
+        S + "/close",
+        close_session,
+        "Close the session and free its sandbox; delete=true also removes its transcript and workspace. Idempotent.",
+        CloseReply,
+        query=CloseQuery,
+    ),
+    Endpoint(
+        "GET",
+        S + "/stream",
+        stream,
+        "Server-Sent Events of the session's events: id = seq, event = type, data = the event as JSON.",
+        None,
+        query=StreamQuery,
+        sse=True,
+    ),
 ]
 
 
@@ -363,7 +412,14 @@ def openapi(extra_paths: dict[str, Any]) -> dict[str, Any]:
     for ep in served:
         op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.handler.__name__, "parameters": []}
         if "{session_id}" in ep.path:
-            op["parameters"].append({"name": "session_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^ses_[0-9a-f]{32}$"}})
+            op["parameters"].append(
+                {
+                    "name": "session_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^ses_[0-9a-f]{32}$"},
+                }
+            )
         if ep.query:
             op["parameters"] += query_parameters(ep.query)
         if ep.sse:
@@ -373,7 +429,11 @@ def openapi(extra_paths: dict[str, Any]) -> dict[str, Any]:
         responses: dict[str, Any] = {}
         for status in ep.status:
             if ep.sse:
-                content = {"text/event-stream": {"schema": {"type": "string", "description": "id: seq, event: type, data: Event as JSON"}}}
+                content = {
+                    "text/event-stream": {
+                        "schema": {"type": "string", "description": "id: seq, event: type, data: Event as JSON"}
+                    }
+                }
             else:
                 content = {"application/json": {"schema": refs[(ep.response, "serialization")]}}  # type: ignore[index]
             responses[str(status)] = {"description": "OK" if status < 300 else "Accepted", "content": content}
@@ -382,7 +442,11 @@ def openapi(extra_paths: dict[str, Any]) -> dict[str, Any]:
     paths.update(extra_paths)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "mcp-sessions", "version": __version__, "description": "Agent sessions in sandboxes: REST and SSE; MCP at /mcp."},
+        "info": {
+            "title": "mcp-sessions",
+            "version": __version__,
+            "description": "Agent sessions in sandboxes: REST and SSE; MCP at /mcp.",
+        },
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],

@@ -1,7 +1,7 @@
 """The session lifecycle in one place: the statuses, the moves allowed between them, and the events each
 move writes. No other module sets a session's status (a test checks).
 
-    creating -> ready <-> busy -> ...        ready <-> paused        any live status -> failed | dead
+    creating -> ready <-> busy        any live status -> failed | dead        failed -> dead
 
 Each function changes a record in place, inside a store update (`Store.update`), and returns the events
 to write with it, so a status and the events that announce it are stored together or not at all.
@@ -19,9 +19,8 @@ from .store import EventSpec
 
 MOVES: dict[Status, frozenset[Status]] = {
     "creating": frozenset({"ready", "failed", "dead"}),
-    "ready": frozenset({"busy", "paused", "failed", "dead"}),
+    "ready": frozenset({"busy", "failed", "dead"}),
     "busy": frozenset({"ready", "failed", "dead"}),
-    "paused": frozenset({"ready", "busy", "failed", "dead"}),
     "failed": frozenset({"dead"}),
     "dead": frozenset(),
 }

@@ -11,7 +11,7 @@ Status changes are made by `lifecycle.py` only; replies are shaped by `replies.p
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -130,7 +130,7 @@ class SessionManager:
     # -- plumbing ---------------------------------------------------------------------------------
 
     async def _update(
-        self, session_id: str, mutate: Callable[[SessionRecord], list[EventSpec] | None], messages: list[Message] = []
+        self, session_id: str, mutate: Callable[[SessionRecord], list[EventSpec] | None], messages: Sequence[Message] = ()
     ) -> tuple[SessionRecord, list[Event]]:
         try:
             result = await self.store.update(session_id, mutate, messages)
@@ -431,7 +431,7 @@ class SessionManager:
             if seq <= cursor and idle_s is not None:
                 yield []
 
-    async def list(
+    async def list_sessions(
         self,
         *,
         statuses: list[str] | None = None,

@@ -173,7 +173,9 @@ class SessionRecord(BaseModel):
     lease: str | None = Field(None, description="The server process running this session's turn or creation.")
     interrupt_requested: bool = False
     queue: list[QueuedMessage] = Field(default_factory=list, description="Messages to run, in order, after the current turn.")
-    agent_options: dict[str, Any] = Field(default_factory=dict, description="The agent's settings: system prompt, limits, provider.")
+    agent_options: dict[str, Any] = Field(
+        default_factory=dict, description="The agent's settings: system prompt, limits, provider."
+    )
     driver_options: dict[str, Any] = Field(default_factory=dict, description="The driver's create options, e.g. which remote.")
 
 
@@ -259,7 +261,7 @@ class SessionSummary(BaseModel):
     close_reason: str | None
 
 
-SUMMARY_FIELDS = frozenset(SessionSummary.model_fields)
+SUMMARY_FIELDS = set(SessionSummary.model_fields)
 
 
 def summary_json(s: Session) -> str:

@@ -223,5 +223,7 @@ async def with_progress(ctx: Context, manager: SessionManager, session_id: str, 
             tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    await report(await manager.store.events(session_id, after=cursor, limit=500))  # the last lines, so the progress stream is complete when the reply arrives
+    await report(
+        await manager.store.events(session_id, after=cursor, limit=500)
+    )  # the last lines, so the progress stream is complete when the reply arrives
     return value

@@ -36,6 +36,12 @@ class OptionField:
     """Who takes it, e.g. ("llm agent", "remote driver")."""
 
 
+def annotated(annotation: Any, *metadata: Any) -> Any:
+    """`Annotated[annotation, *metadata]`, built at run time from declared fields (a type checker reads
+    `Annotated[...]` as a type, not a value)."""
+    return Annotated.__class_getitem__((annotation, *metadata))  # type: ignore[attr-defined]
+
+
 def _who(kind: str, names: list[str]) -> str:
     return f"{', '.join(names)} {kind}{'s' if len(names) > 1 else ''}"
 
@@ -86,7 +92,7 @@ class Catalog:
                 description = info.description or ""
                 known = fields.get(field)
                 if known is None:
-                    constrained = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+                    constrained = annotated(info.annotation, *info.metadata) if info.metadata else info.annotation
                     fields[field] = OptionField(field, constrained, ())
                 described.setdefault(field, {}).setdefault(description, []).append(f"{name} {kind}")
         merged = {}
@@ -95,10 +101,12 @@ class Catalog:
             for description, who in described[field].items():
                 agents_ = [w.removesuffix(" agent") for w in who if w.endswith(" agent")]
                 drivers_ = [w.removesuffix(" driver") for w in who if w.endswith(" driver")]
-                label = " and ".join(x for x in (_who("agent", agents_) if agents_ else "", _who("driver", drivers_) if drivers_ else "") if x)
+                label = " and ".join(
+                    x for x in (_who("agent", agents_) if agents_ else "", _who("driver", drivers_) if drivers_ else "") if x
+                )
                 parts.append(f"{label}: {description}" if description else label)
                 takers += who
-            annotation = Annotated[option.annotation, Field(description="; ".join(parts) + ".")]
+            annotation = annotated(option.annotation, Field(description="; ".join(parts) + "."))
             merged[field] = OptionField(field, annotation, tuple(takers))
         return merged
 

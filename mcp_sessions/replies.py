@@ -41,7 +41,7 @@ async def past_turn(store: Store, session_id: str, turn: int) -> TurnSummary | N
     output = replies[-1].text() if replies else ""
     return TurnSummary(
         turn=turn,
-        status=end.type.removeprefix("turn."),  # type: ignore[arg-type]
+        status=end.type.removeprefix("turn."),
         started_at=end.time,
         finished_at=end.time,
         duration_s=end.data.get("duration_s"),
@@ -53,7 +53,9 @@ async def past_turn(store: Store, session_id: str, turn: int) -> TurnSummary | N
     )
 
 
-async def turn_reply(store: Store, record: SessionRecord, turn: int, running: RunningTurn | None, cursor: int | None = None) -> TurnReply:
+async def turn_reply(
+    store: Store, record: SessionRecord, turn: int, running: RunningTurn | None, cursor: int | None = None
+) -> TurnReply:
     """What the caller learns of `turn`; `cursor`, if known, is the last event seq as of `record`;
     `running` is the turn this process runs for the session, if any."""
     s = record.session

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar, cast
 
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -37,29 +37,29 @@ from mcp.types import (
 from pydantic import Field
 
 from sandbox_backends.base import PathNotAllowed, SandboxError
+from sandbox_backends.registry import PluginError
 
 from . import __version__, sdk
 from .agents.providers.sampling import ConnectionSampler
 from .app import open_manager
-from .errors import SessionError, SessionNotFound
 from .create import CreateRequest, create_parameters
+from .errors import SessionError, SessionNotFound
 from .manager import SessionManager
-from .plugins import catalog
-from .tools import ToolPlugin
-from sandbox_backends.registry import PluginError
-from .notifications import ChangeFeed, with_progress
-from .schemas import flatten
-from .stdio import stdio_streams
 from .models import (
     CloseReply,
     InterruptReply,
-    SessionDetail,
     Session,
+    SessionDetail,
     SessionPage,
     Status,
     TurnReply,
 )
+from .notifications import ChangeFeed, with_progress
+from .plugins import catalog
+from .schemas import flatten
 from .settings import Settings
+from .stdio import stdio_streams
+from .tools import ToolPlugin
 
 INSTRUCTIONS = """\
 Run work in isolated agent sessions. A session is a sandbox with a persistent shell (the `shell` agent runs \
@@ -105,7 +105,7 @@ def _owner() -> str | None:
 
 
 def _manager(ctx: Context) -> SessionManager:
-    state: AppState = ctx.request_context.lifespan_context
+    state = cast(AppState, ctx.request_context.lifespan_context)
     state.feed.connection(ctx.request_context.session, _owner())
     return state.manager
 
@@ -230,6 +230,7 @@ async def _owns(manager: SessionManager, uri: str, owner: str) -> bool:
 def register_notifications(mcp: MCPServer[AppState]) -> None:
     """resources/subscribe, resources/unsubscribe and logging/setLevel for handshake-era clients, which
     MCPServer does not serve itself, and the capabilities that announce them."""
+
     async def subscribe(ctx: ServerRequestContext[AppState], params: SubscribeRequestParams) -> EmptyResult:
         ctx.lifespan_context.feed.subscribe(ctx.session, str(params.uri), _owner())
         return EmptyResult()
@@ -263,6 +264,7 @@ def register_notifications(mcp: MCPServer[AppState]) -> None:
 
 def register_tools(mcp: MCPServer[AppState]) -> set[str]:
     """The six built-in tools; their names."""
+
     async def create_session(ctx: Context, wait_s: float = 30, **given: Any) -> Session:
         """Create a new session: a sandbox with a persistent bash shell, ready for send_message.
 
@@ -272,7 +274,9 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         """
         return await _manager(ctx).create(CreateRequest.of(_owner(), **given), wait_s=wait_s)
 
-    wait = Annotated[float, Field(ge=0, le=MAX_WAIT_PARAM_S, description="Wait up to this long for the session to be ready (capped at 50).")]
+    wait = Annotated[
+        float, Field(ge=0, le=MAX_WAIT_PARAM_S, description="Wait up to this long for the session to be ready (capped at 50).")
+    ]
     parameters = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Context),
         *create_parameters(catalog()),
@@ -294,8 +298,13 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         ctx: Context,
         session_id: SessionId,
         text: Annotated[str, Field(description="The message. For the shell agent: a bash script run in the session's shell.")],
-        wait_s: Annotated[float, Field(ge=0, description="Wait up to this long for the turn to end (default 20, capped at 50). 0 returns at once.")] = 20,
-        queue: Annotated[bool, Field(description="If a turn is running, queue this message to run after it instead of failing.")] = False,
+        wait_s: Annotated[
+            float,
+            Field(ge=0, description="Wait up to this long for the turn to end (default 20, capped at 50). 0 returns at once."),
+        ] = 20,
+        queue: Annotated[
+            bool, Field(description="If a turn is running, queue this message to run after it instead of failing.")
+        ] = False,
     ) -> TurnReply:
         """Send a message to a session, starting a turn, and wait up to wait_s for the reply.
 
@@ -328,8 +337,20 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
     async def get_session(
         ctx: Context,
         session_id: SessionId,
-        wait_s: Annotated[float, Field(ge=0, description="If a turn is running, wait up to this long for it to end (capped at 50). Default 0: answer at once.")] = 0,
-        events_after: Annotated[int | None, Field(ge=0, description="Return the events after this sequence number (an events_cursor from an earlier reply). Omit for no events.")] = None,
+        wait_s: Annotated[
+            float,
+            Field(
+                ge=0,
+                description="If a turn is running, wait up to this long for it to end (capped at 50). Default 0: answer at once.",
+            ),
+        ] = 0,
+        events_after: Annotated[
+            int | None,
+            Field(
+                ge=0,
+                description="Return the events after this sequence number (an events_cursor from an earlier reply). Omit for no events.",
+            ),
+        ] = None,
     ) -> SessionDetail:
         """Read a session's state: status, phase, last turn (output, exit code), recent messages and, with
         events_after, the events since that cursor (output chunks, tool starts and ends).
@@ -359,14 +380,18 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         tags: Annotated[list[str] | None, Field(description="Only sessions that have all of these tags.")] = None,
         driver: Annotated[str | None, Field(description="Only sessions on this driver.")] = None,
         agent: Annotated[str | None, Field(description="Only sessions with this agent.")] = None,
-        created_after: Annotated[datetime | None, Field(description="Only sessions created at or after this ISO 8601 time.")] = None,
-        created_before: Annotated[datetime | None, Field(description="Only sessions created at or before this ISO 8601 time.")] = None,
+        created_after: Annotated[
+            datetime | None, Field(description="Only sessions created at or after this ISO 8601 time.")
+        ] = None,
+        created_before: Annotated[
+            datetime | None, Field(description="Only sessions created at or before this ISO 8601 time.")
+        ] = None,
         limit: Annotated[int, Field(ge=1, le=200, description="Page size, 1..200.")] = 50,
         cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
     ) -> SessionPage:
         """List sessions, newest first, with filters. Rows are short (no transcripts); total counts every
         match. Use it to find a session id again, including sessions from before a server restart."""
-        return await _manager(ctx).list(
+        return await _manager(ctx).list_sessions(
             statuses=list(statuses) if statuses else None,
             tags=tags,
             driver=driver,
@@ -427,7 +452,9 @@ def register_plugin_tools(mcp: SessionsServer, taken: set[str]) -> None:
             idempotent_hint=plugin.idempotent,
             open_world_hint=False,
         )
-        mcp.tool(name=plugin.name, title=plugin.title, description=plugin.description, annotations=annotations)(_tool_errors(tool))
+        mcp.tool(name=plugin.name, title=plugin.title, description=plugin.description, annotations=annotations)(
+            _tool_errors(tool)
+        )
 
 
 def _resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

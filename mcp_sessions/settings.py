@@ -59,20 +59,30 @@ class Settings(BaseModel):
     agent: str = Field("shell", description="Default agent for new sessions.")
     command_timeout_s: float = Field(600.0, gt=0, le=10**7, description="Default limit on one command's run time, in seconds.")
     max_command_timeout_s: float = Field(86400.0, gt=0, le=10**7, description="Largest command timeout a caller may ask for.")
-    max_output_bytes: int = Field(32768, ge=1024, le=1 << 30, description="Output kept per turn (head and tail); the rest is cut.")
+    max_output_bytes: int = Field(
+        32768, ge=1024, le=1 << 30, description="Output kept per turn (head and tail); the rest is cut."
+    )
     max_message_bytes: int = Field(1_000_000, ge=1024, le=1 << 30, description="Largest message a caller may send, in bytes.")
     max_file_bytes: int = Field(5_000_000, ge=1024, le=1 << 31, description="Largest file read or written through the server.")
     idle_timeout_s: float = Field(900.0, ge=0, le=10**9, description="Close a session idle this long, in seconds (0 = never).")
     create_timeout_s: float = Field(300.0, gt=0, le=10**6, description="A session still creating after this many seconds fails.")
     log_level: str = Field("WARNING", description="Level of the server's own log on stderr: DEBUG, INFO, WARNING or ERROR.")
-    price_file: Path | None = Field(None, description="JSON price table (USD per million tokens) that overrides or extends the shipped one.")
+    price_file: Path | None = Field(
+        None, description="JSON price table (USD per million tokens) that overrides or extends the shipped one."
+    )
     host: str = Field("127.0.0.1", description="Address `serve --http` listens on; other than loopback only with tokens.")
     port: int = Field(8765, ge=0, le=65535, description="Port `serve --http` listens on.")
-    tokens_file: Path | None = Field(None, description="Bearer tokens for HTTP, one `owner:token` a line (or MCP_SESSIONS_TOKENS).")
+    tokens_file: Path | None = Field(
+        None, description="Bearer tokens for HTTP, one `owner:token` a line (or MCP_SESSIONS_TOKENS)."
+    )
     tokens: SecretStr | None = Field(None, description="Bearer tokens for HTTP, `owner:token` pairs separated by commas.")
     max_request_bytes: int = Field(10_000_000, ge=1024, le=1 << 31, description="Largest HTTP request body; larger ones get 413.")
-    max_sessions_per_owner: int = Field(20, ge=0, le=10**6, description="Live sessions one token's owner may have at once (0 = no limit).")
-    rate_limit_per_s: float = Field(20.0, ge=0, le=10**6, description="HTTP requests per second per owner, bursts of twice that (0 = off).")
+    max_sessions_per_owner: int = Field(
+        20, ge=0, le=10**6, description="Live sessions one token's owner may have at once (0 = no limit)."
+    )
+    rate_limit_per_s: float = Field(
+        20.0, ge=0, le=10**6, description="HTTP requests per second per owner, bursts of twice that (0 = off)."
+    )
 
     _sections: dict[type[BaseModel], BaseModel] = PrivateAttr(default_factory=dict)
 

@@ -321,9 +321,7 @@ class Store:
         if tags != stored_tags:
             if stored_tags is not None:
                 self._conn.execute("DELETE FROM session_tags WHERE session_id=?", (s.id,))
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO session_tags(tag, session_id) VALUES(?,?)", [(t, s.id) for t in s.tags]
-            )
+            self._conn.executemany("INSERT OR IGNORE INTO session_tags(tag, session_id) VALUES(?,?)", [(t, s.id) for t in s.tags])
         deadline = None
         if s.status == "ready" and s.idle_timeout_s > 0:
             deadline = stamp(s.last_activity_at + timedelta(seconds=s.idle_timeout_s))
@@ -347,7 +345,7 @@ class Store:
         last = self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (session_id,)).fetchone()[0] or 0
         moment = now()
         at = stamp(moment)
-        events = [Event(seq=last + i, time=moment, type=type_, data=data) for i, (type_, data) in enumerate(specs, 1)]  # type: ignore[arg-type]
+        events = [Event(seq=last + i, time=moment, type=type_, data=data) for i, (type_, data) in enumerate(specs, 1)]
         self._conn.executemany(
             "INSERT INTO events(session_id, seq, time, type, data) VALUES(?,?,?,?,?)",
             [(session_id, e.seq, at, e.type, json.dumps(e.data)) for e in events],
@@ -485,8 +483,7 @@ class Store:
             # The page's ids first, then their summaries: a row's summary lies after its record (often
             # several pages long), so reading it for every candidate row would walk every record.
             rows = self._conn.execute(
-                f"SELECT created_at, id FROM sessions{by_time} WHERE {page_where} "
-                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                f"SELECT created_at, id FROM sessions{by_time} WHERE {page_where} ORDER BY created_at DESC, id DESC LIMIT ?",
                 [*page_args, limit + 1],
             ).fetchall()
             more = len(rows) > limit
@@ -511,9 +508,7 @@ class Store:
     async def messages(self, session_id: str, last: int | None = None) -> list[Message]:
         def run() -> list[Message]:
             if last is None:
-                rows = self._conn.execute(
-                    "SELECT doc FROM messages WHERE session_id=? ORDER BY n", (session_id,)
-                ).fetchall()
+                rows = self._conn.execute("SELECT doc FROM messages WHERE session_id=? ORDER BY n", (session_id,)).fetchall()
             else:
                 rows = self._conn.execute(
                     "SELECT doc FROM (SELECT n, doc FROM messages WHERE session_id=? ORDER BY n DESC LIMIT ?) ORDER BY n",

@@ -57,7 +57,7 @@ class ToolPlugin:
             p.name: (p.annotation, ... if p.default is inspect.Parameter.empty else p.default) for p in self.parameters()
         }
         title = "".join(part.title() for part in self.name.split("_")) + "Body"
-        return create_model(title, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload, no-any-return]
+        return create_model(title, __config__=ConfigDict(extra="forbid"), **fields)
 
     @property
     def description(self) -> str:

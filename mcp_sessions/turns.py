@@ -9,7 +9,7 @@ left by a dead process is finished by whoever finds it (`finish` with the dead l
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +59,7 @@ class RunningTurn:
     """The record as the turn's end left it and the last event seq then: the reply needs no store read."""
     helpers: TaskGroup | None = None
     """While the agent runs: the group where the turn's helper (`tend`) starts once the turn has run a tick."""
-    tend: Callable[[], Awaitable[None]] | None = None
+    tend: Callable[[], Coroutine[Any, Any, None]] | None = None
 
     def stop(self, reason: str, status: TurnStatus = "interrupted") -> None:
         self.stop_reason, self.stop_status = reason, status
@@ -319,7 +319,7 @@ class Turns:
     # -- ending -----------------------------------------------------------------------------------
 
     async def finish(
-        self, session_id: str, turn: int, lease: str | None, outcome: TurnOutcome, events_first: list[EventSpec] = []
+        self, session_id: str, turn: int, lease: str | None, outcome: TurnOutcome, events_first: Sequence[EventSpec] = ()
     ) -> tuple[SessionRecord, int]:
         """Record how `turn` ended and, if messages are queued, start the next one in the same transaction.
 
@@ -337,7 +337,7 @@ class Turns:
         def finish(r: SessionRecord) -> list[EventSpec]:
             s = r.session
             if r.lease != lease or s.turns != turn or s.last_turn is None or s.last_turn.status != "running":
-                return events_first  # someone else finished it already
+                return list(events_first)  # someone else finished it already
             started = s.last_turn.started_at
             s.last_turn = TurnSummary(
                 turn=turn,
@@ -359,7 +359,7 @@ class Turns:
             s.usage.cost_usd += outcome.usage.cost_usd
             for model, cost in outcome.usage.cost_by_model.items():
                 s.usage.cost_by_model[model] = s.usage.cost_by_model.get(model, 0.0) + cost
-            data = {
+            data: dict[str, Any] = {
                 "turn": turn,
                 "exit_code": outcome.exit_code,
                 "duration_s": s.last_turn.duration_s,

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from .base import Driver
 
 ENTRY_POINT_GROUP = "mcp_sessions.drivers"
+P = TypeVar("P")
 BUILTIN = {
     "local": "sandbox_backends.local:plugin",
     "docker": "sandbox_backends.docker:plugin",
@@ -75,7 +76,7 @@ class PluginError(Exception):
     """A plugin is missing or malformed. The message names it and what to fix."""
 
 
-def _load(name: str, target: str, group: str, kind: type) -> Any:
+def _load(name: str, target: str, group: str, kind: type[P]) -> P:
     module, _, attr = target.partition(":")
     try:
         found = getattr(importlib.import_module(module), attr)
@@ -83,12 +84,12 @@ def _load(name: str, target: str, group: str, kind: type) -> Any:
         raise PluginError(f"The {group} plugin '{name}' ({target}) cannot be loaded: {e}") from e
     if not isinstance(found, kind):
         raise PluginError(f"The {group} plugin '{name}' ({target}) is a {type(found).__name__}, not a {kind.__name__}.")
-    if found.name != name:
-        raise PluginError(f"The {group} plugin registered as '{name}' ({target}) calls itself '{found.name}'.")
+    if getattr(found, "name", None) != name:
+        raise PluginError(f"The {group} plugin registered as '{name}' ({target}) calls itself '{getattr(found, 'name', None)}'.")
     return found
 
 
-def discover(group: str, builtin: dict[str, str], kind: type) -> dict[str, Any]:
+def discover(group: str, builtin: dict[str, str], kind: type[P]) -> dict[str, P]:
     """Every plugin of an entry-point group, built-ins first; a package cannot replace a built-in."""
     targets = dict(builtin)
     for ep in entry_points(group=group):

@@ -170,7 +170,14 @@ class FakeLLM:
         cid = "chatcmpl-" + secrets.token_hex(6)
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return _sse({"id": cid, "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            return _sse(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+            )
 
         async def stream() -> AsyncIterator[bytes]:
             yield chunk({"role": "assistant", "content": ""})
@@ -183,7 +190,13 @@ class FakeLLM:
                 return
             for i, call in enumerate(reply.tool_calls):
                 args = json.dumps(call.arguments)
-                yield chunk({"tool_calls": [{"index": i, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}]})
+                yield chunk(
+                    {
+                        "tool_calls": [
+                            {"index": i, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+                        ]
+                    }
+                )
                 for piece in _pieces(args, 10):
                     await asyncio.sleep(reply.chunk_delay_s)
                     yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
@@ -245,10 +258,16 @@ class FakeLLM:
             yield _sse(start, "message_start")
             index = 0
             if reply.text or reply.hang:
-                yield _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, "content_block_start")
+                yield _sse(
+                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                    "content_block_start",
+                )
                 for piece in _pieces(reply.text):
                     await asyncio.sleep(reply.chunk_delay_s)
-                    yield _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}, "content_block_delta")
+                    yield _sse(
+                        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+                        "content_block_delta",
+                    )
                 if reply.hang:
                     while not await request.is_disconnected():
                         await asyncio.sleep(0.05)
@@ -257,16 +276,34 @@ class FakeLLM:
                 index = 1
             for call in reply.tool_calls:
                 yield _sse(
-                    {"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}},
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}},
+                    },
                     "content_block_start",
                 )
                 for piece in _pieces(json.dumps(call.arguments), 10):
                     await asyncio.sleep(reply.chunk_delay_s)
-                    yield _sse({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": piece}}, "content_block_delta")
+                    yield _sse(
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
+                        },
+                        "content_block_delta",
+                    )
                 yield _sse({"type": "content_block_stop", "index": index}, "content_block_stop")
                 index += 1
             stop = "tool_use" if reply.tool_calls else "end_turn"
-            yield _sse({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": reply.output_tokens}}, "message_delta")
+            yield _sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": reply.output_tokens},
+                },
+                "message_delta",
+            )
             yield _sse({"type": "message_stop"}, "message_stop")
 
         return StreamingResponse(stream(), media_type="text/event-stream")

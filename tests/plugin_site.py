@@ -51,9 +51,7 @@ def write_distribution(site: Path) -> Path:
         )
     )
     files = sorted(p for p in site.rglob("*") if p.is_file())
-    (info / "RECORD").write_text(
-        "".join(_record_line(site, p) + "\n" for p in files) + f"{info.name}/RECORD,,\n"
-    )
+    (info / "RECORD").write_text("".join(_record_line(site, p) + "\n" for p in files) + f"{info.name}/RECORD,,\n")
     return info
 
 

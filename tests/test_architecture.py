@@ -55,9 +55,9 @@ def names_of_plugins(path: Path) -> list[tuple[int, str]]:
     }
     plugin_modules = {target.partition(":")[0] for target in [*BUILTIN_DRIVERS.values(), *BUILTIN_AGENTS.values()]}
     for node in ast.walk(module):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-            if node.value in NAMES and (path.name, node.value) not in ALLOWED_NAMES:
-                found.append((node.lineno, repr(node.value)))
+        named = isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in NAMES
+        if named and id(node) not in docstrings and (path.name, node.value) not in ALLOWED_NAMES:
+            found.append((node.lineno, repr(node.value)))
         if isinstance(node, ast.ImportFrom):
             imported = node.module or ""
             if node.level:  # relative: resolve against the module's package
@@ -80,7 +80,9 @@ def test_the_check_finds_a_named_driver(tmp_path: Path) -> None:
     """The check above fails when it should: code that branches on a driver's name, or imports one."""
     bad = tmp_path / "mcp_sessions" / "bad.py"
     bad.parent.mkdir()
-    bad.write_text('"""Docs may say docker."""\nfrom sandbox_backends.docker.driver import DockerDriver\n\ndef f(d):\n    return d == "docker"\n')
+    bad.write_text(
+        '"""Docs may say docker."""\nfrom sandbox_backends.docker.driver import DockerDriver\n\ndef f(d):\n    return d == "docker"\n'
+    )
     assert [what for _, what in names_of_plugins(bad)] == ["import of sandbox_backends.docker.driver", "'docker'"]
 
 
@@ -144,7 +146,13 @@ def test_sandbox_backends_imports_nothing_of_the_session_layer_or_mcp() -> None:
     found = []
     for path in modules(ROOT / "sandbox_backends"):
         for node in ast.walk(tree(path)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("mcp_sessions", "mcp", "mcp_types")]
     assert not found, "\n".join(found)
 
@@ -156,4 +164,6 @@ def test_a_long_module_says_why_it_is_long(package: str) -> None:
         lines = len(path.read_text().splitlines())
         if lines > MAX_LINES and "Long because" not in (ast.get_docstring(tree(path)) or ""):
             long.append(f"{path.relative_to(ROOT)}: {lines} lines")
-    assert not long, f"split these, or say in the docstring why they are over {MAX_LINES} lines ('Long because ...'):\n" + "\n".join(long)
+    assert not long, (
+        f"split these, or say in the docstring why they are over {MAX_LINES} lines ('Long because ...'):\n" + "\n".join(long)
+    )

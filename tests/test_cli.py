@@ -263,9 +263,20 @@ async def test_home_may_come_before_or_after_the_command(home: Path, tmp_path: P
 
 async def test_serve_is_the_stdio_server_with_every_option(home: Path) -> None:
     help_text = await cli_ok(None, "serve", "--help")
-    for flag in ("--home", "--driver", "--agent", "--image", "--docker-pool", "--command-timeout",
-                 "--max-command-timeout", "--max-output-bytes", "--max-message-bytes", "--max-file-bytes",
-                 "--create-timeout", "--log-level"):
+    for flag in (
+        "--home",
+        "--driver",
+        "--agent",
+        "--image",
+        "--docker-pool",
+        "--command-timeout",
+        "--max-command-timeout",
+        "--max-output-bytes",
+        "--max-message-bytes",
+        "--max-file-bytes",
+        "--create-timeout",
+        "--log-level",
+    ):
         assert flag in help_text
     for command in ("serve", "ls", "show", "events", "close"):
         assert command in await cli_ok(None, "--help")

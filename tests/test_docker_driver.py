@@ -291,9 +291,7 @@ async def test_interrupt_stops_everything_the_command_started(sandbox_factory: A
 
 
 @pytest.mark.docker
-async def test_interrupt_from_another_server_process(
-    sandbox_factory: Any, docker_engine: Any, docker_server_id: str
-) -> None:
+async def test_interrupt_from_another_server_process(sandbox_factory: Any, docker_engine: Any, docker_server_id: str) -> None:
     sb = await sandbox_factory()
     results: list[ExecResult] = []
     other = DockerDriver(image=IMAGE, server_id=docker_server_id)
@@ -504,9 +502,7 @@ async def test_create_reports_phases_and_actionable_errors(docker_driver: Docker
     await sb.close(delete=True)
     assert phases == ["creating_sandbox", "starting"]
 
-    with pytest.raises(
-        SandboxError, match=r"image not found: no-such-image:1\. Build it with scripts/build-sandbox-image\.sh"
-    ):
+    with pytest.raises(SandboxError, match=r"image not found: no-such-image:1\. Build it with scripts/build-sandbox-image\.sh"):
         await docker_driver.create(SandboxSpec(name="t-" + secrets.token_hex(5), image="no-such-image:1"))
     with pytest.raises(SandboxError, match="network"):
         await docker_driver.create(SandboxSpec(name="t-" + secrets.token_hex(5), network=True))
@@ -520,7 +516,7 @@ async def test_create_reports_phases_and_actionable_errors(docker_driver: Docker
 
 async def test_unreachable_engine_says_how_to_start_it(tmp_path: Path) -> None:
     driver = DockerDriver(base_url=f"unix://{tmp_path}/no-docker.sock")
-    with pytest.raises(SandboxError, match="start-docker.sh"):
+    with pytest.raises(SandboxError, match=r"start-docker\.sh"):
         await driver.create(SandboxSpec(name="x"))
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from mcp_sessions.app import server_id
 from mcp_sessions.server import create_server
@@ -53,8 +54,11 @@ async def test_a_docker_session_end_to_end(docker_settings: Settings, docker_eng
         assert (await call(client, "send_message", session_id=sid, text="ls /sys/class/net"))["output"] == "lo\n"
         text = (await client.read_resource(f"session://{sid}/files/notes/todo.txt")).contents[0].text
         assert text == "ship it\n"
-        with pytest.raises(Exception):
+        with pytest.raises(MCPError, match="Unknown resource"):  # the URI template takes no dot segments
             await client.read_resource(f"session://{sid}/files/../../etc/passwd")
+        await call(client, "send_message", session_id=sid, text="ln -s /etc/passwd /workspace/notes/pw")
+        with pytest.raises(MCPError, match="resolves outside the workspace"):  # the driver refuses the rest
+            await client.read_resource(f"session://{sid}/files/notes/pw")
 
         busy = await call(client, "send_message", session_id=sid, text="sleep 300 & setsid sleep 301 & sleep 302", wait_s=1)
         assert busy["status"] == "busy"
@@ -67,7 +71,8 @@ async def test_a_docker_session_end_to_end(docker_settings: Settings, docker_eng
 
 
 async def test_a_container_removed_behind_the_servers_back_fails_its_session(
-    docker_settings: Settings, docker_engine: Any  # noqa: F811
+    docker_settings: Settings,
+    docker_engine: Any,  # noqa: F811
 ) -> None:
     async with Client(create_server(docker_settings), mode="legacy") as client:
         sid = await new_session(client)
@@ -92,7 +97,9 @@ async def test_a_memory_hog_is_reported_as_oom_killed(docker_settings: Settings)
 async def test_an_image_without_python3_fails_its_session_saying_so(docker_settings: Settings, docker_engine: Any) -> None:  # noqa: F811
     dockerfile = f"FROM {IMAGE}\nUSER root\nRUN rm -f /usr/bin/python3*\nUSER 1000\n"
     image, _ = await anyio.to_thread.run_sync(
-        lambda: docker_engine.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag="mcp-sessions-test-nopython:latest", rm=True)
+        lambda: docker_engine.images.build(
+            fileobj=io.BytesIO(dockerfile.encode()), tag="mcp-sessions-test-nopython:latest", rm=True
+        )
     )
     try:
         async with Client(create_server(docker_settings), mode="legacy") as client:
@@ -124,7 +131,9 @@ async def test_a_killed_server_reattaches_its_container(docker_settings: Setting
         assert session["status"] == "ready"
         assert session["last_turn"]["status"] == "interrupted" and session["last_turn"]["reason"] == "server restarted"
         assert session["last_turn"]["output"] == "partial\n"
-        reply = await call(client, "send_message", session_id=sid, text="pwd; echo $KEEP; cat /workspace/f; pgrep -fc '^sleep 300' || true")
+        reply = await call(
+            client, "send_message", session_id=sid, text="pwd; echo $KEEP; cat /workspace/f; pgrep -fc '^sleep 300' || true"
+        )
         assert reply["output"] == "/tmp\nyes\nmade\n0\n"
     (after,) = containers_of(docker_engine, sid)
     assert after.id == before.id

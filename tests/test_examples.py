@@ -29,7 +29,9 @@ COMMAND = str(Path(sys.executable).parent / "mcp-sessions")
 def run_orchestrator(home: Path, driver: str) -> str:
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "orchestrator.py"), "--driver", driver, "--home", str(home)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr, proc.stderr
@@ -97,7 +99,10 @@ def run_delegate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
     clean = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY")}
     return subprocess.run(
         [sys.executable, str(EXAMPLES / "delegate_to_llm.py"), *args],
-        env={**clean, **env}, capture_output=True, text=True, timeout=300,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -129,7 +134,10 @@ def test_the_llm_example_fixes_the_bug_with_the_test_model_server(tmp_path: Path
         )
         proc = run_delegate(
             {"OPENAI_BASE_URL": llm.openai_base_url, "OPENAI_API_KEY": "sk-test-secret"},
-            "--model", "gpt-4o-mini", "--home", str(tmp_path / "home"),
+            "--model",
+            "gpt-4o-mini",
+            "--home",
+            str(tmp_path / "home"),
         )
         assert proc.returncode == 0, proc.stderr
         sent = json.dumps([r.body for r in llm.requests])

@@ -48,7 +48,8 @@ def docker_settings(home: Path, docker_engine: Any) -> Iterator[Settings]:  # no
 
 @pytest.mark.docker
 async def test_a_busy_sessions_killed_container_fails_it_and_keeps_the_turn(
-    docker_settings: Settings, docker_engine: Any  # noqa: F811
+    docker_settings: Settings,
+    docker_engine: Any,  # noqa: F811
 ) -> None:
     async with Client(create_server(docker_settings), mode="legacy") as client:
         sid = await new_session(client)
@@ -79,7 +80,9 @@ async def test_a_sandbox_that_fills_its_tmp_fails_the_command_and_stays_usable(d
         assert "No space left on device" in reply["output"], reply
         session = (await call(client, "get_session", session_id=sid))["session"]
         assert session["status"] == "ready"
-        after = await call(client, "send_message", session_id=sid, text="rm /tmp/big && echo freed > /tmp/small && cat /tmp/small")
+        after = await call(
+            client, "send_message", session_id=sid, text="rm /tmp/big && echo freed > /tmp/small && cat /tmp/small"
+        )
         assert after["exit_code"] == 0 and after["output"] == "freed\n"
 
 
@@ -194,7 +197,9 @@ async def test_a_flood_of_output_leaves_the_server_responsive_and_its_memory_bou
         other = await new_session(client)
         (pid,) = server_pids(home)
         before = peak_rss_mb(pid)
-        busy = await call(client, "send_message", session_id=flood, text="timeout 20 yes 'a line of flood output' || true", wait_s=1)
+        busy = await call(
+            client, "send_message", session_id=flood, text="timeout 20 yes 'a line of flood output' || true", wait_s=1
+        )
         assert busy["status"] == "busy"
         for i in range(5):
             with anyio.fail_after(15):  # a hang guard, not a timing assertion
@@ -215,7 +220,13 @@ async def test_a_flood_of_output_leaves_the_server_responsive_and_its_memory_bou
 async def test_a_command_that_never_ends_is_cleaned_up_by_timeout_and_by_interrupt(settings: Settings) -> None:
     async with Client(create_server(settings), mode="legacy") as client:
         sid = await new_session(client, command_timeout_s=2)
-        reply = await call(client, "send_message", session_id=sid, text="sleep 100000 & setsid sleep 100001 & while :; do sleep 1; done", wait_s=30)
+        reply = await call(
+            client,
+            "send_message",
+            session_id=sid,
+            text="sleep 100000 & setsid sleep 100001 & while :; do sleep 1; done",
+            wait_s=30,
+        )
         assert reply["turn_status"] == "failed" and "timeout" in reply["reason"]
         with anyio.fail_after(10):
             while processes_marked(sid):

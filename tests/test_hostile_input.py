@@ -20,7 +20,9 @@ from typing import Any
 import anyio.from_thread
 import httpx
 import pytest
-from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, event, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
@@ -43,28 +45,31 @@ JSON = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=4) | st.dicti
 
 
 def bad_paths(outside: Path) -> st.SearchStrategy[str]:
-    return st.sampled_from(
-        [
-            "../canary.txt",
-            "../../canary.txt",
-            "../" * 12 + "etc/passwd",
-            str(outside / "canary.txt"),
-            str(outside / "written.txt"),
-            "/etc/passwd",
-            "a/../../canary.txt",
-            "./../canary.txt",
-            "a/b/../../../canary.txt",
-            "..",
-            ".",
-            "",
-            "/",
-            "a\0b",
-            "%2e%2e/canary.txt",
-            "..\\canary.txt",
-            "a//b",
-            "ok.txt",
-        ]
-    ) | TEXT
+    return (
+        st.sampled_from(
+            [
+                "../canary.txt",
+                "../../canary.txt",
+                "../" * 12 + "etc/passwd",
+                str(outside / "canary.txt"),
+                str(outside / "written.txt"),
+                "/etc/passwd",
+                "a/../../canary.txt",
+                "./../canary.txt",
+                "a/b/../../../canary.txt",
+                "..",
+                ".",
+                "",
+                "/",
+                "a\0b",
+                "%2e%2e/canary.txt",
+                "..\\canary.txt",
+                "a//b",
+                "ok.txt",
+            ]
+        )
+        | TEXT
+    )
 
 
 def ids() -> st.SearchStrategy[Any]:
@@ -117,7 +122,9 @@ def check_tool(portal: anyio.from_thread.BlockingPortal, client: Client, tool: s
 def test_every_tool_answers_hostile_arguments_clearly(mcp: Any, outside: Path, data: st.DataObject) -> None:
     portal, client, sid = mcp
     session_id = data.draw(st.just(sid) | ids())
-    tool = data.draw(st.sampled_from(["create_session", "send_message", "get_session", "list_sessions", "interrupt", "close_session"]))
+    tool = data.draw(
+        st.sampled_from(["create_session", "send_message", "get_session", "list_sessions", "interrupt", "close_session"])
+    )
     if tool == "create_session":
         args = data.draw(
             st.fixed_dictionaries(
@@ -150,12 +157,23 @@ def test_every_tool_answers_hostile_arguments_clearly(mcp: Any, outside: Path, d
         args |= data.draw(st.fixed_dictionaries({}, optional={"queue": JSON, "extra": JSON}))
         check_tool(portal, client, tool, args)
     elif tool == "get_session":
-        check_tool(portal, client, tool, {"session_id": session_id, "wait_s": data.draw(st.sampled_from([0, 0.1]) | SCALAR), "events_after": data.draw(SCALAR)})
+        check_tool(
+            portal,
+            client,
+            tool,
+            {
+                "session_id": session_id,
+                "wait_s": data.draw(st.sampled_from([0, 0.1]) | SCALAR),
+                "events_after": data.draw(SCALAR),
+            },
+        )
     elif tool == "list_sessions":
         args = data.draw(
             st.fixed_dictionaries(
                 {},
-                optional={k: JSON for k in ("statuses", "tags", "driver", "agent", "created_after", "created_before", "limit", "cursor")},
+                optional={
+                    k: JSON for k in ("statuses", "tags", "driver", "agent", "created_after", "created_before", "limit", "cursor")
+                },
             )
         )
         check_tool(portal, client, tool, args)
@@ -235,11 +253,32 @@ def test_every_route_answers_hostile_input_with_a_4xx_and_an_error_body(rest: An
     client, sid = rest
     session_id = data.draw(st.just(sid) | ids().map(lambda v: v if isinstance(v, str) else json.dumps(v)))
     quoted = "/api/v1/sessions/" + urllib.parse.quote(session_id, safe="")
-    params = data.draw(st.lists(st.tuples(st.sampled_from(["wait_s", "events_after", "limit", "status", "tag", "cursor", "delete", "created_after", "last_event_id", "x"]), TEXT), max_size=4))
+    params = data.draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(
+                    [
+                        "wait_s",
+                        "events_after",
+                        "limit",
+                        "status",
+                        "tag",
+                        "cursor",
+                        "delete",
+                        "created_after",
+                        "last_event_id",
+                        "x",
+                    ]
+                ),
+                TEXT,
+            ),
+            max_size=4,
+        )
+    )
     params = [(k, v.replace("\0", "")) for k, v in params if k != "wait_s" or v.strip() in ("", "0")]  # no long waits
     route = data.draw(st.sampled_from(["create", "list", "get", "message", "interrupt", "close"]))
     if route == "create":
-        response = client.post("/api/v1/sessions", content=body(data.draw, outside), params=params + [("wait_s", "0")])
+        response = client.post("/api/v1/sessions", content=body(data.draw, outside), params=[*params, ("wait_s", "0")])
         if response.status_code == 201:
             client.post(f"/api/v1/sessions/{response.json()['id']}/close", params={"delete": "true"})
     elif route == "list":

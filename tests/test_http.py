@@ -17,6 +17,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from starlette.routing import Mount, Route
 
 from mcp_sessions.auth import ConfigError, parse_tokens
@@ -249,9 +250,10 @@ async def test_a_missing_or_wrong_token_gets_401(base: str) -> None:
                 assert r.json()["error"]["code"] == "unauthorized"
                 assert r.headers["www-authenticate"].startswith("Bearer")
             assert (await c.get("/healthz")).json()["status"] == "ok"
-    with pytest.raises(Exception):
+    with pytest.raises(ExceptionGroup) as refused:  # the MCP client is refused at its first request
         async with mcp_client(base, "wrong-token-0123456789") as client:
             await client.list_tools()
+    assert refused.group_contains(MCPError, match="error response")
 
 
 async def test_dns_rebinding_is_refused_on_loopback(base: str) -> None:
@@ -270,7 +272,10 @@ async def test_a_non_loopback_bind_without_tokens_is_refused_with_the_reason(hom
     params = stdio_params(home)
     done = subprocess.run(
         [sys.executable, "-m", "mcp_sessions", "serve", "--http", "--host", "0.0.0.0", "--port", "0"],
-        env=params.env, capture_output=True, text=True, timeout=60,
+        env=params.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2
     assert "refusing to listen on 0.0.0.0 without tokens" in done.stderr and "--tokens-file" in done.stderr

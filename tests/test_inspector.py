@@ -61,7 +61,9 @@ def test_a_new_user_session_through_the_inspector_cli(inspector: Inspector) -> N
 
     send = subprocess.Popen(
         inspector.command("tools/call", "--tool-name", "send_message", "--tool-arg", f"session_id={sid}", "text=sleep 300"),
-        env=inspector.env, stdout=subprocess.PIPE, text=True,
+        env=inspector.env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 30
     while inspector.tool("get_session", session_id=sid)["session"]["status"] != "busy":

@@ -53,7 +53,9 @@ async def test_queued_messages_run_in_order_after_the_running_turn(client: Clien
     sid = await new_session(client)
     await call(client, "send_message", session_id=sid, text="sleep 1; echo one > order.txt", wait_s=0)
     second = await call(client, "send_message", session_id=sid, text="echo two >> order.txt", wait_s=0, queue=True)
-    third = await call(client, "send_message", session_id=sid, text="echo three >> order.txt; cat order.txt", wait_s=0, queue=True)
+    third = await call(
+        client, "send_message", session_id=sid, text="echo three >> order.txt; cat order.txt", wait_s=0, queue=True
+    )
     assert second["turn_status"] == third["turn_status"] == "queued"
     assert (second["turn"], third["turn"]) == (2, 3)
     detail = await call(client, "get_session", session_id=sid)

@@ -14,9 +14,9 @@ from mcp import Client, types
 
 from mcp_sessions.agents.llm import LlmSettings
 from mcp_sessions.agents.pricing import PriceTable
-from mcp_sessions.app import server_id
 from mcp_sessions.agents.providers.common import ModelRequest, ProviderError, TokenUsage
 from mcp_sessions.agents.providers.sampling import SamplingProvider
+from mcp_sessions.app import server_id
 from mcp_sessions.cli import build_parser, main
 from mcp_sessions.models import Message, TextBlock
 from mcp_sessions.server import create_server
@@ -98,7 +98,10 @@ def tool_results_anthropic(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def coding_task() -> list[Reply]:
     return [
-        Reply(text="I will write the script.", tool_calls=[ToolCall("write_file", {"path": "hello.py", "content": "print('hello')\n"}, id="c1")]),
+        Reply(
+            text="I will write the script.",
+            tool_calls=[ToolCall("write_file", {"path": "hello.py", "content": "print('hello')\n"}, id="c1")],
+        ),
         Reply(tool_calls=[ToolCall("bash", {"command": "python3 hello.py"}, id="c2")]),
         Reply(tool_calls=[ToolCall("edit_file", {"path": "hello.py", "old_text": "hello", "new_text": "bye"}, id="c3")]),
         Reply(tool_calls=[ToolCall("read_file", {"path": "hello.py"}, id="c4"), ToolCall("list_files", {}, id="c5")]),
@@ -112,7 +115,9 @@ async def test_a_task_with_several_tool_calls_completes(home: Path, llm: FakeLLM
     llm.script(*coding_task())
     settings = llm_settings(home, llm)
     async with Client(create_server(settings), mode=mode) as client:
-        session = await call(client, "create_session", agent="llm", provider=provider, model=MODELS[provider], system_prompt="Be brief.")
+        session = await call(
+            client, "create_session", agent="llm", provider=provider, model=MODELS[provider], system_prompt="Be brief."
+        )
         sid = session["id"]
         assert session["model"] == MODELS[provider]
         reply = await call(client, "send_message", session_id=sid, text="Write hello.py, run it, make it say bye.", wait_s=30)
@@ -130,7 +135,13 @@ async def test_a_task_with_several_tool_calls_completes(home: Path, llm: FakeLLM
         assert first.path == "/v1/chat/completions" and first.body["stream"] is True
         assert first.body["stream_options"] == {"include_usage": True}
         assert first.headers["authorization"] == f"Bearer {OPENAI_KEY}"
-        assert {t["function"]["name"] for t in first.body["tools"]} == {"bash", "read_file", "write_file", "edit_file", "list_files"}
+        assert {t["function"]["name"] for t in first.body["tools"]} == {
+            "bash",
+            "read_file",
+            "write_file",
+            "edit_file",
+            "list_files",
+        }
         assert first.body["messages"][0] == {"role": "system", "content": "Be brief."}
         results = tool_results_openai(last.body)
         assert "hello\n" in results["c2"] and "[exit code 0]" in results["c2"]
@@ -175,7 +186,9 @@ async def test_a_task_with_several_tool_calls_completes(home: Path, llm: FakeLLM
     assert usage["cache_read_tokens"] == 40
     assert usage["cache_creation_tokens"] == (10 if provider == "anthropic" else 0)
     price = PriceTable.load().find(MODELS[provider])
-    expected = (500 * price.input + 100 * price.output + 40 * price.cache_read + usage["cache_creation_tokens"] * price.cache_write) / 1e6
+    expected = (
+        500 * price.input + 100 * price.output + 40 * price.cache_read + usage["cache_creation_tokens"] * price.cache_write
+    ) / 1e6
     assert usage["cost_usd"] == pytest.approx(expected)
     assert usage["cost_by_model"] == {MODELS[provider]: pytest.approx(expected)}
 
@@ -185,7 +198,9 @@ async def test_edit_file_says_when_the_text_is_missing_or_not_unique(home: Path,
         Reply(tool_calls=[ToolCall("edit_file", {"path": "a.txt", "old_text": "zzz", "new_text": "y"}, id="e1")]),
         Reply(tool_calls=[ToolCall("edit_file", {"path": "a.txt", "old_text": "x", "new_text": "y"}, id="e2")]),
         Reply(tool_calls=[ToolCall("edit_file", {"path": "nope.txt", "old_text": "x", "new_text": "y"}, id="e3")]),
-        Reply(tool_calls=[ToolCall("edit_file", {"path": "a.txt", "old_text": "x", "new_text": "y", "replace_all": True}, id="e4")]),
+        Reply(
+            tool_calls=[ToolCall("edit_file", {"path": "a.txt", "old_text": "x", "new_text": "y", "replace_all": True}, id="e4")]
+        ),
         Reply(text="ok"),
     )
     async with Client(create_server(llm_settings(home, llm, llm_provider="anthropic", model="claude-haiku-4-5"))) as client:
@@ -340,7 +355,10 @@ async def test_no_api_key_reaches_the_sandbox(home: Path, llm: FakeLLM, monkeypa
     llm_settings = settings.section(LlmSettings)
     assert llm_settings.openai_api_key is not None and llm_settings.openai_api_key.get_secret_value() == OPENAI_KEY
     assert llm_settings.model == "gpt-4o-mini" and OPENAI_KEY not in repr(settings) + repr(llm_settings) + str(settings.values())
-    llm.script(Reply(tool_calls=[ToolCall("bash", {"command": "env; cat /proc/self/environ | tr '\\0' '\\n'"}, id="env")]), Reply(text="ok"))
+    llm.script(
+        Reply(tool_calls=[ToolCall("bash", {"command": "env; cat /proc/self/environ | tr '\\0' '\\n'"}, id="env")]),
+        Reply(text="ok"),
+    )
     async with Client(create_server(settings)) as client:
         sid = await new_session(client)
         reply = await call(client, "send_message", session_id=sid, text="show env", wait_s=30)
@@ -372,7 +390,10 @@ async def test_sampling_uses_the_calling_clients_model(home: Path, llm: FakeLLM)
             stop_reason="toolUse",
         ),
         types.CreateMessageResultWithTools(
-            role="assistant", content=[types.TextContent(type="text", text="sampled answer")], model="client-model", stop_reason="endTurn"
+            role="assistant",
+            content=[types.TextContent(type="text", text="sampled answer")],
+            model="client-model",
+            stop_reason="endTurn",
         ),
     ]
     settings = llm_settings(home, llm, llm_provider="sampling", model=None, openai_api_key=None, anthropic_api_key=None)
@@ -443,7 +464,9 @@ def test_a_price_file_overrides_and_extends_the_shipped_table(tmp_path: Path) ->
     assert shipped.find("claude-sonnet-4-5-20250929") == shipped.prices["claude-sonnet-4"]  # dated versions match
     assert shipped.find("openai/gpt-4o-mini") == shipped.prices["gpt-4o-mini"]  # LiteLLM-style names too
     override = tmp_path / "prices.json"
-    override.write_text(json.dumps({"models": {"gpt-4o": {"input": 1, "output": 2}, "qwen2.5-coder": {"input": 0.5, "output": 0.5}}}))
+    override.write_text(
+        json.dumps({"models": {"gpt-4o": {"input": 1, "output": 2}, "qwen2.5-coder": {"input": 0.5, "output": 0.5}}})
+    )
     table = PriceTable.load(override)
     assert table.cost("gpt-4o", TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)) == pytest.approx(3.0)
     assert table.cost("qwen2.5-coder:7b", TokenUsage(input_tokens=2_000_000)) == pytest.approx(1.0)
@@ -490,7 +513,9 @@ async def test_a_client_gone_mid_turn_fails_sampling_with_a_sentence() -> None:
         async def create_message(self, params: dict[str, Any]) -> Any:
             raise anyio.ClosedResourceError()
 
-    request = ModelRequest(model=None, system="", messages=[Message(role="user", content=[TextBlock(text="hi")], turn=1)], tools=[])
+    request = ModelRequest(
+        model=None, system="", messages=[Message(role="user", content=[TextBlock(text="hi")], turn=1)], tools=[]
+    )
     with pytest.raises(ProviderError, match="the client that sent the message disconnected"):
         await SamplingProvider(Gone()).complete(request, on_text=lambda _: anyio.sleep(0))
 

@@ -12,19 +12,18 @@ import importlib
 import importlib.metadata
 from pathlib import Path
 
+import httpx
 import pytest
 from mcp import Client
-
-import httpx
 
 from mcp_sessions.agents.registry import agents
 from mcp_sessions.http import build_app
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
-from tests.asgi import serve
 from sandbox_backends import registry
 from sandbox_backends.base import SandboxSpec
 from sandbox_backends.registry import DriverContext
+from tests.asgi import serve
 from tests.plugin_site import PACKAGE, installed
 
 from .conftest import call, call_error, new_session, stdio_params

@@ -55,9 +55,7 @@ async def wait_turn(client: Client, sid: str, turn: int) -> dict[str, Any]:
                 return got
 
 
-async def test_remote_session_end_to_end_with_a_back_server_restart(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_remote_session_end_to_end_with_a_back_server_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACK_TOKEN", TOKEN)
     back_home = tmp_path / "back"
     async with anyio.create_task_group() as tg:
@@ -93,7 +91,9 @@ async def test_remote_session_end_to_end_with_a_back_server_restart(
             assert (await back_view(url, rid))["session"]["status"] == "ready"
 
             # a long turn, followed through get_session
-            r = await call(client, "send_message", session_id=sid, text="for i in 1 2 3; do echo step $i; sleep 0.4; done", wait_s=0)
+            r = await call(
+                client, "send_message", session_id=sid, text="for i in 1 2 3; do echo step $i; sleep 0.4; done", wait_s=0
+            )
             assert r["turn_status"] in ("running", "completed")
             got = await wait_turn(client, sid, 1)
             assert got["session"]["status"] == "ready"
@@ -102,7 +102,9 @@ async def test_remote_session_end_to_end_with_a_back_server_restart(
             events = await call(client, "get_session", session_id=sid, events_after=0)
             types = [e["type"] for e in events["events"]]
             assert "tool.started" in types and "tool.output" in types and "tool.completed" in types
-            assert "".join(e["data"]["text"] for e in events["events"] if e["type"] == "tool.output") == "step 1\nstep 2\nstep 3\n"
+            assert (
+                "".join(e["data"]["text"] for e in events["events"] if e["type"] == "tool.output") == "step 1\nstep 2\nstep 3\n"
+            )
 
             # interrupt stops the remote turn too
             r = await call(client, "send_message", session_id=sid, text="echo start; sleep 60", wait_s=1)
@@ -168,7 +170,11 @@ async def test_remote_errors_are_clear(tmp_path: Path, monkeypatch: pytest.Monke
         monkeypatch.setenv("BACK_TOKEN", "wrong-token-0123456789")
         async with Client(create_server(front_settings(tmp_path / "front2", url))) as client:
             s = await call(client, "create_session", driver="remote", remote="back")
-            assert s["status"] == "failed" and "refused the credentials" in s["failure_reason"] and "BACK_TOKEN" in s["failure_reason"]
+            assert (
+                s["status"] == "failed"
+                and "refused the credentials" in s["failure_reason"]
+                and "BACK_TOKEN" in s["failure_reason"]
+            )
 
     # nothing listens there any more: a bounded, clear failure
     async with Client(create_server(front_settings(tmp_path / "front3", url, reconnect_s=1, connect_timeout_s=1))) as client:

@@ -46,7 +46,14 @@ class FakeCiab:
 
     def emit(self, sid: str, event_type: str, data: dict[str, Any]) -> None:
         self.events.append(
-            {"id": str(uuid.uuid4()), "sandbox_id": SANDBOX, "session_id": sid, "event_type": event_type, "data": data, "timestamp": "2026-03-11T10:00:00Z"}
+            {
+                "id": str(uuid.uuid4()),
+                "sandbox_id": SANDBOX,
+                "session_id": sid,
+                "event_type": event_type,
+                "data": data,
+                "timestamp": "2026-03-11T10:00:00Z",
+            }
         )
         self.events[:] = self.events[-500:]
         self.new_event.set()
@@ -64,7 +71,9 @@ class FakeCiab:
             self.emit(sid, "tool_use_start", {"id": "tu_1", "name": "bash", "input": {"command": text[6:]}})
             self.emit(sid, "tool_result", {"tool_use_id": "tu_1", "content": f"ran {text[6:]}\n", "is_error": False})
             self.message(sid, "assistant", [{"type": "tool_use", "id": "tu_1", "name": "bash", "input": {"command": text[6:]}}])
-            self.message(sid, "tool", [{"type": "tool_result", "tool_use_id": "tu_1", "content": f"ran {text[6:]}\n", "is_error": False}])
+            self.message(
+                sid, "tool", [{"type": "tool_result", "tool_use_id": "tu_1", "content": f"ran {text[6:]}\n", "is_error": False}]
+            )
             reply = "done"
         elif text == "slow":
             self.emit(sid, "text_delta", {"text": "working"})
@@ -98,8 +107,13 @@ class FakeCiab:
             body = await request.json()
             sid = str(uuid.uuid4())
             self.sessions[sid] = {
-                "id": sid, "sandbox_id": SANDBOX, "state": "active", "metadata": body.get("metadata", {}),
-                "created_at": "2026-03-11T10:00:00Z", "updated_at": "2026-03-11T10:00:00Z", "messages": [],
+                "id": sid,
+                "sandbox_id": SANDBOX,
+                "state": "active",
+                "metadata": body.get("metadata", {}),
+                "created_at": "2026-03-11T10:00:00Z",
+                "updated_at": "2026-03-11T10:00:00Z",
+                "messages": [],
             }
             return JSONResponse({k: v for k, v in self.sessions[sid].items() if k != "messages"})
 
@@ -170,17 +184,27 @@ class FakeCiab:
 
             return StreamingResponse(frames(), media_type="text/event-stream")
 
-        return Starlette(routes=[
-            Route("/api/v1/sandboxes/{id}/sessions", create, methods=["POST"]),
-            Route("/api/v1/sessions/{sid}", get, methods=["GET"]),
-            Route("/api/v1/sessions/{sid}/messages", send, methods=["POST"]),
-            Route("/api/v1/sessions/{sid}/interrupt", interrupt, methods=["POST"]),
-            Route("/api/v1/sessions/{sid}/stream", stream, methods=["GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/api/v1/sandboxes/{id}/sessions", create, methods=["POST"]),
+                Route("/api/v1/sessions/{sid}", get, methods=["GET"]),
+                Route("/api/v1/sessions/{sid}/messages", send, methods=["POST"]),
+                Route("/api/v1/sessions/{sid}/interrupt", interrupt, methods=["POST"]),
+                Route("/api/v1/sessions/{sid}/stream", stream, methods=["GET"]),
+            ]
+        )
 
 
 def front(home: Path, url: str, sandbox_id: str = SANDBOX) -> Settings:
-    remotes = {"box": {"url": url, "dialect": "ciab", "token_env": "CIAB_TOKEN", "options": {"sandbox_id": sandbox_id}, "reconnect_s": 10}}
+    remotes = {
+        "box": {
+            "url": url,
+            "dialect": "ciab",
+            "token_env": "CIAB_TOKEN",
+            "options": {"sandbox_id": sandbox_id},
+            "reconnect_s": 10,
+        }
+    }
     return Settings(home=home, remotes=json.dumps(remotes))
 
 

@@ -66,7 +66,12 @@ class FakeEverruns:
 
     def said(self, sid: str, turn: str, content: list[dict[str, Any]], usage: dict[str, int] | None = None) -> None:
         message = {"id": new_id("message"), "session_id": sid, "role": "agent", "content": content}
-        self.emit(sid, "output.message.completed", {"message": message, "metadata": {"model": "gpt-4o"}, **({"usage": usage} if usage else {})}, turn)
+        self.emit(
+            sid,
+            "output.message.completed",
+            {"message": message, "metadata": {"model": "gpt-4o"}, **({"usage": usage} if usage else {})},
+            turn,
+        )
 
     async def turn(self, sid: str, text: str, message_id: str) -> None:
         s, t = self.sessions[sid], new_id("turn")
@@ -82,8 +87,25 @@ class FakeEverruns:
             self.emit(sid, "tool.started", {"tool_call": call}, t)
             await asyncio.sleep(0.3)
             out = f"ran {text[6:]}\n"
-            self.emit(sid, "tool.output.delta", {"tool_call_id": "call_1", "tool_name": "bash", "delta": out, "stream": "stdout"}, t, durable=False)
-            self.emit(sid, "tool.completed", {"tool_call_id": "call_1", "tool_name": "bash", "success": True, "status": "success", "result": [{"type": "text", "text": out}]}, t)
+            self.emit(
+                sid,
+                "tool.output.delta",
+                {"tool_call_id": "call_1", "tool_name": "bash", "delta": out, "stream": "stdout"},
+                t,
+                durable=False,
+            )
+            self.emit(
+                sid,
+                "tool.completed",
+                {
+                    "tool_call_id": "call_1",
+                    "tool_name": "bash",
+                    "success": True,
+                    "status": "success",
+                    "result": [{"type": "text", "text": out}],
+                },
+                t,
+            )
             reply = "done"
         elif text == "slow":
             self.emit(sid, "output.message.delta", {"turn_id": t, "delta": "working", "accumulated": "working"}, t, durable=False)
@@ -98,7 +120,13 @@ class FakeEverruns:
         sent = ""
         for i, word in enumerate(reply.split(" ")):
             sent += ("" if i == 0 else " ") + word
-            self.emit(sid, "output.message.delta", {"turn_id": t, "delta": sent[-len(word) - (i > 0) :], "accumulated": sent}, t, durable=False)
+            self.emit(
+                sid,
+                "output.message.delta",
+                {"turn_id": t, "delta": sent[-len(word) - (i > 0) :], "accumulated": sent},
+                t,
+                durable=False,
+            )
             await asyncio.sleep(0.05)
         usage = {"input_tokens": 1000, "output_tokens": 200, "cache_read_tokens": 400}
         self.said(sid, t, [{"type": "text", "text": reply}], usage)
@@ -184,7 +212,9 @@ class FakeEverruns:
                 return err(400, "Session is not active")
             self.cancels += 1
             self.tasks.pop(s["id"]).cancel()
-            turn = next((e["context"].get("turn_id") for e in reversed(self.events[s["id"]]) if e["type"] == "turn.started"), None)
+            turn = next(
+                (e["context"].get("turn_id") for e in reversed(self.events[s["id"]]) if e["type"] == "turn.started"), None
+            )
             self.emit(s["id"], "turn.cancelled", {"turn_id": turn, "reason": "Cancelled by user"}, turn)
             s["status"], s["cancelled_turn"] = "idle", turn
             return JSONResponse({"status": "cancelled"})
@@ -205,7 +235,11 @@ class FakeEverruns:
             cycle, self.cycle_after = self.cycle_after, None
 
             def frame(e: dict[str, Any]) -> str:
-                return f"event: {e['type']}\n" + (f"id: {e['id']}\n" if "sequence" in e else "") + f"retry: 100\ndata: {json.dumps(e)}\n\n"
+                return (
+                    f"event: {e['type']}\n"
+                    + (f"id: {e['id']}\n" if "sequence" in e else "")
+                    + f"retry: 100\ndata: {json.dumps(e)}\n\n"
+                )
 
             async def frames() -> AsyncIterator[str]:
                 try:
@@ -231,15 +265,17 @@ class FakeEverruns:
 
             return StreamingResponse(frames(), media_type="text/event-stream")
 
-        return Starlette(routes=[
-            Route(P, create, methods=["POST"]),
-            Route(P + "/{sid}", get, methods=["GET"]),
-            Route(P + "/{sid}", delete, methods=["DELETE"]),
-            Route(P + "/{sid}/events", events, methods=["GET"]),
-            Route(P + "/{sid}/messages", message, methods=["POST"]),
-            Route(P + "/{sid}/cancel", cancel, methods=["POST"]),
-            Route(P + "/{sid}/sse", sse, methods=["GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route(P, create, methods=["POST"]),
+                Route(P + "/{sid}", get, methods=["GET"]),
+                Route(P + "/{sid}", delete, methods=["DELETE"]),
+                Route(P + "/{sid}/events", events, methods=["GET"]),
+                Route(P + "/{sid}/messages", message, methods=["POST"]),
+                Route(P + "/{sid}/cancel", cancel, methods=["POST"]),
+                Route(P + "/{sid}/sse", sse, methods=["GET"]),
+            ]
+        )
 
 
 def front(home: Path, url: str, **options: Any) -> Settings:
@@ -248,7 +284,9 @@ def front(home: Path, url: str, **options: Any) -> Settings:
     return Settings(home=home, remotes=json.dumps(remotes))
 
 
-async def test_everruns_session_stream_usage_resume_cancel_delete_and_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_everruns_session_stream_usage_resume_cancel_delete_and_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EVR_KEY", KEY)
     fake = FakeEverruns()
     async with serve_fake(fake) as url:
@@ -262,7 +300,11 @@ async def test_everruns_session_stream_usage_resume_cancel_delete_and_loss(tmp_p
             r = await call(client, "send_message", session_id=sid, text="hello there world", wait_s=30)
             assert r["turn_status"] == "completed", r
             assert r["output"] == "echo: hello there world"
-            assert r["usage"]["input_tokens"] == 1000 and r["usage"]["output_tokens"] == 200 and r["usage"]["cache_read_tokens"] == 400
+            assert (
+                r["usage"]["input_tokens"] == 1000
+                and r["usage"]["output_tokens"] == 200
+                and r["usage"]["cache_read_tokens"] == 400
+            )
             assert r["usage"]["cost_usd"] == pytest.approx(0.005)  # gpt-4o at this server's prices: Everruns reports no cost
             got = await call(client, "get_session", session_id=sid, events_after=0)
             assert "".join(e["data"]["text"] for e in got["events"] if e["type"] == "text.delta") == "echo: hello there world"
@@ -300,7 +342,10 @@ async def test_everruns_session_stream_usage_resume_cancel_delete_and_loss(tmp_p
             r = await call(client, "send_message", session_id=sid, text="next one", wait_s=30)
             assert r["turn_status"] == "completed" and r["output"] == "echo: next one", r
             recent = (await call(client, "get_session", session_id=sid))["recent_messages"]
-            assert [(m["role"], m["content"][0]["text"]) for m in recent[-2:]] == [("user", "next one"), ("assistant", "echo: next one")]
+            assert [(m["role"], m["content"][0]["text"]) for m in recent[-2:]] == [
+                ("user", "next one"),
+                ("assistant", "echo: next one"),
+            ]
 
             r = await call(client, "send_message", session_id=sid, text="fail", wait_s=30)
             assert r["turn_status"] == "failed" and r["reason"] == "on the remote: LLM provider returned 529: overloaded"

@@ -58,7 +58,13 @@ class FakeLap:
         for word in ("all ", "done"):
             await asyncio.sleep(0.6 if text == "drop" else 0.02)
             harness({"type": "assistant_text", "text": word})
-        harness({"type": "turn_complete", "cost_usd": 0.0123, "usage": {"input": 100, "output": 20, "cache_read": 50, "cache_write": 5}})
+        harness(
+            {
+                "type": "turn_complete",
+                "cost_usd": 0.0123,
+                "usage": {"input": 100, "output": 20, "cache_read": 50, "cache_write": 5},
+            }
+        )
         self.sessions[sid]["response"] = {"parts": [{"type": "text", "text": "all done"}]}
         self.publish(sid, {"type": "done"})
 
@@ -79,7 +85,16 @@ class FakeLap:
                 return err(404, f"agent {request.path_params['agent_id']} not found")
             body = await request.json()
             sid = str(uuid.uuid4())
-            self.sessions[sid] = {"id": sid, "agent_id": AGENT, "status": "creating", "phase": "creating_sandbox", "title_preview": body.get("title"), "response": None, "polls": 0, "failure_reason": None}
+            self.sessions[sid] = {
+                "id": sid,
+                "agent_id": AGENT,
+                "status": "creating",
+                "phase": "creating_sandbox",
+                "title_preview": body.get("title"),
+                "response": None,
+                "polls": 0,
+                "failure_reason": None,
+            }
             return JSONResponse({k: v for k, v in self.sessions[sid].items() if k != "polls"}, status_code=201)
 
         async def get(request: Request) -> Response:
@@ -150,18 +165,28 @@ class FakeLap:
             s["status"] = "dead"
             return JSONResponse({"id": s["id"], "status": "deleted"})
 
-        return Starlette(routes=[
-            Route(P + "/agents/{agent_id}/session", create, methods=["POST"]),
-            Route(P + "/sessions/{sid}", get, methods=["GET"]),
-            Route(P + "/sessions/{sid}", delete, methods=["DELETE"]),
-            Route(P + "/sessions/{sid}/message_stream", message_stream, methods=["POST"]),
-            Route(P + "/sessions/{sid}/events", events, methods=["GET"]),
-            Route(P + "/sessions/{sid}/abort", abort, methods=["POST"]),
-        ])
+        return Starlette(
+            routes=[
+                Route(P + "/agents/{agent_id}/session", create, methods=["POST"]),
+                Route(P + "/sessions/{sid}", get, methods=["GET"]),
+                Route(P + "/sessions/{sid}", delete, methods=["DELETE"]),
+                Route(P + "/sessions/{sid}/message_stream", message_stream, methods=["POST"]),
+                Route(P + "/sessions/{sid}/events", events, methods=["GET"]),
+                Route(P + "/sessions/{sid}/abort", abort, methods=["POST"]),
+            ]
+        )
 
 
 def front(home: Path, url: str, agent_id: str = AGENT) -> Settings:
-    remotes = {"lap": {"url": url, "dialect": "litellm-agent-platform", "token_env": "LAP_KEY", "options": {"agent_id": agent_id}, "reconnect_s": 10}}
+    remotes = {
+        "lap": {
+            "url": url,
+            "dialect": "litellm-agent-platform",
+            "token_env": "LAP_KEY",
+            "options": {"agent_id": agent_id},
+            "reconnect_s": 10,
+        }
+    }
     return Settings(home=home, remotes=json.dumps(remotes))
 
 
@@ -173,7 +198,11 @@ async def test_lap_bring_up_stream_usage_drop_abort_delete(tmp_path: Path, monke
             s = await call(client, "create_session", driver="remote", remote="lap")
             assert s["status"] == "ready", s
             sid, rid = s["id"], s["sandbox"]["remote_session_id"]
-            phases = [e["data"]["phase"] for e in (await call(client, "get_session", session_id=sid, events_after=0))["events"] if e["type"] == "phase"]
+            phases = [
+                e["data"]["phase"]
+                for e in (await call(client, "get_session", session_id=sid, events_after=0))["events"]
+                if e["type"] == "phase"
+            ]
             assert "starting" in phases and "starting_agent" in phases and phases[-1] == "ready"
 
             r = await call(client, "send_message", session_id=sid, text="list the files", wait_s=30)

@@ -32,11 +32,44 @@ SUMMARY = ("id", "workflow_id", "workflow_name", "execution_id", "phase_id", "ph
            "agent_model", "repos", "input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
            "total_tokens", "total_cost_usd", "total_cost_display", "duration_seconds", "started_at", "completed_at")  # fmt: skip
 OPERATIONS = [
-    {"operation_id": "op1", "operation_type": "message_request", "timestamp": "2026-03-11T10:04:01Z", "message_role": "user", "message_content": "Fix the failing test"},
-    {"operation_id": "op2", "operation_type": "thinking", "timestamp": "2026-03-11T10:04:02Z", "thinking_content": "look at tests first"},
-    {"operation_id": "op3", "operation_type": "tool_started", "timestamp": "2026-03-11T10:04:03Z", "tool_name": "Bash", "tool_use_id": "tu_1", "tool_input": {"command": "pytest -q"}},
-    {"operation_id": "op4", "operation_type": "tool_completed", "timestamp": "2026-03-11T10:04:09Z", "tool_name": "Bash", "tool_use_id": "tu_1", "tool_output": "1 passed", "success": True, "duration_seconds": 6.0},
-    {"operation_id": "op5", "operation_type": "message_response", "timestamp": "2026-03-11T10:04:10Z", "message_role": "assistant", "message_content": "Fixed it."},
+    {
+        "operation_id": "op1",
+        "operation_type": "message_request",
+        "timestamp": "2026-03-11T10:04:01Z",
+        "message_role": "user",
+        "message_content": "Fix the failing test",
+    },
+    {
+        "operation_id": "op2",
+        "operation_type": "thinking",
+        "timestamp": "2026-03-11T10:04:02Z",
+        "thinking_content": "look at tests first",
+    },
+    {
+        "operation_id": "op3",
+        "operation_type": "tool_started",
+        "timestamp": "2026-03-11T10:04:03Z",
+        "tool_name": "Bash",
+        "tool_use_id": "tu_1",
+        "tool_input": {"command": "pytest -q"},
+    },
+    {
+        "operation_id": "op4",
+        "operation_type": "tool_completed",
+        "timestamp": "2026-03-11T10:04:09Z",
+        "tool_name": "Bash",
+        "tool_use_id": "tu_1",
+        "tool_output": "1 passed",
+        "success": True,
+        "duration_seconds": 6.0,
+    },
+    {
+        "operation_id": "op5",
+        "operation_type": "message_response",
+        "timestamp": "2026-03-11T10:04:10Z",
+        "message_role": "assistant",
+        "message_content": "Fixed it.",
+    },
 ]
 
 
@@ -77,7 +110,20 @@ class FakeSyntropic:
             q = request.query_params
             limit = int(q.get("limit", 50))
             if not 1 <= limit <= 200:
-                return JSONResponse({"detail": [{"loc": ["query", "limit"], "msg": "Input should be less than or equal to 200", "type": "less_than_equal", "input": q["limit"], "ctx": {"le": 200}}]}, status_code=422)
+                return JSONResponse(
+                    {
+                        "detail": [
+                            {
+                                "loc": ["query", "limit"],
+                                "msg": "Input should be less than or equal to 200",
+                                "type": "less_than_equal",
+                                "input": q["limit"],
+                                "ctx": {"le": 200},
+                            }
+                        ]
+                    },
+                    status_code=422,
+                )
             statuses = (q.get("statuses") or q.get("status") or "").split(",")
             rows = [s for s in self.sessions.values() if statuses == [""] or s["status"] in statuses]
             if "started_before" in q:
@@ -101,16 +147,20 @@ class FakeSyntropic:
             refused(request)
             return JSONResponse({"detail": "Method Not Allowed"}, status_code=405)
 
-        return Starlette(routes=[
-            Route("/api/v1/sessions", listing, methods=["GET"]),
-            Route("/api/v1/sessions/{sid}", detail, methods=["GET"]),
-            Route("/api/v1/{path:path}", other, methods=["POST", "PUT", "PATCH", "DELETE"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/api/v1/sessions", listing, methods=["GET"]),
+                Route("/api/v1/sessions/{sid}", detail, methods=["GET"]),
+                Route("/api/v1/{path:path}", other, methods=["POST", "PUT", "PATCH", "DELETE"]),
+            ]
+        )
 
 
 def front(home: Path, url: str, **options: Any) -> Settings:
     options = {"limit": 2, "poll_s": 0.3, **options}
-    remotes = {"syn": {"url": url + "/api/v1", "dialect": "syntropic137", "token_env": "SYN_TOKEN", "options": options, "reconnect_s": 2}}
+    remotes = {
+        "syn": {"url": url + "/api/v1", "dialect": "syntropic137", "token_env": "SYN_TOKEN", "options": options, "reconnect_s": 2}
+    }
     return Settings(home=home, remotes=json.dumps(remotes))
 
 
@@ -125,7 +175,9 @@ async def wait_listed(client: Client, total: int, **filters: Any) -> dict[str, A
     return page
 
 
-async def test_syntropic_sessions_are_mirrored_read_only_and_kept_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_syntropic_sessions_are_mirrored_read_only_and_kept_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SYN_TOKEN", TOKEN)
     fake = FakeSyntropic()
     running = fake.add(session(5, "running", operations=OPERATIONS))
@@ -142,7 +194,11 @@ async def test_syntropic_sessions_are_mirrored_read_only_and_kept_current(tmp_pa
             failed = (await listed(client, statuses=["failed"]))["sessions"]
             assert failed[0]["failure_reason"] == "on syntropic137: agent exceeded max turns"
             dead = (await listed(client, statuses=["dead"]))["sessions"]
-            assert sorted(s["close_reason"] for s in dead) == ["cancelled on syntropic137", "completed on syntropic137", "completed on syntropic137"]
+            assert sorted(s["close_reason"] for s in dead) == [
+                "cancelled on syntropic137",
+                "completed on syntropic137",
+                "completed on syntropic137",
+            ]
             first = await listed(client, limit=2)
             rest = await listed(client, limit=3, cursor=first["next_cursor"])
             assert rest["next_cursor"] is None and len({s["id"] for s in first["sessions"] + rest["sessions"]}) == 5
@@ -152,18 +208,35 @@ async def test_syntropic_sessions_are_mirrored_read_only_and_kept_current(tmp_pa
             got = await call(client, "get_session", session_id=sid)
             s = got["session"]
             assert s["status"] == "busy" and s["agent"] == "remote" and s["model"] == "claude-sonnet-4-5"
-            assert s["sandbox"] == {"remote": "syn", "dialect": "syntropic137", "url": url + "/api/v1", "remote_session_id": running, "read_only": True}
+            assert s["sandbox"] == {
+                "remote": "syn",
+                "dialect": "syntropic137",
+                "url": url + "/api/v1",
+                "remote_session_id": running,
+                "read_only": True,
+            }
             assert s["usage"]["input_tokens"] == 6000 and s["usage"]["output_tokens"] == 1500
             assert s["usage"]["cache_read_tokens"] == 4000 and s["usage"]["cache_creation_tokens"] == 50
-            assert s["usage"]["cost_usd"] == pytest.approx(0.0525) and s["usage"]["cost_by_model"] == {"claude-sonnet-4-5": pytest.approx(0.0525)}
+            assert s["usage"]["cost_usd"] == pytest.approx(0.0525) and s["usage"]["cost_by_model"] == {
+                "claude-sonnet-4-5": pytest.approx(0.0525)
+            }
             assert s["metadata"]["workflow_id"] == "wf-ci" and s["metadata"]["operations"] == 5
             assert s["preview"] == "Fix the failing test" and s["workspace"] == "/workspace/5"
             assert [m["role"] for m in got["recent_messages"]] == ["user", "assistant", "tool", "assistant"]
-            assert got["recent_messages"][1]["content"][0] == {"type": "tool_use", "id": "tu_1", "name": "Bash", "input": {"command": "pytest -q"}}
+            assert got["recent_messages"][1]["content"][0] == {
+                "type": "tool_use",
+                "id": "tu_1",
+                "name": "Bash",
+                "input": {"command": "pytest -q"},
+            }
             transcript = (await client.read_resource(f"session://{sid}/transcript")).contents[0].text
             assert "Fix the failing test" in transcript and "[tool result] 1 passed" in transcript and "Fixed it." in transcript
 
-            for tool, args in (("send_message", {"text": "hi"}), ("send_message", {"text": "hi", "queue": True}), ("interrupt", {})):
+            for tool, args in (
+                ("send_message", {"text": "hi"}),
+                ("send_message", {"text": "hi", "queue": True}),
+                ("interrupt", {}),
+            ):
                 error = await call_error(client, tool, session_id=sid, **args)
                 assert "syntropic137 sessions are read-only:" in error and running in error
             error = await call_error(client, "create_session", driver="remote", remote="syn")
@@ -171,11 +244,17 @@ async def test_syntropic_sessions_are_mirrored_read_only_and_kept_current(tmp_pa
 
             # get_session reads the platform first: a new operation, the cost so far, the end
             fake.sessions[running].update(status="completed", completed_at="2026-03-11T10:05:59+00:00", total_cost_usd="0.0900")
-            fake.sessions[running]["operations"] = [*OPERATIONS, {"operation_id": "op6", "operation_type": "message_response", "message_content": "All green now."}]
+            fake.sessions[running]["operations"] = [
+                *OPERATIONS,
+                {"operation_id": "op6", "operation_type": "message_response", "message_content": "All green now."},
+            ]
             got = await call(client, "get_session", session_id=sid)
             assert got["session"]["status"] == "dead" and got["session"]["close_reason"] == "completed on syntropic137"
             assert got["session"]["usage"]["cost_usd"] == pytest.approx(0.09)
-            assert got["recent_messages"][-1]["content"][0]["text"] == "All green now." and got["session"]["metadata"]["operations"] == 6
+            assert (
+                got["recent_messages"][-1]["content"][0]["text"] == "All green now."
+                and got["session"]["metadata"]["operations"] == 6
+            )
             transcript = (await client.read_resource(f"session://{sid}/transcript")).contents[0].text
             assert transcript.count("Fixed it.") == 1  # operations already stored are not added again
 
@@ -186,7 +265,12 @@ async def test_syntropic_sessions_are_mirrored_read_only_and_kept_current(tmp_pa
             del fake.sessions[gone]
             await wait_listed(client, 2, statuses=["failed"])  # found by the poll
             s = (await call(client, "get_session", session_id=local_id("syn", gone)))["session"]
-            assert s["status"] == "failed" and "sess-0006" in s["failure_reason"] and "is gone" in s["failure_reason"] and "syntropic137" in s["failure_reason"]
+            assert (
+                s["status"] == "failed"
+                and "sess-0006" in s["failure_reason"]
+                and "is gone" in s["failure_reason"]
+                and "syntropic137" in s["failure_reason"]
+            )
 
             # closing marks the session closed here, calls nothing there, and the mirror leaves it closed
             closed = await call(client, "close_session", session_id=local_id("syn", kept))
@@ -218,14 +302,20 @@ async def test_syntropic_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     await anyio.sleep(0.05)
             await anyio.sleep(0.1)
             assert (await listed(client))["total"] == 0
-            assert any("syntropic137" in r.message and "refused the credentials (set SYN_TOKEN)" in r.message for r in caplog.records)
+            assert any(
+                "syntropic137" in r.message and "refused the credentials (set SYN_TOKEN)" in r.message for r in caplog.records
+            )
 
         monkeypatch.setenv("SYN_TOKEN", TOKEN)
         async with Client(create_server(front(tmp_path / "b", url))) as client:
             await wait_listed(client, 1)
             fake.fail_details = 1
             s = (await call(client, "get_session", session_id=local_id("syn", running)))["session"]
-            assert s["status"] == "busy" and "answered 500" in s["phase_detail"] and "projection store unavailable" in s["phase_detail"]
+            assert (
+                s["status"] == "busy"
+                and "answered 500" in s["phase_detail"]
+                and "projection store unavailable" in s["phase_detail"]
+            )
             assert "syntropic137" in s["phase_detail"]
             s = (await call(client, "get_session", session_id=local_id("syn", running)))["session"]
             assert s["phase_detail"] is None and s["preview"] == "Fix the failing test"

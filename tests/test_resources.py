@@ -51,7 +51,9 @@ async def test_events_resource_numbers_every_event_in_order(client: Client) -> N
 async def test_files_resource_reads_workspace_files_and_refuses_escapes(client: Client) -> None:
     sid = await new_session(client, files={"src/app.py": "print('hi')\n"})
     assert await read_text(client, f"session://{sid}/files/src/app.py") == "print('hi')\n"
-    await call(client, "send_message", session_id=sid, text="mkdir -p out && echo made > out/result.txt && ln -s /etc/passwd leak")
+    await call(
+        client, "send_message", session_id=sid, text="mkdir -p out && echo made > out/result.txt && ln -s /etc/passwd leak"
+    )
     assert await read_text(client, f"session://{sid}/files/out/result.txt") == "made\n"
     for bad in ("../../../etc/passwd", "leak", "%2Fetc%2Fpasswd", "src/../../x"):
         with pytest.raises(MCPError):

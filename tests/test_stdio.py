@@ -72,7 +72,9 @@ async def test_server_memory_stays_bounded_when_a_command_prints_50_mb(home: Pat
         sid = await new_session(client)
         (pid,) = server_pids(home)
         before = peak_rss_mb(pid)
-        reply = await call(client, "send_message", session_id=sid, text="head -c 50000000 /dev/urandom | base64 -w 100", wait_s=50)
+        reply = await call(
+            client, "send_message", session_id=sid, text="head -c 50000000 /dev/urandom | base64 -w 100", wait_s=50
+        )
         assert reply["turn_status"] == "completed" and reply["output_cut_bytes"] > 60_000_000
         grown = peak_rss_mb(pid) - before
     assert grown < 40, f"server peak memory grew by {grown:.0f} MB for 67 MB of output"
@@ -133,8 +135,12 @@ def test_a_database_from_a_newer_version_is_refused_and_left_untouched(home: Pat
         conn.execute("PRAGMA user_version=99")
     before = db.read_bytes()
     proc = subprocess.run(
-        [sys.executable, "-m", "mcp_sessions"], env={**os.environ, "MCP_SESSIONS_HOME": str(home)},
-        input="", capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "mcp_sessions"],
+        env={**os.environ, "MCP_SESSIONS_HOME": str(home)},
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0 and "newer mcp-sessions (schema 99" in proc.stderr
     assert db.read_bytes() == before
@@ -145,8 +151,12 @@ def test_a_corrupt_database_is_reported_and_left_untouched(home: Path) -> None:
     db = home / "sessions.db"
     db.write_bytes(b"this is not a database" * 100)
     proc = subprocess.run(
-        [sys.executable, "-m", "mcp_sessions"], env={**os.environ, "MCP_SESSIONS_HOME": str(home)},
-        input="", capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "mcp_sessions"],
+        env={**os.environ, "MCP_SESSIONS_HOME": str(home)},
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "cannot be read" in proc.stderr and "left untouched" in proc.stderr
@@ -225,9 +235,13 @@ async def test_replies_larger_than_the_pipe_arrive_whole_while_the_client_is_slo
             await server.stdin.send(line(1, "initialize", init) + line(None, "notifications/initialized"))
             await reply_to(1)
             script = f"head -c {size} /dev/zero | tr '\\0' a > big.txt"
-            await server.stdin.send(line(2, "tools/call", {"name": "create_session", "arguments": {"files": {"make.sh": script}}}))
+            await server.stdin.send(
+                line(2, "tools/call", {"name": "create_session", "arguments": {"files": {"make.sh": script}}})
+            )
             sid = (await reply_to(2))["result"]["structuredContent"]["id"]
-            await server.stdin.send(line(3, "tools/call", {"name": "send_message", "arguments": {"session_id": sid, "text": "bash make.sh"}}))
+            await server.stdin.send(
+                line(3, "tools/call", {"name": "send_message", "arguments": {"session_id": sid, "text": "bash make.sh"}})
+            )
             assert (await reply_to(3))["result"]["structuredContent"]["exit_code"] == 0
 
             uri = f"session://{sid}/files/big.txt"

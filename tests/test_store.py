@@ -184,7 +184,9 @@ async def test_a_cursor_stays_valid_while_newer_sessions_arrive(tmp_path: Path) 
             await store.insert(SessionRecord(session=s), [])
         first, total, cursor = await store.query(limit=10)
         assert total == 30
-        newer = Session(id="ses_" + "f" * 32, driver="local", agent="shell", command_timeout_s=1, created_at=BASE + timedelta(days=400))
+        newer = Session(
+            id="ses_" + "f" * 32, driver="local", agent="shell", command_timeout_s=1, created_at=BASE + timedelta(days=400)
+        )
         await store.insert(SessionRecord(session=newer), [])
         rest, total, _ = await walk_from(store, cursor, limit=10)
         assert total == 31
@@ -270,9 +272,19 @@ async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_ses
     try:
         for target in range(1, version + 1):
             Store._migrate(conn, target)
-        s = Session(id="ses_" + "b" * 32, title="old", driver="local", agent="shell", command_timeout_s=1, status="ready", tags=["p", "q"])
-        row = {"id": s.id, "created_at": stamp(s.created_at), "status": s.status, "driver": s.driver, "agent": s.agent,
-               "owner": None, "tags": '["p", "q"]', "record": SessionRecord(session=s).model_dump_json()}
+        s = Session(
+            id="ses_" + "b" * 32, title="old", driver="local", agent="shell", command_timeout_s=1, status="ready", tags=["p", "q"]
+        )
+        row = {
+            "id": s.id,
+            "created_at": stamp(s.created_at),
+            "status": s.status,
+            "driver": s.driver,
+            "agent": s.agent,
+            "owner": None,
+            "tags": '["p", "q"]',
+            "record": SessionRecord(session=s).model_dump_json(),
+        }
         if version >= 3:
             row["summary"] = summary_json(s)
         conn.execute(f"INSERT INTO sessions({','.join(row)}) VALUES({','.join('?' * len(row))})", list(row.values()))
@@ -302,7 +314,7 @@ async def test_many_connections_opening_a_new_database_at_once_all_get_the_schem
         path = tmp_path / f"sessions-{round_}.db"
         opened: list[Store] = []
 
-        async def open_one() -> None:
+        async def open_one(path: Path = path, opened: list[Store] = opened) -> None:
             opened.append(await Store.open(path))
 
         async with anyio.create_task_group() as tg:

@@ -15,8 +15,8 @@ from mcp.types import (
     ResourceUpdatedNotification,
 )
 
-from mcp_sessions.models import Session, SessionRecord, new_session_id
 from mcp_sessions import sdk
+from mcp_sessions.models import Session, SessionRecord, new_session_id
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 

@@ -57,7 +57,9 @@ async def test_interrupt_stops_the_command_and_everything_it_started(client: Cli
     replies = {}
 
     async def send() -> None:
-        replies["send"] = await call(client, "send_message", session_id=sid, text="sleep 300 & setsid sleep 301 & echo started; sleep 302")
+        replies["send"] = await call(
+            client, "send_message", session_id=sid, text="sleep 300 & setsid sleep 301 & echo started; sleep 302"
+        )
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(send)
@@ -176,7 +178,9 @@ async def test_close_with_delete_forgets_the_session(client: Client) -> None:
 
 async def test_huge_output_is_bounded_and_says_how_much_was_cut(client: Client) -> None:
     sid = await new_session(client)
-    reply = await call(client, "send_message", session_id=sid, text="head -c 50000000 /dev/zero | tr '\\0' x; echo; echo END", wait_s=50)
+    reply = await call(
+        client, "send_message", session_id=sid, text="head -c 50000000 /dev/zero | tr '\\0' x; echo; echo END", wait_s=50
+    )
     assert reply["output_bytes"] == 50_000_005
     assert reply["output_cut_bytes"] > 49_000_000
     assert len(reply["output"]) < 40_000

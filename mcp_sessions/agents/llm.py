@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from sandbox_backends.base import PathNotAllowed, SandboxError, SandboxNotFound
 
-from ..models import Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
+from ..models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
 from .base import AgentPlugin, TurnContext, TurnOutcome
 from .pricing import PriceTable
 from .providers.anthropic import AnthropicProvider
@@ -143,18 +143,28 @@ class LlmSettings(BaseModel):
     )
     model: str | None = Field(None, description="Default model of the llm agent.")
     openai_base_url: str | None = Field(
-        None, description="OpenAI-compatible API base URL, e.g. http://localhost:11434/v1 for Ollama.", json_schema_extra={"env": "OPENAI_BASE_URL"}
+        None,
+        description="OpenAI-compatible API base URL, e.g. http://localhost:11434/v1 for Ollama.",
+        json_schema_extra={"env": "OPENAI_BASE_URL"},
     )
-    openai_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible API.", json_schema_extra={"env": "OPENAI_API_KEY"})
-    anthropic_base_url: str | None = Field(None, description="Anthropic API base URL.", json_schema_extra={"env": "ANTHROPIC_BASE_URL"})
-    anthropic_api_key: SecretStr | None = Field(None, description="Key for the Anthropic API.", json_schema_extra={"env": "ANTHROPIC_API_KEY"})
+    openai_api_key: SecretStr | None = Field(
+        None, description="Key for the OpenAI-compatible API.", json_schema_extra={"env": "OPENAI_API_KEY"}
+    )
+    anthropic_base_url: str | None = Field(
+        None, description="Anthropic API base URL.", json_schema_extra={"env": "ANTHROPIC_BASE_URL"}
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        None, description="Key for the Anthropic API.", json_schema_extra={"env": "ANTHROPIC_API_KEY"}
+    )
     llm_max_steps: int = Field(50, ge=1, le=1000, description="Default most model calls per turn of the llm agent.")
     llm_max_tokens: int = Field(8192, ge=16, le=1_000_000, description="Most output tokens of one model call.")
     llm_retries: int = Field(2, ge=0, le=10, description="Retries of a model call on 429, 5xx or an unreachable API.")
 
 
 class LlmOptions(BaseModel):
-    provider: ProviderName | None = Field(None, description="where the model runs; 'sampling' asks your own model through MCP sampling (default: the server's)")
+    provider: ProviderName | None = Field(
+        None, description="where the model runs; 'sampling' asks your own model through MCP sampling (default: the server's)"
+    )
     system_prompt: str | None = Field(None, max_length=100_000, description="replaces the default system prompt")
     max_steps: int | None = Field(None, ge=1, le=1000, description="most model calls per turn (default: the server's, 50)")
     max_turn_tokens: int | None = Field(None, ge=1, le=10**12, description="stop a turn once it has used this many tokens")
@@ -224,8 +234,8 @@ class LlmAgent:
             if note:
                 ctx.messages.append(Message(role="assistant", content=[TextBlock(text=note)], turn=turn))
             last = next((m for m in reversed(ctx.messages) if m.role == "assistant"), None)
-            content = [b for b in last.content if isinstance(b, TextBlock)] if last else []
-            answer = "\n".join(b.text for b in content)
+            content: list[ContentBlock] = [b for b in last.content if isinstance(b, TextBlock)] if last else []
+            answer = "\n".join(b.text for b in content if isinstance(b, TextBlock))
             return TurnOutcome(
                 status=status,  # type: ignore[arg-type]
                 content=content,
@@ -287,9 +297,7 @@ class LlmAgent:
         usage.output_tokens += tokens.output_tokens
         usage.cache_read_tokens += tokens.cache_read_tokens
         usage.cache_creation_tokens += tokens.cache_creation_tokens
-        usage.total_tokens += (
-            tokens.input_tokens + tokens.output_tokens + tokens.cache_read_tokens + tokens.cache_creation_tokens
-        )
+        usage.total_tokens += tokens.input_tokens + tokens.output_tokens + tokens.cache_read_tokens + tokens.cache_creation_tokens
         cost = self.prices.cost(model, tokens)
         usage.cost_usd += cost
         usage.cost_by_model[model] = usage.cost_by_model.get(model, 0.0) + cost
@@ -385,7 +393,7 @@ class LlmAgent:
     @staticmethod
     def _arg(args: dict[str, Any], name: str, kind: type = str) -> Any:
         value = args.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ToolFailed(f"Argument '{name}' is required and must be a {kind.__name__}.")
         return value
 
@@ -446,8 +454,8 @@ class LlmAgent:
         path = args.get("path") or "."
         if not isinstance(path, str) or "\0" in path:
             raise ToolFailed("Argument 'path' must be a string.")
-        depth = args.get("depth") if isinstance(args.get("depth"), int) else 3
-        depth = max(1, min(int(depth), 10))
+        asked = args.get("depth")
+        depth = max(1, min(asked if isinstance(asked, int) else 3, 10))
         workspace = ctx.sandbox.workspace
         target = Path(workspace, path).as_posix() if not path.startswith("/") else path
         script = (
@@ -461,7 +469,6 @@ class LlmAgent:
         entries = [(line[2:] + "/" if line.startswith("d ") else line[2:]) for line in lines[:LIST_LIMIT]]
         more = f"\n[more than {LIST_LIMIT} entries; list a subfolder]" if len(lines) > LIST_LIMIT else ""
         return ("\n".join(entries) or "(empty)") + more, None, result.interrupted
-
 
 
 plugin = AgentPlugin(

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from sandbox_backends.base import MessageSandbox, SandboxError
 
-from ..models import ContentBlock, Message, TextBlock, Usage
+from ..models import ContentBlock, Message, TextBlock, TurnStatus, Usage
 from .base import AgentPlugin, TurnContext, TurnOutcome
 from .pricing import PriceTable
 from .providers.common import TokenUsage
@@ -42,7 +42,11 @@ class RemoteAgent:
 
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         if not isinstance(ctx.sandbox, MessageSandbox):
-            return TurnOutcome(status="failed", content=[], reason="The remote agent works only with driver='remote'; this sandbox cannot answer messages.")
+            return TurnOutcome(
+                status="failed",
+                content=[],
+                reason="The remote agent works only with driver='remote'; this sandbox cannot answer messages.",
+            )
         turn = ctx.session.turns
         try:
             async for event in ctx.sandbox.send(text):
@@ -62,7 +66,9 @@ class RemoteAgent:
                     ]
                     content = _content(event.get("content"))
                     output = event.get("output") or "".join(b.text for b in content if isinstance(b, TextBlock))
-                    status = event["status"] if event["status"] in ("completed", "failed", "interrupted") else "failed"
+                    status: TurnStatus = (
+                        event["status"] if event["status"] in ("completed", "failed", "interrupted") else "failed"
+                    )
                     reason = event.get("reason")
                     if status != "completed" and reason:
                         reason = f"on the remote: {reason}"

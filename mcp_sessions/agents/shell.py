@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from ..models import TextBlock
+from ..models import TextBlock, TurnStatus
 from .base import AgentPlugin, TurnContext, TurnOutcome
 
 
@@ -21,6 +21,8 @@ class ShellAgent:
             "tool.completed",
             {"id": call_id, "tool": "bash", "exit_code": result.exit_code, "duration_s": result.duration_s},
         )
+        status: TurnStatus
+        reason: str | None
         if result.timed_out:
             status, reason = "failed", f"the command ran past its {ctx.command_timeout_s:g} s timeout and was stopped"
         elif result.interrupted:

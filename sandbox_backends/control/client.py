@@ -77,7 +77,13 @@ def control_boot_input() -> bytes:
     cold start); any other compiles the source."""
     compiled = marshal.dumps(compile(CONTROL_CODE, "mcp-sessions-control", "exec"))
     return b"".join(
-        (importlib.util.MAGIC_NUMBER, len(compiled).to_bytes(4, "big"), compiled, len(CONTROL_CODE).to_bytes(4, "big"), CONTROL_CODE)
+        (
+            importlib.util.MAGIC_NUMBER,
+            len(compiled).to_bytes(4, "big"),
+            compiled,
+            len(CONTROL_CODE).to_bytes(4, "big"),
+            CONTROL_CODE,
+        )
     )
 
 

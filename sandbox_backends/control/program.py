@@ -6,7 +6,14 @@ Not a module: a driver sends this file's text, with the "@NAME@" strings filled 
 only what a new container loads quickly: builtins and os/select/signal. Long because it is sent and run as
 one program, with nothing to import beside it.
 """
-import marshal, os, select, signal, sys, time, _thread
+
+import _thread
+import marshal
+import os
+import select
+import signal
+import sys
+import time
 
 if __name__ != "__main__":
     raise ImportError("program.py runs inside a sandbox (see sandbox_backends/control); it is not a module")
@@ -32,17 +39,21 @@ if not same:
     os.replace(RUNNER_PATH + ".tmp", RUNNER_PATH)
 wlock = _thread.allocate_lock()
 
+
 class Worker:
     """A thread that can be waited for. (The control shell imports nothing it can do without: in a new
     container json, subprocess and threading took 18 ms of its 40 ms start.)"""
+
     def __init__(self, fn, *args):
         self.done = _thread.allocate_lock()
         self.done.acquire()
+
         def run():
             try:
                 fn(*args)
             finally:
                 self.done.release()
+
         try:
             _thread.start_new_thread(run, ())
         except BaseException:
@@ -56,8 +67,10 @@ class Worker:
         with self.done:
             pass
 
+
 ESCAPES = {i: "\\u%04x" % i for i in range(32)}
 ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+
 
 def dumps(v):
     """JSON for the replies (what the server parses is JSON; what it sends here is marshal)."""
@@ -75,22 +88,27 @@ def dumps(v):
         return "[" + ",".join(dumps(x) for x in v) + "]"
     return dumps(str(v))
 
+
 def send(kind, payload):
     data = memoryview(kind + len(payload).to_bytes(4, "big") + payload)
     with wlock:
         while data:
-            data = data[os.write(1, data):]
+            data = data[os.write(1, data) :]
+
 
 def reply(req, **kw):
     kw["req"] = req
     send(b"J", dumps(kw).encode("utf-8", "backslashreplace"))  # a lone surrogate becomes a \udcXX escape
 
+
 def data_frame(kind, req, data):
     r = req.encode()
     send(kind, bytes([len(r)]) + r + data)
 
+
 def path(name):
     return os.path.join(DIR, name)
+
 
 def unlink(name):
     try:
@@ -98,17 +116,20 @@ def unlink(name):
     except OSError:
         pass
 
+
 def stat_of(pid):
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
             s = f.read()
     except OSError:
         return None
-    return s[s.rfind(b")") + 2:].split()
+    return s[s.rfind(b")") + 2 :].split()
+
 
 def alive(pid):
     st = stat_of(pid)
     return st is not None and st[0] not in (b"Z", b"X")
+
 
 def cmdline(pid):
     try:
@@ -116,6 +137,7 @@ def cmdline(pid):
             return f.read().split(b"\0")
     except OSError:
         return []
+
 
 def current_run():
     try:
@@ -125,9 +147,11 @@ def current_run():
     except (OSError, ValueError):
         return None
 
+
 def starttime(pid):
     st = stat_of(pid)
     return st[19].decode() if st is not None and len(st) > 19 else None
+
 
 def run_alive(pid, run):
     if not alive(pid):
@@ -138,14 +162,17 @@ def run_alive(pid, run):
     except OSError:
         return True
 
+
 def pids():
     for name in os.listdir("/proc"):
         if name.isdigit():
             yield int(name)
 
+
 def ppid_of(pid):
     st = stat_of(pid)
     return int(st[1]) if st is not None and len(st) > 1 else 0
+
 
 def protected(pid, running):
     """PID 1, the keepalive, control shells and their idle runners are not the user's processes."""
@@ -155,6 +182,7 @@ def protected(pid, running):
     if not argv or argv == [b""] or argv[0] == b"mcp-keepalive" or MARK.encode() in argv:
         return True
     return pid != running and RUNNER_PATH.encode() in argv and MARK.encode() in cmdline(ppid_of(pid))
+
 
 def kill_others(running):
     """SIGKILL every process but PID 1, the keepalive and control shells, until none is left."""
@@ -169,6 +197,7 @@ def kill_others(running):
                 pass
         time.sleep(0.005)
 
+
 def group_alive(pgid):
     for p in pids():
         st = stat_of(p)
@@ -176,11 +205,13 @@ def group_alive(pgid):
             return True
     return False
 
+
 def killpg(pgid, sig):
     try:
         os.killpg(pgid, sig)
     except OSError:
         pass
+
 
 def stop(req, mark):
     cur = current_run()
@@ -204,6 +235,7 @@ def stop(req, mark):
         time.sleep(0.005)
     reply(req, ok=True, was_running=True, run=run)
 
+
 def whole(name):
     """Whether a saved state was written whole: it ends with the marker line."""
     try:
@@ -212,6 +244,7 @@ def whole(name):
             return f.read() == STATE_COMPLETE
     except OSError:
         return False
+
 
 def promote_state():
     """The runner writes state.new and forks no mv; a whole one (ending with the marker) goes in force.
@@ -223,6 +256,7 @@ def promote_state():
             pass
     else:
         unlink(NEW_STATE_FILE)
+
 
 def cleanup(run):
     """Put the run's state in force and remove its files. The output goes before the exit code, so another
@@ -236,12 +270,15 @@ def cleanup(run):
     for suffix in (".out", ".rc", ".sh", ".start", ".interrupted"):
         unlink(run + suffix)
 
+
 followers = []
 STANDBYS = 1
 RUNNER_ARGV = ["bash", "--noprofile", "--norc", RUNNER_PATH, DIR]
 
+
 class Shell:
     """A long-lived runner (see runner.py): commands are sourced in it one after another."""
+
     def __init__(self, env):
         self.env = env
         self.pid, self.stdin, self.out = spawn(RUNNER_ARGV, env)
@@ -292,6 +329,7 @@ class Shell:
             self.stdin = None
         retired.append(self)
 
+
 def spawn(argv, env):
     """Start `argv` in a new session in the workspace (the control shell's own cwd), on pipes: (pid, stdin
     fd, stdout fd). Every other descriptor of this process is close-on-exec, as Python makes them."""
@@ -303,9 +341,17 @@ def spawn(argv, env):
         os.close(in_w)
         raise
     try:
-        pid = os.posix_spawnp(argv[0], argv, env, setsid=True, file_actions=[
-            (os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
-            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)])
+        pid = os.posix_spawnp(
+            argv[0],
+            argv,
+            env,
+            setsid=True,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, in_r, 0),
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            ],
+        )
     except BaseException:
         os.close(in_w)
         os.close(out_r)
@@ -315,10 +361,12 @@ def spawn(argv, env):
         os.close(out_w)
     return pid, in_w, out_r
 
+
 session = [None]
 standbys = []
 retired = []
 last_env = [None]
+
 
 def fill_standbys(env):
     while len(standbys) < STANDBYS and last_env[0] == env:
@@ -327,7 +375,9 @@ def fill_standbys(env):
         except OSError:
             return
 
+
 spawner = None
+
 
 def refill(env):
     """Start the spare shell in a thread, so the main loop stays free to answer."""
@@ -338,6 +388,7 @@ def refill(env):
             spawner = Worker(fill_standbys, env)
         except RuntimeError:
             spawner = None
+
 
 def take_standby(env):
     while True:
@@ -350,12 +401,14 @@ def take_standby(env):
             return sh
         sh.retire()
 
+
 def state_identity(name):
     try:
         st = os.stat(path(name))
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
+
 
 def take_shell(env):
     """The session shell if its state is the one in force, else a fresh runner, which restores the file."""
@@ -370,6 +423,7 @@ def take_shell(env):
     refill(env)
     return sh
 
+
 def read_rc(run):
     """The exit code the runner wrote, or None while it is missing or not written whole."""
     try:
@@ -379,9 +433,11 @@ def read_rc(run):
     except (OSError, ValueError):
         return None
 
+
 def run_active(pid, run):
     """Running: no exit code yet, its output not cleaned up, and its runner alive (runners outlive runs)."""
     return read_rc(run) is None and os.path.exists(path(run + ".out")) and run_alive(pid, run)
+
 
 class Follower:
     def __init__(self, req, run, pid, fd, shell):
@@ -389,6 +445,7 @@ class Follower:
         self.announce = False
         self.t0 = time.monotonic()
         self.trimmed = 0
+
 
 def start_run(req, msg):
     run = msg["run"]
@@ -421,12 +478,14 @@ def start_run(req, msg):
     f.announce = True  # "started" goes out only if the command outlives the first poll
     followers.append(f)
 
+
 def mark_started(run, pid):
     with open(path(run + ".start"), "w") as f:
         f.write("%s\n" % starttime(pid))
     with open(path(PID_FILE + ".tmp"), "w") as f:
         f.write("%d %s\n" % (pid, run))
     os.replace(path(PID_FILE + ".tmp"), path(PID_FILE))
+
 
 def follow(req, msg):
     cur = current_run()
@@ -447,12 +506,15 @@ def follow(req, msg):
     reply(req, ev="following", run=run, pid=pid, running=bool(pid and run_active(pid, run)))
     followers.append(f)
 
+
 fallocate = []  # loaded on first use: importing ctypes costs more than most commands
+
 
 def load_fallocate():
     if not fallocate:
         try:
             import ctypes
+
             fn = ctypes.CDLL(None, use_errno=True).fallocate
             fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
         except Exception:
@@ -460,8 +522,10 @@ def load_fallocate():
         fallocate.append(fn)
     return fallocate[0]
 
+
 PUNCH_HOLE = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 KEEP_HEAD, KEEP_BEHIND, TRIM_STEP = 1 << 20, 16 << 20, 32 << 20
+
 
 def trim(f):
     """Free the middle of a long output file once it has been sent: it lives on the sandbox's /tmp."""
@@ -481,6 +545,7 @@ def trim(f):
     finally:
         os.close(wfd)
 
+
 def pump(f, limit):
     sent = 0
     while limit is None or sent < limit:
@@ -491,6 +556,7 @@ def pump(f, limit):
         sent += len(data)
         data_frame(b"O", f.req, data)
     trim(f)
+
 
 def reap():
     sh = session[0]
@@ -510,11 +576,13 @@ def reap():
             retired.remove(sh)
             sh.close_out()
 
+
 def finished(f):
     """Whether the run is over: its shell said so (or died); for a run another control started, its files."""
     if f.shell is not None:
         return f.shell.done == f.run or not f.shell.alive()
     return read_rc(f.run) is not None or not (f.pid and run_alive(f.pid, f.run))
+
 
 def pump_all():
     reap()
@@ -544,6 +612,7 @@ def pump_all():
             sh.state = state_identity(NEW_STATE_FILE) if sh.done == f.run and whole(NEW_STATE_FILE) else None
         reply(f.req, ev="exit", run=f.run, rc=rc, interrupted=os.path.exists(path(f.run + ".interrupted")), bytes=f.sent)
 
+
 def inside(p):
     if "\0" in p:
         return None
@@ -552,9 +621,11 @@ def inside(p):
         return None
     return full
 
+
 def file_error(req, e):
     kind = {2: "not_found", 21: "is_dir", 20: "not_dir"}.get(e.errno, "os")
     reply(req, error=kind, message=e.strerror or str(e))
+
 
 def read_file(req, msg):
     full = inside(msg["path"])
@@ -577,6 +648,7 @@ def read_file(req, msg):
         return
     data_frame(b"D", req, data)
 
+
 def write_file(req, msg, payload):
     full = inside(msg["path"])
     if full is None or full == WS:
@@ -592,17 +664,20 @@ def write_file(req, msg, payload):
         return
     reply(req, ok=True, size=len(payload))
 
+
 def guarded(fn, req, *args):
     try:
         fn(req, *args)
     except Exception as e:
         reply(req, error="internal", message="%s: %s" % (type(e).__name__, e))
 
+
 def in_thread(fn, req, *args):
     try:
         Worker(guarded, fn, req, *args)
     except RuntimeError:
         guarded(fn, req, *args)  # no thread left under the process limit: do it inline
+
 
 def handle(msg, payload):
     op, req = msg.get("op"), msg.get("req", "")
@@ -628,6 +703,7 @@ def handle(msg, payload):
             reply(req, error="bad_request", message="unknown op %r" % (op,))
     except Exception as e:
         reply(req, error="internal", message="%s: %s" % (type(e).__name__, e))
+
 
 def main():
     sig_r, sig_w = os.pipe()
@@ -655,8 +731,8 @@ def main():
                 if pending is not None:
                     if len(inbuf) < pending["size"]:
                         break
-                    payload = bytes(inbuf[:pending["size"]])
-                    del inbuf[:pending["size"]]
+                    payload = bytes(inbuf[: pending["size"]])
+                    del inbuf[: pending["size"]]
                     msg, pending = pending, None
                     handle(msg, payload)
                     continue
@@ -665,13 +741,14 @@ def main():
                 size = int.from_bytes(inbuf[:4], "big")
                 if len(inbuf) < 4 + size:
                     break
-                msg = marshal.loads(bytes(inbuf[4:4 + size]))
-                del inbuf[:4 + size]
+                msg = marshal.loads(bytes(inbuf[4 : 4 + size]))
+                del inbuf[: 4 + size]
                 if msg.get("size"):
                     pending = msg
                 else:
                     handle(msg, b"")
         pump_all()
+
 
 try:
     main()

@@ -117,9 +117,7 @@ class DockerDriver(EngineMixin, PoolMixin):
             if getattr(limits, field_name) <= 0:
                 raise SandboxError(f"limits.{field_name} must be positive.")
         if spec.network and not self.allow_network:
-            raise SandboxError(
-                "This server does not allow network access for sandboxes (start it with networking allowed)."
-            )
+            raise SandboxError("This server does not allow network access for sandboxes (start it with networking allowed).")
         return Policy(spec.image or self.image, limits, spec.network)
 
     def _host_config(self, api: docker.APIClient, policy: Policy, volume: str) -> dict[str, Any]:
@@ -179,8 +177,7 @@ class DockerDriver(EngineMixin, PoolMixin):
                 )
             except docker.errors.ImageNotFound:
                 raise SandboxError(
-                    f"image not found: {policy.image}. "
-                    "Build it with scripts/build-sandbox-image.sh or pass another image."
+                    f"image not found: {policy.image}. Build it with scripts/build-sandbox-image.sh or pass another image."
                 ) from None
             except docker.errors.APIError as e:
                 if e.status_code == 409:
@@ -226,17 +223,17 @@ class DockerDriver(EngineMixin, PoolMixin):
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 await conn.send_raw(code)
-                kind, msg = await conn.request({"op": "hello", "env": env or {}})
+                _kind, msg = await conn.request({"op": "hello", "env": env or {}})
         except (Lost, TimeoutError):
             await conn.aclose()
             detail = conn.stderr.strip().splitlines()
             try:
-                code = (await blocking(api.exec_inspect, exec_id)).get("ExitCode")
+                exit_code = (await blocking(api.exec_inspect, exec_id)).get("ExitCode")
             except docker.errors.APIError:
-                code = None
+                exit_code = None
             if stopped := await self._stopped(cid):  # killed meanwhile: say so, not "no python3"
                 raise ContainerStopped(stopped) from None
-            if code in (126, 127):
+            if exit_code in (126, 127):
                 # The exit code of a missing python3, and also of an exec cut short by the container's death
                 # while the engine still calls it running: only a container that stays up lacks python3.
                 with anyio.move_on_after(2):
@@ -247,9 +244,7 @@ class DockerDriver(EngineMixin, PoolMixin):
                 raise SandboxError(
                     "The sandbox image has no python3; the docker driver needs bash and python3 in the image."
                 ) from None
-            raise SandboxError(
-                "The sandbox's control shell did not start" + (f": {detail[-1]}" if detail else ".")
-            ) from None
+            raise SandboxError("The sandbox's control shell did not start" + (f": {detail[-1]}" if detail else ".")) from None
         version = tuple(int(part) for part in re.findall(r"\d+", str(msg.get("python", "")))[:2])
         if version < MIN_PYTHON:
             await conn.aclose()
@@ -273,12 +268,8 @@ class DockerDriver(EngineMixin, PoolMixin):
             if sandbox is not None:
                 return sandbox
         volume = VOLUME_PREFIX + spec.name
-        cid, host_config, conn = await self._make_container(
-            policy, name, volume, self._labels(spec), spec.env, on_phase
-        )
-        return DockerSandbox(
-            self, cid, name, spec, image=policy.image, host_config=host_config, volume=volume, conn=conn
-        )
+        cid, host_config, conn = await self._make_container(policy, name, volume, self._labels(spec), spec.env, on_phase)
+        return DockerSandbox(self, cid, name, spec, image=policy.image, host_config=host_config, volume=volume, conn=conn)
 
     async def attach(self, sandbox_id: str, spec: SandboxSpec) -> DockerSandbox:
         api = await self._api()
@@ -288,9 +279,7 @@ class DockerDriver(EngineMixin, PoolMixin):
             raise SandboxNotFound(f"The sandbox container {sandbox_id[:12]} no longer exists.") from None
         labels = info["Config"].get("Labels") or {}
         cname = info["Name"].lstrip("/")
-        if labels.get(LABEL_SANDBOX) != "1" or (
-            cname != SESSION_PREFIX + spec.name and labels.get(LABEL_NAME) != spec.name
-        ):
+        if labels.get(LABEL_SANDBOX) != "1" or (cname != SESSION_PREFIX + spec.name and labels.get(LABEL_NAME) != spec.name):
             raise SandboxNotFound(f"The container {sandbox_id[:12]} is not the sandbox of {spec.name}.")
         state = info["State"]
         cid = info["Id"]

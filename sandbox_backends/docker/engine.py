@@ -102,6 +102,12 @@ class EngineMixin:
     _pool: list[PoolEntry]
     _pool_wanted: anyio.Event
 
+    if TYPE_CHECKING:  # what it calls on the driver's other parts
+
+        async def _open_control(self, cid: str, env: dict[str, str] | None = None) -> ControlClient: ...
+        async def _keep_pool(self) -> None: ...
+        async def _discard(self, entry: PoolEntry) -> None: ...
+
     def _init_engine(self) -> None:
         self._client: docker.DockerClient | None = None
         self._client_lock = anyio.Lock()
@@ -203,9 +209,7 @@ class EngineMixin:
                 return
             except docker.errors.APIError as e:
                 if e.status_code != 409:  # 409: still in use while the container goes away
-                    raise SandboxError(
-                        f"Could not remove the workspace volume {volume}: {e.explanation or e}"
-                    ) from None
+                    raise SandboxError(f"Could not remove the workspace volume {volume}: {e.explanation or e}") from None
             await anyio.sleep(0.1)
         raise SandboxError(f"The workspace volume {volume} is still in use.")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import docker
@@ -21,6 +21,9 @@ from ..control.client import ControlClient
 from .container import LABEL_POOL, LABEL_SERVER, POOL_PREFIX, VOLUME_PREFIX, WORKSPACE, Policy
 from .engine import EngineDown, blocking
 from .sandbox import DockerSandbox
+
+if TYPE_CHECKING:
+    from .driver import DockerDriver
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,21 @@ class PoolMixin:
     pool_size: int
     pool_limits: Limits
     _closing: set[str]
+
+    if TYPE_CHECKING:  # what it calls on the driver's other parts
+
+        async def _api(self) -> docker.APIClient: ...
+        def _labels(self, spec: SandboxSpec | None) -> dict[str, str]: ...
+        async def _remove(self, cid: str | None, volume: str | None) -> None: ...
+        async def _make_container(
+            self,
+            policy: Policy,
+            name: str,
+            volume: str,
+            labels: dict[str, str],
+            env: dict[str, str],
+            on_phase: PhaseCallback | None,
+        ) -> tuple[str, dict[str, Any], ControlClient]: ...
 
     def _init_pool(self) -> None:
         self._pool: list[PoolEntry] = []
@@ -85,7 +103,7 @@ class PoolMixin:
                     raise SandboxError(f"A sandbox container named {name} already exists.") from None
                 raise SandboxError(f"Could not claim a pooled sandbox: {e}") from None
             return DockerSandbox(
-                self,
+                cast("DockerDriver", self),  # a part of the driver
                 entry.container_id,
                 name,
                 spec,
@@ -116,9 +134,7 @@ class PoolMixin:
             name = POOL_PREFIX + secrets.token_hex(6)
             volume = VOLUME_PREFIX + name
             try:
-                cid, host_config, conn = await self._make_container(
-                    self._pool_policy, name, volume, self._labels(None), {}, None
-                )
+                cid, host_config, conn = await self._make_container(self._pool_policy, name, volume, self._labels(None), {}, None)
             except SandboxError as e:
                 failures += 1
                 log.warning("could not fill the sandbox pool: %s", e)

@@ -146,7 +146,7 @@ class DockerSandbox(ClosesOnExit):
             conn = await self._connection()
             try:
                 with anyio.fail_after(STOP_TIMEOUT_S):
-                    kind, msg = await conn.request({"op": "stop", "mark": mark})
+                    _kind, msg = await conn.request({"op": "stop", "mark": mark})
             except TimeoutError:
                 raise SandboxError("The sandbox did not confirm that the command stopped.") from None
             except Lost:
@@ -158,9 +158,7 @@ class DockerSandbox(ClosesOnExit):
             return msg
         raise AssertionError("unreachable")
 
-    async def _drive(
-        self, run: Run, buf: OutputBuffer, on_output: OutputCallback | None, *, may_start: bool = True
-    ) -> None:
+    async def _drive(self, run: Run, buf: OutputBuffer, on_output: OutputCallback | None, *, may_start: bool = True) -> None:
         """Start the run (or resume following it) and read until its exit, reconnecting if the shell dies.
 
         With `may_start=False` a run that never reached the shell is not started any more.
@@ -322,9 +320,7 @@ class DockerSandbox(ClosesOnExit):
             raise PathNotAllowed("File paths cannot contain NUL bytes.")
         full = posixpath.normpath(path if path.startswith("/") else posixpath.join(WORKSPACE, path))
         if full != WORKSPACE and not full.startswith(WORKSPACE + "/"):
-            raise PathNotAllowed(
-                f"'{path}' is outside the workspace {WORKSPACE}. Give a path relative to the workspace."
-            )
+            raise PathNotAllowed(f"'{path}' is outside the workspace {WORKSPACE}. Give a path relative to the workspace.")
         return full
 
     async def _file_request(self, msg: dict[str, Any], payload: bytes = b"", max_frame: int = 0) -> tuple[str, Any]:
@@ -349,9 +345,7 @@ class DockerSandbox(ClosesOnExit):
         if err == "not_dir":
             return NotADirectoryError(f"A parent of '{path}' is a file, not a folder.")
         if err == "too_big":
-            return SandboxError(
-                f"'{path}' is {msg.get('size')} bytes, over the {max_bytes}-byte limit for reading it here."
-            )
+            return SandboxError(f"'{path}' is {msg.get('size')} bytes, over the {max_bytes}-byte limit for reading it here.")
         return SandboxError(f"Cannot access '{path}': {msg.get('message') or err}.")
 
     async def read_file(self, path: str, max_bytes: int) -> bytes:
@@ -365,7 +359,7 @@ class DockerSandbox(ClosesOnExit):
         full = self._check_path(path)
         if full == WORKSPACE:
             raise IsADirectoryError(f"'{path}' is the workspace folder, not a file.")
-        kind, msg = await self._file_request({"op": "write", "path": full}, bytes(data))
+        _kind, msg = await self._file_request({"op": "write", "path": full}, bytes(data))
         if msg.get("error"):
             raise self._file_error(path, msg)
 

@@ -48,7 +48,9 @@ class RemoteSettings(BaseModel):
 
 
 class RemoteOptions(BaseModel):
-    remote: str | None = Field(None, max_length=100, description="the name of a configured remote platform whose own agent answers")
+    remote: str | None = Field(
+        None, max_length=100, description="the name of a configured remote platform whose own agent answers"
+    )
 
 
 def _make(settings: Any, context: DriverContext) -> RemoteDriver:

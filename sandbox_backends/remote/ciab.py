@@ -62,12 +62,16 @@ class CiabClient(HttpDialect):
             if not isinstance(event, dict) or event.get("session_id") not in (None, rid):
                 continue
             kind = frame.get("event") or event.get("event_type", "")
-            data = event.get("data") if isinstance(event.get("data"), dict) else {}
+            raw = event.get("data")
+            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
             if kind == "text_delta":
                 yield {"kind": "text", "text": str(data.get("text", ""))}
             elif kind == "tool_use_start":
                 tools[str(data.get("id"))] = str(data.get("name", "tool"))
-                yield {"kind": "tool.started", "data": {"id": data.get("id"), "tool": data.get("name"), "input": data.get("input")}}
+                yield {
+                    "kind": "tool.started",
+                    "data": {"id": data.get("id"), "tool": data.get("name"), "input": data.get("input")},
+                }
             elif kind == "tool_result":
                 content = data.get("content")
                 if isinstance(content, list):
@@ -75,7 +79,10 @@ class CiabClient(HttpDialect):
                 if content:
                     yield {"kind": "output", "text": str(content)}
                 call = str(data.get("tool_use_id"))
-                yield {"kind": "tool.completed", "data": {"id": call, "tool": tools.get(call), "is_error": bool(data.get("is_error"))}}
+                yield {
+                    "kind": "tool.completed",
+                    "data": {"id": call, "tool": tools.get(call), "is_error": bool(data.get("is_error"))},
+                }
             elif kind in ("session_completed", "session_failed", "result_error", "error"):
                 failed = kind != "session_completed"
                 reason = (data.get("error") or data.get("message") or kind) if failed else None

@@ -47,7 +47,9 @@ class DialectPlugin:
     def __post_init__(self) -> None:
         if self.read_only != issubclass(self.client, ReadOnlyDialect):
             says = "is" if self.read_only else "is not"
-            raise PluginError(f"The dialect '{self.name}' says it {says} read-only, but its client {self.client.__name__} disagrees.")
+            raise PluginError(
+                f"The dialect '{self.name}' says it {says} read-only, but its client {self.client.__name__} disagrees."
+            )
 
     def check_options(self, options: dict[str, Any]) -> None:
         """Raise ValueError, with one sentence per problem, if `options` do not fit the options model."""

@@ -61,12 +61,16 @@ class RemoteSandbox(ClosesOnExit):
 
     def _unsupported(self, what: str) -> SandboxError:
         return SandboxError(
-            f"{what} is not supported by remote sandboxes: {self._client.remote.label} runs its own agent; "
-            "send messages instead."
+            f"{what} is not supported by remote sandboxes: {self._client.remote.label} runs its own agent; send messages instead."
         )
 
     async def exec(
-        self, script: str, *, timeout_s: float | None = None, on_output: OutputCallback | None = None, max_output_bytes: int = 65536
+        self,
+        script: str,
+        *,
+        timeout_s: float | None = None,
+        on_output: OutputCallback | None = None,
+        max_output_bytes: int = 65536,
     ) -> ExecResult:
         raise self._unsupported("Running commands directly")
 

@@ -25,17 +25,33 @@ def _everruns_blocks(parts: Any) -> list[dict[str, Any]]:
             blocks.append({"type": "text", "text": str(p.get("text") or "")})
         elif kind == "tool_call":
             args = p.get("arguments")
-            blocks.append({"type": "tool_use", "id": str(p.get("id")), "name": str(p.get("name")), "input": args if isinstance(args, dict) else {}})
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": str(p.get("id")),
+                    "name": str(p.get("name")),
+                    "input": args if isinstance(args, dict) else {},
+                }
+            )
         elif kind == "tool_result":
             error = p.get("error")
-            blocks.append({"type": "tool_result", "tool_use_id": str(p.get("tool_call_id")), "content": _everruns_text(p.get("result")) or str(error or ""), "is_error": bool(error)})
+            blocks.append(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": str(p.get("tool_call_id")),
+                    "content": _everruns_text(p.get("result")) or str(error or ""),
+                    "is_error": bool(error),
+                }
+            )
     return blocks
 
 
 def _everruns_text(result: Any) -> str:
     """A tool result (a list of content parts, or any JSON) as text."""
     if isinstance(result, list):
-        return "".join(str(p.get("text", "")) if isinstance(p, dict) and p.get("type") == "text" else json.dumps(p) for p in result)
+        return "".join(
+            str(p.get("text", "")) if isinstance(p, dict) and p.get("type") == "text" else json.dumps(p) for p in result
+        )
     return "" if result is None else result if isinstance(result, str) else json.dumps(result)
 
 
@@ -74,7 +90,9 @@ class EverrunsClient(HttpDialect):
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None) -> str:
         options = self.remote.options
         if not any(options.get(k) for k in ("agent_id", "harness_id", "harness_name")):
-            raise SandboxError(f"{self.remote.label}: set options.agent_id (the Everruns agent the sessions run) or options.harness_name.")
+            raise SandboxError(
+                f"{self.remote.label}: set options.agent_id (the Everruns agent the sessions run) or options.harness_name."
+            )
         body: dict[str, Any] = dict(options)
         if spec.title:
             body["title"] = spec.title
@@ -97,7 +115,9 @@ class EverrunsClient(HttpDialect):
         async def post_once() -> None:  # after the stream is open, so no event of the turn is missed
             if not posted:
                 body = {"message": {"role": "user", "content": [{"type": "text", "text": text}]}}
-                posted.update(await self.request("POST", f"{EVR}/{rid}/messages", rid=rid, json=body, retry=False) or {"sent": True})
+                posted.update(
+                    await self.request("POST", f"{EVR}/{rid}/messages", rid=rid, json=body, retry=False) or {"sent": True}
+                )
 
         def resume(last: str | None) -> dict[str, Any]:
             since = last or before
@@ -133,7 +153,10 @@ class EverrunsClient(HttpDialect):
                 model = (data.get("metadata") or {}).get("model") or model
             elif kind == "tool.started":
                 call = data.get("tool_call") or {}
-                yield {"kind": "tool.started", "data": {"id": call.get("id"), "tool": call.get("name"), "input": call.get("arguments")}}
+                yield {
+                    "kind": "tool.started",
+                    "data": {"id": call.get("id"), "tool": call.get("name"), "input": call.get("arguments")},
+                }
             elif kind == "tool.output.delta":
                 streamed.add(str(data.get("tool_call_id")))
                 yield {"kind": "output", "text": str(data.get("delta", ""))}
@@ -142,11 +165,18 @@ class EverrunsClient(HttpDialect):
                 output = _everruns_text(data.get("result")) or str(data.get("error") or "")
                 if output and call not in streamed:
                     yield {"kind": "output", "text": output}
-                messages.append({"role": "tool", "content": [{"type": "tool_result", "tool_use_id": call, "content": output, "is_error": failed}]})
+                messages.append(
+                    {
+                        "role": "tool",
+                        "content": [{"type": "tool_result", "tool_use_id": call, "content": output, "is_error": failed}],
+                    }
+                )
                 yield {"kind": "tool.completed", "data": {"id": call, "tool": data.get("tool_name"), "is_error": failed}}
             elif kind in ("turn.completed", "turn.failed", "turn.cancelled", "budget.paused", "budget.exhausted"):
                 status = {"turn.completed": "completed", "turn.cancelled": "interrupted"}.get(kind, "failed")
-                reason = data.get("error") or data.get("reason") or data.get("message") or (None if status == "completed" else kind)
+                reason = (
+                    data.get("error") or data.get("reason") or data.get("message") or (None if status == "completed" else kind)
+                )
                 yield {
                     "kind": "end",
                     "status": status,

@@ -102,11 +102,17 @@ class LiteLlmAgentPlatformClient(HttpDialect):
                 if etype == "assistant_text":
                     yield {"kind": "text", "text": str(event.get("text", ""))}
                 elif etype == "tool_call":
-                    yield {"kind": "tool.started", "data": {"id": event.get("call_id"), "tool": event.get("tool"), "input": event.get("input")}}
+                    yield {
+                        "kind": "tool.started",
+                        "data": {"id": event.get("call_id"), "tool": event.get("tool"), "input": event.get("input")},
+                    }
                 elif etype == "tool_result":
                     if event.get("output"):
                         yield {"kind": "output", "text": str(event["output"])}
-                    yield {"kind": "tool.completed", "data": {"id": event.get("call_id"), "tool": event.get("tool"), "is_error": bool(event.get("is_error"))}}
+                    yield {
+                        "kind": "tool.completed",
+                        "data": {"id": event.get("call_id"), "tool": event.get("tool"), "is_error": bool(event.get("is_error"))},
+                    }
                 elif etype == "turn_complete":
                     u = event.get("usage") or {}
                     usage = {

@@ -65,7 +65,12 @@ class McpSessionsClient(HttpDialect):
     async def send(self, rid: str, text: str) -> AsyncIterator[AgentEvent]:
         cursor = (await self.get(rid))["events_cursor"]
         reply = await self.request(
-            "POST", f"{API}/sessions/{rid}/messages", rid=rid, params={"wait_s": 0}, json={"text": text, "queue": False}, retry=False
+            "POST",
+            f"{API}/sessions/{rid}/messages",
+            rid=rid,
+            params={"wait_s": 0},
+            json={"text": text, "queue": False},
+            retry=False,
         )
         turn = reply["turn"]
         async for event in self.events(rid, cursor):
@@ -103,7 +108,11 @@ class McpSessionsClient(HttpDialect):
 
     async def close(self, rid: str, delete: bool) -> None:
         await self.request(
-            "POST", f"{API}/sessions/{rid}/close", rid=rid, params={"delete": str(delete).lower()}, patience_s=self.close_patience_s
+            "POST",
+            f"{API}/sessions/{rid}/close",
+            rid=rid,
+            params={"delete": str(delete).lower()},
+            patience_s=self.close_patience_s,
         )
 
 

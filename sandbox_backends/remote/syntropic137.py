@@ -167,12 +167,22 @@ def _message(op: dict[str, Any]) -> ForeignMessage | None:
         return ForeignMessage("assistant", [{"type": "text", "text": text}], at)
     if kind in ("tool_started", "tool_use"):
         tool_input = op.get("tool_input")
-        block = {"type": "tool_use", "id": call, "name": str(op.get("tool_name") or "tool"), "input": tool_input if isinstance(tool_input, dict) else {}}
+        block: dict[str, Any] = {
+            "type": "tool_use",
+            "id": call,
+            "name": str(op.get("tool_name") or "tool"),
+            "input": tool_input if isinstance(tool_input, dict) else {},
+        }
         return ForeignMessage("assistant", [block], at)
     if kind in ("tool_completed", "tool_blocked", "tool_execution"):
         blocked = kind == "tool_blocked"
         output = op.get("tool_output") or ("blocked" if blocked else "")
-        block = {"type": "tool_result", "tool_use_id": call, "content": str(output), "is_error": blocked or op.get("success") is False}
+        block = {
+            "type": "tool_result",
+            "tool_use_id": call,
+            "content": str(output),
+            "is_error": blocked or op.get("success") is False,
+        }
         return ForeignMessage("tool", [block], at)
     if kind == "error":
         return ForeignMessage("system", [{"type": "text", "text": f"error: {text or op.get('tool_output') or 'unknown'}"}], at)

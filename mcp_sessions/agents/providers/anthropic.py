@@ -14,10 +14,10 @@ import httpx
 
 from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from .common import (
-    StreamingHTTPProvider,
     ModelReply,
     ModelRequest,
     ProviderError,
+    StreamingHTTPProvider,
     TextCallback,
     TokenUsage,
     parse_arguments,
@@ -66,7 +66,9 @@ class AnthropicProvider(StreamingHTTPProvider):
         if request.system:
             body["system"] = request.system
         if request.tools:
-            body["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.input_schema} for t in request.tools]
+            body["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.input_schema} for t in request.tools
+            ]
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION, "accept": "text/event-stream"}
         if self._key:
             headers["x-api-key"] = self._key
@@ -129,12 +131,16 @@ class AnthropicProvider(StreamingHTTPProvider):
             elif kind == "error":
                 err = event.get("error") or {}
                 retryable = err.get("type") in ("overloaded_error", "api_error", "rate_limit_error")
-                raise ProviderError(f"{self.who} failed mid-answer ({err.get('type')}: {err.get('message')}).", retryable=retryable)
+                raise ProviderError(
+                    f"{self.who} failed mid-answer ({err.get('type')}: {err.get('message')}).", retryable=retryable
+                )
         content: list[TextBlock | ToolUseBlock] = []
         for index in sorted(blocks):
             b = blocks[index]
             if b["type"] == "text" and b["text"]:
                 content.append(TextBlock(text=b["text"]))
             elif b["type"] == "tool_use":
-                content.append(ToolUseBlock(id=b["id"] or f"toolu_{index}", name=b["name"] or "", input=parse_arguments(b["json"])))
+                content.append(
+                    ToolUseBlock(id=b["id"] or f"toolu_{index}", name=b["name"] or "", input=parse_arguments(b["json"]))
+                )
         return ModelReply(content=content, stop_reason=stop, model=model, usage=usage)

@@ -14,10 +14,10 @@ import httpx
 
 from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from .common import (
-    StreamingHTTPProvider,
     ModelReply,
     ModelRequest,
     ProviderError,
+    StreamingHTTPProvider,
     TextCallback,
     TokenUsage,
     parse_arguments,
