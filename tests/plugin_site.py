@@ -25,7 +25,7 @@ PACKAGE = "mcp_sessions_test_plugins"
 SOURCE = Path(__file__).resolve().parent / "plugins" / PACKAGE
 VERSION = "0.0.0"
 ENTRY_POINTS = {
-    "mcp_sessions.drivers": {"memory": f"{PACKAGE}.memory_driver:plugin"},
+    "mcp_sessions.drivers": {"memory": f"{PACKAGE}.memory.driver:plugin"},
     "mcp_sessions.agents": {"echo": f"{PACKAGE}.echo_agent:plugin"},
     "mcp_sessions.tools": {"word_count": f"{PACKAGE}.word_count_tool:word_count"},
 }

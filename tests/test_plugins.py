@@ -33,7 +33,7 @@ pytestmark = pytest.mark.anyio
 
 def test_the_memory_driver_is_found_by_its_entry_point(plugins_installed: Path) -> None:
     [point] = [ep for ep in importlib.metadata.entry_points(group=registry.ENTRY_POINT_GROUP) if ep.name == "memory"]
-    assert point.value == f"{PACKAGE}.memory_driver:plugin"
+    assert point.value == f"{PACKAGE}.memory.driver:plugin"
     assert point.dist is not None and point.dist.name == PACKAGE
     plugin = registry.drivers()["memory"]
     assert plugin.name == "memory" and plugin.summary
