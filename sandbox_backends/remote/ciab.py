@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,40 +55,41 @@ class CiabClient(HttpDialect):
             return {"params": {"last_event_id": last}} if last else {}
 
         tools: dict[str, str] = {}
-        async for frame in self.frames(rid, f"{API}/sessions/{rid}/stream", resume, post_once):
-            try:
-                event = json.loads(frame["data"])
-            except ValueError:
-                continue
-            if not isinstance(event, dict) or event.get("session_id") not in (None, rid):
-                continue
-            kind = frame.get("event") or event.get("event_type", "")
-            raw = event.get("data")
-            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-            if kind == "text_delta":
-                yield {"kind": "text", "text": str(data.get("text", ""))}
-            elif kind == "tool_use_start":
-                tools[str(data.get("id"))] = str(data.get("name", "tool"))
-                yield {
-                    "kind": "tool.started",
-                    "data": {"id": data.get("id"), "tool": data.get("name"), "input": data.get("input")},
-                }
-            elif kind == "tool_result":
-                content = data.get("content")
-                if isinstance(content, list):
-                    content = "".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
-                if content:
-                    yield {"kind": "output", "text": str(content)}
-                call = str(data.get("tool_use_id"))
-                yield {
-                    "kind": "tool.completed",
-                    "data": {"id": call, "tool": tools.get(call), "is_error": bool(data.get("is_error"))},
-                }
-            elif kind in ("session_completed", "session_failed", "result_error", "error"):
-                failed = kind != "session_completed"
-                reason = (data.get("error") or data.get("message") or kind) if failed else None
-                yield await self._end(rid, "failed" if failed else "completed", reason)
-                return
+        async with aclosing(self.frames(rid, f"{API}/sessions/{rid}/stream", resume, post_once)) as stream:
+            async for frame in stream:
+                try:
+                    event = json.loads(frame["data"])
+                except ValueError:
+                    continue
+                if not isinstance(event, dict) or event.get("session_id") not in (None, rid):
+                    continue
+                kind = frame.get("event") or event.get("event_type", "")
+                raw = event.get("data")
+                data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+                if kind == "text_delta":
+                    yield {"kind": "text", "text": str(data.get("text", ""))}
+                elif kind == "tool_use_start":
+                    tools[str(data.get("id"))] = str(data.get("name", "tool"))
+                    yield {
+                        "kind": "tool.started",
+                        "data": {"id": data.get("id"), "tool": data.get("name"), "input": data.get("input")},
+                    }
+                elif kind == "tool_result":
+                    content = data.get("content")
+                    if isinstance(content, list):
+                        content = "".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+                    if content:
+                        yield {"kind": "output", "text": str(content)}
+                    call = str(data.get("tool_use_id"))
+                    yield {
+                        "kind": "tool.completed",
+                        "data": {"id": call, "tool": tools.get(call), "is_error": bool(data.get("is_error"))},
+                    }
+                elif kind in ("session_completed", "session_failed", "result_error", "error"):
+                    failed = kind != "session_completed"
+                    reason = (data.get("error") or data.get("message") or kind) if failed else None
+                    yield await self._end(rid, "failed" if failed else "completed", reason)
+                    return
 
     async def _end(self, rid: str, status: str, reason: Any) -> AgentEvent:
         messages = (await self.get(rid)).get("messages") or []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -128,65 +129,69 @@ class EverrunsClient(HttpDialect):
         reply: list[dict[str, Any]] = []
         messages: list[dict[str, Any]] = []
         streamed: set[str] = set()
-        async for frame in self.frames(rid, f"{EVR}/{rid}/sse", resume, post_once):
-            try:
-                event = json.loads(frame["data"])
-            except ValueError:
-                continue
-            if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
-                continue  # `connected`, `disconnecting` (the stream is cycled: it is resumed like a drop)
-            kind, data = event.get("type") or frame.get("event", ""), event["data"]
-            of_turn = (event.get("context") or {}).get("turn_id") or data.get("turn_id")
-            if kind == "turn.started" and turn is None and posted.get("id") in (None, data.get("input_message_id")):
-                turn = of_turn
-                continue
-            if turn is None or (of_turn and of_turn != turn):
-                continue  # another turn's late events
-            if kind == "output.message.delta":
-                yield {"kind": "text", "text": str(data.get("delta", ""))}
-            elif kind == "output.message.started":
-                model = data.get("model") or model
-            elif kind == "output.message.completed":
-                blocks = _everruns_blocks((data.get("message") or {}).get("content"))
-                messages.append({"role": "assistant", "content": blocks})
-                reply = [b for b in blocks if b["type"] == "text"] or reply
-                model = (data.get("metadata") or {}).get("model") or model
-            elif kind == "tool.started":
-                call = data.get("tool_call") or {}
-                yield {
-                    "kind": "tool.started",
-                    "data": {"id": call.get("id"), "tool": call.get("name"), "input": call.get("arguments")},
-                }
-            elif kind == "tool.output.delta":
-                streamed.add(str(data.get("tool_call_id")))
-                yield {"kind": "output", "text": str(data.get("delta", ""))}
-            elif kind == "tool.completed":
-                call, failed = str(data.get("tool_call_id")), not data.get("success", True)
-                output = _everruns_text(data.get("result")) or str(data.get("error") or "")
-                if output and call not in streamed:
-                    yield {"kind": "output", "text": output}
-                messages.append(
-                    {
-                        "role": "tool",
-                        "content": [{"type": "tool_result", "tool_use_id": call, "content": output, "is_error": failed}],
+        async with aclosing(self.frames(rid, f"{EVR}/{rid}/sse", resume, post_once)) as stream:
+            async for frame in stream:
+                try:
+                    event = json.loads(frame["data"])
+                except ValueError:
+                    continue
+                if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+                    continue  # `connected`, `disconnecting` (the stream is cycled: it is resumed like a drop)
+                kind, data = event.get("type") or frame.get("event", ""), event["data"]
+                of_turn = (event.get("context") or {}).get("turn_id") or data.get("turn_id")
+                if kind == "turn.started" and turn is None and posted.get("id") in (None, data.get("input_message_id")):
+                    turn = of_turn
+                    continue
+                if turn is None or (of_turn and of_turn != turn):
+                    continue  # another turn's late events
+                if kind == "output.message.delta":
+                    yield {"kind": "text", "text": str(data.get("delta", ""))}
+                elif kind == "output.message.started":
+                    model = data.get("model") or model
+                elif kind == "output.message.completed":
+                    blocks = _everruns_blocks((data.get("message") or {}).get("content"))
+                    messages.append({"role": "assistant", "content": blocks})
+                    reply = [b for b in blocks if b["type"] == "text"] or reply
+                    model = (data.get("metadata") or {}).get("model") or model
+                elif kind == "tool.started":
+                    call = data.get("tool_call") or {}
+                    yield {
+                        "kind": "tool.started",
+                        "data": {"id": call.get("id"), "tool": call.get("name"), "input": call.get("arguments")},
                     }
-                )
-                yield {"kind": "tool.completed", "data": {"id": call, "tool": data.get("tool_name"), "is_error": failed}}
-            elif kind in ("turn.completed", "turn.failed", "turn.cancelled", "budget.paused", "budget.exhausted"):
-                status = {"turn.completed": "completed", "turn.cancelled": "interrupted"}.get(kind, "failed")
-                reason = (
-                    data.get("error") or data.get("reason") or data.get("message") or (None if status == "completed" else kind)
-                )
-                yield {
-                    "kind": "end",
-                    "status": status,
-                    "reason": str(reason) if reason else None,
-                    "content": reply if status == "completed" else [],
-                    "usage": _everruns_usage(data.get("usage")),
-                    "model": model,
-                    "messages": messages,
-                }
-                return
+                elif kind == "tool.output.delta":
+                    streamed.add(str(data.get("tool_call_id")))
+                    yield {"kind": "output", "text": str(data.get("delta", ""))}
+                elif kind == "tool.completed":
+                    call, failed = str(data.get("tool_call_id")), not data.get("success", True)
+                    output = _everruns_text(data.get("result")) or str(data.get("error") or "")
+                    if output and call not in streamed:
+                        yield {"kind": "output", "text": output}
+                    messages.append(
+                        {
+                            "role": "tool",
+                            "content": [{"type": "tool_result", "tool_use_id": call, "content": output, "is_error": failed}],
+                        }
+                    )
+                    yield {"kind": "tool.completed", "data": {"id": call, "tool": data.get("tool_name"), "is_error": failed}}
+                elif kind in ("turn.completed", "turn.failed", "turn.cancelled", "budget.paused", "budget.exhausted"):
+                    status = {"turn.completed": "completed", "turn.cancelled": "interrupted"}.get(kind, "failed")
+                    reason = (
+                        data.get("error")
+                        or data.get("reason")
+                        or data.get("message")
+                        or (None if status == "completed" else kind)
+                    )
+                    yield {
+                        "kind": "end",
+                        "status": status,
+                        "reason": str(reason) if reason else None,
+                        "content": reply if status == "completed" else [],
+                        "usage": _everruns_usage(data.get("usage")),
+                        "model": model,
+                        "messages": messages,
+                    }
+                    return
 
     async def interrupt(self, rid: str) -> bool:
         try:

@@ -9,7 +9,7 @@ that is gone raises `SandboxNotFound`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -132,7 +132,7 @@ class HttpDialect:
         path: str,
         resume: Callable[[str | None], dict[str, Any]],
         on_open: Callable[[], Awaitable[None]] | None = None,
-    ) -> AsyncIterator[dict[str, str]]:
+    ) -> AsyncGenerator[dict[str, str], None]:
         """SSE frames `{"id", "event", "data"}` of `path`, live, reconnecting with backoff through drops and
         restarts; `resume(last id seen)` gives the request's headers/params to resume after it. `on_open`
         runs each time the stream is open. Ends only by raising: SandboxNotFound once the remote session

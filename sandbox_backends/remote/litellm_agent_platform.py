@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -86,54 +87,58 @@ class LiteLlmAgentPlatformClient(HttpDialect):
             return {"path": f"{LAP}/sessions/{rid}/events"}
 
         usage: dict[str, Any] = {}
-        frames = self.frames(rid, "", resume, mark_open)
-        while True:
-            try:
-                frame = await frames.__anext__()
-                message = json.loads(frame["data"])
-            except _TurnOver:
-                message = {"type": "done"}
-            except ValueError:
-                continue
-            kind = message.get("type")
-            if kind == "harness_event":
-                event = message.get("event") or {}
-                etype = event.get("type")
-                if etype == "assistant_text":
-                    yield {"kind": "text", "text": str(event.get("text", ""))}
-                elif etype == "tool_call":
+        async with aclosing(self.frames(rid, "", resume, mark_open)) as frames:
+            while True:
+                try:
+                    frame = await frames.__anext__()
+                    message = json.loads(frame["data"])
+                except _TurnOver:
+                    message = {"type": "done"}
+                except ValueError:
+                    continue
+                kind = message.get("type")
+                if kind == "harness_event":
+                    event = message.get("event") or {}
+                    etype = event.get("type")
+                    if etype == "assistant_text":
+                        yield {"kind": "text", "text": str(event.get("text", ""))}
+                    elif etype == "tool_call":
+                        yield {
+                            "kind": "tool.started",
+                            "data": {"id": event.get("call_id"), "tool": event.get("tool"), "input": event.get("input")},
+                        }
+                    elif etype == "tool_result":
+                        if event.get("output"):
+                            yield {"kind": "output", "text": str(event["output"])}
+                        yield {
+                            "kind": "tool.completed",
+                            "data": {
+                                "id": event.get("call_id"),
+                                "tool": event.get("tool"),
+                                "is_error": bool(event.get("is_error")),
+                            },
+                        }
+                    elif etype == "turn_complete":
+                        u = event.get("usage") or {}
+                        usage = {
+                            "input_tokens": int(u.get("input") or 0),
+                            "output_tokens": int(u.get("output") or 0),
+                            "cache_read_tokens": int(u.get("cache_read") or 0),
+                            "cache_creation_tokens": int(u.get("cache_write") or 0),
+                            "cost_usd": float(event.get("cost_usd") or 0.0),
+                        }
+                        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+                elif kind in ("done", "error"):
+                    parts = ((await self.get(rid)).get("response") or {}).get("parts") or []
+                    content = [{"type": "text", "text": str(p.get("text", ""))} for p in parts if p.get("type") == "text"]
                     yield {
-                        "kind": "tool.started",
-                        "data": {"id": event.get("call_id"), "tool": event.get("tool"), "input": event.get("input")},
+                        "kind": "end",
+                        "status": "completed" if kind == "done" else "failed",
+                        "reason": None if kind == "done" else str(message.get("message") or "the harness failed"),
+                        "content": content if kind == "done" else [],
+                        "usage": usage,
                     }
-                elif etype == "tool_result":
-                    if event.get("output"):
-                        yield {"kind": "output", "text": str(event["output"])}
-                    yield {
-                        "kind": "tool.completed",
-                        "data": {"id": event.get("call_id"), "tool": event.get("tool"), "is_error": bool(event.get("is_error"))},
-                    }
-                elif etype == "turn_complete":
-                    u = event.get("usage") or {}
-                    usage = {
-                        "input_tokens": int(u.get("input") or 0),
-                        "output_tokens": int(u.get("output") or 0),
-                        "cache_read_tokens": int(u.get("cache_read") or 0),
-                        "cache_creation_tokens": int(u.get("cache_write") or 0),
-                        "cost_usd": float(event.get("cost_usd") or 0.0),
-                    }
-                    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-            elif kind in ("done", "error"):
-                parts = ((await self.get(rid)).get("response") or {}).get("parts") or []
-                content = [{"type": "text", "text": str(p.get("text", ""))} for p in parts if p.get("type") == "text"]
-                yield {
-                    "kind": "end",
-                    "status": "completed" if kind == "done" else "failed",
-                    "reason": None if kind == "done" else str(message.get("message") or "the harness failed"),
-                    "content": content if kind == "done" else [],
-                    "usage": usage,
-                }
-                return
+                    return
 
     async def interrupt(self, rid: str) -> bool:
         return bool((await self.request("POST", f"{LAP}/sessions/{rid}/abort", rid=rid)).get("ok"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -27,8 +28,9 @@ class McpSessionsClient(HttpDialect):
         def resume(last: str | None) -> dict[str, Any]:
             return {"headers": {"Last-Event-ID": last or str(after)}}
 
-        async for frame in self.frames(rid, f"{API}/sessions/{rid}/stream", resume):
-            yield json.loads(frame["data"])
+        async with aclosing(self.frames(rid, f"{API}/sessions/{rid}/stream", resume)) as stream:
+            async for frame in stream:
+                yield json.loads(frame["data"])
 
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None) -> str:
         body: dict[str, Any] = {**self.remote.options, "metadata": {"caller_session": spec.name}}
