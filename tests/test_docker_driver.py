@@ -151,10 +151,12 @@ async def test_sandboxes_cannot_see_each_other(sandbox_factory: Any) -> None:
     await a.write_file("secret.txt", b"only a")
     r = await a.exec("echo tmp-secret > /tmp/secret; sleep 30 & echo started")
     assert r.exit_code == 0
-    r = await b.exec("ls -A /workspace; cat /tmp/secret 2>&1; ps -eo args | grep -c 'sleep 30'")
+    count = "ps -eo args= | grep -c '^sleep 30$' || true"  # the pattern does not match grep's own line
+    assert (await a.exec(count)).output == "1\n"  # a sees its own job: the count can see it
+    r = await b.exec(f"ls -A /workspace; cat /tmp/secret 2>&1; {count}")
     assert "secret.txt" not in r.output
     assert "No such file" in r.output
-    assert r.output.splitlines()[-1] == "1"  # only the grep itself
+    assert r.output.splitlines()[-1] == "0"  # b does not
     with pytest.raises(FileNotFoundError):
         await b.read_file("secret.txt", 100)
 
