@@ -1,6 +1,6 @@
 """The MCP SDK internals this server needs, in one place.
 
-`mcp` 2.3 has no public way to add request handlers to an `MCPServer`, to reach its subscription bus, to
+`mcp` 2.3 has no public way to add or remove request handlers of an `MCPServer`, to reach its subscription bus, to
 tell when a client connection is gone, or to ask whether a request carries a progress token. Each of
 those reaches into the SDK here and nowhere else, so a new SDK minor (the dependency is pinned to one)
 is checked against this module alone. Each is driven through real clients by the tests of subscriptions
@@ -36,6 +36,13 @@ def subscription_bus(mcp: MCPServer[Any]) -> SubscriptionBus:
 def add_request_handler(mcp: MCPServer[Any], method: str, params: type, handler: Callable[..., Awaitable[Any]]) -> None:
     """Serve a request method MCPServer does not serve itself (or replace how it serves one)."""
     lowlevel(mcp).add_request_handler(method, params, handler)
+
+
+def withdraw_request_handlers(mcp: MCPServer[Any], *methods: str) -> None:
+    """Stop serving methods MCPServer serves by default (and so stop advertising their capability): the
+    low-level server derives its capabilities from the handlers it holds."""
+    for method in methods:
+        lowlevel(mcp)._request_handlers.pop(method, None)
 
 
 def announce_resource_changes(mcp: MCPServer[Any]) -> None:

@@ -260,6 +260,7 @@ def register_notifications(mcp: MCPServer[AppState]) -> None:
     sdk.add_request_handler(mcp, "resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
     sdk.add_request_handler(mcp, "logging/setLevel", SetLevelRequestParams, set_level)
     sdk.announce_resource_changes(mcp)
+    sdk.withdraw_request_handlers(mcp, "prompts/list", "prompts/get")  # there are none: do not advertise them
 
 
 def register_tools(mcp: MCPServer[AppState]) -> set[str]:
