@@ -8,12 +8,17 @@ stdout (a file, a terminal) is served by the SDK's transport.
 
 While serving, fd 0 reads /dev/null and fd 1 points at stderr, as with the SDK's transport, so a stray
 print or a child process cannot write into the protocol stream.
+
+A line that is not a JSON-RPC message is answered here, on either path, as JSON-RPC says (the SDK only
+logs it): -32700 for a line that is not JSON, -32600 for JSON that is not a message (a batch array
+included: MCP has no batches), with the request's id when it has a usable one.
 """
 
 from __future__ import annotations
 
 import collections
 import fcntl
+import json
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -24,6 +29,7 @@ import mcp_types as types
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
 
 READ_CHUNK = 1 << 16
 
@@ -40,7 +46,14 @@ def _is_pipe(fd: int) -> bool:
 
 @asynccontextmanager
 async def stdio_streams() -> AsyncIterator[Streams]:
-    """The server's (read, write) streams over this process's stdin and stdout."""
+    """The server's (read, write) streams over this process's stdin and stdout; lines that are not
+    messages are answered with JSON-RPC errors."""
+    async with _streams() as (read, write):
+        yield AnswersInvalid(read, write), write
+
+
+@asynccontextmanager
+async def _streams() -> AsyncIterator[Streams]:
     if not (_is_pipe(0) and _is_pipe(1)):
         async with stdio_server() as streams:
             yield streams
@@ -106,11 +119,63 @@ class PipeLines(ObjectReceiveStream[SessionMessage | Exception]):
         self._searched = len(buffer)
 
 
+class InvalidMessage(Exception):
+    """A line that is not a JSON-RPC message, with the error that answers it."""
+
+    def __init__(self, code: int, message: str, request_id: str | int | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.request_id = code, message, request_id
+
+
 def _parse(line: bytes) -> SessionMessage | Exception:
     try:
         return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-    except Exception as e:  # the session answers a message it cannot read with a parse error
-        return e
+    except Exception:
+        return invalid(line)
+
+
+def invalid(line: bytes) -> InvalidMessage:
+    """Why `line` is not a message, as the JSON-RPC error that answers it."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return InvalidMessage(types.PARSE_ERROR, "Parse error: the line is not JSON. Send one JSON-RPC message per line.")
+    if isinstance(doc, list):
+        return InvalidMessage(
+            types.INVALID_REQUEST, "Invalid Request: batches (JSON arrays) are not supported; send one message per line."
+        )
+    request_id = doc.get("id") if isinstance(doc, dict) else None
+    if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
+        request_id = None
+    return InvalidMessage(
+        types.INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 request, notification or response.", request_id
+    )
+
+
+class AnswersInvalid(ObjectReceiveStream[SessionMessage | Exception]):
+    """The messages of `read`; what is not a message is answered on `write` with its error, and skipped."""
+
+    def __init__(self, read: ObjectReceiveStream[SessionMessage | Exception], write: ObjectSendStream[SessionMessage]) -> None:
+        self._read, self._write = read, write
+
+    async def aclose(self) -> None:
+        await self._read.aclose()
+
+    async def receive(self) -> SessionMessage | Exception:
+        while True:
+            item = await self._read.receive()
+            if not isinstance(item, Exception):
+                return item
+            if isinstance(item, InvalidMessage):
+                error = item
+            elif isinstance(item, ValidationError) and any(e["type"] == "json_invalid" for e in item.errors()):
+                error = InvalidMessage(types.PARSE_ERROR, "Parse error: the line is not JSON.")
+            else:  # the SDK's own transport (stdin or stdout not a pipe) keeps no line to look at
+                error = InvalidMessage(types.INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message.")
+            reply = types.JSONRPCError(
+                jsonrpc="2.0", id=error.request_id, error=types.ErrorData(code=error.code, message=error.message)
+            )
+            await self._write.send(SessionMessage(reply))
 
 
 class PipeMessages(ObjectSendStream[SessionMessage]):

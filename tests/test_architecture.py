@@ -117,7 +117,15 @@ def test_the_status_check_finds_a_status_set_by_hand(tmp_path: Path) -> None:
     assert status_writes(bad) == [2, 3]
 
 
-SDK_PRIVATE = {"_request_handlers", "_lowlevel_server", "_subscriptions", "_connection", "_request_outbound", "_progress_token", "_on_progress"}
+SDK_PRIVATE = {
+    "_request_handlers",
+    "_lowlevel_server",
+    "_subscriptions",
+    "_connection",
+    "_request_outbound",
+    "_progress_token",
+    "_on_progress",
+}
 
 
 def sdk_internals(path: Path) -> list[str]:

@@ -3,6 +3,11 @@ advertises is what it serves, and malformed messages get the error codes JSON-RP
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
+import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
@@ -10,7 +15,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
-from .conftest import ERAS
+from .conftest import ERAS, stdio_params
 
 pytestmark = pytest.mark.anyio
 
@@ -26,3 +31,46 @@ async def test_no_prompts_are_advertised_and_asking_for_one_is_method_not_found(
         with pytest.raises(MCPError) as refused:
             await client.list_prompts()
         assert refused.value.error.code == -32601
+
+
+BAD_LINES = [
+    b"not json",
+    b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]',
+    b'{"jsonrpc":"2.0","id":7,"method":5}',
+    b'{"jsonrpc":"2.0","id":2,"method":"ping"}',
+]
+EXPECTED = [(None, -32700), (None, -32600), (7, -32600), (2, None)]
+"""What each line gets: (id, error code), None for a result. The last, good one shows the server goes on."""
+
+
+def answers(out: bytes) -> list[tuple[object, object]]:
+    replies = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [(r.get("id"), (r.get("error") or {}).get("code")) for r in replies]
+
+
+async def test_stdio_answers_lines_that_are_not_messages(home: Path) -> None:
+    params = stdio_params(home)
+    async with await anyio.open_process([params.command, *params.args], env=params.env) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        await proc.stdin.send(b"\n".join(BAD_LINES) + b"\n")
+        out = b""
+        with anyio.fail_after(30):
+            while out.count(b"\n") < len(EXPECTED):
+                out += await proc.stdout.receive()
+        await proc.stdin.aclose()
+    assert answers(out) == EXPECTED, out
+
+
+def test_stdio_from_files_answers_them_too(home: Path, tmp_path: Path) -> None:
+    """stdin and stdout that are files are served by the SDK's own transport: the same answers."""
+    params = stdio_params(home)
+    source, sink = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(b"\n".join(BAD_LINES) + b"\n")
+    with source.open("rb") as stdin, sink.open("wb") as stdout:
+        subprocess.run([params.command, *params.args], env=params.env, stdin=stdin, stdout=stdout, timeout=60, check=True)
+    assert [(rid, code) for rid, code in answers(sink.read_bytes())] == [
+        (None, -32700),
+        (None, -32600),
+        (None, -32600),
+        (2, None),
+    ]
