@@ -382,6 +382,11 @@ class SessionManager:
         if wait_s > 0 and s.status in ("busy", "creating"):
             record = await self._wait_until_settled(session_id, s.status, s.turns, wait_s)
             s = record.session
+        if s.status == "busy" and s.last_turn is not None and s.last_turn.status == "running":  # its output so far
+            output, total, cut = await replies.output_so_far(
+                self.store, session_id, s.last_turn.turn, self.turns.running.get(session_id), self.settings.max_output_bytes
+            )
+            s.last_turn = s.last_turn.model_copy(update={"output": output, "output_bytes": total, "output_cut_bytes": cut})
         events, note = await replies.event_batch(self.store, session_id, events_after)
         cursor = events[-1].seq if events else (events_after if events_after is not None else await self.store.last_seq(s.id))
         return SessionDetail(

@@ -6,6 +6,8 @@ model deciding what to do; outputs and event batches are bounded so a reply stay
 
 from __future__ import annotations
 
+from sandbox_backends.output import OutputBuffer
+
 from .models import Event, Session, SessionRecord, TurnReply, TurnSummary
 from .store import Store
 from .turns import TURN_END_EVENTS, RunningTurn
@@ -51,6 +53,24 @@ async def past_turn(store: Store, session_id: str, turn: int) -> TurnSummary | N
         reason=end.data.get("reason"),
         usage=end.data.get("usage"),
     )
+
+
+async def output_so_far(
+    store: Store, session_id: str, turn: int, running: RunningTurn | None, limit: int
+) -> tuple[str, int, int]:
+    """A running turn's output so far, bounded like a reply: (text, bytes, bytes cut). From the turn itself
+    when this process runs it, else from the output events the process running it published."""
+    if running is not None and running.turn == turn:
+        return running.buffer.render(), running.buffer.total, running.buffer.cut
+    buffer = OutputBuffer(limit)
+    starts = [e.seq for e in await store.events_of_type(session_id, ("turn.started",)) if e.data.get("turn") == turn]
+    after = starts[-1] if starts else 0
+    while events := await store.events(session_id, after=after, limit=1000):
+        for event in events:
+            if event.type == "tool.output":
+                buffer.feed(str(event.data.get("text", "")).encode())
+        after = events[-1].seq
+    return buffer.render(), buffer.total, buffer.cut
 
 
 async def turn_reply(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import anyio
 import pytest
 from mcp import Client
 
-from .conftest import call, call_error, new_session, processes_marked
+from .conftest import call, call_error, new_session, processes_marked, stdio_params
 
 pytestmark = pytest.mark.anyio
 
@@ -210,3 +211,35 @@ async def test_list_sessions_filters_by_status(client: Client) -> None:
 async def test_unknown_driver_or_agent_is_refused(client: Client) -> None:
     assert "Unknown driver 'nope'" in await call_error(client, "create_session", driver="nope")
     assert "Unknown agent 'robot'" in await call_error(client, "create_session", agent="robot")
+
+
+SLOW_PRINTER = "for i in 1 2 3 4 5; do echo line $i; done; sleep 60"
+PRINTED = "line 1\nline 2\nline 3\nline 4\nline 5\n"
+
+
+async def wait_for_output(client: Client, sid: str) -> dict[str, object]:
+    """get_session until the running turn shows its five lines (get_session waits at most 1 s a call)."""
+    with anyio.fail_after(30):
+        while True:
+            turn = (await call(client, "get_session", session_id=sid, wait_s=1))["session"]["last_turn"]
+            assert turn["status"] == "running"
+            if turn["output"] == PRINTED:
+                return turn
+
+
+async def test_get_session_shows_a_running_turns_output_so_far(client: Client) -> None:
+    sid = await new_session(client)
+    await call(client, "send_message", session_id=sid, text=SLOW_PRINTER, wait_s=0)
+    turn = await wait_for_output(client, sid)
+    assert turn["output_bytes"] == len(PRINTED) and turn["output_cut_bytes"] == 0
+    await call(client, "interrupt", session_id=sid)
+
+
+async def test_get_session_through_another_server_shows_the_output_so_far(home: Path) -> None:
+    """The turn runs in one server process; a second one, on the same state folder, reads its output."""
+    async with Client(stdio_params(home)) as runner, Client(stdio_params(home)) as reader:
+        sid = await new_session(runner)
+        await call(runner, "send_message", session_id=sid, text=SLOW_PRINTER, wait_s=0)
+        turn = await wait_for_output(reader, sid)
+        assert turn["output_bytes"] == len(PRINTED)
+        await call(reader, "interrupt", session_id=sid)
