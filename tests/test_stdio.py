@@ -166,8 +166,8 @@ def test_a_corrupt_database_is_reported_and_left_untouched(home: Path) -> None:
 
 async def test_the_stdio_transport_handles_pipelined_huge_and_broken_lines(home: Path) -> None:
     """Raw JSON-RPC lines on the real pipes: several requests in one write, a line of 12 MB that arrives
-    in many reads, a line that is not JSON (skipped: it has no id to answer, as the SDK's transport does);
-    every request is answered, then closing stdin stops the server."""
+    in many reads, a line that is not JSON (answered with a parse error, id null); every request is
+    answered, then closing stdin stops the server."""
     params = stdio_params(home)
     init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
     huge = {"session_id": "ses_" + "0" * 32, "text": "x" * (12 * 1024 * 1024)}
@@ -202,7 +202,8 @@ async def test_the_stdio_transport_handles_pipelined_huge_and_broken_lines(home:
     assert by_id[3]["result"]["structuredContent"]["total"] >= 1
     assert by_id[4]["result"]["isError"] and "bytes, over this server's limit" in by_id[4]["result"]["content"][0]["text"]
     assert len(by_id[5]["result"]["tools"]) == 6
-    assert not [r for r in [*by_id.values(), *others] if "error" in r]
+    assert not [r for r in by_id.values() if "error" in r]
+    assert [r["error"]["code"] for r in others if "error" in r] == [-32700]
 
 
 async def test_replies_larger_than_the_pipe_arrive_whole_while_the_client_is_slow_to_read(home: Path) -> None:
