@@ -1,4 +1,4 @@
-"""Tool output schemas in a shape clients check quickly.
+"""Tool schemas in a shape clients check quickly and models read cheaply.
 
 MCP clients check every tool result against the tool's outputSchema (the Python SDK does it with
 jsonschema on each call). Pydantic writes nested models as `$ref`s into `$defs` and optional fields as
@@ -59,3 +59,33 @@ def _unions_as_type_lists(node: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(other.get("type"), str) or UNMERGEABLE & other.keys():
         return node
     return {**other, **rest, "type": [other["type"], "null"]}
+
+
+MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+"""Keywords whose values map names to schemas: their keys are names (a parameter may be called `title`)."""
+
+
+def untitled(schema: Any) -> Any:
+    """`schema` without the `title` annotations pydantic derives from names (`"max_steps"` -> `"Max Steps"`):
+    a model reads every input schema with every call, and they tell it nothing the names do not."""
+    if isinstance(schema, list):
+        return [untitled(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    lean: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key in MAPS and isinstance(value, dict):
+            lean[key] = {name: untitled(sub) for name, sub in value.items()}
+        elif key in DATA_KEYWORDS:
+            lean[key] = value
+        else:
+            lean[key] = untitled(value)
+    return lean
+
+
+def lean_input(schema: dict[str, Any]) -> dict[str, Any]:
+    """A tool's input schema as a model sees it: unions as type lists, `$defs` inlined, no derived titles."""
+    result: dict[str, Any] = untitled(flatten(schema))
+    return result

@@ -56,7 +56,7 @@ from .models import (
 )
 from .notifications import ChangeFeed, with_progress
 from .plugins import catalog
-from .schemas import flatten
+from .schemas import flatten, lean_input
 from .settings import Settings
 from .stdio import stdio_streams
 from .tools import ToolPlugin
@@ -146,6 +146,7 @@ class SessionsServer(MCPServer[AppState]):
     async def list_tools(self) -> list[Tool]:
         tools = await super().list_tools()
         for tool in tools:
+            tool.input_schema = lean_input(tool.input_schema)
             if tool.output_schema is not None:
                 tool.output_schema = flatten(tool.output_schema)
         return tools

@@ -96,3 +96,60 @@ async def test_a_result_carries_its_structured_content_as_compact_json_text(clie
     text = result.content[0].text  # type: ignore[union-attr]
     assert json.loads(text) == result.structured_content
     assert "\n" not in text and ": " not in text
+
+
+TOOL_ARGUMENTS = {
+    "create_session": {
+        "title": "t",
+        "driver": "local",
+        "tags": ["a"],
+        "metadata": {"n": 1, "s": "x", "b": None},
+        "files": {"a.txt": "x"},
+        "env": {"A": "1"},
+        "limits": {"memory_mb": 512, "cpus": 1.5},
+        "command_timeout_s": 30,
+        "idle_timeout_s": 0,
+        "max_steps": 3,
+        "provider": "openai",
+        "wait_s": 10,
+    },
+    "send_message": {"session_id": "ses_" + "0" * 32, "text": "echo hi", "wait_s": 5, "queue": True},
+    "get_session": {"session_id": "ses_" + "0" * 32, "wait_s": 1, "events_after": 3},
+    "list_sessions": {"statuses": ["ready"], "tags": ["a"], "limit": 10, "created_after": "2026-01-01T00:00:00Z"},
+    "interrupt": {"session_id": "ses_" + "0" * 32},
+    "close_session": {"session_id": "ses_" + "0" * 32, "delete": True},
+}
+
+
+async def test_every_tool_input_gets_the_same_verdicts_from_the_published_and_the_pydantic_schema(
+    settings: Settings,
+) -> None:
+    """The input schemas a model reads are leaner (no derived titles, unions as type lists, no $defs) and
+    mean exactly the same."""
+    server = create_server(settings)
+    async with Client(server) as client:
+        published = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+    generated = {t.name: t.input_schema for t in await MCPServer.list_tools(server)}
+    assert set(TOOL_ARGUMENTS) == set(published)
+    for name, arguments in TOOL_ARGUMENTS.items():
+        lean = published[name]
+        assert '"title"' not in json.dumps({k: v for k, v in lean.items() if k != "properties"})
+        assert all("title" not in prop for prop in lean["properties"].values()), name
+        assert "$ref" not in json.dumps(lean) and "$defs" not in lean, name
+        assert len(json.dumps(lean)) < len(json.dumps(generated[name]))
+        refused = assert_same_verdicts(generated[name], lean, arguments)
+        assert refused > 0, f"no variant of the {name} arguments was refused: the check proves nothing"
+    assert "title" in published["create_session"]["properties"]  # a parameter called title is kept
+
+
+MODEL_VISIBLE_BUDGET = 10_000
+"""Bytes of names, descriptions and input schemas a model reads with every call (bench/bench_tools_footprint.py
+measures them). New options and tools must fit, or this budget moves on purpose."""
+
+
+async def test_what_a_model_reads_of_the_tools_stays_within_its_budget(settings: Settings) -> None:
+    async with Client(create_server(settings)) as client:
+        tools = (await client.list_tools()).tools
+    seen = [{"name": t.name, "description": t.description, "inputSchema": t.input_schema} for t in tools]
+    size = len(json.dumps(seen, ensure_ascii=False, separators=(",", ":")).encode())
+    assert size <= MODEL_VISIBLE_BUDGET, f"{size} bytes: shorten descriptions or options, or raise the budget on purpose"
