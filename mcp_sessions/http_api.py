@@ -12,10 +12,9 @@ import types
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -26,6 +25,7 @@ from sandbox_backends.base import SandboxError
 from . import __version__
 from .create import CreateRequest, create_body
 from .errors import SessionError
+from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
 from .manager import SessionManager
 from .models import (
     CloseReply,
@@ -69,16 +69,16 @@ class MessageBody(BaseModel):
 
 
 class CreateQuery(BaseModel):
-    wait_s: float = Field(30, ge=0, description="Wait up to this long for the session to be ready (at most 50).")
+    wait_s: WaitS = Field(30, description="Wait up to this long for the session to be ready (capped at 50).")
 
 
 class WaitQuery(BaseModel):
-    wait_s: float = Field(0, ge=0, description="Wait up to this long for the turn to end (at most 50); 0 = at once.")
+    wait_s: WaitS = Field(0, description="Wait up to this long for the turn to end (capped at 50); 0 = at once.")
 
 
 class GetQuery(BaseModel):
-    wait_s: float = Field(0, ge=0, description="If a turn runs, wait up to this long for it to end (at most 50).")
-    events_after: int | None = Field(None, ge=0, description="Also return the events after this sequence number.")
+    wait_s: WaitS = Field(0, description="If a turn runs, wait up to this long for it to end (capped at 50).")
+    events_after: Seq | None = Field(None, description="Also return the events after this sequence number.")
 
 
 class ListQuery(BaseModel):
@@ -86,9 +86,9 @@ class ListQuery(BaseModel):
     tag: list[str] | None = Field(None, description="Only sessions with all of these tags (repeat).")
     driver: str | None = None
     agent: str | None = None
-    created_after: datetime | None = Field(None, description="ISO 8601, inclusive.")
-    created_before: datetime | None = Field(None, description="ISO 8601, inclusive.")
-    limit: int = Field(50, ge=1, le=200)
+    created_after: IsoTime | None = Field(None, description="ISO 8601, inclusive.")
+    created_before: IsoTime | None = Field(None, description="ISO 8601, inclusive.")
+    limit: PageSize = Field(50, description="Page size, 1..200.")
     cursor: str | None = Field(None, description="next_cursor of the previous page.")
 
 
@@ -97,9 +97,12 @@ class CloseQuery(BaseModel):
 
 
 class StreamQuery(BaseModel):
-    last_event_id: int | None = Field(
-        None, ge=0, description="Replay events after this seq; the Last-Event-ID header, for clients that cannot set it."
+    last_event_id: Seq | None = Field(
+        None, description="Replay events after this seq; the Last-Event-ID header, for clients that cannot set it."
     )
+
+
+LAST_EVENT_ID: TypeAdapter[int] = TypeAdapter(Seq)
 
 
 # -- what goes out ----------------------------------------------------------------------------------
@@ -127,10 +130,6 @@ class Health(BaseModel):
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-def _one_line(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors(include_url=False))
 
 
 # -- the routes ---------------------------------------------------------------------------------------
@@ -197,13 +196,14 @@ def _sse(event_id: int | None, event: str, data: str) -> str:
 async def stream(c: Call) -> Reply:
     """Server-Sent Events: the session's events after Last-Event-ID, then new ones as they come, a keepalive
     comment every 15 s, until the session is closed or failed and its last events are sent."""
-    header = c.request.headers.get("last-event-id")
     after = c.query.last_event_id
-    if after is None and header:
+    header = c.request.headers.get("last-event-id")
+    if header is not None:  # checked even when the query wins: a malformed header is a mistake to report
         try:
-            after = max(0, int(header))
-        except ValueError:
-            return error_response(400, "invalid_request", "Last-Event-ID must be an event's seq, a whole number.")
+            from_header = LAST_EVENT_ID.validate_python(header)
+        except ValidationError as e:
+            return error_response(400, "invalid_request", one_line(e, "Last-Event-ID"))
+        after = from_header if after is None else after
     manager, sid, owner = c.manager, c.session_id, c.owner
     await manager.get(sid, owner=owner)  # an unknown session is a 404, not an empty stream
 
@@ -335,11 +335,12 @@ def routes(manager_of: Callable[[], SessionManager], owner_of: Callable[[Request
         async def endpoint(request: Request) -> Response:
             try:
                 query = parse_query(request, ep.query) if ep.query else None
-                body = ep.body.model_validate_json(await request.body() or b"{}") if ep.body else None
+                # strict: a JSON body holds what the document says, so "5" or true is not a number here
+                body = ep.body.model_validate_json(await request.body() or b"{}", strict=True) if ep.body else None
                 call = Call(manager_of(), request, owner_of(request), request.path_params.get("session_id", ""), query, body)
                 reply = await ep.handler(call)
             except ValidationError as e:
-                return error_response(400, "invalid_request", _one_line(e))
+                return error_response(400, "invalid_request", one_line(e, "body"))
             except SessionError as e:
                 return error_response(STATUS_OF_CODE.get(e.code, 400), e.code, str(e))
             except SandboxError as e:
@@ -423,7 +424,9 @@ def openapi(extra_paths: dict[str, Any]) -> dict[str, Any]:
         if ep.query:
             op["parameters"] += query_parameters(ep.query)
         if ep.sse:
-            op["parameters"].append({"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer"}})
+            op["parameters"].append(
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": TypeAdapter(Seq).json_schema()}
+            )
         if ep.body:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[(ep.body, "validation")]}}}
         responses: dict[str, Any] = {}
