@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from . import __version__
 from .errors import InvalidInput, SessionError, SessionNotFound, StoreError
+from .inputs import PageSize, Seq, one_line
 from .models import Event, Session, SessionPage, Status
 from .plugins import catalog
 from .settings import ENV_PREFIX, Settings, flag_name, is_secret
@@ -57,6 +58,19 @@ def _when(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time, e.g. 2026-05-01 or 2026-05-01T12:00:00Z") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _in_range(kind: Any) -> Callable[[str], Any]:
+    """An argparse type for a bounded number of inputs.py: the same range, the same words, as the API's."""
+    adapter: TypeAdapter[Any] = TypeAdapter(kind)
+
+    def parse(text: str) -> Any:
+        try:
+            return adapter.validate_python(text)
+        except ValidationError as e:
+            raise argparse.ArgumentTypeError(f"{e.errors()[0]['msg']}, not {text!r}") from None
+
+    return parse
 
 
 @dataclass(frozen=True)
@@ -159,7 +173,7 @@ def build_parser() -> Parser:
         metavar="TIME",
         help="only sessions created at or before this ISO 8601 time (UTC if no offset)",
     )
-    ls.add_argument("--limit", type=int, default=50, metavar="N", help="rows per page, 1..200 (default 50)")
+    ls.add_argument("--limit", type=_in_range(PageSize), default=50, metavar="N", help="rows per page, 1..200 (default 50)")
     ls.add_argument("--cursor", help="the next-page cursor printed by the previous page (give the same filters)")
     ls.add_argument("--json", action="store_true", help="print the page as JSON")
     _add_settings_flags(ls, CLIENT_FLAGS, argparse.SUPPRESS)
@@ -177,7 +191,7 @@ def build_parser() -> Parser:
         description="Print a session's events, one per line: seq, time (UTC), type, data as JSON.",
     )
     events.add_argument("session_id", metavar="ID")
-    events.add_argument("--after", type=int, default=0, metavar="N", help="only events after sequence number N")
+    events.add_argument("--after", type=_in_range(Seq), default=0, metavar="N", help="only events after sequence number N")
     events.add_argument(
         "--follow", action="store_true", help="keep printing new events until the session is dead or failed (or Ctrl-C)"
     )
@@ -195,10 +209,6 @@ def build_parser() -> Parser:
     return parser
 
 
-def _one_line(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
-
-
 def fail(message: str, code: int = 1) -> NoReturn:
     print(f"{PROG}: {message}", file=sys.stderr)
     sys.exit(code)
@@ -209,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings.load(**{f.field: getattr(args, f.field, None) for _, flags in settings_flags() for f in flags})
     except ValidationError as e:
-        fail(f"invalid configuration: {_one_line(e)}")
+        fail(f"invalid configuration: {one_line(e)}")
     level = logging.getLevelName(settings.log_level.upper())
     if not isinstance(level, int):
         fail(f"invalid configuration: log level {settings.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")

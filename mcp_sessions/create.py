@@ -17,11 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .agents.base import Agent, ConfiguresSessions
 from .errors import InvalidInput, PayloadTooLarge
+from .inputs import IN_RANGE, MetadataValue
 from .models import LimitsModel, Session, SessionRecord, new_session_id
 from .plugins import Catalog, annotated
 from .settings import Settings
-
-MetadataValue = str | int | float | bool | None
 
 
 class SessionFields(BaseModel):
@@ -42,14 +41,11 @@ class SessionFields(BaseModel):
     )
     env: dict[str, str] = Field({}, max_length=200, description="Environment variables for commands in the session.")
     limits: LimitsModel | None = Field(None, description="Sandbox resource limits, for drivers that enforce them.")
-    command_timeout_s: float | None = Field(
-        None, gt=0, le=10**7, description="Stop a single command after this many seconds (default: the server's, 600)."
+    command_timeout_s: Annotated[float, Field(gt=0, le=10**7, allow_inf_nan=False), IN_RANGE] | None = Field(
+        None, description="Stop a single command after this many seconds (default: the server's, 600)."
     )
-    idle_timeout_s: float | None = Field(
-        None,
-        ge=0,
-        le=10**9,
-        description="Close the session after this many idle seconds; 0 = never (default: the server's, 900).",
+    idle_timeout_s: Annotated[float, Field(ge=0, le=10**9, allow_inf_nan=False), IN_RANGE] | None = Field(
+        None, description="Close the session after this many idle seconds; 0 = never (default: the server's, 900)."
     )
     model: str | None = Field(
         None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
 
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend
@@ -20,17 +19,19 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .auth import RateLimiter, StaticTokenVerifier, check_bind, is_loopback, load_tokens
 from .errors import PayloadTooLarge
-from .http_api import API, Health, dumps, error_response, openapi, routes
+from .http_api import API, Health, error_response, routes
+from .openapi import document, dumps
 from .server import AppState, create_server
 from .settings import Settings
 
 MCP_PATH = "/mcp"
+MCP_METHODS = ["GET", "POST", "DELETE"]
 PUBLIC = ("/healthz", API + "/openapi.json")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
@@ -52,6 +53,13 @@ class Gate:
         self.limiter = RateLimiter(settings.rate_limit_per_s)
         self.max_body = settings.max_request_bytes
         self.loopback = is_loopback(settings.host)
+
+    def answers(self, public: bool = False) -> tuple[int, ...]:
+        """The statuses this gate may answer before a route runs (for the OpenAPI document)."""
+        found = [403, 421] if self.loopback else []
+        if not public:
+            found += [*([401] if self.backend else []), 413, 429]
+        return tuple(sorted(found))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -171,63 +179,36 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
         user = request.scope.get("user")
         return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
 
-    extra_paths: dict[str, Any] = {
-        "/healthz": {
-            "get": {
-                "summary": "Liveness.",
-                "security": [],
-                "operationId": "healthz",
-                "responses": {
-                    "200": {
-                        "description": "OK",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
-                    }
-                },
-            }
-        },
-        API + "/openapi.json": {
-            "get": {
-                "summary": "This document.",
-                "security": [],
-                "operationId": "openapi",
-                "responses": {"200": {"description": "OK"}},
-            }
-        },
-        MCP_PATH: {
-            method: {
-                "summary": f"MCP streamable HTTP ({what}); see the MCP specification.",
-                "operationId": f"mcp_{method}",
-                "responses": {"200": {"description": "JSON-RPC"}},
-            }
-            for method, what in (("post", "requests"), ("get", "the notification stream"), ("delete", "end the MCP session"))
-        },
-    }
-    document = dumps(openapi(extra_paths))
-
     async def healthz(request: Request) -> Response:
         return Response(Health(status="ok", version=__version__).model_dump_json(), media_type="application/json")
 
     async def openapi_json(request: Request) -> Response:
-        return Response(document, media_type="application/json")
+        return Response(document_bytes, media_type="application/json")
 
     served = [
         Route("/healthz", healthz, methods=["GET"]),
         Route(API + "/openapi.json", openapi_json, methods=["GET"]),
         *routes(lambda: holder["state"].manager, owner_of),
-        Mount("/", app=mcp_app),  # serves MCP_PATH only
+        Route(MCP_PATH, mcp_app, methods=MCP_METHODS),  # the SDK's app, which serves MCP_PATH
     ]
-    mcp_app.add_exception_handler(HTTPException, http_error)  # an unknown path falls through to it
     app = Starlette(routes=served, lifespan=lifespan, exception_handlers={HTTPException: http_error})
-    return Gate(app, settings, verifier)
+    gate = Gate(app, settings, verifier)
+    document_bytes = dumps(document(gate.answers(), gate.answers(public=True), secured=verifier is not None))
+    return gate
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
-    """Routing errors (an unknown path, such as a session id with a '/' in it; a method a route does not
-    take) in the error body every route uses, not Starlette's plain text."""
+    """Routing errors (an unknown path, such as a session id with a '/' in it; a method a path does not
+    take, answered 405 with Allow) in the error body every route uses, not Starlette's plain text."""
     assert isinstance(exc, HTTPException)
+    path = request.url.path
     if exc.status_code == 404:
-        return error_response(404, "not_found", f"No route {request.url.path}. See {API}/openapi.json for the routes.")
-    return error_response(exc.status_code, "invalid_request", str(exc.detail), dict(exc.headers or {}))
+        return error_response(404, "not_found", f"No route {path}. See {API}/openapi.json for the routes.")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed = ", ".join(sorted(headers.get("Allow", "").split(", ")))
+        return error_response(405, "method_not_allowed", f"{request.method} is not served at {path}; use {allowed}.", headers)
+    return error_response(exc.status_code, "invalid_request", str(exc.detail), headers)
 
 
 def serve_http(settings: Settings) -> None:

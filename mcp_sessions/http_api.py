@@ -1,31 +1,28 @@
 """The REST API at /api/v1: CIAB's sessions API with one sandbox per session. A thin adapter over the
 SessionManager, like the MCP tools: parse, call the manager, shape the answer.
 
-Every route is one `Endpoint` in `endpoints()`; the Starlette routes and the OpenAPI document are both made
-from that table and from the pydantic models it names, so the document always matches what is served.
+Every route is one `Endpoint` in `endpoints()`; the Starlette routes and the OpenAPI document (openapi.py)
+are both made from that table and from the pydantic models it names, so the document matches what is served.
 """
 
 from __future__ import annotations
 
-import json
 import types
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sandbox_backends.base import SandboxError
 
-from . import __version__
 from .create import CreateRequest, create_body
 from .errors import SessionError
+from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
 from .manager import SessionManager
 from .models import (
     CloseReply,
@@ -64,21 +61,21 @@ STATUS_OF_CODE = {
 class MessageBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(description="The message. For the shell agent: a bash script run in the session's shell.")
+    text: str = Field(min_length=1, description="The message. For the shell agent: a bash script run in the session's shell.")
     queue: bool = Field(True, description="If a turn runs, run this one after it (false: refuse with 409).")
 
 
 class CreateQuery(BaseModel):
-    wait_s: float = Field(30, ge=0, description="Wait up to this long for the session to be ready (at most 50).")
+    wait_s: WaitS = Field(30, description="Wait up to this long for the session to be ready (capped at 50).")
 
 
 class WaitQuery(BaseModel):
-    wait_s: float = Field(0, ge=0, description="Wait up to this long for the turn to end (at most 50); 0 = at once.")
+    wait_s: WaitS = Field(0, description="Wait up to this long for the turn to end (capped at 50); 0 = at once.")
 
 
 class GetQuery(BaseModel):
-    wait_s: float = Field(0, ge=0, description="If a turn runs, wait up to this long for it to end (at most 50).")
-    events_after: int | None = Field(None, ge=0, description="Also return the events after this sequence number.")
+    wait_s: WaitS = Field(0, description="If a turn runs, wait up to this long for it to end (capped at 50).")
+    events_after: Seq | None = Field(None, description="Also return the events after this sequence number.")
 
 
 class ListQuery(BaseModel):
@@ -86,9 +83,9 @@ class ListQuery(BaseModel):
     tag: list[str] | None = Field(None, description="Only sessions with all of these tags (repeat).")
     driver: str | None = None
     agent: str | None = None
-    created_after: datetime | None = Field(None, description="ISO 8601, inclusive.")
-    created_before: datetime | None = Field(None, description="ISO 8601, inclusive.")
-    limit: int = Field(50, ge=1, le=200)
+    created_after: IsoTime | None = Field(None, description="ISO 8601, inclusive.")
+    created_before: IsoTime | None = Field(None, description="ISO 8601, inclusive.")
+    limit: PageSize = Field(50, description="Page size, 1..200.")
     cursor: str | None = Field(None, description="next_cursor of the previous page.")
 
 
@@ -97,9 +94,12 @@ class CloseQuery(BaseModel):
 
 
 class StreamQuery(BaseModel):
-    last_event_id: int | None = Field(
-        None, ge=0, description="Replay events after this seq; the Last-Event-ID header, for clients that cannot set it."
+    last_event_id: Seq | None = Field(
+        None, description="Replay events after this seq; the Last-Event-ID header, for clients that cannot set it."
     )
+
+
+LAST_EVENT_ID: TypeAdapter[int] = TypeAdapter(Seq)
 
 
 # -- what goes out ----------------------------------------------------------------------------------
@@ -127,10 +127,6 @@ class Health(BaseModel):
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-def _one_line(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors(include_url=False))
 
 
 # -- the routes ---------------------------------------------------------------------------------------
@@ -197,13 +193,14 @@ def _sse(event_id: int | None, event: str, data: str) -> str:
 async def stream(c: Call) -> Reply:
     """Server-Sent Events: the session's events after Last-Event-ID, then new ones as they come, a keepalive
     comment every 15 s, until the session is closed or failed and its last events are sent."""
-    header = c.request.headers.get("last-event-id")
     after = c.query.last_event_id
-    if after is None and header:
+    header = c.request.headers.get("last-event-id")
+    if header is not None:  # checked even when the query wins: a malformed header is a mistake to report
         try:
-            after = max(0, int(header))
-        except ValueError:
-            return error_response(400, "invalid_request", "Last-Event-ID must be an event's seq, a whole number.")
+            from_header = LAST_EVENT_ID.validate_python(header)
+        except ValidationError as e:
+            return error_response(400, "invalid_request", one_line(e, "Last-Event-ID"))
+        after = from_header if after is None else after
     manager, sid, owner = c.manager, c.session_id, c.owner
     await manager.get(sid, owner=owner)  # an unknown session is a 404, not an empty stream
 
@@ -231,6 +228,8 @@ class Endpoint:
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
     sse: bool = False
+    errors: tuple[int, ...] = (400, 404, 503)
+    """The error statuses the route itself can answer (see STATUS_OF_CODE), besides the gate's in front of it."""
 
 
 S = API + "/sessions/{session_id}"
@@ -242,7 +241,15 @@ def tool_endpoint(plugin: ToolPlugin) -> Endpoint:
     async def run(c: Call) -> Reply:
         return await plugin.run(c.manager, c.owner, **dict(c.body))
 
-    return Endpoint("POST", f"{API}/tools/{plugin.name}", run, plugin.description, plugin.output(), body=plugin.body())
+    return Endpoint(
+        "POST",
+        f"{API}/tools/{plugin.name}",
+        run,
+        plugin.description,
+        plugin.output(),
+        body=plugin.body(),
+        errors=(400, 404, 409, 413, 502, 503),  # a tool may do anything the session layer does
+    )
 
 
 def endpoints() -> list[Endpoint]:
@@ -258,6 +265,7 @@ def endpoints() -> list[Endpoint]:
             (201,),
             CreateQuery,
             create_body(plugins),
+            errors=(400, 413, 429, 502, 503),
         ),
         *SESSION_ENDPOINTS,
         *(tool_endpoint(plugin) for plugin in plugins.tools.values()),
@@ -272,6 +280,7 @@ SESSION_ENDPOINTS = [
         "List your sessions, newest first, with filters and a cursor.",
         SessionPage,
         query=ListQuery,
+        errors=(400, 503),
     ),
     Endpoint(
         "GET",
@@ -290,8 +299,16 @@ SESSION_ENDPOINTS = [
         (200, 202),
         WaitQuery,
         MessageBody,
+        errors=(400, 404, 409, 413, 502, 503),
     ),
-    Endpoint("POST", S + "/interrupt", interrupt, "Stop the running turn; the session stays usable.", InterruptReply),
+    Endpoint(
+        "POST",
+        S + "/interrupt",
+        interrupt,
+        "Stop the running turn; the session stays usable.",
+        InterruptReply,
+        errors=(404, 409, 502, 503),
+    ),
     Endpoint(
         "POST",
         S + "/close",
@@ -299,6 +316,7 @@ SESSION_ENDPOINTS = [
         "Close the session and free its sandbox; delete=true also removes its transcript and workspace. Idempotent.",
         CloseReply,
         query=CloseQuery,
+        errors=(400, 404, 502, 503),
     ),
     Endpoint(
         "GET",
@@ -335,11 +353,12 @@ def routes(manager_of: Callable[[], SessionManager], owner_of: Callable[[Request
         async def endpoint(request: Request) -> Response:
             try:
                 query = parse_query(request, ep.query) if ep.query else None
-                body = ep.body.model_validate_json(await request.body() or b"{}") if ep.body else None
+                # strict: a JSON body holds what the document says, so "5" or true is not a number here
+                body = ep.body.model_validate_json(await request.body() or b"{}", strict=True) if ep.body else None
                 call = Call(manager_of(), request, owner_of(request), request.path_params.get("session_id", ""), query, body)
                 reply = await ep.handler(call)
             except ValidationError as e:
-                return error_response(400, "invalid_request", _one_line(e))
+                return error_response(400, "invalid_request", one_line(e, "body"))
             except SessionError as e:
                 return error_response(STATUS_OF_CODE.get(e.code, 400), e.code, str(e))
             except SandboxError as e:
@@ -363,95 +382,3 @@ def routes(manager_of: Callable[[], SessionManager], owner_of: Callable[[Request
 
         served.append(Route(path, dispatch, methods=list(methods)))
     return served
-
-
-# -- the OpenAPI document -----------------------------------------------------------------------------
-
-
-def openapi(extra_paths: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI 3.1 for every endpoint, built from the same models the routes parse and return."""
-    wanted: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization"), (Health, "serialization")]
-    served = endpoints()
-    for ep in served:
-        if ep.body:
-            wanted.append((ep.body, "validation"))
-        if ep.response:
-            wanted.append((ep.response, "serialization"))
-        if ep.query:
-            wanted.append((ep.query, "validation"))
-    refs, defs = models_json_schema(wanted, ref_template="#/components/schemas/{model}")
-    schemas = defs.get("$defs", {})
-
-    def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
-        ref = refs[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
-        schema = schemas.pop(ref)
-        return [
-            {
-                "name": name,
-                "in": "query",
-                "required": name in schema.get("required", []),
-                "schema": prop,
-                **({"description": prop["description"]} if "description" in prop else {}),
-            }
-            for name, prop in schema["properties"].items()
-        ]
-
-    errors = {
-        str(code): {"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
-        for code, desc in (
-            (400, "Invalid request"),
-            (401, "Missing or unknown bearer token"),
-            (403, "Origin not allowed"),
-            (404, "No such session (or not yours)"),
-            (409, "The session cannot do that now (busy, failed, closed)"),
-            (413, "Request body too large"),
-            (429, "Rate limit or session limit reached; see Retry-After"),
-        )
-    }
-    paths: dict[str, Any] = {}
-    for ep in served:
-        op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.handler.__name__, "parameters": []}
-        if "{session_id}" in ep.path:
-            op["parameters"].append(
-                {
-                    "name": "session_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "pattern": "^ses_[0-9a-f]{32}$"},
-                }
-            )
-        if ep.query:
-            op["parameters"] += query_parameters(ep.query)
-        if ep.sse:
-            op["parameters"].append({"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer"}})
-        if ep.body:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[(ep.body, "validation")]}}}
-        responses: dict[str, Any] = {}
-        for status in ep.status:
-            if ep.sse:
-                content = {
-                    "text/event-stream": {
-                        "schema": {"type": "string", "description": "id: seq, event: type, data: Event as JSON"}
-                    }
-                }
-            else:
-                content = {"application/json": {"schema": refs[(ep.response, "serialization")]}}  # type: ignore[index]
-            responses[str(status)] = {"description": "OK" if status < 300 else "Accepted", "content": content}
-        op["responses"] = {**responses, **errors}
-        paths.setdefault(ep.path, {})[ep.method.lower()] = op
-    paths.update(extra_paths)
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "mcp-sessions",
-            "version": __version__,
-            "description": "Agent sessions in sandboxes: REST and SSE; MCP at /mcp.",
-        },
-        "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"bearer": []}],
-    }
-
-
-def dumps(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .inputs import IN_RANGE
+
 Status = Literal["creating", "ready", "busy", "failed", "dead"]
 Phase = Literal[
     "queued",
@@ -98,10 +100,12 @@ class LimitsModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    memory_mb: int | None = Field(None, ge=64, description="Memory limit in MiB.")
-    cpus: float | None = Field(None, gt=0, le=64, description="CPU limit in cores.")
-    pids: int | None = Field(None, ge=16, description="Maximum number of processes.")
-    tmp_mb: int | None = Field(None, ge=1, description="Size of the /tmp tmpfs in MiB.")
+    memory_mb: Annotated[int, Field(ge=64, le=1 << 20), IN_RANGE] | None = Field(None, description="Memory limit in MiB.")
+    cpus: Annotated[float, Field(gt=0, le=64, allow_inf_nan=False), IN_RANGE] | None = Field(
+        None, description="CPU limit in cores."
+    )
+    pids: Annotated[int, Field(ge=16, le=1 << 22), IN_RANGE] | None = Field(None, description="Maximum number of processes.")
+    tmp_mb: Annotated[int, Field(ge=1, le=1 << 20), IN_RANGE] | None = Field(None, description="Size of the /tmp tmpfs in MiB.")
 
 
 class TurnSummary(BaseModel):

@@ -21,6 +21,7 @@ from sandbox_backends.registry import DriverPlugin, PluginError, drivers
 from .agents.base import AgentPlugin
 from .agents.registry import agents
 from .errors import InvalidInput
+from .inputs import one_line
 from .tools import ToolPlugin, tools
 
 
@@ -44,11 +45,6 @@ def annotated(annotation: Any, *metadata: Any) -> Any:
 
 def _who(kind: str, names: list[str]) -> str:
     return f"{', '.join(names)} {kind}{'s' if len(names) > 1 else ''}"
-
-
-def one_line(error: ValidationError) -> str:
-    """A validation error as one sentence per field, without pydantic's links."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors(include_url=False))
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,13 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any, ParamSpec, TypeVar, cast
 
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError, UnexpectedToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.types import (
     CallToolResult,
@@ -34,7 +33,7 @@ from mcp.types import (
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from sandbox_backends.base import PathNotAllowed, SandboxError
 from sandbox_backends.registry import PluginError
@@ -44,6 +43,7 @@ from .agents.providers.sampling import ConnectionSampler
 from .app import open_manager
 from .create import CreateRequest, create_parameters
 from .errors import SessionError, SessionNotFound
+from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
 from .manager import SessionManager
 from .models import (
     CloseReply,
@@ -110,9 +110,6 @@ def _manager(ctx: Context) -> SessionManager:
     return state.manager
 
 
-MAX_WAIT_PARAM_S = 3600
-"""Waits are capped at 50 s; larger numbers up to this are taken (and capped), beyond it they are refused."""
-
 SessionId = Annotated[str, Field(description="The session id (ses_...), as returned by create_session or list_sessions.")]
 
 
@@ -154,7 +151,14 @@ class SessionsServer(MCPServer[AppState]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
-        result = await super().call_tool(name, arguments, context)
+        try:
+            result = await super().call_tool(name, arguments, context)
+        except ToolError as e:
+            if isinstance(e.__cause__, ValidationError) and not isinstance(
+                e, UnexpectedToolError
+            ):  # the caller's arguments: one line per field, the range said
+                raise ToolError(f"Invalid arguments for {name}: {one_line(e.__cause__, 'arguments')}.") from e.__cause__
+            raise
         if isinstance(result, CallToolResult) and result.structured_content is not None and not result.is_error:
             text = json.dumps(result.structured_content, ensure_ascii=False, separators=(",", ":"))
             result.content = [TextContent(type="text", text=text)]
@@ -276,9 +280,7 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         """
         return await _manager(ctx).create(CreateRequest.of(_owner(), **given), wait_s=wait_s)
 
-    wait = Annotated[
-        float, Field(ge=0, le=MAX_WAIT_PARAM_S, description="Wait up to this long for the session to be ready (capped at 50).")
-    ]
+    wait = Annotated[WaitS, Field(description="Wait up to this long for the session to be ready (capped at 50).")]
     parameters = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Context),
         *create_parameters(catalog()),
@@ -301,8 +303,7 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         session_id: SessionId,
         text: Annotated[str, Field(description="The message. For the shell agent: a bash script run in the session's shell.")],
         wait_s: Annotated[
-            float,
-            Field(ge=0, description="Wait up to this long for the turn to end (default 20, capped at 50). 0 returns at once."),
+            WaitS, Field(description="Wait up to this long for the turn to end (default 20, capped at 50). 0 returns at once.")
         ] = 20,
         queue: Annotated[
             bool, Field(description="If a turn is running, queue this message to run after it instead of failing.")
@@ -340,16 +341,14 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         ctx: Context,
         session_id: SessionId,
         wait_s: Annotated[
-            float,
+            WaitS,
             Field(
-                ge=0,
-                description="If a turn is running, wait up to this long for it to end (capped at 50). Default 0: answer at once.",
+                description="If a turn is running, wait up to this long for it to end (capped at 50). Default 0: answer at once."
             ),
         ] = 0,
         events_after: Annotated[
-            int | None,
+            Seq | None,
             Field(
-                ge=0,
                 description="Return the events after this sequence number (an events_cursor from an earlier reply). Omit for no events.",
             ),
         ] = None,
@@ -383,12 +382,12 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         driver: Annotated[str | None, Field(description="Only sessions on this driver.")] = None,
         agent: Annotated[str | None, Field(description="Only sessions with this agent.")] = None,
         created_after: Annotated[
-            datetime | None, Field(description="Only sessions created at or after this ISO 8601 time.")
+            IsoTime | None, Field(description="Only sessions created at or after this ISO 8601 time.")
         ] = None,
         created_before: Annotated[
-            datetime | None, Field(description="Only sessions created at or before this ISO 8601 time.")
+            IsoTime | None, Field(description="Only sessions created at or before this ISO 8601 time.")
         ] = None,
-        limit: Annotated[int, Field(ge=1, le=200, description="Page size, 1..200.")] = 50,
+        limit: Annotated[PageSize, Field(description="Page size, 1..200.")] = 50,
         cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
     ) -> SessionPage:
         """List sessions, newest first, with filters. Rows are short (no transcripts); total counts every

@@ -178,6 +178,10 @@ async def test_events_prints_one_line_per_event_after_a_cursor(home: Path) -> No
         assert later == every[5:]
         as_json = [json.loads(line) for line in (await cli_ok(home, "events", sid, "--json")).splitlines()]
         assert [e["seq"] for e in as_json] == list(range(1, len(every) + 1))
+        # a cursor the store cannot hold is refused with the range, and the events stay readable
+        for huge in (str(10**30), "-1", "1e30"):
+            assert_one_line_error(await cli(home, "events", sid, "--after", huge), "--after", "between 0 and 9223372036854775807")
+        assert (await cli_ok(home, "events", sid)).splitlines() == every
 
 
 async def test_close_makes_the_session_dead_for_the_running_server(home: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from mcp_sessions.auth import ConfigError, parse_tokens
 from mcp_sessions.http import build_app
@@ -336,13 +336,7 @@ async def test_the_openapi_document_matches_the_served_routes(base: str, setting
     documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
 
     app = build_app(settings, TOKENS).app
-    served = set()
-    for route in app.routes:
-        if isinstance(route, Mount):  # the MCP app: its one path, with the methods the transport serves
-            for inner in route.routes:
-                served |= {(inner.path, m) for m in ("POST", "GET", "DELETE")}
-        elif isinstance(route, Route):
-            served |= {(route.path, m) for m in route.methods or () if m != "HEAD"}
+    served = {(route.path, m) for route in app.routes if isinstance(route, Route) for m in route.methods or () if m != "HEAD"}
     assert served == documented
 
     # every documented REST operation answers (not a routing 404/405), and its refs resolve
@@ -355,10 +349,44 @@ async def test_the_openapi_document_matches_the_served_routes(base: str, setting
                 continue
             r = await c.request(method, path.replace("{session_id}", "ses_" + "0" * 32), json={"text": "x"})
             assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found", (path, method)
-    # the create body's schema is the one that validates requests
+    # the create body's schema is the one that validates requests; it may be left out, as every field may
     create = doc["paths"][f"{API}/sessions"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/CreateBody")
+    assert create["requestBody"]["required"] is False
+    async with http(base) as c:
+        r = await c.post(f"{API}/sessions", params={"wait_s": 5})
+        assert r.status_code == 201 and r.json()["status"] == "ready", r.text
+    messages = doc["paths"][f"{API}/sessions/{{session_id}}/messages"]["post"]
+    assert messages["requestBody"]["required"] is True
     assert {p["name"] for p in doc["paths"][f"{API}/sessions"]["get"]["parameters"]} >= {"status", "tag", "limit", "cursor"}
+    # each operation lists the gate's answers and its own, and only those
+    assert set(create["responses"]) == {"201", "400", "401", "403", "413", "421", "429", "502", "503"}
+    assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {"200", "403", "421"}
+    assert {"400", "401", "404", "406", "415", "429"} <= set(doc["paths"]["/mcp"]["post"]["responses"])
+    # each event of the stream: its data is an Event as JSON
+    stream = doc["paths"][f"{API}/sessions/{{session_id}}/stream"]["get"]
+    event = stream["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert event["properties"]["data"]["contentSchema"] == {"$ref": "#/components/schemas/Event"}
+    assert stream["parameters"][-1]["name"] == "Last-Event-ID" and stream["parameters"][-1]["schema"]["maximum"] == 2**63 - 1
+
+
+async def test_a_method_a_path_does_not_serve_gets_405_with_allow(base: str) -> None:
+    async with http(base) as c:
+        for method, path, allowed in (
+            ("TRACE", "/healthz", "GET, HEAD"),
+            ("DELETE", f"{API}/sessions", "GET, HEAD, POST"),
+            ("PUT", f"{API}/sessions/ses_{'0' * 32}/close", "POST"),
+            ("PATCH", "/mcp", "DELETE, GET, HEAD, POST"),
+        ):
+            r = await c.request(method, path)
+            assert r.status_code == 405, (method, path, r.text)
+            assert r.headers["allow"] == allowed
+            assert r.json()["error"] == {
+                "code": "method_not_allowed",
+                "message": f"{method} is not served at {path}; use {allowed}.",
+            }
+        r = await c.get("/no/such/route")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
 async def test_the_rest_create_body_takes_the_same_fields_as_create_session(base: str, settings: Settings) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import httpx
@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from sandbox_backends.base import PathNotAllowed, SandboxError, SandboxNotFound
 
+from ..inputs import IN_RANGE
 from ..models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
 from .base import AgentPlugin, TurnContext, TurnOutcome
 from .pricing import PriceTable
@@ -166,9 +167,15 @@ class LlmOptions(BaseModel):
         None, description="where the model runs; 'sampling' asks your own model through MCP sampling (default: the server's)"
     )
     system_prompt: str | None = Field(None, max_length=100_000, description="replaces the default system prompt")
-    max_steps: int | None = Field(None, ge=1, le=1000, description="most model calls per turn (default: the server's, 50)")
-    max_turn_tokens: int | None = Field(None, ge=1, le=10**12, description="stop a turn once it has used this many tokens")
-    max_turn_cost_usd: float | None = Field(None, gt=0, le=10**6, description="stop a turn once it has cost this much")
+    max_steps: Annotated[int, Field(ge=1, le=1000), IN_RANGE] | None = Field(
+        None, description="most model calls per turn (default: the server's, 50)"
+    )
+    max_turn_tokens: Annotated[int, Field(ge=1, le=10**12), IN_RANGE] | None = Field(
+        None, description="stop a turn once it has used this many tokens"
+    )
+    max_turn_cost_usd: Annotated[float, Field(gt=0, le=10**6, allow_inf_nan=False), IN_RANGE] | None = Field(
+        None, description="stop a turn once it has cost this much"
+    )
 
 
 class LlmAgent:
