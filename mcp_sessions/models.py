@@ -102,6 +102,12 @@ class LimitsModel(BaseModel):
     cpus: float | None = Field(None, gt=0, le=64, description="CPU limit in cores.")
     pids: int | None = Field(None, ge=16, description="Maximum number of processes.")
     tmp_mb: int | None = Field(None, ge=1, description="Size of the /tmp tmpfs in MiB.")
+    disk_mb: int | None = Field(
+        None,
+        ge=16,
+        le=1 << 24,
+        description="Size of the workspace in MiB (default: the server's). A turn that passes it fails, or its writes do.",
+    )
 
 
 class TurnSummary(BaseModel):
