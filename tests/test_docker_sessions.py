@@ -112,8 +112,9 @@ async def test_an_image_without_python3_fails_its_session_saying_so(docker_setti
 
 async def test_limits_over_the_servers_maximum_are_refused(docker_settings: Settings) -> None:
     async with Client(create_server(docker_settings), mode="legacy") as client:
-        session = await call(client, "create_session", limits={"memory_mb": 100_000})
-        assert session["status"] == "failed" and "memory" in session["failure_reason"]
+        error = await call_error(client, "create_session", limits={"memory_mb": 100_000})
+        assert "limits.memory_mb=100000 is over this server's maximum of 8192" in error, error
+        assert (await call(client, "list_sessions"))["sessions"] == [], "refused before anything was made"
 
 
 async def test_a_killed_server_reattaches_its_container(docker_settings: Settings, docker_engine: Any) -> None:  # noqa: F811
