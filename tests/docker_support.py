@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from sandbox_backends.base import Limits, SandboxSpec
@@ -44,6 +45,15 @@ def loop_devices_of(root: Path) -> list[str]:
     """Loop devices whose backing file is under `root`, as `losetup` lists them."""
     listed = subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"], capture_output=True, text=True)
     return [line for line in listed.stdout.splitlines() if str(root) in line]
+
+
+async def loop_devices_left(root: Path, within: float = 10.0) -> list[str]:
+    """The loop devices of `root` that are still there after the kernel has had `within` seconds to let go of
+    them (it detaches a loop device once the last mount of it is gone, a moment after the unmount returns)."""
+    deadline = anyio.current_time() + within
+    while (left := loop_devices_of(root)) and anyio.current_time() < deadline:
+        await anyio.sleep(0.05)
+    return left
 
 
 def remove_workspace_disks(root: Path) -> None:

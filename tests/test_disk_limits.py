@@ -11,7 +11,6 @@ refused with the range; a deleted session leaves nothing on the host; a restarte
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from sandbox_backends.docker.disks import mounted_under
 
 from .asgi import serve
 from .conftest import call, call_error, new_session, stdio_params
-from .docker_support import IMAGE, docker_engine, loop_devices_of, remove_labelled  # noqa: F401
+from .docker_support import IMAGE, docker_engine, loop_devices_left, remove_labelled  # noqa: F401
 from .test_stdio import kill_server
 
 pytestmark = pytest.mark.anyio
@@ -43,19 +42,12 @@ def over(limit: int, used: int) -> str:
     return f"the workspace is over its {limit} MiB limit ({used} MiB used): delete files, then send the next message"
 
 
-@pytest.fixture
-def docker_settings(home: Path, docker_engine: Any) -> Iterator[Settings]:  # noqa: F811
-    settings = Settings(home=home, driver="docker", image=IMAGE, command_timeout_s=120)
-    yield settings
-    remove_labelled(docker_engine, server_id(settings))
-
-
-def traces(home: Path, engine: Any) -> dict[str, object]:
+async def traces(home: Path, engine: Any) -> dict[str, object]:
     """What sessions left on the host: mounts and loop devices under the state folder, workspace images, volumes."""
     root = home / "docker" / "workspaces"
     images = sorted(p.name for p in root.glob("*.img")) if root.exists() else []
     volumes = [v.name for v in engine.volumes.list(filters={"label": f"mcp-sessions.server={server_id(Settings(home=home))}"})]
-    return {"mounts": mounted_under(home), "loops": loop_devices_of(home), "images": images, "volumes": volumes}
+    return {"mounts": mounted_under(home), "loops": await loop_devices_left(home), "images": images, "volumes": volumes}
 
 
 @pytest.mark.docker
@@ -77,7 +69,7 @@ async def test_a_docker_filler_fails_with_enospc_at_the_limit_and_the_session_go
         assert default["sandbox"]["disk"] == {**session["sandbox"]["disk"], "limit_mb": 4096}  # the server's default
         for made in (sid, default["id"]):
             await call(client, "close_session", session_id=made, delete=True)
-    assert traces(docker_settings.home, docker_engine) == {"mounts": [], "loops": [], "images": [], "volumes": []}
+    assert await traces(docker_settings.home, docker_engine) == {"mounts": [], "loops": [], "images": [], "volumes": []}
 
 
 async def fills_and_recovers(client: Client, limit: int) -> None:
@@ -114,7 +106,7 @@ async def test_a_docker_turn_that_passes_a_measured_limit_fails_with_the_reason(
     settings = docker_settings.replace(docker_disk="measured")
     async with Client(create_server(settings), mode="legacy") as client:
         await fills_and_recovers(client, 32)
-    assert traces(settings.home, docker_engine) == {"mounts": [], "loops": [], "images": [], "volumes": []}
+    assert await traces(settings.home, docker_engine) == {"mounts": [], "loops": [], "images": [], "volumes": []}
 
 
 async def test_a_local_turn_that_passes_the_limit_fails_with_the_reason(settings: Settings) -> None:
@@ -158,7 +150,7 @@ async def test_a_restarted_server_reattaches_a_limited_workspace_whose_mount_was
         await anyio.to_thread.run_sync(lambda: container.stop(timeout=1))
         for point in mounted_under(home):
             subprocess.run(["umount", str(point)], check=True)
-        assert loop_devices_of(home) == []
+        assert await loop_devices_left(home) == []
         async with Client(params, mode="legacy") as client:
             reply = await call(client, "send_message", session_id=sid, text="cat notes; df --output=avail -m . | tail -1")
             found, free = reply["output"].split()
@@ -168,6 +160,6 @@ async def test_a_restarted_server_reattaches_a_limited_workspace_whose_mount_was
             session = (await call(client, "get_session", session_id=sid))["session"]
             assert session["sandbox"]["disk"]["mode"] == "hard" and session["sandbox"]["disk"]["limit_mb"] == 48
             await call(client, "close_session", session_id=sid, delete=True)
-        assert traces(home, docker_engine) == {"mounts": [], "loops": [], "images": [], "volumes": []}
+        assert await traces(home, docker_engine) == {"mounts": [], "loops": [], "images": [], "volumes": []}
     finally:
         remove_labelled(docker_engine, server_id(Settings(home=home)))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -12,22 +10,14 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from mcp_sessions.app import server_id
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
 from .conftest import ERAS, call, call_error, new_session, stdio_params
-from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
+from .docker_support import IMAGE, docker_engine  # noqa: F401
 from .test_stdio import kill_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
-
-
-@pytest.fixture
-def docker_settings(home: Path, docker_engine: Any) -> Iterator[Settings]:  # noqa: F811
-    settings = Settings(home=home, driver="docker", image=IMAGE, command_timeout_s=120)
-    yield settings
-    remove_labelled(docker_engine, server_id(settings))
 
 
 def containers_of(engine: Any, session_id: str) -> list[Any]:

@@ -22,15 +22,10 @@ from sandbox_backends.base import Limits, MeasuresDisk, SandboxSpec
 from sandbox_backends.docker.container import VOLUME_PREFIX
 from sandbox_backends.docker.disks import Disks, mounted_under
 from sandbox_backends.docker.driver import DockerDriver
-from tests.docker_support import IMAGE, docker_engine, docker_server_id, loop_devices_of  # noqa: F401
+from tests.docker_support import IMAGE, docker_engine, docker_server_id, loop_devices_left  # noqa: F401
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 HANG_S = 60.0
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -50,11 +45,11 @@ def allocated_mb(path: Path) -> float:
     return os.stat(path).st_blocks * 512 / (1 << 20)
 
 
-def host_traces(root: Path, engine: Any, volume: str) -> dict[str, object]:
+async def host_traces(root: Path, engine: Any, volume: str) -> dict[str, object]:
     """What a workspace leaves on the host: mounts, loop devices, files under `root`, the docker volume."""
     files = sorted(p.name for p in root.iterdir() if p.name != ".lock") if root.exists() else []
     volumes = [v.name for v in engine.volumes.list(filters={"name": volume}) if v.name == volume]
-    return {"mounts": mounted_under(root), "loops": loop_devices_of(root), "files": files, "volumes": volumes}
+    return {"mounts": mounted_under(root), "loops": await loop_devices_left(root), "files": files, "volumes": volumes}
 
 
 async def test_a_write_past_the_limit_fails_with_enospc_and_the_sandbox_goes_on(driver: DockerDriver, root: Path) -> None:
@@ -84,7 +79,7 @@ async def test_close_keeps_the_workspace_unmounted_the_same_name_reuses_it_and_d
     assert (await first.exec("echo kept > /workspace/f && echo ok")).output == "ok\n"
     assert mounted_under(root) == [root / volume]
     await first.close()
-    kept = host_traces(root, docker_engine, volume)
+    kept = await host_traces(root, docker_engine, volume)
     assert kept == {"mounts": [], "loops": [], "files": [volume, f"{volume}.img"], "volumes": [volume]}, kept
 
     again = await driver.create(SandboxSpec(name=name, limits=Limits(disk_mb=32)))
@@ -94,7 +89,7 @@ async def test_close_keeps_the_workspace_unmounted_the_same_name_reuses_it_and_d
         assert mounted_under(root) == [root / volume]
     finally:
         await again.close(delete=True)
-    gone = host_traces(root, docker_engine, volume)
+    gone = await host_traces(root, docker_engine, volume)
     assert gone == {"mounts": [], "loops": [], "files": [], "volumes": []}, gone
 
 
@@ -123,7 +118,7 @@ async def test_pool_containers_get_a_workspace_of_the_default_size(docker_server
         assert len(mounted_under(root)) == 1
         tg.cancel_scope.cancel()
     await pooled.aclose()
-    assert mounted_under(root) == [] and loop_devices_of(root) == []
+    assert mounted_under(root) == [] and await loop_devices_left(root) == []
     assert [p.name for p in root.iterdir() if p.name != ".lock"] == [], "the pool left workspaces behind"
 
 
@@ -147,7 +142,7 @@ async def test_a_container_whose_mount_the_host_lost_starts_again_with_its_files
     finally:
         await back.close(delete=True)
         await restarted.aclose()
-    assert mounted_under(root) == [] and loop_devices_of(root) == []
+    assert mounted_under(root) == [] and await loop_devices_left(root) == []
 
 
 async def test_measured_workspaces_report_their_use_and_what_they_cannot_read(
