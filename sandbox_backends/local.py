@@ -288,11 +288,11 @@ class LocalSandbox(ClosesOnExit):
         }
 
     async def disk_use(self) -> DiskUse | None:
-        """The workspace folder's use against its limit (a walk of it in a worker thread)."""
+        """The workspace folder's use against its limit (a walk of it)."""
         limit = self._limits.disk_mb
         if limit is None:
             return None
-        return await anyio.to_thread.run_sync(measure, self._ws, limit)
+        return await measure(self._ws, limit)
 
     # -- commands -------------------------------------------------------------------------------
 

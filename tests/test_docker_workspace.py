@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sandbox_backends.base import Limits, MeasuresDisk, SandboxSpec
+from sandbox_backends.base import Limits, MeasuresDisk, SandboxError, SandboxSpec
 from sandbox_backends.docker.container import VOLUME_PREFIX
 from sandbox_backends.docker.disks import Disks, mounted_under
 from sandbox_backends.docker.driver import DockerDriver
@@ -184,3 +184,15 @@ async def test_a_size_outside_the_servers_range_is_refused_before_anything_is_ma
     capped.check(SandboxSpec(name="t", limits=Limits(disk_mb=1024)))
     assert not root.exists(), "a refused size made something"
     await capped.aclose()
+
+
+async def test_hard_mode_refuses_a_workspace_it_cannot_give_a_filesystem_of_its_own(
+    docker_server_id: str, docker_engine: Any
+) -> None:
+    strict = DockerDriver(image=IMAGE, server_id=docker_server_id, default_disk_mb=64, disk_mode="hard")  # no folder
+    name = "t-" + secrets.token_hex(5)
+    with pytest.raises(SandboxError, match="cannot give the workspace a filesystem of its own: the driver has no folder"):
+        await strict.create(SandboxSpec(name=name))
+    assert docker_engine.volumes.list(filters={"name": VOLUME_PREFIX + name}) == [], "a refused sandbox made its volume"
+    assert docker_engine.containers.list(all=True, filters={"name": name}) == []
+    await strict.aclose()

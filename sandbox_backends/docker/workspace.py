@@ -134,7 +134,10 @@ class WorkspaceMixin:
         options: dict[str, Any] = {}
         if why is None and self._disks is not None and size is not None:
             disks = self._disks
-            await anyio.to_thread.run_sync(disks.make, volume, size, self._owner())
+            try:
+                await anyio.to_thread.run_sync(disks.make, volume, size, self._owner())
+            except OSError as e:
+                raise SandboxError(f"Could not make the workspace's filesystem: {e}") from None
             options = {"driver": "local", "driver_opts": {"type": "none", "o": "bind", "device": str(disks.source(volume))}}
         try:
             await blocking(api.create_volume, name=volume, labels=labels, **options)
