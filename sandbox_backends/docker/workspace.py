@@ -6,7 +6,7 @@ quotas, and volumes have no size. So the limit is kept one of two ways, chosen p
 - **hard**: the workspace is a filesystem of its own, a sparse ext4 image on a loop device (`disks.py`),
   and its docker volume binds the image's folder. A write past the limit fails with ENOSPC, like a full
   disk; nothing needs measuring. It needs a server that may mount (root) and an engine on this host that
-  sees its mounts (a `unix://` address). Making one costs 4-7 ms (10-30 ms the first time for a size).
+  sees its mounts (a `unix://` address). Making one costs about 6 ms (twice that the first time for a size).
 - **measured**: the workspace is a plain volume, and the session layer asks `disk_use()` (a `du` in the
   container) while a turn runs and when it ends, and fails the turn that passed the limit (`MeasuresDisk`).
 
