@@ -282,7 +282,9 @@ async def main(n: int, image: str, write: Path | None) -> None:
 
         await made_disk()  # the first of a size learns what its filesystem's structures take
         await removed_disk()
-        table.add(f"workspace filesystem of {size} MiB made (image, mkfs, mount)", await timed(n, made_disk, between=removed_disk))
+        table.add(
+            f"workspace filesystem of {size} MiB made (image, mkfs, mount)", await timed(n, made_disk, between=removed_disk)
+        )
         await removed_disk()
         table.add(f"workspace filesystem of {size} MiB removed (umount, delete)", await timed(n, removed_disk, between=made_disk))
     finally:

@@ -80,7 +80,7 @@ class DiskGuard:
         started = time.monotonic()
         try:
             use = await sandbox.disk_use()
-        except SandboxError as e:  # the turn fails or goes on for its own reasons, not for a meter that failed
+        except (SandboxError, OSError) as e:  # the turn fails or goes on for its own reasons, not for a meter that failed
             log.warning("cannot measure a workspace: %s", e)
             use = None
         last.at, last.cost = time.monotonic(), time.monotonic() - started
