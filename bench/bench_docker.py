@@ -12,7 +12,11 @@ and its target (--write puts the section into that file, replacing the one it wr
   `containers.run` with the same hardened settings plus a first `exec_run` (timed in alternation
   with the cold creates, so both see the engine in the same state);
 - interrupt of `sleep 300` until `exec` has returned;
-- a 1 MB file write and read through the control shell vs put_archive / get_archive.
+- a 1 MB file write and read through the control shell vs put_archive / get_archive;
+- a workspace filesystem of the default size made (sparse image, mkfs, mount) and removed.
+
+The drivers are made as the server makes them: workspaces of the default size (4096 MiB), each on a
+filesystem of its own where the host allows it (root, a local engine), under a throwaway folder.
 
 Needs a running engine and the sandbox image (scripts/start-docker.sh). Everything it makes is
 labelled with a throwaway server id and removed at the end.
@@ -24,9 +28,11 @@ import argparse
 import io
 import os
 import secrets
+import shutil
 import statistics
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,9 @@ from report import command_line, paragraph, target_cell, write_section
 from timing import interleaved, timed
 
 from sandbox_backends.base import SandboxSpec
+from sandbox_backends.docker import DockerSettings
 from sandbox_backends.docker.container import DEFAULT_IMAGE, KEEPALIVE_CMD, LABEL_SERVER
+from sandbox_backends.docker.disks import Disks
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
 
@@ -97,7 +105,9 @@ async def main(n: int, image: str, write: Path | None) -> None:
     server_id = "bench-" + secrets.token_hex(4)
     client = docker.from_env(version="auto")
     api = client.api
-    driver = DockerDriver(image=image, server_id=server_id)
+    disk_root = Path(tempfile.mkdtemp(prefix="mcp-bench-disks-"))
+    as_served = {"default_disk_mb": DockerSettings().default_disk_mb, "disk_root": disk_root}
+    driver = DockerDriver(image=image, server_id=server_id, **as_served)
     table = Table()
     names = iter(f"b-{i}-{secrets.token_hex(3)}" for i in range(10_000))
     try:
@@ -220,7 +230,7 @@ async def main(n: int, image: str, write: Path | None) -> None:
         table.add("raw `containers.run` + first `exec_run true`", raw_cold)
         table.add("`create` cold + first `exec('true')`", cold, "raw `containers.run` + first `exec_run true`", max_ratio=1.15)
 
-        pooled = DockerDriver(image=image, server_id=server_id, pool_size=1)
+        pooled = DockerDriver(image=image, server_id=server_id, pool_size=1, **as_served)
 
         async def fail(name: str, reason: str) -> None:
             print(f"unexpected failure of {name}: {reason}", file=sys.stderr)
@@ -249,13 +259,43 @@ async def main(n: int, image: str, write: Path | None) -> None:
             tg.cancel_scope.cancel()
         await close_made()
         await pooled.aclose()
+
+        # -- a workspace filesystem ------------------------------------------------------------
+        print("workspace filesystem", file=sys.stderr)
+        disks, size = Disks(disk_root / "alone"), DockerSettings().default_disk_mb
+        volumes = iter(f"v-{i}" for i in range(10_000))
+        current: list[str] = []
+
+        def make_disk() -> None:
+            current.append(next(volumes))
+            disks.make(current[-1], size, (1000, 1000))
+
+        def remove_disk() -> None:
+            if current:
+                disks.remove(current.pop())
+
+        async def made_disk() -> None:
+            await anyio.to_thread.run_sync(make_disk)
+
+        async def removed_disk() -> None:
+            await anyio.to_thread.run_sync(remove_disk)
+
+        await made_disk()  # the first of a size learns what its filesystem's structures take
+        await removed_disk()
+        table.add(
+            f"workspace filesystem of {size} MiB made (image, mkfs, mount)", await timed(n, made_disk, between=removed_disk)
+        )
+        await removed_disk()
+        table.add(f"workspace filesystem of {size} MiB removed (umount, delete)", await timed(n, removed_disk, between=made_disk))
     finally:
         await driver.aclose()
         for c in client.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server_id}"}):
             c.remove(force=True)
         for v in client.volumes.list(filters={"label": f"{LABEL_SERVER}={server_id}"}):
             v.remove(force=True)
+            Disks(disk_root).remove(v.name)
         client.close()
+        shutil.rmtree(disk_root, ignore_errors=True)
 
     text = "\n".join(
         [

@@ -106,6 +106,9 @@ class LimitsModel(BaseModel):
     )
     pids: Annotated[int, Field(ge=16, le=1 << 22), IN_RANGE] | None = Field(None, description="Maximum number of processes.")
     tmp_mb: Annotated[int, Field(ge=1, le=1 << 20), IN_RANGE] | None = Field(None, description="Size of the /tmp tmpfs in MiB.")
+    disk_mb: Annotated[int, Field(ge=16, le=1 << 24), IN_RANGE] | None = Field(
+        None, description="Size of the workspace in MiB (default: the server's). A turn that passes it fails, or its writes do."
+    )
 
 
 class TurnSummary(BaseModel):

@@ -21,6 +21,7 @@ from sandbox_backends.output import OutputBuffer
 
 from . import lifecycle
 from .agents.base import Agent, TurnContext, TurnOutcome
+from .disk_guard import DiskGuard, over_limit
 from .errors import SessionBusy, SessionClosed, StoreError
 from .events import POLL_S, EventWaiter
 from .models import Message, Session, SessionRecord, TextBlock, TurnStatus, TurnSummary, Usage, now
@@ -187,6 +188,7 @@ class Turns:
         self._lease = lease
         self._tg = tg
         self.running: dict[str, RunningTurn] = {}
+        self.disk = DiskGuard()
         self.samplers: dict[str, Any] = {}
         """Per session, how to reach the model of the client that last sent it a message (MCP sampling)."""
         self.stopping = False
@@ -232,7 +234,9 @@ class Turns:
 
         async def tend() -> None:
             """While the turn runs, every tick: publish its new output, and stop it when an interrupt was asked
-            for in the store (by this server or another)."""
+            for in the store (by this server or another); and from the first tick, watch its workspace's size."""
+            if running.helpers is not None and ctx is not None:
+                running.helpers.start_soon(self.disk.watch, ctx.sandbox, lambda reason: running.stop(reason, "failed"))
             while True:
                 await out.try_flush()
                 try:
@@ -263,6 +267,8 @@ class Turns:
                     running.helpers, running.tend = helpers, tend  # started by start_helpers
                     try:
                         outcome = await self._agents[record.session.agent].run_turn(ctx, text)
+                        if (over := await self.disk.after_turn(ctx.sandbox)) is not None:
+                            outcome = over_limit(outcome, over)
                     except Exception as e:  # raised outside the group, so it is not wrapped in an ExceptionGroup
                         error = e
                     finally:

@@ -18,7 +18,8 @@ Shell semantics every driver provides:
 Some drivers can do more than this contract; each extra is an optional protocol below, which the
 session layer checks with `isinstance` and never by a driver's name: `MessageSandbox` (the platform
 runs its own agent and answers messages), `ChecksSpec` (refuses a spec before anything is made),
-`MirrorSource` (shows sessions that run elsewhere, read-only). How a driver is found and configured:
+`MirrorSource` (shows sessions that run elsewhere, read-only), `MeasuresDisk` (a workspace limit that no
+filesystem enforces, measured instead). How a driver is found and configured:
 `registry.py`. What every driver must pass: `tests/driver_conformance.py`.
 """
 
@@ -54,12 +55,16 @@ class PathNotAllowed(SandboxError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits for one sandbox. Drivers that cannot enforce a limit say so in `describe()`."""
+    """Resource limits for one sandbox. Drivers that cannot enforce a limit say so in `describe()`.
+
+    `disk_mb` is the workspace's size; None means the driver's default (which may be no limit).
+    """
 
     memory_mb: int = 1024
     cpus: float = 1.0
     pids: int = 512
     tmp_mb: int = 256
+    disk_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,43 @@ class MessageSandbox(Protocol):
 
     def send(self, text: str) -> AsyncIterator[AgentEvent]:
         """Start a turn with `text` and yield what happens; the last event is `{"kind": "end", ...}`."""
+        ...
+
+
+@dataclass(frozen=True)
+class DiskUse:
+    """How much a workspace holds against its limit, as a `MeasuresDisk` sandbox measured it just now."""
+
+    used_mb: int
+    limit_mb: int
+    unreadable: str | None = None
+    """A path in the workspace that could not be measured (a folder its owner made unreadable): the use is
+    unknown, and counts as over the limit, since that is how a command would hide what it wrote."""
+
+    def over(self) -> str | None:
+        """Why the workspace is over its limit, in words for the caller, or None while it is within it."""
+        if self.unreadable is not None:
+            return (
+                f"the workspace cannot be measured against its {self.limit_mb} MiB limit: '{self.unreadable}' is not "
+                "readable; make it readable (chmod -R u+rwX) or delete it, then send the next message"
+            )
+        if self.used_mb > self.limit_mb:
+            return (
+                f"the workspace is over its {self.limit_mb} MiB limit ({self.used_mb} MiB used): "
+                "delete files, then send the next message"
+            )
+        return None
+
+
+@runtime_checkable
+class MeasuresDisk(Protocol):
+    """A sandbox whose workspace limit no filesystem enforces: the session layer measures it while a turn
+    runs and when it ends, and fails the turn that passes the limit; the next turn can delete files."""
+
+    async def disk_use(self) -> DiskUse | None:
+        """The workspace's use now, or None if there is nothing to measure (no limit, or a filesystem of the
+        workspace's own enforces it). May take a while on a large workspace; raises `SandboxError` if the
+        sandbox cannot be reached."""
         ...
 
 

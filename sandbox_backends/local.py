@@ -8,6 +8,10 @@ docker driver for untrusted work. Layout under the driver's root:
 
 Commands run in a long-lived runner (`control/runner.py`), a child of the server in a session of its
 own, fed run ids on a pipe. If the server dies, the runner finishes its command, writes the result and exits.
+
+The workspace's size limit (`Limits.disk_mb`, else the server's default) is measured, not enforced: the
+workspace is a plain folder on the server's disk, so the session layer asks `disk_use()` while a turn
+runs and when it ends, and fails the turn that passed the limit. Memory, CPU and process limits do not apply.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import subprocess
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
 from anyio.abc import Process
+from pydantic import BaseModel, Field, model_validator
 
 from .base import (
     ClosesOnExit,
+    DiskUse,
     ExecResult,
     FailureCallback,
     Limits,
@@ -52,6 +59,7 @@ from .control.runner import (
     state_identity,
     state_whole,
 )
+from .disk import check_disk_mb, measure
 from .output import OutputBuffer
 from .registry import DriverContext, DriverPlugin
 
@@ -262,13 +270,29 @@ class LocalSandbox(ClosesOnExit):
         return str(self._ws)
 
     def describe(self) -> dict[str, object]:
+        limit = self._limits.disk_mb
         return {
             "driver": "local",
             "id": self._name,
             "workspace": str(self._ws),
             "network": "host (no isolation)",
-            "limits": "not enforced by the local driver",
+            "limits": "memory, CPU and processes are not limited by the local driver",
+            "disk": {"limit_mb": limit, "mode": "none"}
+            if limit is None
+            else {
+                "limit_mb": limit,
+                "mode": "measured",
+                "how": "measured while a turn runs and when it ends: the turn that passes the limit fails",
+                "why": "a local workspace is a folder on the server's own disk",
+            },
         }
+
+    async def disk_use(self) -> DiskUse | None:
+        """The workspace folder's use against its limit (a walk of it)."""
+        limit = self._limits.disk_mb
+        if limit is None:
+            return None
+        return await measure(self._ws, limit)
 
     # -- commands -------------------------------------------------------------------------------
 
@@ -471,13 +495,26 @@ class LocalSandbox(ClosesOnExit):
 
 
 class LocalDriver:
-    """Makes `LocalSandbox`es under `root`."""
+    """Makes `LocalSandbox`es under `root`. `default_disk_mb` is the workspace limit of specs that ask for none
+    (None: no limit), `max_disk_mb` the most one may ask for."""
 
     name = "local"
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, default_disk_mb: int | None = None, max_disk_mb: int | None = None
+    ) -> None:
         self.root = Path(root)
+        self.default_disk_mb = default_disk_mb
+        self.max_disk_mb = max_disk_mb
         self._sandboxes: weakref.WeakSet[LocalSandbox] = weakref.WeakSet()
+
+    def _limits(self, spec: SandboxSpec) -> Limits:
+        disk = spec.limits.disk_mb if spec.limits.disk_mb is not None else self.default_disk_mb
+        return replace(spec.limits, disk_mb=disk)
+
+    def check(self, spec: SandboxSpec) -> None:
+        """Refuse a workspace size outside this server's range, before anything is made."""
+        check_disk_mb(self._limits(spec).disk_mb, self.max_disk_mb)
 
     def _env(self, spec: SandboxSpec) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
@@ -487,13 +524,17 @@ class LocalDriver:
         return env
 
     def _sandbox(self, spec: SandboxSpec) -> LocalSandbox:
-        sandbox = LocalSandbox(spec.name, self.root / spec.name, self._env(spec), spec.limits)
+        sandbox = LocalSandbox(spec.name, self.root / spec.name, self._env(spec), self._limits(spec))
         self._sandboxes.add(sandbox)
         return sandbox
 
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> LocalSandbox:
         if not spec.name or "/" in spec.name or spec.name.startswith("."):
             raise SandboxError(f"Invalid sandbox name {spec.name!r}.")
+        try:
+            self.check(spec)
+        except ValueError as e:
+            raise SandboxError(str(e)) from None
         if on_phase:
             await on_phase("creating_sandbox", f"folder {self.root / spec.name}")
         sandbox = self._sandbox(spec)
@@ -524,12 +565,31 @@ class LocalDriver:
             await sandbox.disconnect()
 
 
+class LocalSettings(BaseModel):
+    """The local driver's server settings."""
+
+    local_max_disk_mb: int = Field(65536, ge=16, le=1 << 24, description="Largest workspace a local session may ask for, MiB.")
+    local_default_disk_mb: int = Field(
+        4096, ge=16, le=1 << 24, description="Workspace size of a local session that asks for none, MiB (measured)."
+    )
+
+    @model_validator(mode="after")
+    def _default_within_maximum(self) -> LocalSettings:
+        if self.local_default_disk_mb > self.local_max_disk_mb:
+            raise ValueError(
+                f"local_default_disk_mb ({self.local_default_disk_mb}) is over local_max_disk_mb ({self.local_max_disk_mb})."
+            )
+        return self
+
+
 def _make(settings: object, context: DriverContext) -> LocalDriver:
-    return LocalDriver(context.home / "workspaces")
+    s = settings if isinstance(settings, LocalSettings) else LocalSettings()
+    return LocalDriver(context.home / "workspaces", default_disk_mb=s.local_default_disk_mb, max_disk_mb=s.local_max_disk_mb)
 
 
 plugin = DriverPlugin(
     name="local",
     make=_make,
     summary="a folder and a bash shell per session on this machine (no isolation)",
+    settings=LocalSettings,
 )

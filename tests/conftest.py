@@ -34,6 +34,19 @@ def settings(home: Path) -> Settings:
     return Settings(home=home, command_timeout_s=120)
 
 
+@pytest.fixture
+def docker_settings(home: Path, docker_engine: Any) -> Iterator[Settings]:
+    """Settings whose default driver is docker, for modules that import `docker_engine` from tests.docker_support;
+    what their sessions leave on the engine (and on the host) is removed afterwards."""
+    from mcp_sessions.app import server_id
+
+    from .docker_support import IMAGE, remove_labelled
+
+    settings = Settings(home=home, driver="docker", image=IMAGE, command_timeout_s=120)
+    yield settings
+    remove_labelled(docker_engine, server_id(settings))
+
+
 @pytest.fixture(params=ERAS)
 async def client(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Client]:
     async with Client(create_server(settings), mode=request.param) as c:

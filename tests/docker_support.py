@@ -5,7 +5,9 @@ test is skipped with the reason, except when `CI=true`: there a missing engine o
 test, so a broken CI machine cannot pass by skipping everything.
 
 Every container and volume a test makes carries the label `mcp-sessions.server=<docker_server_id>`,
-a per-run id; the session finalizer removes whatever is left with that label.
+a per-run id; the session finalizer removes whatever is left with that label, workspace filesystems
+(`sandbox_backends/docker/disks.py`) included, and the engine fixture's finalizer unmounts any still
+mounted under the run's temporary folder.
 
 Use from a test module (pytest fixtures are found by name, so import the ones the tests use):
 
@@ -16,13 +18,17 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from sandbox_backends.base import Limits, SandboxSpec
 from sandbox_backends.docker.container import DEFAULT_IMAGE, LABEL_SERVER
+from sandbox_backends.docker.disks import Disks, mounted_under
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
 
@@ -35,8 +41,31 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def loop_devices_of(root: Path) -> list[str]:
+    """Loop devices whose backing file is under `root`, as `losetup` lists them."""
+    listed = subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"], capture_output=True, text=True)
+    return [line for line in listed.stdout.splitlines() if str(root) in line]
+
+
+async def loop_devices_left(root: Path, within: float = 10.0) -> list[str]:
+    """The loop devices of `root` that are still there after the kernel has had `within` seconds to let go of
+    them (it detaches a loop device once the last mount of it is gone, a moment after the unmount returns)."""
+    deadline = anyio.current_time() + within
+    while (left := loop_devices_of(root)) and anyio.current_time() < deadline:
+        await anyio.sleep(0.05)
+    return left
+
+
+def remove_workspace_disks(root: Path) -> None:
+    """Unmount every workspace filesystem under `root` and delete the images (a test that did not close its sandboxes)."""
+    for point in mounted_under(root):
+        subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
+    for image in root.rglob("*.img") if root.exists() else []:
+        image.unlink()
+
+
 @pytest.fixture(scope="session")
-def docker_engine() -> Iterator[Any]:
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A connected docker SDK client; skips (fails under CI=true) without an engine or the image."""
     try:
         import docker
@@ -58,6 +87,7 @@ def docker_engine() -> Iterator[Any]:
         raise
     yield client
     client.close()
+    remove_workspace_disks(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")
@@ -78,10 +108,13 @@ def remove_labelled(client: Any, server_id: str) -> None:
         except docker.errors.NotFound:
             pass
     for v in client.volumes.list(filters={"label": label}):
+        device = (v.attrs.get("Options") or {}).get("device")
         try:
             v.remove(force=True)
         except docker.errors.NotFound:
             pass
+        if device:  # a workspace filesystem: <root>/<volume>/workspace
+            Disks(Path(device).parent.parent).remove(v.name)
 
 
 @pytest.fixture

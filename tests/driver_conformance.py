@@ -37,6 +37,8 @@ from sandbox_backends import registry
 from sandbox_backends.base import (
     Driver,
     ExecResult,
+    Limits,
+    MeasuresDisk,
     PathNotAllowed,
     Sandbox,
     SandboxBusy,
@@ -536,6 +538,23 @@ async def test_a_command_cannot_derail_the_shell(servers: Servers) -> None:
     assert (await sb.exec("read() { return 1; }; echo() { :; }; exec >&-; printf x")).exit_code == 1
     r = await sb.exec("unset -f read echo; echo FOO=$FOO; cat; echo stdin was empty")
     assert (r.exit_code, r.output) == (0, "FOO=bar\nstdin was empty\n")
+
+
+@pytest.mark.parametrize("servers", BASH_DRIVERS, indirect=True)
+async def test_a_workspace_past_its_size_is_refused_or_measured(servers: Servers) -> None:
+    """`limits.disk_mb` is the workspace's size: a write past it fails (a filesystem of its own, mode "hard"), or
+    the sandbox is a `MeasuresDisk` that reports the use over the limit (mode "measured"); `describe()` says which."""
+    sb = await servers.sandbox(limits=Limits(disk_mb=32))
+    disk = sb.describe()["disk"]
+    assert isinstance(disk, dict) and disk["limit_mb"] == 32 and disk["mode"] in ("hard", "measured"), disk
+    r = await sb.exec("dd if=/dev/zero of=fill bs=1M count=48 2>&1; echo rc=$?")
+    if disk["mode"] == "hard":
+        assert "No space left on device" in r.output and r.output.endswith("rc=1\n"), r.output
+    else:
+        assert isinstance(sb, MeasuresDisk), "a measured workspace must be measurable"
+        use = await sb.disk_use()
+        assert use is not None and use.used_mb >= 48 and use.over() is not None, use
+    assert (await sb.exec("rm fill && echo ok")).output == "ok\n"
 
 
 def test_every_built_in_driver_that_runs_commands_is_in_this_suite() -> None:

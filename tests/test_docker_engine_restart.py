@@ -26,6 +26,7 @@ from mcp import Client
 from mcp_sessions.app import server_id
 from mcp_sessions.settings import Settings
 from sandbox_backends.docker.container import LABEL_SERVER, POOL_PREFIX
+from sandbox_backends.docker.disks import mounted_under
 
 from .conftest import call, new_session, stdio_params
 from .docker_support import IMAGE, _unavailable, docker_engine  # noqa: F401
@@ -160,6 +161,8 @@ async def test_a_restarted_docker_engine_interrupts_the_running_turn_and_brings_
     async with Client(params, mode="legacy") as client:
         idle = await new_session(client, title="idle")
         assert (await call(client, "send_message", session_id=idle, text="echo kept > notes.txt && echo ok"))["output"] == "ok\n"
+        disk = (await call(client, "get_session", session_id=idle))["session"]["sandbox"]["disk"]
+        assert disk["mode"] == "hard", disk  # its workspace is a filesystem of its own, mounted from the state folder
         later = await new_session(client, title="sent a command while the engine is away")
         assert (await call(client, "send_message", session_id=later, text="echo mine > mine.txt && echo ok"))["output"] == "ok\n"
         busy = await new_session(client, title="busy")
@@ -200,6 +203,11 @@ async def test_a_restarted_docker_engine_interrupts_the_running_turn_and_brings_
         with anyio.fail_after(15):  # anything the outage left half made goes once the engine is back
             while containers(engine, settings) != expected:
                 await anyio.sleep(0.2)
+        assert (await call(client, "send_message", session_id=idle, text="df --output=size -m . | tail -1"))["output"] != ""
         for sid in (idle, later, busy, fresh):
             assert (await call(client, "close_session", session_id=sid))["status"] == "dead"
     assert containers(engine, settings) == {}, "containers left behind after every session was closed"
+    assert mounted_under(home) == [], "closed sessions' and the pool's workspace filesystems are still mounted"
+    kept = sorted(p.name for p in (home / "docker" / "workspaces").glob("*.img"))
+    volumes = engine.volumes.list(filters={"label": f"{LABEL_SERVER}={server_id(settings)}"})
+    assert len(kept) == 4 and kept == sorted(f"{v.name}.img" for v in volumes), "only the closed sessions' workspaces stay"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -12,22 +10,14 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from mcp_sessions.app import server_id
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
 from .conftest import ERAS, call, call_error, new_session, stdio_params
-from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
+from .docker_support import IMAGE, docker_engine  # noqa: F401
 from .test_stdio import kill_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
-
-
-@pytest.fixture
-def docker_settings(home: Path, docker_engine: Any) -> Iterator[Settings]:  # noqa: F811
-    settings = Settings(home=home, driver="docker", image=IMAGE, command_timeout_s=120)
-    yield settings
-    remove_labelled(docker_engine, server_id(settings))
 
 
 def containers_of(engine: Any, session_id: str) -> list[Any]:
@@ -112,8 +102,9 @@ async def test_an_image_without_python3_fails_its_session_saying_so(docker_setti
 
 async def test_limits_over_the_servers_maximum_are_refused(docker_settings: Settings) -> None:
     async with Client(create_server(docker_settings), mode="legacy") as client:
-        session = await call(client, "create_session", limits={"memory_mb": 100_000})
-        assert session["status"] == "failed" and "memory" in session["failure_reason"]
+        error = await call_error(client, "create_session", limits={"memory_mb": 100_000})
+        assert "limits.memory_mb=100000 is over this server's maximum of 8192" in error, error
+        assert (await call(client, "list_sessions"))["sessions"] == [], "refused before anything was made"
 
 
 async def test_a_killed_server_reattaches_its_container(docker_settings: Settings, docker_engine: Any) -> None:  # noqa: F811

@@ -18,12 +18,11 @@ import anyio
 import pytest
 from mcp import Client
 
-from mcp_sessions.app import server_id
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
 from .conftest import call, call_error, new_session, processes_marked, stdio_params
-from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
+from .docker_support import IMAGE, docker_engine  # noqa: F401
 from .test_stdio import kill_server, peak_rss_mb, server_pids
 
 pytestmark = pytest.mark.anyio
@@ -37,13 +36,6 @@ async def wait_for(client: Client, sid: str, status: str, within: float = 15) ->
 
 
 # -- docker -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def docker_settings(home: Path, docker_engine: Any) -> Iterator[Settings]:  # noqa: F811
-    settings = Settings(home=home, driver="docker", image=IMAGE, command_timeout_s=120)
-    yield settings
-    remove_labelled(docker_engine, server_id(settings))
 
 
 @pytest.mark.docker

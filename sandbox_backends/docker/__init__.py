@@ -27,21 +27,28 @@ is filled while `watch()` runs; `aclose()` removes unclaimed pool containers, ne
 `mcp-ws-mcp-pool-<random>` for a pooled one; labelled like the container); `close(delete=True)`
 removes the volume as well. A later sandbox with the same name reuses a kept volume.
 
+Workspace size (`Limits.disk_mb`, the server's default if not given): where the server may mount and
+the engine is on this machine, the volume binds a filesystem of the workspace's own (a sparse ext4
+image under the server's state folder, mounted through a loop device while a container uses it), so
+a write past the limit fails with ENOSPC; otherwise the volume is plain and the session layer measures
+it (`MeasuresDisk`). `describe()["disk"]` says which; `workspace.py` says how.
+
 All docker SDK calls run in worker threads; the control shell's socket is read with anyio directly.
 Only plain `unix://` and `tcp://` engine addresses are supported (not TLS or ssh).
 
 The modules: `container` (names, labels, the policy a container is fixed to), `driver` (DockerDriver:
 host config, create, attach), `engine` (the SDK client, outages and recovery, the event watch), `pool`
-(the warm pool), `sandbox` (DockerSandbox: commands and files) and `transport` (the exec's attach socket
-under the control client). This module is only the driver's declaration, cheap to import: the server
+(the warm pool), `sandbox` (DockerSandbox: commands and files), `transport` (the exec's attach socket
+under the control client), `workspace` (volumes and their size limits) and `disks` (the workspace
+filesystems on this host). This module is only the driver's declaration, cheap to import: the server
 reads it at every start, and imports the docker SDK only once a docker session is made.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ..base import Driver, Limits
 from ..registry import DriverContext, DriverPlugin
@@ -57,6 +64,21 @@ class DockerSettings(BaseModel):
     max_cpus: float = Field(4.0, gt=0, description="Most CPUs a docker session may ask for.")
     max_pids: int = Field(4096, ge=16, description="Most processes a docker session may ask for.")
     max_tmp_mb: int = Field(4096, ge=1, description="Largest /tmp a docker session may ask for, MiB.")
+    max_disk_mb: int = Field(65536, ge=16, le=1 << 24, description="Largest /workspace a docker session may ask for, MiB.")
+    default_disk_mb: int = Field(
+        4096, ge=16, le=1 << 24, description="Size of a docker session's /workspace when it asks for none, MiB."
+    )
+    docker_disk: Literal["auto", "hard", "measured"] = Field(
+        "auto",
+        description="How /workspace sizes are kept: auto (a filesystem of its own per workspace where the server may "
+        "mount one, else measured), hard (refuse sessions otherwise), measured (a turn that passes the size fails).",
+    )
+
+    @model_validator(mode="after")
+    def _default_within_maximum(self) -> Self:
+        if self.default_disk_mb > self.max_disk_mb:
+            raise ValueError(f"default_disk_mb ({self.default_disk_mb}) is over max_disk_mb ({self.max_disk_mb}).")
+        return self
 
 
 def make(settings: Any, context: DriverContext) -> Driver:
@@ -67,7 +89,12 @@ def make(settings: Any, context: DriverContext) -> Driver:
         image=s.image,
         server_id=context.server_id,
         pool_size=s.docker_pool if context.serving else 0,
-        max_limits=Limits(memory_mb=s.max_memory_mb, cpus=s.max_cpus, pids=s.max_pids, tmp_mb=s.max_tmp_mb),
+        max_limits=Limits(
+            memory_mb=s.max_memory_mb, cpus=s.max_cpus, pids=s.max_pids, tmp_mb=s.max_tmp_mb, disk_mb=s.max_disk_mb
+        ),
+        default_disk_mb=s.default_disk_mb,
+        disk_root=context.home / "docker" / "workspaces",
+        disk_mode=s.docker_disk,
     )
 
 

@@ -7,6 +7,7 @@ event watch) is in engine.py and its warm pool in pool.py; `DockerDriver` joins 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import weakref
 from typing import Any
@@ -36,6 +37,7 @@ from .engine import ContainerStopped, EngineDown, EngineMixin, blocking
 from .pool import PoolMixin
 from .sandbox import DockerSandbox
 from .transport import open_exec
+from .workspace import DiskMode, WorkspaceMixin
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ CONNECT_TIMEOUT_S = 30.0
 """How long a new control shell may take to answer its hello."""
 
 
-class DockerDriver(EngineMixin, PoolMixin):
+class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
     """Makes `DockerSandbox`es: one hardened container per sandbox on a Docker engine.
 
     All arguments are keyword-only; none touches the engine until first use.
@@ -56,6 +58,9 @@ class DockerDriver(EngineMixin, PoolMixin):
       no network). 0 (default) disables the pool. The pool is filled while `watch()` runs.
     - `pool_limits`: the limits of pooled containers (default `Limits()`).
     - `max_limits`: the most a spec may ask for; `create` refuses more (default: no ceiling).
+    - `default_disk_mb`: the workspace size of specs that ask for none (default: no limit).
+    - `disk_root`: a folder of the server's for workspace filesystems (without one, workspaces are measured);
+      `disk_mode`: "auto", "hard" or "measured" (see `workspace.py`).
     - `allow_network`: whether `SandboxSpec.network=True` is allowed; such sandboxes join `network`
       (default "bridge"). Without it every sandbox has network mode "none" (only `lo`).
     - `user`: the uid:gid commands run as (default "1000:1000"; the default image's `sandbox` user).
@@ -78,14 +83,18 @@ class DockerDriver(EngineMixin, PoolMixin):
         user: str = "1000:1000",
         nofile: int = 16384,
         base_url: str | None = None,
+        default_disk_mb: int | None = None,
+        disk_root: str | os.PathLike[str] | None = None,
+        disk_mode: DiskMode = "auto",
     ) -> None:
         if pool_size < 0:
             raise ValueError("pool_size must be 0 or more")
         self.image = image
         self.server_id = server_id
         self.pool_size = pool_size
-        self.pool_limits = pool_limits or Limits()
         self.max_limits = max_limits
+        self._init_workspaces(disk_root, disk_mode, default_disk_mb)
+        self.pool_limits = self._disk_limit(pool_limits or Limits())
         self.allow_network = allow_network
         self.network = network
         self.user = user
@@ -118,7 +127,7 @@ class DockerDriver(EngineMixin, PoolMixin):
                 raise SandboxError(f"limits.{field_name} must be positive.")
         if spec.network and not self.allow_network:
             raise SandboxError("This server does not allow network access for sandboxes (start it with networking allowed).")
-        return Policy(spec.image or self.image, limits, spec.network)
+        return Policy(spec.image or self.image, self._disk_limit(limits), spec.network)
 
     def _host_config(self, api: docker.APIClient, policy: Policy, volume: str) -> dict[str, Any]:
         lim = policy.limits
@@ -154,12 +163,7 @@ class DockerDriver(EngineMixin, PoolMixin):
         api = await self._api()
         if on_phase:
             await on_phase("creating_sandbox", f"image {policy.image}")
-        try:
-            await blocking(api.inspect_volume, volume)
-            new_volume = False  # kept from an earlier sandbox of the same name: reuse it, never remove it here
-        except docker.errors.NotFound:
-            await blocking(api.create_volume, name=volume, labels=labels)
-            new_volume = True
+        new_volume = await self._make_volume(api, volume, labels, policy)
         host_config = self._host_config(api, policy, volume)
         cid: str | None = None
         try:
@@ -258,6 +262,13 @@ class DockerDriver(EngineMixin, PoolMixin):
 
     # -- the protocol ---------------------------------------------------------------------------
 
+    def check(self, spec: SandboxSpec) -> None:
+        """Refuse limits outside this server's range, or a network it does not allow, before anything is made."""
+        try:
+            self._policy(spec)
+        except SandboxError as e:
+            raise ValueError(str(e)) from None
+
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> DockerSandbox:
         if not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name) or not spec.name[0].isalnum():
             raise SandboxError(f"Invalid sandbox name {spec.name!r}: use letters, digits, '_', '.' and '-'.")
@@ -269,7 +280,10 @@ class DockerDriver(EngineMixin, PoolMixin):
                 return sandbox
         volume = VOLUME_PREFIX + spec.name
         cid, host_config, conn = await self._make_container(policy, name, volume, self._labels(spec), spec.env, on_phase)
-        return DockerSandbox(self, cid, name, spec, image=policy.image, host_config=host_config, volume=volume, conn=conn)
+        disk = await self._workspace_disk(volume, policy.limits.disk_mb)
+        return DockerSandbox(
+            self, cid, name, spec, image=policy.image, host_config=host_config, volume=volume, disk=disk, conn=conn
+        )
 
     async def attach(self, sandbox_id: str, spec: SandboxSpec) -> DockerSandbox:
         api = await self._api()
@@ -297,6 +311,7 @@ class DockerDriver(EngineMixin, PoolMixin):
         )
         self._closing.discard(cid)
         conn = await self._open_control(cid, spec.env)
+        disk = await self._workspace_disk(volume, self._disk_asked(spec.limits))
         return DockerSandbox(
             self,
             cid,
@@ -305,6 +320,7 @@ class DockerDriver(EngineMixin, PoolMixin):
             image=info["Config"].get("Image") or "",
             host_config=info["HostConfig"],
             volume=volume,
+            disk=disk,
             pooled=labels.get(LABEL_POOL) == "1",
             conn=conn,
         )

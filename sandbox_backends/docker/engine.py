@@ -107,6 +107,8 @@ class EngineMixin:
         async def _open_control(self, cid: str, env: dict[str, str] | None = None) -> ControlClient: ...
         async def _keep_pool(self) -> None: ...
         async def _discard(self, entry: PoolEntry) -> None: ...
+        async def _mount_disks_of(self, cid: str) -> None: ...
+        async def _drop_disk(self, volume: str) -> None: ...
 
     def _init_engine(self) -> None:
         self._client: docker.DockerClient | None = None
@@ -171,6 +173,7 @@ class EngineMixin:
     async def _start(self, cid: str, failed: str) -> None:
         """Start a stopped container; `failed` says what went wrong if it does not start."""
         api = await self._api()
+        await self._mount_disks_of(cid)
         try:
             await blocking(api.start, cid)
         except docker.errors.NotFound:
@@ -204,14 +207,16 @@ class EngineMixin:
         for _ in range(50):
             try:
                 await blocking(api.remove_volume, volume)
-                return
+                break
             except docker.errors.NotFound:
-                return
+                break
             except docker.errors.APIError as e:
                 if e.status_code != 409:  # 409: still in use while the container goes away
                     raise SandboxError(f"Could not remove the workspace volume {volume}: {e.explanation or e}") from None
             await anyio.sleep(0.1)
-        raise SandboxError(f"The workspace volume {volume} is still in use.")
+        else:
+            raise SandboxError(f"The workspace volume {volume} is still in use.")
+        await self._drop_disk(volume)  # its filesystem, if it has one
 
     # -- engine outages -------------------------------------------------------------------------
     #

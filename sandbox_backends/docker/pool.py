@@ -21,6 +21,7 @@ from ..control.client import ControlClient
 from .container import LABEL_POOL, LABEL_SERVER, POOL_PREFIX, VOLUME_PREFIX, WORKSPACE, Policy
 from .engine import EngineDown, blocking
 from .sandbox import DockerSandbox
+from .workspace import WorkspaceDisk
 
 if TYPE_CHECKING:
     from .driver import DockerDriver
@@ -39,6 +40,7 @@ class PoolEntry:
     volume: str
     host_config: dict[str, Any]
     conn: ControlClient
+    disk: WorkspaceDisk
 
 
 class PoolMixin:
@@ -60,6 +62,7 @@ class PoolMixin:
         async def _api(self) -> docker.APIClient: ...
         def _labels(self, spec: SandboxSpec | None) -> dict[str, str]: ...
         async def _remove(self, cid: str | None, volume: str | None) -> None: ...
+        async def _workspace_disk(self, volume: str | None, limit_mb: int | None) -> WorkspaceDisk: ...
         async def _make_container(
             self,
             policy: Policy,
@@ -110,6 +113,7 @@ class PoolMixin:
                 image=self._pool_policy.image,
                 host_config=entry.host_config,
                 volume=entry.volume,
+                disk=entry.disk,
                 pooled=True,
                 conn=entry.conn,
             )
@@ -143,7 +147,8 @@ class PoolMixin:
                     await wanted.wait()  # set early once the engine is back from an outage
                 continue
             failures = 0
-            self._pool.append(PoolEntry(cid, name, volume, host_config, conn))
+            disk = await self._workspace_disk(volume, self._pool_policy.limits.disk_mb)
+            self._pool.append(PoolEntry(cid, name, volume, host_config, conn, disk))
 
     async def _remove_stale_pool(self) -> None:
         """Remove unclaimed pool containers a previous run of this server left behind."""

@@ -15,6 +15,7 @@ import anyio
 
 from ..base import (
     ClosesOnExit,
+    DiskUse,
     ExecResult,
     OutputCallback,
     PathNotAllowed,
@@ -30,6 +31,7 @@ from .container import WORKSPACE
 
 if TYPE_CHECKING:
     from .driver import DockerDriver
+    from .workspace import WorkspaceDisk
 
 STOP_TIMEOUT_S = 10.0
 """Upper bound on waiting for a stopped command's last frames (the control shell stops it in about 1 s)."""
@@ -53,6 +55,7 @@ class DockerSandbox(ClosesOnExit):
         image: str,
         host_config: dict[str, Any],
         volume: str | None,
+        disk: WorkspaceDisk,
         pooled: bool = False,
         conn: ControlClient | None = None,
     ) -> None:
@@ -63,6 +66,7 @@ class DockerSandbox(ClosesOnExit):
         self._image = image
         self._host_config = host_config
         self._volume = volume
+        self._disk = disk
         self._pooled = pooled
         self._conn = conn
         self._conn_lock = anyio.Lock()
@@ -121,9 +125,18 @@ class DockerSandbox(ClosesOnExit):
                 "tmp_mb": tmp_mb,
                 "swap": "none" if memory and hc.get("MemorySwap") == memory else "allowed",
             },
+            "disk": self._disk.describe(),
             "pooled": self._pooled,
             "labels": dict(self._spec.labels),
         }
+
+    async def disk_use(self) -> DiskUse | None:
+        """The workspace's use, for a workspace whose limit is measured (None when a filesystem of its own keeps it)."""
+        if self._disk.mode != "measured" or self._disk.limit_mb is None:
+            return None
+        if self._closed:
+            raise SandboxNotFound(f"The sandbox {self._spec.name} is closed.")
+        return await self._driver._measure(self._cid, self._disk.limit_mb)
 
     # -- the control shell ----------------------------------------------------------------------
 
@@ -372,3 +385,5 @@ class DockerSandbox(ClosesOnExit):
             await self._conn.aclose()
         with anyio.CancelScope(shield=True):
             await self._driver._remove(self._cid, self._volume if delete else None)
+            if not delete:
+                await self._driver._release_disk(self._volume)
