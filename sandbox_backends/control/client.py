@@ -35,7 +35,7 @@ from .frames import (
     describe_kind,
     parse_answer,
 )
-from .pacing import FRAME_COST, Pacer
+from .pacing import Pacer
 from .runner import NEW_STATE_FILE, PID_FILE, RUNNER, RUNNER_FILE, STATE_COMPLETE, STATE_FILE
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class ControlClient:
         limit = math.inf if not self._heard else (IDLE_S - self._quiet if self._ping is None else PING_S - self._ping_wait)
         t0 = time.monotonic()
         with anyio.move_on_after(max(limit, 0.0)):
-            pacer.charge(FRAME_COST + await self.transport.receive_into(self._out))
+            pacer.took(await self.transport.receive_into(self._out))
         if self._heard:
             waited = time.monotonic() - t0
             self._quiet += waited
@@ -389,7 +389,7 @@ class ControlClient:
                 self._file_data(chr(kind), req, data)
             else:
                 raise ProtocolError(f"a frame of unknown kind {describe_kind(kind)}")
-            pacer.charge(FRAME_COST + size)
+            pacer.frame()
             self._heard = True
             self._quiet = 0.0
             filed = True

@@ -5,9 +5,10 @@ would keep its reader running without ever yielding (a socket read that finds da
 and a sandbox writing tiny frames as fast as it can once delayed another session's 10 ms `echo` by
 7.7 s. So a connection's reader yields after every `SLICE` of work, which gives every connection a
 turn in the loop's order, and is held to `RATE` a second with `BURST` at once, so no sandbox can keep
-the loop busy for long even when the others are idle. Work is counted in bytes, and every frame or
-read counts as at least `FRAME_COST` bytes: what a tiny frame costs the server is its parsing, not
-its size. The ordinary command needs two frames, and a 1 MB file read fits many times in the burst.
+the loop busy for long even when the others are idle. Work is counted in bytes read (at least
+`FRAME_COST` for a read, however small) plus `FRAME_COST` a frame: what a tiny frame costs the server
+is its parsing, not its size. A command costs about 32 KiB, a 1 MB file read about 1 MB: 64 of those fit in
+the burst, and a sandbox writing tiny frames as fast as it can gets 4,096 a second.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from collections.abc import Callable
 import anyio
 import anyio.lowlevel
 
-RATE = 32 << 20
+RATE = 64 << 20
 """Bytes a second a connection may make the server read, once its burst is spent."""
 BURST = 64 << 20
 FRAME_COST = 16 << 10
-"""The least a frame (or a read from the transport) is charged: about 2,000 tiny frames a second at `RATE`."""
+"""What a frame, and the least a read from the transport, is charged: 4,096 tiny frames a second at `RATE`."""
 SLICE = 1 << 20
 """Work after which the reader lets the other tasks run: 64 tiny frames, or one output chunk."""
 
@@ -45,7 +46,15 @@ class Pacer:
         self._at = clock()
         self._used = 0
 
-    def charge(self, cost: int) -> None:
+    def took(self, nbytes: int) -> None:
+        """Charge a read from the transport: its bytes, and at least `FRAME_COST`."""
+        self._charge(max(FRAME_COST, nbytes))
+
+    def frame(self) -> None:
+        """Charge a frame parsed (its bytes were charged as they were read)."""
+        self._charge(FRAME_COST)
+
+    def _charge(self, cost: int) -> None:
         self._credit -= cost
         self._used += cost
 
