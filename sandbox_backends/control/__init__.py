@@ -9,6 +9,7 @@ driver shares only the bash runner.
 - `program.py`: the control shell itself. Not imported: its text is sent over stdin.
 - `runner.py`: the bash runner the control shell (and the local driver) keeps, and the state-file helpers.
 - `client.py`: the server's side, over a transport the driver gives it; it knows nothing of the driver.
+  `frames.py` says what it accepts from a control shell, `pacing.py` how much of the server one may take.
 
 The driver starts a tiny bootstrap (`CONTROL_BOOT`) that reads the program from stdin, so `ps` in the
 sandbox stays readable. Then the server writes requests and the control shell answers in frames on stdout:
@@ -16,9 +17,9 @@ sandbox stays readable. Then the server writes requests and the control shell an
     request  (server -> control)   length (4 bytes, big-endian) + a marshalled dict; {"size": n} means n
                                    raw bytes follow it (marshal: the control shell needs no json import)
     response (control -> server)   kind (1 byte) + length (4 bytes, big-endian) + payload
-        J  a JSON object with "req", the id of the request it answers
-        O  output of a command:   len(req) (1 byte) + req + bytes
-        D  content of a file:     len(req) (1 byte) + req + bytes
+        J  a JSON object with "req", the id of the request it answers (at most 64 KiB)
+        O  output of a command:   len(req) (1 byte) + req + bytes (at most the control shell's chunk, 1 MiB)
+        D  content of a file:     len(req) (1 byte) + req + bytes (only for a read, at most its `max`)
 
 Requests (each carries "req", an id chosen by the server; several may be in flight):
 - `run {run, script, env}` hands the run to the control shell's runner (`runner.py`: one long-lived bash
@@ -37,6 +38,9 @@ Requests (each carries "req", an id chosen by the server; several may be in flig
   server's death until someone has read it.
 - `read {path, max}` / `write {path}` + bytes serve workspace files, paths resolved inside the
   sandbox (symlinks included); about 8x faster than docker's put_archive/get_archive.
+- `ping {}` is answered `{ok}` at once: the server sends it when a request has waited a second for
+  anything, and drops a connection that leaves it unanswered for 5 s (`client.py`), so a command may be
+  silent for hours but a stuck control shell is noticed in seconds.
 
 Anything in the sandbox runs as the same user as the control shell and could write into its stdout,
 so the server treats frames as untrusted: a malformed or oversized one ends the connection (the next

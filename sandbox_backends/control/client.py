@@ -10,8 +10,9 @@ from __future__ import annotations
 import collections
 import functools
 import importlib.util
-import json
+import logging
 import marshal
+import math
 import struct
 import time
 from dataclasses import dataclass, field
@@ -21,12 +22,26 @@ from typing import Any, Protocol
 import anyio
 import anyio.lowlevel
 
+from .frames import (
+    HEADER,
+    KIND_DATA,
+    KIND_JSON,
+    KIND_OUTPUT,
+    MAX_JSON_FRAME,
+    MAX_OUTPUT_FRAME,
+    MAX_REQ_ID,
+    OUTPUT_CHUNK,
+    ProtocolError,
+    describe_kind,
+    parse_answer,
+)
+from .pacing import Pacer
 from .runner import NEW_STATE_FILE, PID_FILE, RUNNER, RUNNER_FILE, STATE_COMPLETE, STATE_FILE
+
+log = logging.getLogger(__name__)
 
 CONTROL_MARK = "mcp-sessions-control"
 """The control shell's first argument: the kill sweeps leave processes that carry it alone."""
-MAX_FRAME = 64 << 20
-"""Largest frame accepted from a control shell (output comes in 1 MiB frames; file reads may raise it)."""
 MIN_PYTHON = (3, 8)  # the control shell uses os.posix_spawnp(setsid=...)
 
 CONTROL_PY = (Path(__file__).with_name("program.py")).read_text()
@@ -42,6 +57,7 @@ def build_control_code(runner: str = RUNNER) -> bytes:
         .replace('"@NEW_STATE_FILE@"', repr(NEW_STATE_FILE))
         .replace('"@STATE_COMPLETE@"', repr(STATE_COMPLETE))
         .replace('"@RUNNER_FILE@"', repr(RUNNER_FILE))
+        .replace('"@CHUNK@"', repr(OUTPUT_CHUNK))
         .encode()
     )
 
@@ -91,6 +107,17 @@ class Lost(Exception):
     """The control shell's connection ended."""
 
 
+class Broken(Lost):
+    """The connection was dropped because the control shell broke the protocol or stopped answering.
+
+    The next request opens a new connection, as after any lost one; the message names what went wrong.
+    """
+
+
+class NoAnswer(Broken):
+    """A request got no answer within its deadline; the connection was dropped."""
+
+
 class Transport(Protocol):
     """A byte stream to one control shell's stdin and from its stdout, as a driver provides it.
 
@@ -114,15 +141,36 @@ class Transport(Protocol):
         """Wait until `send_nowait` can take more."""
         ...
 
-    async def receive_into(self, out: bytearray) -> None:
+    async def receive_into(self, out: bytearray) -> int:
         """Wait for what the control shell wrote and append its stdout to `out` (perhaps nothing, if what
-        came was stderr or part of the stream's own framing). Raises anyio.ClosedResourceError or OSError
-        at the end of the stream."""
+        came was stderr or part of the stream's own framing); return how many bytes it took off the
+        stream. Each call does a bounded amount of work, however the peer chops what it writes (the
+        client charges each call to the connection's budget). Raises anyio.ClosedResourceError or
+        OSError at the end of the stream."""
         ...
 
     def close(self) -> None:
         """Close the stream now (again is a no-op); a task waiting in it gets anyio.ClosedResourceError."""
         ...
+
+
+@dataclass
+class _InFlight:
+    """A request the control shell may still answer: what it may send for it, and until when."""
+
+    op: str
+    data_max: int = -1
+    """For a read: the most file content it may send (its `max`); -1 for every other request."""
+
+
+STREAM_OPS = ("run", "follow")
+"""Requests answered with events and output until an `exit` (or `none`, or an error)."""
+IDLE_S = 1.0
+"""Waiting this long for a frame (with a request waiting) sends a ping."""
+PING_S = 5.0
+"""A ping unanswered after this long of waiting drops the connection."""
+MAX_QUEUED = 8 << 20
+"""Answers filed for requests whose callers are busy elsewhere; past this the reader waits for them."""
 
 
 class ControlClient:
@@ -131,31 +179,53 @@ class ControlClient:
     There is no reader task. Whoever waits for an answer reads the transport while no one else does
     (one batch at a time) and files what it reads under the request it belongs to, so any number of
     requests can be in flight from any tasks without a task group to own a reader.
+
+    What comes back is read as hostile (see `frames`): a frame over its cap, of the wrong kind, for a
+    request not in flight, or an answer of the wrong shape drops the connection (`Broken`), and so does
+    silence: a reader that has waited `IDLE_S` for a frame sends a ping, and one unanswered after
+    `PING_S` of waiting ends the connection, so a command may be silent for hours but a stuck control
+    shell is noticed in seconds. Only time spent waiting on the transport counts, not time the reader
+    spends paced or waiting for busy callers. Reading is paced (`pacing`), so one connection cannot
+    starve the others, and at most a few MB are buffered per connection.
     """
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, name: str = "") -> None:
         self.transport = transport
+        self.name = name
         self._out = bytearray()
         self._queues: dict[str, collections.deque[tuple[str, Any]]] = {}
+        self._inflight: dict[str, _InFlight] = {}
+        self._queued = 0
+        self._drained = anyio.Event()
         self._reading = False
         self._tick = anyio.Event()
         self._wlock = anyio.Lock()
         self._seq = 0
+        self._pacer = Pacer()
+        self._heard = False  # once the control shell has answered at all, its silence counts
+        self._quiet = 0.0  # time spent waiting since the last whole frame
+        self._ping: str | None = None
+        self._ping_wait = 0.0
         self.lost: str | None = None
-        self.max_frame = MAX_FRAME
+        self._broken = False
 
     @property
     def stderr(self) -> str:
         return self.transport.stderr
 
-    def open_request(self) -> str:
+    def open_request(self, op: str, data_max: int = -1) -> str:
+        """A request id for `op` (a read gives its `max`), in flight until its last answer arrives."""
         self._seq += 1
         req = f"q{self._seq}"
         self._queues[req] = collections.deque()
+        self._inflight[req] = _InFlight(op, data_max)
         return req
 
     def close_request(self, req: str) -> None:
-        self._queues.pop(req, None)
+        """Stop listening to `req`. Answers the control shell still sends for it are dropped until its last."""
+        queue = self._queues.pop(req, None)
+        if queue:
+            self._unqueue(sum(len(x) for k, x in queue if k != "J"))
 
     async def send(self, msg: dict[str, Any], payload: bytes = b"") -> None:
         """Frame a request: 4-byte size, `msg` marshalled (the control shell reads it without importing
@@ -167,7 +237,7 @@ class ControlClient:
 
     async def send_raw(self, data: bytes) -> None:
         if self.lost:
-            raise Lost(self.lost)
+            raise self._lost_error()
         transport = self.transport
         view = memoryview(data)
         try:
@@ -186,7 +256,7 @@ class ControlClient:
                 transport.close()
             if isinstance(e, (anyio.ClosedResourceError, OSError)):
                 self._lose(f"write failed: {e!r}")
-                raise Lost(self.lost) from e
+                raise self._lost_error() from e
             raise
 
     async def next(self, req: str) -> tuple[str, Any]:
@@ -194,74 +264,230 @@ class ControlClient:
         queue = self._queues[req]
         while True:
             if queue:
-                return queue.popleft()
+                kind, item = queue.popleft()
+                if kind != "J":
+                    self._unqueue(len(item))
+                return kind, item
             if self.lost:
-                raise Lost(self.lost)
+                raise self._lost_error()
             if self._reading:
                 await self._tick.wait()
                 continue
+            if self._queued >= MAX_QUEUED:
+                if self._drained.is_set():
+                    self._drained = anyio.Event()
+                await self._drained.wait()
+                continue
             self._reading = True
             try:
-                try:
-                    await self.transport.receive_into(self._out)
-                except (anyio.ClosedResourceError, OSError) as e:
-                    self._lose(f"connection closed ({type(e).__name__})")
-                else:
-                    try:
-                        self._parse()
-                    except (ValueError, IndexError, UnicodeDecodeError) as e:
-                        # Anything in the sandbox runs as the control shell's user and could write into its
-                        # stdout: a malformed or oversized frame ends the connection, never the server.
-                        self._lose(f"protocol error from the control shell: {e}")
-                        self.transport.close()
+                await self._read_step()
+            except ProtocolError as e:
+                self._drop(f"the control shell sent {e}")
+            except (anyio.ClosedResourceError, OSError) as e:
+                self._lose(f"connection closed ({type(e).__name__})")
             finally:
                 self._reading = False
                 tick, self._tick = self._tick, anyio.Event()
                 tick.set()
 
-    async def request(self, msg: dict[str, Any], payload: bytes = b"") -> tuple[str, Any]:
-        """Send one request and return its single answer."""
-        req = self.open_request()
+    async def request(self, msg: dict[str, Any], payload: bytes = b"", *, timeout: float | None = None) -> tuple[str, Any]:
+        """Send one request and return its single answer; with no answer within `timeout` seconds the
+        connection is dropped (`Broken`)."""
+        op = msg["op"]
+        req = self.open_request(op, int(msg["max"]) if op == "read" else -1)
         try:
-            await self.send({**msg, "req": req}, payload)
-            return await self.next(req)
+            with anyio.move_on_after(timeout):
+                await self.send({**msg, "req": req}, payload)
+                return await self.next(req)
+            why = f"the control shell did not answer a {op!r} request within {timeout:g} s"
+            self._drop(why)
+            raise NoAnswer(why)
         finally:
             self.close_request(req)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    async def _read_step(self) -> None:
+        """File what is buffered, or else read one batch and file what it completes."""
+        pacer = self._pacer
+        if pacer.spent:
+            await pacer.pace()
+        if self._parse():
+            return  # the waiters look at what was filed before anyone waits for more
+        limit = math.inf if not self._heard else (IDLE_S - self._quiet if self._ping is None else PING_S - self._ping_wait)
+        t0 = time.monotonic()
+        with anyio.move_on_after(max(limit, 0.0)):
+            pacer.took(await self.transport.receive_into(self._out))
+        if self._heard:
+            waited = time.monotonic() - t0
+            self._quiet += waited
+            if self._ping is not None:
+                self._ping_wait += waited
+        self._parse()
+        if self._heard and not self.lost:
+            self._check_silence()
+
+    def _check_silence(self) -> None:
+        if self._ping is not None:
+            if self._ping_wait >= PING_S:
+                partial = ""
+                if len(self._out) >= HEADER:
+                    size = struct.unpack(">I", self._out[1:5])[0]
+                    partial = f"; a frame of {size} bytes stopped after {len(self._out) - HEADER}"
+                self._drop(f"the control shell did not answer a ping within {PING_S:g} s{partial}")
+        elif self._quiet >= IDLE_S:
+            self._quiet = 0.0
+            self._send_ping()
+
+    def _send_ping(self) -> None:
+        """Send a ping now if it can go whole without waiting; else try again after the next idle spell
+        (a request half way out has the write lock, and that request's own deadline covers the stream).
+        The reader never waits to write: the control shell may be blocked writing to us."""
+        if self._wlock.locked():
+            return
+        self._seq += 1
+        req = f"q{self._seq}"
+        body = marshal.dumps({"op": "ping", "req": req}, 4)
+        data = len(body).to_bytes(4, "big") + body
+        try:
+            sent = self.transport.send_nowait(memoryview(data))
+        except (anyio.ClosedResourceError, OSError) as e:
+            self._lose(f"write failed: {e!r}")
+            return
+        if 0 < sent < len(data):
+            self._drop("the control shell stopped reading its requests")
+        elif sent:
+            self._inflight[req] = _InFlight("ping")
+            self._ping, self._ping_wait = req, 0.0
+
+    def _parse(self) -> bool:
+        """File the whole frames received so far under their requests, up to the end of this slice of
+        work; whether it filed any (or stopped with more to file). Checks each frame's header before its
+        payload is waited for, so an oversized one costs nothing but the connection."""
+        out = self._out
+        pacer = self._pacer
+        filed = False
+        while len(out) >= HEADER:
+            if pacer.spent:
+                return True
+            kind = out[0]
+            size = struct.unpack(">I", out[1:5])[0]
+            if kind == KIND_JSON:
+                if size > MAX_JSON_FRAME:
+                    raise ProtocolError(f"a JSON frame of {size} bytes, over the {MAX_JSON_FRAME}-byte limit")
+                if len(out) < HEADER + size:
+                    return filed
+                msg = parse_answer(bytes(out[HEADER : HEADER + size]))
+                del out[: HEADER + size]
+                self._file_answer(msg)
+            elif kind in (KIND_OUTPUT, KIND_DATA):
+                req = self._data_frame_req(kind, size)
+                if req is None or len(out) < HEADER + size:
+                    return filed
+                data = bytes(out[HEADER + 1 + len(req) : HEADER + size])
+                del out[: HEADER + size]
+                self._file_data(chr(kind), req, data)
+            else:
+                raise ProtocolError(f"a frame of unknown kind {describe_kind(kind)}")
+            pacer.frame()
+            self._heard = True
+            self._quiet = 0.0
+            filed = True
+        return filed
+
+    def _data_frame_req(self, kind: int, size: int) -> str | None:
+        """The request an output or file frame is for, once its id has arrived (None until then), after
+        checking the frame may come for it and is no larger than that request allows."""
+        if kind == KIND_OUTPUT:
+            if size > MAX_OUTPUT_FRAME:
+                raise ProtocolError(f"an output frame of {size} bytes, over the {MAX_OUTPUT_FRAME}-byte limit")
+        else:
+            most = max((r.data_max for r in self._inflight.values()), default=-1)
+            if most < 0:
+                raise ProtocolError("file content when no file read is in flight")
+            if size > 1 + MAX_REQ_ID + most:
+                raise ProtocolError(f"a file frame of {size} bytes, over the {most}-byte limit of the reads in flight")
+        out = self._out
+        if len(out) < HEADER + 1:
+            return None
+        n = out[HEADER]
+        if size < 1 + n:
+            raise ProtocolError("a frame too short to hold its request id")
+        if len(out) < HEADER + 1 + n:
+            return None
+        try:
+            req = out[HEADER + 1 : HEADER + 1 + n].decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError("a frame whose request id is not text") from None
+        entry = self._in_flight(req)
+        if kind == KIND_OUTPUT and entry.op not in STREAM_OPS:
+            raise ProtocolError(f"output for a {entry.op!r} request")
+        if kind == KIND_DATA:
+            if entry.op != "read":
+                raise ProtocolError(f"file content for a {entry.op!r} request")
+            if size - 1 - n > entry.data_max:
+                raise ProtocolError(f"{size - 1 - n} bytes of file content for a read of at most {entry.data_max}")
+        return req
+
+    def _in_flight(self, req: str) -> _InFlight:
+        entry = self._inflight.get(req)
+        if entry is None:
+            raise ProtocolError(f"an answer to {req[:40]!r}, which is no request in flight")
+        return entry
+
+    def _file_answer(self, msg: dict[str, Any]) -> None:
+        req = msg["req"]
+        entry = self._in_flight(req)
+        if entry.op not in STREAM_OPS or "error" in msg or msg.get("ev") in ("exit", "none"):
+            del self._inflight[req]  # its last answer
+        if req == self._ping:
+            self._ping, self._ping_wait, self._quiet = None, 0.0, 0.0
+            return
+        queue = self._queues.get(req)
+        if queue is not None:
+            queue.append(("J", msg))
+
+    def _file_data(self, kind: str, req: str, data: bytes) -> None:
+        if kind == "D":
+            del self._inflight[req]  # a read has one answer
+        queue = self._queues.get(req)
+        if queue is not None:
+            queue.append((kind, data))
+            self._queued += len(data)
+
+    def _unqueue(self, n: int) -> None:
+        self._queued -= n
+        if self._queued < MAX_QUEUED:
+            self._drained.set()
+
+    # -- the end ------------------------------------------------------------------------------------
 
     def _lose(self, why: str) -> None:
         if not self.lost:
             self.lost = why
 
-    def _parse(self) -> None:
-        """File the whole frames received so far under their requests."""
-        out = self._out
-        while len(out) >= 5:
-            size = struct.unpack(">I", out[1:5])[0]
-            if size > self.max_frame:
-                raise ValueError(f"a frame of {size} bytes")
-            if len(out) < 5 + size:
-                break
-            kind = chr(out[0])
-            payload = bytes(out[5 : 5 + size])
-            del out[: 5 + size]
-            if kind not in "JOD":
-                raise ValueError(f"unknown frame kind {kind!r}")
-            if kind == "J":
-                msg = json.loads(payload)
-                queue = self._queues.get(msg.get("req", ""))
-                if queue is not None:
-                    queue.append(("J", msg))
-            else:
-                n = payload[0]
-                queue = self._queues.get(payload[1 : 1 + n].decode())
-                if queue is not None:
-                    queue.append((kind, payload[1 + n :]))
+    def _drop(self, why: str) -> None:
+        """End a connection that broke the protocol or stopped answering; every waiter gets `Broken`."""
+        if not self.lost:
+            self.lost = why
+            self._broken = True
+            log.warning("dropped the control connection%s: %s", f" of {self.name}" if self.name else "", why)
+        self.transport.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake every waiter, to find the connection lost."""
+        tick, self._tick = self._tick, anyio.Event()
+        tick.set()
+        self._drained.set()
+
+    def _lost_error(self) -> Lost:
+        return (Broken if self._broken else Lost)(self.lost)
 
     async def aclose(self) -> None:
         self._lose("closed")
         self.transport.close()
-        tick, self._tick = self._tick, anyio.Event()
-        tick.set()
+        self._wake()
         await anyio.lowlevel.checkpoint()
 
 

@@ -23,7 +23,7 @@ RUNNER = "@RUNNER@"
 PID_FILE, RUNNER_FILE = "@PID_FILE@", "@RUNNER_FILE@"
 STATE_FILE, NEW_STATE_FILE, STATE_COMPLETE = "@STATE_FILE@", "@NEW_STATE_FILE@", "@STATE_COMPLETE@"
 GRACE = 0.3
-CHUNK = 1 << 20
+CHUNK = "@CHUNK@"  # the most output one frame carries: the server refuses larger ones
 os.umask(0o022)
 os.makedirs(DIR, mode=0o700, exist_ok=True)
 WS = os.path.realpath(WS)
@@ -687,6 +687,8 @@ def handle(msg, payload):
             env.update(msg.get("env") or {})
             refill(env)
             reply(req, ok=True, pid=os.getpid(), ws_writable=os.access(WS, os.W_OK), python=sys.version.split()[0])
+        elif op == "ping":
+            reply(req, ok=True)
         elif op == "run":
             start_run(req, msg)
         elif op == "follow":

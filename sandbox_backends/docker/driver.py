@@ -18,7 +18,7 @@ import docker.errors
 import docker.types
 
 from ..base import Limits, PhaseCallback, SandboxError, SandboxNotFound, SandboxSpec
-from ..control.client import MIN_PYTHON, ControlClient, Lost, control_boot_input, control_command
+from ..control.client import MIN_PYTHON, Broken, ControlClient, Lost, control_boot_input, control_command
 from .container import (
     BASE_ENV,
     DEFAULT_IMAGE,
@@ -223,12 +223,12 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
                 raise ContainerStopped(str(e.explanation)) from None  # it was, and someone started it since
             raise SandboxError(f"Cannot reach the sandbox's shell: {e.explanation or e}") from None
         exec_id = transport.exec_id
-        conn = ControlClient(transport)
+        conn = ControlClient(transport, name=cid[:12])
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 await conn.send_raw(code)
                 _kind, msg = await conn.request({"op": "hello", "env": env or {}})
-        except (Lost, TimeoutError):
+        except (Lost, TimeoutError) as e:
             await conn.aclose()
             detail = conn.stderr.strip().splitlines()
             try:
@@ -248,6 +248,8 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
                 raise SandboxError(
                     "The sandbox image has no python3; the docker driver needs bash and python3 in the image."
                 ) from None
+            if isinstance(e, Broken):
+                raise SandboxError(f"The sandbox's control shell did not start properly: {e}.") from None
             raise SandboxError("The sandbox's control shell did not start" + (f": {detail[-1]}" if detail else ".")) from None
         version = tuple(int(part) for part in re.findall(r"\d+", str(msg.get("python", "")))[:2])
         if version < MIN_PYTHON:

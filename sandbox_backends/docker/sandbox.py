@@ -25,7 +25,7 @@ from ..base import (
     SandboxRestarted,
     SandboxSpec,
 )
-from ..control.client import ControlClient, Lost, Run
+from ..control.client import Broken, ControlClient, Lost, NoAnswer, Run
 from ..output import OutputBuffer
 from .container import WORKSPACE
 
@@ -35,11 +35,42 @@ if TYPE_CHECKING:
 
 STOP_TIMEOUT_S = 10.0
 """Upper bound on waiting for a stopped command's last frames (the control shell stops it in about 1 s)."""
+FILE_TIMEOUT_S = 10.0
+FILE_RATE = 16 << 20
+"""A file read or write gets FILE_TIMEOUT_S, plus a second per FILE_RATE bytes it may carry (5 MB: 0.3 s)."""
 TAKE_OVER_OUTPUT = 65536
 ENGINE_RESTARTED = (
     "docker engine restarted: the command was stopped and the sandbox started again with its /workspace files "
     "(its /tmp, background processes and the shell's cwd and variables were reset)"
 )
+
+
+class Retries:
+    """How many lost connections one operation lives through before it fails with the reason.
+
+    A control shell that died is started again up to `tries` times. One that broke the protocol or
+    stopped answering (`Broken`) gets one fresh start: a second in a row is not a hiccup but a broken
+    image or a sandbox that cannot be trusted, and each costs seconds.
+    """
+
+    def __init__(self, tries: int) -> None:
+        self.left = tries
+        self.broken = 0
+
+    def lost(self, e: Lost) -> None:
+        """Count a lost connection; raise the SandboxError to report if the operation should give up."""
+        self.left -= 1
+        if isinstance(e, Broken):
+            self.broken += 1
+            if self.broken == 2:
+                raise SandboxError(
+                    f"The sandbox's control shell misbehaved twice in a row: {e}. The image may be broken or the "
+                    "sandbox compromised; close this session and create a new one."
+                ) from None
+        if self.left <= 0:
+            raise SandboxError(
+                f"Lost the connection to the sandbox's control shell repeatedly ({e}); is the container running?"
+            ) from None
 
 
 class DockerSandbox(ClosesOnExit):
@@ -155,33 +186,32 @@ class DockerSandbox(ClosesOnExit):
             return self._conn
 
     async def _stop(self, *, mark: bool) -> dict[str, Any]:
-        for attempt in range(3):
+        retries = Retries(3)
+        while True:
             conn = await self._connection()
             try:
-                with anyio.fail_after(STOP_TIMEOUT_S):
-                    _kind, msg = await conn.request({"op": "stop", "mark": mark})
-            except TimeoutError:
-                raise SandboxError("The sandbox did not confirm that the command stopped.") from None
-            except Lost:
-                if attempt == 2:
-                    raise SandboxError("Lost the connection to the sandbox's control shell three times.") from None
+                _kind, msg = await conn.request({"op": "stop", "mark": mark}, timeout=STOP_TIMEOUT_S)
+            except NoAnswer:
+                raise SandboxError(f"The sandbox did not confirm within {STOP_TIMEOUT_S:g} s that the command stopped.") from None
+            except Lost as e:
+                retries.lost(e)
                 continue
             if msg.get("error"):
                 raise SandboxError(f"Could not stop the command: {msg.get('message') or msg['error']}")
             return msg
-        raise AssertionError("unreachable")
 
     async def _drive(self, run: Run, buf: OutputBuffer, on_output: OutputCallback | None, *, may_start: bool = True) -> None:
         """Start the run (or resume following it) and read until its exit, reconnecting if the shell dies.
 
         With `may_start=False` a run that never reached the shell is not started any more.
         """
-        for _ in range(4):
+        retries = Retries(4)
+        while True:
             if run.conn is None or run.conn.lost:
                 if run.conn is not None and run.req is not None:
                     run.conn.close_request(run.req)
                 run.conn = await self._connection()
-                run.req = run.conn.open_request()
+                run.req = run.conn.open_request("follow" if run.sent else "run")
                 try:
                     if run.sent:  # it may have started: pick it up where we are
                         await run.conn.send({"op": "follow", "req": run.req, "run": run.run_id, "offset": run.offset})
@@ -196,7 +226,8 @@ class DockerSandbox(ClosesOnExit):
                                 "env": self._spec.env,
                             }
                         )
-                except Lost:
+                except Lost as e:
+                    retries.lost(e)
                     continue
             assert run.req is not None
             try:
@@ -223,6 +254,7 @@ class DockerSandbox(ClosesOnExit):
                         return
                     elif ev == "none":
                         if not run.started and may_start:  # the request never reached the shell: start it now
+                            retries.lost(Lost("the command never reached the control shell"))
                             run.conn.close_request(run.req)
                             run.conn = None
                             run.sent = False
@@ -234,9 +266,8 @@ class DockerSandbox(ClosesOnExit):
                         run.exit = {"rc": None, "interrupted": False}
                         run.conn.close_request(run.req)
                         return
-            except Lost:
-                continue
-        raise SandboxError("Lost the connection to the sandbox's control shell repeatedly; is the container running?")
+            except Lost as e:
+                retries.lost(e)
 
     async def _ack(self, run: Run) -> None:
         conn = run.conn or self._conn
@@ -336,15 +367,23 @@ class DockerSandbox(ClosesOnExit):
             raise PathNotAllowed(f"'{path}' is outside the workspace {WORKSPACE}. Give a path relative to the workspace.")
         return full
 
-    async def _file_request(self, msg: dict[str, Any], payload: bytes = b"", max_frame: int = 0) -> tuple[str, Any]:
-        for _ in range(3):
+    async def _file_request(self, path: str, msg: dict[str, Any], payload: bytes = b"", size: int = 0) -> tuple[str, Any]:
+        """One file request, with a deadline for `size` bytes: a control shell that does not answer in
+        time is dropped, and the caller told (a read is not tried again: it would hang the same way)."""
+        timeout = FILE_TIMEOUT_S + size / FILE_RATE
+        retries = Retries(3)
+        while True:
             conn = await self._connection()
-            conn.max_frame = max(conn.max_frame, max_frame)
             try:
-                return await conn.request(msg, payload)
-            except Lost:
-                continue
-        raise SandboxError("Lost the connection to the sandbox's control shell repeatedly; is the container running?")
+                return await conn.request(msg, payload, timeout=timeout)
+            except NoAnswer:
+                verb = "Reading" if msg["op"] == "read" else "Writing"
+                raise SandboxError(
+                    f"{verb} '{path}' got no answer from the sandbox within {timeout:.0f} s (is it a pipe or a "
+                    "device, or the sandbox overloaded?); the connection was dropped, the next request opens another."
+                ) from None
+            except Lost as e:
+                retries.lost(e)
 
     @staticmethod
     def _file_error(path: str, msg: dict[str, Any], max_bytes: int = 0) -> SandboxError | OSError:
@@ -363,7 +402,7 @@ class DockerSandbox(ClosesOnExit):
 
     async def read_file(self, path: str, max_bytes: int) -> bytes:
         full = self._check_path(path)
-        kind, msg = await self._file_request({"op": "read", "path": full, "max": max_bytes}, max_frame=max_bytes + 256)
+        kind, msg = await self._file_request(path, {"op": "read", "path": full, "max": max_bytes}, size=max_bytes)
         if kind == "D":
             return msg
         raise self._file_error(path, msg, max_bytes)
@@ -372,7 +411,7 @@ class DockerSandbox(ClosesOnExit):
         full = self._check_path(path)
         if full == WORKSPACE:
             raise IsADirectoryError(f"'{path}' is the workspace folder, not a file.")
-        _kind, msg = await self._file_request({"op": "write", "path": full}, bytes(data))
+        _kind, msg = await self._file_request(path, {"op": "write", "path": full}, bytes(data), size=len(data))
         if msg.get("error"):
             raise self._file_error(path, msg)
 

@@ -15,6 +15,10 @@ import docker
 
 from ..base import SandboxError
 
+RECV_SIZE = 1 << 20
+MAX_PIECES = 64
+"""Pieces of docker's multiplexing unwrapped per `receive_into` (each has its own 8-byte header)."""
+
 
 def open_exec(api: docker.APIClient, cid: str, cmd: list[str], workdir: str) -> ExecSocket:
     """Start `cmd` in the container with stdin, stdout and stderr attached (blocking: call it in a worker thread)."""
@@ -55,30 +59,41 @@ class ExecSocket:
     async def wait_writable(self) -> None:
         await anyio.wait_writable(self._sock)
 
-    async def receive_into(self, out: bytearray) -> None:
-        """What the socket holds, waiting for some, unwrapped from docker's stream multiplexing; EOF ends
-        the connection."""
-        while True:
-            try:
-                chunk = self._sock.recv(1 << 20)
-            except BlockingIOError:
-                await anyio.wait_readable(self._sock)
-                continue
-            if not chunk:
-                raise anyio.ClosedResourceError("end of stream")
-            break
+    async def receive_into(self, out: bytearray) -> int:
+        """Unwrap docker's stream multiplexing (stream, 0, 0, 0, size, then that many bytes) into `out`,
+        reading the socket only when no whole piece is buffered, and at most `MAX_PIECES` pieces a call:
+        a peer writing one byte at a time makes a piece per byte, and unwrapping a megabyte of those at
+        once would hold the event loop for 40 ms. Returns the bytes read from the socket; EOF ends the
+        connection."""
         raw = self._raw
-        raw += chunk
-        while len(raw) >= 8:  # docker's stream multiplexing: stream, 0, 0, 0, size (4 bytes)
-            size = struct.unpack(">I", raw[4:8])[0]
-            if len(raw) < 8 + size:
+        got = 0
+        if not self._whole_piece():
+            while True:
+                try:
+                    chunk = self._sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    await anyio.wait_readable(self._sock)
+                    continue
+                if not chunk:
+                    raise anyio.ClosedResourceError("end of stream")
                 break
+            raw += chunk
+            got = len(chunk)
+        for _ in range(MAX_PIECES):
+            if not self._whole_piece():
+                break
+            size = struct.unpack(">I", raw[4:8])[0]
             if raw[0] == 2:
                 self._err += raw[8 : 8 + size]
                 del self._err[:-4096]
             else:
                 out += raw[8 : 8 + size]
             del raw[: 8 + size]
+        return got
+
+    def _whole_piece(self) -> bool:
+        raw = self._raw
+        return len(raw) >= 8 and len(raw) >= 8 + struct.unpack(">I", raw[4:8])[0]
 
     def close(self) -> None:
         if self._sock.fileno() >= 0:

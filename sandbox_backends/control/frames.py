@@ -1,0 +1,88 @@
+"""What the server accepts from a control shell: the frame caps and the shape of every answer.
+
+Apart from the client because it is the one place that says what a sandbox may send the server. A
+control shell runs in the sandbox, and a broken one, or a container taken over through a kernel bug or
+an image's own root process, can write anything into the stream. So every frame is checked against
+small caps before its payload is buffered, and every answer against the fields the driver reads,
+before anything else sees it; a frame that fails is a `ProtocolError`, which costs the connection.
+
+The caps:
+- a JSON answer: `MAX_JSON_FRAME` (64 KiB). The largest the control shell sends is an error whose
+  message carries an OS error text or a path (PATH_MAX is 4 KiB, 24 KiB if every byte is escaped as
+  \\uXXXX); everything else is under 200 bytes. 64 KiB leaves room for that and keeps the worst a
+  parser can be made to build from one frame (about 20,000 empty objects) near 1.5 MB.
+- output: the chunk the control shell reads a run's output in (`OUTPUT_CHUNK`), plus the request id.
+- file content: only for a read in flight, and no more than the `max` that read asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+HEADER = 5
+"""kind (1 byte) + payload size (4 bytes, big-endian)."""
+KIND_JSON, KIND_OUTPUT, KIND_DATA = b"JOD"
+"""The frame kinds: a JSON answer, a run's output, a file's content."""
+MAX_JSON_FRAME = 64 << 10
+OUTPUT_CHUNK = 1 << 20
+"""The size the control shell reads a run's output in (it is given this value): one O frame at most."""
+MAX_REQ_ID = 255
+"""A request id is sent in one length byte."""
+MAX_OUTPUT_FRAME = 1 + MAX_REQ_ID + OUTPUT_CHUNK
+
+MAX_INT = 1 << 53
+MIN_INT = -(1 << 31)
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "req": (str,),
+    "ev": (str,),
+    "error": (str,),
+    "message": (str,),
+    "python": (str,),
+    "run": (str, type(None)),
+    "rc": (int, type(None)),
+    "pid": (int,),
+    "size": (int,),
+    "bytes": (int,),
+    "ok": (bool,),
+    "interrupted": (bool,),
+    "was_running": (bool,),
+    "running": (bool,),
+    "ws_writable": (bool,),
+}
+"""Every field the driver reads from an answer, with the types it may have (others are ignored)."""
+
+
+class ProtocolError(Exception):
+    """A frame the control shell must never send; the message names what was wrong with it."""
+
+
+def type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def parse_answer(payload: bytes) -> dict[str, Any]:
+    """A JSON answer as the driver may read it: an object with a string `req` and the known fields typed."""
+    try:
+        msg = json.loads(payload)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"a JSON frame that is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"a JSON frame that is {type_name(msg)}, not an object")
+    if "req" not in msg:
+        raise ProtocolError("a JSON frame without a request id")
+    for key, allowed in _FIELDS.items():
+        if key not in msg:
+            continue
+        value = msg[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ProtocolError(f"a JSON frame whose {key!r} is {type_name(value)}")
+        if isinstance(value, int) and not isinstance(value, bool) and not MIN_INT <= value < MAX_INT:
+            raise ProtocolError(f"a JSON frame whose {key!r} is out of range")
+    return msg
+
+
+def describe_kind(kind: int) -> str:
+    return repr(chr(kind)) if 0x20 < kind < 0x7F else f"0x{kind:02x}"
