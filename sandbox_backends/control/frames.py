@@ -38,6 +38,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "ev": (str,),
     "error": (str,),
     "message": (str,),
+    "kind": (str,),
+    "seconds": (int, float),
     "python": (str,),
     "run": (str, type(None)),
     "rc": (int, type(None)),

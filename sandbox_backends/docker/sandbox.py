@@ -147,7 +147,7 @@ class DockerSandbox(ClosesOnExit):
             "network": hc.get("NetworkMode") or "default",
             "user": self._driver.user,
             "read_only_root": bool(hc.get("ReadonlyRootfs")),
-            "capabilities": "all dropped" if "ALL" in (hc.get("CapDrop") or []) else "docker default",
+            "capabilities": self._capabilities(hc),
             "no_new_privileges": any("no-new-privileges" in o for o in hc.get("SecurityOpt") or []),
             "limits": {
                 "memory_mb": memory // (1 << 20) if memory else None,
@@ -168,6 +168,13 @@ class DockerSandbox(ClosesOnExit):
         if self._closed:
             raise SandboxNotFound(f"The sandbox {self._spec.name} is closed.")
         return await self._driver._measure(self._cid, self._disk.limit_mb)
+
+    @staticmethod
+    def _capabilities(hc: dict[str, Any]) -> str:
+        if "ALL" not in (hc.get("CapDrop") or []):
+            return "docker default"
+        kept = [c.removeprefix("CAP_") for c in hc.get("CapAdd") or []]
+        return "none for commands; the control shell keeps " + ", ".join(kept) if kept else "all dropped"
 
     # -- the control shell ----------------------------------------------------------------------
 
@@ -398,6 +405,12 @@ class DockerSandbox(ClosesOnExit):
             return NotADirectoryError(f"A parent of '{path}' is a file, not a folder.")
         if err == "too_big":
             return SandboxError(f"'{path}' is {msg.get('size')} bytes, over the {max_bytes}-byte limit for reading it here.")
+        if err == "not_regular":
+            return SandboxError(
+                f"'{path}' is {msg.get('kind') or 'not a regular file'}: only regular files can be read or written here."
+            )
+        if err == "timeout":
+            return SandboxError(f"Reading or writing '{path}' took over {msg.get('seconds')} s and was given up.")
         return SandboxError(f"Cannot access '{path}': {msg.get('message') or err}.")
 
     async def read_file(self, path: str, max_bytes: int) -> bytes:

@@ -191,7 +191,7 @@ class WorkspaceMixin:
         api = await self._api()
 
         def du() -> tuple[int | None, bytes, bytes]:
-            ex = api.exec_create(cid, ["du", "-sxk", WORKSPACE], stdout=True, stderr=True)
+            ex = api.exec_create(cid, ["du", "-sxk", WORKSPACE], stdout=True, stderr=True, user=self.user)
             out, err = api.exec_start(ex["Id"], demux=True)
             return api.exec_inspect(ex["Id"]).get("ExitCode"), out or b"", err or b""
 
