@@ -196,8 +196,11 @@ async def test_fork_bomb_stays_inside_its_process_limit(sandbox_factory: Any, do
 
 
 @pytest.mark.docker
-async def test_memory_hog_is_killed_and_reported(docker_driver: DockerDriver, sandbox_factory: Any) -> None:
+async def test_a_memory_hog_fails_its_command_not_the_sandbox(
+    docker_driver: DockerDriver, sandbox_factory: Any, docker_engine: Any
+) -> None:
     sb = await sandbox_factory(limits=Limits(memory_mb=64))
+    witness = await sandbox_factory()
     failures: list[tuple[str, str]] = []
 
     async def on_failure(name: str, reason: str) -> None:
@@ -207,16 +210,22 @@ async def test_memory_hog_is_killed_and_reported(docker_driver: DockerDriver, sa
         tg.start_soon(docker_driver.watch, on_failure)
         await anyio.sleep(0.3)  # let the event stream connect
         r = await sb.exec('python3 -c \'b = bytearray(512 << 20); print("sur" + "vived")\'', timeout_s=60)
+        # The engine reports events in order: once the witness's death is reported, so would the OOM have been.
+        await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(witness.id).kill())
 
         async def reported() -> bool:
-            return bool(failures)
+            return any(name == witness.name for name, _ in failures)
 
         await wait_for(reported)
         tg.cancel_scope.cancel()
     assert r.exit_code == 137
     assert "survived" not in r.output
-    assert (sb.name, "oom killed") in failures
+    assert r.failure == (
+        "out of memory: the sandbox reached its memory limit of 64 MiB and the kernel killed a process while the command ran"
+    )
+    assert [name for name, _ in failures] == [witness.name]  # the sandbox itself did not fail
     assert (await sb.exec("echo still-here")).output == "still-here\n"
+    assert (await sb.exec("true")).failure is None  # the next command counts its own kills
 
 
 @pytest.mark.docker

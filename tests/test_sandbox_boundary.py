@@ -4,7 +4,7 @@ sandbox as its user (what `send_message` runs), through the real MCP client and 
 What must hold (SECURITY.md): a command cannot write into the control shell's stream, read or change its
 state, or answer for a later command; a result is the exit code and output of the command that ran.
 `interrupt` stops every process of the sandbox user whatever it calls itself; a FIFO in the workspace is
-refused, not waited on.
+refused, not waited on; a command killed at the memory limit fails its turn, not the session.
 """
 
 from __future__ import annotations
@@ -226,3 +226,18 @@ async def test_a_fifo_in_the_workspace_is_refused_not_waited_on(docker_settings:
         assert busy["status"] == "busy"
         stopped = await call(client, "interrupt", session_id=sid)
         assert stopped["interrupted"] and stopped["status"] == "ready"
+
+
+async def test_a_command_killed_out_of_memory_fails_its_turn_not_the_session(docker_settings: Settings) -> None:
+    async with Client(create_server(docker_settings), mode="legacy") as client:
+        sid = await new_session(client, limits={"memory_mb": 128})
+        reply = await send(client, sid, "python3 -c 'x = bytearray(1 << 30); print(len(x))'; echo after $?", wait_s=BOUND_S)
+        assert reply["turn_status"] == "failed"
+        assert reply["reason"] == (
+            "out of memory: the sandbox reached its memory limit of 128 MiB and the kernel killed a process while the command ran"
+        )
+        assert reply["output"].endswith("after 137\n")
+        assert reply["status"] == "ready"
+        assert (await send(client, sid, "echo still here"))["output"] == "still here\n"
+        session = (await call(client, "get_session", session_id=sid))["session"]
+        assert session["status"] == "ready" and session["last_turn"]["status"] == "completed"

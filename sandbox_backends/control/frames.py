@@ -43,6 +43,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "python": (str,),
     "run": (str, type(None)),
     "rc": (int, type(None)),
+    "oom": (int,),
     "pid": (int,),
     "size": (int,),
     "bytes": (int,),

@@ -338,6 +338,7 @@ class DockerSandbox(ClosesOnExit):
             round(time.monotonic() - started, 3),
             timed_out=timed_out,
             interrupted=bool(run.exit.get("interrupted")) and not timed_out,
+            failure=self._oom_failure(run.exit),
         )
 
     async def interrupt(self) -> bool:
@@ -361,7 +362,20 @@ class DockerSandbox(ClosesOnExit):
             self._running = False
         assert run.exit is not None
         exit_code = run.exit.get("rc")
-        return buf.result(exit_code, 0.0, interrupted=bool(stopped.get("was_running")) or exit_code is None)
+        return buf.result(
+            exit_code, 0.0, interrupted=bool(stopped.get("was_running")) or exit_code is None, failure=self._oom_failure(run.exit)
+        )
+
+    def _oom_failure(self, exit: dict[str, Any]) -> str | None:
+        """The reason a command failed when the kernel's OOM killer killed processes while it ran (the
+        control shell counts them in the sandbox's memory cgroup): the sandbox stays usable."""
+        kills = exit.get("oom")
+        if not isinstance(kills, int) or kills <= 0:
+            return None
+        memory = self._host_config.get("Memory") or 0
+        limit = f"its memory limit of {memory >> 20} MiB" if memory else "its memory limit"
+        killed = "a process" if kills == 1 else f"{kills} processes"
+        return f"out of memory: the sandbox reached {limit} and the kernel killed {killed} while the command ran"
 
     # -- files ----------------------------------------------------------------------------------
 
