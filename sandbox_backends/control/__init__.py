@@ -43,9 +43,11 @@ Requests (each carries "req", an id chosen by the server; several may be in flig
 - `done {run}` acknowledges a result; only then are the run's files removed, so a result survives the
   server's death until someone has read it.
 - `read {path, max}` / `write {path}` + bytes serve workspace files with the sandbox user's rights
-  (the thread doing it takes that user's file system uid), paths resolved inside the sandbox (symlinks
-  included); regular files only (a FIFO or device is refused, opened without blocking), the size limit
-  kept while reading, each within 10 s. About 8x faster than docker's put_archive/get_archive.
+  (the control shell takes that user's file system uid while it does), paths resolved inside the
+  sandbox (symlinks included); regular files only (a FIFO or device is refused, opened without
+  blocking), the size limit kept while reading, a read given up after 4 s (served on the main loop,
+  which answers no ping meanwhile: well within the server's patience). About 8x faster than docker's
+  put_archive/get_archive.
 - `ping {}` is answered `{ok}` at once: the server sends it when a request has waited a second for
   anything, and drops a connection that leaves it unanswered for 5 s (`client.py`), so a command may be
   silent for hours but a stuck control shell is noticed in seconds.

@@ -27,8 +27,11 @@ TURN = "@TURN@"
 PID_FILE, STATE_FILE, TURN_FILE, BASH_COPY = "run.pid", "state.sh", "turn.sh", "bash"
 GRACE = 0.3
 CHUNK = "@CHUNK@"  # the most output one frame carries: the server refuses larger ones
-READ_LIMIT_S = 10.0
-"""The longest a file read or write may take in here before it is given up with an error."""
+READ_LIMIT_S = 4.0
+"""The longest a file read may take in here before it is given up with an error. (Only regular files are
+read, opened without blocking: a FIFO cannot hold the control shell up; the limit is for a slow disk.)
+Reads are served on the main loop, which answers no ping meanwhile, and the server drops a connection
+whose ping goes unanswered 6 s after its last frame: a slow read ends in this error, not a lost connection."""
 ME = os.getpid()
 DEVNULL = os.open(os.devnull, os.O_RDWR)
 os.umask(0o022)
@@ -338,6 +341,9 @@ standbys = []
 wanted = [None]
 """The environment standbys are started with (hello's, then each command's); None before hello."""
 quiet_until = [0.0]
+last_busy = [0.0]
+"""When the last request came in or the last result went out (monotonic)."""
+QUIET_S = 0.03
 spawned = [0]
 UNSET_ENV = ("BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS")
 """Variables bash would act on at start, before the turn shell's own code: the state restores them if a command set them."""
@@ -433,10 +439,13 @@ def take_standby(env):
 
 
 def refill_due(now):
-    """When the next standby should be started: None if none is wanted. Not while a result waits for the
-    server's acknowledgement: starting a bash then would compete with the server for the CPU."""
+    """When the next standby should be started: None if none is wanted. Starting a bash takes about a
+    millisecond of CPU, which the server wants while it takes a result in: with no standby left, not
+    before the server acknowledged the last result; with one left, only once all has been quiet a while."""
     if wanted[0] is None or closing[0] or len(standbys) >= STANDBYS:
         return None
+    if standbys:
+        return max(now, last_busy[0] + QUIET_S)
     return max(now, quiet_until[0])
 
 
@@ -770,7 +779,8 @@ def pump_all():
         interrupted = os.path.exists(path(f.run + ".interrupted"))
         reply(f.req, ev="exit", run=f.run, rc=result[0], oom=result[1], interrupted=interrupted, bytes=f.sent)
         if f.shell is not None:
-            quiet_until[0] = time.monotonic() + 0.05  # until the server acknowledges (see refill_due)
+            quiet_until[0] = last_busy[0] = time.monotonic()
+            quiet_until[0] += 0.05  # until the server acknowledges (see refill_due)
 
 
 # -- files, with the sandbox user's rights -------------------------------------------------------
@@ -957,6 +967,7 @@ def hello(req, msg):
 
 def handle(msg, payload):
     op, req = msg.get("op"), msg.get("req", "")
+    last_busy[0] = time.monotonic()
     try:
         if op == "hello":
             hello(req, msg)
@@ -974,9 +985,9 @@ def handle(msg, payload):
             cleanup(msg["run"])
             quiet_until[0] = 0.0
         elif op == "read":
-            in_thread(read_file, req, msg)
+            read_file(req, msg)
         elif op == "write":
-            in_thread(write_file, req, msg, payload)
+            write_file(req, msg, payload)
         else:
             reply(req, error="bad_request", message="unknown op %r" % (op,))
     except Exception as e:
