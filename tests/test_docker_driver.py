@@ -110,14 +110,15 @@ async def test_hardened_container(sandbox_factory: Any, docker_engine: Any) -> N
     limits = Limits(memory_mb=256, cpus=0.5, pids=100, tmp_mb=32)
     sb = await sandbox_factory(limits=limits, labels={"team": "qa"})
     r = await sb.exec(
-        "id -u; ls /sys/class/net; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+        "id -u; ls /sys/class/net; grep -E '^(Cap(Inh|Prm|Eff|Amb)|NoNewPrivs)' /proc/self/status; "
         "for p in /etc/x /usr/x /x /home/sandbox/x /var/x; do touch $p 2>/dev/null && echo WROTE $p; done; "
         "touch /tmp/ok /workspace/ok && echo tmp-and-workspace-ok; df -m /tmp | tail -1"
     )
     lines = r.output.splitlines()
     assert lines[0] == "1000"
     assert lines[1] == "lo"  # no interface but loopback
-    assert "CapEff:\t0000000000000000" in r.output  # commands have no capabilities...
+    for kind in ("Inh", "Prm", "Eff", "Amb"):  # commands have no capabilities...
+        assert f"Cap{kind}:\t0000000000000000" in r.output
     assert "NoNewPrivs:\t1" in r.output  # ...and cannot gain any
     assert "WROTE" not in r.output
     assert "tmp-and-workspace-ok" in r.output
