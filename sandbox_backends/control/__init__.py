@@ -48,6 +48,10 @@ Requests (each carries "req", an id chosen by the server; several may be in flig
   blocking), the size limit kept while reading, a read given up after 4 s (served on the main loop,
   which answers no ping meanwhile: well within the server's patience). About 8x faster than docker's
   put_archive/get_archive.
+- `measure {}` answers `{kb, unreadable}`: the workspace's use as `du -sx` counts it, walked in a thread
+  with the sandbox user's rights, and the first path that user cannot read (or null); given up after
+  30 s. For a workspace whose size no filesystem keeps: the server's own measure, which nothing in the
+  sandbox can write into.
 - `ping {}` is answered `{ok}` at once: the server sends it when a request has waited a second for
   anything, and drops a connection that leaves it unanswered for 5 s (`client.py`), so a command may be
   silent for hours but a stuck control shell is noticed in seconds.

@@ -47,6 +47,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "pid": (int,),
     "size": (int,),
     "bytes": (int,),
+    "kb": (int,),
+    "unreadable": (str, type(None)),
     "ok": (bool,),
     "interrupted": (bool,),
     "was_running": (bool,),

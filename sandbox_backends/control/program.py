@@ -930,6 +930,57 @@ def write_file(req, msg, payload):
     reply(req, ok=True, size=len(payload))
 
 
+# -- the workspace's size, with the sandbox user's rights ----------------------------------------
+
+MEASURE_LIMIT_S = 30.0
+"""The longest measuring the workspace may take (in a thread: requests are answered meanwhile)."""
+
+
+def measure(req):
+    """The workspace's use as `du -sx` counts it (allocated blocks, each hard-linked file once, symlinks not
+    followed, this filesystem only; sandbox_backends/disk.py counts a local workspace alike), walked with the
+    sandbox user's rights, and the first path that user cannot read: what is in it is not counted, so the
+    server takes the workspace as over its limit. Measured here, as root, not by a `du` of the sandbox user,
+    whose output any process of that user could write into or whose memory it could change."""
+    deadline = time.monotonic() + MEASURE_LIMIT_S
+    with AsUser():
+        top = os.lstat(WS)
+        blocks, seen, unreadable, pending, counted = top.st_blocks, set(), None, [WS], 0
+        while pending:
+            folder = pending.pop()
+            try:
+                listing = os.scandir(folder)
+            except FileNotFoundError:
+                continue  # deleted while measured
+            except OSError:
+                unreadable = unreadable or folder
+                continue
+            with listing:
+                for entry in listing:
+                    counted += 1
+                    if counted % 1000 == 0 and time.monotonic() > deadline:
+                        reply(req, error="timeout", seconds=MEASURE_LIMIT_S)
+                        return
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    except OSError:
+                        unreadable = unreadable or entry.path
+                        continue
+                    if st.st_dev != top.st_dev:
+                        continue
+                    folder_entry = stat.S_ISDIR(st.st_mode)
+                    if st.st_nlink > 1 and not folder_entry:
+                        if st.st_ino in seen:
+                            continue
+                        seen.add(st.st_ino)
+                    blocks += st.st_blocks
+                    if folder_entry:
+                        pending.append(entry.path)
+    reply(req, ok=True, kb=(blocks + 1) // 2, unreadable=unreadable)
+
+
 # -- requests ----------------------------------------------------------------------------------
 
 
@@ -988,6 +1039,8 @@ def handle(msg, payload):
             read_file(req, msg)
         elif op == "write":
             write_file(req, msg, payload)
+        elif op == "measure":
+            in_thread(measure, req)
         else:
             reply(req, error="bad_request", message="unknown op %r" % (op,))
     except Exception as e:

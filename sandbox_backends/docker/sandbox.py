@@ -38,6 +38,8 @@ STOP_TIMEOUT_S = 10.0
 FILE_TIMEOUT_S = 10.0
 FILE_RATE = 16 << 20
 """A file read or write gets FILE_TIMEOUT_S, plus a second per FILE_RATE bytes it may carry (5 MB: 0.3 s)."""
+MEASURE_TIMEOUT_S = 40.0
+"""Measuring the workspace: the control shell gives up after 30 s and says so; this only catches a hang."""
 TAKE_OVER_OUTPUT = 65536
 ENGINE_RESTARTED = (
     "docker engine restarted: the command was stopped and the sandbox started again with its /workspace files "
@@ -162,12 +164,24 @@ class DockerSandbox(ClosesOnExit):
         }
 
     async def disk_use(self) -> DiskUse | None:
-        """The workspace's use, for a workspace whose limit is measured (None when a filesystem of its own keeps it)."""
+        """The workspace's use, for a workspace whose limit is measured (None when a filesystem of its own keeps it):
+        the control shell walks it with the sandbox user's rights, so nothing in the sandbox can forge the figure."""
         if self._disk.mode != "measured" or self._disk.limit_mb is None:
             return None
         if self._closed:
             raise SandboxNotFound(f"The sandbox {self._spec.name} is closed.")
-        return await self._driver._measure(self._cid, self._disk.limit_mb)
+        _kind, msg = await self._request(
+            {"op": "measure"},
+            timeout=MEASURE_TIMEOUT_S,
+            no_answer=f"Measuring the workspace got no answer from the sandbox within {MEASURE_TIMEOUT_S:g} s",
+        )
+        kb = msg.get("kb")
+        if msg.get("error") or not isinstance(kb, int):
+            why = msg.get("message") or msg.get("error") or "no size in the answer"
+            if msg.get("error") == "timeout":
+                why = f"it took over {msg.get('seconds')} s"
+            raise SandboxError(f"Cannot measure the workspace: {why}.")
+        return DiskUse(used_mb=round(kb / 1024), limit_mb=self._disk.limit_mb, unreadable=msg.get("unreadable"))
 
     @staticmethod
     def _capabilities(hc: dict[str, Any]) -> str:
@@ -388,23 +402,31 @@ class DockerSandbox(ClosesOnExit):
             raise PathNotAllowed(f"'{path}' is outside the workspace {WORKSPACE}. Give a path relative to the workspace.")
         return full
 
-    async def _file_request(self, path: str, msg: dict[str, Any], payload: bytes = b"", size: int = 0) -> tuple[str, Any]:
-        """One file request, with a deadline for `size` bytes: a control shell that does not answer in
-        time is dropped, and the caller told (a read is not tried again: it would hang the same way)."""
-        timeout = FILE_TIMEOUT_S + size / FILE_RATE
+    async def _request(self, msg: dict[str, Any], payload: bytes = b"", *, timeout: float, no_answer: str) -> tuple[str, Any]:
+        """One request with a deadline, made again on a new connection if the old one is lost. A control
+        shell that does not answer in time is dropped, and the caller told `no_answer` (the request is not
+        tried again: it would hang the same way)."""
         retries = Retries(3)
         while True:
             conn = await self._connection()
             try:
                 return await conn.request(msg, payload, timeout=timeout)
             except NoAnswer:
-                verb = "Reading" if msg["op"] == "read" else "Writing"
-                raise SandboxError(
-                    f"{verb} '{path}' got no answer from the sandbox within {timeout:.0f} s (is it a pipe or a "
-                    "device, or the sandbox overloaded?); the connection was dropped, the next request opens another."
-                ) from None
+                raise SandboxError(f"{no_answer}; the connection was dropped, the next request opens another.") from None
             except Lost as e:
                 retries.lost(e)
+
+    async def _file_request(self, path: str, msg: dict[str, Any], payload: bytes = b"", size: int = 0) -> tuple[str, Any]:
+        """One file request, with a deadline for `size` bytes."""
+        timeout = FILE_TIMEOUT_S + size / FILE_RATE
+        verb = "Reading" if msg["op"] == "read" else "Writing"
+        return await self._request(
+            msg,
+            payload,
+            timeout=timeout,
+            no_answer=f"{verb} '{path}' got no answer from the sandbox within {timeout:.0f} s (is the sandbox "
+            "overloaded, or its disk stuck?)",
+        )
 
     @staticmethod
     def _file_error(path: str, msg: dict[str, Any], max_bytes: int = 0) -> SandboxError | OSError:
