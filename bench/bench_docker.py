@@ -7,7 +7,7 @@ and its target (--write puts the section into that file, replacing the one it wr
 
 - a `true` round trip through `DockerSandbox.exec` (the attached control shell) vs a raw `docker exec`
   (`exec_run`) into the same container, back to back and after 20 ms idle (the control shell starts
-  the next command's bash in the background);
+  the next command's bash in the background), and the CPU the container spends on each;
 - sandbox create to ready (first `true` done): cold, claimed from the warm pool, and a raw
   `containers.run` with the same hardened settings plus a first `exec_run` (timed in alternation
   with the cold creates, so both see the engine in the same state);
@@ -132,6 +132,17 @@ async def main(n: int, image: str, write: Path | None) -> None:
         table.add(raw, await timed(n, raw_true))
         table.add("`DockerSandbox.exec('true')` back to back", await timed(max(n, 100), sandbox_true), raw, max_ratio=0.05)
         table.add("`DockerSandbox.exec('true')` after 20 ms idle", await timed(max(n, 100), sandbox_true, between=idle), raw)
+
+        def cpu_used() -> int:
+            return int(api.stats(sb.id, stream=False, one_shot=True)["cpu_stats"]["cpu_usage"]["total_usage"])
+
+        per_command = []  # what the container's processes spend (its cgroup), not the server or dockerd
+        for _ in range(5):
+            before = await anyio.to_thread.run_sync(cpu_used)
+            for _ in range(100):
+                await sb.exec("true")
+            per_command.append((await anyio.to_thread.run_sync(cpu_used) - before) / 100 / 1e9)
+        table.add("CPU in the container per `exec('true')` back to back (5 batches of 100)", per_command)
 
         # -- files -----------------------------------------------------------------------------
         print("files", file=sys.stderr)

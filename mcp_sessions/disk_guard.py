@@ -8,7 +8,7 @@ One that is a `MeasuresDisk` is asked for its use:
 - when a turn ends: a completed turn that left the workspace over its limit fails with the reason.
 The session stays usable: the next turn runs as usual, so the caller can delete files.
 
-Measuring a large tree takes a while (a `du` in a container is 30-60 ms, a big folder more), so a
+Measuring a large tree takes a while (in a docker sandbox 50,000 files take about 75 ms, a few 0.3 ms), so a
 sandbox within its limit is not measured again until `COST_RATIO` times its last measurement's cost has
 passed: measuring takes at most a tenth of the time. A turn that ends within that window is judged at
 the next measurement. One found over its limit is measured at the end of every turn until it is not.

@@ -99,6 +99,9 @@ class ExecResult:
     duration_s: float
     timed_out: bool = False
     interrupted: bool = False
+    failure: str | None = None
+    """Why the command failed beyond its exit code, when the driver knows: e.g. "out of memory: ..." when the
+    kernel killed one of its processes at the sandbox's memory limit. The sandbox itself stays usable."""
 
 
 OutputCallback = Callable[[bytes], Awaitable[None]]

@@ -3,7 +3,9 @@
 Separate from the drivers because each checks the same range and words its refusal the same way, and
 more than one measures a folder it can read directly. A folder is counted the way `du -sx` counts it:
 allocated blocks, not apparent sizes (a sparse file costs what it holds), each hard-linked file once,
-without following symlinks or crossing into other filesystems.
+without following symlinks or crossing into other filesystems. The docker control shell walks a
+workspace the same way in its own code (`measure` in control/program.py, which imports nothing of
+ours): change both together.
 """
 
 from __future__ import annotations

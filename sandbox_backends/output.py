@@ -44,7 +44,13 @@ class OutputBuffer:
         return head + tail
 
     def result(
-        self, exit_code: int | None, duration_s: float, *, timed_out: bool = False, interrupted: bool = False
+        self,
+        exit_code: int | None,
+        duration_s: float,
+        *,
+        timed_out: bool = False,
+        interrupted: bool = False,
+        failure: str | None = None,
     ) -> ExecResult:
         """The outcome of the command whose output this buffer kept."""
         return ExecResult(
@@ -55,4 +61,5 @@ class OutputBuffer:
             duration_s=duration_s,
             timed_out=timed_out,
             interrupted=interrupted,
+            failure=failure,
         )

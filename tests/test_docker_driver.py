@@ -28,7 +28,7 @@ from sandbox_backends.base import (
     SandboxSpec,
 )
 from sandbox_backends.control.client import CONTROL_CODE, ControlClient, control_command
-from sandbox_backends.docker.container import POOL_PREFIX, SESSION_PREFIX, STATE_DIR, WORKSPACE
+from sandbox_backends.docker.container import KEEPALIVE_CMD, POOL_PREFIX, SESSION_PREFIX, STATE_DIR, WORKSPACE
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
 from sandbox_backends.docker.transport import open_exec
@@ -57,17 +57,16 @@ def raw_exec(client: Any, sandbox: DockerSandbox, cmd: str) -> str:
     return result.output.decode()
 
 
+TURN_SHELL = f"bash -c . {STATE_DIR}/turn.sh bash {STATE_DIR} "
+
+
 def user_processes(client: Any, sandbox: DockerSandbox) -> list[str]:
-    """Command lines of processes in the sandbox other than init, the keepalive, control shells and
-    the idle runners they keep (a runner's forks, e.g. `( ... ) &` subshells, are the user's)."""
-    rows = [line.split(None, 2) for line in raw_exec(client, sandbox, "ps -eo pid=,ppid=,args=").splitlines()]
-    controls = {pid for pid, _, args in rows if "mcp-sessions-control" in args}
-    skip = ("docker-init", "mcp-keepalive", "mcp-sessions-control", "ps -eo", "bash -c ps")
-    return [
-        args
-        for _, ppid, args in rows
-        if not any(s in args for s in skip) and not (ppid in controls and args.endswith("runner.sh /run/mcp-shell"))
-    ]
+    """Command lines of the sandbox user's processes but the turn shells control shells keep started ahead
+    (a turn shell's forks, e.g. `( ... ) &` subshells, are the user's). Root's (init, the keepalive, control
+    shells, and the `docker exec` that asks) are not the user's."""
+    rows = [line.split(None, 3) for line in raw_exec(client, sandbox, "ps -eo pid=,ppid=,uid=,args=").splitlines()]
+    controls = {pid for pid, _, uid, args in rows if uid == "0" and "mcp-sessions-control" in args}
+    return [args for _, ppid, uid, args in rows if uid != "0" and not (ppid in controls and args.startswith(TURN_SHELL))]
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
@@ -111,15 +110,16 @@ async def test_hardened_container(sandbox_factory: Any, docker_engine: Any) -> N
     limits = Limits(memory_mb=256, cpus=0.5, pids=100, tmp_mb=32)
     sb = await sandbox_factory(limits=limits, labels={"team": "qa"})
     r = await sb.exec(
-        "id -u; ls /sys/class/net; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+        "id -u; ls /sys/class/net; grep -E '^(Cap(Inh|Prm|Eff|Amb)|NoNewPrivs)' /proc/self/status; "
         "for p in /etc/x /usr/x /x /home/sandbox/x /var/x; do touch $p 2>/dev/null && echo WROTE $p; done; "
         "touch /tmp/ok /workspace/ok && echo tmp-and-workspace-ok; df -m /tmp | tail -1"
     )
     lines = r.output.splitlines()
     assert lines[0] == "1000"
     assert lines[1] == "lo"  # no interface but loopback
-    assert "CapEff:\t0000000000000000" in r.output
-    assert "NoNewPrivs:\t1" in r.output
+    for kind in ("Inh", "Prm", "Eff", "Amb"):  # commands have no capabilities...
+        assert f"Cap{kind}:\t0000000000000000" in r.output
+    assert "NoNewPrivs:\t1" in r.output  # ...and cannot gain any
     assert "WROTE" not in r.output
     assert "tmp-and-workspace-ok" in r.output
     assert " 32 " in lines[-1]  # /tmp tmpfs sized by Limits.tmp_mb
@@ -129,11 +129,12 @@ async def test_hardened_container(sandbox_factory: Any, docker_engine: Any) -> N
     assert hc["NetworkMode"] == "none"
     assert hc["ReadonlyRootfs"] is True
     assert hc["CapDrop"] == ["ALL"]
+    assert sorted(hc["CapAdd"]) == ["KILL", "SETGID", "SETUID"]  # for the control shell alone
     assert hc["Memory"] == hc["MemorySwap"] == 256 << 20
     assert hc["NanoCpus"] == 500_000_000
     assert hc["PidsLimit"] == 100
     assert hc["Init"] is True
-    assert info["Config"]["User"] == "1000:1000"
+    assert info["Config"]["User"] == "0:0"  # init, the keepalive and control shells; commands run as 1000
     labels = info["Config"]["Labels"]
     assert labels["mcp-sessions.sandbox"] == "1" and labels["mcp-sessions.name"] == sb.name
     assert labels["team"] == "qa"
@@ -142,6 +143,7 @@ async def test_hardened_container(sandbox_factory: Any, docker_engine: Any) -> N
     assert described["network"] == "none"
     assert described["limits"] == {"memory_mb": 256, "cpus": 0.5, "pids": 100, "tmp_mb": 32, "swap": "none"}
     assert described["read_only_root"] is True and described["user"] == "1000:1000"
+    assert described["capabilities"] == "none for commands; the control shell keeps SETUID, SETGID, KILL"
 
 
 @pytest.mark.docker
@@ -195,8 +197,11 @@ async def test_fork_bomb_stays_inside_its_process_limit(sandbox_factory: Any, do
 
 
 @pytest.mark.docker
-async def test_memory_hog_is_killed_and_reported(docker_driver: DockerDriver, sandbox_factory: Any) -> None:
+async def test_a_memory_hog_fails_its_command_not_the_sandbox(
+    docker_driver: DockerDriver, sandbox_factory: Any, docker_engine: Any
+) -> None:
     sb = await sandbox_factory(limits=Limits(memory_mb=64))
+    witness = await sandbox_factory()
     failures: list[tuple[str, str]] = []
 
     async def on_failure(name: str, reason: str) -> None:
@@ -206,16 +211,22 @@ async def test_memory_hog_is_killed_and_reported(docker_driver: DockerDriver, sa
         tg.start_soon(docker_driver.watch, on_failure)
         await anyio.sleep(0.3)  # let the event stream connect
         r = await sb.exec('python3 -c \'b = bytearray(512 << 20); print("sur" + "vived")\'', timeout_s=60)
+        # The engine reports events in order: once the witness's death is reported, so would the OOM have been.
+        await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(witness.id).kill())
 
         async def reported() -> bool:
-            return bool(failures)
+            return any(name == witness.name for name, _ in failures)
 
         await wait_for(reported)
         tg.cancel_scope.cancel()
     assert r.exit_code == 137
     assert "survived" not in r.output
-    assert (sb.name, "oom killed") in failures
+    assert r.failure == (
+        "out of memory: the sandbox reached its memory limit of 64 MiB and the kernel killed a process while the command ran"
+    )
+    assert [name for name, _ in failures] == [witness.name]  # the sandbox itself did not fail
     assert (await sb.exec("echo still-here")).output == "still-here\n"
+    assert (await sb.exec("true")).failure is None  # the next command counts its own kills
 
 
 @pytest.mark.docker
@@ -323,12 +334,46 @@ async def test_cancelling_exec_stops_the_command(sandbox_factory: Any, docker_en
 
 
 @pytest.mark.docker
-async def test_control_shell_dying_mid_command_is_survived(sandbox_factory: Any) -> None:
+async def test_a_connection_lost_mid_command_is_survived(sandbox_factory: Any, docker_engine: Any) -> None:
+    """The control shell whose connection ends sees its command to the end and records its exit code; the
+    driver reconnects, and the new control shell hands that over."""
     sb = await sandbox_factory()
-    # The command kills the control shell that started it; the driver reconnects and picks the run up.
-    r = await sb.exec("echo before; kill -9 $PPID; sleep 0.5; echo after; exit 3")
+    streamed = anyio.Event()
+
+    async def on_output(chunk: bytes) -> None:
+        streamed.set()
+
+    results: list[ExecResult] = []
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                results.append(await sb.exec("echo before; cd /tmp; sleep 1; echo after; exit 3", on_output=on_output))
+
+            tg.start_soon(run)
+            await streamed.wait()
+            old = sb._conn
+            assert old is not None
+            await old.aclose()  # as a broken stream would end it
+    [r] = results
     assert (r.exit_code, r.output) == (3, "before\nafter\n")
-    assert (await sb.exec("pwd")).output == "/workspace\n"
+    assert (await sb.exec("pwd")).output == "/tmp\n"  # the state the command left was kept
+
+    async def one_control_shell() -> bool:
+        ps = await anyio.to_thread.run_sync(raw_exec, docker_engine, sb, "ps -eo args=")
+        return len([line for line in ps.splitlines() if "mcp-sessions-control" in line]) == 1
+
+    await wait_for(one_control_shell)  # the old one went once it had recorded the result
+
+
+@pytest.mark.docker
+async def test_a_background_job_outlives_its_command_but_not_in_the_next_ones_job_table(sandbox_factory: Any) -> None:
+    """Each command runs in a bash of its own (so nothing in the sandbox can forge its exit code): a job
+    keeps running after its command, found by its pid, not by `jobs` or `%1`."""
+    sb = await sandbox_factory()
+    assert (await sb.exec("sleep 30 & echo $! > job.pid; jobs | wc -l")).output == "1\n"
+    r = await sb.exec('jobs | wc -l; kill -0 "$(cat job.pid)" && echo running; kill "$(cat job.pid)" && echo killed')
+    assert r.output == "0\nrunning\nkilled\n"
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -449,6 +494,37 @@ async def test_take_over_of_a_command_that_finished_alone(docker_server_id: str,
 
 
 @pytest.mark.docker
+async def test_a_container_whose_control_shell_would_not_be_root_is_refused_saying_why(
+    docker_driver: DockerDriver, docker_engine: Any, docker_server_id: str
+) -> None:
+    """A container made as this driver made them before its control shell ran as root (commands' user, no
+    capabilities, a state folder open to all) cannot keep commands apart from the control shell."""
+    name = "t-" + secrets.token_hex(5)
+    old = await anyio.to_thread.run_sync(
+        lambda: docker_engine.containers.run(
+            IMAGE,
+            KEEPALIVE_CMD,
+            detach=True,
+            name=SESSION_PREFIX + name,
+            user="1000:1000",
+            init=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            network_mode="none",
+            tmpfs={STATE_DIR: "rw,nosuid,nodev,noexec,mode=1777"},
+            labels={"mcp-sessions.sandbox": "1", "mcp-sessions.server": docker_server_id, "mcp-sessions.name": name},
+        )
+    )
+    with pytest.raises(SandboxError) as refused:
+        await docker_driver.attach(old.id, SandboxSpec(name=name))
+    assert str(refused.value) == (
+        f"The sandbox container {old.id[:12]} cannot be used: its control shell runs without the privileges it needs "
+        "(root with CAP_SETUID, CAP_SETGID and CAP_KILL). It was made by an older version of mcp-sessions or by hand; "
+        "delete the session and create a new one."
+    )
+
+
+@pytest.mark.docker
 async def test_attach_restarts_a_stopped_container_and_refuses_a_gone_one(
     sandbox_factory: Any, docker_engine: Any, docker_server_id: str
 ) -> None:
@@ -561,13 +637,3 @@ async def test_warm_pool(docker_server_id: str, docker_engine: Any) -> None:
         for sb in made:
             await sb.close(delete=True)
         await driver.aclose()
-
-
-@pytest.mark.docker
-async def test_garbage_on_the_control_channel_is_survived(sandbox_factory: Any) -> None:
-    sb = await sandbox_factory()
-    # Commands run as the control shell's user, so they can write into its stdout: forged or
-    # malformed frames must cost the connection (which is remade), never the server or the result.
-    r = await sb.exec("printf 'Z\\377\\377\\377\\377junk' > /proc/$PPID/fd/1; sleep 0.5; echo after")
-    assert (r.exit_code, r.output) == (0, "after\n")
-    assert (await sb.exec("echo next")).output == "next\n"

@@ -172,6 +172,42 @@ async def test_measured_workspaces_report_their_use_and_what_they_cannot_read(
         await measured.aclose()
 
 
+FORGER = """
+import os, time
+while True:
+    for pid in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/comm" % pid) as f:
+                if f.read().strip() != "du":
+                    continue
+            fd = os.open("/proc/%s/fd/1" % pid, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, b"0\\t/workspace\\n")
+            os.close(fd)
+        except OSError:
+            pass
+    time.sleep(0.0005)
+"""
+
+
+async def test_a_process_of_the_sandbox_user_cannot_make_its_workspace_look_smaller(docker_server_id: str, root: Path) -> None:
+    """The measure is the control shell's (root, with the sandbox user's rights), not the output of a process
+    of the sandbox user: a process left running that writes a small figure into every `du` it finds, or any
+    other such process, changes nothing."""
+    measured = DockerDriver(image=IMAGE, server_id=docker_server_id, default_disk_mb=32, disk_root=root, disk_mode="measured")
+    sandbox = await measured.create(SandboxSpec(name="t-" + secrets.token_hex(5)))
+    try:
+        await sandbox.write_file("forger.py", FORGER.encode())
+        # Many small files make a `du` take long enough to be found; 40 MiB put the workspace over its limit.
+        setup = "mkdir many && (cd many && seq 3000 | xargs touch) && dd if=/dev/zero of=fill bs=1M count=40 2>/dev/null"
+        await sandbox.exec(f"{setup}; python3 forger.py >/dev/null 2>&1 & echo started")
+        for _ in range(5):
+            use = await sandbox.disk_use()
+            assert use is not None and use.used_mb >= 40 and use.unreadable is None, use
+    finally:
+        await sandbox.close(delete=True)
+        await measured.aclose()
+
+
 async def test_a_size_outside_the_servers_range_is_refused_before_anything_is_made(docker_server_id: str, root: Path) -> None:
     capped = DockerDriver(
         image=IMAGE, server_id=docker_server_id, max_limits=Limits(disk_mb=1024), default_disk_mb=64, disk_root=root

@@ -419,6 +419,8 @@ class LlmAgent:
             text += f"\n[the command ran past {timeout:g} s and was stopped]"
         else:
             text += f"\n[exit code {result.exit_code}]"
+        if result.failure:
+            text += f"\n[{result.failure}]"
         return text, result.exit_code, result.interrupted
 
     async def _read_text(self, ctx: TurnContext, path: str) -> str:

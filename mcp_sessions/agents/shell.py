@@ -25,6 +25,8 @@ class ShellAgent:
         reason: str | None
         if result.timed_out:
             status, reason = "failed", f"the command ran past its {ctx.command_timeout_s:g} s timeout and was stopped"
+        elif result.failure:
+            status, reason = "failed", result.failure
         elif result.interrupted:
             status, reason = "interrupted", "interrupted by the caller"
         else:

@@ -3,13 +3,14 @@
 A driver that reaches a sandbox only through processes it starts there (a `docker exec`, say) would pay
 that start on every command (50-80 ms for a `docker exec` here). Instead it starts one control shell per
 connection, with stdin and stdout attached, and frames requests over that byte stream. The docker driver
-(`sandbox_backends.docker`) uses it; any driver with a byte stream into a sandbox's python3 can. The local
-driver shares only the bash runner.
+(`sandbox_backends.docker`) uses it; any driver with a byte stream into a sandbox's python3, run as root
+with CAP_SETUID, CAP_SETGID and CAP_KILL, can.
 
 - `program.py`: the control shell itself. Not imported: its text is sent over stdin.
-- `runner.py`: the bash runner the control shell (and the local driver) keeps, and the state-file helpers.
+- `turn.py`: the bash each command runs in (a turn shell), and the state it hands to the next one.
 - `client.py`: the server's side, over a transport the driver gives it; it knows nothing of the driver.
   `frames.py` says what it accepts from a control shell, `pacing.py` how much of the server one may take.
+- `runner.py`: the local driver's long-lived bash runner (the local driver has no control shell).
 
 The driver starts a tiny bootstrap (`CONTROL_BOOT`) that reads the program from stdin, so `ps` in the
 sandbox stays readable. Then the server writes requests and the control shell answers in frames on stdout:
@@ -22,31 +23,46 @@ sandbox stays readable. Then the server writes requests and the control shell an
         D  content of a file:     len(req) (1 byte) + req + bytes (only for a read, at most its `max`)
 
 Requests (each carries "req", an id chosen by the server; several may be in flight):
-- `run {run, script, env}` hands the run to the control shell's runner (`runner.py`: one long-lived bash
-  in a session of its own that sources each command in turn), streams the run's output file as O frames
-  and ends with `exit {rc, interrupted}` (`started` is sent too, once the command has run for 15 ms).
-  A command thus costs no process start or exit of its own. A spare runner is kept started for when
-  the runner ends (`exit`, an interrupt); it restores the saved state before its first command.
-- `stop {mark}` sends SIGINT, SIGTERM, then SIGKILL to the runner's process group, the command's
-  (0.3 s apart, so it is over within about 1 s), then SIGKILLs every other process in the sandbox
-  except PID 1, the keepalive, control shells and their idle runners (so `setsid` escapees go too);
-  `mark` writes the `interrupted` marker.
+- `hello {env, user}` comes first: `user` is who commands run as ("uid:gid", default "1000:1000"). An
+  error `setup` says the control shell lacks its privileges or its root-only folder (a container made
+  otherwise), `user` that the user is unknown or root.
+- `run {run, script, env}` hands the command to a turn shell (`turn.py`) the control shell started ahead
+  as the sandbox user, streams the run's output file as O frames and ends with
+  `exit {rc, oom, interrupted, bytes}` (`started` is sent too, once the command has run for 15 ms).
+  `rc` is the `waitpid` status of the turn shell, which the control shell started and reaps itself;
+  `oom` is how many processes the kernel's OOM killer killed in the sandbox while the command ran.
+  Each command runs in a new bash, which restores the state the previous one saved.
+- `stop {mark}` sends SIGINT, SIGTERM, then SIGKILL to the turn shell's process group (0.3 s apart, so
+  it is over within about 1 s), then SIGKILLs every other process of the sandbox user (the real uid
+  in /proc: what a process calls itself does not count) but its own idle turn shell; root's processes
+  (init, the keepalive, control shells) are left. `mark` writes the `interrupted` marker.
 - `follow {run, offset}` streams a run another control shell started, from an offset: that is how a
   new connection resumes a command after the old one died, and how `take_over` collects a command
-  whose server is gone.
+  whose server is gone. A control shell whose connection ends sees its command to the end and records
+  its exit code before it exits, so the result survives the server.
 - `done {run}` acknowledges a result; only then are the run's files removed, so a result survives the
   server's death until someone has read it.
-- `read {path, max}` / `write {path}` + bytes serve workspace files, paths resolved inside the
-  sandbox (symlinks included); about 8x faster than docker's put_archive/get_archive.
+- `read {path, max}` / `write {path}` + bytes serve workspace files with the sandbox user's rights
+  (the control shell takes that user's file system uid while it does), paths resolved inside the
+  sandbox (symlinks included); regular files only (a FIFO or device is refused, opened without
+  blocking), the size limit kept while reading, a read given up after 4 s (served on the main loop,
+  which answers no ping meanwhile: well within the server's patience). About 8x faster than docker's
+  put_archive/get_archive.
+- `measure {}` answers `{kb, unreadable}`: the workspace's use as `du -sx` counts it, walked in a thread
+  with the sandbox user's rights, and the first path that user cannot read (or null); given up after
+  30 s. For a workspace whose size no filesystem keeps: the server's own measure, which nothing in the
+  sandbox can write into.
 - `ping {}` is answered `{ok}` at once: the server sends it when a request has waited a second for
   anything, and drops a connection that leaves it unanswered for 5 s (`client.py`), so a command may be
   silent for hours but a stuck control shell is noticed in seconds.
 
-Anything in the sandbox runs as the same user as the control shell and could write into its stdout,
-so the server treats frames as untrusted: a malformed or oversized one ends the connection (the next
-request reconnects), never the server.
-
-The runner's state (the state dir the control shell is given: saved shell state, per-run script, output,
-exit code) survives the server. Output already sent is punched out of the middle of the output file, so a
-long-running, chatty command does not fill it. The sandbox needs bash and python3 (3.8 or later).
+The control shell's folder (the state dir it is given: run record, saved shell state, output, exit
+codes) is root's, mode 0711: the sandbox user can neither list it nor open what is in it, save the
+files a turn shell needs by name (`turn.sh`, the command's script, the execute-only bash copy). So no
+process in the sandbox can write into the control shell's stdout, read or change its state, or record
+a result for it. The server still reads frames as hostile (an image's own root process, or a kernel
+bug, could write anything): a malformed or oversized one ends the connection (the next request
+reconnects), never the server. Output already sent is punched out of the middle of the output file, so
+a long-running, chatty command does not fill it. The sandbox needs bash and python3 (3.8 or later, with
+ctypes for file access).
 """

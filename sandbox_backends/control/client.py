@@ -36,30 +36,22 @@ from .frames import (
     parse_answer,
 )
 from .pacing import Pacer
-from .runner import NEW_STATE_FILE, PID_FILE, RUNNER, RUNNER_FILE, STATE_COMPLETE, STATE_FILE
+from .turn import TURN
 
 log = logging.getLogger(__name__)
 
 CONTROL_MARK = "mcp-sessions-control"
-"""The control shell's first argument: the kill sweeps leave processes that carry it alone."""
+"""The control shell's first argument, which names it in `ps` (its kill sweeps go by uid, not by names)."""
 MIN_PYTHON = (3, 8)  # the control shell uses os.posix_spawnp(setsid=...)
 
 CONTROL_PY = (Path(__file__).with_name("program.py")).read_text()
 """The control shell's source (program.py), with placeholders that `build_control_code` fills in."""
 
 
-def build_control_code(runner: str = RUNNER) -> bytes:
-    """The control shell's source, with the runner it installs in the state dir."""
-    return (
-        CONTROL_PY.replace('"@RUNNER@"', repr(runner))
-        .replace('"@PID_FILE@"', repr(PID_FILE))
-        .replace('"@STATE_FILE@"', repr(STATE_FILE))
-        .replace('"@NEW_STATE_FILE@"', repr(NEW_STATE_FILE))
-        .replace('"@STATE_COMPLETE@"', repr(STATE_COMPLETE))
-        .replace('"@RUNNER_FILE@"', repr(RUNNER_FILE))
-        .replace('"@CHUNK@"', repr(OUTPUT_CHUNK))
-        .encode()
-    )
+def build_control_code(turn: str = TURN) -> bytes:
+    """The control shell's source, with the turn shell it installs in the state dir and the output chunk
+    the server accepts."""
+    return CONTROL_PY.replace('"@TURN@"', repr(turn)).replace('"@CHUNK@"', repr(OUTPUT_CHUNK)).encode()
 
 
 CONTROL_CODE = build_control_code()
@@ -82,7 +74,7 @@ CONTROL_BOOT = (
 
 
 def control_command(state_dir: str, workspace: str) -> list[str]:
-    """The command that starts a control shell keeping its runner's state in `state_dir`, with stdin attached."""
+    """The command that starts a control shell keeping its state in `state_dir`, with stdin attached."""
     return ["python3", "-I", "-S", "-c", CONTROL_BOOT, CONTROL_MARK, state_dir, workspace]
 
 

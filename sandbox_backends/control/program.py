@@ -1,10 +1,13 @@
-"""The control shell: the program that runs commands and serves files inside a sandbox, as the sandbox user.
+"""The control shell: the program that runs commands and serves files inside a sandbox, as root.
 
-Not a module: a driver sends this file's text, with the "@NAME@" strings filled in by
-`build_control_code`, into `python3 -I -S -c CONTROL_BOOT mcp-sessions-control STATE_DIR WORKSPACE`
-(see this package's docstring for the protocol). The marker argument keeps it out of the kill sweeps. It imports
-only what a new container loads quickly: builtins and os/select/signal. Long because it is sent and run as
-one program, with nothing to import beside it.
+Not a module: a driver sends this file's text, with "@TURN@" filled in by `build_control_code`, into
+`python3 -I -S -c CONTROL_BOOT mcp-sessions-control STATE_DIR WORKSPACE` run as root (see this package's
+docstring for the protocol). It keeps to what it needs of root: CAP_SETUID and CAP_SETGID to start
+commands as the sandbox user and to touch workspace files with that user's rights, CAP_KILL to stop
+them. Its folder and files are root's, so nothing the sandbox user runs can read or change them, write
+into its stdout, or answer for it. It imports only what a new container loads quickly: builtins and
+os/select/signal (ctypes once a file is read or written). Long because it is sent and run as one
+program, with nothing to import beside it.
 """
 
 import _thread
@@ -12,6 +15,7 @@ import marshal
 import os
 import select
 import signal
+import stat
 import sys
 import time
 
@@ -19,24 +23,18 @@ if __name__ != "__main__":
     raise ImportError("program.py runs inside a sandbox (see sandbox_backends/control); it is not a module")
 
 MARK, DIR, WS = sys.argv[1], sys.argv[2], sys.argv[3]
-RUNNER = "@RUNNER@"
-PID_FILE, RUNNER_FILE = "@PID_FILE@", "@RUNNER_FILE@"
-STATE_FILE, NEW_STATE_FILE, STATE_COMPLETE = "@STATE_FILE@", "@NEW_STATE_FILE@", "@STATE_COMPLETE@"
+TURN = "@TURN@"
+PID_FILE, STATE_FILE, TURN_FILE, BASH_COPY = "run.pid", "state.sh", "turn.sh", "bash"
 GRACE = 0.3
 CHUNK = "@CHUNK@"  # the most output one frame carries: the server refuses larger ones
+READ_LIMIT_S = 4.0
+"""The longest a file read may take in here before it is given up with an error. (Only regular files are
+read, opened without blocking: a FIFO cannot hold the control shell up; the limit is for a slow disk.)
+Reads are served on the main loop, which answers no ping meanwhile, and the server drops a connection
+whose ping goes unanswered 6 s after its last frame: a slow read ends in this error, not a lost connection."""
+ME = os.getpid()
+DEVNULL = os.open(os.devnull, os.O_RDWR)
 os.umask(0o022)
-os.makedirs(DIR, mode=0o700, exist_ok=True)
-WS = os.path.realpath(WS)
-RUNNER_PATH = os.path.join(DIR, RUNNER_FILE)
-try:
-    with open(RUNNER_PATH) as f:
-        same = f.read() == RUNNER
-except OSError:
-    same = False
-if not same:
-    with open(RUNNER_PATH + ".tmp", "w") as f:
-        f.write(RUNNER)
-    os.replace(RUNNER_PATH + ".tmp", RUNNER_PATH)
 wlock = _thread.allocate_lock()
 
 
@@ -63,10 +61,6 @@ class Worker:
     def is_alive(self):
         return self.done.locked()
 
-    def join(self):
-        with self.done:
-            pass
-
 
 ESCAPES = {i: "\\u%04x" % i for i in range(32)}
 ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
@@ -89,11 +83,18 @@ def dumps(v):
     return dumps(str(v))
 
 
+gone = [False]
+"""The server's end of stdout is gone: nothing more is sent (a run still going is seen to its end)."""
+
+
 def send(kind, payload):
     data = memoryview(kind + len(payload).to_bytes(4, "big") + payload)
     with wlock:
-        while data:
-            data = data[os.write(1, data) :]
+        try:
+            while data and not gone[0]:
+                data = data[os.write(1, data) :]
+        except OSError:
+            gone[0] = True
 
 
 def reply(req, **kw):
@@ -117,6 +118,33 @@ def unlink(name):
         pass
 
 
+def write_whole(name, data, mode=0o600):
+    """Write a file of the folder so that a reader sees the old one or the new one, never half (the
+    temporary name is this control shell's: another one may write the same file at the same time)."""
+    tmp = "%s.tmp%d" % (name, ME)
+    fd = os.open(path(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    os.replace(path(tmp), path(name))
+
+
+def read_all(fd):
+    parts, offset = [], 0
+    while True:
+        chunk = os.pread(fd, CHUNK, offset)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        offset += len(chunk)
+
+
+# -- processes, by what the kernel knows of them -------------------------------------------------
+
+
 def stat_of(pid):
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
@@ -126,41 +154,29 @@ def stat_of(pid):
     return s[s.rfind(b")") + 2 :].split()
 
 
-def alive(pid):
-    st = stat_of(pid)
-    return st is not None and st[0] not in (b"Z", b"X")
-
-
-def cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read().split(b"\0")
-    except OSError:
-        return []
-
-
-def current_run():
-    try:
-        with open(path(PID_FILE)) as f:
-            pid, run = f.read().split()
-        return int(pid), run
-    except (OSError, ValueError):
-        return None
-
-
 def starttime(pid):
+    """When the process started (clock ticks since boot): with the pid, it names one process for good."""
     st = stat_of(pid)
-    return st[19].decode() if st is not None and len(st) > 19 else None
+    return int(st[19]) if st is not None and len(st) > 19 else None
 
 
-def run_alive(pid, run):
-    if not alive(pid):
+def alive(pid, start=None):
+    st = stat_of(pid)
+    if st is None or st[0] in (b"Z", b"X"):
         return False
+    return start is None or (len(st) > 19 and int(st[19]) == start)
+
+
+def real_uid(pid):
+    """The real uid (a process cannot change it to root's without privileges no command has)."""
     try:
-        with open(path(run + ".start")) as f:
-            return f.read().strip() == starttime(pid)
-    except OSError:
-        return True
+        with open("/proc/%d/status" % pid, "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def pids():
@@ -169,25 +185,12 @@ def pids():
             yield int(name)
 
 
-def ppid_of(pid):
-    st = stat_of(pid)
-    return int(st[1]) if st is not None and len(st) > 1 else 0
-
-
-def protected(pid, running):
-    """PID 1, the keepalive, control shells and their idle runners are not the user's processes."""
-    if pid in (1, os.getpid()):
-        return True
-    argv = cmdline(pid)
-    if not argv or argv == [b""] or argv[0] == b"mcp-keepalive" or MARK.encode() in argv:
-        return True
-    return pid != running and RUNNER_PATH.encode() in argv and MARK.encode() in cmdline(ppid_of(pid))
-
-
-def kill_others(running):
-    """SIGKILL every process but PID 1, the keepalive and control shells, until none is left."""
+def kill_others():
+    """SIGKILL every process of the sandbox user, until none is left: everything that is not root's
+    (init, the keepalive, control shells) but this control shell's idle standby."""
     for _ in range(100):
-        victims = [p for p in pids() if alive(p) and not protected(p, running)]
+        keep = {sh.pid for sh in list(standbys)}
+        victims = [p for p in pids() if p not in keep and alive(p) and real_uid(p) not in (0, None)]
         if not victims:
             return
         for p in victims:
@@ -213,235 +216,390 @@ def killpg(pgid, sig):
         pass
 
 
-def stop(req, mark):
-    cur = current_run()
-    if cur is None or not run_active(*cur):
-        reply(req, ok=True, was_running=False, run=cur[1] if cur else None)
-        return
-    pid, run = cur
-    if mark:
-        open(path(run + ".interrupted"), "w").close()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        killpg(pid, sig)
-        end = time.monotonic() + GRACE
-        while time.monotonic() < end and alive(pid):
-            time.sleep(0.005)
-        if not alive(pid):
-            break
-    killpg(pid, signal.SIGKILL)
-    kill_others(pid)
-    end = time.monotonic() + GRACE
-    while time.monotonic() < end and group_alive(pid):
-        time.sleep(0.005)
-    reply(req, ok=True, was_running=True, run=run)
+oom_file = []
 
 
-def whole(name):
-    """Whether a saved state was written whole: it ends with the marker line."""
+def oom_kills():
+    """How many processes the kernel's OOM killer has killed in this sandbox (its memory cgroup, v2 or v1)."""
+    if not oom_file:
+        for name in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+            try:
+                oom_file.append(os.open(name, os.O_RDONLY))
+                break
+            except OSError:
+                continue
+        else:
+            oom_file.append(None)
+    if oom_file[0] is None:
+        return 0
     try:
-        with open(path(name), "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - len(STATE_COMPLETE)))
-            return f.read() == STATE_COMPLETE
+        for line in os.pread(oom_file[0], 4096, 0).split(b"\n"):
+            key, _, value = line.partition(b" ")
+            if key == b"oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# -- setting up: privileges, the sandbox user, the turn shell ------------------------------------
+
+
+def capabilities():
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def setup():
+    """Check the privileges and the folder this needs, and install the turn shell: an error message, or None."""
+    needed = (1 << 5) | (1 << 6) | (1 << 7)  # CAP_KILL, CAP_SETGID, CAP_SETUID
+    if os.geteuid() != 0 or capabilities() & needed != needed:
+        return "its control shell runs without the privileges it needs (root with CAP_SETUID, CAP_SETGID and CAP_KILL)"
+    st = os.stat(DIR)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        return "its state folder %s is not root's alone" % DIR
+    try:
+        with open(path(TURN_FILE)) as f:
+            same = f.read() == TURN
     except OSError:
-        return False
+        same = False
+    if not same:
+        write_whole(TURN_FILE, TURN.encode(), 0o644)
+    if not os.path.exists(path(BASH_COPY)):
+        found = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(":") if p and os.access(p + "/bash", os.X_OK)]
+        if not found:
+            return "its image has no bash"
+        with open(found[0] + "/bash", "rb") as f:
+            write_whole(BASH_COPY, f.read(), 0o111)  # execute-only: the kernel makes what runs it non-dumpable
+    for name in os.listdir(DIR):  # what a control shell that was killed left: its standbys' files, a half write
+        owner = name[3:].split("-")[0] if name.startswith("cmd") else name.rpartition(".tmp")[2]
+        if owner.isdigit() and int(owner) != ME and not alive(int(owner)):
+            unlink(name)
+    return None
 
 
-def promote_state():
-    """The runner writes state.new and forks no mv; a whole one (ending with the marker) goes in force.
-    Another control shell may promote the same file at the same moment: losing that race is fine."""
-    if whole(NEW_STATE_FILE):
-        try:
-            os.replace(path(NEW_STATE_FILE), path(STATE_FILE))
-        except FileNotFoundError:
-            pass
+user = [None]
+"""(uid, gid, groups) of the sandbox user, as the first hello names it."""
+
+
+def entries(name):
+    """The lines of /etc/passwd or /etc/group, split at ":" (those with at least four fields)."""
+    try:
+        with open(name) as f:
+            return [fields for fields in (line.rstrip("\n").split(":") for line in f) if len(fields) > 3]
+    except OSError:
+        return []
+
+
+def resolve_user(spec):
+    """uid, gid and supplementary groups of `spec` ("uid:gid", "uid", "name" or "name:group"), as docker resolves them."""
+    name, _, group = str(spec).partition(":")
+    passwd = {f[0]: (int(f[2]), int(f[3])) for f in entries("/etc/passwd") if f[2].isdigit() and f[3].isdigit()}
+    groups = {f[0]: (int(f[2]), f[3].split(",")) for f in entries("/etc/group") if f[2].isdigit()}
+    if name.isdigit():
+        uid = int(name)
+        login = next((n for n, (u, _) in passwd.items() if u == uid), None)
+        gid = passwd[login][1] if login else uid
+    elif name in passwd:
+        login, (uid, gid) = name, passwd[name]
     else:
-        unlink(NEW_STATE_FILE)
+        raise ValueError("no user %r in the image" % name)
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        elif group in groups:
+            gid = groups[group][0]
+        else:
+            raise ValueError("no group %r in the image" % group)
+    if uid == 0:
+        raise ValueError("commands may not run as root")
+    extra = sorted({g for g, members in groups.values() if login and login in members} | {gid})
+    return uid, gid, extra
 
 
-def cleanup(run):
-    """Put the run's state in force and remove its files. The output goes before the exit code, so another
-    control shell never sees a finished run without either (see run_active). Once a later run is current,
-    its start has promoted this run's state already, and state.new is the later run's, half written: it is
-    left alone (a late acknowledgement of this run must not discard it)."""
-    cur = current_run()
-    if cur is None or cur[1] == run:
-        promote_state()
-        unlink(PID_FILE)
-    for suffix in (".out", ".rc", ".sh", ".start", ".interrupted"):
-        unlink(run + suffix)
+def workspace_writable():
+    uid, _, extra = user[0]
+    st = os.stat(WS)
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o200)
+    if st.st_gid in extra:
+        return bool(st.st_mode & 0o020)
+    return bool(st.st_mode & 0o002)
 
 
-followers = []
-STANDBYS = 1
-RUNNER_ARGV = ["bash", "--noprofile", "--norc", RUNNER_PATH, DIR]
+# -- turn shells: a standby started ahead, then the command it runs --------------------------------
+
+STANDBYS = 2
+"""Shells kept started ahead: with two, commands sent back to back find one ready while the next starts."""
+standbys = []
+wanted = [None]
+"""The environment standbys are started with (hello's, then each command's); None before hello."""
+quiet_until = [0.0]
+last_busy = [0.0]
+"""When the last request came in or the last result went out (monotonic)."""
+QUIET_S = 0.03
+spawned = [0]
+UNSET_ENV = ("BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS")
+"""Variables bash would act on at start, before the turn shell's own code: the state restores them if a command set them."""
 
 
 class Shell:
-    """A long-lived runner (see runner.py): commands are sourced in it one after another."""
+    """A turn shell (turn.py): a standby until it is handed a run, then that run's command."""
 
     def __init__(self, env):
+        spawned[0] += 1
+        self.tok = "cmd%d-%d" % (ME, spawned[0])
+        """Names its script (TOK.sh) and the file it saves its state to (TOK.state)."""
         self.env = env
-        self.pid, self.stdin, self.out = spawn(RUNNER_ARGV, env)
-        self.returncode = None
-        os.set_blocking(self.out, False)
-        self.state = None  # identity of the state its last command saved: it is used again only while in force
-        self.done = None
-        self.buf = b""
-
-    def alive(self):
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = self.pid, 0
-            if pid:
-                self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        return self.returncode is None
-
-    def drain(self):
-        """Read its "RUN_ID EXIT_CODE" lines: the last run it finished and is back from, ready for the next."""
-        if self.out is None:
-            return
+        self.run = None
+        self.status = None
+        self.result = None
+        """(exit code, OOM kills) once it ended, as recorded."""
+        self.state = None
+        """The state it was given to restore: a save that is the same is not written again."""
+        self.out = self.saved = self.given = self.go = None
         try:
-            while True:
-                chunk = os.read(self.out, 4096)
-                if not chunk:
-                    break
-                self.buf += chunk
-                lines = self.buf.split(b"\n")
-                self.buf = lines.pop()[-256:]
-                if lines and lines[-1]:
-                    self.done = lines[-1].split()[0].decode(errors="replace")
-        except (BlockingIOError, InterruptedError):
-            return
+            self.out = os.open(path(self.tok + ".out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            self.saved = os.open(path(self.tok + ".state"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            self.given = os.open(DIR, os.O_TMPFILE | os.O_RDWR, 0o644)  # readable by the shell through fd 5, by nobody else
+            go_r, self.go = os.pipe()
+        except OSError:
+            self.close()
+            raise
+        uid, gid, groups = user[0]
+        argv = ["bash", "-c", ". " + path(TURN_FILE), "bash", DIR, self.tok]
+        env = {k: v for k, v in env.items() if k not in UNSET_ENV}
+        plan = [(DEVNULL, 0), (DEVNULL, 1), (DEVNULL, 2), (go_r, 3), (self.given, 5), (self.out, 252), (self.saved, 254)]
+        try:
+            self.pid = os.fork()
+            if self.pid == 0:
+                child(plan, uid, gid, groups, argv, env)
+        except OSError:
+            self.close()
+            raise
+        finally:
+            os.close(go_r)
+        self.start = starttime(self.pid)
+
+    def files(self, run):
+        """Name its output file after the run it is handed (others find a run's output and exit code by its id)."""
+        os.replace(path(self.tok + ".out"), path(run + ".out"))
+
+    def close(self):
+        """Let it go: an idle one reads EOF and exits (reap() collects it)."""
+        for name in ("go", "out", "saved", "given"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
+        if self.run is None:
+            unlink(self.tok + ".out")
+            unlink(self.tok + ".state")
+            unlink(self.tok + ".sh")
+
+
+def child(plan, uid, gid, groups, argv, env):
+    """In the forked child: the descriptors in place, a session of its own, the sandbox user, bash."""
+    try:
+        for i, (src, _) in enumerate(plan):
+            os.dup2(src, 300 + i)
+        for i, (_, dst) in enumerate(plan):
+            os.dup2(300 + i, dst)
+        os.closerange(300, 300 + len(plan))
+        os.setsid()
+        try:  # the OOM killer takes a command's process before the control shell (lowering it needs privileges)
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("500")
         except OSError:
             pass
-        self.close_out()
-
-    def close_out(self):
-        if self.out is not None:
-            os.close(self.out)
-            self.out = None
-
-    def retire(self):
-        if self.stdin is not None:
-            os.close(self.stdin)  # it reads EOF and exits
-            self.stdin = None
-        retired.append(self)
-
-
-def spawn(argv, env):
-    """Start `argv` in a new session in the workspace (the control shell's own cwd), on pipes: (pid, stdin
-    fd, stdout fd). Every other descriptor of this process is close-on-exec, as Python makes them."""
-    in_r, in_w = os.pipe()
-    try:
-        out_r, out_w = os.pipe()
-    except OSError:
-        os.close(in_r)
-        os.close(in_w)
-        raise
-    try:
-        pid = os.posix_spawnp(
-            argv[0],
-            argv,
-            env,
-            setsid=True,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, in_r, 0),
-                (os.POSIX_SPAWN_DUP2, out_w, 1),
-                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
-            ],
-        )
-    except BaseException:
-        os.close(in_w)
-        os.close(out_r)
-        raise
+        os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; commands expect the defaults
+            signal.signal(sig, signal.SIG_DFL)
+        os.execve(path(BASH_COPY), argv, env)
     finally:
-        os.close(in_r)
-        os.close(out_w)
-    return pid, in_w, out_r
-
-
-session = [None]
-standbys = []
-retired = []
-last_env = [None]
-
-
-def fill_standbys(env):
-    while len(standbys) < STANDBYS and last_env[0] == env:
-        try:
-            standbys.append(Shell(env))
-        except OSError:
-            return
-
-
-spawner = None
-
-
-def refill(env):
-    """Start the spare shell in a thread, so the main loop stays free to answer."""
-    global spawner
-    last_env[0] = env
-    if len(standbys) < STANDBYS and (spawner is None or not spawner.is_alive()):
-        try:
-            spawner = Worker(fill_standbys, env)
-        except RuntimeError:
-            spawner = None
+        os._exit(127)
 
 
 def take_standby(env):
-    while True:
-        if not standbys and spawner is not None and spawner.is_alive() and last_env[0] == env:
-            spawner.join()
-        if not standbys:
-            return None
+    wanted[0] = env
+    while standbys:
         sh = standbys.pop(0)
-        if sh.env == env and sh.alive():
+        if sh.env == env and sh.status is None:
             return sh
-        sh.retire()
+        sh.close()
+    return Shell(env)
 
 
-def state_identity(name):
-    try:
-        st = os.stat(path(name))
-    except OSError:
+def refill_due(now):
+    """When the next standby should be started: None if none is wanted. Starting a bash takes about a
+    millisecond of CPU, which the server wants while it takes a result in: with no standby left, not
+    before the server acknowledged the last result; with one left, only once all has been quiet a while."""
+    if wanted[0] is None or closing[0] or len(standbys) >= STANDBYS:
         return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+    if standbys:
+        return max(now, last_busy[0] + QUIET_S)
+    return max(now, quiet_until[0])
 
 
-def take_shell(env):
-    """The session shell if its state is the one in force, else a fresh runner, which restores the file."""
-    sh = session[0]
-    if sh is not None:
-        if sh.alive() and sh.env == env and sh.state is not None and sh.state == state_identity(STATE_FILE):
-            return sh
-        sh.retire()
-        session[0] = None
-    sh = take_standby(env) or Shell(env)
-    session[0] = sh
-    refill(env)
-    return sh
+def refill():
+    """Start one more shell ahead (in the main thread: fork must run where signal handlers may be set)."""
+    try:
+        standbys.append(Shell(wanted[0]))
+    except OSError:
+        quiet_until[0] = time.monotonic() + 1.0  # out of processes, say: try again later
+
+
+def reap():
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
+        sh = current[0]
+        if sh is not None and sh.pid == pid:
+            finish(sh, status)
+        for sh in [sh for sh in standbys if sh.pid == pid]:  # killed (a `stop`), or bash did not start
+            sh.status = status
+            sh.close()
+            standbys.remove(sh)
+            quiet_until[0] = time.monotonic() + 0.2
+
+
+# -- shell state -------------------------------------------------------------------------------
+
+SPECIAL = frozenset(
+    name.encode()
+    for name in (
+        "_", "COLUMNS", "LINES", "EPOCHREALTIME", "EPOCHSECONDS", "EUID", "FUNCNAME", "GROUPS", "HISTCMD", "HOSTTYPE",
+        "LINENO", "MACHTYPE", "OSTYPE", "PIPESTATUS", "PPID", "PWD", "RANDOM", "SECONDS", "SHELLOPTS", "SHLVL",
+        "SRANDOM", "UID", "DIRSTACK", "COMP_WORDBREAKS",
+    )
+)  # fmt: skip
+"""Variables of bash's own (with those starting BASH and the turn shell's __sbx_): not carried."""
+KEPT_OFF = frozenset(("noexec", "onecmd"))
+"""Options that would stop the next shell before it ran its command: not carried."""
+
+
+def compose_state(raw):
+    """What the next turn shell restores, from what the last one saved (turn.py): bytes, or None if the save
+    was not whole. Saved on exit: as is. Saved after the command: its variables without bash's own, and
+    only the options that changed, `errexit` last so that nothing after it can end the restore."""
+    if not raw.endswith(b"\n#complete\n"):
+        return None
+    text = raw[: -len(b"#complete\n")]
+    head, marker, rest = text.rpartition(b"\n#vars\n")
+    if not marker:
+        return text
+    var_lines, _, opts = rest.rpartition(b"#opts ")
+    kept = []
+    for line in var_lines.split(b"\n"):  # `declare -FLAGS NAME[=VALUE]`, a line each (values are quoted)
+        space = line.find(b" ", 9)
+        if not line.startswith(b"declare -") or space < 0:
+            continue
+        equals = line.find(b"=", space)
+        name = line[space + 1 : equals if equals >= 0 else len(line)]
+        if name not in SPECIAL and not name.startswith((b"BASH", b"__sbx_")):
+            kept.append(line)
+    lists = [set(x.split(":")) - {""} for x in opts.decode("latin-1").rstrip("\n").split(" ")]
+    changes = []
+    if len(lists) == 4:
+        was_set, was_shopt, now_set, now_shopt = lists
+        changes += ["set -o " + o for o in sorted(now_set - was_set - KEPT_OFF) if o != "errexit"]
+        changes += ["set +o " + o for o in sorted(was_set - now_set)]
+        changes += ["shopt -s " + o for o in sorted(now_shopt - was_shopt)]
+        changes += ["shopt -u " + o for o in sorted(was_shopt - now_shopt)]
+        if "errexit" in now_set - was_set:
+            changes.append("set -o errexit")
+    block = ("{ " + "; ".join(changes) + "; } || :\n").encode() if changes else b""
+    return head + b"\n" + b"\n".join(kept) + b"\n" + block
+
+
+def given_state():
+    try:
+        with open(path(STATE_FILE), "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+current = [None]
+"""The shell running this control shell's command, until it is reaped."""
+closing = [False]
+"""The server's end of stdin is closed: exit once the command (if any) has ended and been recorded."""
+followers = []
+
+
+def current_run():
+    """What run.pid says: (shell pid, its start, run id, owner's pid, owner's start, OOM kills at the start,
+    the shell's token)."""
+    try:
+        with open(path(PID_FILE)) as f:
+            fields = f.read().split()
+        return (int(fields[0]), int(fields[1]), fields[2], int(fields[3]), int(fields[4]), int(fields[5]), fields[6])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def read_rc(run):
-    """The exit code the runner wrote, or None while it is missing or not written whole."""
+    """(exit code or None, OOM kills) as the control shell that ran it recorded, or None before that."""
     try:
-        with open(path(run + ".rc")) as fh:
-            text = fh.read()
-        return int(text) if text.endswith("\n") else None
+        with open(path(run + ".rc")) as f:
+            rc, oom = f.read().split()
+        return (None if rc == "-" else int(rc)), int(oom)
     except (OSError, ValueError):
         return None
 
 
-def run_active(pid, run):
-    """Running: no exit code yet, its output not cleaned up, and its runner alive (runners outlive runs)."""
-    return read_rc(run) is None and os.path.exists(path(run + ".out")) and run_alive(pid, run)
+def run_active(cur):
+    """Running: no exit code recorded, its output not cleaned up, and its shell (or the control shell that
+    records its exit code) alive."""
+    pid, start, run, owner, owner_start, _, _ = cur
+    return read_rc(run) is None and os.path.exists(path(run + ".out")) and (alive(pid, start) or alive(owner, owner_start))
+
+
+def cleanup(run):
+    """Remove a run's files: the output before the exit code, so another control shell never sees a finished
+    run without either (see run_active)."""
+    cur = current_run()
+    if cur is not None and cur[2] == run:
+        unlink(PID_FILE)
+        unlink(cur[6] + ".sh")
+        unlink(cur[6] + ".state")
+    for suffix in (".out", ".rc", ".interrupted"):
+        unlink(run + suffix)
+
+
+def finish(sh, status):
+    """The shell of this control shell's run ended: record its state, then its exit code (whole, in that
+    order: whoever sees the exit code finds the state in force)."""
+    sh.status = status
+    current[0] = None
+    rc = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    state = compose_state(read_all(sh.saved))
+    if state is not None and state != sh.state:
+        write_whole(STATE_FILE, state)
+    sh.result = (rc, max(0, oom_kills() - sh.oom0))
+    write_whole(sh.run + ".rc", ("%d %d\n" % sh.result).encode())
+    sh.close()
+    unlink(sh.tok + ".state")
+    unlink(sh.tok + ".sh")
 
 
 class Follower:
-    def __init__(self, req, run, pid, fd, shell):
-        self.req, self.run, self.pid, self.fd, self.shell, self.sent = req, run, pid, fd, shell, 0
+    def __init__(self, req, run, fd, shell=None, cur=None):
+        self.req, self.run, self.fd, self.shell, self.cur, self.sent = req, run, fd, shell, cur, 0
         self.announce = False
         self.t0 = time.monotonic()
         self.trimmed = 0
@@ -451,45 +609,49 @@ def start_run(req, msg):
     run = msg["run"]
     cur = current_run()
     if cur is not None:
-        if run_active(*cur):
+        if run_active(cur):
             reply(req, error="busy", message="A command is already running in this sandbox.")
             return
-        cleanup(cur[1])
-    with open(path(run + ".sh"), "w") as f:
-        f.write(msg["script"])
-    os.close(os.open(path(run + ".out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        cleanup(cur[2])
+    script = msg["script"].encode("utf-8", "surrogateescape")
     env = dict(os.environ)
     env.update(msg.get("env") or {})
+    state = given_state()
     for attempt in (0, 1):
+        sh = None
         try:
-            sh = take_shell(env)
-            mark_started(run, sh.pid)
-            os.write(sh.stdin, run.encode() + b"\n")
+            sh = take_standby(env)
+            write_whole(sh.tok + ".sh", script, 0o644)
+            sh.files(run)
+            sh.run = run
+            os.pwrite(sh.given, state, 0)
+            os.ftruncate(sh.given, len(state))
+            sh.state = state
+            sh.oom0 = oom_kills()
+            record = (sh.pid, sh.start, run, ME, MY_START, sh.oom0, sh.tok)
+            write_whole(PID_FILE, ("%d %d %s %d %d %d %s\n" % record).encode())
+            current[0] = sh
+            os.write(sh.go, b"g")  # the shell restores the state and runs the command
+            os.close(sh.go)
+            sh.go = None
             break
         except OSError as e:
-            if session[0] is not None:
-                session[0].retire()
-                session[0] = None
+            current[0] = None
+            if sh is not None:  # it died before it got the run: the next one takes over the output's name
+                sh.run = None
+                sh.close()
             if attempt:
                 cleanup(run)
                 reply(req, error="spawn", message="Cannot start the command: %s." % (e.strerror or e))
                 return
-    f = Follower(req, run, sh.pid, os.open(path(run + ".out"), os.O_RDONLY), sh)
+    f = Follower(req, run, os.open(path(run + ".out"), os.O_RDONLY), shell=sh)
     f.announce = True  # "started" goes out only if the command outlives the first poll
     followers.append(f)
 
 
-def mark_started(run, pid):
-    with open(path(run + ".start"), "w") as f:
-        f.write("%s\n" % starttime(pid))
-    with open(path(PID_FILE + ".tmp"), "w") as f:
-        f.write("%d %s\n" % (pid, run))
-    os.replace(path(PID_FILE + ".tmp"), path(PID_FILE))
-
-
 def follow(req, msg):
     cur = current_run()
-    run = msg.get("run") or (cur[1] if cur else None)
+    run = msg.get("run") or (cur[2] if cur else None)
     try:
         fd = os.open(path(run + ".out"), os.O_RDONLY) if run else None
     except OSError:
@@ -499,12 +661,35 @@ def follow(req, msg):
         return
     offset = int(msg.get("offset") or 0)
     os.lseek(fd, offset, os.SEEK_SET)
-    pid = cur[0] if cur and cur[1] == run else 0
-    sh = session[0]
-    f = Follower(req, run, pid, fd, sh if sh is not None and pid and sh.pid == pid else None)
+    mine = cur is not None and cur[2] == run
+    f = Follower(req, run, fd, cur=cur if mine else None)
     f.sent = offset
-    reply(req, ev="following", run=run, pid=pid, running=bool(pid and run_active(pid, run)))
+    reply(req, ev="following", run=run, pid=cur[0] if mine else 0, running=bool(mine and run_active(cur)))
     followers.append(f)
+
+
+def stop(req, mark):
+    cur = current_run()
+    if cur is None or not run_active(cur):
+        reply(req, ok=True, was_running=False, run=cur[2] if cur else None)
+        return
+    pid, start, run = cur[0], cur[1], cur[2]
+    if mark:
+        os.close(os.open(path(run + ".interrupted"), os.O_WRONLY | os.O_CREAT, 0o600))
+    if alive(pid, start):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            killpg(pid, sig)
+            end = time.monotonic() + GRACE
+            while time.monotonic() < end and alive(pid, start):
+                time.sleep(0.005)
+            if not alive(pid, start):
+                break
+        killpg(pid, signal.SIGKILL)
+    kill_others()
+    end = time.monotonic() + GRACE
+    while time.monotonic() < end and group_alive(pid):
+        time.sleep(0.005)
+    reply(req, ok=True, was_running=True, run=run)
 
 
 fallocate = []  # loaded on first use: importing ctypes costs more than most commands
@@ -512,13 +697,10 @@ fallocate = []  # loaded on first use: importing ctypes costs more than most com
 
 def load_fallocate():
     if not fallocate:
-        try:
-            import ctypes
-
-            fn = ctypes.CDLL(None, use_errno=True).fallocate
-            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-        except Exception:
-            fn = None
+        fn = None
+        if libc() is not None:
+            fn = libc().fallocate
+            fn.argtypes = [ctypes_mod[0].c_int, ctypes_mod[0].c_int, ctypes_mod[0].c_longlong, ctypes_mod[0].c_longlong]
         fallocate.append(fn)
     return fallocate[0]
 
@@ -528,7 +710,7 @@ KEEP_HEAD, KEEP_BEHIND, TRIM_STEP = 1 << 20, 16 << 20, 32 << 20
 
 
 def trim(f):
-    """Free the middle of a long output file once it has been sent: it lives on the sandbox's /tmp."""
+    """Free the middle of a long output file once it has been sent: it lives on the sandbox's /run."""
     start = max(f.trimmed, KEEP_HEAD)
     end = (f.sent - KEEP_BEHIND) & ~0xFFFF
     if end - start < TRIM_STEP or load_fallocate() is None:
@@ -558,39 +740,31 @@ def pump(f, limit):
     trim(f)
 
 
-def reap():
-    sh = session[0]
-    if sh is not None:
-        sh.drain()
-        if not sh.alive() and not any(f.shell is sh for f in followers):
-            sh.close_out()
-            session[0] = None
-    for sh in list(standbys):
-        if not sh.alive():
-            standbys.remove(sh)
-            sh.close_out()
-            if last_env[0] is not None:
-                refill(last_env[0])
-    for sh in list(retired):
-        if not sh.alive():
-            retired.remove(sh)
-            sh.close_out()
-
-
 def finished(f):
-    """Whether the run is over: its shell said so (or died); for a run another control started, its files."""
+    """The run's result, once it is over: (exit code or None, OOM kills); None while it runs."""
     if f.shell is not None:
-        return f.shell.done == f.run or not f.shell.alive()
-    return read_rc(f.run) is not None or not (f.pid and run_alive(f.pid, f.run))
+        return f.shell.result
+    got = read_rc(f.run)
+    if got is not None:
+        return got
+    cur = f.cur
+    if cur is None:
+        return (None, 0)
+    pid, start, _, owner, owner_start, oom0, _ = cur
+    if alive(owner, owner_start):
+        return None
+    if alive(pid, start):  # nobody left to record its exit code: stop it
+        killpg(pid, signal.SIGKILL)
+    return (None, max(0, oom_kills() - oom0))
 
 
 def pump_all():
-    reap()
     for f in list(followers):
-        if not finished(f):
+        result = finished(f)
+        if result is None:
             if f.announce and time.monotonic() - f.t0 > 0.015:
                 f.announce = False
-                reply(f.req, ev="started", run=f.run, pid=f.pid)
+                reply(f.req, ev="started", run=f.run, pid=f.shell.pid)
             pump(f, 8 * CHUNK)
             continue
         end = os.fstat(f.fd).st_size
@@ -602,15 +776,52 @@ def pump_all():
             data_frame(b"O", f.req, data)
         os.close(f.fd)
         followers.remove(f)
-        rc = read_rc(f.run)
-        sh = f.shell
-        if rc is None and sh is not None and sh.returncode is not None:
-            code = sh.returncode
-            rc = 128 - code if code < 0 else code
-        if sh is not None:
-            # Back at its loop with the state saved: the next command may run in it while that state is in force.
-            sh.state = state_identity(NEW_STATE_FILE) if sh.done == f.run and whole(NEW_STATE_FILE) else None
-        reply(f.req, ev="exit", run=f.run, rc=rc, interrupted=os.path.exists(path(f.run + ".interrupted")), bytes=f.sent)
+        interrupted = os.path.exists(path(f.run + ".interrupted"))
+        reply(f.req, ev="exit", run=f.run, rc=result[0], oom=result[1], interrupted=interrupted, bytes=f.sent)
+        if f.shell is not None:
+            quiet_until[0] = last_busy[0] = time.monotonic()
+            quiet_until[0] += 0.05  # until the server acknowledges (see refill_due)
+
+
+# -- files, with the sandbox user's rights -------------------------------------------------------
+
+ctypes_mod = []
+libc_lock = _thread.allocate_lock()
+
+
+def libc():
+    with libc_lock:
+        if not ctypes_mod:
+            try:
+                import ctypes
+
+                ctypes_mod.append(ctypes)
+                ctypes_mod.append(ctypes.CDLL(None, use_errno=True))
+            except Exception:
+                ctypes_mod.extend((None, None))
+    return ctypes_mod[1]
+
+
+class AsUser:
+    """This thread's file system uid and gid set to the sandbox user's (setfsuid is per thread): what it
+    opens, makes and resolves is what that user could, and what it makes is that user's."""
+
+    def __enter__(self):
+        lib = libc()
+        if lib is None:
+            raise OSError(
+                95, "the sandbox image's python3 has no ctypes, which reading files with the sandbox user's rights needs"
+            )
+        uid, gid, _ = user[0]
+        lib.setfsgid(gid)
+        lib.setfsuid(uid)
+        if lib.setfsuid(-1) != uid:  # it answers the current one
+            raise OSError(1, "cannot take the sandbox user's file rights")
+        return self
+
+    def __exit__(self, *exc):
+        libc().setfsuid(0)
+        libc().setfsgid(0)
 
 
 def inside(p):
@@ -622,47 +833,155 @@ def inside(p):
     return full
 
 
+def opened_inside(fd):
+    """Whether the file opened is inside the workspace: a folder swapped for a symlink after `inside` would lead out."""
+    try:
+        where = os.readlink("/proc/self/fd/%d" % fd)
+    except OSError:
+        return False
+    return where == WS or where.startswith(WS + "/")
+
+
+KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
 def file_error(req, e):
-    kind = {2: "not_found", 21: "is_dir", 20: "not_dir"}.get(e.errno, "os")
+    kind = {2: "not_found", 21: "is_dir", 20: "not_dir", 40: "not_allowed", 13: "denied"}.get(e.errno, "os")
     reply(req, error=kind, message=e.strerror or str(e))
 
 
-def read_file(req, msg):
-    full = inside(msg["path"])
-    if full is None:
+def open_regular(req, full, flags):
+    """Open a workspace file without blocking or following a last symlink; refuse anything but a regular file."""
+    fd = os.open(full, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW, 0o644)
+    st = os.fstat(fd)
+    kind = stat.S_IFMT(st.st_mode)
+    if kind == stat.S_IFREG and opened_inside(fd):
+        return fd
+    os.close(fd)
+    if kind == stat.S_IFDIR:
+        reply(req, error="is_dir", message="is a directory")
+    elif kind != stat.S_IFREG:
+        reply(req, error="not_regular", kind=KINDS.get(kind, "not a regular file"))
+    else:
         reply(req, error="not_allowed")
-        return
+    return None
+
+
+def read_file(req, msg):
     limit = int(msg["max"])
+    deadline = time.monotonic() + READ_LIMIT_S
+    parts, size = [], 0
     try:
-        with open(full, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > limit:
-                reply(req, error="too_big", size=size)
+        with AsUser():
+            full = inside(msg["path"])
+            if full is None:
+                reply(req, error="not_allowed")
                 return
-            data = fh.read(limit + 1)
+            fd = open_regular(req, full, os.O_RDONLY)
+            if fd is None:
+                return
+            try:
+                while size <= limit:  # the limit holds while reading: a file may grow after any stat
+                    if time.monotonic() > deadline:
+                        reply(req, error="timeout", seconds=READ_LIMIT_S)
+                        return
+                    chunk = os.read(fd, min(CHUNK, limit + 1 - size))
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    size += len(chunk)
+            finally:
+                os.close(fd)
     except OSError as e:
         file_error(req, e)
         return
-    if len(data) > limit:
-        reply(req, error="too_big", size=len(data))
+    if size > limit:
+        reply(req, error="too_big", size=size)
         return
-    data_frame(b"D", req, data)
+    data_frame(b"D", req, b"".join(parts))
 
 
 def write_file(req, msg, payload):
-    full = inside(msg["path"])
-    if full is None or full == WS:
-        reply(req, error="not_allowed")
-        return
     try:
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
+        with AsUser():
+            full = inside(msg["path"])
+            if full is None or full == WS:
+                reply(req, error="not_allowed")
+                return
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            fd = open_regular(req, full, os.O_WRONLY | os.O_CREAT)
+            if fd is None:
+                return
+            try:
+                os.ftruncate(fd, 0)
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
     except OSError as e:
         file_error(req, e)
         return
     reply(req, ok=True, size=len(payload))
+
+
+# -- the workspace's size, with the sandbox user's rights ----------------------------------------
+
+MEASURE_LIMIT_S = 30.0
+"""The longest measuring the workspace may take (in a thread: requests are answered meanwhile)."""
+
+
+def measure(req):
+    """The workspace's use as `du -sx` counts it (allocated blocks, each hard-linked file once, symlinks not
+    followed, this filesystem only; sandbox_backends/disk.py counts a local workspace alike), walked with the
+    sandbox user's rights, and the first path that user cannot read: what is in it is not counted, so the
+    server takes the workspace as over its limit. Measured here, as root, not by a `du` of the sandbox user,
+    whose output any process of that user could write into or whose memory it could change."""
+    deadline = time.monotonic() + MEASURE_LIMIT_S
+    with AsUser():
+        top = os.lstat(WS)
+        blocks, seen, unreadable, pending, counted = top.st_blocks, set(), None, [WS], 0
+        while pending:
+            folder = pending.pop()
+            try:
+                listing = os.scandir(folder)
+            except FileNotFoundError:
+                continue  # deleted while measured
+            except OSError:
+                unreadable = unreadable or folder
+                continue
+            with listing:
+                for entry in listing:
+                    counted += 1
+                    if counted % 1000 == 0 and time.monotonic() > deadline:
+                        reply(req, error="timeout", seconds=MEASURE_LIMIT_S)
+                        return
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    except OSError:
+                        unreadable = unreadable or entry.path
+                        continue
+                    if st.st_dev != top.st_dev:
+                        continue
+                    folder_entry = stat.S_ISDIR(st.st_mode)
+                    if st.st_nlink > 1 and not folder_entry:
+                        if st.st_ino in seen:
+                            continue
+                        seen.add(st.st_ino)
+                    blocks += st.st_blocks
+                    if folder_entry:
+                        pending.append(entry.path)
+    reply(req, ok=True, kb=(blocks + 1) // 2, unreadable=unreadable)
+
+
+# -- requests ----------------------------------------------------------------------------------
 
 
 def guarded(fn, req, *args):
@@ -679,16 +998,34 @@ def in_thread(fn, req, *args):
         guarded(fn, req, *args)  # no thread left under the process limit: do it inline
 
 
+def hello(req, msg):
+    if SETUP_ERROR:
+        reply(req, error="setup", message=SETUP_ERROR)
+        return
+    try:
+        who = resolve_user(msg.get("user") or "1000:1000")
+    except (ValueError, KeyError) as e:
+        reply(req, error="user", message=str(e))
+        return
+    if user[0] is None:
+        user[0] = who
+        os.setgroups(who[2])  # file access as the user (AsUser) counts its groups, not root's
+    env = dict(os.environ)
+    env.update(msg.get("env") or {})
+    wanted[0] = env
+    reply(req, ok=True, pid=ME, ws_writable=workspace_writable(), python=sys.version.split()[0])
+
+
 def handle(msg, payload):
     op, req = msg.get("op"), msg.get("req", "")
+    last_busy[0] = time.monotonic()
     try:
         if op == "hello":
-            env = dict(os.environ)
-            env.update(msg.get("env") or {})
-            refill(env)
-            reply(req, ok=True, pid=os.getpid(), ws_writable=os.access(WS, os.W_OK), python=sys.version.split()[0])
+            hello(req, msg)
         elif op == "ping":
             reply(req, ok=True)
+        elif user[0] is None:
+            reply(req, error="bad_request", message="hello comes first")
         elif op == "run":
             start_run(req, msg)
         elif op == "follow":
@@ -697,10 +1034,13 @@ def handle(msg, payload):
             in_thread(stop, req, bool(msg.get("mark", True)))
         elif op == "done":
             cleanup(msg["run"])
+            quiet_until[0] = 0.0
         elif op == "read":
             read_file(req, msg)
         elif op == "write":
             write_file(req, msg, payload)
+        elif op == "measure":
+            in_thread(measure, req)
         else:
             reply(req, error="bad_request", message="unknown op %r" % (op,))
     except Exception as e:
@@ -716,9 +1056,13 @@ def main():
     inbuf = bytearray()
     pending = None
     while True:
-        sh = session[0]
-        fds = [0, sig_r] if sh is None or sh.out is None else [0, sig_r, sh.out]
-        ready = select.select(fds, [], [], 0.02 if followers else None)[0]
+        fds = [sig_r] if closing[0] else [0, sig_r]
+        now = time.monotonic()
+        due = refill_due(now)
+        timeout = None if due is None else due - now
+        if followers:
+            timeout = 0.02 if timeout is None else min(timeout, 0.02)
+        ready = select.select(fds, [], [], timeout)[0]
         if sig_r in ready:
             try:
                 os.read(sig_r, 4096)
@@ -726,10 +1070,15 @@ def main():
                 pass
         if 0 in ready:
             chunk = os.read(0, CHUNK)
-            if not chunk:
-                return
+            if not chunk:  # the server is gone: see the command (if any) to its recorded end, then go
+                closing[0] = True
+                gone[0] = True
+                del followers[:]
+                for sh in standbys:
+                    sh.close()
+                del standbys[:]
             inbuf += chunk
-            while True:  # frames: 4-byte size, a marshalled dict, then its payload of msg["size"] bytes
+            while not closing[0]:  # frames: 4-byte size, a marshalled dict, then its payload of msg["size"] bytes
                 if pending is not None:
                     if len(inbuf) < pending["size"]:
                         break
@@ -749,10 +1098,22 @@ def main():
                     pending = msg
                 else:
                     handle(msg, b"")
+        reap()
         pump_all()
+        if closing[0] and current[0] is None:
+            return
+        now = time.monotonic()
+        due = refill_due(now)
+        if not ready and due is not None and due <= now:
+            refill()  # nothing else to do: start a shell ahead
 
 
+MY_START = starttime(ME)
+try:
+    SETUP_ERROR = setup()
+except OSError as e:
+    SETUP_ERROR = "its control shell could not set up: %s" % e
 try:
     main()
-except (BrokenPipeError, KeyboardInterrupt):
+except KeyboardInterrupt:
     pass

@@ -1,4 +1,7 @@
-"""The bash runner shared by the drivers: one long-lived shell per sandbox, its state also kept in a file.
+"""The local driver's bash runner: one long-lived shell per sandbox, its state also kept in a file.
+
+(The docker driver's control shell runs each command in a bash of its own instead, so that nothing in
+the sandbox can forge its exit code: see turn.py. The local driver has no such boundary to keep.)
 
 The runner is `bash RUNNER STATE_DIR`, started as a session and process-group leader (`setsid`). It
 reads run ids from stdin, one per line; for each it sources `RUN_ID.sh` in the shell itself, so `cd`,

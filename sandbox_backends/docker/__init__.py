@@ -1,17 +1,21 @@
 """The `docker` driver: one hardened container per sandbox, commands framed over one attached shell.
 
-Container (see `DockerDriver` for the knobs): no network, every capability dropped, no-new-privileges,
-memory (swap equal), CPU and process limits from `Limits`, user 1000:1000, read-only root, a named
-volume per sandbox at `/workspace`, tmpfs `/tmp` (`Limits.tmp_mb`) and `/run`, `init` as PID 1 with a
-keepalive child (`mcp-keepalive`), and labels `mcp-sessions.sandbox=1`, `mcp-sessions.server=<id>`,
-`mcp-sessions.name=<name>` plus `SandboxSpec.labels`. Containers are named `mcp-ses-<name>`.
+Container (see `DockerDriver` for the knobs): no network, every capability dropped but the three the
+control shell needs (SETUID, SETGID, KILL), no-new-privileges, memory (swap equal), CPU and process
+limits from `Limits`, read-only root, a named volume per sandbox at `/workspace`, tmpfs `/tmp`
+(`Limits.tmp_mb`) and `/run`, `init` as PID 1 with a keepalive child (`mcp-keepalive`), and labels
+`mcp-sessions.sandbox=1`, `mcp-sessions.server=<id>`, `mcp-sessions.name=<name>` plus
+`SandboxSpec.labels`. Containers are named `mcp-ses-<name>`. Init, the keepalive and control shells run
+as root (the container's user, so that a root `docker exec` gets the three capabilities); commands run
+as the driver's `user` (1000:1000) with no capabilities at all: the control shell starts each one so.
 
 Commands do not pay a `docker exec` each (50-80 ms here). Each sandbox object keeps one long-lived
 `docker exec` of the control shell (`sandbox_backends.control`, which describes its protocol), with stdin
 attached, and frames its requests over the exec's attach socket.
 
-The runner's state (`STATE_DIR`, /run/mcp-shell) lives on a tmpfs of its own (as large as /tmp), so a
-command that fills /tmp leaves the shell working: it survives the server, not a restart of the container.
+The control shell's state (`STATE_DIR`, /run/mcp-shell) lives on a tmpfs of its own (as large as /tmp),
+root's alone, so a command that fills /tmp leaves the shell working, and no command can reach it: it
+survives the server, not a restart of the container.
 A command that prints faster than the server reads (about 150 MB/s here) for more than `Limits.tmp_mb`
 can still fill it, and then gets ENOSPC. The image needs bash and python3 (3.8 or later).
 `SandboxSpec.env` is passed with every command (it is not baked into the container, so pooled containers

@@ -25,6 +25,15 @@ POOL_PREFIX = "mcp-pool-"
 VOLUME_PREFIX = "mcp-ws-"
 
 KEEPALIVE_CMD = ["bash", "-c", f"exec -a {KEEPALIVE_NAME} sleep infinity"]
+CONTAINER_USER = "0:0"
+"""The container's own user: init, the keepalive and control shells run as root, commands as the driver's
+`user` (the control shell switches to it). Docker 20.10 gives a root `docker exec` the container's added
+capabilities only when the container's user is root (with no-new-privileges, a root exec into a
+container of user 1000 has none)."""
+CONTROL_CAPS = ["SETUID", "SETGID", "KILL"]
+"""All the container keeps of root's capabilities, for its control shells: to start commands as the sandbox
+user and read and write its files with that user's rights (SETUID, SETGID), and to stop them (KILL).
+Commands run with none: they start as the sandbox user with no-new-privileges."""
 BASE_ENV = {"HOME": WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
 """Environment of every container; `SandboxSpec.env` is added per command (so pooled containers get it too)."""
 

@@ -21,6 +21,8 @@ from ..base import Limits, PhaseCallback, SandboxError, SandboxNotFound, Sandbox
 from ..control.client import MIN_PYTHON, Broken, ControlClient, Lost, control_boot_input, control_command
 from .container import (
     BASE_ENV,
+    CONTAINER_USER,
+    CONTROL_CAPS,
     DEFAULT_IMAGE,
     KEEPALIVE_CMD,
     LABEL_NAME,
@@ -142,10 +144,12 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
             tmpfs={
                 "/tmp": f"rw,nosuid,nodev,size={lim.tmp_mb}m,mode=1777",
                 "/run": "rw,nosuid,nodev,noexec,size=16m,mode=1777",
-                STATE_DIR: f"rw,nosuid,nodev,noexec,size={lim.tmp_mb}m,mode=1777",
+                # Root's alone (mode 0711: the turn shells may run the bash copy in it, by name, nothing else).
+                STATE_DIR: f"rw,nosuid,nodev,exec,size={lim.tmp_mb}m,mode=0711",
             },
             binds={volume: {"bind": WORKSPACE, "mode": "rw"}},
             cap_drop=["ALL"],
+            cap_add=CONTROL_CAPS,
             security_opt=["no-new-privileges:true"],
             ulimits=[docker.types.Ulimit(name="nofile", soft=self.nofile, hard=self.nofile)],
         )
@@ -173,7 +177,7 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
                     policy.image,
                     command=KEEPALIVE_CMD,
                     name=name,
-                    user=self.user,
+                    user=CONTAINER_USER,
                     labels=labels,
                     environment=BASE_ENV,
                     working_dir=WORKSPACE,
@@ -227,7 +231,7 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 await conn.send_raw(code)
-                _kind, msg = await conn.request({"op": "hello", "env": env or {}})
+                _kind, msg = await conn.request({"op": "hello", "env": env or {}, "user": self.user})
         except (Lost, TimeoutError) as e:
             await conn.aclose()
             detail = conn.stderr.strip().splitlines()
@@ -251,6 +255,15 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
             if isinstance(e, Broken):
                 raise SandboxError(f"The sandbox's control shell did not start properly: {e}.") from None
             raise SandboxError("The sandbox's control shell did not start" + (f": {detail[-1]}" if detail else ".")) from None
+        if msg.get("error") == "setup":
+            await conn.aclose()
+            raise SandboxError(
+                f"The sandbox container {cid[:12]} cannot be used: {msg.get('message')}. It was made by an older "
+                "version of mcp-sessions or by hand; delete the session and create a new one."
+            )
+        if msg.get("error"):
+            await conn.aclose()
+            raise SandboxError(f"The sandbox's control shell refused to start: {msg.get('message') or msg['error']}.")
         version = tuple(int(part) for part in re.findall(r"\d+", str(msg.get("python", "")))[:2])
         if version < MIN_PYTHON:
             await conn.aclose()

@@ -367,7 +367,7 @@ class EngineMixin:
             await on_failure(name, reason)
 
     async def watch(self, on_failure: FailureCallback) -> None:
-        """Report this server's sandboxes that die, get OOM-killed or get removed; keep the warm pool full.
+        """Report this server's sandboxes that die (of an out-of-memory kill too) or get removed; keep the warm pool full.
 
         Follows the engine's event stream filtered by this server's labels. A `die` is held for half a
         second, so a container removed with force is reported once, as "sandbox removed"; a `die` while
@@ -385,7 +385,9 @@ class EngineMixin:
         filters = {
             "type": "container",
             "label": [f"{LABEL_SANDBOX}=1", f"{LABEL_SERVER}={self.server_id}"],
-            "event": ["die", "oom", "destroy"],
+            # Not "oom": the kernel killing a process at the memory limit fails that command's turn (the control
+            # shell counts the kills), not the session; a container that dies of it sends "die" (OOMKilled).
+            "event": ["die", "destroy"],
         }
         pending_die: dict[str, anyio.CancelScope] = {}
         since: int | None = None  # live events only; after a reconnect, replay from the last one seen
@@ -462,9 +464,7 @@ class EngineMixin:
             return
         if not sandbox:
             return
-        if action == "oom":
-            await on_failure(sandbox, "oom killed")
-        elif action == "die":
+        if action == "die":
             if cid not in pending_die:
                 tg.start_soon(report_die, cid, sandbox, attrs.get("exitCode", "?"))
         elif action == "destroy":

@@ -38,6 +38,8 @@ STOP_TIMEOUT_S = 10.0
 FILE_TIMEOUT_S = 10.0
 FILE_RATE = 16 << 20
 """A file read or write gets FILE_TIMEOUT_S, plus a second per FILE_RATE bytes it may carry (5 MB: 0.3 s)."""
+MEASURE_TIMEOUT_S = 40.0
+"""Measuring the workspace: the control shell gives up after 30 s and says so; this only catches a hang."""
 TAKE_OVER_OUTPUT = 65536
 ENGINE_RESTARTED = (
     "docker engine restarted: the command was stopped and the sandbox started again with its /workspace files "
@@ -147,7 +149,7 @@ class DockerSandbox(ClosesOnExit):
             "network": hc.get("NetworkMode") or "default",
             "user": self._driver.user,
             "read_only_root": bool(hc.get("ReadonlyRootfs")),
-            "capabilities": "all dropped" if "ALL" in (hc.get("CapDrop") or []) else "docker default",
+            "capabilities": self._capabilities(hc),
             "no_new_privileges": any("no-new-privileges" in o for o in hc.get("SecurityOpt") or []),
             "limits": {
                 "memory_mb": memory // (1 << 20) if memory else None,
@@ -162,12 +164,31 @@ class DockerSandbox(ClosesOnExit):
         }
 
     async def disk_use(self) -> DiskUse | None:
-        """The workspace's use, for a workspace whose limit is measured (None when a filesystem of its own keeps it)."""
+        """The workspace's use, for a workspace whose limit is measured (None when a filesystem of its own keeps it):
+        the control shell walks it with the sandbox user's rights, so nothing in the sandbox can forge the figure."""
         if self._disk.mode != "measured" or self._disk.limit_mb is None:
             return None
         if self._closed:
             raise SandboxNotFound(f"The sandbox {self._spec.name} is closed.")
-        return await self._driver._measure(self._cid, self._disk.limit_mb)
+        _kind, msg = await self._request(
+            {"op": "measure"},
+            timeout=MEASURE_TIMEOUT_S,
+            no_answer=f"Measuring the workspace got no answer from the sandbox within {MEASURE_TIMEOUT_S:g} s",
+        )
+        kb = msg.get("kb")
+        if msg.get("error") or not isinstance(kb, int):
+            why = msg.get("message") or msg.get("error") or "no size in the answer"
+            if msg.get("error") == "timeout":
+                why = f"it took over {msg.get('seconds')} s"
+            raise SandboxError(f"Cannot measure the workspace: {why}.")
+        return DiskUse(used_mb=round(kb / 1024), limit_mb=self._disk.limit_mb, unreadable=msg.get("unreadable"))
+
+    @staticmethod
+    def _capabilities(hc: dict[str, Any]) -> str:
+        if "ALL" not in (hc.get("CapDrop") or []):
+            return "docker default"
+        kept = [c.removeprefix("CAP_") for c in hc.get("CapAdd") or []]
+        return "none for commands; the control shell keeps " + ", ".join(kept) if kept else "all dropped"
 
     # -- the control shell ----------------------------------------------------------------------
 
@@ -331,6 +352,7 @@ class DockerSandbox(ClosesOnExit):
             round(time.monotonic() - started, 3),
             timed_out=timed_out,
             interrupted=bool(run.exit.get("interrupted")) and not timed_out,
+            failure=self._oom_failure(run.exit),
         )
 
     async def interrupt(self) -> bool:
@@ -354,7 +376,20 @@ class DockerSandbox(ClosesOnExit):
             self._running = False
         assert run.exit is not None
         exit_code = run.exit.get("rc")
-        return buf.result(exit_code, 0.0, interrupted=bool(stopped.get("was_running")) or exit_code is None)
+        return buf.result(
+            exit_code, 0.0, interrupted=bool(stopped.get("was_running")) or exit_code is None, failure=self._oom_failure(run.exit)
+        )
+
+    def _oom_failure(self, exit: dict[str, Any]) -> str | None:
+        """The reason a command failed when the kernel's OOM killer killed processes while it ran (the
+        control shell counts them in the sandbox's memory cgroup): the sandbox stays usable."""
+        kills = exit.get("oom")
+        if not isinstance(kills, int) or kills <= 0:
+            return None
+        memory = self._host_config.get("Memory") or 0
+        limit = f"its memory limit of {memory >> 20} MiB" if memory else "its memory limit"
+        killed = "a process" if kills == 1 else f"{kills} processes"
+        return f"out of memory: the sandbox reached {limit} and the kernel killed {killed} while the command ran"
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -367,23 +402,31 @@ class DockerSandbox(ClosesOnExit):
             raise PathNotAllowed(f"'{path}' is outside the workspace {WORKSPACE}. Give a path relative to the workspace.")
         return full
 
-    async def _file_request(self, path: str, msg: dict[str, Any], payload: bytes = b"", size: int = 0) -> tuple[str, Any]:
-        """One file request, with a deadline for `size` bytes: a control shell that does not answer in
-        time is dropped, and the caller told (a read is not tried again: it would hang the same way)."""
-        timeout = FILE_TIMEOUT_S + size / FILE_RATE
+    async def _request(self, msg: dict[str, Any], payload: bytes = b"", *, timeout: float, no_answer: str) -> tuple[str, Any]:
+        """One request with a deadline, made again on a new connection if the old one is lost. A control
+        shell that does not answer in time is dropped, and the caller told `no_answer` (the request is not
+        tried again: it would hang the same way)."""
         retries = Retries(3)
         while True:
             conn = await self._connection()
             try:
                 return await conn.request(msg, payload, timeout=timeout)
             except NoAnswer:
-                verb = "Reading" if msg["op"] == "read" else "Writing"
-                raise SandboxError(
-                    f"{verb} '{path}' got no answer from the sandbox within {timeout:.0f} s (is it a pipe or a "
-                    "device, or the sandbox overloaded?); the connection was dropped, the next request opens another."
-                ) from None
+                raise SandboxError(f"{no_answer}; the connection was dropped, the next request opens another.") from None
             except Lost as e:
                 retries.lost(e)
+
+    async def _file_request(self, path: str, msg: dict[str, Any], payload: bytes = b"", size: int = 0) -> tuple[str, Any]:
+        """One file request, with a deadline for `size` bytes."""
+        timeout = FILE_TIMEOUT_S + size / FILE_RATE
+        verb = "Reading" if msg["op"] == "read" else "Writing"
+        return await self._request(
+            msg,
+            payload,
+            timeout=timeout,
+            no_answer=f"{verb} '{path}' got no answer from the sandbox within {timeout:.0f} s (is the sandbox "
+            "overloaded, or its disk stuck?)",
+        )
 
     @staticmethod
     def _file_error(path: str, msg: dict[str, Any], max_bytes: int = 0) -> SandboxError | OSError:
@@ -398,6 +441,12 @@ class DockerSandbox(ClosesOnExit):
             return NotADirectoryError(f"A parent of '{path}' is a file, not a folder.")
         if err == "too_big":
             return SandboxError(f"'{path}' is {msg.get('size')} bytes, over the {max_bytes}-byte limit for reading it here.")
+        if err == "not_regular":
+            return SandboxError(
+                f"'{path}' is {msg.get('kind') or 'not a regular file'}: only regular files can be read or written here."
+            )
+        if err == "timeout":
+            return SandboxError(f"Reading or writing '{path}' took over {msg.get('seconds')} s and was given up.")
         return SandboxError(f"Cannot access '{path}': {msg.get('message') or err}.")
 
     async def read_file(self, path: str, max_bytes: int) -> bytes:

@@ -7,8 +7,9 @@ quotas, and volumes have no size. So the limit is kept one of two ways, chosen p
   and its docker volume binds the image's folder. A write past the limit fails with ENOSPC, like a full
   disk; nothing needs measuring. It needs a server that may mount (root) and an engine on this host that
   sees its mounts (a `unix://` address). Making one costs about 6 ms (twice that the first time for a size).
-- **measured**: the workspace is a plain volume, and the session layer asks `disk_use()` (a `du` in the
-  container) while a turn runs and when it ends, and fails the turn that passed the limit (`MeasuresDisk`).
+- **measured**: the workspace is a plain volume, and the session layer asks `disk_use()` (the control shell
+  walks it with the sandbox user's rights) while a turn runs and when it ends, and fails the turn that
+  passed the limit (`MeasuresDisk`).
 
 `disk_mode` "auto" (the server's default) takes hard where the host allows it, else measured, and says why
 in `describe()["disk"]`; "hard" refuses to make a sandbox it cannot limit that way; "measured" always measures.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,7 +28,7 @@ import anyio
 import docker
 import docker.errors
 
-from ..base import DiskUse, Limits, SandboxError
+from ..base import Limits, SandboxError
 from ..disk import check_disk_mb
 from .container import WORKSPACE
 from .disks import Disks, can_mount
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DiskMode = Literal["auto", "hard", "measured"]
-_UNREADABLE = re.compile(r"cannot (?:read directory|access) '([^']*)'")
 
 
 @dataclass(frozen=True)
@@ -184,23 +183,3 @@ class WorkspaceMixin:
         """Delete a workspace's filesystem, once its volume is removed."""
         if self._disks is not None:
             await anyio.to_thread.run_sync(self._disks.remove, volume)
-
-    async def _measure(self, cid: str, limit_mb: int) -> DiskUse:
-        """The workspace's use, by a `du` in the container as the sandbox user (one `docker exec`, 30-60 ms).
-        A folder that user cannot read is reported, not skipped: it would hide what is in it."""
-        api = await self._api()
-
-        def du() -> tuple[int | None, bytes, bytes]:
-            ex = api.exec_create(cid, ["du", "-sxk", WORKSPACE], stdout=True, stderr=True)
-            out, err = api.exec_start(ex["Id"], demux=True)
-            return api.exec_inspect(ex["Id"]).get("ExitCode"), out or b"", err or b""
-
-        try:
-            code, out, err = await blocking(du)
-        except docker.errors.APIError as e:
-            raise SandboxError(f"Cannot measure the workspace: {e.explanation or e}") from None
-        fields = out.split()
-        if not fields or not fields[0].isdigit():
-            raise SandboxError(f"Cannot measure the workspace: du exited with {code}: {err.decode(errors='replace').strip()}")
-        unreadable = _UNREADABLE.search(err.decode(errors="replace"))
-        return DiskUse(used_mb=round(int(fields[0]) / 1024), limit_mb=limit_mb, unreadable=unreadable[1] if unreadable else None)
