@@ -62,6 +62,7 @@ from .control.runner import (
 from .disk import check_disk_mb, measure
 from .output import OutputBuffer
 from .registry import DriverContext, DriverPlugin
+from .regular_files import read_regular, write_regular
 
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
 """Server variables a local command sees. Everything else, API keys included, stays out."""
@@ -465,18 +466,10 @@ class LocalSandbox(ClosesOnExit):
     # -- files ----------------------------------------------------------------------------------
 
     async def read_file(self, path: str, max_bytes: int) -> bytes:
-        full = resolve_inside(self._ws, path)
-        if full.is_dir():
-            raise IsADirectoryError(f"'{path}' is a folder, not a file.")
-        size = full.stat().st_size
-        if size > max_bytes:
-            raise SandboxError(f"'{path}' is {size} bytes, over the {max_bytes}-byte limit for reading it here.")
-        return await anyio.Path(full).read_bytes()
+        return await read_regular(resolve_inside(self._ws, path), path, max_bytes)
 
     async def write_file(self, path: str, data: bytes) -> None:
-        full = resolve_inside(self._ws, path)
-        await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
-        await anyio.Path(full).write_bytes(data)
+        await write_regular(resolve_inside(self._ws, path), path, data)
 
     # -- life -----------------------------------------------------------------------------------
 

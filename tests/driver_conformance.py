@@ -448,6 +448,23 @@ async def test_reading_a_file_over_the_limit_is_refused(servers: Servers) -> Non
         await sb.read_file("folder", 10)
 
 
+@pytest.mark.parametrize("servers", BASH_DRIVERS, indirect=True)
+async def test_a_fifo_is_refused_not_waited_on(servers: Servers) -> None:
+    """A command can leave a FIFO where a file is expected, one fed without end or with no writer at all:
+    reading or writing it must not wait on the sandbox, nor take more than the size limit."""
+    sb = await servers.sandbox()
+    r = await sb.exec("mkfifo idle fed && { (while :; do echo more; done > fed) & } && echo made")
+    assert r.output == "made\n", r.output
+    for path in ["idle", "fed"]:
+        with anyio.fail_after(20):
+            with pytest.raises(SandboxError, match=f"'{path}' is a FIFO \\(named pipe\\): only regular files"):
+                await sb.read_file(path, 1000)
+            with pytest.raises(SandboxError, match=f"'{path}' is a FIFO \\(named pipe\\)"):
+                await sb.write_file(path, b"no")
+    await sb.interrupt()
+    assert (await sb.exec("echo still answers")).output == "still answers\n"
+
+
 async def test_paths_outside_the_workspace_are_refused(servers: Servers) -> None:
     sb = await servers.sandbox()
     parent = posixpath.dirname(sb.workspace)

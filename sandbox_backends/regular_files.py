@@ -1,0 +1,98 @@
+"""Reading and writing workspace files that a sandbox's own commands may have made hostile.
+
+A command can leave a FIFO, a socket or a device where a file is expected, or a file that grows while it is
+read. Opening a FIFO blocks until someone writes to it, and reading one (or /dev/zero) never ends: a file
+read must not wait on the sandbox, nor take more than its size limit. So files are opened non-blocking,
+only regular files are used, the limit is kept while reading (not only by a `stat` before), and the whole
+read or write has a time limit.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+
+from .base import SandboxError
+
+T = TypeVar("T")
+
+FILE_IO_LIMIT_S = 10.0
+"""The longest a file read or write may take before it is given up."""
+
+KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def not_regular(path: str, kind: str | None) -> SandboxError:
+    """The error for a workspace path that is something other than a regular file or a folder."""
+    return SandboxError(f"'{path}' is {kind or 'not a regular file'}: only regular files can be read or written here.")
+
+
+def too_big(path: str, size: int | str | None, max_bytes: int) -> SandboxError:
+    return SandboxError(f"'{path}' is {size} bytes, over the {max_bytes}-byte limit for reading it here.")
+
+
+def _open_regular(full: Path, shown: str, flags: int) -> int:
+    """A descriptor on `full` if it is a regular file: opened without blocking and without following a
+    symlink in its last part (one swapped in after the path was checked)."""
+    try:
+        fd = os.open(full, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == 6:  # ENXIO: a FIFO opened for writing with no reader
+            raise not_regular(shown, KINDS[stat.S_IFIFO]) from None
+        raise
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    if kind == stat.S_IFREG:
+        os.set_blocking(fd, True)
+        return fd
+    os.close(fd)
+    if kind == stat.S_IFDIR:
+        raise IsADirectoryError(f"'{shown}' is a folder, not a file.")
+    raise not_regular(shown, KINDS.get(kind))
+
+
+def _read(full: Path, shown: str, max_bytes: int) -> bytes:
+    fd = _open_regular(full, shown, os.O_RDONLY)
+    with open(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
+            raise too_big(shown, size, max_bytes)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew while it was read
+        raise too_big(shown, f"over {max_bytes}", max_bytes)
+    return data
+
+
+def _write(full: Path, shown: str, data: bytes) -> None:
+    fd = _open_regular(full, shown, os.O_WRONLY | os.O_CREAT)
+    with open(fd, "wb") as f:
+        f.truncate(0)
+        f.write(data)
+
+
+async def _in_thread(shown: str, verb: str, work: Callable[[], T]) -> T:
+    """Run `work` off the event loop; past the time limit the caller gets an error (the thread is left to end)."""
+    with anyio.move_on_after(FILE_IO_LIMIT_S):
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    raise SandboxError(f"{verb} '{shown}' took over {FILE_IO_LIMIT_S:.0f} s and was given up.")
+
+
+async def read_regular(full: Path, shown: str, max_bytes: int) -> bytes:
+    """The content of the regular file `full` (`shown` is the caller's path, for errors), at most `max_bytes`."""
+    return await _in_thread(shown, "Reading", functools.partial(_read, full, shown, max_bytes))
+
+
+async def write_regular(full: Path, shown: str, data: bytes) -> None:
+    """Write `data` to `full`, made if missing; refused if something other than a regular file is there."""
+    await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
+    await _in_thread(shown, "Writing", functools.partial(_write, full, shown, data))
