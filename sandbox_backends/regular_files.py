@@ -9,6 +9,7 @@ read or write has a time limit.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import stat
@@ -48,7 +49,7 @@ def _open_regular(full: Path, shown: str, flags: int) -> int:
     try:
         fd = os.open(full, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        if e.errno == 6:  # ENXIO: a FIFO opened for writing with no reader
+        if e.errno == errno.ENXIO:  # a FIFO opened for writing, non-blocking, with no reader
             raise not_regular(shown, KINDS[stat.S_IFIFO]) from None
         raise
     kind = stat.S_IFMT(os.fstat(fd).st_mode)

@@ -11,6 +11,7 @@ program, with nothing to import beside it.
 """
 
 import _thread
+import errno
 import marshal
 import os
 import select
@@ -851,6 +852,9 @@ KINDS = {
 
 
 def file_error(req, e):
+    if e.errno == errno.ENXIO:  # a FIFO opened for writing, non-blocking, with no reader
+        reply(req, error="not_regular", kind=KINDS[stat.S_IFIFO])
+        return
     kind = {2: "not_found", 21: "is_dir", 20: "not_dir", 40: "not_allowed", 13: "denied"}.get(e.errno, "os")
     reply(req, error=kind, message=e.strerror or str(e))
 

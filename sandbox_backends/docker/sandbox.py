@@ -27,6 +27,7 @@ from ..base import (
 )
 from ..control.client import Broken, ControlClient, Lost, NoAnswer, Run
 from ..output import OutputBuffer
+from ..regular_files import not_regular, too_big
 from .container import WORKSPACE
 
 if TYPE_CHECKING:
@@ -440,11 +441,9 @@ class DockerSandbox(ClosesOnExit):
         if err == "not_dir":
             return NotADirectoryError(f"A parent of '{path}' is a file, not a folder.")
         if err == "too_big":
-            return SandboxError(f"'{path}' is {msg.get('size')} bytes, over the {max_bytes}-byte limit for reading it here.")
+            return too_big(path, msg.get("size"), max_bytes)
         if err == "not_regular":
-            return SandboxError(
-                f"'{path}' is {msg.get('kind') or 'not a regular file'}: only regular files can be read or written here."
-            )
+            return not_regular(path, msg.get("kind"))
         if err == "timeout":
             return SandboxError(f"Reading or writing '{path}' took over {msg.get('seconds')} s and was given up.")
         return SandboxError(f"Cannot access '{path}': {msg.get('message') or err}.")
