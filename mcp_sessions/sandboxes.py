@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import TaskGroup
 
-from sandbox_backends.base import Driver, Limits, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
+from sandbox_backends.base import Driver, Limits, RemovesLeftovers, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
 
 from .models import SessionRecord
 
@@ -86,9 +86,12 @@ class Sandboxes:
         """Close the session's sandbox (`delete`: its workspace too). A sandbox already gone is fine."""
         if record.sandbox_id is not None:
             try:
-                await (await self.of(record)).close(delete=delete)
-            except SandboxNotFound:
-                pass
+                try:
+                    await (await self.of(record)).close(delete=delete)
+                except SandboxNotFound:
+                    driver = self.driver(record.session.driver)
+                    if delete and isinstance(driver, RemovesLeftovers):  # closed before: what it kept goes now
+                        await driver.remove_leftovers(record.sandbox_id, record.session.sandbox or {})
             except SandboxError as e:
                 log.warning("closing the sandbox of %s failed: %s", record.session.id, e)
         self._sandboxes.pop(record.session.id, None)

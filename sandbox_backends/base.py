@@ -25,7 +25,7 @@ filesystem enforces, measured instead). How a driver is found and configured:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -268,6 +268,17 @@ class MeasuresDisk(Protocol):
         """The workspace's use now, or None if there is nothing to measure (no limit, or a filesystem of the
         workspace's own enforces it). May take a while on a large workspace; raises `SandboxError` if the
         sandbox cannot be reached."""
+        ...
+
+
+@runtime_checkable
+class RemovesLeftovers(Protocol):
+    """A driver whose closed sandboxes leave something behind (docker: the workspace volume), which a later
+    delete must still reach although the sandbox itself can no longer be attached."""
+
+    async def remove_leftovers(self, sandbox_id: str, described: Mapping[str, object]) -> None:
+        """Remove what the sandbox `sandbox_id` left, found from what it said of itself (`Sandbox.describe()`).
+        Only what this driver made may be removed, whatever `described` says."""
         ...
 
 

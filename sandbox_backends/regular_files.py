@@ -23,7 +23,7 @@ from .base import SandboxError
 
 T = TypeVar("T")
 
-FILE_IO_LIMIT_S = 10.0
+FILE_IO_LIMIT_S = 4.0
 """The longest a file read or write may take before it is given up."""
 
 KINDS = {

@@ -130,3 +130,25 @@ async def test_sessions_from_the_warm_pool(docker_settings: Settings, docker_eng
         assert (await call(client, "send_message", session_id=second, text="echo pooled"))["output"] == "pooled\n"
         for sid in (first, second):
             await call(client, "close_session", session_id=sid, delete=True)
+
+
+async def test_a_closed_session_deleted_later_leaves_no_volume(docker_settings: Settings, docker_engine: Any) -> None:  # noqa: F811
+    """close, then close(delete=true): the workspace volume the close kept goes too, whether the session's
+    container was made for it or claimed from the warm pool (whose volume has the pool's name)."""
+    settings = docker_settings.replace(docker_pool=1)
+    async with Client(create_server(settings), mode="legacy") as client:
+        kinds: dict[bool, dict[str, Any]] = {}
+        with anyio.fail_after(60):
+            while len(kinds) < 2:  # the first create is made while the pool fills; a later one claims from it
+                session = await call(client, "create_session")
+                kinds.setdefault(session["sandbox"]["pooled"], session)
+                await anyio.sleep(0.5)
+        pooled, made = kinds[True], kinds[False]
+        for session in (pooled, made):
+            sid, volume = session["id"], session["sandbox"]["volume"]
+            await call(client, "send_message", session_id=sid, text="echo kept > /workspace/f")
+            await call(client, "close_session", session_id=sid)
+            assert [v.name for v in docker_engine.volumes.list(filters={"name": volume})] == [volume]  # kept
+            deleted = await call(client, "close_session", session_id=sid, delete=True)
+            assert deleted["deleted"] is True
+            assert docker_engine.volumes.list(filters={"name": volume}) == [], f"{volume} outlived the delete"

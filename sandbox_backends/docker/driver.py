@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -339,6 +340,29 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
             pooled=labels.get(LABEL_POOL) == "1",
             conn=conn,
         )
+
+    async def remove_leftovers(self, sandbox_id: str, described: Mapping[str, object]) -> None:
+        """The workspace volume a closed sandbox kept (named in its description: a pool container's volume has
+        the pool's name, not the session's) and its container if one is left (dead); only ones labelled as
+        sandboxes of this program."""
+        api = await self._api()
+        cid: str | None = None
+        try:
+            info = await blocking(api.inspect_container, sandbox_id)
+            if (info["Config"].get("Labels") or {}).get(LABEL_SANDBOX) == "1":
+                cid = info["Id"]
+        except docker.errors.NotFound:
+            pass
+        volume = described.get("volume")
+        if not isinstance(volume, str) or not volume.startswith(VOLUME_PREFIX):
+            volume = None
+        else:
+            try:
+                if ((await blocking(api.inspect_volume, volume)).get("Labels") or {}).get(LABEL_SANDBOX) != "1":
+                    volume = None
+            except docker.errors.NotFound:
+                volume = None
+        await self._remove(cid, volume)
 
     async def aclose(self) -> None:
         """Remove unclaimed pool containers, close control shells and the engine connection.
