@@ -73,6 +73,17 @@ def read_only(record: SessionRecord) -> str | None:
     return reason.replace("{session}", record.session.id).replace("{key}", str(m["key"]))
 
 
+def _grown(usage: Usage, seen: dict[str, Any]) -> Usage:
+    """The usage with what a source reports now. Each figure only grows: usage is cumulative, and a source may
+    report less in one view than in another (a detail that zeroes what its list showed)."""
+    was = usage.model_dump()
+    grown = {key: max(was[key], value) for key, value in seen.items() if key != "cost_by_model" and key in was}
+    if isinstance(by_model := seen.get("cost_by_model"), dict):
+        old = was["cost_by_model"]
+        grown["cost_by_model"] = {**old, **{m: max(old.get(m, 0.0), c) for m, c in by_model.items()}}
+    return Usage.model_validate({**was, **grown})
+
+
 def local_id(source: str, key: str) -> str:
     return "ses_" + hashlib.sha256(f"{source}/{key}".encode()).hexdigest()[:32]
 
@@ -253,7 +264,7 @@ class Mirror:
         s.title = foreign.title or s.title
         s.model = foreign.model or s.model
         s.workspace = foreign.workspace or s.workspace
-        s.usage = Usage.model_validate({**s.usage.model_dump(), **foreign.usage})
+        s.usage = _grown(s.usage, foreign.usage)
         s.started_at = foreign.started_at or s.started_at
         for said in (foreign.messages or [])[m["messages"] :]:
             content = _blocks.validate_python(said.content)
