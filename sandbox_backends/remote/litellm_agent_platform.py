@@ -118,7 +118,6 @@ class LiteLlmAgentPlatformClient(HttpDialect):
         return None
 
     async def send(self, rid: str, text: str) -> AsyncIterator[AgentEvent]:
-        await self._ready(rid)
         opened = False
         before = (await self.get(rid)).get("response")
 
