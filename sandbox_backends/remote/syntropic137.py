@@ -87,7 +87,7 @@ class Syntropic137Client(ReadOnlyDialect):
             if e.status != 404:
                 raise
             raise SandboxError(
-                f"{self.remote.label} has no sessions list at {self.remote.url}/sessions ({e}). Behind Syntropic137's "
+                f"{self.remote.label} has no sessions list at {self.remote.url}/sessions (it answered 404). Behind Syntropic137's "
                 "gateway the API is under /api/v1 (url http://HOST:8137/api/v1); served directly (uvicorn "
                 "syn_api) it has no prefix (url http://HOST:PORT)."
             ) from None
