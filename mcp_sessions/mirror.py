@@ -11,8 +11,8 @@ messages are current.
 A mirrored record has the id `ses_` + a hash of (source, key), so every poll, process and restart finds the same
 one; the driver's name as its driver and the agent its plugin names (the platform's own); the tags: the source's
 name and its tags; `sandbox`: the source's description with `remote_session_id` and `read_only: true`;
-status (moved by the lifecycle), reasons, usage, title and messages as the source reports them. One that vanished
-from the source while live turns failed, saying so. Closing one marks it closed here (dead, "closed") without calling the source; the
+status (moved by the lifecycle), reasons, usage (each figure only grows), title and messages as the source
+reports them. One that vanished from the source while live turns failed, saying so. Closing one marks it closed here (dead, "closed") without calling the source; the
 mirror then leaves it alone.
 """
 
