@@ -3,7 +3,8 @@
 Its requests are the ones Everruns' official Python client (`everruns-sdk` 0.3.1) sends, and the tests parse the
 test server's answers and events with that client's own models and SSE reader. Where the client and what the
 dialect did before disagreed, the client is followed:
-- the token goes in `Authorization` as it is (the client sends its key bare), no longer `Bearer` unless `evr_`;
+- the token goes in `Authorization` as it is, as the client sends its key (tokens other than `evr_` keys were
+  sent as `Bearer`: such a token now carries its own scheme, `Bearer <jwt>`, in the variable);
 - the create body always carries `tags`, `capabilities` and `tools` lists (empty unless given), as the client's;
 - `options.org_id` is sent as the `X-Org-Id` header, as the client does, not as a field of the body;
 - the event stream is asked with `Accept: text/event-stream` and `Cache-Control: no-cache`, and resumed with
@@ -145,10 +146,10 @@ class EverrunsClient(HttpDialect):
                     await self.request("POST", f"{EVR}/{rid}/messages", rid=rid, json=body, retry=False) or {"sent": True}
                 )
 
-        read: list[str] = []  # the id of the last event read: the stream resumes after it
+        read: str | None = None  # the id of the last event read: the stream resumes after it
 
         def resume(last: str | None) -> dict[str, Any]:
-            since = read[-1] if read else before
+            since = read or before
             return {"params": {"since_id": since}, "headers": SSE_HEADERS} if since else {"headers": SSE_HEADERS}
 
         turn: str | None = None
@@ -165,7 +166,7 @@ class EverrunsClient(HttpDialect):
                 if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
                     continue  # `connected`, `disconnecting` (the stream is cycled: it is resumed like a drop)
                 if isinstance(event.get("id"), str):
-                    read[:] = [event["id"]]
+                    read = event["id"]
                 kind, data = event.get("type") or frame.get("event", ""), event["data"]
                 of_turn = (event.get("context") or {}).get("turn_id") or data.get("turn_id")
                 if kind == "turn.started" and turn is None and posted.get("id") in (None, data.get("input_message_id")):
