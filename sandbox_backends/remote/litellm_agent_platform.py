@@ -33,6 +33,7 @@ class _NotReady(SandboxError):
 
 
 LAP = "/api/v1/managed_agents"
+NOT_READY_RETRIES = 30
 LAP_PHASES = {
     "creating_sandbox": "creating_sandbox",
     "pod_pending": "starting",
@@ -133,6 +134,7 @@ class LiteLlmAgentPlatformClient(HttpDialect):
             return {"path": f"{LAP}/sessions/{rid}/events"}
 
         usage: dict[str, Any] = {}
+        waits = 0
         frames = self.frames(rid, "", resume, mark_open)
         try:
             while True:
@@ -141,10 +143,14 @@ class LiteLlmAgentPlatformClient(HttpDialect):
                     message = json.loads(frame["data"])
                 except _TurnOver:
                     message = {"type": "done"}
-                except _NotReady:
+                except _NotReady as e:
                     # not ready (yet, or again): the harness got nothing; wait for it, then open the stream again
                     await frames.aclose()
+                    waits += 1
+                    if waits > NOT_READY_RETRIES:  # the session says ready, its endpoints keep saying not
+                        raise SandboxError(f"{e} (asked {waits} times while the session said it was ready)") from e
                     await self._ready(rid)
+                    await anyio.sleep(min(waits - 1, 5))
                     frames = self.frames(rid, "", resume, mark_open)
                     continue
                 except ValueError:
