@@ -11,8 +11,8 @@ messages are current.
 A mirrored record has the id `ses_` + a hash of (source, key), so every poll, process and restart finds the same
 one; the driver's name as its driver and the agent its plugin names (the platform's own); the tags: the source's
 name and its tags; `sandbox`: the source's description with `remote_session_id` and `read_only: true`;
-status (moved by the lifecycle), reasons, usage, title and messages as the source reports them. One that vanished
-from the source while live turns failed, saying so. Closing one marks it closed here (dead, "closed") without calling the source; the
+status (moved by the lifecycle), reasons, usage (each figure only grows), title and messages as the source
+reports them. One that vanished from the source while live turns failed, saying so. Closing one marks it closed here (dead, "closed") without calling the source; the
 mirror then leaves it alone.
 """
 
@@ -71,6 +71,17 @@ def read_only(record: SessionRecord) -> str | None:
         return None
     reason = m["read_only"] or "Session {session} mirrors session {key}, run elsewhere: it can only be read here."
     return reason.replace("{session}", record.session.id).replace("{key}", str(m["key"]))
+
+
+def _grown(usage: Usage, seen: dict[str, Any]) -> Usage:
+    """The usage with what a source reports now. Each figure only grows: usage is cumulative, and a source may
+    report less in one view than in another (a detail that zeroes what its list showed)."""
+    was = usage.model_dump()
+    grown = {key: max(was[key], value) for key, value in seen.items() if key != "cost_by_model" and key in was}
+    if isinstance(by_model := seen.get("cost_by_model"), dict):
+        old = was["cost_by_model"]
+        grown["cost_by_model"] = {**old, **{m: max(old.get(m, 0.0), c) for m, c in by_model.items()}}
+    return Usage.model_validate({**was, **grown})
 
 
 def local_id(source: str, key: str) -> str:
@@ -253,7 +264,7 @@ class Mirror:
         s.title = foreign.title or s.title
         s.model = foreign.model or s.model
         s.workspace = foreign.workspace or s.workspace
-        s.usage = Usage.model_validate({**s.usage.model_dump(), **foreign.usage})
+        s.usage = _grown(s.usage, foreign.usage)
         s.started_at = foreign.started_at or s.started_at
         for said in (foreign.messages or [])[m["messages"] :]:
             content = _blocks.validate_python(said.content)

@@ -1,20 +1,28 @@
 """The remote driver's `everruns` dialect against a test server written from Everruns' documented wire format
-(shared/seeds/001, notes/platforms.md §2, and the everruns sources the dialect names): sessions made from an
-agent, messages `{"message": {"role", "content"}}`, the SSE stream with `event:`/`id:` frames (only durable
-events carry an id; deltas are live only), `connected`/`disconnecting` framing, resume with `?since_id=`,
-cancel (400 when no turn runs), DELETE, and `{"error": "..."}` bodies."""
+(shared/seeds/001, notes/platforms.md §2, and the everruns sources the dialect names), whose every answer and
+event is first parsed by Everruns' official Python client's own models (`everruns_sdk.models`): sessions made
+from an agent, messages `{"message": {"role", "content"}}`, the SSE stream with `event:`/`id:` frames (only
+durable events are kept for replay; deltas are live only), `connected`/`disconnecting` framing, resume with
+`?since_id=` (event ids are time-ordered), cancel (400 when no turn runs), DELETE, and `{"error": "..."}`
+bodies. The dialect's requests are compared with those the official client sends to the same server."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-import uuid
+import re
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from everruns_sdk import Everruns
+from everruns_sdk.models import Event, ListResponse, Message, Session
 from mcp import Client
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -35,8 +43,19 @@ MODEL = "model_01933b5a000070008000000000000002"
 P = "/api/v1/sessions"
 
 
+ORG = "org_00000000000000000000000000000001"
+_ids = itertools.count(0x01933B5A000070008000000000000000)
+
+
 def new_id(kind: str) -> str:
-    return f"{kind}_{uuid.uuid4().hex}"
+    """Ids as Everruns makes them: a prefix and 32 hex digits of a UUIDv7, so later ids sort after earlier ones."""
+    return f"{kind}_{next(_ids):032x}"
+
+
+def sdk(model: type[BaseModel], payload: dict[str, Any]) -> dict[str, Any]:
+    """A payload the official client's model reads (it raises if not), as the server sends it."""
+    model.model_validate(payload)
+    return payload
 
 
 class FakeEverruns:
@@ -54,10 +73,12 @@ class FakeEverruns:
         self.cycle_after: int | None = None
         """Cycle the next stream (`disconnecting`, then close) after this many durable events."""
         self.fail_creates = 0
+        self.requests: list[dict[str, Any]] = []
+        """Every request, as the dialect's and the official client's are compared: what it asks, with what."""
 
     def emit(self, sid: str, kind: str, data: dict[str, Any], turn: str | None = None, durable: bool = True) -> None:
-        event = {"id": new_id("event"), "type": kind, "ts": "2026-05-25T10:00:00.000Z", "session_id": sid,
-                 "context": {"turn_id": turn} if turn else {}, "data": data}  # fmt: skip
+        event = sdk(Event, {"id": new_id("event"), "type": kind, "ts": "2026-05-25T10:00:00.000Z", "session_id": sid,
+                 "context": {"turn_id": turn} if turn else {}, "data": data})  # fmt: skip
         if durable:
             event["sequence"] = len(self.events[sid]) + 1
             self.events[sid].append(event)
@@ -128,7 +149,9 @@ class FakeEverruns:
                 durable=False,
             )
             await asyncio.sleep(0.05)
-        usage = {"input_tokens": 1000, "output_tokens": 200, "cache_read_tokens": 400}
+        usage: dict[str, Any] = {"input_tokens": 1000, "output_tokens": 200, "cache_read_tokens": 400}
+        if text == "with its cost":
+            usage |= {"actual_cost_usd": 0.042, "estimated_cost_usd": 0.04}
         self.said(sid, t, [{"type": "text", "text": reply}], usage)
         self.emit(sid, "turn.completed", {"turn_id": t, "iterations": 1, "duration_ms": 300, "usage": usage}, t)
         s["status"] = "idle"
@@ -143,14 +166,24 @@ class FakeEverruns:
         def err(status: int, message: str) -> JSONResponse:
             return JSONResponse({"error": message}, status_code=status)
 
-        def authorized(request: Request) -> bool:  # API keys bare (as the SDK sends them) or `ApiKey <key>`
-            return request.headers.get("authorization") in (KEY, f"ApiKey {KEY}")
+        async def authorized(request: Request) -> bool:  # API keys bare, as the official client sends them
+            body = await request.body()
+            self.requests.append(
+                {
+                    "method": request.method,
+                    "path": re.sub(r"session_[0-9a-f]{32}", "{sid}", request.url.path),
+                    "query": sorted(request.query_params),
+                    "body": json.loads(body) if body else None,
+                    **{h: request.headers.get(h) for h in ("authorization", "x-org-id", "accept", "cache-control")},
+                }
+            )
+            return request.headers.get("authorization") == KEY
 
         def session(request: Request) -> dict[str, Any] | None:
             return self.sessions.get(request.path_params["sid"])
 
         async def create(request: Request) -> Response:
-            if not authorized(request):
+            if not await authorized(request):
                 return err(401, "Unauthorized")
             if self.fail_creates:
                 self.fail_creates -= 1
@@ -167,15 +200,17 @@ class FakeEverruns:
             }  # fmt: skip
             self.events[sid] = []
             self.emit(sid, "session.started", {"harness_id": self.sessions[sid]["harness_id"], "agent_id": AGENT})
-            return JSONResponse(self.sessions[sid], status_code=201)
+            return JSONResponse(sdk(Session, self.sessions[sid]), status_code=201)
 
         async def get(request: Request) -> Response:
-            if not authorized(request):
+            if not await authorized(request):
                 return err(401, "Unauthorized")
             s = session(request)
-            return JSONResponse(s) if s else err(404, "Session not found")
+            return JSONResponse(sdk(Session, s)) if s else err(404, "Session not found")
 
         async def delete(request: Request) -> Response:
+            if not await authorized(request):
+                return err(401, "Unauthorized")
             if session(request) is None:
                 return err(404, "Session not found")
             self.deleted.append(request.path_params["sid"])
@@ -183,15 +218,17 @@ class FakeEverruns:
             return Response(status_code=204)
 
         async def events(request: Request) -> Response:
+            if not await authorized(request):
+                return err(401, "Unauthorized")
             s = session(request)
             if s is None:
                 return err(404, "Session not found")
             listed = self.events[s["id"]]
             limit = int(request.query_params.get("limit", len(listed) or 1))
-            return JSONResponse({"data": listed[-limit:], "total": len(listed)})
+            return JSONResponse(sdk(ListResponse, {"data": listed[-limit:], "total": len(listed), "offset": 0, "limit": limit}))
 
         async def message(request: Request) -> Response:
-            if not authorized(request):
+            if not await authorized(request):
                 return err(401, "Unauthorized")
             s = session(request)
             if s is None:
@@ -202,9 +239,11 @@ class FakeEverruns:
                  "content": body["message"]["content"], "created_at": "2026-05-25T10:01:00Z"}  # fmt: skip
             self.emit(s["id"], "input.message", {"message": m})
             self.tasks[s["id"]] = asyncio.create_task(self.turn(s["id"], text, m["id"]))
-            return JSONResponse(m, status_code=201)
+            return JSONResponse(sdk(Message, m), status_code=201)
 
         async def cancel(request: Request) -> Response:
+            if not await authorized(request):
+                return err(401, "Unauthorized")
             s = session(request)
             if s is None:
                 return err(404, "Session not found")
@@ -220,7 +259,7 @@ class FakeEverruns:
             return JSONResponse({"status": "cancelled"})
 
         async def sse(request: Request) -> Response:
-            if not authorized(request):
+            if not await authorized(request):
                 return err(401, "Unauthorized")
             s = session(request)
             if s is None:
@@ -229,8 +268,7 @@ class FakeEverruns:
             self.since_ids.append(since)
             q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
             self.listeners.setdefault(sid, []).append(q)  # subscribed before answering, as Everruns does
-            ids = [e["id"] for e in self.events[sid]]
-            replay = self.events[sid][ids.index(since) + 1 :] if since in ids else []
+            replay = [e for e in self.events[sid] if since and e["id"] > since]  # ids are time-ordered
             drop, self.drop_after = self.drop_after, None
             cycle, self.cycle_after = self.cycle_after, None
 
@@ -279,7 +317,7 @@ class FakeEverruns:
 
 
 def front(home: Path, url: str, **options: Any) -> Settings:
-    options = options or {"agent_id": AGENT, "tags": ["team-a"]}
+    options = options or {"agent_id": AGENT, "tags": ["team-a"], "org_id": ORG}
     remotes = {"evr": {"url": url + "/api", "dialect": "everruns", "token_env": "EVR_KEY", "options": options, "reconnect_s": 10}}
     return Settings(home=home, remotes=json.dumps(remotes))
 
@@ -295,7 +333,14 @@ async def test_everruns_session_stream_usage_resume_cancel_delete_and_loss(
             assert s["status"] == "ready", s
             assert s["sandbox"]["dialect"] == "everruns" and s["model"] == MODEL
             sid, rid = s["id"], s["sandbox"]["remote_session_id"]
-            assert fake.bodies[-1] == {"agent_id": AGENT, "title": "triage", "tags": ["team-a", "ci"], "model_id": MODEL}
+            assert fake.bodies[-1] == {
+                "agent_id": AGENT,
+                "title": "triage",
+                "tags": ["team-a", "ci"],
+                "model_id": MODEL,
+                "capabilities": [],
+                "tools": [],
+            }
 
             r = await call(client, "send_message", session_id=sid, text="hello there world", wait_s=30)
             assert r["turn_status"] == "completed", r
@@ -310,6 +355,11 @@ async def test_everruns_session_stream_usage_resume_cancel_delete_and_loss(
             assert "".join(e["data"]["text"] for e in got["events"] if e["type"] == "text.delta") == "echo: hello there world"
             assert got["session"]["usage"]["cost_by_model"] == {"gpt-4o": pytest.approx(0.005)}
             assert fake.since_ids[-1] == fake.events[rid][0]["id"]  # the stream starts after the session's last event
+
+            # a turn whose usage has its cost: that is the cost, not the model's price
+            r = await call(client, "send_message", session_id=sid, text="with its cost", wait_s=30)
+            assert r["usage"]["cost_usd"] == pytest.approx(0.042) and r["usage"]["cost_by_model"] == {"gpt-4o": 0.042}
+            got = await call(client, "get_session", session_id=sid, events_after=0)
 
             # the stream drops after three durable events (the message, turn.started, output.message.started):
             # resumed with since_id, nothing doubled
@@ -331,7 +381,7 @@ async def test_everruns_session_stream_usage_resume_cancel_delete_and_loss(
             r = await call(client, "send_message", session_id=sid, text="after the cycle", wait_s=30)
             assert r["turn_status"] == "completed" and r["output"] == "echo: after the cycle", r
             asked = [e for e in fake.events[rid] if e["type"] == "input.message"][-1]
-            assert len(fake.since_ids) == 5 and fake.since_ids[-1] == asked["id"]
+            assert len(fake.since_ids) == 6 and fake.since_ids[-1] == asked["id"]
 
             r = await call(client, "send_message", session_id=sid, text="slow", wait_s=1)
             assert r["turn_status"] == "running"
@@ -379,3 +429,69 @@ async def test_everruns_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         async with Client(create_server(front(tmp_path / "c", url))) as client:
             s = await call(client, "create_session", driver="remote", remote="evr")
             assert s["status"] == "failed" and "refused the credentials (set EVR_KEY)" in s["failure_reason"]
+
+
+async def test_everruns_requests_are_those_of_the_official_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same steps taken by Everruns' official client and by the dialect (through this server) reach the test
+    server as the same requests: paths, bodies, credentials, organization, stream headers and resume parameter. The
+    client's own SSE reader reads the test server's stream."""
+    monkeypatch.setenv("EVR_KEY", KEY)
+    fake = FakeEverruns()
+    async with serve_fake(fake) as url:
+        official = Everruns(api_key=KEY, base_url=url + "/api", org_id=ORG)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # it points applications to its agent client
+            made = await official.sessions.create(agent_id=AGENT, title="triage", tags=["team-a", "ci"], model_id=MODEL)
+            last = (await official.events.list(made.id, limit=1))[-1]
+            stream = official.events.stream(made.id, since_id=last.id)
+            read: list[Event] = []
+            with anyio.fail_after(30):
+                await official.messages.create(made.id, "hello there world")
+                async for event in stream:
+                    read.append(event)
+                    if event.type == "turn.completed":
+                        break
+            await stream.aclose()
+            assert [e.type for e in read if e.type != "output.message.delta"] == [
+                "input.message",
+                "turn.started",
+                "output.message.started",
+                "output.message.completed",
+                "turn.completed",
+            ]
+            assert read[-1].data["usage"]["input_tokens"] == 1000
+            await official.messages.create(made.id, "slow")
+            with anyio.fail_after(10):
+                while fake.sessions[made.id]["status"] != "active":
+                    await anyio.sleep(0.02)
+            await official.sessions.cancel(made.id)
+            await official.sessions.delete(made.id)
+        await official.close()
+        theirs, fake.requests = fake.requests, []
+
+        async with Client(create_server(front(tmp_path / "front", url))) as client:
+            s = await call(client, "create_session", driver="remote", remote="evr", title="triage", tags=["ci"], model=MODEL)
+            r = await call(client, "send_message", session_id=s["id"], text="hello there world", wait_s=30)
+            assert r["turn_status"] == "completed", r
+            assert (await call(client, "send_message", session_id=s["id"], text="slow", wait_s=1))["turn_status"] == "running"
+            assert (await call(client, "interrupt", session_id=s["id"]))["interrupted"] is True
+            await call(client, "close_session", session_id=s["id"])
+        ours = fake.requests
+
+    def kinds(requests: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in requests:
+            found.setdefault((r["method"], r["path"]), []).append(r)
+        return found
+
+    mine = kinds(ours)
+    for kind, asked in kinds(theirs).items():
+        assert kind in mine, f"the dialect never sends {kind}, which the official client does"
+        bodies = {json.dumps(r["body"], sort_keys=True) for r in mine[kind]}
+        assert bodies == {json.dumps(r["body"], sort_keys=True) for r in asked}, kind
+        for r in mine[kind]:
+            assert (r["authorization"], r["x-org-id"]) == (KEY, ORG), r
+            if kind[1].endswith("/sse"):
+                assert (r["accept"], r["cache-control"], r["query"]) == ("text/event-stream", "no-cache", ["since_id"]), r
+            else:
+                assert r["query"] == asked[0]["query"], r

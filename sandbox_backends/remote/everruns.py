@@ -1,4 +1,17 @@
-"""The `everruns` dialect: Everruns, a durable agent execution platform whose sessions run its own agent loop."""
+"""The `everruns` dialect: Everruns, a durable agent execution platform whose sessions run its own agent loop.
+
+Its requests are the ones Everruns' official Python client (`everruns-sdk` 0.3.1) sends, and the tests parse the
+test server's answers and events with that client's own models and SSE reader. Where the client and what the
+dialect did before disagreed, the client is followed:
+- the token goes in `Authorization` as it is, as the client sends its key (tokens other than `evr_` keys were
+  sent as `Bearer`: such a token now carries its own scheme, `Bearer <jwt>`, in the variable);
+- the create body always carries `tags`, `capabilities` and `tools` lists (empty unless given), as the client's;
+- `options.org_id` is sent as the `X-Org-Id` header, as the client does, not as a field of the body;
+- the event stream is asked with `Accept: text/event-stream` and `Cache-Control: no-cache`, and resumed with
+  `since_id` = the `id` of the last event read, any event (ids are time-ordered), not the last SSE `id:` line;
+- a turn's `usage` may carry its cost (`actual_cost_usd`, else `effective_cost_usd`, else
+  `estimated_cost_usd`): that is the cost, and the model's price is the fallback only.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +23,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..base import AgentEvent, PhaseCallback, SandboxError, SandboxSpec
+from .config import Remote
 from .dialect import DialectPlugin
 from .http import HttpDialect, RemoteRefused
 
 EVR = "/v1/sessions"
+COSTS = ("actual_cost_usd", "effective_cost_usd", "estimated_cost_usd")
+SSE_HEADERS = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 def _everruns_blocks(parts: Any) -> list[dict[str, Any]]:
@@ -56,11 +72,19 @@ def _everruns_text(result: Any) -> str:
     return "" if result is None else result if isinstance(result, str) else json.dumps(result)
 
 
-def _everruns_usage(usage: Any) -> dict[str, Any]:
-    """Everruns' TokenUsage `{input_tokens, output_tokens, cache_read_tokens?, cache_creation_tokens?}` as ours."""
+def _everruns_usage(usage: Any, model: str | None) -> dict[str, Any]:
+    """Everruns' TokenUsage `{input_tokens, output_tokens, cache_read_tokens?, cache_creation_tokens?,
+    actual_cost_usd?, effective_cost_usd?, estimated_cost_usd?}` as ours."""
     u = usage if isinstance(usage, dict) else {}
-    mapped = {k: int(u.get(k) or 0) for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")}
+    mapped: dict[str, Any] = {
+        k: int(u.get(k) or 0) for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
+    }
     mapped["total_tokens"] = mapped["input_tokens"] + mapped["output_tokens"]
+    cost = next((u[k] for k in COSTS if isinstance(u.get(k), int | float)), None)
+    if cost is not None:
+        mapped["cost_usd"] = float(cost)
+        if model:
+            mapped["cost_by_model"] = {model: float(cost)}
     return mapped
 
 
@@ -74,19 +98,23 @@ class EverrunsClient(HttpDialect):
     A session is made by `POST /v1/sessions` from `options` (fields of that body: `agent_id` or `harness_name`,
     `model_id`, `tags`, `capabilities`, ...), with the caller's title, tags (added) and model (as `model_id`).
     A message is posted once `GET /v1/sessions/{id}/sse` is open; the turn is the one whose `turn.started`
-    names that message, followed to `turn.completed`/`turn.failed`/`turn.cancelled`. Only durable events carry
-    an SSE `id:`, and the stream resumes with `?since_id=` after the last one (or after the session's last
-    event before the message), so a dropped or cycled stream loses only text deltas: the reply is read from
-    `output.message.completed`, tool output from `tool.completed`. Usage is the turn's `usage`; Everruns
-    reports no cost, so the end names the model (`output.message.completed`'s `metadata.model`) for the remote
-    agent to price. Cancel interrupts; DELETE closes. API keys (`evr_...`) go bare in `Authorization`, as the
-    SDK sends them; other tokens (JWTs) as `Bearer`.
+    names that message, followed to `turn.completed`/`turn.failed`/`turn.cancelled`. The stream resumes with
+    `?since_id=` after the last event read (or after the session's last event before the message); the reply is
+    read from `output.message.completed`, tool output from `tool.completed`, so text deltas missed while the
+    stream was down cost nothing. Usage is the turn's `usage`, with its cost when it has one; otherwise the end
+    names the model (`output.message.completed`'s `metadata.model`) for the remote agent to price. Cancel
+    interrupts; DELETE closes.
 
     Assumed where the sources leave it open: `budget.paused`/`budget.exhausted` during a turn end it as failed
     (the platform waits for a budget change no caller here can make)."""
 
+    def __init__(self, remote: Remote) -> None:
+        super().__init__(remote)
+        if org := remote.options.get("org_id"):
+            self.http.headers["X-Org-Id"] = str(org)
+
     def authorization(self, token: str) -> str:
-        return token if token.startswith("evr_") else f"Bearer {token}"
+        return token
 
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None) -> str:
         options = self.remote.options
@@ -94,12 +122,10 @@ class EverrunsClient(HttpDialect):
             raise SandboxError(
                 f"{self.remote.label}: set options.agent_id (the Everruns agent the sessions run) or options.harness_name."
             )
-        body: dict[str, Any] = dict(options)
+        body: dict[str, Any] = {"capabilities": [], "tools": [], **{k: v for k, v in options.items() if k != "org_id"}}
         if spec.title:
             body["title"] = spec.title
-        tags = [*options.get("tags", []), *spec.tags]
-        if tags:
-            body["tags"] = list(dict.fromkeys(tags))
+        body["tags"] = list(dict.fromkeys([*options.get("tags", []), *spec.tags]))
         if spec.model:
             body["model_id"] = spec.model
         return str((await self.request("POST", EVR, json=body, retry=False))["id"])
@@ -120,9 +146,11 @@ class EverrunsClient(HttpDialect):
                     await self.request("POST", f"{EVR}/{rid}/messages", rid=rid, json=body, retry=False) or {"sent": True}
                 )
 
+        read: str | None = None  # the id of the last event read: the stream resumes after it
+
         def resume(last: str | None) -> dict[str, Any]:
-            since = last or before
-            return {"params": {"since_id": since}} if since else {}
+            since = read or before
+            return {"params": {"since_id": since}, "headers": SSE_HEADERS} if since else {"headers": SSE_HEADERS}
 
         turn: str | None = None
         model: str | None = None
@@ -137,6 +165,8 @@ class EverrunsClient(HttpDialect):
                     continue
                 if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
                     continue  # `connected`, `disconnecting` (the stream is cycled: it is resumed like a drop)
+                if isinstance(event.get("id"), str):
+                    read = event["id"]
                 kind, data = event.get("type") or frame.get("event", ""), event["data"]
                 of_turn = (event.get("context") or {}).get("turn_id") or data.get("turn_id")
                 if kind == "turn.started" and turn is None and posted.get("id") in (None, data.get("input_message_id")):
@@ -187,7 +217,7 @@ class EverrunsClient(HttpDialect):
                         "status": status,
                         "reason": str(reason) if reason else None,
                         "content": reply if status == "completed" else [],
-                        "usage": _everruns_usage(data.get("usage")),
+                        "usage": _everruns_usage(data.get("usage"), model),
                         "model": model,
                         "messages": messages,
                     }
@@ -215,6 +245,7 @@ class EverrunsOptions(BaseModel):
     harness_id: str | None = Field(None, description="the harness, by id (instead of an agent)")
     harness_name: str | None = Field(None, description="the harness, by name (instead of an agent)")
     tags: list[str] = Field([], description="tags of every session made there (the caller's are added)")
+    org_id: str | None = Field(None, description="the organization (sent as X-Org-Id, as Everruns' client does)")
 
 
 plugin = DialectPlugin(name="everruns", client=EverrunsClient, options=EverrunsOptions)

@@ -63,8 +63,10 @@ class HttpDialect:
         try:  # {"error": {"code", "message"}} (ours, CIAB), {"error": "text"} (LiteLLM, Everruns), {"detail": ...} (FastAPI)
             body = response.json()
             info = body["error"] if "error" in body else body["detail"]
-            if isinstance(info, list):  # FastAPI's 422: [{"loc", "msg", ...}]
-                info = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in info)
+            if isinstance(info, list):  # FastAPI's 422 [{"loc", "msg", ...}], zod's issues [{"path", "message", ...}]
+                info = "; ".join(
+                    f"{'.'.join(map(str, d.get('loc') or d.get('path') or []))}: {d.get('msg') or d.get('message')}" for d in info
+                )
             code, message = (info.get("code", ""), info.get("message", "")) if isinstance(info, dict) else ("", str(info))
         except (ValueError, KeyError, TypeError, AttributeError):
             code, message = "", response.text[:300]
