@@ -1,4 +1,5 @@
-"""Who may call the HTTP server, and how often: bearer tokens that name owners, and a rate limit per owner.
+"""Who may call the HTTP server, and how often: bearer tokens that name owners, and a rate limit per owner
+(without tokens there are no owners, and the server answers only this machine: nothing is limited).
 
 Tokens come from `--tokens-file` (one `owner:token` a line; blank lines and `#` comments skipped) and from
 `MCP_SESSIONS_TOKENS` (`owner:token` pairs separated by commas). A token is compared in constant time.
