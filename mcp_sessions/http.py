@@ -26,6 +26,7 @@ from . import __version__
 from .auth import RateLimiter, StaticTokenVerifier, check_bind, is_loopback, load_tokens
 from .errors import PayloadTooLarge
 from .http_api import API, Health, error_response, routes
+from .jsonrpc import InvalidMessage, check
 from .openapi import document, dumps
 from .server import AppState, create_server
 from .settings import Settings
@@ -159,6 +160,45 @@ class Gate:
         return f"The request body is over this server's limit of {self.max_body} bytes (--max-request-bytes)."
 
 
+class MessagesOnly:
+    """The SDK's MCP app, with a POST body that is JSON but not one JSON-RPC message (a batch array, an
+    object of no message's shape) answered 400 with -32600 (jsonrpc.py), where the SDK answers -32602
+    with a pydantic dump. The body is read once and handed on as it came. (A class: Starlette would take
+    a plain function for a request handler, not an ASGI app.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending its body
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        try:
+            check(bytes(body), "request")
+        except InvalidMessage as e:
+            reply = e.reply().model_dump_json(by_alias=True, exclude_unset=True)
+            await Response(reply, status_code=400, media_type="application/json")(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
     """The whole HTTP server as one ASGI app (the Starlette app is its `.app`); the lifespan opens the
     manager both surfaces share. `tokens` (token -> owner) defaults to those the settings name."""
@@ -192,7 +232,7 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
         Route("/healthz", healthz, methods=["GET"]),
         Route(API + "/openapi.json", openapi_json, methods=["GET"]),
         *routes(lambda: holder["state"].manager, owner_of),
-        Route(MCP_PATH, mcp_app, methods=MCP_METHODS),  # the SDK's app, which serves MCP_PATH
+        Route(MCP_PATH, MessagesOnly(mcp_app), methods=MCP_METHODS),  # the SDK's app, which serves MCP_PATH
     ]
     app = Starlette(routes=served, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     gate = Gate(app, settings, verifier)
