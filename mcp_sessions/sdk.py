@@ -1,7 +1,8 @@
 """The MCP SDK internals this server needs, in one place.
 
 `mcp` 2.3 has no public way to add or remove request handlers of an `MCPServer`, to reach its subscription bus, to
-tell when a client connection is gone, or to ask whether a request carries a progress token. Each of
+tell when a client connection is gone, to ask whether a request carries a progress token, or to give each
+streamable HTTP session an event store of its own. Each of
 those reaches into the SDK here and nowhere else, so a new SDK minor (the dependency is pinned to one)
 is checked against this module alone. Each is driven through real clients by the tests of subscriptions
 and notifications, and of progress (test_streaming.py, test_http.py); `test_architecture.py`
@@ -19,6 +20,8 @@ from mcp.server import NotificationOptions
 from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.session import ServerSession
+from mcp.server.streamable_http import EventStore, StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.subscriptions import SubscriptionBus
 
 
@@ -75,3 +78,18 @@ def wants_progress(ctx: Context[Any, Any]) -> bool:
         if hasattr(outbound, attribute):
             return getattr(outbound, attribute) is not None
     return True
+
+
+def event_store_per_session(manager: StreamableHTTPSessionManager, make: Callable[[str], EventStore]) -> None:
+    """Give each stateful HTTP session the event store `make(session id)`. The SDK hands every session the
+    one store it was given, and names streams by request ids that every session reuses: with one store,
+    a client resuming its stream could be replayed another session's events."""
+    admit = manager._admit_session
+
+    def admit_with_store(requestor: Any) -> StreamableHTTPServerTransport | None:
+        transport = admit(requestor)
+        if transport is not None and transport.mcp_session_id is not None:
+            transport._event_store = make(transport.mcp_session_id)
+        return transport
+
+    manager._admit_session = admit_with_store  # type: ignore[method-assign]
