@@ -6,6 +6,7 @@ to use it and what comes back; errors say what went wrong and what to do next.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import json
@@ -121,6 +122,7 @@ class SessionsServer(MCPServer[AppState]):
     settings_: Settings
     state: AppState | None = None
     """The manager and change feed every connection uses, while `serving()` runs."""
+    _arguments: dict[str, list[str]] | None = None
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[AppState]:
@@ -148,9 +150,18 @@ class SessionsServer(MCPServer[AppState]):
                 tool.output_schema = flatten(tool.output_schema)
         return tools
 
+    async def arguments_of(self, name: str) -> list[str] | None:
+        """The argument names a tool takes (None for no such tool), from the schemas it publishes."""
+        if self._arguments is None:
+            self._arguments = {t.name: list(t.input_schema.get("properties", {})) for t in await super().list_tools()}
+        return self._arguments.get(name)
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
+        taken = await self.arguments_of(name)
+        if taken is not None and (unknown := [a for a in arguments if a not in taken]):
+            raise ToolError(unknown_arguments(name, unknown, taken))
         try:
             result = await super().call_tool(name, arguments, context)
         except ToolError as e:
@@ -189,6 +200,18 @@ class SessionsServer(MCPServer[AppState]):
                 )
             )
         return static + listed
+
+
+def unknown_arguments(tool: str, unknown: list[str], taken: list[str]) -> str:
+    """The error for arguments a tool does not take: the SDK would drop them silently, and a model that
+    misspells an option must learn that it did (input schemas say `additionalProperties: false`)."""
+    hints = [
+        f"'{u[:60]}' (did you mean '{close[0]}'?)" if (close := difflib.get_close_matches(u, taken, 1)) else f"'{u[:60]}'"
+        for u in unknown[:10]
+    ]
+    return (
+        f"Unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for {tool}, which takes only: {', '.join(taken)}."
+    )
 
 
 def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
