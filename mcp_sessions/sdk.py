@@ -23,6 +23,7 @@ from mcp.server.session import ServerSession
 from mcp.server.streamable_http import EventStore, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.subscriptions import SubscriptionBus
+from mcp.types import ServerCapabilities
 
 
 def lowlevel(mcp: MCPServer[Any]) -> Server[Any]:
@@ -49,11 +50,22 @@ def withdraw_request_handlers(mcp: MCPServer[Any], *methods: str) -> None:
 
 
 def announce_resource_changes(mcp: MCPServer[Any]) -> None:
-    """Make the initialize result say that the server sends `resources/list_changed`."""
+    """Make the capabilities say that the server sends `resources/list_changed`, in both eras, and never
+    `tools/list_changed`: the tools are fixed. (In 2026-07-28 the SDK derives every `listChanged` from
+    `subscriptions/listen` being served, which it is, for the resources.)"""
     low = lowlevel(mcp)
     low.create_initialization_options = functools.partial(  # type: ignore[method-assign]
         low.create_initialization_options, NotificationOptions(resources_changed=True)
     )
+    derive = low.get_capabilities
+
+    def capabilities(*args: Any, **kwargs: Any) -> ServerCapabilities:
+        found = derive(*args, **kwargs)
+        if found.tools is not None:
+            found.tools.list_changed = False
+        return found
+
+    low.get_capabilities = capabilities  # type: ignore[method-assign]
 
 
 def connection_of(session: ServerSession) -> object:

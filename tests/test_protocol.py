@@ -34,6 +34,16 @@ async def test_no_prompts_are_advertised_and_asking_for_one_is_method_not_found(
         assert refused.value.error.code == -32601
 
 
+@pytest.mark.parametrize("mode", ERAS)
+async def test_the_tool_list_is_not_announced_as_changing(settings: Settings, mode: str) -> None:
+    """The tools are fixed: no era advertises tools/list_changed (2026-07-28 would, as the SDK derives it
+    from subscriptions/listen, which is served for the resources' changes, and those are announced)."""
+    async with Client(create_server(settings), mode=mode) as client:
+        capabilities = client.server_capabilities
+        assert capabilities.tools is not None and not capabilities.tools.list_changed
+        assert capabilities.resources is not None and capabilities.resources.list_changed
+
+
 BAD_LINES = [
     b"not json",
     b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]',
