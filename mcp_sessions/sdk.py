@@ -23,7 +23,16 @@ from mcp.server.session import ServerSession
 from mcp.server.streamable_http import EventStore, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.subscriptions import SubscriptionBus
-from mcp.types import ServerCapabilities
+from mcp.types import (
+    ServerCapabilities,
+    ServerTasksCapability,
+    ServerTasksRequestsCapability,
+    TasksCallCapability,
+    TasksCancelCapability,
+    TasksListCapability,
+    TasksToolsCapability,
+)
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 
 def lowlevel(mcp: MCPServer[Any]) -> Server[Any]:
@@ -63,6 +72,28 @@ def announce_resource_changes(mcp: MCPServer[Any]) -> None:
         found = derive(*args, **kwargs)
         if found.tools is not None:
             found.tools.list_changed = False
+        return found
+
+    low.get_capabilities = capabilities  # type: ignore[method-assign]
+
+
+def advertise_tasks(mcp: MCPServer[Any], extension: str) -> None:
+    """Make the handshake-era capabilities say `tasks` (list, cancel, tools/call: VS Code looks for
+    `tasks.requests.tools.call`) instead of the 2026-07-28 extension, which the SDK advertises in every
+    era; 2026-07-28 keeps the extension and no `tasks` slot."""
+    low = lowlevel(mcp)
+    derive = low.get_capabilities
+
+    def capabilities(*args: Any, protocol_version: str | None = None, **kwargs: Any) -> ServerCapabilities:
+        found = derive(*args, protocol_version=protocol_version, **kwargs)
+        if protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            found.tasks = ServerTasksCapability(
+                list=TasksListCapability(),
+                cancel=TasksCancelCapability(),
+                requests=ServerTasksRequestsCapability(tools=TasksToolsCapability(call=TasksCallCapability())),
+            )
+            if found.extensions:
+                found.extensions = {k: v for k, v in found.extensions.items() if k != extension} or None
         return found
 
     low.get_capabilities = capabilities  # type: ignore[method-assign]

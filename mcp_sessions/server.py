@@ -32,6 +32,7 @@ from mcp.types import (
     TextContent,
     Tool,
     ToolAnnotations,
+    ToolExecution,
     UnsubscribeRequestParams,
 )
 from pydantic import Field, ValidationError
@@ -60,6 +61,7 @@ from .plugins import catalog
 from .schemas import flatten, lean_input
 from .settings import Settings
 from .stdio import stdio_streams
+from .tasks import EXTENSION, Tasks, TasksExtension, TaskSupport, as_task_wait, middleware, task_client
 from .tools import ToolPlugin
 
 INSTRUCTIONS = """\
@@ -122,6 +124,7 @@ class SessionsServer(MCPServer[AppState]):
     settings_: Settings
     state: AppState | None = None
     """The manager and change feed every connection uses, while `serving()` runs."""
+    tasks: Tasks
     _arguments: dict[str, list[str]] | None = None
 
     @asynccontextmanager
@@ -148,6 +151,8 @@ class SessionsServer(MCPServer[AppState]):
             tool.input_schema = lean_input(tool.input_schema)
             if tool.output_schema is not None:
                 tool.output_schema = flatten(tool.output_schema)
+            if (support := self.tasks.support.get(tool.name)) is not None:
+                tool.execution = ToolExecution(task_support="required" if support.required else "optional")
         return tools
 
     async def arguments_of(self, name: str) -> list[str] | None:
@@ -228,6 +233,7 @@ def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
         async with server.serving() as state:
             yield state
 
+    tasks = Tasks()
     mcp = SessionsServer(
         "mcp-sessions",
         version=__version__,
@@ -235,8 +241,13 @@ def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
         log_level=settings.log_level.upper(),  # type: ignore[arg-type]
         lifespan=lifespan,
         subscriptions=InMemorySubscriptionBus(),
+        extensions=[TasksExtension(tasks)],
+        middleware=[middleware(tasks)],
     )
     mcp.settings_ = settings
+    mcp.tasks = tasks
+    tasks.support.update(send_message=TaskSupport("turn"), create_session=TaskSupport("create"))
+    sdk.advertise_tasks(mcp, EXTENSION)
     register_plugin_tools(mcp, register_tools(mcp))
     register_resources(mcp)
     register_notifications(mcp)
@@ -301,7 +312,7 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         (id, status, workspace path). Status is 'ready' when it can take messages; 'creating' if it is still
         being set up after wait_s (poll get_session); 'failed' with failure_reason if it could not start.
         """
-        return await _manager(ctx).create(CreateRequest.of(_owner(), **given), wait_s=wait_s)
+        return await _manager(ctx).create(CreateRequest.of(_owner(), **given), wait_s=as_task_wait(wait_s))
 
     wait = Annotated[WaitS, Field(description="Wait up to this long for the session to be ready (capped at 50).")]
     parameters = [
@@ -348,10 +359,10 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
             lambda: manager.send(
                 session_id,
                 text,
-                wait_s=wait_s,
+                wait_s=as_task_wait(wait_s),
                 queue=queue,
                 owner=_owner(),
-                sampler=ConnectionSampler(ctx.request_context.session),
+                sampler=task_client() or ConnectionSampler(ctx.request_context.session),
             ),
         )
 
