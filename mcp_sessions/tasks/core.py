@@ -82,6 +82,8 @@ class TaskRef:
     @classmethod
     def parse(cls, task_id: object) -> TaskRef:
         """The task an id names; -32602 for anything this server could not have given out."""
+        if task_id is None:
+            raise MCPError(INVALID_PARAMS, "The request has no taskId: pass the taskId the tool call returned.")
         found = TASK_ID.match(task_id) if isinstance(task_id, str) else None
         if found is None:
             raise MCPError(
