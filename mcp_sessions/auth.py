@@ -14,6 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 
 from .settings import Settings
@@ -128,3 +129,9 @@ class RateLimiter:
     @staticmethod
     def retry_after(wait: float) -> str:
         return str(max(1, math.ceil(wait)))
+
+
+def caller() -> str | None:
+    """Who calls an MCP method: the owner named by the HTTP bearer token; None (every session) on stdio."""
+    token = get_access_token()
+    return token.client_id if token else None

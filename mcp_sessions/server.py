@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ParamSpec, TypeVar, cast
 
 import anyio
-from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError, UnexpectedToolError
@@ -43,6 +42,7 @@ from sandbox_backends.registry import PluginError
 from . import __version__, sdk
 from .agents.providers.sampling import ConnectionSampler
 from .app import open_manager
+from .auth import caller as _owner
 from .create import CreateRequest, create_parameters
 from .errors import SessionError, SessionNotFound
 from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
@@ -99,12 +99,6 @@ class AppState:
 
     manager: SessionManager
     feed: ChangeFeed
-
-
-def _owner() -> str | None:
-    """Who calls: the owner named by the HTTP bearer token; None (every session) on stdio."""
-    token = get_access_token()
-    return token.client_id if token else None
 
 
 def _manager(ctx: Context) -> SessionManager:

@@ -12,10 +12,10 @@ import anyio
 import pytest
 from mcp import Client, types
 
+from mcp_sessions import __version__
 from mcp_sessions.agents.llm import LlmSettings
 from mcp_sessions.agents.pricing import PriceTable
 from mcp_sessions.agents.providers.common import ModelRequest, ProviderError, TokenUsage
-from mcp_sessions import __version__
 from mcp_sessions.agents.providers.sampling import SamplingProvider
 from mcp_sessions.app import server_id
 from mcp_sessions.cli import build_parser, main
@@ -460,8 +460,15 @@ async def test_sampling_in_the_2026_era_goes_through_the_turns_task(home: Path, 
         asked = await settle(client, task["taskId"], "input_required")
         assert asked["status"] == "input_required", asked
         [(key, request)] = asked["inputRequests"].items()
-        assert request["method"] == "sampling/createMessage" and request["params"]["messages"][-1]["content"][0]["text"] == "say hi"
-        answer = {"role": "assistant", "content": [{"type": "text", "text": "sampled in a task"}], "model": "client-model", "stopReason": "endTurn"}
+        assert (
+            request["method"] == "sampling/createMessage" and request["params"]["messages"][-1]["content"][0]["text"] == "say hi"
+        )
+        answer = {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "sampled in a task"}],
+            "model": "client-model",
+            "stopReason": "endTurn",
+        }
         assert await rpc(client, "tasks/update", taskId=task["taskId"], inputResponses={key: answer}) == {
             "resultType": "complete",
             "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "mcp-sessions", "version": __version__}},

@@ -14,13 +14,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 import anyio
-from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, CreateMessageRequestParams, CreateMessageResultWithTools, ErrorData, TextContent
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 from pydantic import BaseModel
 
+from ..auth import caller as owner
 from ..errors import InvalidInput, SessionError, SessionNotFound
 from ..manager import SessionManager
 from ..models import Session, TurnReply, now
@@ -36,12 +36,6 @@ CANCELLED_REASON = "interrupted by the caller"
 CANCEL_WAIT_S = 10.0
 """How long cancelling waits for the turn to stop (it gets SIGINT, SIGTERM, then SIGKILL within ~1 s)."""
 TASK_ID = re.compile(r"^(ses_[0-9a-f]{32})\.(new|[1-9][0-9]{0,8})$")
-
-
-def owner() -> str | None:
-    """Who calls: the owner named by the HTTP bearer token; None (every session) on stdio."""
-    token = get_access_token()
-    return token.client_id if token else None
 
 
 @dataclass(frozen=True)
