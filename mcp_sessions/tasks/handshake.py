@@ -14,6 +14,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from ..errors import InvalidInput
 from ..manager import SessionManager
 from ..turns import MAX_WAIT_S
 from .core import POLL_MS, TERMINAL, Tasks, TaskState, answer_of, iso, owner, starting
@@ -89,7 +90,7 @@ async def list_page(tasks: Tasks, manager: SessionManager, cursor: str | None) -
     """The caller's tasks, newest first (every task on stdio, where there are no owners)."""
     try:
         ids, next_cursor = await manager.store.tasks(owner(), PAGE, cursor)
-    except Exception as e:  # a cursor this server did not give out
+    except InvalidInput as e:  # a cursor this server did not give out
         raise MCPError(INVALID_PARAMS, f"Invalid cursor: {e}; pass the nextCursor of the previous page.") from None
     listed = []
     for task_id in ids:
