@@ -1,4 +1,5 @@
-"""Who may call the HTTP server, and how often: bearer tokens that name owners, and a rate limit per owner.
+"""Who may call the HTTP server, and how often: bearer tokens that name owners, and a rate limit per owner
+(without tokens there are no owners, and the server answers only this machine: nothing is limited).
 
 Tokens come from `--tokens-file` (one `owner:token` a line; blank lines and `#` comments skipped) and from
 `MCP_SESSIONS_TOKENS` (`owner:token` pairs separated by commas). A token is compared in constant time.
@@ -13,6 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 
 from .settings import Settings
@@ -127,3 +129,9 @@ class RateLimiter:
     @staticmethod
     def retry_after(wait: float) -> str:
         return str(max(1, math.ceil(wait)))
+
+
+def caller() -> str | None:
+    """Who calls an MCP method: the owner named by the HTTP bearer token; None (every session) on stdio."""
+    token = get_access_token()
+    return token.client_id if token else None

@@ -11,6 +11,7 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator
 
+import mcp_types as types
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend
 from starlette.applications import Starlette
@@ -22,11 +23,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
+from . import __version__, sdk
 from .auth import RateLimiter, StaticTokenVerifier, check_bind, is_loopback, load_tokens
 from .errors import PayloadTooLarge
 from .http_api import API, Health, error_response, routes
+from .jsonrpc import InvalidMessage, check
 from .openapi import document, dumps
+from .resumption import PER_STREAM_EVENTS, RETRY_MS, EventBuffer
 from .server import AppState, create_server
 from .settings import Settings
 
@@ -58,7 +61,7 @@ class Gate:
         """The statuses this gate may answer before a route runs (for the OpenAPI document)."""
         found = [403, 421] if self.loopback else []
         if not public:
-            found += [*([401] if self.backend else []), 413, 429]
+            found += [*([401, 429] if self.backend else []), 413]
         return tuple(sorted(found))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,8 +91,11 @@ class Gate:
                 {"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )(scope, receive, send)
             return
+        # The limit is per owner: it keeps one owner from starving the others. Without tokens there are no
+        # owners, only callers on this machine (check_bind), so nothing is limited: a loopback client fanning
+        # out, or the official conformance suite, must not meet a 429 under default flags.
         owner = user.access_token.client_id if user else None
-        wait = self.limiter.take(owner or "")
+        wait = self.limiter.take(owner) if owner else 0.0
         if wait:
             await error_response(
                 429,
@@ -156,6 +162,64 @@ class Gate:
         return f"The request body is over this server's limit of {self.max_body} bytes (--max-request-bytes)."
 
 
+class MessagesOnly:
+    """The SDK's MCP app, with a POST body that is JSON but not one JSON-RPC message (a batch array, an
+    object of no message's shape) answered 400 with -32600 (jsonrpc.py), where the SDK answers -32602
+    with a pydantic dump. The body is read once and handed on as it came. (A class: Starlette would take
+    a plain function for a request handler, not an ASGI app.)"""
+
+    def __init__(self, app: ASGIApp, events: EventBuffer) -> None:
+        self.app, self.events = app, events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "GET":
+            await self._resume(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending its body
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        try:
+            check(bytes(body), "request")
+        except InvalidMessage as e:
+            reply = e.reply().model_dump_json(by_alias=True, exclude_unset=True)
+            await Response(reply, status_code=400, media_type="application/json")(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _resume(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A GET that resumes after an event this session no longer has (or never had) gets 400 saying so,
+        where the SDK would answer an empty stream that its own client reconnects to again and again."""
+        headers = Headers(scope=scope)
+        session, last = headers.get("mcp-session-id"), headers.get("last-event-id")
+        if session and last and self.events.knows_session(session) and self.events.stream_of(session, last) is None:
+            reply = InvalidMessage(
+                types.INVALID_REQUEST,
+                f"Last-Event-ID {last[:100]!r} is not an event this session still keeps (the server keeps the last "
+                f"{PER_STREAM_EVENTS} events of each stream, and not across restarts): send the request again.",
+            ).reply()
+            body = reply.model_dump_json(by_alias=True, exclude_unset=True)
+            await Response(body, status_code=400, media_type="application/json")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
     """The whole HTTP server as one ASGI app (the Starlette app is its `.app`); the lifespan opens the
     manager both surfaces share. `tokens` (token -> owner) defaults to those the settings name."""
@@ -164,8 +228,13 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
     verifier = StaticTokenVerifier(tokens) if tokens else None
     mcp = create_server(settings, shared=True)
     mcp_app = mcp.streamable_http_app(
-        streamable_http_path=MCP_PATH, host=settings.host, max_request_body_size=settings.max_request_bytes
+        streamable_http_path=MCP_PATH,
+        host=settings.host,
+        max_request_body_size=settings.max_request_bytes,
+        retry_interval=RETRY_MS,
     )
+    events = EventBuffer()
+    sdk.event_store_per_session(mcp.session_manager, events.view)
     holder: dict[str, AppState] = {}
 
     @contextlib.asynccontextmanager
@@ -189,7 +258,7 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
         Route("/healthz", healthz, methods=["GET"]),
         Route(API + "/openapi.json", openapi_json, methods=["GET"]),
         *routes(lambda: holder["state"].manager, owner_of),
-        Route(MCP_PATH, mcp_app, methods=MCP_METHODS),  # the SDK's app, which serves MCP_PATH
+        Route(MCP_PATH, MessagesOnly(mcp_app, events), methods=MCP_METHODS),  # the SDK's app, which serves MCP_PATH
     ]
     app = Starlette(routes=served, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     gate = Gate(app, settings, verifier)

@@ -367,6 +367,17 @@ class SessionManager:
         record = await turns.wait(session_id, placed["turn"], wait_s)
         return await self._reply(record, placed["turn"])
 
+    async def turn(self, session_id: str, turn: int, wait_s: float = 0.0, owner: str | None = None) -> TurnReply:
+        """One turn's reply, as send_message gives it: where the turn stands (queued, running, with its output
+        so far) or how it ended; waits up to `wait_s` for it to end. An MCP task follows its turn through this."""
+        record = await self._record(session_id, owner)
+        s = record.session
+        if not 1 <= turn <= s.turns + len(record.queue) and not (turn > s.turns and turn_over(s, turn)):
+            raise InvalidInput(f"Session '{session_id}' has no turn {turn}: it has had {s.turns}.")
+        if wait_s > 0 and not turn_over(s, turn):
+            record = await self.turns.wait(session_id, turn, wait_s)
+        return await self._reply(record, turn)
+
     async def _reply(self, record: SessionRecord, turn: int, cursor: int | None = None) -> TurnReply:
         return await replies.turn_reply(self.store, record, turn, self.turns.running.get(record.session.id), cursor)
 

@@ -86,6 +86,8 @@ def untitled(schema: Any) -> Any:
 
 
 def lean_input(schema: dict[str, Any]) -> dict[str, Any]:
-    """A tool's input schema as a model sees it: unions as type lists, `$defs` inlined, no derived titles."""
+    """A tool's input schema as a model sees it: unions as type lists, `$defs` inlined, no derived titles,
+    and no argument but those it lists (the server refuses others: see `server.unknown_arguments`)."""
     result: dict[str, Any] = untitled(flatten(schema))
+    result["additionalProperties"] = False
     return result

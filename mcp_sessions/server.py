@@ -6,6 +6,7 @@ to use it and what comes back; errors say what went wrong and what to do next.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import json
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ParamSpec, TypeVar, cast
 
 import anyio
-from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError, UnexpectedToolError
@@ -31,6 +31,7 @@ from mcp.types import (
     TextContent,
     Tool,
     ToolAnnotations,
+    ToolExecution,
     UnsubscribeRequestParams,
 )
 from pydantic import Field, ValidationError
@@ -41,6 +42,7 @@ from sandbox_backends.registry import PluginError
 from . import __version__, sdk
 from .agents.providers.sampling import ConnectionSampler
 from .app import open_manager
+from .auth import caller as _owner
 from .create import CreateRequest, create_parameters
 from .errors import SessionError, SessionNotFound
 from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
@@ -59,6 +61,7 @@ from .plugins import catalog
 from .schemas import flatten, lean_input
 from .settings import Settings
 from .stdio import stdio_streams
+from .tasks import EXTENSION, Tasks, TasksExtension, TaskSupport, as_task_wait, middleware, task_client
 from .tools import ToolPlugin
 
 INSTRUCTIONS = """\
@@ -98,12 +101,6 @@ class AppState:
     feed: ChangeFeed
 
 
-def _owner() -> str | None:
-    """Who calls: the owner named by the HTTP bearer token; None (every session) on stdio."""
-    token = get_access_token()
-    return token.client_id if token else None
-
-
 def _manager(ctx: Context) -> SessionManager:
     state = cast(AppState, ctx.request_context.lifespan_context)
     state.feed.connection(ctx.request_context.session, _owner())
@@ -121,6 +118,8 @@ class SessionsServer(MCPServer[AppState]):
     settings_: Settings
     state: AppState | None = None
     """The manager and change feed every connection uses, while `serving()` runs."""
+    tasks: Tasks
+    _arguments: dict[str, list[str]] | None = None
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[AppState]:
@@ -146,11 +145,22 @@ class SessionsServer(MCPServer[AppState]):
             tool.input_schema = lean_input(tool.input_schema)
             if tool.output_schema is not None:
                 tool.output_schema = flatten(tool.output_schema)
+            if (support := self.tasks.support.get(tool.name)) is not None:
+                tool.execution = ToolExecution(task_support="required" if support.required else "optional")
         return tools
+
+    async def arguments_of(self, name: str) -> list[str] | None:
+        """The argument names a tool takes (None for no such tool), from the schemas it publishes."""
+        if self._arguments is None:
+            self._arguments = {t.name: list(t.input_schema.get("properties", {})) for t in await super().list_tools()}
+        return self._arguments.get(name)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
+        taken = await self.arguments_of(name)
+        if taken is not None and (unknown := [a for a in arguments if a not in taken]):
+            raise ToolError(unknown_arguments(name, unknown, taken))
         try:
             result = await super().call_tool(name, arguments, context)
         except ToolError as e:
@@ -191,6 +201,18 @@ class SessionsServer(MCPServer[AppState]):
         return static + listed
 
 
+def unknown_arguments(tool: str, unknown: list[str], taken: list[str]) -> str:
+    """The error for arguments a tool does not take: the SDK would drop them silently, and a model that
+    misspells an option must learn that it did (input schemas say `additionalProperties: false`)."""
+    hints = [
+        f"'{u[:60]}' (did you mean '{close[0]}'?)" if (close := difflib.get_close_matches(u, taken, 1)) else f"'{u[:60]}'"
+        for u in unknown[:10]
+    ]
+    return (
+        f"Unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for {tool}, which takes only: {', '.join(taken)}."
+    )
+
+
 def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
     """The MCP server. With `shared`, its lifespan opens no manager of its own: whoever runs it (the HTTP
     app) keeps `server.serving()` open around it, and every connection uses that one."""
@@ -205,6 +227,7 @@ def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
         async with server.serving() as state:
             yield state
 
+    tasks = Tasks()
     mcp = SessionsServer(
         "mcp-sessions",
         version=__version__,
@@ -212,8 +235,13 @@ def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
         log_level=settings.log_level.upper(),  # type: ignore[arg-type]
         lifespan=lifespan,
         subscriptions=InMemorySubscriptionBus(),
+        extensions=[TasksExtension(tasks)],
+        middleware=[middleware(tasks)],
     )
     mcp.settings_ = settings
+    mcp.tasks = tasks
+    tasks.support.update(send_message=TaskSupport("turn"), create_session=TaskSupport("create"))
+    sdk.advertise_tasks(mcp, EXTENSION)
     register_plugin_tools(mcp, register_tools(mcp))
     register_resources(mcp)
     register_notifications(mcp)
@@ -278,7 +306,7 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         (id, status, workspace path). Status is 'ready' when it can take messages; 'creating' if it is still
         being set up after wait_s (poll get_session); 'failed' with failure_reason if it could not start.
         """
-        return await _manager(ctx).create(CreateRequest.of(_owner(), **given), wait_s=wait_s)
+        return await _manager(ctx).create(CreateRequest.of(_owner(), **given), wait_s=as_task_wait(wait_s))
 
     wait = Annotated[WaitS, Field(description="Wait up to this long for the session to be ready (capped at 50).")]
     parameters = [
@@ -325,10 +353,10 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
             lambda: manager.send(
                 session_id,
                 text,
-                wait_s=wait_s,
+                wait_s=as_task_wait(wait_s),
                 queue=queue,
                 owner=_owner(),
-                sampler=ConnectionSampler(ctx.request_context.session),
+                sampler=task_client() or ConnectionSampler(ctx.request_context.session),
             ),
         )
 

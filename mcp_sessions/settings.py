@@ -81,7 +81,10 @@ class Settings(BaseModel):
         20, ge=0, le=10**6, description="Live sessions one token's owner may have at once (0 = no limit)."
     )
     rate_limit_per_s: float = Field(
-        20.0, ge=0, le=10**6, description="HTTP requests per second per owner, bursts of twice that (0 = off)."
+        100.0,
+        ge=0,
+        le=10**6,
+        description="HTTP requests per second per token's owner, bursts of twice that; none without tokens (0 = off).",
     )
 
     _sections: dict[type[BaseModel], BaseModel] = PrivateAttr(default_factory=dict)

@@ -10,15 +10,13 @@ While serving, fd 0 reads /dev/null and fd 1 points at stderr, as with the SDK's
 print or a child process cannot write into the protocol stream.
 
 A line that is not a JSON-RPC message is answered here, on either path, as JSON-RPC says (the SDK only
-logs it): -32700 for a line that is not JSON, -32600 for JSON that is not a message (a batch array
-included: MCP has no batches), with the request's id when it has a usable one.
+logs it; see jsonrpc.py).
 """
 
 from __future__ import annotations
 
 import collections
 import fcntl
-import json
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -30,6 +28,8 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
+
+from .jsonrpc import InvalidMessage, parse
 
 READ_CHUNK = 1 << 16
 
@@ -119,37 +119,11 @@ class PipeLines(ObjectReceiveStream[SessionMessage | Exception]):
         self._searched = len(buffer)
 
 
-class InvalidMessage(Exception):
-    """A line that is not a JSON-RPC message, with the error that answers it."""
-
-    def __init__(self, code: int, message: str, request_id: str | int | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.request_id = code, message, request_id
-
-
 def _parse(line: bytes) -> SessionMessage | Exception:
     try:
-        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-    except Exception:
-        return invalid(line)
-
-
-def invalid(line: bytes) -> InvalidMessage:
-    """Why `line` is not a message, as the JSON-RPC error that answers it."""
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return InvalidMessage(types.PARSE_ERROR, "Parse error: the line is not JSON. Send one JSON-RPC message per line.")
-    if isinstance(doc, list):
-        return InvalidMessage(
-            types.INVALID_REQUEST, "Invalid Request: batches (JSON arrays) are not supported; send one message per line."
-        )
-    request_id = doc.get("id") if isinstance(doc, dict) else None
-    if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
-        request_id = None
-    return InvalidMessage(
-        types.INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 request, notification or response.", request_id
-    )
+        return SessionMessage(parse(line, "line"))
+    except InvalidMessage as e:
+        return e
 
 
 class AnswersInvalid(ObjectReceiveStream[SessionMessage | Exception]):
@@ -172,10 +146,7 @@ class AnswersInvalid(ObjectReceiveStream[SessionMessage | Exception]):
                 error = InvalidMessage(types.PARSE_ERROR, "Parse error: the line is not JSON.")
             else:  # the SDK's own transport (stdin or stdout not a pipe) keeps no line to look at
                 error = InvalidMessage(types.INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message.")
-            reply = types.JSONRPCError(
-                jsonrpc="2.0", id=error.request_id, error=types.ErrorData(code=error.code, message=error.message)
-            )
-            await self._write.send(SessionMessage(reply))
+            await self._write.send(SessionMessage(error.reply()))
 
 
 class PipeMessages(ObjectSendStream[SessionMessage]):

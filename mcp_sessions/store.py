@@ -88,6 +88,19 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     CREATE TABLE session_tags(tag TEXT NOT NULL, session_id TEXT NOT NULL, PRIMARY KEY(tag, session_id)) WITHOUT ROWID;
     INSERT OR IGNORE INTO session_tags(tag, session_id) SELECT json_each.value, sessions.id FROM sessions, json_each(sessions.tags);
     """,
+    # version 5: MCP tasks, each a turn or a creation of a session (mcp_sessions/tasks): the state is the
+    # session's; the row says the task was given out, to whom, and by which tool
+    """
+    CREATE TABLE tasks(
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        owner TEXT,
+        tool TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX tasks_by_owner ON tasks(owner, created_at DESC, id DESC);
+    CREATE INDEX tasks_by_session ON tasks(session_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -393,7 +406,7 @@ class Store:
 
     async def delete(self, session_id: str) -> None:
         def run() -> None:
-            tables = (("events", "session_id"), ("messages", "session_id"), ("session_tags", "session_id"), ("sessions", "id"))
+            tables = [(t, "session_id") for t in ("events", "messages", "session_tags", "tasks")] + [("sessions", "id")]
             for table, column in tables:
                 self._conn.execute(f"DELETE FROM {table} WHERE {column}=?", (session_id,))
 
@@ -549,3 +562,34 @@ class Store:
             return self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (session_id,)).fetchone()[0] or 0
 
         return await self._quick(run, write=False)
+
+    async def add_task(self, task_id: str, session_id: str, owner: str | None, tool: str, created_at: datetime) -> None:
+        """Record an MCP task given out (mcp_sessions/tasks); giving out the same id again keeps the first."""
+        row = (task_id, session_id, owner, tool, stamp(created_at))
+        await self._quick(lambda: self._conn.execute("INSERT OR IGNORE INTO tasks VALUES(?,?,?,?,?)", row), write=True)
+
+    async def task(self, task_id: str) -> tuple[str | None, str, datetime] | None:
+        """(owner, tool, created at) of a task given out, or None."""
+
+        def run() -> tuple[str | None, str, datetime] | None:
+            row = self._conn.execute("SELECT owner, tool, created_at FROM tasks WHERE id=?", (task_id,)).fetchone()
+            return (row[0], row[1], parse_stamp(row[2])) if row else None
+
+        return await self._quick(run, write=False)
+
+    async def tasks(self, owner: str | None, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
+        """Ids of the tasks of `owner` (None: everyone's), newest first; and the next page's cursor."""
+        where, args = ("owner=?", [owner]) if owner is not None else ("1", [])
+        if cursor:
+            after_time, after_id = decode_cursor(cursor)
+            where += " AND (created_at<? OR (created_at=? AND id<?))"
+            args += [after_time, after_time, after_id]
+
+        def run() -> tuple[list[str], str | None]:
+            rows = self._conn.execute(
+                f"SELECT created_at, id FROM tasks WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?", [*args, limit + 1]
+            ).fetchall()
+            more = rows[limit - 1] if len(rows) > limit else None
+            return [r[1] for r in rows[:limit]], encode_cursor(more[0], more[1]) if more else None
+
+        return await self._run(run)

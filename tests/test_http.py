@@ -317,6 +317,35 @@ async def test_the_rate_limit_answers_429_with_retry_after(settings: Settings) -
             assert (await alice.get("/healthz")).status_code == 200
 
 
+async def test_without_tokens_no_caller_is_rate_limited(settings: Settings) -> None:
+    """Without tokens there are no owners to keep from starving each other, and only this machine may call:
+    the limit does not apply, however low it is set."""
+    async with running(settings.model_copy(update={"rate_limit_per_s": 0.1}), None) as (url, _):
+        async with http(url, None) as one, http(url, None) as another:
+            statuses = [(await c.get(f"{API}/sessions")).status_code for c in (one, another, one, another)]
+            assert statuses == [200] * 4
+
+
+async def test_an_orchestrator_fanning_out_with_one_token_meets_no_429_under_defaults(settings: Settings) -> None:
+    """As many MCP clients as an owner may have sessions, started at once: each connects, creates a session
+    and runs a message, every request of them under the one owner's default limit."""
+    assert settings.rate_limit_per_s == Settings.model_fields["rate_limit_per_s"].default
+    fan_out = settings.max_sessions_per_owner
+    replies: list[dict[str, Any]] = []
+
+    async def worker(n: int) -> None:
+        async with mcp_client(url, ALICE) as client:
+            sid = (await call(client, "create_session", title=f"worker {n}"))["id"]
+            replies.append(await call(client, "send_message", session_id=sid, text=f"echo {n}", wait_s=30))
+
+    async with running(settings, TOKENS) as (url, _):
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for n in range(fan_out):
+                    tg.start_soon(worker, n)
+    assert sorted(r["output"] for r in replies) == sorted(f"{n}\n" for n in range(fan_out))
+
+
 async def test_an_owner_has_at_most_max_sessions_per_owner_live_sessions(settings: Settings) -> None:
     async with running(settings.model_copy(update={"max_sessions_per_owner": 2}), TOKENS) as (url, _):
         async with http(url, ALICE) as alice, http(url, BOB) as bob:

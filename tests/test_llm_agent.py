@@ -12,6 +12,7 @@ import anyio
 import pytest
 from mcp import Client, types
 
+from mcp_sessions import __version__
 from mcp_sessions.agents.llm import LlmSettings
 from mcp_sessions.agents.pricing import PriceTable
 from mcp_sessions.agents.providers.common import ModelRequest, ProviderError, TokenUsage
@@ -439,6 +440,43 @@ async def test_sampling_in_the_2026_era_fails_with_a_sentence(home: Path, llm: F
         reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
     assert reply["turn_status"] == "failed"
     assert "2026-07-28" in reply["reason"] and "outside a tool call" in reply["reason"]
+
+
+async def test_sampling_in_the_2026_era_goes_through_the_turns_task(home: Path, llm: FakeLLM) -> None:
+    """With the tasks extension, the turn's question to the client's model is the task's input request
+    (input_required), answered by tasks/update: sampling without a back channel."""
+    from .test_tasks import TasksAware, rpc, settle, start
+
+    settings = llm_settings(home, llm, llm_provider="sampling", model=None, openai_api_key=None, anthropic_api_key=None)
+    async with Client(
+        create_server(settings),
+        mode="auto",
+        extensions=[TasksAware()],
+        sampling_callback=sampling_model([], []),
+        sampling_capabilities=types.SamplingCapability(tools=types.SamplingToolsCapability()),
+    ) as client:
+        sid = await new_session(client)
+        task = await start(client, "send_message", session_id=sid, text="say hi")
+        asked = await settle(client, task["taskId"], "input_required")
+        assert asked["status"] == "input_required", asked
+        [(key, request)] = asked["inputRequests"].items()
+        assert (
+            request["method"] == "sampling/createMessage" and request["params"]["messages"][-1]["content"][0]["text"] == "say hi"
+        )
+        answer = {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "sampled in a task"}],
+            "model": "client-model",
+            "stopReason": "endTurn",
+        }
+        assert await rpc(client, "tasks/update", taskId=task["taskId"], inputResponses={key: answer}) == {
+            "resultType": "complete",
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "mcp-sessions", "version": __version__}},
+        }
+        done = await settle(client, task["taskId"])
+    assert done["status"] == "completed", done
+    assert done["result"]["structuredContent"]["output"] == "sampled in a task"
+    assert llm.requests == []
 
 
 # -- configuration --------------------------------------------------------------------------------

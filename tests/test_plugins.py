@@ -155,6 +155,9 @@ async def test_a_tool_plugin_is_an_mcp_tool(plugins_installed: Path, settings: S
         assert counted == {"session_id": sid, "messages": 2, "words": 7}  # "echo one two three" + "one two three"
         assert (await call(client, "word_count", session_id=sid, role="user"))["words"] == 4
         assert "ses_" + "0" * 32 in await call_error(client, "word_count", session_id="ses_" + "0" * 32)
+        assert tool.input_schema["additionalProperties"] is False
+        refused = await call_error(client, "word_count", session_id=sid, rol="user")
+        assert refused == "Unknown argument 'rol' (did you mean 'role'?) for word_count, which takes only: session_id, role."
 
 
 async def test_a_tool_plugin_is_a_rest_route_scoped_to_its_caller(plugins_installed: Path, settings: Settings) -> None:

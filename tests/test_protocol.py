@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
@@ -31,6 +32,16 @@ async def test_no_prompts_are_advertised_and_asking_for_one_is_method_not_found(
         with pytest.raises(MCPError) as refused:
             await client.list_prompts()
         assert refused.value.error.code == -32601
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_the_tool_list_is_not_announced_as_changing(settings: Settings, mode: str) -> None:
+    """The tools are fixed: no era advertises tools/list_changed (2026-07-28 would, as the SDK derives it
+    from subscriptions/listen, which is served for the resources' changes, and those are announced)."""
+    async with Client(create_server(settings), mode=mode) as client:
+        capabilities = client.server_capabilities
+        assert capabilities.tools is not None and not capabilities.tools.list_changed
+        assert capabilities.resources is not None and capabilities.resources.list_changed
 
 
 BAD_LINES = [
@@ -70,3 +81,32 @@ def test_stdio_from_files_answers_them_too(home: Path, tmp_path: Path) -> None:
     with source.open("rb") as stdin, sink.open("wb") as stdout:
         subprocess.run([params.command, *params.args], env=params.env, stdin=stdin, stdout=stdout, timeout=60, check=True)
     assert answers(sink.read_bytes()) == [(None, -32700), (None, -32600), (None, -32600)]
+
+
+async def test_http_answers_bodies_that_are_not_messages(settings: Settings) -> None:
+    """POST /mcp in the handshake era (the SDK's own answer to a batch was -32602 with a pydantic dump)."""
+    from .test_http import running
+
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    async with running(settings) as (url, _), httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http:
+        got = []
+        for body in BAD_LINES[:3]:
+            r = await http.post("/mcp", content=body)
+            assert r.status_code == 400, r.text
+            got.append((r.json()["id"], r.json()["error"]["code"]))
+            if r.json()["error"]["code"] == -32600:
+                assert r.json()["error"]["message"].startswith("Invalid Request: ") and "\n" not in r.text
+        assert got == EXPECTED[:3]
+        r = await http.post("/mcp", content=b"[]")
+        assert r.json()["error"] == {
+            "code": -32600,
+            "message": "Invalid Request: batches (JSON arrays) are not supported; send one JSON-RPC message per request.",
+        }
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        }
+        r = await http.post("/mcp", json=initialize, headers={"Accept": "application/json, text/event-stream"})
+        assert r.status_code == 200 and '"id":2' in r.text and "serverInfo" in r.text  # the body reached the SDK whole

@@ -153,3 +153,13 @@ async def test_what_a_model_reads_of_the_tools_stays_within_its_budget(settings:
     seen = [{"name": t.name, "description": t.description, "inputSchema": t.input_schema} for t in tools]
     size = len(json.dumps(seen, ensure_ascii=False, separators=(",", ":")).encode())
     assert size <= MODEL_VISIBLE_BUDGET, f"{size} bytes: shorten descriptions or options, or raise the budget on purpose"
+
+
+async def test_every_input_schema_refuses_an_argument_it_does_not_list(settings: Settings) -> None:
+    async with Client(create_server(settings)) as client:
+        tools = (await client.list_tools()).tools
+    for tool in tools:
+        assert tool.input_schema["additionalProperties"] is False, tool.name
+        checker = validators.validator_for(tool.input_schema)(tool.input_schema)
+        arguments = TOOL_ARGUMENTS[tool.name]
+        assert checker.is_valid(arguments) and not checker.is_valid({**arguments, "no_such_argument": 1}), tool.name

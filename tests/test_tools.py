@@ -135,6 +135,21 @@ async def test_wrong_types_are_tool_errors(client: Client) -> None:
     assert "statuses" in await call_error(client, "list_sessions", statuses=["sleeping"])
 
 
+async def test_an_unknown_argument_is_refused_naming_the_ones_the_tool_takes(client: Client) -> None:
+    """A misspelled or invented option used to be dropped: create_session(isolation="gvisor") made an ordinary
+    session and said nothing."""
+    refused = await call_error(client, "create_session", driver="local", isolation="gvisor")
+    assert refused.startswith("Unknown argument 'isolation' for create_session, which takes only: title, driver, agent,")
+    assert (await call(client, "list_sessions"))["total"] == 0  # nothing was made
+    sid = await new_session(client)
+    refused = await call_error(client, "send_message", session_id=sid, txt="echo hi", wait=3)
+    assert refused == (
+        "Unknown arguments 'txt' (did you mean 'text'?), 'wait' (did you mean 'wait_s'?) for send_message, "
+        "which takes only: session_id, text, wait_s, queue."
+    )
+    assert (await call(client, "get_session", session_id=sid))["session"]["turns"] == 0
+
+
 async def test_empty_and_oversized_messages_are_refused(client: Client) -> None:
     sid = await new_session(client)
     assert "empty" in await call_error(client, "send_message", session_id=sid, text="  \n")

@@ -3,8 +3,9 @@
 The server layer wraps that client's connection in a `ConnectionSampler` and hands it to the manager
 with the message, so a turn running after the tool call returned still reaches the same client. The
 request goes on the connection's own channel (no related request), which outlives the tool call.
-In the 2026-07-28 era a server may ask the client only inside a tool call's input-required rounds,
-so there the turn fails with a sentence that says so.
+In the 2026-07-28 era a server may ask the client only inside a request: a client that declares the
+tasks extension gets its turn as a task, whose sampler puts each question on the task (`input_required`,
+answered by `tasks/update`: mcp_sessions/tasks); without it the turn fails with a sentence that says so.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class ConnectionSampler:
             return (
                 f"the client connected with MCP {self.protocol_version}, where a server cannot ask the client's "
                 "model outside a tool call, so sampling is not available to a turn; connect with the handshake era "
-                "(2025-11-25 or older), or give the server a provider key and pass provider='openai' or 'anthropic'"
+                "(2025-11-25 or older), declare the io.modelcontextprotocol/tasks extension (the turn then asks through "
+                "its task), or give the server a provider key and pass provider='openai' or 'anthropic'"
             )
         caps = self._session.client_capabilities
         if caps is None or caps.sampling is None:

@@ -1,0 +1,109 @@
+"""The official MCP conformance suite (@modelcontextprotocol/conformance, two pinned releases, installed by
+scripts/install-conformance.sh) against the real server as a user starts it: `serve --http` with default
+flags, and the stdio server behind tests/stdio_bridge.py; in the handshake era, and in 2026-07-28 with
+the newer release. What does not apply is listed, with the reason, in conformance_expected_failures.yaml;
+a new failure, or an entry there that starts passing, fails the test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ROOT / ".ci/conformance"
+NODE = SUITES / "node-22.23.3/node_modules/.bin"
+BASELINE = Path(__file__).with_name("conformance_expected_failures.yaml")
+RUNS = [
+    ("0.1.16", None),
+    ("0.2.0-alpha.12", None),
+    ("0.2.0-alpha.12", "2026-07-28"),
+]
+"""(suite release, requirement set): None runs the release's active suite (the handshake era)."""
+
+if not (NODE / "node").exists() or not all((SUITES / release / "node_modules/.bin/conformance").exists() for release, _ in RUNS):
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"The conformance suite is missing in {SUITES}; CI must run scripts/install-conformance.sh.")
+    pytest.skip("the MCP conformance suite is not installed: run scripts/install-conformance.sh", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def environment(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_SESSIONS_")}
+    return {**env, "MCP_SESSIONS_HOME": str(home)}
+
+
+@pytest.fixture(scope="module")
+def http_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mcp-sessions serve --http` with default flags (but a free port), as a process."""
+    port = free_port()
+    command = [sys.executable, "-m", "mcp_sessions", "serve", "--http", "--port", str(port)]
+    home = tmp_path_factory.mktemp("http")
+    with subprocess.Popen(command, env=environment(home / "home"), stderr=(home / "stderr").open("w")) as server:
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert server.poll() is None and time.monotonic() < deadline, (home / "stderr").read_text()
+                time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}/mcp"
+        finally:
+            server.terminate()
+
+
+@pytest.fixture(scope="module")
+def stdio_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The stdio server (`python -m mcp_sessions`, as an MCP host starts it) behind the bridge."""
+    home = tmp_path_factory.mktemp("stdio")
+    command = [sys.executable, "-m", "tests.stdio_bridge", "--", sys.executable, "-m", "mcp_sessions"]
+    with subprocess.Popen(
+        command, cwd=ROOT, env=environment(home / "home"), stdout=subprocess.PIPE, stderr=(home / "stderr").open("w"), text=True
+    ) as bridge:
+        try:
+            assert bridge.stdout is not None
+            line = bridge.stdout.readline()
+            assert line.startswith("listening on "), (home / "stderr").read_text()
+            yield line.split()[-1]
+        finally:
+            bridge.terminate()
+
+
+@pytest.mark.parametrize("transport", ["http", "stdio"])
+@pytest.mark.parametrize(("release", "requirements"), RUNS, ids=[f"{r}-{q or 'handshake'}" for r, q in RUNS])
+def test_the_conformance_suite_passes_what_applies(
+    request: pytest.FixtureRequest, transport: str, release: str, requirements: str | None, tmp_path: Path
+) -> None:
+    url = request.getfixturevalue(f"{transport}_url")
+    command = [
+        str(SUITES / release / "node_modules/.bin/conformance"),
+        "server",
+        "--url",
+        url,
+        "--expected-failures",
+        str(BASELINE),
+        "-o",
+        str(tmp_path),
+        *(["--requirements", requirements] if requirements else []),
+    ]
+    env = {**os.environ, "PATH": f"{NODE}:{os.environ['PATH']}", "NO_COLOR": "1"}
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    report = run.stdout[run.stdout.rfind("=== SUMMARY ===") :]
+    assert run.returncode == 0, report or run.stderr
+    assert "Baseline check passed" in report and "Unexpected" not in report, report
