@@ -248,10 +248,23 @@ def serve(settings: Settings) -> None:
         Store.check(settings.db_path)
     except StoreError as e:
         fail(str(e))
+    if sys.stdin.isatty():
+        sys.stderr.write(GREETING.format(prog=PROG, version=__version__, port=settings.port))
+        sys.stderr.flush()
     try:
         create_server(settings).run("stdio")
     except KeyboardInterrupt:
         pass
+
+
+GREETING = """{prog} {version}: an MCP server, now waiting for an MCP client on stdin and stdout.
+An MCP client (Claude Desktop, Claude Code, VS Code) starts it; lines typed here are not the protocol.
+  connect a client:      claude mcp add sessions -- {prog}   (README: Client set-up)
+  serve HTTP instead:    {prog} serve --http   (MCP at http://127.0.0.1:{port}/mcp, REST at /api/v1)
+  see the sessions:      {prog} ls
+Quit with Ctrl-C or Ctrl-D.
+"""
+"""Said on stderr when a person starts the stdio server in a terminal, which would otherwise seem to hang."""
 
 
 def serve_http(settings: Settings) -> None:

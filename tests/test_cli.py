@@ -292,3 +292,33 @@ async def test_serve_is_the_stdio_server_with_every_option(home: Path) -> None:
         reply = await call(client, "send_message", session_id=sid, text="echo served")
         assert reply["output"] == "served\n"
     assert (home / "sessions.db").exists()
+
+
+async def test_started_by_hand_in_a_terminal_it_says_what_it_is_and_how_to_quit(home: Path) -> None:
+    """On a terminal the stdio server would seem to hang: it says on stderr what it waits for and how to
+    quit, and Ctrl-D ends it. Started by a client, on pipes, it says nothing of the kind."""
+    import pty
+
+    master, slave = pty.openpty()
+    command = [sys.executable, "-m", "mcp_sessions"]
+    with subprocess.Popen(command, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(home)) as proc:
+        os.close(slave)
+        assert proc.stderr is not None
+        said = b""
+        with anyio.fail_after(30):  # only turns a hang into a failure
+            while b"Quit with Ctrl-C or Ctrl-D." not in said:
+                chunk = await anyio.to_thread.run_sync(proc.stderr.read1, 4096, abandon_on_cancel=True)
+                assert chunk, f"stderr ended first: {said!r}"
+                said += chunk
+        text = said.decode()
+        assert "an MCP server, now waiting for an MCP client on stdin and stdout" in text
+        assert "serve --http" in text and "http://127.0.0.1:8765/mcp" in text
+        os.write(master, b"\x04")  # Ctrl-D: end of input
+        with anyio.fail_after(30):
+            code = await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
+        assert code == 0
+        assert proc.stdout is not None and proc.stdout.read() == b""  # nothing but the protocol on stdout
+    os.close(master)
+
+    piped = await anyio.run_process(command, input=b"", env=cli_env(home), check=False)
+    assert piped.returncode == 0 and b"waiting for an MCP client" not in piped.stderr
