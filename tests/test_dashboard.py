@@ -139,6 +139,13 @@ async def test_a_turn_shows_live_and_the_interrupt_button_stops_it(server: str, 
         assert session["last_turn"]["status"] == "interrupted"
         await page.wait_for_selector("#state .status-ready", timeout=HANG_S * 1000)
 
+        # Each ended turn is a row: how it ended, with its exit code.
+        await page.wait_for_selector("#turns tr[data-turn='2']", timeout=HANG_S * 1000)
+        rows = await page.eval_on_selector_all(
+            "#turns tbody tr", "rows => rows.map(r => [...r.children].slice(0, 3).map(c => c.textContent))"
+        )
+        assert rows == [["2", "interrupted", "–"], ["1", "completed", "0"]], rows
+
         # A message sent from the page runs as a turn.
         await page.fill("#send textarea", "echo from-the-page")
         await page.click("#send button")

@@ -66,6 +66,9 @@ def session_page(session_id: str, *, signed_in: bool) -> str:
 <pre id="live" class="output" hidden></pre>
 <form id="send" class="send"><textarea name="text" rows="2" placeholder="A message for the session"></textarea>
 <button type="submit">Send</button></form>
+<h2>Turns</h2>
+<table id="turns"><thead><tr><th>turn</th><th>status</th><th>exit</th><th>duration</th><th>tokens</th><th>cost</th>
+<th>reason</th></tr></thead><tbody></tbody></table>
 <h2>Events</h2>
 <ol id="events" class="events" reversed></ol>
 """

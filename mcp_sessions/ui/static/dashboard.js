@@ -147,6 +147,22 @@ function sessionPage() {
     return li;
   }
 
+  const turnRows = new Map();
+  function showTurn(e) {
+    const d = e.data;
+    const usage = d.usage || {};
+    const tr = el("tr");
+    tr.dataset.turn = d.turn;
+    tr.append(el("td", d.turn, "num"), el("td", e.type.slice(5)), el("td", d.exit_code ?? "–", "num"),
+      el("td", d.duration_s == null ? "–" : Number(d.duration_s).toFixed(2) + " s", "num"),
+      el("td", usage.total_tokens || 0, "num"), el("td", "$" + Number(usage.cost_usd || 0).toFixed(4), "num"),
+      el("td", d.reason || "", "small"));
+    const tbody = document.querySelector("#turns tbody");
+    const old = turnRows.get(d.turn);
+    if (old) old.replaceWith(tr); else tbody.prepend(tr);
+    turnRows.set(d.turn, tr);
+  }
+
   function showEvent(e) {
     const li = el("li", null, "event");
     li.append(el("span", new Date(e.time).toLocaleTimeString(), "muted"), el("span", " " + e.type + " ", "etype"));
@@ -171,6 +187,7 @@ function sessionPage() {
         const e = JSON.parse(m.data);
         cursor = Math.max(cursor, e.seq);
         showEvent(e);
+        if (type.startsWith("turn.") && type !== "turn.started" && type !== "turn.queued") showTurn(e);
         if (type === "tool.output" || type === "text.delta") {
           live.hidden = false;
           live.textContent += e.data.text || "";
@@ -217,7 +234,7 @@ function sessionPage() {
   });
 
   refresh()
-    .then((view) => { cursor = Math.max(0, view.events_cursor - 50); follow(); })
+    .then(() => follow()) // from the first event: the turns table is made from their ends
     .catch((e) => { state.textContent = e.message; });
 }
 
