@@ -32,6 +32,8 @@ from .openapi import document, dumps
 from .resumption import PER_STREAM_EVENTS, RETRY_MS, EventBuffer
 from .server import AppState, create_server
 from .settings import Settings
+from .ui import COOKIE, CSRF_HEADER, PUBLIC_PREFIXES, UI, login_redirect
+from .ui import routes as ui_routes
 
 MCP_PATH = "/mcp"
 MCP_METHODS = ["GET", "POST", "DELETE"]
@@ -79,11 +81,14 @@ class Gate:
             if origin and _host_name(origin.split("://", 1)[-1]) not in LOOPBACK_HOSTS:
                 await error_response(403, "forbidden", f"Origin {origin} may not call this server.")(scope, receive, send)
                 return
-        if scope["path"] in PUBLIC:
+        if scope["path"] in PUBLIC or scope["path"].startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
-        user = await self._authenticate(scope)
+        user, by_cookie = await self._authenticate(scope)
         if self.backend is not None and user is None:
+            if scope["path"] == UI or scope["path"].startswith(UI + "/"):  # a person at a browser: the login page
+                await login_redirect(scope["path"])(scope, receive, send)
+                return
             await error_response(
                 401,
                 "unauthorized",
@@ -104,6 +109,12 @@ class Gate:
                 {"Retry-After": self.limiter.retry_after(wait)},
             )(scope, receive, send)
             return
+        if by_cookie and scope["method"] not in ("GET", "HEAD") and headers.get(CSRF_HEADER) != "1":
+            # a browser sends the cookie with a form posted from any site; only the dashboard's fetch sends this
+            await error_response(
+                403, "forbidden", f"A change made with the dashboard's cookie needs the header {CSRF_HEADER}: 1."
+            )(scope, receive, send)
+            return
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body:
             await self._too_large(scope, receive, send)
@@ -118,17 +129,21 @@ class Gate:
         finally:
             auth_context_var.reset(reset)
 
-    async def _authenticate(self, scope: Scope) -> AuthenticatedUser | None:
+    async def _authenticate(self, scope: Scope) -> tuple[AuthenticatedUser | None, bool]:
+        """Who calls, and whether they were known by the dashboard's cookie (not a header they chose to send)."""
         if self.backend is None or self.verifier is None:
-            return None
+            return None, False
         found = await self.backend.authenticate(HTTPConnection(scope))
         if found is not None:
-            return found[1]
+            return found[1], False
         # EventSource in a browser cannot set headers: the stream also takes ?access_token=
         token = QueryParams(scope.get("query_string", b"")).get("access_token")
         if token and scope["path"].endswith("/stream") and (info := await self.verifier.verify_token(token)):
-            return AuthenticatedUser(info)
-        return None
+            return AuthenticatedUser(info), False
+        cookie = HTTPConnection(scope).cookies.get(COOKIE)
+        if cookie and (info := await self.verifier.verify_token(cookie)):
+            return AuthenticatedUser(info), True
+        return None, False
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app, cutting off a body that grows past the limit without announcing its length."""
@@ -258,6 +273,7 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
         Route("/healthz", healthz, methods=["GET"]),
         Route(API + "/openapi.json", openapi_json, methods=["GET"]),
         *routes(lambda: holder["state"].manager, owner_of),
+        *ui_routes(verifier),
         Route(MCP_PATH, MessagesOnly(mcp_app, events), methods=MCP_METHODS),  # the SDK's app, which serves MCP_PATH
     ]
     app = Starlette(routes=served, lifespan=lifespan, exception_handlers={HTTPException: http_error})
@@ -284,5 +300,6 @@ def serve_http(settings: Settings) -> None:
     import uvicorn
 
     app = build_app(settings)
-    print(f"mcp-sessions: MCP at http://{settings.host}:{settings.port}{MCP_PATH}, REST at {API}", file=sys.stderr)
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"mcp-sessions: MCP at {base}{MCP_PATH}, REST at {API}, the dashboard at {base}{UI}", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), lifespan="on")

@@ -1,0 +1,243 @@
+// The dashboard: pages filled in from the REST API (/api/v1) and the session's event stream.
+// Every value is put in the page as text (textContent), never as markup.
+"use strict";
+
+const API = "/api/v1";
+const HEADERS = { "X-MCP-Sessions-UI": "1" }; // the gate asks it of a cookie-authenticated change
+const EVENT_TYPES = [
+  "session.created", "phase", "status", "turn.queued", "turn.started", "text.delta", "tool.started",
+  "tool.output", "tool.completed", "turn.completed", "turn.failed", "turn.interrupted", "session.failed",
+  "session.closed",
+];
+const TURN_ENDS = new Set(["turn.completed", "turn.failed", "turn.interrupted", "session.failed", "session.closed"]);
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (cls) node.className = cls;
+  return node;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(API + path, { ...options, headers: { ...HEADERS, ...(options.headers || {}) } });
+  if (response.status === 401) {
+    location.href = "/ui/login?next=" + encodeURIComponent(location.pathname);
+    throw new Error("signed out");
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error((body.error && body.error.message) || `HTTP ${response.status}`);
+  return body;
+}
+
+function ago(iso) {
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (s < 60) return `${Math.round(s)} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return new Date(iso).toLocaleString();
+}
+
+function badge(status) {
+  return el("span", status, "badge status-" + status);
+}
+
+// -- the sessions list ---------------------------------------------------------------------------
+
+function sessionsPage() {
+  const form = document.getElementById("filters");
+  const tbody = document.querySelector("#sessions tbody");
+  const summary = document.getElementById("summary");
+  const next = document.getElementById("next");
+  const first = document.getElementById("first");
+  let cursor = null;
+  let nextCursor = null;
+
+  async function load() {
+    const q = new URLSearchParams({ limit: "50" });
+    for (const [name, value] of new FormData(form)) if (value) q.append(name, String(value));
+    if (cursor) q.set("cursor", cursor);
+    let page;
+    try {
+      page = await api("/sessions?" + q);
+    } catch (e) {
+      summary.textContent = "Could not load the sessions: " + e.message;
+      return;
+    }
+    tbody.replaceChildren(...page.sessions.map(row));
+    summary.textContent = page.total === 1 ? "1 session" : `${page.total} sessions`;
+    nextCursor = page.next_cursor;
+    next.hidden = !nextCursor;
+    first.hidden = !cursor;
+  }
+
+  function row(s) {
+    const tr = el("tr");
+    tr.dataset.session = s.id;
+    const link = el("a", s.title || s.id);
+    link.href = "/ui/sessions/" + encodeURIComponent(s.id);
+    const name = el("td");
+    name.append(link);
+    if (s.title) name.append(el("div", s.id, "muted small"));
+    for (const tag of s.tags) name.append(el("span", tag, "tag"));
+    const status = el("td");
+    status.append(badge(s.status));
+    const why = s.failure_reason || s.close_reason;
+    if (why) status.append(el("div", why, "muted small"));
+    tr.append(name, status, el("td", `${s.driver} / ${s.agent}`), el("td", s.turns, "num"),
+      el("td", ago(s.last_activity_at)), el("td", s.preview || "", "preview"));
+    return tr;
+  }
+
+  form.addEventListener("input", () => { cursor = null; load(); });
+  form.addEventListener("submit", (e) => e.preventDefault());
+  next.addEventListener("click", () => { cursor = nextCursor; load(); });
+  first.addEventListener("click", () => { cursor = null; load(); });
+  load();
+  setInterval(() => { if (!document.hidden) load(); }, 2000);
+}
+
+// -- one session ---------------------------------------------------------------------------------
+
+function sessionPage() {
+  const sid = document.body.dataset.session;
+  const path = "/sessions/" + encodeURIComponent(sid);
+  const state = document.getElementById("state");
+  const facts = document.getElementById("facts");
+  const transcript = document.getElementById("transcript");
+  const live = document.getElementById("live");
+  const events = document.getElementById("events");
+  const notice = document.getElementById("notice");
+  let stream = null;
+  let cursor = 0;
+
+  function showState(s) {
+    document.getElementById("title").textContent = s.title || s.id;
+    document.title = (s.title || s.id) + " · mcp-sessions";
+    state.replaceChildren(badge(s.status));
+    if (s.status === "creating" || s.phase_detail) state.append(el("span", " " + s.phase + (s.phase_detail ? ": " + s.phase_detail : "")));
+    const why = s.failure_reason || s.close_reason;
+    if (why) state.append(el("div", why, "reason"));
+    document.getElementById("interrupt").disabled = s.status !== "busy";
+    document.getElementById("close").disabled = s.status === "dead";
+    document.querySelector("#send button").disabled = s.status === "dead" || s.status === "failed";
+    const usage = s.usage || {};
+    const rows = [
+      ["id", s.id], ["driver / agent", `${s.driver} / ${s.agent}`], ["model", s.model || "–"],
+      ["turns", s.turns], ["tokens", usage.total_tokens || 0],
+      ["cost", "$" + Number(usage.cost_usd || 0).toFixed(4)], ["created", new Date(s.created_at).toLocaleString()],
+      ["last activity", ago(s.last_activity_at)], ["workspace", s.workspace || "–"],
+    ];
+    facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
+  }
+
+  function block(b) {
+    if (b.type === "text") return el("div", b.text, "text");
+    if (b.type === "tool_use") {
+      const node = el("div", null, "tool-call");
+      node.append(el("span", b.name, "tool-name"), el("pre", JSON.stringify(b.input, null, 2)));
+      return node;
+    }
+    if (b.type === "tool_result") return el("pre", b.content, b.is_error ? "tool-result error" : "tool-result");
+    return el("div", `[${b.type}]`, "muted");
+  }
+
+  function message(m) {
+    const li = el("li", null, "msg role-" + m.role);
+    li.append(el("div", `${m.role} · turn ${m.turn}`, "who"), ...m.content.map(block));
+    return li;
+  }
+
+  const turnRows = new Map();
+  function showTurn(e) {
+    const d = e.data;
+    const usage = d.usage || {};
+    const tr = el("tr");
+    tr.dataset.turn = d.turn;
+    tr.append(el("td", d.turn, "num"), el("td", e.type.slice(5)), el("td", d.exit_code ?? "–", "num"),
+      el("td", d.duration_s == null ? "–" : Number(d.duration_s).toFixed(2) + " s", "num"),
+      el("td", usage.total_tokens || 0, "num"), el("td", "$" + Number(usage.cost_usd || 0).toFixed(4), "num"),
+      el("td", d.reason || "", "small"));
+    const tbody = document.querySelector("#turns tbody");
+    const old = turnRows.get(d.turn);
+    if (old) old.replaceWith(tr); else tbody.prepend(tr);
+    turnRows.set(d.turn, tr);
+  }
+
+  function showEvent(e) {
+    const li = el("li", null, "event");
+    li.append(el("span", new Date(e.time).toLocaleTimeString(), "muted"), el("span", " " + e.type + " ", "etype"));
+    const detail = e.data.text !== undefined ? String(e.data.text).slice(0, 200) : JSON.stringify(e.data).slice(0, 200);
+    li.append(el("span", detail, "small"));
+    events.prepend(li);
+    while (events.children.length > 200) events.lastChild.remove();
+  }
+
+  async function refresh() {
+    const view = await api(path);
+    showState(view.session);
+    transcript.replaceChildren(...view.messages.map(message));
+    return view;
+  }
+
+  function follow() {
+    if (stream) stream.close();
+    stream = new EventSource(`${API}${path}/stream?last_event_id=${cursor}`);
+    for (const type of EVENT_TYPES) {
+      stream.addEventListener(type, (m) => {
+        const e = JSON.parse(m.data);
+        cursor = Math.max(cursor, e.seq);
+        showEvent(e);
+        if (type.startsWith("turn.") && type !== "turn.started" && type !== "turn.queued") showTurn(e);
+        if (type === "tool.output" || type === "text.delta") {
+          live.hidden = false;
+          live.textContent += e.data.text || "";
+          live.scrollTop = live.scrollHeight;
+        } else if (type === "turn.started") {
+          live.textContent = "";
+          live.hidden = false;
+          refresh();
+        } else if (TURN_ENDS.has(type) || type === "status" || type === "phase") {
+          if (TURN_ENDS.has(type)) live.hidden = true;
+          refresh();
+        }
+      });
+    }
+  }
+
+  async function act(button, what, request) {
+    button.disabled = true;
+    notice.textContent = what + "…";
+    try {
+      const reply = await request();
+      notice.textContent = reply.message || "Done.";
+    } catch (e) {
+      notice.textContent = e.message;
+    }
+    refresh();
+  }
+
+  document.getElementById("interrupt").addEventListener("click", (e) =>
+    act(e.target, "Interrupting", () => api(path + "/interrupt", { method: "POST" })));
+  document.getElementById("close").addEventListener("click", (e) => {
+    if (confirm("Close this session? Its sandbox is freed; the transcript stays.")) {
+      act(e.target, "Closing", () => api(path + "/close", { method: "POST" }));
+    }
+  });
+  document.getElementById("send").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = e.target.elements.text.value;
+    if (!text.trim()) return;
+    act(e.target.querySelector("button"), "Sending", () =>
+      api(path + "/messages?wait_s=0", {
+        method: "POST", body: JSON.stringify({ text }), headers: { "Content-Type": "application/json" },
+      })).then(() => { e.target.elements.text.value = ""; });
+  });
+
+  refresh()
+    .then(() => follow()) // from the first event: the turns table is made from their ends
+    .catch((e) => { state.textContent = e.message; });
+}
+
+const page = document.body.dataset.page;
+if (page === "sessions") sessionsPage();
+if (page === "session") sessionPage();

@@ -1,0 +1,195 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright, against the real server under
+uvicorn on 127.0.0.1 with two owners' tokens; sessions are made and driven through the MCP SDK client over
+HTTP, as an orchestrator would, while a person watches the pages.
+
+Screenshots of both pages go to .ci/artifacts/ (the README's images in docs/ are copies of them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from mcp_sessions.settings import Settings
+
+from .conftest import call
+from .test_http import ALICE, BOB, TOKENS, mcp_client, running
+
+pytestmark = pytest.mark.anyio
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / ".ci" / "artifacts"
+HANG_S = 30
+"""Only turns a hang into a failure."""
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: browser tests must run, not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        _unavailable("playwright is not installed: pip install -e '.[dev]'")
+    if not Path(CHROMIUM).exists():
+        _unavailable("no chromium: bash scripts/install-chromium.sh")
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[str]:
+    async with running(settings, TOKENS) as (url, _):
+        yield url
+
+
+async def signed_in(browser: Any, base: str, token: str) -> Any:
+    """A browser page of its own (its own cookies), signed in with `token` through the login form."""
+    context = await browser.new_context(viewport={"width": 1100, "height": 800})
+    page = await context.new_page()
+    await page.goto(f"{base}/ui")
+    assert "/ui/login" in page.url  # not signed in: the login page, not a JSON 401
+    await page.fill("input[name=token]", token)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}/ui")
+    return page
+
+
+async def row_ids(page: Any) -> list[str]:
+    return await page.eval_on_selector_all("#sessions tbody tr", "rows => rows.map(r => r.dataset.session)")
+
+
+async def test_the_list_shows_an_owners_sessions_made_through_mcp_and_never_anothers(server: str, browser: Any) -> None:
+    async with mcp_client(server, ALICE) as alice, mcp_client(server, BOB) as bob:
+        mine = [(await call(alice, "create_session", title=f"alice {i}", tags=["fix"]))["id"] for i in range(2)]
+        theirs = (await call(bob, "create_session", title="bob's"))["id"]
+        page = await signed_in(browser, server, ALICE)
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 2", timeout=HANG_S * 1000)
+        assert sorted(await row_ids(page)) == sorted(mine)
+        assert theirs not in await page.content()
+        assert await page.inner_text("#summary") == "2 sessions"
+
+        # it follows what MCP does: a session made now appears, a closed one shows its status
+        third = (await call(alice, "create_session", title="alice late"))["id"]
+        await call(alice, "close_session", session_id=mine[0])
+        await page.wait_for_selector(f"tr[data-session='{third}']", timeout=HANG_S * 1000)
+        await page.wait_for_selector(f"tr[data-session='{mine[0]}'] .status-dead", timeout=HANG_S * 1000)
+
+        # filters go to the API: only the dead one
+        await page.select_option("select[name=status]", "dead")
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 1", timeout=HANG_S * 1000)
+        assert await row_ids(page) == [mine[0]]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.select_option("select[name=status]", "")
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 3", timeout=HANG_S * 1000)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-sessions.png"), full_page=True)
+
+        # another owner's session page shows the API's refusal, not the session
+        await page.goto(f"{server}/ui/sessions/{theirs}")
+        await page.wait_for_function("document.getElementById('state').textContent.includes('No session')")
+        assert "bob's" not in await page.content()
+
+
+async def test_a_turn_shows_live_and_the_interrupt_button_stops_it(server: str, browser: Any, tmp_path: Path) -> None:
+    async with mcp_client(server, ALICE) as alice:
+        sid = (await call(alice, "create_session", title="watched"))["id"]
+        page = await signed_in(browser, server, ALICE)
+        await page.goto(f"{server}/ui/sessions/{sid}")
+        await page.wait_for_selector("#state .status-ready", timeout=HANG_S * 1000)
+        assert await page.is_disabled("#interrupt")
+
+        # Output shows while the command still runs: it waits for a file only this test makes.
+        gate = tmp_path / "release"
+        text = f"echo first-line; until [ -e {gate} ]; do sleep 0.05; done; echo second-line"
+        running_turn = await call(alice, "send_message", session_id=sid, text=text, wait_s=0)
+        assert running_turn["status"] == "busy"
+        await page.wait_for_function("document.getElementById('live').textContent.includes('first-line')", timeout=HANG_S * 1000)
+        assert (await call(alice, "get_session", session_id=sid))["session"]["status"] == "busy"  # still running
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-session.png"), full_page=True)
+        gate.touch()
+        await page.wait_for_function(
+            "[...document.querySelectorAll('#transcript pre, #transcript .text')].some(n => n.textContent.includes('second-line'))",
+            timeout=HANG_S * 1000,
+        )
+
+        assert (await call(alice, "get_session", session_id=sid, wait_s=HANG_S))["session"]["status"] == "ready"
+
+        # The interrupt button stops a running sleep; the session stays usable.
+        await call(alice, "send_message", session_id=sid, text="sleep 300", wait_s=0)
+        await page.wait_for_selector("#interrupt:not([disabled])", timeout=HANG_S * 1000)
+        await page.click("#interrupt")
+        with anyio.fail_after(HANG_S):
+            while (session := (await call(alice, "get_session", session_id=sid))["session"])["status"] != "ready":
+                await anyio.sleep(0.1)
+        assert session["last_turn"]["status"] == "interrupted"
+        await page.wait_for_selector("#state .status-ready", timeout=HANG_S * 1000)
+
+        # Each ended turn is a row: how it ended, with its exit code.
+        await page.wait_for_selector("#turns tr[data-turn='2']", timeout=HANG_S * 1000)
+        rows = await page.eval_on_selector_all(
+            "#turns tbody tr", "rows => rows.map(r => [...r.children].slice(0, 3).map(c => c.textContent))"
+        )
+        assert rows == [["2", "interrupted", "–"], ["1", "completed", "0"]], rows
+
+        # A message sent from the page runs as a turn.
+        await page.fill("#send textarea", "echo from-the-page")
+        await page.click("#send button")
+        await page.wait_for_function(
+            "[...document.querySelectorAll('#transcript pre, #transcript .text')].some(n => n.textContent.includes('from-the-page\\n') || n.textContent === 'from-the-page')",
+            timeout=HANG_S * 1000,
+        )
+
+
+async def test_sign_in_refuses_a_wrong_token_and_the_cookie_needs_the_dashboards_header_to_change_anything(
+    server: str, browser: Any
+) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(f"{server}/ui/login")
+    await page.fill("input[name=token]", "not-a-token-at-all-0000")
+    await page.click("button[type=submit]")
+    assert "Unknown token" in await page.inner_text(".error")
+
+    page = await signed_in(browser, server, ALICE)
+    cookie = next(c for c in await page.context.cookies() if c["name"] == "mcp_sessions_token")
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    assert await page.evaluate("document.cookie") == ""  # scripts on the page cannot read the token
+
+    async with httpx.AsyncClient(base_url=server, cookies={"mcp_sessions_token": ALICE}) as as_browser:
+        listed = await as_browser.get("/api/v1/sessions")
+        assert listed.status_code == 200  # reading with the cookie is fine
+        forged = await as_browser.post("/api/v1/sessions", json={})  # what a form on another site could send
+        assert forged.status_code == 403 and "x-mcp-sessions-ui" in forged.json()["error"]["message"]
+        made = await as_browser.post("/api/v1/sessions", json={}, headers={"X-MCP-Sessions-UI": "1"})
+        assert made.status_code == 201, made.text
+        assert made.json()["id"] in (await as_browser.get("/api/v1/sessions")).text
+
+    # signing out forgets the cookie: the next page is the login page again
+    await page.click("header .logout button")
+    await page.wait_for_url(f"{server}/ui/login")
+    await page.goto(f"{server}/ui")
+    assert "/ui/login" in page.url
+
+
+async def test_without_tokens_the_dashboard_needs_no_sign_in(browser: Any, settings: Settings) -> None:
+    async with running(settings) as (base, _):
+        page = await browser.new_page()
+        await page.goto(f"{base}/ui/login")
+        await page.wait_for_url(f"{base}/ui")
+        await page.wait_for_function("document.getElementById('summary').textContent === '0 sessions'")
+        assert await page.query_selector("header .logout") is None
