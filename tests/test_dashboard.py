@@ -144,7 +144,7 @@ async def test_a_turn_shows_live_and_the_interrupt_button_stops_it(server: str, 
         rows = await page.eval_on_selector_all(
             "#turns tbody tr", "rows => rows.map(r => [...r.children].slice(0, 3).map(c => c.textContent))"
         )
-        assert rows == [["2", "interrupted", "–"], ["1", "completed", "0"]], rows
+        assert rows == [["2", "interrupted", "\N{EN DASH}"], ["1", "completed", "0"]], rows
 
         # A message sent from the page runs as a turn.
         await page.fill("#send textarea", "echo from-the-page")
