@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup
 
 from sandbox_backends.base import ChecksSpec, Driver, SandboxError, SandboxNotFound
 
-from . import leases, lifecycle, replies
+from . import leases, lifecycle, replies, trees
 from .agents.base import Agent, PrepareContext, PreparesSandbox, TurnOutcome
 from .create import CreateRequest, new_record
 from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError, TooManySessions
@@ -223,6 +223,7 @@ class SessionManager:
 
     async def create(self, request: CreateRequest, wait_s: float = 30.0) -> Session:
         record = new_record(request, self.settings, self.catalog, self._agents, self._lease)
+        await trees.link_to_parent(self.store, record, request.owner)
         chosen = self.sandboxes.driver(record.session.driver)
         if isinstance(chosen, ChecksSpec):
             try:
@@ -400,6 +401,7 @@ class SessionManager:
             s.last_turn = s.last_turn.model_copy(update={"output": output, "output_bytes": total, "output_cut_bytes": cut})
         events, note = await replies.event_batch(self.store, session_id, events_after)
         cursor = events[-1].seq if events else (events_after if events_after is not None else await self.store.last_seq(s.id))
+        children, tree_usage = await trees.tree_view(self.store, s)
         return SessionDetail(
             session=s,
             queued=[q.text for q in record.queue],
@@ -407,6 +409,8 @@ class SessionManager:
             events=events,
             events_cursor=cursor,
             events_note=note,
+            children=children,
+            usage_with_children=tree_usage,
             next_step=replies.next_step(s, cursor),
         )
 
@@ -459,6 +463,7 @@ class SessionManager:
         limit: int = 50,
         cursor: str | None = None,
         owner: str | None = None,
+        parent: str | None = None,
     ) -> SessionPage:
         if not 1 <= limit <= 200:
             raise InvalidInput(f"limit must be between 1 and 200, not {limit}.")
@@ -468,6 +473,7 @@ class SessionManager:
             driver=driver,
             agent=agent,
             owner=owner,
+            parent=parent,
             created_after=created_after,
             created_before=created_before,
             limit=limit,
@@ -547,9 +553,25 @@ class SessionManager:
             ),
         )
 
-    async def close(self, session_id: str, delete: bool = False, owner: str | None = None) -> CloseReply:
+    async def close(
+        self, session_id: str, delete: bool = False, owner: str | None = None, keep_children: bool = False
+    ) -> CloseReply:
+        """Close (or delete) the session, and its descendants unless `keep_children`."""
         record = await self._record(session_id, owner)
+        below = [] if keep_children else await trees.to_close(self.store, session_id, delete)
+        reply = await self._close_one(record, delete)
+        if below:
+
+            async def close_one(sid: str) -> None:
+                await self._close_one(await self._record(sid), delete, closed_with=session_id)
+
+            reply.closed_descendants, reply.message = await trees.close_all(below, close_one, delete, reply.message)
+        return reply
+
+    async def _close_one(self, record: SessionRecord, delete: bool, **why: str) -> CloseReply:
+        """`why`: what the `session.closed` event adds, e.g. the ancestor closed with it."""
         s = record.session
+        session_id = s.id
         self.turns.samplers.pop(session_id, None)
         dropped = len(record.queue)
         if dropped:
@@ -576,7 +598,7 @@ class SessionManager:
             return CloseReply(
                 session_id=session_id, status="dead", deleted=False, message=f"Session '{session_id}' was already closed."
             )
-        await self._update(session_id, lambda r: lifecycle.close(r, "closed", dropped_queued=dropped))
+        await self._update(session_id, lambda r: lifecycle.close(r, "closed", dropped_queued=dropped, **why))
         return CloseReply(
             session_id=session_id,
             status="dead",

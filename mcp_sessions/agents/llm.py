@@ -277,6 +277,8 @@ class LlmAgent:
                 calls = [b for b in reply.content if isinstance(b, ToolUseBlock)]
                 if not calls:
                     return finish("completed")
+                if ctx.over_budget is not None and (over := await ctx.over_budget(ctx.usage)):
+                    return finish("failed", over, f"[stopped: {over}]")
                 results = []
                 for call in calls:
                     result = await self._run_tool(ctx, call)
