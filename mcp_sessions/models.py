@@ -298,7 +298,8 @@ class SessionSummary(BaseModel):
     """One row of list_sessions: small, no transcript.
 
     Each stored session keeps its summary as JSON (store.py), so a field added here needs a migration
-    that rewrites the stored summaries.
+    that rewrites the stored summaries, unless its default is right for every stored one (as
+    parent_session_id's None was when it came: no session had a parent before).
     """
 
     id: str

@@ -4,7 +4,8 @@ driver. So the sandbox needs no network and never sees an API key.
 
 One turn: the model is called with the conversation and five tools; each tool call it makes runs in
 the sandbox and its result goes back; this repeats until the model answers without a tool call, or a
-limit (`max_steps` model calls, a token or cost budget) ends the turn with a message saying which.
+limit (`max_steps` model calls, the turn's token or cost budget, a budget of the session's tree) ends the
+turn with a message saying which.
 """
 
 from __future__ import annotations
