@@ -52,9 +52,7 @@ class SessionFields(BaseModel):
         max_length=200,
         description="The model, for agents that call one, e.g. 'gpt-4o' or 'claude-sonnet-4-5' (default: the server's).",
     )
-    parent_session_id: str | None = Field(
-        None, max_length=100, description="Create under this session: closed with it, within its budget."
-    )
+    parent_session_id: str | None = Field(None, max_length=100, description="Parent: closed with it, under its budget.")
 
 
 def _described(catalog: Catalog) -> dict[str, Any]:

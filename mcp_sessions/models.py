@@ -120,7 +120,7 @@ class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_cost_usd: Annotated[float, Field(gt=0, le=10**6, allow_inf_nan=False), IN_RANGE] | None = Field(
-        None, description="Budget of this session and its descendants: a turn past it fails."
+        None, description="Budgets of it and its descendants; a turn past one fails."
     )
     max_tokens: Annotated[int, Field(ge=1, le=10**12), IN_RANGE] | None = None
     max_turns: Annotated[int, Field(ge=1, le=10**6), IN_RANGE] | None = None

@@ -65,18 +65,22 @@ MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "de
 """Keywords whose values map names to schemas: their keys are names (a parameter may be called `title`)."""
 
 
+def _empty(value: Any) -> bool:
+    return value is None or value is False or value == [] or value == {}
+
+
 def unannotated(schema: Any) -> Any:
     """`schema` without the annotations that tell a model nothing: the `title`s pydantic derives from names
-    (`"max_steps"` -> `"Max Steps"`), and `"default": null` (an optional parameter left out is not sent;
-    its description says what the server uses then). A model reads every input schema with every call;
-    neither is an assertion, so what the schema accepts stays the same."""
+    (`"max_steps"` -> `"Max Steps"`), and defaults that are the empty value of their type (null, false, [],
+    {}: what leaving the parameter out means anyway; a description says what the server uses then). A model
+    reads every input schema with every call; neither is an assertion, so what the schema accepts stays."""
     if isinstance(schema, list):
         return [unannotated(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
     lean: dict[str, Any] = {}
     for key, value in schema.items():
-        if (key == "title" and isinstance(value, str)) or (key == "default" and value is None):
+        if (key == "title" and isinstance(value, str)) or (key == "default" and _empty(value)):
             continue
         if key in MAPS and isinstance(value, dict):
             lean[key] = {name: unannotated(sub) for name, sub in value.items()}
@@ -89,7 +93,7 @@ def unannotated(schema: Any) -> Any:
 
 def lean_input(schema: dict[str, Any]) -> dict[str, Any]:
     """A tool's input schema as a model sees it: unions as type lists, `$defs` inlined, no derived titles or
-    null defaults, and no argument but those it lists (the server refuses others: see `server.unknown_arguments`)."""
+    empty defaults, and no argument but those it lists (the server refuses others: see `server.unknown_arguments`)."""
     result: dict[str, Any] = unannotated(flatten(schema))
     result["additionalProperties"] = False
     return result

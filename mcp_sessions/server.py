@@ -142,7 +142,7 @@ class SessionsServer(MCPServer[AppState]):
     async def list_tools(self) -> list[Tool]:
         tools = await super().list_tools()
         for tool in tools:
-            tool.description = inspect.cleandoc(tool.description or "")  # a docstring's indentation is bytes a model reads
+            tool.description = " ".join((tool.description or "").split())  # a docstring's layout is bytes a model reads
             tool.input_schema = lean_input(tool.input_schema)
             if tool.output_schema is not None:
                 tool.output_schema = flatten(tool.output_schema)
@@ -455,10 +455,10 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         ctx: Context,
         session_id: SessionId,
         delete: Annotated[bool, Field(description="Also delete the transcript, events and workspace files for good.")] = False,
-        keep_children: Annotated[bool, Field(description="Leave its descendants open.")] = False,
+        keep_children: Annotated[bool, Field(description="Leave its children open.")] = False,
     ) -> CloseReply:
-        """Close a session and its descendants: stop anything running and free their sandboxes. The transcript
-        stays readable unless delete=true. Closing a closed session succeeds."""
+        """Close a session and its descendants: stop what runs, free the sandboxes. Transcripts stay readable
+        unless delete=true. Idempotent."""
         return await _manager(ctx).close(session_id, delete=delete, owner=_owner(), keep_children=keep_children)
 
     return {f.__name__ for f in (create_session, send_message, get_session, list_sessions, interrupt, close_session)}
