@@ -401,7 +401,6 @@ class SessionManager:
             s.last_turn = s.last_turn.model_copy(update={"output": output, "output_bytes": total, "output_cut_bytes": cut})
         events, note = await replies.event_batch(self.store, session_id, events_after)
         cursor = events[-1].seq if events else (events_after if events_after is not None else await self.store.last_seq(s.id))
-        children, tree_usage = await trees.tree_view(self.store, s)
         return SessionDetail(
             session=s,
             queued=[q.text for q in record.queue],
@@ -409,8 +408,7 @@ class SessionManager:
             events=events,
             events_cursor=cursor,
             events_note=note,
-            children=children,
-            usage_with_children=tree_usage,
+            **await trees.tree_view(self.store, s),
             next_step=replies.next_step(s, cursor),
         )
 
@@ -556,22 +554,17 @@ class SessionManager:
     async def close(
         self, session_id: str, delete: bool = False, owner: str | None = None, keep_children: bool = False
     ) -> CloseReply:
-        """Close (or delete) the session, and its descendants unless `keep_children`."""
+        """Close (or delete) the session, then its descendants (none can be added once it is closed) unless keep_children."""
         record = await self._record(session_id, owner)
-        below = [] if keep_children else await trees.to_close(self.store, session_id, delete)
         reply = await self._close_one(record, delete)
-        if below:
-
-            async def close_one(sid: str) -> None:
-                await self._close_one(await self._record(sid), delete, closed_with=session_id)
-
-            reply.closed_descendants, reply.message = await trees.close_all(below, close_one, delete, reply.message)
+        if not keep_children and (below := await trees.to_close(self.store, session_id, delete)):
+            reply.closed_descendants, reply.message = await trees.close_all(
+                self.store, below, lambda r: self._close_one(r, delete, closed_with=session_id), delete, reply.message
+            )
         return reply
 
     async def _close_one(self, record: SessionRecord, delete: bool, **why: str) -> CloseReply:
-        """`why`: what the `session.closed` event adds, e.g. the ancestor closed with it."""
-        s = record.session
-        session_id = s.id
+        s, session_id = record.session, record.session.id
         self.turns.samplers.pop(session_id, None)
         dropped = len(record.queue)
         if dropped:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -65,12 +66,15 @@ async def link_to_parent(store: Store, record: SessionRecord, owner: str | None)
     record.budget_from = own + parent.budget_from
 
 
-async def tree_view(store: Store, s: Session) -> tuple[int, TreeUsage]:
-    """How many children a session has, and the usage of its whole tree (one index lookup for a leaf)."""
+async def tree_view(store: Store, s: Session) -> dict[str, Any]:
+    """The tree fields of `SessionDetail`: how many children the session has, and the usage of its whole
+    tree (one index lookup for a session without children)."""
     children = await store.children(s.id)
     if not children:
-        return 0, TreeUsage(**s.usage.model_dump(), turns=s.turns, turn_time_s=s.turn_time_s)
-    return children, await store.tree_usage(s.id)
+        usage = TreeUsage(**s.usage.model_dump(), turns=s.turns, turn_time_s=s.turn_time_s)
+    else:
+        usage = await store.tree_usage(s.id)
+    return {"children": children, "usage_with_children": usage}
 
 
 async def to_close(store: Store, session_id: str, delete: bool) -> list[str]:
@@ -79,15 +83,18 @@ async def to_close(store: Store, session_id: str, delete: bool) -> list[str]:
     return [sid for sid, status in await store.descendants(session_id) if delete or status != "dead"]
 
 
-async def close_all(ids: list[str], close: Callable[[str], Awaitable[None]], delete: bool, message: str) -> tuple[int, str]:
+async def close_all(
+    store: Store, ids: list[str], close: Callable[[SessionRecord], Awaitable[object]], delete: bool, message: str
+) -> tuple[int, str]:
     """Close (or delete) a closed session's descendants side by side, so busy ones stop together; how many
     were, and `message` (the session's own close message) with what happened to them."""
     failed: list[str] = []
 
     async def one(session_id: str) -> None:
         try:
-            await close(session_id)
-        except SessionNotFound:  # deleted meanwhile: nothing left to close
+            if (record := await store.get(session_id)) is not None:  # else deleted meanwhile: nothing to close
+                await close(record)
+        except SessionNotFound:  # deleted while it was being closed
             pass
         except (SessionError, SandboxError) as e:
             log.warning("closing %s with its tree failed: %s", session_id, e)
