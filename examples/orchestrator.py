@@ -3,12 +3,14 @@
 It starts the server over stdio with the official MCP client, exactly as Claude Desktop or an agent
 framework would, then:
 
-1. creates three sessions in parallel, each with the files its subtask needs;
+1. creates a parent session with a budget for the whole job (at most 10 turns, whoever runs them), and
+   under it three child sessions in parallel, each with the files its subtask needs;
 2. hands each a different subtask: run one shard of a small test suite, count lines of code, and
    build and run a tiny program followed by a "benchmark" that is too slow;
 3. follows each with send_message(wait_s=...) and get_session(wait_s=...), never blocking a call for
    long, and interrupts the one that runs past its deadline;
-4. closes the sessions (deleting their workspaces: the results are collected) and prints a summary table.
+4. reads the usage rolled up over the tree, closes the parent, which closes and deletes its children too
+   (the results are collected), and prints a summary table.
 
     python examples/orchestrator.py                    # local driver, throwaway state folder
     python examples/orchestrator.py --driver docker    # one hardened container per subtask
@@ -108,9 +110,11 @@ async def run_step(client: Client, task: Subtask, script: str, started: float) -
     return "ok" if reply.get("exit_code") == 0 else f"exit code {reply.get('exit_code')}"
 
 
-async def run_subtask(client: Client, task: Subtask, driver: str) -> None:
+async def run_subtask(client: Client, task: Subtask, driver: str, parent: str) -> None:
     started = time.monotonic()
-    session = await call(client, "create_session", title=task.name, driver=driver, files=task.files, tags=["example"])
+    session = await call(
+        client, "create_session", title=task.name, driver=driver, files=task.files, tags=["example"], parent_session_id=parent
+    )
     task.session_id = session["id"]
     try:
         for script in task.steps:
@@ -119,7 +123,6 @@ async def run_subtask(client: Client, task: Subtask, driver: str) -> None:
                 break
     finally:
         task.seconds = time.monotonic() - started
-        await call(client, "close_session", session_id=task.session_id, delete=True)
 
 
 def summary(tasks: list[Subtask]) -> str:
@@ -138,10 +141,17 @@ async def main(driver: str, home: str) -> None:
         command=sys.executable, args=["-m", "mcp_sessions", "--driver", driver], env={"MCP_SESSIONS_HOME": home}
     )
     async with Client(server, mode="legacy") as client:
-        async with anyio.create_task_group() as tg:
-            for task in SUBTASKS:
-                tg.start_soon(run_subtask, client, task, driver)
+        # The job's own session: its children are closed with it, and its budget binds every turn below it.
+        parent = (await call(client, "create_session", title="orchestrator", driver=driver, max_turns=10))["id"]
+        try:
+            async with anyio.create_task_group() as tg:
+                for task in SUBTASKS:
+                    tg.start_soon(run_subtask, client, task, driver, parent)
+            tree = (await call(client, "get_session", session_id=parent))["usage_with_children"]
+        finally:
+            closed = await call(client, "close_session", session_id=parent, delete=True)
     print(summary(SUBTASKS))
+    print(f"\ntree: {tree['sessions']} sessions, {tree['turns']} of 10 turns; {closed['closed_descendants']} children deleted")
     for task in SUBTASKS:
         print(f"\n== {task.name}\n" + "\n".join(o.rstrip() for o in task.outputs))
 

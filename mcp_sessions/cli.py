@@ -27,7 +27,7 @@ from pydantic_core import PydanticUndefined
 from . import __version__
 from .errors import InvalidInput, SessionError, SessionNotFound, StoreError
 from .inputs import PageSize, Seq, one_line
-from .models import Event, Session, SessionPage, Status
+from .models import Event, SessionDetail, SessionPage, Status, Usage
 from .plugins import catalog
 from .settings import ENV_PREFIX, Settings, flag_name, is_secret
 
@@ -161,6 +161,7 @@ def build_parser() -> Parser:
     )
     ls.add_argument("--driver", dest="filter_driver", metavar="NAME", help="only sessions on this driver")
     ls.add_argument("--agent", dest="filter_agent", metavar="NAME", help="only sessions with this agent")
+    ls.add_argument("--parent", metavar="ID", help="only the children of this session")
     ls.add_argument(
         "--created-after",
         type=_when,
@@ -201,10 +202,12 @@ def build_parser() -> Parser:
     close = commands.add_parser(
         "close",
         help="close a session",
-        description="Stop anything running in a session and free its sandbox. The transcript stays readable.",
+        description="Stop anything running in a session and its descendants and free their sandboxes. "
+        "The transcripts stay readable.",
     )
     close.add_argument("session_id", metavar="ID")
-    close.add_argument("--delete", action="store_true", help="also delete the transcript, events and workspace")
+    close.add_argument("--delete", action="store_true", help="also delete the transcripts, events and workspaces")
+    close.add_argument("--keep-children", action="store_true", help="leave the session's descendants open")
     _add_settings_flags(close, CLIENT_FLAGS, argparse.SUPPRESS)
     return parser
 
@@ -342,7 +345,7 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "events":
             return await print_events(manager, args)
         if args.command == "close":
-            reply = await manager.close(args.session_id, delete=args.delete)
+            reply = await manager.close(args.session_id, delete=args.delete, keep_children=args.keep_children)
             print(reply.message)
             return 0
     raise AssertionError(args.command)
@@ -382,6 +385,7 @@ async def list_sessions(manager: SessionManager, args: argparse.Namespace) -> in
             created_before=args.created_before,
             limit=args.limit,
             cursor=args.cursor,
+            parent=args.parent,
         )
     except InvalidInput as e:
         if args.cursor and "cursor" in str(e):
@@ -402,7 +406,12 @@ async def list_sessions(manager: SessionManager, args: argparse.Namespace) -> in
     return 0
 
 
-def format_state(s: Session) -> str:
+def _usage(u: Usage) -> str:
+    return f"{u.input_tokens} input, {u.output_tokens} output, {u.total_tokens} total tokens; ${u.cost_usd:.4f}"
+
+
+def format_state(detail: SessionDetail) -> str:
+    s = detail.session
     rows: list[tuple[str, str]] = [("session", s.id + (f"  {s.title!r}" if s.title else ""))]
     status = f"{s.status} (phase {s.phase}{f': {s.phase_detail}' if s.phase_detail else ''})"
     if s.failure_reason:
@@ -440,8 +449,15 @@ def format_state(s: Session) -> str:
         if last.reason:
             parts.append(last.reason)
         rows.append(("turns", f"{s.turns}; last: {', '.join(parts)}"))
-    u = s.usage
-    rows.append(("usage", f"{u.input_tokens} input, {u.output_tokens} output, {u.total_tokens} total tokens; ${u.cost_usd:.4f}"))
+    rows.append(("usage", _usage(s.usage)))
+    if s.parent_session_id:
+        rows.append(("parent", s.parent_session_id))
+    if detail.children:
+        tree = detail.usage_with_children
+        rows.append(("children", f"{detail.children}; with all descendants: {tree.sessions} sessions, {tree.turns} turns"))
+        rows.append(("tree usage", f"{_usage(tree)}; turns ran {tree.turn_time_s:.1f} s"))
+    if s.budget:
+        rows.append(("budget", ", ".join(f"{k}={v:g}" for k, v in s.budget.set().items()) + " (with descendants)"))
     if s.workspace:
         rows.append(("workspace", s.workspace))
     width = max(len(k) for k, _ in rows)
@@ -449,12 +465,13 @@ def format_state(s: Session) -> str:
 
 
 async def show_session(manager: SessionManager, args: argparse.Namespace) -> int:
-    session = (await manager.get(args.session_id)).session
+    detail = await manager.get(args.session_id)
     transcript = await manager.transcript(args.session_id)
     if args.json:
-        print(json.dumps({"session": session.model_dump(mode="json"), "transcript": transcript}, indent=2))
+        tree = {"children": detail.children, "usage_with_children": detail.usage_with_children.model_dump(mode="json")}
+        print(json.dumps({"session": detail.session.model_dump(mode="json"), **tree, "transcript": transcript}, indent=2))
     else:
-        print(format_state(session))
+        print(format_state(detail))
         print()
         print(transcript, end="")
     return 0

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from .agents.base import Agent, ConfiguresSessions
 from .errors import InvalidInput, PayloadTooLarge
 from .inputs import IN_RANGE, MetadataValue
-from .models import LimitsModel, Session, SessionRecord, new_session_id
+from .models import Budget, LimitsModel, Session, SessionRecord, new_session_id
 from .plugins import Catalog, annotated
 from .settings import Settings
 
@@ -52,13 +52,15 @@ class SessionFields(BaseModel):
         max_length=200,
         description="The model, for agents that call one, e.g. 'gpt-4o' or 'claude-sonnet-4-5' (default: the server's).",
     )
+    parent_session_id: str | None = Field(None, max_length=100, description="Parent: closed with it, under its budget.")
 
 
 def _described(catalog: Catalog) -> dict[str, Any]:
     """SessionFields' annotations, with the driver and agent descriptions listing what is installed."""
     fields = {
         name: (annotated(info.annotation, *info.metadata, Field(description=info.description)), info.default)
-        for name, info in SessionFields.model_fields.items()
+        for model in (SessionFields, Budget)
+        for name, info in model.model_fields.items()
     }
     fields["driver"] = (
         Annotated[
@@ -116,14 +118,20 @@ class CreateRequest:
     command_timeout_s: float | None = None
     owner: str | None = None
     model: str | None = None
+    parent_session_id: str | None = None
+    budget: Budget | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """Driver and agent options by name (None = not given); the manager sorts and validates them."""
 
     @classmethod
     def of(cls, owner: str | None, **given: Any) -> CreateRequest:
-        """From `create_session`'s arguments or the REST body: what is not a session field is a plugin's option."""
+        """From `create_session`'s arguments or the REST body: what is not a session field or a budget is a
+        plugin's option."""
         own = {k: v for k, v in given.items() if k in SessionFields.model_fields}
-        return cls(**own, owner=owner, options={k: v for k, v in given.items() if k not in own})
+        limits = {k: v for k, v in given.items() if k in Budget.model_fields and v is not None}
+        budget = Budget(**limits) if limits else None
+        options = {k: v for k, v in given.items() if k not in own and k not in Budget.model_fields}
+        return cls(**own, owner=owner, budget=budget, options=options)
 
 
 def new_record(
@@ -181,6 +189,8 @@ def new_record(
         command_timeout_s=command_timeout,
         owner=request.owner,
         model=model,
+        parent_session_id=request.parent_session_id,
+        budget=request.budget,
     )
     return SessionRecord(
         session=session,

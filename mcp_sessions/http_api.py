@@ -85,12 +85,14 @@ class ListQuery(BaseModel):
     agent: str | None = None
     created_after: IsoTime | None = Field(None, description="ISO 8601, inclusive.")
     created_before: IsoTime | None = Field(None, description="ISO 8601, inclusive.")
+    parent: str | None = Field(None, max_length=100, description="Only children of this session.")
     limit: PageSize = Field(50, description="Page size, 1..200.")
     cursor: str | None = Field(None, description="next_cursor of the previous page.")
 
 
 class CloseQuery(BaseModel):
     delete: bool = Field(False, description="Also delete the transcript, events and workspace.")
+    keep_children: bool = Field(False, description="Leave its descendants open (by default they are closed, or deleted, too).")
 
 
 class StreamQuery(BaseModel):
@@ -163,6 +165,7 @@ async def list_sessions(c: Call) -> Reply:
         limit=q.limit,
         cursor=q.cursor,
         owner=c.owner,
+        parent=q.parent,
     )
 
 
@@ -182,7 +185,7 @@ async def interrupt(c: Call) -> Reply:
 
 
 async def close_session(c: Call) -> Reply:
-    return await c.manager.close(c.session_id, delete=c.query.delete, owner=c.owner)
+    return await c.manager.close(c.session_id, delete=c.query.delete, owner=c.owner, keep_children=c.query.keep_children)
 
 
 def _sse(event_id: int | None, event: str, data: str) -> str:
@@ -313,7 +316,8 @@ SESSION_ENDPOINTS = [
         "POST",
         S + "/close",
         close_session,
-        "Close the session and free its sandbox; delete=true also removes its transcript and workspace. Idempotent.",
+        "Close the session and its descendants, freeing their sandboxes; delete=true also removes their transcripts "
+        "and workspaces. Idempotent.",
         CloseReply,
         query=CloseQuery,
         errors=(400, 404, 502, 503),

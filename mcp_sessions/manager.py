@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup
 
 from sandbox_backends.base import ChecksSpec, Driver, SandboxError, SandboxNotFound
 
-from . import leases, lifecycle, replies
+from . import leases, lifecycle, replies, trees
 from .agents.base import Agent, PrepareContext, PreparesSandbox, TurnOutcome
 from .create import CreateRequest, new_record
 from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError, TooManySessions
@@ -223,6 +223,7 @@ class SessionManager:
 
     async def create(self, request: CreateRequest, wait_s: float = 30.0) -> Session:
         record = new_record(request, self.settings, self.catalog, self._agents, self._lease)
+        await trees.link_to_parent(self.store, record, request.owner)
         chosen = self.sandboxes.driver(record.session.driver)
         if isinstance(chosen, ChecksSpec):
             try:
@@ -407,6 +408,7 @@ class SessionManager:
             events=events,
             events_cursor=cursor,
             events_note=note,
+            **await trees.tree_view(self.store, s),
             next_step=replies.next_step(s, cursor),
         )
 
@@ -459,6 +461,7 @@ class SessionManager:
         limit: int = 50,
         cursor: str | None = None,
         owner: str | None = None,
+        parent: str | None = None,
     ) -> SessionPage:
         if not 1 <= limit <= 200:
             raise InvalidInput(f"limit must be between 1 and 200, not {limit}.")
@@ -468,6 +471,7 @@ class SessionManager:
             driver=driver,
             agent=agent,
             owner=owner,
+            parent=parent,
             created_after=created_after,
             created_before=created_before,
             limit=limit,
@@ -547,9 +551,20 @@ class SessionManager:
             ),
         )
 
-    async def close(self, session_id: str, delete: bool = False, owner: str | None = None) -> CloseReply:
+    async def close(
+        self, session_id: str, delete: bool = False, owner: str | None = None, keep_children: bool = False
+    ) -> CloseReply:
+        """Close (or delete) the session, then its descendants (none can be added once it is closed) unless keep_children."""
         record = await self._record(session_id, owner)
-        s = record.session
+        reply = await self._close_one(record, delete)
+        if not keep_children and (below := await trees.to_close(self.store, session_id, delete)):
+            reply.closed_descendants, reply.message = await trees.close_all(
+                self.store, below, lambda r: self._close_one(r, delete, closed_with=session_id), delete, reply.message
+            )
+        return reply
+
+    async def _close_one(self, record: SessionRecord, delete: bool, **why: str) -> CloseReply:
+        s, session_id = record.session, record.session.id
         self.turns.samplers.pop(session_id, None)
         dropped = len(record.queue)
         if dropped:
@@ -576,7 +591,7 @@ class SessionManager:
             return CloseReply(
                 session_id=session_id, status="dead", deleted=False, message=f"Session '{session_id}' was already closed."
             )
-        await self._update(session_id, lambda r: lifecycle.close(r, "closed", dropped_queued=dropped))
+        await self._update(session_id, lambda r: lifecycle.close(r, "closed", dropped_queued=dropped, **why))
         return CloseReply(
             session_id=session_id,
             status="dead",

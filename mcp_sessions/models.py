@@ -94,6 +94,44 @@ class Usage(BaseModel):
     cost_usd: float = 0.0
     cost_by_model: dict[str, float] = Field(default_factory=dict)
 
+    def add(self, other: Usage) -> None:
+        """Add `other` into this usage, model by model."""
+        for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "total_tokens", "cost_usd"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        for model, cost in other.cost_by_model.items():
+            self.cost_by_model[model] = self.cost_by_model.get(model, 0.0) + cost
+
+
+class TreeUsage(Usage):
+    """Usage of a session and all its descendants: what the budgets of its tree count."""
+
+    sessions: int = Field(1, description="Sessions counted: this one and its descendants.")
+    turns: int = Field(0, description="Turns started in them.")
+    turn_time_s: float = Field(0.0, description="Seconds their turns ran, added up.")
+
+
+class Budget(BaseModel):
+    """What a session and all its descendants may use together, set at create. A turn anywhere in the tree
+    that would pass it ends failed; a descendant's own budget binds too, and never loosens this one.
+
+    The fields are create_session parameters too (create.py), so their descriptions are read by models: terse.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_cost_usd: Annotated[float, Field(gt=0, le=10**6, allow_inf_nan=False), IN_RANGE] | None = Field(
+        None, description="Budgets of it and its descendants; a turn past one fails."
+    )
+    max_tokens: Annotated[int, Field(ge=1, le=10**12), IN_RANGE] | None = None
+    max_turns: Annotated[int, Field(ge=1, le=10**6), IN_RANGE] | None = None
+    max_duration_s: Annotated[float, Field(gt=0, le=10**9, allow_inf_nan=False), IN_RANGE] | None = Field(
+        None, description="Turn seconds, summed."
+    )
+
+    def set(self) -> dict[str, float]:
+        """The budgets given, by name."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
 
 class LimitsModel(BaseModel):
     """Sandbox resource limits. Each is capped by the server's maximum."""
@@ -157,7 +195,9 @@ class Session(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     sandbox: dict[str, Any] | None = None
     workspace: str | None = None
-    parent_session_id: str | None = None
+    parent_session_id: str | None = Field(None, description="The session this one was created under.")
+    budget: Budget | None = Field(None, description="What this session and its descendants may use together.")
+    turn_time_s: float = Field(0.0, description="Seconds this session's turns ran, added up (what max_duration_s counts).")
     owner: str | None = None
 
     def has_ended(self) -> bool:
@@ -184,6 +224,10 @@ class SessionRecord(BaseModel):
         default_factory=dict, description="The agent's settings: system prompt, limits, provider."
     )
     driver_options: dict[str, Any] = Field(default_factory=dict, description="The driver's create options, e.g. which remote.")
+    budget_from: list[str] = Field(
+        default_factory=list,
+        description="This session and its ancestors that set a budget, nearest first: whose budgets bind its turns.",
+    )
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -243,6 +287,10 @@ class SessionDetail(BaseModel):
     events: list[Event] = Field(default_factory=list, description="Events after events_after, oldest first.")
     events_cursor: int
     events_note: str | None = None
+    children: int = Field(0, description="Sessions created with this one as their parent.")
+    usage_with_children: TreeUsage = Field(
+        default_factory=TreeUsage, description="Usage of this session and all its descendants, what its budget counts."
+    )
     next_step: str
 
 
@@ -250,7 +298,8 @@ class SessionSummary(BaseModel):
     """One row of list_sessions: small, no transcript.
 
     Each stored session keeps its summary as JSON (store.py), so a field added here needs a migration
-    that rewrites the stored summaries.
+    that rewrites the stored summaries, unless its default is right for every stored one (as
+    parent_session_id's None was when it came: no session had a parent before).
     """
 
     id: str
@@ -266,6 +315,7 @@ class SessionSummary(BaseModel):
     preview: str | None
     failure_reason: str | None
     close_reason: str | None
+    parent_session_id: str | None = None
 
 
 SUMMARY_FIELDS = set(SessionSummary.model_fields)
@@ -294,4 +344,5 @@ class CloseReply(BaseModel):
     session_id: str
     status: Status
     deleted: bool
+    closed_descendants: int = Field(0, description="Descendant sessions closed (or deleted) with it.")
     message: str

@@ -65,29 +65,35 @@ MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "de
 """Keywords whose values map names to schemas: their keys are names (a parameter may be called `title`)."""
 
 
-def untitled(schema: Any) -> Any:
-    """`schema` without the `title` annotations pydantic derives from names (`"max_steps"` -> `"Max Steps"`):
-    a model reads every input schema with every call, and they tell it nothing the names do not."""
+def _empty(value: Any) -> bool:
+    return value is None or value is False or value == [] or value == {}
+
+
+def unannotated(schema: Any) -> Any:
+    """`schema` without the annotations that tell a model nothing: the `title`s pydantic derives from names
+    (`"max_steps"` -> `"Max Steps"`), and defaults that are the empty value of their type (null, false, [],
+    {}: what leaving the parameter out means anyway; a description says what the server uses then). A model
+    reads every input schema with every call; neither is an assertion, so what the schema accepts stays."""
     if isinstance(schema, list):
-        return [untitled(item) for item in schema]
+        return [unannotated(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
     lean: dict[str, Any] = {}
     for key, value in schema.items():
-        if key == "title" and isinstance(value, str):
+        if (key == "title" and isinstance(value, str)) or (key == "default" and _empty(value)):
             continue
         if key in MAPS and isinstance(value, dict):
-            lean[key] = {name: untitled(sub) for name, sub in value.items()}
+            lean[key] = {name: unannotated(sub) for name, sub in value.items()}
         elif key in DATA_KEYWORDS:
             lean[key] = value
         else:
-            lean[key] = untitled(value)
+            lean[key] = unannotated(value)
     return lean
 
 
 def lean_input(schema: dict[str, Any]) -> dict[str, Any]:
-    """A tool's input schema as a model sees it: unions as type lists, `$defs` inlined, no derived titles,
-    and no argument but those it lists (the server refuses others: see `server.unknown_arguments`)."""
-    result: dict[str, Any] = untitled(flatten(schema))
+    """A tool's input schema as a model sees it: unions as type lists, `$defs` inlined, no derived titles or
+    empty defaults, and no argument but those it lists (the server refuses others: see `server.unknown_arguments`)."""
+    result: dict[str, Any] = unannotated(flatten(schema))
     result["additionalProperties"] = False
     return result

@@ -142,6 +142,7 @@ class SessionsServer(MCPServer[AppState]):
     async def list_tools(self) -> list[Tool]:
         tools = await super().list_tools()
         for tool in tools:
+            tool.description = " ".join((tool.description or "").split())  # a docstring's layout is bytes a model reads
             tool.input_schema = lean_input(tool.input_schema)
             if tool.output_schema is not None:
                 tool.output_schema = flatten(tool.output_schema)
@@ -415,6 +416,7 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         created_before: Annotated[
             IsoTime | None, Field(description="Only sessions created at or before this ISO 8601 time.")
         ] = None,
+        parent: Annotated[str | None, Field(description="Only children of this session.")] = None,
         limit: Annotated[PageSize, Field(description="Page size, 1..200.")] = 50,
         cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
     ) -> SessionPage:
@@ -430,6 +432,7 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
             limit=limit,
             cursor=cursor,
             owner=_owner(),
+            parent=parent,
         )
 
     @mcp.tool(
@@ -452,10 +455,11 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         ctx: Context,
         session_id: SessionId,
         delete: Annotated[bool, Field(description="Also delete the transcript, events and workspace files for good.")] = False,
+        keep_children: Annotated[bool, Field(description="Leave its children open.")] = False,
     ) -> CloseReply:
-        """Close a session: stop anything running and free its sandbox. The transcript stays readable unless
-        delete=true. Closing an already closed session succeeds."""
-        return await _manager(ctx).close(session_id, delete=delete, owner=_owner())
+        """Close a session and its descendants: stop what runs, free the sandboxes. Transcripts stay readable
+        unless delete=true. Idempotent."""
+        return await _manager(ctx).close(session_id, delete=delete, owner=_owner(), keep_children=keep_children)
 
     return {f.__name__ for f in (create_session, send_message, get_session, list_sessions, interrupt, close_session)}
 

@@ -28,81 +28,11 @@ from typing import Any, TypeVar
 import anyio
 
 from .errors import InvalidInput, StoreError
-from .models import Event, Message, SessionRecord, SessionSummary, now, summary_json
+from .models import Event, Message, SessionRecord, SessionSummary, TreeUsage, Usage, now, summary_json
+from .store_schema import MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
 EventSpec = tuple[str, dict[str, Any]]
-
-
-def _add_summaries(conn: sqlite3.Connection) -> None:
-    """Version 3: each row keeps its list_sessions summary, so listing never decodes whole records."""
-    conn.execute("ALTER TABLE sessions ADD COLUMN summary TEXT")
-    rows = conn.execute("SELECT id, record FROM sessions").fetchall()
-    for session_id, record in rows:
-        summary = summary_json(SessionRecord.model_validate_json(record).session)
-        conn.execute("UPDATE sessions SET summary=? WHERE id=?", (summary, session_id))
-
-
-MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
-    # version 1
-    """
-    CREATE TABLE sessions(
-        id TEXT PRIMARY KEY,
-        created_at TEXT NOT NULL,
-        status TEXT NOT NULL,
-        driver TEXT NOT NULL,
-        agent TEXT NOT NULL,
-        owner TEXT,
-        tags TEXT NOT NULL,
-        record TEXT NOT NULL
-    );
-    CREATE INDEX sessions_by_time ON sessions(created_at DESC, id DESC);
-    CREATE INDEX sessions_by_status ON sessions(status, created_at DESC, id DESC);
-    CREATE TABLE messages(
-        session_id TEXT NOT NULL,
-        n INTEGER NOT NULL,
-        doc TEXT NOT NULL,
-        PRIMARY KEY(session_id, n)
-    ) WITHOUT ROWID;
-    CREATE TABLE events(
-        session_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        time TEXT NOT NULL,
-        type TEXT NOT NULL,
-        data TEXT NOT NULL,
-        PRIMARY KEY(session_id, seq)
-    ) WITHOUT ROWID;
-    """,
-    # version 2: when a ready session becomes due for its idle timeout, kept by every write of the record
-    """
-    ALTER TABLE sessions ADD COLUMN idle_deadline TEXT;
-    CREATE INDEX sessions_by_idle_deadline ON sessions(idle_deadline) WHERE idle_deadline IS NOT NULL;
-    """,
-    _add_summaries,
-    # version 4: list filters by driver, agent, owner (every list over HTTP with tokens) and tag read an
-    # index instead of every row
-    """
-    CREATE INDEX sessions_by_driver ON sessions(driver, created_at DESC, id DESC);
-    CREATE INDEX sessions_by_agent ON sessions(agent, created_at DESC, id DESC);
-    CREATE INDEX sessions_by_owner ON sessions(owner, status, created_at DESC, id DESC);
-    CREATE TABLE session_tags(tag TEXT NOT NULL, session_id TEXT NOT NULL, PRIMARY KEY(tag, session_id)) WITHOUT ROWID;
-    INSERT OR IGNORE INTO session_tags(tag, session_id) SELECT json_each.value, sessions.id FROM sessions, json_each(sessions.tags);
-    """,
-    # version 5: MCP tasks, each a turn or a creation of a session (mcp_sessions/tasks): the state is the
-    # session's; the row says the task was given out, to whom, and by which tool
-    """
-    CREATE TABLE tasks(
-        id TEXT PRIMARY KEY,
-        session_id TEXT NOT NULL,
-        owner TEXT,
-        tool TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX tasks_by_owner ON tasks(owner, created_at DESC, id DESC);
-    CREATE INDEX tasks_by_session ON tasks(session_id);
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
 STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 SESSION_ID = re.compile(r"ses_[0-9a-f]{32}")
 BUSY_TIMEOUT_S = 15.0  # how long a writer waits for another server holding the database
@@ -341,11 +271,11 @@ class Store:
         columns = (s.status, s.owner, tags, record.model_dump_json(), deadline, summary_json(s))
         if stored_tags is None:
             self._conn.execute(  # an upsert: two servers mirroring one remote session may both add it
-                "INSERT INTO sessions(status, owner, tags, record, idle_deadline, summary, id, created_at, driver, agent) "
-                "VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
+                "INSERT INTO sessions(status, owner, tags, record, idle_deadline, summary, id, created_at, driver, agent, parent) "
+                "VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
                 "owner=excluded.owner, tags=excluded.tags, record=excluded.record, "
                 "idle_deadline=excluded.idle_deadline, summary=excluded.summary",
-                (*columns, s.id, stamp(s.created_at), s.driver, s.agent),
+                (*columns, s.id, stamp(s.created_at), s.driver, s.agent, s.parent_session_id),
             )
         else:
             self._conn.execute(
@@ -455,6 +385,7 @@ class Store:
         driver: str | None = None,
         agent: str | None = None,
         owner: str | None = None,
+        parent: str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         limit: int = 50,
@@ -469,7 +400,7 @@ class Store:
         for tag in tags or []:
             where.append("id IN (SELECT session_id FROM session_tags WHERE tag=?)")
             args.append(tag)
-        for column, value in (("driver", driver), ("agent", agent), ("owner", owner)):
+        for column, value in (("driver", driver), ("agent", agent), ("owner", owner), ("parent", parent)):
             if value is not None:
                 where.append(f"{column}=?")
                 args.append(value)
@@ -488,7 +419,7 @@ class Store:
 
         # With tags as the only column filter, SQLite would look up and sort every tagged session; walking
         # the time index newest first stops at the page's end (12 -> 1 ms for a tag on 2,000 of 10,000).
-        only_tags = bool(tags) and not (statuses or driver is not None or agent is not None or owner is not None)
+        only_tags = bool(tags) and not (statuses or driver or agent or owner is not None or parent)
         by_time = " INDEXED BY sessions_by_time" if only_tags else ""
 
         def run() -> tuple[list[SessionSummary], int, str | None]:
@@ -509,6 +440,49 @@ class Store:
             return [SessionSummary.model_validate_json(summaries[i]) for i in ids], total, next_cursor
 
         return await self._run(self._snapshot, run)
+
+    # -- trees ------------------------------------------------------------------------------------
+
+    _TREE = "WITH RECURSIVE tree(id) AS (SELECT ? UNION SELECT sessions.id FROM sessions JOIN tree ON sessions.parent=tree.id)"
+    """Every descendant of a session, and the session itself: each level one lookup in `sessions_by_parent`."""
+
+    async def descendants(self, session_id: str) -> list[tuple[str, str]]:
+        """(id, status) of every session below this one, children before their own children."""
+
+        def run() -> list[tuple[str, str]]:
+            rows = self._conn.execute(
+                f"{self._TREE} SELECT sessions.id, status FROM tree JOIN sessions ON sessions.id=tree.id WHERE tree.id<>?",
+                (session_id, session_id),
+            ).fetchall()
+            return [(r[0], r[1]) for r in rows]
+
+        return await self._run(run)
+
+    async def children(self, session_id: str) -> int:
+        """How many sessions have this one as their parent."""
+
+        def run() -> int:
+            return self._conn.execute("SELECT COUNT(*) FROM sessions WHERE parent=?", (session_id,)).fetchone()[0]
+
+        return await self._quick(run, write=False)
+
+    async def tree_usage(self, session_id: str) -> TreeUsage:
+        """The usage of the session and every descendant, added up (of those still stored)."""
+
+        def run() -> list[Any]:
+            return self._conn.execute(
+                f"{self._TREE} SELECT json_extract(record, '$.session.usage'), json_extract(record, '$.session.turns'), "
+                "json_extract(record, '$.session.turn_time_s') FROM tree JOIN sessions ON sessions.id=tree.id",
+                (session_id,),
+            ).fetchall()
+
+        rows = await self._run(self._snapshot, run)
+        total = TreeUsage(sessions=len(rows))
+        for usage, turns, turn_time in rows:
+            total.add(Usage.model_validate_json(usage))
+            total.turns += turns
+            total.turn_time_s += turn_time or 0.0
+        return total
 
     # -- messages and events ----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from .models import Message, Session, SessionRecord, TextBlock, TurnStatus, Turn
 from .sandboxes import Sandboxes
 from .settings import Settings
 from .store import EventSpec, Store
+from .trees import Budgets
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,10 @@ class Turns:
 
         try:
             with running.scope:
+                budgets = await Budgets.of(self.store, record) if record.budget_from else None
+                if budgets is not None and (refused := await budgets.at_start()) is not None:
+                    outcome = TurnOutcome(status="failed", content=[], reason=refused, duration_s=0.0)
+                    return
                 ctx = TurnContext(
                     session=record.session,
                     sandbox=await self._sandboxes.of(record),
@@ -261,10 +266,13 @@ class Turns:
                     options=record.agent_options,
                     history=lambda: self.store.messages(sid),
                     sampler=self.samplers.get(sid),
+                    over_budget=budgets.over if budgets is not None else None,
                 )
                 error: Exception | None = None
                 async with anyio.create_task_group() as helpers:
                     running.helpers, running.tend = helpers, tend  # started by start_helpers
+                    if budgets is not None and budgets.seconds_left() < float("inf"):
+                        helpers.start_soon(self._stop_when_out_of_time, running, budgets)
                     try:
                         outcome = await self._agents[record.session.agent].run_turn(ctx, text)
                         if (over := await self.disk.after_turn(ctx.sandbox)) is not None:
@@ -307,6 +315,13 @@ class Turns:
                         del self.running[sid]
                     running.done.set()
                     self._waiter.changed(sid)
+
+    @staticmethod
+    async def _stop_when_out_of_time(running: RunningTurn, budgets: Budgets) -> None:
+        """Fail the turn once it has run the time a `max_duration_s` over it had left at its start."""
+        started = anyio.current_time()
+        await anyio.sleep(budgets.seconds_left())
+        running.stop(budgets.out_of_time(anyio.current_time() - started), "failed")
 
     async def _record_end(self, sid: str, running: RunningTurn, outcome: TurnOutcome, events: list[EventSpec]) -> None:
         """Write how a turn ended; while the store cannot be written (a full disk), try again every second.
@@ -360,11 +375,8 @@ class Turns:
             )
             s.last_response = outcome.content
             s.output_preview = tail(outcome.output, 500) if outcome.output else None
-            for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "total_tokens"):
-                setattr(s.usage, key, getattr(s.usage, key) + getattr(outcome.usage, key))
-            s.usage.cost_usd += outcome.usage.cost_usd
-            for model, cost in outcome.usage.cost_by_model.items():
-                s.usage.cost_by_model[model] = s.usage.cost_by_model.get(model, 0.0) + cost
+            s.usage.add(outcome.usage)
+            s.turn_time_s += s.last_turn.duration_s or 0.0
             data: dict[str, Any] = {
                 "turn": turn,
                 "exit_code": outcome.exit_code,

@@ -301,6 +301,11 @@ async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_ses
         for filters in ({"tags": ["p"]}, {"tags": ["p", "q"]}, {"driver": "local"}, {"agent": "shell"}):
             assert (await store.query(**filters))[1] == 1, filters  # type: ignore[arg-type]
         assert (await store.query(tags=["z"]))[1] == 0
+        assert (await store.query(parent=s.id))[1] == 0 and page[0].parent_session_id is None
+        child = Session(id="ses_" + "c" * 32, driver="local", agent="shell", command_timeout_s=1, parent_session_id=s.id)
+        await store.insert(SessionRecord(session=child), [])  # a session of the old schema becomes a parent
+        assert [row.id for row in (await store.query(parent=s.id))[0]] == [child.id]
+        assert [sid for sid, _ in await store.descendants(s.id)] == [child.id]
     finally:
         await store.aclose()
     assert user_version(path) == SCHEMA_VERSION

@@ -49,6 +49,9 @@ class TurnContext:
     """Loads the session's messages so far, this turn's user message last."""
     sampler: Any = None
     """Reaches the model of the client that sent the message (MCP sampling), if the surface offered one."""
+    over_budget: Callable[[Usage], Awaitable[str | None]] | None = None
+    """Given the usage of this turn so far, why the turn must stop (a budget of the session's tree is
+    reached), or None. Agents that call a model ask after each step that would go on; None: no budget."""
     messages: list[Message] = field(default_factory=list)
     """Messages the agent has produced so far this turn; kept if the turn is interrupted."""
     usage: Usage = field(default_factory=Usage)

@@ -4,7 +4,8 @@ driver. So the sandbox needs no network and never sees an API key.
 
 One turn: the model is called with the conversation and five tools; each tool call it makes runs in
 the sandbox and its result goes back; this repeats until the model answers without a tool call, or a
-limit (`max_steps` model calls, a token or cost budget) ends the turn with a message saying which.
+limit (`max_steps` model calls, the turn's token or cost budget, a budget of the session's tree) ends the
+turn with a message saying which.
 """
 
 from __future__ import annotations
@@ -277,6 +278,8 @@ class LlmAgent:
                 calls = [b for b in reply.content if isinstance(b, ToolUseBlock)]
                 if not calls:
                     return finish("completed")
+                if ctx.over_budget is not None and (over := await ctx.over_budget(ctx.usage)):
+                    return finish("failed", over, f"[stopped: {over}]")
                 results = []
                 for call in calls:
                     result = await self._run_tool(ctx, call)
