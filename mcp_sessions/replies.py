@@ -10,6 +10,7 @@ from sandbox_backends.output import OutputBuffer
 
 from .models import Event, Session, SessionRecord, TurnReply, TurnSummary
 from .store import Store
+from .trees import BUDGET_SPENT
 from .turns import TURN_END_EVENTS, RunningTurn
 
 MAX_EVENTS_PER_READ = 200
@@ -23,6 +24,16 @@ def next_step(s: Session, cursor: int | None = None) -> str:
         return (
             f"Turn {s.turns} is still running. Call get_session(session_id='{s.id}', wait_s=30{after}) to wait "
             "for it and read new output, or interrupt to stop it."
+        )
+    if (
+        s.status == "ready"
+        and s.last_turn
+        and s.last_turn.status == "failed"
+        and (s.last_turn.reason or "").startswith(BUDGET_SPENT)
+    ):
+        return (
+            "A budget of this session's tree is spent, so every turn in it fails: go on in a session outside the "
+            "tree (create_session without this parent), or close it with close_session."
         )
     if s.status == "ready":
         return "The session is ready: send the next message with send_message, or close it with close_session."

@@ -41,6 +41,9 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+BUDGET_SPENT = "budget "
+"""How the reason of a turn stopped by a budget begins (replies.py tells the caller's next step by it)."""
+
 ENDED = ("dead", "failed")
 
 
@@ -137,7 +140,7 @@ class Bound:
             "max_duration_s": f"{used:.1f} s of turns",
         }[self.name]
         return (
-            f"budget {self.name}={self.limit:g} of session {self.setter} reached: its tree has used {amount}. "
+            f"{BUDGET_SPENT}{self.name}={self.limit:g} of session {self.setter} reached: its tree has used {amount}. "
             "Budgets are set at create; go on in a session outside that tree."
         )
 

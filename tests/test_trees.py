@@ -214,6 +214,7 @@ async def test_a_turn_budget_counts_the_turns_of_the_whole_tree(client: Client) 
     third = await call(client, "send_message", session_id=child, text="echo 3 > ran")
     assert third["turn_status"] == "failed" and third["output"] == ""
     assert third["reason"].startswith(f"budget max_turns=2 of session {root} reached: its tree has used 2 turns")
+    assert "outside the tree" in third["next_step"]  # not "send the next message": it would fail the same way
     assert "No such file" in await call_error_resource(client, child, "ran")
     # a sibling's own, tighter budget binds it first
     tight = await child_of(client, await new_session(client, max_turns=10), max_turns=1)
