@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from mcp_sessions.agents.base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from mcp_sessions.create import CreateRequest
+from mcp_sessions.inputs import IN_RANGE
 from mcp_sessions.manager import SessionManager
 from mcp_sessions.models import TextBlock, TurnReply
 from mcp_sessions.tasks import TaskSupport, as_task_wait, task_client
@@ -85,7 +86,7 @@ greet = ToolPlugin(name="greet", run=greet_run, title="Greet", read_only=True, t
 async def slow_compute_run(
     sessions: SessionManager,
     owner: str | None,
-    seconds: Annotated[float, Field(ge=0, le=600)] = 1,
+    seconds: Annotated[float, Field(ge=0, le=600, allow_inf_nan=False), IN_RANGE] = 1,
     label: Annotated[str, Field(max_length=100)] = "",
 ) -> TurnReply:
     """Wait `seconds`, then answer with the label."""
