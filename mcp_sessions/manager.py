@@ -314,7 +314,7 @@ class SessionManager:
         owner: str | None = None,
         sampler: Any = None,
     ) -> TurnReply:
-        """`sampler` reaches the sending client's model; this and later turns of the session use it."""
+        """`sampler` reaches the sending client's model; this message's turn (and only it) asks it."""
         if not text.strip():
             raise InvalidInput("The message is empty. Send the text (for the shell agent, a bash script) to run.")
         size = len(text.encode())
@@ -354,9 +354,7 @@ class SessionManager:
             await self._record(session_id, owner)
             record, _ = await self._update(session_id, start, messages)
         if sampler is not None:
-            turns.samplers[session_id] = sampler
-        else:
-            turns.samplers.pop(session_id, None)
+            turns.samplers[(session_id, placed["turn"])] = sampler
         if "position" not in placed:
             running = turns.spawn(record, text)
             with anyio.move_on_after(min(max(wait_s, 0.0), MAX_WAIT_S)):
@@ -565,7 +563,7 @@ class SessionManager:
 
     async def _close_one(self, record: SessionRecord, delete: bool, **why: str) -> CloseReply:
         s, session_id = record.session, record.session.id
-        self.turns.samplers.pop(session_id, None)
+        self.turns.forget_samplers(session_id)
         dropped = len(record.queue)
         if dropped:
 

@@ -119,6 +119,8 @@ class SessionsServer(MCPServer[AppState]):
     state: AppState | None = None
     """The manager and change feed every connection uses, while `serving()` runs."""
     tasks: Tasks
+    texts: dict[str, Callable[[dict[str, Any]], str]]
+    """Per tool, how its result reads in the text block, if not as its compact JSON (tool plugins)."""
     _arguments: dict[str, list[str]] | None = None
 
     @asynccontextmanager
@@ -171,7 +173,9 @@ class SessionsServer(MCPServer[AppState]):
                 raise ToolError(f"Invalid arguments for {name}: {one_line(e.__cause__, 'arguments')}.") from e.__cause__
             raise
         if isinstance(result, CallToolResult) and result.structured_content is not None and not result.is_error:
-            text = json.dumps(result.structured_content, ensure_ascii=False, separators=(",", ":"))
+            render = self.texts.get(name)
+            structured = result.structured_content
+            text = render(structured) if render else json.dumps(structured, ensure_ascii=False, separators=(",", ":"))
             result.content = [TextContent(type="text", text=text)]
         return result
 
@@ -241,6 +245,7 @@ def create_server(settings: Settings, shared: bool = False) -> SessionsServer:
     )
     mcp.settings_ = settings
     mcp.tasks = tasks
+    mcp.texts = {}
     tasks.support.update(send_message=TaskSupport("turn"), create_session=TaskSupport("create"))
     sdk.advertise_tasks(mcp, EXTENSION)
     register_plugin_tools(mcp, register_tools(mcp))
@@ -466,10 +471,15 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
 
 def register_plugin_tools(mcp: SessionsServer, taken: set[str]) -> None:
     """Serve every tool plugin (tools.py) like the built-in tools: typed input, output schema, annotations,
-    the caller's owner passed on, the session layer's errors turned into tool errors."""
+    the caller's owner passed on, the session layer's errors turned into tool errors; as a task too if it
+    says how (the same task machinery as send_message's)."""
     for plugin in catalog().tools.values():
         if plugin.name in taken:
             raise PluginError(f"The tool plugin '{plugin.name}' has the name of a built-in tool: rename it.")
+        if plugin.task is not None:
+            mcp.tasks.support[plugin.name] = plugin.task
+        if plugin.text is not None:
+            mcp.texts[plugin.name] = plugin.text
 
         async def tool(ctx: Context, __plugin: ToolPlugin = plugin, **params: Any) -> Any:
             return await __plugin.run(_manager(ctx), _owner(), **params)

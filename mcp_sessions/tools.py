@@ -12,6 +12,13 @@ token's owner over HTTP, to pass on to every manager call) are the tool's, annot
 short: every word of it is paid for in every model call that sees the tool; its return annotation, a
 pydantic model, is the tool's output schema. Errors of the session layer (`SessionError`,
 `SandboxError`) become tool errors and REST error bodies, as for the built-in tools.
+
+A tool whose work is a turn can run as an MCP task, as `send_message` does (`task=TaskSupport("turn")`):
+its function starts the turn with `sessions.send(..., wait_s=as_task_wait(w), sampler=task_client())`
+and returns the TurnReply; a client that takes tasks then follows the turn as a task (its questions to
+the client go on the task), and `TaskSupport.finish` makes the task's result from the turn's reply. A
+parameter annotated `Annotated[T, Resolve(fn)]` (the SDK's resolvers) is asked of the client before the
+function runs instead of being an argument.
 """
 
 from __future__ import annotations
@@ -19,11 +26,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, create_model
 
 from sandbox_backends.registry import discover
+
+from .models import TurnReply
+
+if TYPE_CHECKING:
+    from .tasks.core import TaskSupport
 
 ENTRY_POINT_GROUP = "mcp_sessions.tools"
 BUILTIN: dict[str, str] = {}
@@ -40,6 +52,10 @@ class ToolPlugin:
     read_only: bool = False
     destructive: bool = False
     idempotent: bool = False
+    task: TaskSupport | None = None
+    """How the tool runs as an MCP task (see the module docstring); None: it does not."""
+    text: Callable[[dict[str, Any]], str] | None = None
+    """What the result's MCP text block says, made from its structured content; None: its compact JSON."""
 
     def parameters(self) -> list[inspect.Parameter]:
         """The tool's own parameters (the function's, after the manager and the owner)."""
@@ -49,6 +65,8 @@ class ToolPlugin:
         returned = inspect.signature(self.run, eval_str=True).return_annotation
         if not (isinstance(returned, type) and issubclass(returned, BaseModel)):
             raise TypeError(f"The tool '{self.name}' must be annotated to return a pydantic model.")
+        if self.task is not None and returned is not TurnReply:
+            raise TypeError(f"The tool '{self.name}' runs as a task, so it must return the TurnReply of the turn it starts.")
         return returned
 
     def body(self) -> type[BaseModel]:

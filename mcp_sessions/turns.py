@@ -190,8 +190,9 @@ class Turns:
         self._tg = tg
         self.running: dict[str, RunningTurn] = {}
         self.disk = DiskGuard()
-        self.samplers: dict[str, Any] = {}
-        """Per session, how to reach the model of the client that last sent it a message (MCP sampling)."""
+        self.samplers: dict[tuple[str, int], Any] = {}
+        """Per (session, turn), how that turn reaches the model of the client that sent its message (MCP
+        sampling): a turn that waited in the queue asks its own sender, not whoever sent a message last."""
         self.stopping = False
         self._spawned = anyio.Event()
 
@@ -265,7 +266,7 @@ class Turns:
                     output=out.output,
                     options=record.agent_options,
                     history=lambda: self.store.messages(sid),
-                    sampler=self.samplers.get(sid),
+                    sampler=self.samplers.pop((sid, running.turn), None),
                     over_budget=budgets.over if budgets is not None else None,
                 )
                 error: Exception | None = None
@@ -398,6 +399,11 @@ class Turns:
         if next_text:
             self.spawn(record, next_text[0])
         return record, events[-1].seq if events else await self.store.last_seq(session_id)
+
+    def forget_samplers(self, session_id: str) -> None:
+        """The session's turns will not run (it is closing): drop the samplers they were given."""
+        for key in [k for k in self.samplers if k[0] == session_id]:
+            del self.samplers[key]
 
     def stop(self, session_id: str, reason: str, status: TurnStatus = "interrupted") -> bool:
         """Stop the turn this process runs for the session, if any; False if it runs none."""

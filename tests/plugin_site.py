@@ -26,8 +26,22 @@ SOURCE = Path(__file__).resolve().parent / "plugins" / PACKAGE
 VERSION = "0.0.0"
 ENTRY_POINTS = {
     "mcp_sessions.drivers": {"memory": f"{PACKAGE}.memory.driver:plugin"},
-    "mcp_sessions.agents": {"echo": f"{PACKAGE}.echo_agent:plugin"},
-    "mcp_sessions.tools": {"word_count": f"{PACKAGE}.word_count_tool:word_count"},
+    "mcp_sessions.agents": {"echo": f"{PACKAGE}.echo_agent:plugin", "scripted": f"{PACKAGE}.conformance_tools:scripted"},
+    "mcp_sessions.tools": {
+        "word_count": f"{PACKAGE}.word_count_tool:word_count",
+        **{
+            name: f"{PACKAGE}.conformance_tools:{name}"
+            for name in (
+                "greet",
+                "slow_compute",
+                "failing_job",
+                "protocol_error_job",
+                "confirm_delete",
+                "multi_input",
+                "test_tool_with_task",
+            )
+        },
+    },
 }
 
 

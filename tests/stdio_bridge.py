@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -159,7 +160,9 @@ class Upstream:
 
 def bridge(command: list[str]) -> Server[Any]:
     """The low-level SDK server whose every message is forwarded to a process running `command`."""
-    params = StdioServerParameters(command=command[0], args=command[1:])
+    # The bridge's own environment (MCP_SESSIONS_HOME above all): the SDK would start the server with only
+    # a few safe variables, so it would use, and write, the user's real state folder.
+    params = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
     holder: dict[str, Any] = {}
 
     @asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -442,10 +443,10 @@ async def test_sampling_in_the_2026_era_fails_with_a_sentence(home: Path, llm: F
     assert "2026-07-28" in reply["reason"] and "outside a tool call" in reply["reason"]
 
 
-async def test_sampling_in_the_2026_era_goes_through_the_turns_task(home: Path, llm: FakeLLM) -> None:
-    """With the tasks extension, the turn's question to the client's model is the task's input request
-    (input_required), answered by tasks/update: sampling without a back channel."""
-    from .test_tasks import TasksAware, rpc, settle, start
+@asynccontextmanager
+async def sampling_in_tasks(home: Path, llm: FakeLLM) -> AsyncIterator[Client]:
+    """A 2026-07-28 client that takes tasks and can sample, against an llm agent that samples through it."""
+    from .test_tasks import TasksAware
 
     settings = llm_settings(home, llm, llm_provider="sampling", model=None, openai_api_key=None, anthropic_api_key=None)
     async with Client(
@@ -455,6 +456,15 @@ async def test_sampling_in_the_2026_era_goes_through_the_turns_task(home: Path, 
         sampling_callback=sampling_model([], []),
         sampling_capabilities=types.SamplingCapability(tools=types.SamplingToolsCapability()),
     ) as client:
+        yield client
+
+
+async def test_sampling_in_the_2026_era_goes_through_the_turns_task(home: Path, llm: FakeLLM) -> None:
+    """With the tasks extension, the turn's question to the client's model is the task's input request
+    (input_required), answered by tasks/update: sampling without a back channel."""
+    from .test_tasks import rpc, settle, start
+
+    async with sampling_in_tasks(home, llm) as client:
         sid = await new_session(client)
         task = await start(client, "send_message", session_id=sid, text="say hi")
         asked = await settle(client, task["taskId"], "input_required")
@@ -565,3 +575,33 @@ def test_an_unreadable_price_file_stops_the_command_with_a_message(tmp_path: Pat
         main(["--home", str(tmp_path / "home"), "--price-file", str(bad), "ls"])
     assert stopped.value.code == 1
     assert f"invalid configuration: cannot read the price file {bad}" in capsys.readouterr().err
+
+
+async def test_each_turn_samples_through_the_client_that_sent_it(home: Path, llm: FakeLLM) -> None:
+    """The sampler belongs to the turn: a queued turn puts its question on its own task, not on the task of
+    a message queued after it (nor on an earlier, finished one)."""
+    from .test_tasks import rpc, settle, start
+
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "ok"}], "model": "m", "stopReason": "endTurn"}
+    async with sampling_in_tasks(home, llm) as client:
+        sid = await new_session(client)
+        first = await start(client, "send_message", session_id=sid, text="one")
+        [key] = (await settle(client, first["taskId"], "input_required"))["inputRequests"]
+        second = await start(client, "send_message", session_id=sid, text="two", queue=True)
+        third = await start(client, "send_message", session_id=sid, text="three", queue=True)
+        await rpc(client, "tasks/update", taskId=first["taskId"], inputResponses={key: answer})
+        assert (await settle(client, first["taskId"]))["status"] == "completed"
+        with anyio.fail_after(30):
+            while (await rpc(client, "tasks/get", taskId=second["taskId"]))["status"] == "working":
+                assert (await rpc(client, "tasks/get", taskId=third["taskId"]))["status"] == "working"
+                await anyio.sleep(0.05)
+        asked = await rpc(client, "tasks/get", taskId=second["taskId"])
+        assert asked["status"] == "input_required", asked
+        [(key, request)] = asked["inputRequests"].items()
+        assert request["params"]["messages"][-1]["content"][0]["text"] == "two"
+        await rpc(client, "tasks/update", taskId=second["taskId"], inputResponses={key: answer})
+        assert (await settle(client, second["taskId"]))["status"] == "completed"
+        [(key, request)] = (await settle(client, third["taskId"], "input_required"))["inputRequests"].items()
+        assert request["params"]["messages"][-1]["content"][0]["text"] == "three"
+        await rpc(client, "tasks/update", taskId=third["taskId"], inputResponses={key: answer})
+        assert (await settle(client, third["taskId"]))["status"] == "completed"

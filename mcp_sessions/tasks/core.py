@@ -48,7 +48,8 @@ class TaskSupport:
     """The tool runs only as a task (a client that cannot take one is refused)."""
     finish: Callable[[TurnReply], Awaitable[BaseModel]] | None = None
     """Makes the tool's result from its turn's reply once the turn has ended; raise ToolError for a tool
-    error. None: the reply is the result."""
+    error (the task completes with it), MCPError for a protocol error (the task fails with it). None: the
+    reply is the result."""
 
     def pending(self, answer: Mapping[str, Any]) -> bool:
         """Whether the work a call started was still going on when the call answered."""
@@ -216,6 +217,8 @@ class Tasks:
         except (ToolError, SessionError) as e:
             error = CallToolResult(content=[TextContent(type="text", text=str(e))], is_error=True)
             return TaskState(ref, tool, created, "completed", done, error)
+        except MCPError as e:
+            return TaskState(ref, tool, created, "failed", f"{done} {e.error.message}", error=e.error)
         except Exception:
             log.exception("making the result of task %s failed", ref.id)
             error_data = ErrorData(
