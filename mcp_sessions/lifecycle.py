@@ -92,6 +92,17 @@ def start_turn(record: SessionRecord, text: str, lease: str, messages: list[Mess
     return events
 
 
+def skip_turn(record: SessionRecord, text: str, reason: str, messages: list[Message], at: datetime) -> list[EventSpec]:
+    """A queued message that was cancelled takes its turn number and ends at once, interrupted, without
+    running: the turns after it keep the numbers their callers were given."""
+    s = record.session
+    s.turns += 1
+    messages.append(Message(role="user", content=[TextBlock(text=text)], turn=s.turns))
+    s.last_turn = TurnSummary(turn=s.turns, status="interrupted", started_at=at, finished_at=at, duration_s=0.0, reason=reason)
+    end = {"turn": s.turns, "exit_code": None, "duration_s": 0.0, "output_bytes": 0, "reason": reason}
+    return [("turn.started", {"turn": s.turns, "text": shorten(text, 2000)}), ("turn.interrupted", end)]
+
+
 def turn_ended(record: SessionRecord, finished: datetime) -> list[EventSpec]:
     """A turn ended with no queued message next: a busy session is ready again. Nothing for a session that
     failed or was closed while the turn ran (its status says so already)."""

@@ -373,7 +373,7 @@ class SessionManager:
         s = record.session
         if not 1 <= turn <= s.turns + len(record.queue) and not (turn > s.turns and turn_over(s, turn)):
             raise InvalidInput(f"Session '{session_id}' has no turn {turn}: it has had {s.turns}.")
-        if wait_s > 0 and not turn_over(s, turn):
+        if wait_s > 0 and not turn_over(s, turn, record.queue):
             record = await self.turns.wait(session_id, turn, wait_s)
         return await self._reply(record, turn)
 
@@ -536,7 +536,7 @@ class SessionManager:
             except SandboxError as e:
                 log.warning("interrupting %s through its sandbox failed: %s", session_id, e)
         record = await self.turns.wait(session_id, turn, 10.0)
-        stopped = turn_over(record.session, turn)
+        stopped = turn_over(record.session, turn, record.queue)
         return InterruptReply(
             session_id=s.id,
             interrupted=stopped,

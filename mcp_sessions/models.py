@@ -208,6 +208,8 @@ class Session(BaseModel):
 class QueuedMessage(BaseModel):
     text: str
     queued_at: datetime = Field(default_factory=now)
+    cancelled: str | None = None
+    """Why it will not run: when its turn comes, the turn ends interrupted with this reason, without running."""
 
 
 class SessionRecord(BaseModel):

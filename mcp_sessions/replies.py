@@ -11,7 +11,7 @@ from sandbox_backends.output import OutputBuffer
 from .models import Event, Session, SessionRecord, TurnReply, TurnSummary
 from .store import Store
 from .trees import BUDGET_SPENT
-from .turns import TURN_END_EVENTS, RunningTurn
+from .turns import TURN_END_EVENTS, RunningTurn, cancelled_in
 
 MAX_EVENTS_PER_READ = 200
 MAX_EVENT_TEXT = 16384
@@ -97,6 +97,8 @@ async def turn_reply(
     base = {"session_id": s.id, "status": s.status, "turn": turn, "events_cursor": cursor}
     if s.turns < turn and s.status == "busy":
         position = turn - s.turns
+        if (why := cancelled_in(record.queue, position)) is not None:
+            return TurnReply(**base, turn_status="interrupted", reason=why, next_step=next_step(s, cursor))
         return TurnReply(
             **base,
             turn_status="queued",

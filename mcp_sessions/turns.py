@@ -24,7 +24,7 @@ from .agents.base import Agent, TurnContext, TurnOutcome
 from .disk_guard import DiskGuard, over_limit
 from .errors import SessionBusy, SessionClosed, StoreError
 from .events import POLL_S, EventWaiter
-from .models import Message, Session, SessionRecord, TextBlock, TurnStatus, TurnSummary, Usage, now
+from .models import Message, QueuedMessage, Session, SessionRecord, TextBlock, TurnStatus, TurnSummary, Usage, now
 from .sandboxes import Sandboxes
 from .settings import Settings
 from .store import EventSpec, Store
@@ -153,13 +153,19 @@ def check_can_send(s: Session) -> None:
         raise SessionClosed(f"Session '{s.id}' is closed ({s.close_reason}). Create a new session to go on.")
 
 
-def turn_over(s: Session, turn: int) -> bool:
-    """Whether `turn` has ended (or will never run: the session ended while it was queued)."""
+def turn_over(s: Session, turn: int, queue: Sequence[QueuedMessage] = ()) -> bool:
+    """Whether `turn` has ended, or will never run: the session ended while it was queued, or its queued
+    message (`queue` is the record's) was cancelled."""
     if s.turns > turn:
         return True
-    if s.turns < turn:  # still queued, unless the session ended first
-        return s.status in ("dead", "failed")
+    if s.turns < turn:  # still queued, unless the session ended first or it was cancelled
+        return s.status in ("dead", "failed") or cancelled_in(queue, turn - s.turns) is not None
     return s.last_turn is None or s.last_turn.status != "running"
+
+
+def cancelled_in(queue: Sequence[QueuedMessage], position: int) -> str | None:
+    """Why the message at `position` (1: next) of the queue will not run, if it was cancelled."""
+    return queue[position - 1].cancelled if 0 < position <= len(queue) else None
 
 
 class Turns:
@@ -388,6 +394,9 @@ class Turns:
             if turn_usage is not None:
                 data["usage"] = turn_usage.model_dump()
             events: list[EventSpec] = [*events_first, (f"turn.{outcome.status}", data)]
+            while s.status == "busy" and r.queue and r.queue[0].cancelled is not None:
+                skipped = r.queue.pop(0)
+                events += lifecycle.skip_turn(r, skipped.text, skipped.cancelled or "", messages, finished)
             if s.status == "busy" and r.queue:
                 queued = r.queue.pop(0)
                 next_text.append(queued.text)
@@ -399,6 +408,22 @@ class Turns:
         if next_text:
             self.spawn(record, next_text[0])
         return record, events[-1].seq if events else await self.store.last_seq(session_id)
+
+    async def cancel_queued(self, session_id: str, turn: int, reason: str) -> bool:
+        """Keep the queued `turn` from running: when its place comes it ends interrupted with `reason`.
+        False if it is not queued (it runs, has ended, or the session is not busy)."""
+
+        def cancel(r: SessionRecord) -> list[EventSpec]:
+            position = turn - r.session.turns
+            if r.session.status == "busy" and 0 < position <= len(r.queue):
+                r.queue[position - 1].cancelled = reason
+                marked.append(True)
+            return []
+
+        marked: list[bool] = []
+        await self._update(session_id, cancel)
+        self.samplers.pop((session_id, turn), None)
+        return bool(marked)
 
     def forget_samplers(self, session_id: str) -> None:
         """The session's turns will not run (it is closing): drop the samplers they were given."""
@@ -421,7 +446,7 @@ class Turns:
         while True:
             cursor = await self.store.last_seq(session_id)
             record = await self._record(session_id)
-            if turn_over(record.session, turn):
+            if turn_over(record.session, turn, record.queue):
                 return record
             remaining = deadline - anyio.current_time()
             if remaining <= 0:

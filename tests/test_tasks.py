@@ -159,6 +159,28 @@ async def test_cancelling_a_task_interrupts_its_turn(tasks_client: Client) -> No
     assert reply["output"] == "still usable\n"
 
 
+async def test_cancelling_the_task_of_a_queued_message_keeps_it_from_running(tasks_client: Client, tmp_path: Path) -> None:
+    """The message waits behind a running turn; its task cancelled, it never runs: its turn ends
+    interrupted in its place, and the message queued after it keeps its turn number and runs."""
+    sid = await new_session(tasks_client)
+    gate = tmp_path / "release"
+    first = await start(tasks_client, "send_message", session_id=sid, text=f"until [ -e {gate} ]; do sleep 0.05; done")
+    queued = await start(tasks_client, "send_message", session_id=sid, text="touch cancelled-ran", queue=True)
+    after = await start(tasks_client, "send_message", session_id=sid, text="ls", queue=True)
+    assert (queued["taskId"], after["taskId"]) == (f"{sid}.2", f"{sid}.3")
+    await rpc(tasks_client, "tasks/cancel", taskId=queued["taskId"])
+    assert (await rpc(tasks_client, "tasks/get", taskId=queued["taskId"]))["status"] == "cancelled"  # at once
+    assert (await rpc(tasks_client, "tasks/get", taskId=first["taskId"]))["status"] == "working"  # untouched
+    gate.touch()
+    assert (await outcome(tasks_client, after["taskId"]))["output"] == ""  # turn 3 ran, and found no file
+    assert (await settle(tasks_client, first["taskId"]))["status"] == "completed"
+    assert (await settle(tasks_client, queued["taskId"]))["status"] == "cancelled"
+    detail = await call(tasks_client, "get_session", session_id=sid, events_after=0)
+    ends = {e["data"]["turn"]: e["type"] for e in detail["events"] if e["type"].startswith("turn.") and "exit_code" in e["data"]}
+    assert ends == {1: "turn.completed", 2: "turn.interrupted", 3: "turn.completed"}
+    assert detail["session"]["turns"] == 3 and detail["session"]["status"] == "ready"
+
+
 async def test_unknown_and_malformed_task_ids_are_refused_naming_the_problem(tasks_client: Client) -> None:
     sid = await new_session(tasks_client)
     for bad, words in [

@@ -228,8 +228,8 @@ class Tasks:
 
     async def cancel(self, manager: SessionManager, task_id: object) -> TaskState:
         """Stop the task's work: interrupt its turn, or close the session it is creating; then answer how it
-        stands. A task that has ended stays as it was; a message still queued behind another turn runs
-        (interrupt that turn, or close the session, to stop it)."""
+        stands. A task that has ended stays as it was; a message still queued behind another turn will not
+        run: its turn ends interrupted when its place comes."""
         ref, _, _ = await self.find(manager, task_id)
         state = await self.state(manager, ref)
         if state.status in TERMINAL:
@@ -241,8 +241,11 @@ class Tasks:
             return TaskState(
                 ref, state.tool, state.created_at, "cancelled", "The session's creation was cancelled: it is closed."
             )
-        if (await manager.get(ref.session_id)).session.turns == ref.turn:
+        turns = (await manager.get(ref.session_id)).session.turns
+        if turns == ref.turn:
             await manager.interrupt(ref.session_id)
+        elif turns < ref.turn:
+            await manager.turns.cancel_queued(ref.session_id, ref.turn, CANCELLED_REASON)
         return await self.state(manager, ref, CANCEL_WAIT_S)
 
     def answer(self, ref: TaskRef, responses: Mapping[str, Any]) -> None:
