@@ -124,9 +124,11 @@ async def test_sessions_from_the_warm_pool(docker_settings: Settings, docker_eng
     async with Client(create_server(settings), mode="legacy") as client:
         first = await new_session(client)
         with anyio.fail_after(30):
-            while len(docker_engine.containers.list(filters={"label": "mcp-sessions.pool=1", "name": "mcp-pool-"})) < 2:
+            while len(warm := docker_engine.containers.list(filters={"label": "mcp-sessions.pool=1", "name": "mcp-pool-"})) < 2:
                 await anyio.sleep(0.2)
         second = await new_session(client)
+        (container,) = containers_of(docker_engine, second)
+        assert container.id in {c.id for c in warm}, "the session got a new container, not one of the warm pool's"
         assert (await call(client, "send_message", session_id=second, text="echo pooled"))["output"] == "pooled\n"
         for sid in (first, second):
             await call(client, "close_session", session_id=sid, delete=True)
