@@ -186,10 +186,11 @@ async def test_close_a_busy_session_stops_its_turn(client: Client) -> None:
 
 async def test_close_with_delete_forgets_the_session(client: Client) -> None:
     sid = await new_session(client)
-    workspace = (await call(client, "get_session", session_id=sid))["session"]["workspace"]
+    workspace = anyio.Path((await call(client, "get_session", session_id=sid))["session"]["workspace"])
+    assert workspace.is_absolute() and await workspace.is_dir()
     await call(client, "close_session", session_id=sid, delete=True)
     assert "No session" in await call_error(client, "get_session", session_id=sid)
-    assert not anyio.Path(workspace).__fspath__() or not await anyio.Path(workspace).exists()
+    assert not await workspace.exists()
 
 
 async def test_huge_output_is_bounded_and_says_how_much_was_cut(client: Client) -> None:
