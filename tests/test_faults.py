@@ -158,9 +158,13 @@ async def test_a_full_disk_refuses_writes_clearly_keeps_reads_and_recovers(small
         assert [s["id"] for s in listed["sessions"]] == [sid]
         transcript = (await client.read_resource(f"session://{sid}/transcript")).contents[0].text
         assert "echo before" in transcript
-        await anyio.sleep(3)
+        # the turn ends meanwhile; its end cannot be written, and the session says so instead of "still running"
+        with anyio.fail_after(30):
+            while "has ended" not in (detail := await call(client, "get_session", session_id=sid))["next_step"]:
+                await anyio.sleep(0.1)
+        assert "disk is full" in detail["next_step"], detail["next_step"]
         error = await call_error(client, "send_message", session_id=sid, text="echo while full")
-        assert "disk is full" in error or "busy" in error, error
+        assert "Turn 2 of session" in error and "has ended" in error and "disk is full" in error, error
 
         filler.unlink()
         with anyio.fail_after(30):
