@@ -28,7 +28,16 @@ from sandbox_backends.base import (
     SandboxSpec,
 )
 from sandbox_backends.control.client import CONTROL_CODE, ControlClient, control_command
-from sandbox_backends.docker.container import KEEPALIVE_CMD, POOL_PREFIX, SESSION_PREFIX, STATE_DIR, WORKSPACE
+from sandbox_backends.docker.container import (
+    KEEPALIVE_CMD,
+    LABEL_NAME,
+    LABEL_SANDBOX,
+    LABEL_SERVER,
+    POOL_PREFIX,
+    SESSION_PREFIX,
+    STATE_DIR,
+    WORKSPACE,
+)
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
 from sandbox_backends.docker.transport import open_exec
@@ -73,6 +82,32 @@ async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition
     with anyio.fail_after(timeout):
         while not await predicate():
             await anyio.sleep(0.05)
+
+
+PROBE = "probe-"
+"""Names of the containers `watch_caught_up` makes; the watch reports them as removed."""
+
+
+def make_and_remove(client: Any, labels: dict[str, str]) -> None:
+    """A container that never starts, removed: the engine's one event for it is `destroy`."""
+    client.containers.create(IMAGE, labels=labels).remove(force=True)
+
+
+async def watch_caught_up(client: Any, server_id: str, failures: list[tuple[str, str]]) -> None:
+    """Until the driver's watch reports a probe container of this server removed: it is connected, and it has
+    read every event the engine sent before the probe's (the engine sends its events in order).
+
+    The watch reads live events only, so a test must know it is connected before it makes the event it
+    expects; and an event that must not be reported is known not to be once a later one was."""
+    with anyio.fail_after(30):
+        while True:
+            name = PROBE + secrets.token_hex(4)
+            labels = {LABEL_SANDBOX: "1", LABEL_SERVER: server_id, LABEL_NAME: name}
+            await anyio.to_thread.run_sync(make_and_remove, client, labels)
+            with anyio.move_on_after(2):  # not heard: the stream was not connected yet; try a new probe
+                while (name, "sandbox removed") not in failures:
+                    await anyio.sleep(0.02)
+                return
 
 
 # -- the control shell -----------------------------------------------------------------------------
@@ -209,7 +244,7 @@ async def test_a_memory_hog_fails_its_command_not_the_sandbox(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(docker_driver.watch, on_failure)
-        await anyio.sleep(0.3)  # let the event stream connect
+        await watch_caught_up(docker_engine, docker_driver.server_id, failures)
         r = await sb.exec('python3 -c \'b = bytearray(512 << 20); print("sur" + "vived")\'', timeout_s=60)
         # The engine reports events in order: once the witness's death is reported, so would the OOM have been.
         await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(witness.id).kill())
@@ -224,7 +259,8 @@ async def test_a_memory_hog_fails_its_command_not_the_sandbox(
     assert r.failure == (
         "out of memory: the sandbox reached its memory limit of 64 MiB and the kernel killed a process while the command ran"
     )
-    assert [name for name, _ in failures] == [witness.name]  # the sandbox itself did not fail
+    failed = [name for name, _ in failures if not name.startswith(PROBE)]  # the probes are reported too
+    assert failed == [witness.name]  # the sandbox itself did not fail
     assert (await sb.exec("echo still-here")).output == "still-here\n"
     assert (await sb.exec("true")).failure is None  # the next command counts its own kills
 
@@ -243,7 +279,7 @@ async def test_watch_reports_removed_and_killed_containers_but_not_closed_ones(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(docker_driver.watch, on_failure)
-        await anyio.sleep(0.3)
+        await watch_caught_up(docker_engine, docker_driver.server_id, failures)
         await closed.close()
         await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(removed.id).remove(force=True))
         await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(killed.id).kill())
@@ -253,7 +289,7 @@ async def test_watch_reports_removed_and_killed_containers_but_not_closed_ones(
             return removed.name in names and killed.name in names
 
         await wait_for(both_reported, timeout=10)
-        await anyio.sleep(1.0)  # room for anything else to (wrongly) show up
+        await watch_caught_up(docker_engine, docker_driver.server_id, failures)  # past the closed one's events too
         tg.cancel_scope.cancel()
     assert [r for n, r in failures if n == removed.name] == ["sandbox removed"]
     assert [r for n, r in failures if n == killed.name] == ["sandbox exited with code 137"]
