@@ -60,9 +60,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def raw_exec(client: Any, sandbox: DockerSandbox, cmd: str) -> str:
-    """Run a command through a plain `docker exec`, bypassing the driver."""
-    result = client.containers.get(sandbox.id).exec_run(["bash", "-c", cmd])
+def raw_exec(client: Any, sandbox: DockerSandbox | str, cmd: str) -> str:
+    """Run a command through a plain `docker exec` in a sandbox (or container id), bypassing the driver."""
+    result = client.containers.get(sandbox if isinstance(sandbox, str) else sandbox.id).exec_run(["bash", "-c", cmd])
     return result.output.decode()
 
 
@@ -491,7 +491,12 @@ async def test_take_over_after_the_server_died(docker_server_id: str, docker_eng
     sandbox_id, name = await _server_dies_while_running(
         docker_server_id, "for i in $(seq 1 1000); do echo line$i; sleep 0.1; done"
     )
-    await anyio.sleep(0.5)  # the command keeps running without its server
+
+    async def five_lines_written() -> bool:  # the command keeps running without its server
+        out = await anyio.to_thread.run_sync(raw_exec, docker_engine, sandbox_id, f"cat {STATE_DIR}/*.out | wc -l")
+        return int(out) >= 5
+
+    await wait_for(five_lines_written, timeout=30)
     driver = DockerDriver(image=IMAGE, server_id=docker_server_id)
     try:
         sb = await driver.attach(sandbox_id, SandboxSpec(name=name))
@@ -515,7 +520,11 @@ async def test_take_over_of_a_command_that_finished_alone(docker_server_id: str,
     sandbox_id, name = await _server_dies_while_running(
         docker_server_id, "echo started; sleep 1; cd /tmp; echo finished; (exit 7)"
     )
-    await anyio.sleep(2)
+
+    async def finished() -> bool:  # the control shell left in the container has written the exit code
+        return await anyio.to_thread.run_sync(raw_exec, docker_engine, sandbox_id, f"cat {STATE_DIR}/*.rc") == "7\n"
+
+    await wait_for(finished, timeout=30)
     driver = DockerDriver(image=IMAGE, server_id=docker_server_id)
     try:
         sb = await driver.attach(sandbox_id, SandboxSpec(name=name))
