@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -318,10 +317,10 @@ async def test_interrupt_stops_a_streaming_model_call(client: Client, llm: FakeL
     with anyio.fail_after(10):
         while not any(e["type"] == "text.delta" for e in await events_of(client, sid)):
             await anyio.sleep(0.05)
-    started = time.monotonic()
+    # The model's stream hangs until its client goes away: the turn ends only if the interrupt cancels the call
+    # (interrupt waits at most 10 s for the turn to end, and says interrupted only if it did).
     stopped = await call(client, "interrupt", session_id=sid)
     assert stopped["interrupted"] is True and stopped["status"] == "ready"
-    assert time.monotonic() - started < 3
     detail = await call(client, "get_session", session_id=sid)
     assert detail["session"]["last_turn"]["status"] == "interrupted"
 
@@ -333,9 +332,8 @@ async def test_interrupt_stops_a_long_bash_tool_and_the_next_turn_goes_on(client
     with anyio.fail_after(10):
         while not processes_marked(sid):
             await anyio.sleep(0.05)
-    started = time.monotonic()
-    stopped = await call(client, "interrupt", session_id=sid)
-    assert stopped["interrupted"] is True and time.monotonic() - started < 5
+    stopped = await call(client, "interrupt", session_id=sid)  # `sleep 300` ends the turn only if interrupted
+    assert stopped["interrupted"] is True
     assert processes_marked(sid) == []
     messages = await stored_messages(home, sid)
     assert [m.role for m in messages] == ["user", "assistant"]  # the tool call is kept, with the text before it
