@@ -29,7 +29,7 @@ from sandbox_backends.docker.container import LABEL_SERVER, POOL_PREFIX
 from sandbox_backends.docker.disks import mounted_under
 
 from .ci import unavailable
-from .conftest import call, new_session, stdio_params
+from .conftest import call, new_session, start_turn, stdio_params
 from .docker_support import IMAGE, docker_engine  # noqa: F401
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -167,8 +167,7 @@ async def test_a_restarted_docker_engine_interrupts_the_running_turn_and_brings_
         later = await new_session(client, title="sent a command while the engine is away")
         assert (await call(client, "send_message", session_id=later, text="echo mine > mine.txt && echo ok"))["output"] == "ok\n"
         busy = await new_session(client, title="busy")
-        started = await call(client, "send_message", session_id=busy, text="echo started; sleep 300", wait_s=1)
-        assert started["status"] == "busy" and started["output"] == "started\n", started
+        await start_turn(client, busy, "echo started; sleep 300", shown="started\n")
         old_pool = await full_pool(engine, settings)
 
         await anyio.to_thread.run_sync(private_engine.stop)

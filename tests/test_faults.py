@@ -21,7 +21,7 @@ from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
 from .ci import unavailable
-from .conftest import call, call_error, new_session, processes_marked, stdio_params
+from .conftest import call, call_error, new_session, processes_marked, start_turn, stdio_params
 from .docker_support import IMAGE, docker_engine  # noqa: F401
 from .test_stdio import kill_server, peak_rss_mb, server_pids
 
@@ -45,8 +45,7 @@ async def test_a_busy_sessions_killed_container_fails_it_and_keeps_the_turn(
 ) -> None:
     async with Client(create_server(docker_settings), mode="legacy") as client:
         sid = await new_session(client)
-        busy = await call(client, "send_message", session_id=sid, text="echo started; sleep 300", wait_s=1)
-        assert busy["status"] == "busy" and busy["output"] == "started\n"
+        await start_turn(client, sid, "echo started; sleep 300", shown="started\n")
         (container,) = docker_engine.containers.list(all=True, filters={"name": f"mcp-ses-{sid}"})
         await anyio.to_thread.run_sync(lambda: container.kill(signal="SIGKILL"))
         session = await wait_for(client, sid, "failed")
@@ -87,8 +86,7 @@ async def test_a_server_killed_during_20_concurrent_turns_loses_nothing(home: Pa
         sids = [await new_session(client, title=f"s{i}") for i in range(count)]
 
         async def start(i: int, sid: str) -> None:
-            busy = await call(client, "send_message", session_id=sid, text=f"echo partial-{i}; sleep 300", wait_s=5)
-            assert busy["status"] == "busy" and busy["output"] == f"partial-{i}\n", busy
+            await start_turn(client, sid, f"echo partial-{i}; sleep 300", shown=f"partial-{i}\n", within=60)
 
         async with anyio.create_task_group() as tg:
             for i, sid in enumerate(sids):

@@ -21,7 +21,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import Client
 
-from .conftest import ERAS, call, call_error, new_session, processes_marked, stdio_params
+from .conftest import ERAS, call, call_error, new_session, processes_marked, start_turn, stdio_params
 
 pytestmark = pytest.mark.anyio
 
@@ -133,8 +133,7 @@ async def test_a_server_killed_during_a_turn_loses_nothing(home: Path) -> None:
     async with Client(stdio_params(home), mode="legacy") as client:
         sid = await new_session(client, title="survivor")
         await call(client, "send_message", session_id=sid, text="cd /tmp && export KEEP=yes && echo before")
-        busy = await call(client, "send_message", session_id=sid, text="echo partial; sleep 300", wait_s=0.5)
-        assert busy["status"] == "busy" and busy["output"] == "partial\n"
+        await start_turn(client, sid, "echo partial; sleep 300", shown="partial\n")
         await kill_server(home)
     async with Client(stdio_params(home), mode="legacy") as client:
         listed = await call(client, "list_sessions")
