@@ -9,6 +9,7 @@ import pytest
 from mcp import Client
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.types import (
+    LoggingMessageNotification,
     LoggingMessageNotificationParams,
     ResourceListChangedNotification,
     ResourceUpdatedNotification,
@@ -19,7 +20,7 @@ from mcp_sessions.models import Session, SessionRecord, new_session_id
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
-from .conftest import ERAS, call, new_session
+from .conftest import ERAS, call, new_session, stdio_params
 
 pytestmark = pytest.mark.anyio
 
@@ -42,21 +43,33 @@ async def test_progress_notifications_carry_new_output(client: Client) -> None:
     assert [line for line in streamed.splitlines() if line] == [f"tick {i}" for i in range(1, 7)]
 
 
-async def test_a_handshake_era_subscriber_gets_updates_list_changes_and_turn_logs(settings: Settings) -> None:
-    notes: list[str] = []
-    logs: list[LoggingMessageNotificationParams] = []
+class Notes(list[str]):
+    """What a handshake-era client is sent, one line each: `updated URI`, `list_changed`, `log MESSAGE`."""
 
-    async def on_message(message: object) -> None:
+    async def on_message(self, message: object) -> None:
         if isinstance(message, ResourceUpdatedNotification):
-            notes.append(f"updated {message.params.uri}")
+            self.append(f"updated {message.params.uri}")
         elif isinstance(message, ResourceListChangedNotification):
-            notes.append("list_changed")
+            self.append("list_changed")
+        elif isinstance(message, LoggingMessageNotification):
+            self.append(f"log {message.params.data['message']}")
+
+    async def heard(self, note: str, within: float = 10) -> None:
+        """Until a line that contains `note` has come."""
+        with anyio.fail_after(within):
+            while not any(note in line for line in self):
+                await anyio.sleep(0.05)
+
+
+async def test_a_handshake_era_subscriber_gets_updates_list_changes_and_turn_logs(settings: Settings) -> None:
+    notes = Notes()
+    logs: list[LoggingMessageNotificationParams] = []
 
     async def on_log(params: LoggingMessageNotificationParams) -> None:
         logs.append(params)
 
     server = create_server(settings)
-    async with Client(server, mode="legacy", message_handler=on_message, logging_callback=on_log) as client:
+    async with Client(server, mode="legacy", message_handler=notes.on_message, logging_callback=on_log) as client:
         caps = client.server_capabilities
         assert caps.resources.subscribe and caps.resources.list_changed and caps.logging is not None
         await client.set_logging_level("info")
@@ -80,8 +93,10 @@ async def test_a_handshake_era_subscriber_gets_updates_list_changes_and_turn_log
 
 
 async def test_a_session_added_while_the_server_starts_is_announced(settings: Settings) -> None:
-    """As from another server sharing the state folder, the moment this one starts: the change feed knows
-    what it reports changes against before the first request, so nothing added after goes unannounced."""
+    """A session written the moment the server starts, before anything else runs: the change feed knows what it
+    reports changes against before the first request, so nothing added after goes unannounced. The write is
+    in-process on purpose: only a writer that does not yield lands in that window (another server process's
+    writes are announced too: test_a_subscriber_hears_of_changes_made_through_another_server_process)."""
     server = create_server(settings)
     seen: list[object] = []
     sdk.subscription_bus(server).subscribe(seen.append)
@@ -92,6 +107,27 @@ async def test_a_session_added_while_the_server_starts_is_announced(settings: Se
             while not any(isinstance(event, ResourcesListChanged) for event in seen):
                 await anyio.sleep(0.05)
         assert ResourceUpdated(uri=f"session://{s.id}") in seen
+
+
+async def test_a_subscriber_hears_of_changes_made_through_another_server_process(home: Path) -> None:
+    """Two stdio servers on one state folder, as two clients start them: the subscriber's server hears of what the
+    other one does through the store (list changes, updates, turn logs), not from the process that did it."""
+    notes = Notes()
+    async with (
+        Client(stdio_params(home), mode="legacy", message_handler=notes.on_message) as subscriber,
+        Client(stdio_params(home), mode="legacy") as other,
+    ):
+        await subscriber.set_logging_level("info")
+        sid = await new_session(other)
+        await notes.heard("list_changed")
+        await subscriber.subscribe_resource(f"session://{sid}")
+        notes.clear()
+        await call(other, "send_message", session_id=sid, text="echo from the other server")
+        await notes.heard(f"updated session://{sid}")
+        await notes.heard(f"log {sid}: turn 1 completed (exit code 0")
+        notes.clear()
+        await call(other, "close_session", session_id=sid)
+        await notes.heard("list_changed")
 
 
 async def test_logging_level_filters_what_the_client_gets(settings: Settings) -> None:
