@@ -15,11 +15,9 @@ from mcp import Client, types
 from mcp_sessions import __version__
 from mcp_sessions.agents.llm import LlmSettings
 from mcp_sessions.agents.pricing import PriceTable
-from mcp_sessions.agents.providers.common import ModelRequest, ProviderError, TokenUsage
-from mcp_sessions.agents.providers.sampling import SamplingProvider
+from mcp_sessions.agents.providers.common import TokenUsage
 from mcp_sessions.app import server_id
 from mcp_sessions.cli import build_parser, main
-from mcp_sessions.models import Message, TextBlock
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 from mcp_sessions.store import Store
@@ -554,16 +552,38 @@ async def test_the_llm_agent_works_in_a_docker_sandbox(home: Path, llm: FakeLLM,
     assert "outside the workspace" in results["d5"]
 
 
-async def test_a_client_gone_mid_turn_fails_sampling_with_a_sentence() -> None:
-    class Gone:
-        async def create_message(self, params: dict[str, Any]) -> Any:
-            raise anyio.ClosedResourceError()
+SAMPLES_TOOLS = types.SamplingCapability(tools=types.SamplingToolsCapability())
 
-    request = ModelRequest(
-        model=None, system="", messages=[Message(role="user", content=[TextBlock(text="hi")], turn=1)], tools=[]
-    )
-    with pytest.raises(ProviderError, match="the client that sent the message disconnected"):
-        await SamplingProvider(Gone()).complete(request, on_text=lambda _: anyio.sleep(0))
+
+def answer(*content: Any) -> types.CreateMessageResultWithTools:
+    stop = "toolUse" if any(isinstance(c, types.ToolUseContent) for c in content) else "endTurn"
+    return types.CreateMessageResultWithTools(role="assistant", content=list(content), model="client-model", stop_reason=stop)
+
+
+async def test_a_client_gone_mid_sampling_fails_the_turn_with_a_sentence(home: Path, llm: FakeLLM) -> None:
+    """A real client that goes away while the server waits for its model's answer: the turn fails, saying so, and
+    another client of the same server reads that."""
+    asked = anyio.Event()
+
+    async def sample(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResultWithTools:
+        asked.set()
+        await anyio.sleep_forever()  # the client's model never answers: its client leaves first
+        raise AssertionError("unreachable")
+
+    settings = llm_settings(home, llm, llm_provider="sampling", model=None, openai_api_key=None, anthropic_api_key=None)
+    server = create_server(settings, shared=True)  # one manager for both clients, as over HTTP
+    async with server.serving():
+        async with Client(server, mode="legacy", sampling_callback=sample, sampling_capabilities=SAMPLES_TOOLS) as gone:
+            sid = await new_session(gone)
+            await call(gone, "send_message", session_id=sid, text="hi", wait_s=0)
+            with anyio.fail_after(10):
+                await asked.wait()
+        async with Client(server, mode="legacy") as other:
+            detail = await call(other, "get_session", session_id=sid, wait_s=30)
+    turn = detail["session"]["last_turn"]
+    assert turn["status"] == "failed", turn
+    assert turn["reason"].startswith("the model call failed: the client that sent the message disconnected"), turn["reason"]
+    assert detail["session"]["status"] == "ready"
 
 
 def test_an_unreadable_price_file_stops_the_command_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
