@@ -560,6 +560,33 @@ def answer(*content: Any) -> types.CreateMessageResultWithTools:
     return types.CreateMessageResultWithTools(role="assistant", content=list(content), model="client-model", stop_reason=stop)
 
 
+async def test_sampling_reaches_the_client_after_send_message_returned_busy(home: Path, llm: FakeLLM) -> None:
+    """The turn's model calls go to the client that sent the message, on its connection, after the tool call
+    that started the turn is over: the second call here is asked only once send_message has answered busy."""
+    replied = anyio.Event()
+    seen: list[types.CreateMessageRequestParams] = []
+
+    async def sample(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResultWithTools:
+        seen.append(params)
+        if len(seen) == 1:
+            await replied.wait()  # answered only after send_message returned: the next request comes later still
+            return answer(types.ToolUseContent(type="tool_use", id="b1", name="bash", input={"command": "echo late"}))
+        return answer(types.TextContent(type="text", text="answered after busy"))
+
+    settings = llm_settings(home, llm, llm_provider="sampling", model=None, openai_api_key=None, anthropic_api_key=None)
+    async with Client(
+        create_server(settings), mode="legacy", sampling_callback=sample, sampling_capabilities=SAMPLES_TOOLS
+    ) as client:
+        sid = await new_session(client)
+        busy = await call(client, "send_message", session_id=sid, text="say hi", wait_s=0)
+        assert busy["status"] == "busy" and busy["turn_status"] == "running"
+        replied.set()
+        done = await call(client, "get_session", session_id=sid, wait_s=30)
+    turn = done["session"]["last_turn"]
+    assert turn["status"] == "completed" and turn["output"] == "answered after busy", turn
+    assert len(seen) == 2 and "late" in seen[1].messages[-1].content[0].content[0].text
+
+
 async def test_a_client_gone_mid_sampling_fails_the_turn_with_a_sentence(home: Path, llm: FakeLLM) -> None:
     """A real client that goes away while the server waits for its model's answer: the turn fails, saying so, and
     another client of the same server reads that."""
