@@ -25,6 +25,7 @@ from mcp_sessions.store import Store
 from .conftest import ERAS, call, new_session, processes_marked
 from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
 from .fake_llm import Fail, FakeLLM, Reply, ToolCall
+from .forwarder import tcp_forwarder
 
 pytestmark = pytest.mark.anyio
 
@@ -295,6 +296,41 @@ async def test_a_429_is_retried_after_the_pause_the_api_asks_for(home: Path, llm
         sid = await new_session(client)
         reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
     assert reply["turn_status"] == "completed" and reply["output"] == "fine"
+
+
+async def test_a_5xx_is_retried_twice_then_fails_the_turn(home: Path, llm: FakeLLM) -> None:
+    llm.script(Fail(500, "overloaded"), Fail(503, "unavailable"), Reply(text="fine"))
+    llm.script(Fail(500, "down"), Fail(502, "down"), Fail(503, "still down"), Reply(text="never asked for"))
+    async with Client(create_server(llm_settings(home, llm, llm_retries=2))) as client:
+        sid = await new_session(client)
+        recovered = await call(client, "send_message", session_id=sid, text="hi", wait_s=45)
+        exhausted = await call(client, "send_message", session_id=sid, text="again", wait_s=45)
+    assert recovered["turn_status"] == "completed" and recovered["output"] == "fine"
+    assert exhausted["turn_status"] == "failed" and "internal error (503: still down)" in exhausted["reason"]
+    assert len(llm.requests) == 6 and llm.pending == 1
+
+
+async def test_a_dropped_connection_to_the_model_server_is_retried(home: Path, llm: FakeLLM) -> None:
+    """The model server's first connection closes before it answers (as while it restarts): asked again, it answers."""
+    llm.script(Reply(text="fine"))
+    async with tcp_forwarder(int(llm.url.rsplit(":", 1)[1]), drop=1) as (forwarder, port):
+        settings = llm_settings(home, llm, openai_base_url=f"http://127.0.0.1:{port}/v1", llm_retries=1)
+        async with Client(create_server(settings)) as client:
+            sid = await new_session(client)
+            reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
+    assert reply["turn_status"] == "completed" and reply["output"] == "fine", reply
+    assert forwarder.accepted == 2 and len(llm.requests) == 1
+
+
+async def test_a_model_server_that_refuses_connections_is_retried_twice(home: Path, llm: FakeLLM) -> None:
+    """No connection at all: each retry comes after its pause (1 s, then 2 s), so the turn lasts at least 3 s."""
+    with FakeLLM() as gone:
+        dead_url = gone.openai_base_url
+    async with Client(create_server(llm_settings(home, llm, openai_base_url=dead_url, llm_retries=2))) as client:
+        sid = await new_session(client)
+        reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=45)
+    assert reply["turn_status"] == "failed" and f"cannot reach the OpenAI-compatible API at {dead_url}" in reply["reason"]
+    assert reply["duration_s"] >= 3.0, "the pauses of two retries are missing: the call was not retried"
 
 
 async def test_an_unreachable_model_server_fails_the_turn(home: Path, llm: FakeLLM) -> None:
