@@ -414,6 +414,14 @@ def sampling_model(replies: list[types.CreateMessageResultWithTools], seen: list
     return sample
 
 
+SAMPLES_TOOLS = types.SamplingCapability(tools=types.SamplingToolsCapability())
+
+
+def answer(*content: Any) -> types.CreateMessageResultWithTools:
+    stop = "toolUse" if any(isinstance(c, types.ToolUseContent) for c in content) else "endTurn"
+    return types.CreateMessageResultWithTools(role="assistant", content=list(content), model="client-model", stop_reason=stop)
+
+
 async def test_sampling_uses_the_calling_clients_model(home: Path, llm: FakeLLM) -> None:
     seen: list[types.CreateMessageRequestParams] = []
     replies = [
@@ -524,6 +532,43 @@ async def test_sampling_in_the_2026_era_goes_through_the_turns_task(home: Path, 
 # -- configuration --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL"], "anthropic"),
+        (["OPENAI_API_KEY", "OPENAI_BASE_URL"], "openai"),
+        (["OPENAI_BASE_URL"], "openai"),  # a local server needs no key
+        ([], "sampling"),  # ANTHROPIC_BASE_URL alone (always set here) chooses nothing
+    ],
+)
+async def test_the_auto_provider_is_chosen_from_the_environment(
+    home: Path, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch, variables: list[str], expected: str
+) -> None:
+    """`auto`: anthropic with ANTHROPIC_API_KEY, else openai with OPENAI_API_KEY or OPENAI_BASE_URL, else sampling.
+    (OPENAI_API_KEY without a base URL would reach api.openai.com, so it is not tried here.)"""
+    values = {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": llm.openai_base_url}
+    for name in [*values, "ANTHROPIC_BASE_URL", "MCP_SESSIONS_LLM_PROVIDER"]:
+        monkeypatch.delenv(name, raising=False)
+    for name in variables:
+        monkeypatch.setenv(name, values[name])
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", llm.url)
+    settings = Settings.load(home=str(home), agent="llm", model="m-1", llm_retries=0)
+    sampled: list[types.CreateMessageRequestParams] = []
+    llm.script(Reply(text="from a model server"))
+    async with Client(
+        create_server(settings),
+        mode="legacy",
+        sampling_callback=sampling_model([answer(types.TextContent(type="text", text="from the client"))], sampled),
+        sampling_capabilities=SAMPLES_TOOLS,
+    ) as client:
+        sid = await new_session(client)
+        reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
+    assert reply["turn_status"] == "completed", reply
+    asked = {"/v1/messages": "anthropic", "/v1/chat/completions": "openai"}
+    chosen = [asked[r.path] for r in llm.requests] + ["sampling"] * len(sampled)
+    assert chosen == [expected]
+
+
 async def test_a_model_is_required_unless_sampling(home: Path, llm: FakeLLM) -> None:
     async with Client(create_server(llm_settings(home, llm, model=None))) as client:
         result = await client.call_tool("create_session", {"agent": "llm"})
@@ -586,14 +631,6 @@ async def test_the_llm_agent_works_in_a_docker_sandbox(home: Path, llm: FakeLLM,
     assert_no_keys(results["d2"])
     assert results["d4"].splitlines() == ["src/", "src/app.py"]
     assert "outside the workspace" in results["d5"]
-
-
-SAMPLES_TOOLS = types.SamplingCapability(tools=types.SamplingToolsCapability())
-
-
-def answer(*content: Any) -> types.CreateMessageResultWithTools:
-    stop = "toolUse" if any(isinstance(c, types.ToolUseContent) for c in content) else "endTurn"
-    return types.CreateMessageResultWithTools(role="assistant", content=list(content), model="client-model", stop_reason=stop)
 
 
 async def test_sampling_reaches_the_client_after_send_message_returned_busy(home: Path, llm: FakeLLM) -> None:
