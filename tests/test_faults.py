@@ -7,8 +7,11 @@ A restart of dockerd is in test_docker_engine_restart.py, on a private engine: t
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
@@ -23,6 +27,7 @@ from mcp_sessions.settings import Settings
 from .ci import unavailable
 from .conftest import call, call_error, new_session, processes_marked, start_turn, stdio_params
 from .docker_support import IMAGE, docker_engine  # noqa: F401
+from .forwarder import unix_forwarder
 from .test_stdio import kill_server, peak_rss_mb, server_pids
 
 pytestmark = pytest.mark.anyio
@@ -75,6 +80,49 @@ async def test_a_sandbox_that_fills_its_tmp_fails_the_command_and_stays_usable(d
             client, "send_message", session_id=sid, text="rm /tmp/big && echo freed > /tmp/small && cat /tmp/small"
         )
         assert after["exit_code"] == 0 and after["output"] == "freed\n"
+
+
+@pytest.mark.docker
+async def test_a_command_and_a_file_read_sent_while_the_engine_is_away_wait_30_s_then_fail(
+    docker_settings: Settings,
+    docker_engine: Any,  # noqa: F811
+) -> None:
+    """The engine goes away for this server only: it reaches the shared engine through a forwarder, which is cut
+    (its connections closed, its socket answering nothing), so other tests' containers and this one's run on."""
+    real = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not real.startswith("unix://"):
+        unavailable(f"the engine is at {real}; this test forwards a unix socket")
+    folder = Path(tempfile.mkdtemp(prefix="mcp-engine-", dir="/tmp"))  # unix socket paths are short
+    try:
+        async with unix_forwarder(folder / "docker.sock", real.removeprefix("unix://")) as engine:
+            params = stdio_params(docker_settings.home, "--driver", "docker", "--image", IMAGE)
+            params.env = {**(params.env or {}), "DOCKER_HOST": f"unix://{folder}/docker.sock"}
+            async with Client(params, mode="legacy") as client:
+                sid = await new_session(client, files={"notes.txt": "kept\n"})
+                assert (await call(client, "send_message", session_id=sid, text="echo before"))["output"] == "before\n"
+                engine.stop()
+                read: list[str] = []
+
+                async def read_file() -> None:
+                    with pytest.raises(MCPError) as failed:
+                        await client.read_resource(f"session://{sid}/files/notes.txt")
+                    read.append(str(failed.value))
+
+                with anyio.fail_after(150):  # a hang guard; each waits 30 s (the read behind the command)
+                    busy = await call(client, "send_message", session_id=sid, text="echo after", wait_s=1)
+                    assert busy["status"] == "busy", busy  # waiting for the engine, not failed at once
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(read_file)
+                        turn = (await call(client, "get_session", session_id=sid))["session"]["last_turn"]
+                        while turn["status"] == "running":
+                            turn = (await call(client, "get_session", session_id=sid, wait_s=50))["session"]["last_turn"]
+                assert turn["status"] == "failed", turn
+                assert turn["reason"].startswith("The Docker engine did not come back within 30 s: "), turn["reason"]
+                assert turn["duration_s"] >= 30, turn  # a lower bound: a slow machine only makes it longer
+                (message,) = read
+                assert "The Docker engine did not come back within 30 s" in message, message
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- a server killed in the middle of many turns ----------------------------------------------------
