@@ -330,7 +330,14 @@ async def test_events_follow_stopped_with_ctrl_c_exits_130(home: Path) -> None:
     async with Client(stdio_params(home), mode="legacy") as client:
         sid = await new_session(client)
         command = [sys.executable, "-m", "mcp_sessions", "events", sid, "--follow"]
-        async with await anyio.open_process(command, env=cli_env(home)) as follower:
+        # As from a terminal, SIGINT at its default in the command: a test run started in the background ignores
+        # SIGINT, which a child would inherit, while a handler set here is reset to the default in the child.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            follower = await anyio.open_process(command, env=cli_env(home))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        async with follower:
             assert follower.stdout is not None and follower.stderr is not None
             printed = b""
             with anyio.fail_after(60):
