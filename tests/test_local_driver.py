@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from sandbox_backends.base import SandboxSpec
 from sandbox_backends.local import LocalDriver
@@ -39,8 +40,8 @@ async def test_a_command_outlives_its_killed_server_and_its_result_is_taken_over
     script = "echo begin; sleep 0.5; echo end > done.txt; (exit 7)"
     async with await anyio.open_process([sys.executable, "-c", SERVER, str(tmp_path), script], cwd=REPO) as server:
         assert server.stdout is not None
-        with anyio.fail_after(30):
-            assert (await server.stdout.receive()).startswith(b"OUT begin")  # the command runs
+        with anyio.fail_after(30):  # a line at a time: print() writes its parts apart where stdout is unbuffered
+            assert await BufferedByteReceiveStream(server.stdout).receive_until(b"\n", 1000) == b"OUT begin"
         server.kill()  # as `kill -9`: no cleanup of any kind
     with anyio.fail_after(10):  # the runner finishes its command, then sees its input gone and exits
         while processes_marked("outlives"):
