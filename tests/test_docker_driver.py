@@ -513,8 +513,9 @@ async def test_take_over_of_a_command_that_finished_alone(docker_server_id: str,
         docker_server_id, "echo started; sleep 1; cd /tmp; echo finished; (exit 7)"
     )
 
-    async def finished() -> bool:  # the control shell left in the container has written the exit code
-        return await anyio.to_thread.run_sync(raw_exec, docker_engine, sandbox_id, f"cat {STATE_DIR}/*.rc") == "7\n"
+    async def finished() -> bool:  # the control shell left in the container has written the result: "EXIT_CODE ..."
+        written = await anyio.to_thread.run_sync(raw_exec, docker_engine, sandbox_id, f"cat {STATE_DIR}/*.rc")
+        return written.split()[:1] == ["7"]
 
     await wait_for(finished, timeout=30)
     driver = DockerDriver(image=IMAGE, server_id=docker_server_id)
