@@ -208,7 +208,7 @@ def front(home: Path, url: str, **options: Any) -> Settings:
 
 def first_pages(requests: list[tuple[str, str, dict[str, str]]]) -> list[dict[str, str]]:
     """The first page of each poll among `requests`: it is the only one without `started_before`."""
-    return [p for m, path, p in requests if path == "/api/v1/sessions" and "started_before" not in p]
+    return [p for m, path, p in requests if path == "/sessions" and "started_before" not in p]
 
 
 async def listed(client: Client, **filters: Any) -> dict[str, Any]:
