@@ -1,6 +1,5 @@
 """Who may call the HTTP server, as the README says: `serve --http` run as a real process with tokens from a file
-and from MCP_SESSIONS_TOKENS, the event stream's `?access_token=` for browsers, and one rate limit shared by
-every caller when there are no tokens."""
+and from MCP_SESSIONS_TOKENS, and the event stream's `?access_token=` for browsers. (Rate limits: test_http.py.)"""
 
 from __future__ import annotations
 
@@ -15,10 +14,8 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from mcp_sessions.settings import Settings
-
 from .conftest import call, stdio_params
-from .test_http import ALICE, API, BOB, base, http, mcp_client, read_stream, running  # noqa: F401  (base: a fixture)
+from .test_http import ALICE, API, BOB, base, http, mcp_client, read_stream  # noqa: F401  (base: a fixture)
 
 pytestmark = pytest.mark.anyio
 
@@ -81,11 +78,3 @@ async def test_the_event_stream_also_takes_the_token_in_its_query(base: str) -> 
         assert r.status_code == 404
         r = await browser.get(f"{API}/sessions/{sid}", params={"access_token": ALICE})
         assert r.status_code == 401, "only the event stream takes a token in the query"
-
-
-async def test_without_tokens_every_caller_shares_one_rate_limit(settings: Settings) -> None:
-    async with running(settings.model_copy(update={"rate_limit_per_s": 0.1}), None) as (url, _):
-        async with http(url, None) as one, http(url, None) as another:  # two connections, no owner
-            assert (await one.get(f"{API}/sessions")).status_code == 200
-            r = await another.get(f"{API}/sessions")
-            assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
