@@ -344,6 +344,8 @@ class SessionManager:
                 placed["turn"], placed["position"] = s.turns + len(r.queue), len(r.queue)
                 queued = {"turn": placed["turn"], "position": len(r.queue), "text": lifecycle.shorten(text, 2000)}
                 return [("turn.queued", queued)]
+            if why := turns.unrecorded(s):
+                raise StoreError(why)
             check_can_send(s)
             placed["turn"] = s.turns + 1
             return turns.begin(r, text, messages)
@@ -407,7 +409,7 @@ class SessionManager:
             events_cursor=cursor,
             events_note=note,
             **await trees.tree_view(self.store, s),
-            next_step=replies.next_step(s, cursor),
+            next_step=self.turns.unrecorded(s) or replies.next_step(s, cursor),
         )
 
     async def _wait_until_settled(self, session_id: str, status: str, turn: int, wait_s: float) -> SessionRecord:

@@ -62,6 +62,8 @@ class RunningTurn:
     helpers: TaskGroup | None = None
     """While the agent runs: the group where the turn's helper (`tend`) starts once the turn has run a tick."""
     tend: Callable[[], Coroutine[Any, Any, None]] | None = None
+    unrecorded: str | None = None
+    """Why the turn's end, reached, is not in the store yet (it cannot be written: a full disk)."""
 
     def stop(self, reason: str, status: TurnStatus = "interrupted") -> None:
         self.stop_reason, self.stop_status = reason, status
@@ -341,7 +343,9 @@ class Turns:
             except StoreError as e:
                 if self.stopping:
                     return
-                log.warning("cannot record the end of turn %s of %s yet: %s", running.turn, sid, e)
+                if running.unrecorded is None:
+                    log.warning("cannot record the end of turn %s of %s yet: %s", running.turn, sid, e)
+                running.unrecorded = str(e)
             await anyio.sleep(1.0)
 
     # -- ending -----------------------------------------------------------------------------------
@@ -429,6 +433,14 @@ class Turns:
         """The session's turns will not run (it is closing): drop the samplers they were given."""
         for key in [k for k in self.samplers if k[0] == session_id]:
             del self.samplers[key]
+
+    def unrecorded(self, s: Session) -> str | None:
+        """Why the session's running turn, which has ended in this process, still shows as running; None if it
+        does not. The store says busy until the end is written, but the caller must not wait for a turn that is over."""
+        running = self.running.get(s.id)
+        if s.status != "busy" or running is None or running.turn != s.turns or running.unrecorded is None:
+            return None
+        return f"Turn {s.turns} of session '{s.id}' has ended, but its end cannot be recorded yet: {running.unrecorded}"
 
     def stop(self, session_id: str, reason: str, status: TurnStatus = "interrupted") -> bool:
         """Stop the turn this process runs for the session, if any; False if it runs none."""

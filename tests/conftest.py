@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
@@ -73,6 +74,22 @@ async def call_error(client: Client, tool: str, **args: Any) -> str:
     result = await client.call_tool(tool, args)
     assert result.is_error, result.structured_content
     return result.content[0].text
+
+
+async def start_turn(client: Client, session_id: str, text: str, shown: str, within: float = 30) -> dict[str, Any]:
+    """Start a turn that runs on and return its reply once the turn's output so far is `shown`, as stored (so a
+    server killed now has left it behind). A fixed short wait_s would race a slow machine."""
+    before = (await call(client, "get_session", session_id=session_id))["events_cursor"]
+    reply = await call(client, "send_message", session_id=session_id, text=text, wait_s=0)
+    assert reply["status"] == "busy", reply
+    output = ""
+    with anyio.fail_after(within):
+        while output != shown:
+            assert shown.startswith(output), output
+            detail = await call(client, "get_session", session_id=session_id, events_after=before)
+            output = "".join(e["data"]["text"] for e in detail["events"] if e["type"] == "tool.output")
+            await anyio.sleep(0.05)
+    return reply
 
 
 async def new_session(client: Client, **args: Any) -> str:

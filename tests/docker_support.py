@@ -1,8 +1,8 @@
 """Fixtures for tests that need a Docker engine and the sandbox image.
 
 `docker_engine` yields a connected docker SDK client. Without an engine or without the image the
-test is skipped with the reason, except when `CI=true`: there a missing engine or image fails the
-test, so a broken CI machine cannot pass by skipping everything.
+test is skipped with the reason, except under CI (`CI=true`, `1` or `yes`, see tests/ci.py): there a
+missing engine or image fails the test, so a broken CI machine cannot pass by skipping everything.
 
 Every container and volume a test makes carries the label `mcp-sessions.server=<docker_server_id>`,
 a per-run id; the session finalizer removes whatever is left with that label, workspace filesystems
@@ -31,14 +31,9 @@ from sandbox_backends.docker.container import DEFAULT_IMAGE, LABEL_SERVER
 from sandbox_backends.docker.disks import Disks, mounted_under
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
+from tests.ci import unavailable
 
 IMAGE = os.environ.get("MCP_SESSIONS_TEST_IMAGE", DEFAULT_IMAGE)
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: docker tests must run, not skip)", pytrace=False)
-    pytest.skip(reason)
 
 
 def loop_devices_of(root: Path) -> list[str]:
@@ -66,25 +61,22 @@ def remove_workspace_disks(root: Path) -> None:
 
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A connected docker SDK client; skips (fails under CI=true) without an engine or the image."""
+    """A connected docker SDK client; skips (fails under CI) without an engine or the image."""
     try:
         import docker
         import docker.errors
     except ImportError as e:  # pragma: no cover - docker is a dependency
-        _unavailable(f"the docker SDK is not installed: {e}")
-        raise
+        unavailable(f"the docker SDK is not installed: {e}")
     try:
         client = docker.from_env(version="auto")
         client.ping()
     except Exception as e:
-        _unavailable(f"no Docker engine: {e}. Start one with scripts/start-docker.sh")
-        raise
+        unavailable(f"no Docker engine: {e}. Start one with scripts/start-docker.sh")
     try:
         client.images.get(IMAGE)
     except docker.errors.ImageNotFound:
         client.close()
-        _unavailable(f"image {IMAGE} is missing. Build it with scripts/build-sandbox-image.sh")
-        raise
+        unavailable(f"image {IMAGE} is missing. Build it with scripts/build-sandbox-image.sh")
     yield client
     client.close()
     remove_workspace_disks(tmp_path_factory.getbasetemp())

@@ -18,7 +18,7 @@ runner outliving its server) stay in that driver's test module.
 A background job is seen through a heartbeat: a loop that appends to a file every 0.05 s. It runs when
 the file grows; it has stopped when the file stays the same size across a wait of many beats.
 
-Docker cases need the engine: they carry the `docker` mark and skip without one, except under CI=true
+Docker cases need the engine: they carry the `docker` mark and skip without one, except under CI (tests/ci.py)
 where they fail (tests/docker_support.py).
 """
 
@@ -121,7 +121,7 @@ async def servers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     name: str = request.param
     server_id = "conformance-" + secrets.token_hex(4)
     if name == "docker":
-        server_id = request.getfixturevalue("docker_server_id")  # no engine: skip, or fail under CI=true
+        server_id = request.getfixturevalue("docker_server_id")  # no engine: skip, or fail under CI
     if name == "memory":
         request.getfixturevalue("plugins_installed")
     plugin = registry.drivers()[name]

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from sandbox_backends.docker.container import LABEL_SERVER
 from tests.docker_support import IMAGE
 
 PROGRAM_PATH = ".control.py"
@@ -203,6 +204,9 @@ def hostile_image(docker_engine: Any, docker_server_id: str) -> Iterator[str]:
     context.seek(0)
     docker_engine.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, pull=False)
     yield tag
-    for container in docker_engine.containers.list(all=True, filters={"ancestor": tag}):
+    # Only this run's: every build of the hostile image is the same image, so another test run's containers
+    # (on a shared engine) match an `ancestor` filter too, and were once removed under its running tests.
+    mine = {"ancestor": tag, "label": f"{LABEL_SERVER}={docker_server_id}"}
+    for container in docker_engine.containers.list(all=True, filters=mine):
         container.remove(force=True)
     docker_engine.images.remove(tag, force=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,8 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from .conftest import call, call_error, new_session, processes_marked, stdio_params
+from .conftest import call, call_error, new_session, processes_marked, start_turn, stdio_params
+from .test_stdio import kill_server
 
 pytestmark = pytest.mark.anyio
 
@@ -322,3 +324,43 @@ async def test_started_by_hand_in_a_terminal_it_says_what_it_is_and_how_to_quit(
 
     piped = await anyio.run_process(command, input=b"", env=cli_env(home), check=False)
     assert piped.returncode == 0 and b"waiting for an MCP client" not in piped.stderr
+
+
+async def test_events_follow_stopped_with_ctrl_c_exits_130(home: Path) -> None:
+    async with Client(stdio_params(home), mode="legacy") as client:
+        sid = await new_session(client)
+        command = [sys.executable, "-m", "mcp_sessions", "events", sid, "--follow"]
+        # As from a terminal, SIGINT at its default in the command: a test run started in the background ignores
+        # SIGINT, which a child would inherit, while a handler set here is reset to the default in the child.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            follower = await anyio.open_process(command, env=cli_env(home))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        async with follower:
+            assert follower.stdout is not None and follower.stderr is not None
+            printed = b""
+            with anyio.fail_after(60):
+                while b'status {"status":"ready"}' not in printed:  # following now, past what was there
+                    printed += await follower.stdout.receive()
+                follower.send_signal(signal.SIGINT)  # Ctrl-C
+                code = await follower.wait()
+            stderr = b"".join([chunk async for chunk in follower.stderr]).decode()
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+
+
+async def test_the_command_line_finishes_a_turn_left_by_a_server_that_died(home: Path) -> None:
+    """A server is killed while a turn runs; with no server left, `show` finishes the turn first: interrupted,
+    "server restarted", its output kept, and nothing it started still running."""
+    async with Client(stdio_params(home), mode="legacy") as client:
+        sid = await new_session(client)
+        await start_turn(client, sid, "echo partial; sleep 300", shown="partial\n")
+        await kill_server(home)
+    assert processes_marked(sid)  # the turn's command outlived its server
+    shown = await cli_json(home, "show", sid)
+    turn = shown["session"]["last_turn"]
+    assert (turn["status"], turn["reason"], turn["output"]) == ("interrupted", "server restarted", "partial\n"), turn
+    assert shown["session"]["status"] == "ready"
+    assert processes_marked(sid) == []
+    assert table_ids(await cli_ok(home, "ls", "--status", "ready")) == [sid]

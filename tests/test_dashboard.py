@@ -7,7 +7,6 @@ Screenshots of both pages go to .ci/artifacts/ (the README's images in docs/ are
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from mcp_sessions.settings import Settings
 
+from .ci import unavailable
 from .conftest import call
 from .test_http import ALICE, BOB, TOKENS, mcp_client, running
 
@@ -30,20 +30,14 @@ HANG_S = 30
 """Only turns a hang into a failure."""
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: browser tests must run, not skip)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        _unavailable("playwright is not installed: pip install -e '.[dev]'")
+        unavailable("playwright is not installed: pip install -e '.[dev]'")
     if not Path(CHROMIUM).exists():
-        _unavailable("no chromium: bash scripts/install-chromium.sh")
+        unavailable("no chromium: bash scripts/install-chromium.sh")
     async with async_playwright() as p:
         launched = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:

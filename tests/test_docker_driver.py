@@ -13,7 +13,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,16 @@ from sandbox_backends.base import (
     SandboxSpec,
 )
 from sandbox_backends.control.client import CONTROL_CODE, ControlClient, control_command
-from sandbox_backends.docker.container import KEEPALIVE_CMD, POOL_PREFIX, SESSION_PREFIX, STATE_DIR, WORKSPACE
+from sandbox_backends.docker.container import (
+    KEEPALIVE_CMD,
+    LABEL_NAME,
+    LABEL_SANDBOX,
+    LABEL_SERVER,
+    POOL_PREFIX,
+    SESSION_PREFIX,
+    STATE_DIR,
+    WORKSPACE,
+)
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
 from sandbox_backends.docker.transport import open_exec
@@ -42,8 +50,9 @@ from tests.docker_support import (  # noqa: F401  (fixtures are used by name)
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parent.parent
-HANG_S = 5.0
-"""Generous bound for things that take about 1 s: it only catches hangs."""
+HANG_S = 30.0
+"""Bound for things that take about a second: it only turns a hang into a failure (the machine is shared and
+slow at times; speed is measured in bench/bench_docker.py)."""
 
 
 @pytest.fixture
@@ -51,9 +60,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def raw_exec(client: Any, sandbox: DockerSandbox, cmd: str) -> str:
-    """Run a command through a plain `docker exec`, bypassing the driver."""
-    result = client.containers.get(sandbox.id).exec_run(["bash", "-c", cmd])
+def raw_exec(client: Any, sandbox: DockerSandbox | str, cmd: str) -> str:
+    """Run a command through a plain `docker exec` in a sandbox (or container id), bypassing the driver."""
+    result = client.containers.get(sandbox if isinstance(sandbox, str) else sandbox.id).exec_run(["bash", "-c", cmd])
     return result.output.decode()
 
 
@@ -73,6 +82,32 @@ async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition
     with anyio.fail_after(timeout):
         while not await predicate():
             await anyio.sleep(0.05)
+
+
+PROBE = "probe-"
+"""Names of the containers `watch_caught_up` makes; the watch reports them as removed."""
+
+
+def make_and_remove(client: Any, labels: dict[str, str]) -> None:
+    """A container that never starts, removed: the engine's one event for it is `destroy`."""
+    client.containers.create(IMAGE, labels=labels).remove(force=True)
+
+
+async def watch_caught_up(client: Any, server_id: str, failures: list[tuple[str, str]]) -> None:
+    """Until the driver's watch reports a probe container of this server removed: it is connected, and it has
+    read every event the engine sent before the probe's (the engine sends its events in order).
+
+    The watch reads live events only, so a test must know it is connected before it makes the event it
+    expects; and an event that must not be reported is known not to be once a later one was."""
+    with anyio.fail_after(30):
+        while True:
+            name = PROBE + secrets.token_hex(4)
+            labels = {LABEL_SANDBOX: "1", LABEL_SERVER: server_id, LABEL_NAME: name}
+            await anyio.to_thread.run_sync(make_and_remove, client, labels)
+            with anyio.move_on_after(2):  # not heard: the stream was not connected yet; try a new probe
+                while (name, "sandbox removed") not in failures:
+                    await anyio.sleep(0.02)
+                return
 
 
 # -- the control shell -----------------------------------------------------------------------------
@@ -167,20 +202,16 @@ async def test_sandboxes_cannot_see_each_other(sandbox_factory: Any) -> None:
 async def test_fork_bomb_stays_inside_its_process_limit(sandbox_factory: Any, docker_engine: Any) -> None:
     sb = await sandbox_factory(limits=Limits(pids=64))
     container = docker_engine.containers.get(sb.id)
-    worst_lag = 0.0
     peak_pids = 0
-    host_ok = True
+    host_runs: list[int] = []  # exit codes of processes the host started while the bomb ran
 
     async def watch_host() -> None:
-        nonlocal worst_lag, peak_pids, host_ok
+        nonlocal peak_pids
         while True:
-            t = time.monotonic()
             await anyio.sleep(0.1)
-            worst_lag = max(worst_lag, time.monotonic() - t - 0.1)
             stats = await anyio.to_thread.run_sync(lambda: container.stats(stream=False, one_shot=True))
             peak_pids = max(peak_pids, stats.get("pids_stats", {}).get("current", 0))
-            done = await anyio.run_process(["true"], check=False)
-            host_ok = host_ok and done.returncode == 0
+            host_runs.append((await anyio.run_process(["true"], check=False)).returncode)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch_host)
@@ -190,8 +221,7 @@ async def test_fork_bomb_stays_inside_its_process_limit(sandbox_factory: Any, do
     assert r.timed_out
     assert peak_pids > 32  # the bomb did run...
     assert peak_pids <= 64  # ...and stayed inside the limit
-    assert host_ok
-    assert worst_lag < 2.0  # the test process stayed responsive
+    assert host_runs and set(host_runs) == {0}  # the host kept starting processes (no timing: the machine is shared)
     r = await sb.exec("echo alive")
     assert r.output == "alive\n"
 
@@ -209,7 +239,7 @@ async def test_a_memory_hog_fails_its_command_not_the_sandbox(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(docker_driver.watch, on_failure)
-        await anyio.sleep(0.3)  # let the event stream connect
+        await watch_caught_up(docker_engine, docker_driver.server_id, failures)
         r = await sb.exec('python3 -c \'b = bytearray(512 << 20); print("sur" + "vived")\'', timeout_s=60)
         # The engine reports events in order: once the witness's death is reported, so would the OOM have been.
         await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(witness.id).kill())
@@ -224,7 +254,8 @@ async def test_a_memory_hog_fails_its_command_not_the_sandbox(
     assert r.failure == (
         "out of memory: the sandbox reached its memory limit of 64 MiB and the kernel killed a process while the command ran"
     )
-    assert [name for name, _ in failures] == [witness.name]  # the sandbox itself did not fail
+    failed = [name for name, _ in failures if not name.startswith(PROBE)]  # the probes are reported too
+    assert failed == [witness.name]  # the sandbox itself did not fail
     assert (await sb.exec("echo still-here")).output == "still-here\n"
     assert (await sb.exec("true")).failure is None  # the next command counts its own kills
 
@@ -243,7 +274,7 @@ async def test_watch_reports_removed_and_killed_containers_but_not_closed_ones(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(docker_driver.watch, on_failure)
-        await anyio.sleep(0.3)
+        await watch_caught_up(docker_engine, docker_driver.server_id, failures)
         await closed.close()
         await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(removed.id).remove(force=True))
         await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(killed.id).kill())
@@ -253,7 +284,7 @@ async def test_watch_reports_removed_and_killed_containers_but_not_closed_ones(
             return removed.name in names and killed.name in names
 
         await wait_for(both_reported, timeout=10)
-        await anyio.sleep(1.0)  # room for anything else to (wrongly) show up
+        await watch_caught_up(docker_engine, docker_driver.server_id, failures)  # past the closed one's events too
         tg.cancel_scope.cancel()
     assert [r for n, r in failures if n == removed.name] == ["sandbox removed"]
     assert [r for n, r in failures if n == killed.name] == ["sandbox exited with code 137"]
@@ -292,9 +323,8 @@ async def test_interrupt_stops_everything_the_command_started(sandbox_factory: A
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             await _run_until_all_started(tg, sb, docker_engine, ESCAPING, results)
-            t = time.monotonic()
-            assert await sb.interrupt() is True
-        assert time.monotonic() - t < HANG_S
+            with anyio.fail_after(HANG_S):
+                assert await sb.interrupt() is True
     [r] = results
     assert r.interrupted and not r.timed_out
     assert r.exit_code in (130, 143, 137)
@@ -324,11 +354,9 @@ async def test_interrupt_from_another_server_process(sandbox_factory: Any, docke
 @pytest.mark.docker
 async def test_cancelling_exec_stops_the_command(sandbox_factory: Any, docker_engine: Any) -> None:
     sb = await sandbox_factory()
-    t = time.monotonic()
-    with anyio.move_on_after(1) as scope:
+    with anyio.fail_after(1 + HANG_S), anyio.move_on_after(1) as scope:  # the cancelled exec must not hang
         await sb.exec(ESCAPING)
     assert scope.cancelled_caught
-    assert time.monotonic() - t < 1 + HANG_S
     assert user_processes(docker_engine, sb) == []
     assert (await sb.exec("echo next")).output == "next\n"
 
@@ -455,7 +483,12 @@ async def test_take_over_after_the_server_died(docker_server_id: str, docker_eng
     sandbox_id, name = await _server_dies_while_running(
         docker_server_id, "for i in $(seq 1 1000); do echo line$i; sleep 0.1; done"
     )
-    await anyio.sleep(0.5)  # the command keeps running without its server
+
+    async def five_lines_written() -> bool:  # the command keeps running without its server
+        out = await anyio.to_thread.run_sync(raw_exec, docker_engine, sandbox_id, f"cat {STATE_DIR}/*.out | wc -l")
+        return int(out) >= 5
+
+    await wait_for(five_lines_written, timeout=30)
     driver = DockerDriver(image=IMAGE, server_id=docker_server_id)
     try:
         sb = await driver.attach(sandbox_id, SandboxSpec(name=name))
@@ -479,7 +512,12 @@ async def test_take_over_of_a_command_that_finished_alone(docker_server_id: str,
     sandbox_id, name = await _server_dies_while_running(
         docker_server_id, "echo started; sleep 1; cd /tmp; echo finished; (exit 7)"
     )
-    await anyio.sleep(2)
+
+    async def finished() -> bool:  # the control shell left in the container has written the result: "EXIT_CODE ..."
+        written = await anyio.to_thread.run_sync(raw_exec, docker_engine, sandbox_id, f"cat {STATE_DIR}/*.rc")
+        return written.split()[:1] == ["7"]
+
+    await wait_for(finished, timeout=30)
     driver = DockerDriver(image=IMAGE, server_id=docker_server_id)
     try:
         sb = await driver.attach(sandbox_id, SandboxSpec(name=name))

@@ -28,8 +28,9 @@ from mcp_sessions.settings import Settings
 from sandbox_backends.docker.container import LABEL_SERVER, POOL_PREFIX
 from sandbox_backends.docker.disks import mounted_under
 
-from .conftest import call, new_session, stdio_params
-from .docker_support import IMAGE, _unavailable, docker_engine  # noqa: F401
+from .ci import unavailable
+from .conftest import call, new_session, start_turn, stdio_params
+from .docker_support import IMAGE, docker_engine  # noqa: F401
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -107,11 +108,11 @@ class PrivateEngine:
 
 @pytest.fixture
 def private_engine(docker_engine: Any) -> Iterator[PrivateEngine]:  # noqa: F811
-    """A running private dockerd with the sandbox image; skipped (failed under CI=true) where it cannot run."""
+    """A running private dockerd with the sandbox image; skipped (failed under CI) where it cannot run."""
     if os.geteuid() != 0:
-        _unavailable("a private dockerd needs root")
+        unavailable("a private dockerd needs root")
     if shutil.which("dockerd") is None:
-        _unavailable("dockerd is not installed. Install it with scripts/start-docker.sh")
+        unavailable("dockerd is not installed. Install it with scripts/start-docker.sh")
     root = Path(tempfile.mkdtemp(prefix="mcp-dockerd-", dir="/tmp"))
     # On a tmpfs if it may mount one: loading the image there takes a third of the time it takes on disk.
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g,mode=0700", "tmpfs", str(root)], check=False, capture_output=True)
@@ -166,8 +167,7 @@ async def test_a_restarted_docker_engine_interrupts_the_running_turn_and_brings_
         later = await new_session(client, title="sent a command while the engine is away")
         assert (await call(client, "send_message", session_id=later, text="echo mine > mine.txt && echo ok"))["output"] == "ok\n"
         busy = await new_session(client, title="busy")
-        started = await call(client, "send_message", session_id=busy, text="echo started; sleep 300", wait_s=1)
-        assert started["status"] == "busy" and started["output"] == "started\n", started
+        await start_turn(client, busy, "echo started; sleep 300", shown="started\n")
         old_pool = await full_pool(engine, settings)
 
         await anyio.to_thread.run_sync(private_engine.stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import secrets
 from typing import Any
 
 import anyio
@@ -75,18 +76,17 @@ async def test_a_container_removed_behind_the_servers_back_fails_its_session(
 
 async def test_an_image_without_python3_fails_its_session_saying_so(docker_settings: Settings, docker_engine: Any) -> None:  # noqa: F811
     dockerfile = f"FROM {IMAGE}\nUSER root\nRUN rm -f /usr/bin/python3*\nUSER 1000\n"
-    image, _ = await anyio.to_thread.run_sync(
-        lambda: docker_engine.images.build(
-            fileobj=io.BytesIO(dockerfile.encode()), tag="mcp-sessions-test-nopython:latest", rm=True
-        )
-    )
+    # A tag of this run's own: every build is the same image, and test runs on a shared engine must not remove
+    # it under each other (removing it by id did, and timed out while another run removed it too).
+    tag = f"mcp-sessions-test-nopython:{secrets.token_hex(4)}"
+    await anyio.to_thread.run_sync(lambda: docker_engine.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True))
     try:
         async with Client(create_server(docker_settings), mode="legacy") as client:
-            session = await call(client, "create_session", image="mcp-sessions-test-nopython:latest")
+            session = await call(client, "create_session", image=tag)
             assert session["status"] == "failed"
             assert session["failure_reason"].endswith("the docker driver needs bash and python3 in the image."), session
     finally:
-        await anyio.to_thread.run_sync(lambda: docker_engine.images.remove(image.id, force=True))
+        await anyio.to_thread.run_sync(lambda: docker_engine.images.remove(tag, force=True))  # the image goes with its last tag
 
 
 async def test_limits_over_the_servers_maximum_are_refused(docker_settings: Settings) -> None:
@@ -124,9 +124,11 @@ async def test_sessions_from_the_warm_pool(docker_settings: Settings, docker_eng
     async with Client(create_server(settings), mode="legacy") as client:
         first = await new_session(client)
         with anyio.fail_after(30):
-            while len(docker_engine.containers.list(filters={"label": "mcp-sessions.pool=1", "name": "mcp-pool-"})) < 2:
+            while len(warm := docker_engine.containers.list(filters={"label": "mcp-sessions.pool=1", "name": "mcp-pool-"})) < 2:
                 await anyio.sleep(0.2)
         second = await new_session(client)
+        (container,) = containers_of(docker_engine, second)
+        assert container.id in {c.id for c in warm}, "the session got a new container, not one of the warm pool's"
         assert (await call(client, "send_message", session_id=second, text="echo pooled"))["output"] == "pooled\n"
         for sid in (first, second):
             await call(client, "close_session", session_id=sid, delete=True)

@@ -8,8 +8,10 @@ A restart of dockerd is in test_docker_engine_restart.py, on a private engine: t
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,15 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
-from .conftest import call, call_error, new_session, processes_marked, stdio_params
+from .ci import unavailable
+from .conftest import call, call_error, new_session, processes_marked, start_turn, stdio_params
 from .docker_support import IMAGE, docker_engine  # noqa: F401
+from .forwarder import unix_forwarder
 from .test_stdio import kill_server, peak_rss_mb, server_pids
 
 pytestmark = pytest.mark.anyio
@@ -45,8 +50,7 @@ async def test_a_busy_sessions_killed_container_fails_it_and_keeps_the_turn(
 ) -> None:
     async with Client(create_server(docker_settings), mode="legacy") as client:
         sid = await new_session(client)
-        busy = await call(client, "send_message", session_id=sid, text="echo started; sleep 300", wait_s=1)
-        assert busy["status"] == "busy" and busy["output"] == "started\n"
+        await start_turn(client, sid, "echo started; sleep 300", shown="started\n")
         (container,) = docker_engine.containers.list(all=True, filters={"name": f"mcp-ses-{sid}"})
         await anyio.to_thread.run_sync(lambda: container.kill(signal="SIGKILL"))
         session = await wait_for(client, sid, "failed")
@@ -78,6 +82,49 @@ async def test_a_sandbox_that_fills_its_tmp_fails_the_command_and_stays_usable(d
         assert after["exit_code"] == 0 and after["output"] == "freed\n"
 
 
+@pytest.mark.docker
+async def test_a_command_and_a_file_read_sent_while_the_engine_is_away_wait_30_s_then_fail(
+    docker_settings: Settings,
+    docker_engine: Any,  # noqa: F811
+) -> None:
+    """The engine goes away for this server only: it reaches the shared engine through a forwarder, which is cut
+    (its connections closed, its socket answering nothing), so other tests' containers and this one's run on."""
+    real = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not real.startswith("unix://"):
+        unavailable(f"the engine is at {real}; this test forwards a unix socket")
+    folder = Path(tempfile.mkdtemp(prefix="mcp-engine-", dir="/tmp"))  # unix socket paths are short
+    try:
+        async with unix_forwarder(folder / "docker.sock", real.removeprefix("unix://")) as engine:
+            params = stdio_params(docker_settings.home, "--driver", "docker", "--image", IMAGE)
+            params.env = {**(params.env or {}), "DOCKER_HOST": f"unix://{folder}/docker.sock"}
+            async with Client(params, mode="legacy") as client:
+                sid = await new_session(client, files={"notes.txt": "kept\n"})
+                assert (await call(client, "send_message", session_id=sid, text="echo before"))["output"] == "before\n"
+                engine.stop()
+                read: list[str] = []
+
+                async def read_file() -> None:
+                    with pytest.raises(MCPError) as failed:
+                        await client.read_resource(f"session://{sid}/files/notes.txt")
+                    read.append(str(failed.value))
+
+                with anyio.fail_after(150):  # a hang guard; each waits 30 s (the read behind the command)
+                    busy = await call(client, "send_message", session_id=sid, text="echo after", wait_s=1)
+                    assert busy["status"] == "busy", busy  # waiting for the engine, not failed at once
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(read_file)
+                        turn = (await call(client, "get_session", session_id=sid))["session"]["last_turn"]
+                        while turn["status"] == "running":
+                            turn = (await call(client, "get_session", session_id=sid, wait_s=50))["session"]["last_turn"]
+                assert turn["status"] == "failed", turn
+                assert turn["reason"].startswith("The Docker engine did not come back within 30 s: "), turn["reason"]
+                assert turn["duration_s"] >= 30, turn  # a lower bound: a slow machine only makes it longer
+                (message,) = read
+                assert "The Docker engine did not come back within 30 s" in message, message
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 # -- a server killed in the middle of many turns ----------------------------------------------------
 
 
@@ -87,8 +134,7 @@ async def test_a_server_killed_during_20_concurrent_turns_loses_nothing(home: Pa
         sids = [await new_session(client, title=f"s{i}") for i in range(count)]
 
         async def start(i: int, sid: str) -> None:
-            busy = await call(client, "send_message", session_id=sid, text=f"echo partial-{i}; sleep 300", wait_s=5)
-            assert busy["status"] == "busy" and busy["output"] == f"partial-{i}\n", busy
+            await start_turn(client, sid, f"echo partial-{i}; sleep 300", shown=f"partial-{i}\n", within=60)
 
         async with anyio.create_task_group() as tg:
             for i, sid in enumerate(sids):
@@ -113,15 +159,12 @@ async def test_a_server_killed_during_20_concurrent_turns_loses_nothing(home: Pa
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted for this test; skipped (failed under CI=true) where mounting is not allowed."""
+    """A 2 MiB tmpfs mounted for this test; skipped (failed under CI) where mounting is not allowed."""
     mountpoint = tmp_path / "disk"
     mountpoint.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)], capture_output=True, text=True)
     if proc.returncode != 0:
-        reason = f"cannot mount a small tmpfs to fill: {proc.stderr.strip() or proc.returncode}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: this test must run)")
-        pytest.skip(reason)
+        unavailable(f"cannot mount a small tmpfs to fill: {proc.stderr.strip() or proc.returncode}")
     try:
         yield mountpoint
     finally:
@@ -161,9 +204,13 @@ async def test_a_full_disk_refuses_writes_clearly_keeps_reads_and_recovers(small
         assert [s["id"] for s in listed["sessions"]] == [sid]
         transcript = (await client.read_resource(f"session://{sid}/transcript")).contents[0].text
         assert "echo before" in transcript
-        await anyio.sleep(3)
+        # the turn ends meanwhile; its end cannot be written, and the session says so instead of "still running"
+        with anyio.fail_after(30):
+            while "has ended" not in (detail := await call(client, "get_session", session_id=sid))["next_step"]:
+                await anyio.sleep(0.1)
+        assert "disk is full" in detail["next_step"], detail["next_step"]
         error = await call_error(client, "send_message", session_id=sid, text="echo while full")
-        assert "disk is full" in error or "busy" in error, error
+        assert "Turn 2 of session" in error and "has ended" in error and "disk is full" in error, error
 
         filler.unlink()
         with anyio.fail_after(30):

@@ -169,11 +169,14 @@ async def test_stream_sends_a_keepalive_comment(settings: Settings, monkeypatch:
     monkeypatch.setattr(http_api, "KEEPALIVE_S", 0.3)
     async with running(settings, TOKENS) as (url, _), http(url) as c:
         sid = (await c.post(f"{API}/sessions", json={})).json()["id"]
-        with anyio.fail_after(30):
+        seen: list[dict[str, Any]] = []
+        with anyio.move_on_after(15):  # a quiet session's stream: only keepalives come after its first events
             async with c.stream("GET", f"{API}/sessions/{sid}/stream") as s:
                 async for event in sse_events(s):
-                    if event.get("comment") == "keepalive":
+                    seen.append(event)
+                    if "comment" in event:
                         break
+    assert seen and seen[-1] == {"comment": "keepalive"}, f"no keepalive comment on a quiet stream: {seen}"
 
 
 @pytest.mark.parametrize("mode", ERAS)
@@ -233,9 +236,8 @@ async def test_two_owners_never_see_or_touch_each_others_sessions(base: str) -> 
             uris = [str(r.uri) for r in (await client.list_resources()).resources]
             assert not any(sid in uri for uri in uris) and f"session://{bob_sid}" in uris
             for uri in (f"session://{sid}", f"session://{sid}/transcript", f"session://{sid}/events", f"session://{sid}/files/x"):
-                with pytest.raises(Exception) as raised:
+                with pytest.raises(MCPError, match=f"No session '{sid}'"):
                     await client.read_resource(uri)
-                assert "No session" in str(raised.value) or "not found" in str(raised.value).lower(), uri
     async with http(base, ALICE) as alice:
         r = await alice.get(f"{API}/sessions/{sid}")
         assert r.status_code == 200 and r.json()["session"]["status"] == "ready"

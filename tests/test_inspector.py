@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
+from tests.ci import unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 INSPECTOR = Path(os.environ.get("MCP_INSPECTOR", ROOT / ".ci/inspector/node_modules/.bin/mcp-inspector"))
 
 if not INSPECTOR.exists():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"The MCP Inspector is missing at {INSPECTOR}; CI must run scripts/install-inspector.sh.")
-    pytest.skip("the MCP Inspector CLI is not installed: run scripts/install-inspector.sh", allow_module_level=True)
+    unavailable(f"the MCP Inspector CLI is not at {INSPECTOR}: run scripts/install-inspector.sh", allow_module_level=True)
 
 
 class Inspector:

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from mcp import Client, types
+from mcp import Client
 
-from mcp_sessions import __version__
 from mcp_sessions.agents.llm import LlmSettings
 from mcp_sessions.agents.pricing import PriceTable
-from mcp_sessions.agents.providers.common import ModelRequest, ProviderError, TokenUsage
-from mcp_sessions.agents.providers.sampling import SamplingProvider
+from mcp_sessions.agents.providers.common import TokenUsage
 from mcp_sessions.app import server_id
 from mcp_sessions.cli import build_parser, main
-from mcp_sessions.models import Message, TextBlock
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 from mcp_sessions.store import Store
@@ -28,6 +23,7 @@ from mcp_sessions.store import Store
 from .conftest import ERAS, call, new_session, processes_marked
 from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
 from .fake_llm import Fail, FakeLLM, Reply, ToolCall
+from .forwarder import tcp_forwarder
 
 pytestmark = pytest.mark.anyio
 
@@ -300,6 +296,41 @@ async def test_a_429_is_retried_after_the_pause_the_api_asks_for(home: Path, llm
     assert reply["turn_status"] == "completed" and reply["output"] == "fine"
 
 
+async def test_a_5xx_is_retried_twice_then_fails_the_turn(home: Path, llm: FakeLLM) -> None:
+    llm.script(Fail(500, "overloaded"), Fail(503, "unavailable"), Reply(text="fine"))
+    llm.script(Fail(500, "down"), Fail(502, "down"), Fail(503, "still down"), Reply(text="never asked for"))
+    async with Client(create_server(llm_settings(home, llm, llm_retries=2))) as client:
+        sid = await new_session(client)
+        recovered = await call(client, "send_message", session_id=sid, text="hi", wait_s=45)
+        exhausted = await call(client, "send_message", session_id=sid, text="again", wait_s=45)
+    assert recovered["turn_status"] == "completed" and recovered["output"] == "fine"
+    assert exhausted["turn_status"] == "failed" and "internal error (503: still down)" in exhausted["reason"]
+    assert len(llm.requests) == 6 and llm.pending == 1
+
+
+async def test_a_dropped_connection_to_the_model_server_is_retried(home: Path, llm: FakeLLM) -> None:
+    """The model server's first connection closes before it answers (as while it restarts): asked again, it answers."""
+    llm.script(Reply(text="fine"))
+    async with tcp_forwarder(int(llm.url.rsplit(":", 1)[1]), drop=1) as (forwarder, port):
+        settings = llm_settings(home, llm, openai_base_url=f"http://127.0.0.1:{port}/v1", llm_retries=1)
+        async with Client(create_server(settings)) as client:
+            sid = await new_session(client)
+            reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
+    assert reply["turn_status"] == "completed" and reply["output"] == "fine", reply
+    assert forwarder.accepted == 2 and len(llm.requests) == 1
+
+
+async def test_a_model_server_that_refuses_connections_is_retried_twice(home: Path, llm: FakeLLM) -> None:
+    """No connection at all: each retry comes after its pause (1 s, then 2 s), so the turn lasts at least 3 s."""
+    with FakeLLM() as gone:
+        dead_url = gone.openai_base_url
+    async with Client(create_server(llm_settings(home, llm, openai_base_url=dead_url, llm_retries=2))) as client:
+        sid = await new_session(client)
+        reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=45)
+    assert reply["turn_status"] == "failed" and f"cannot reach the OpenAI-compatible API at {dead_url}" in reply["reason"]
+    assert reply["duration_s"] >= 3.0, "the pauses of two retries are missing: the call was not retried"
+
+
 async def test_an_unreachable_model_server_fails_the_turn(home: Path, llm: FakeLLM) -> None:
     with FakeLLM() as gone:
         dead_url = gone.openai_base_url
@@ -318,10 +349,10 @@ async def test_interrupt_stops_a_streaming_model_call(client: Client, llm: FakeL
     with anyio.fail_after(10):
         while not any(e["type"] == "text.delta" for e in await events_of(client, sid)):
             await anyio.sleep(0.05)
-    started = time.monotonic()
+    # The model's stream hangs until its client goes away: the turn ends only if the interrupt cancels the call
+    # (interrupt waits at most 10 s for the turn to end, and says interrupted only if it did).
     stopped = await call(client, "interrupt", session_id=sid)
     assert stopped["interrupted"] is True and stopped["status"] == "ready"
-    assert time.monotonic() - started < 3
     detail = await call(client, "get_session", session_id=sid)
     assert detail["session"]["last_turn"]["status"] == "interrupted"
 
@@ -333,9 +364,8 @@ async def test_interrupt_stops_a_long_bash_tool_and_the_next_turn_goes_on(client
     with anyio.fail_after(10):
         while not processes_marked(sid):
             await anyio.sleep(0.05)
-    started = time.monotonic()
-    stopped = await call(client, "interrupt", session_id=sid)
-    assert stopped["interrupted"] is True and time.monotonic() - started < 5
+    stopped = await call(client, "interrupt", session_id=sid)  # `sleep 300` ends the turn only if interrupted
+    assert stopped["interrupted"] is True
     assert processes_marked(sid) == []
     messages = await stored_messages(home, sid)
     assert [m.role for m in messages] == ["user", "assistant"]  # the tool call is kept, with the text before it
@@ -369,124 +399,6 @@ async def test_no_api_key_reaches_the_sandbox(home: Path, llm: FakeLLM, monkeypa
     assert "PATH=" in env and "[exit code 0]" in env
     assert_no_keys(env)
     assert "OPENAI" not in env and "ANTHROPIC" not in env
-
-
-# -- MCP sampling ------------------------------------------------------------------------------------
-
-
-def sampling_model(replies: list[types.CreateMessageResultWithTools], seen: list[types.CreateMessageRequestParams]) -> Any:
-    async def sample(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResultWithTools:
-        seen.append(params)
-        return replies.pop(0)
-
-    return sample
-
-
-async def test_sampling_uses_the_calling_clients_model(home: Path, llm: FakeLLM) -> None:
-    seen: list[types.CreateMessageRequestParams] = []
-    replies = [
-        types.CreateMessageResultWithTools(
-            role="assistant",
-            content=[types.ToolUseContent(type="tool_use", id="s1", name="bash", input={"command": "echo from-sampling"})],
-            model="client-model",
-            stop_reason="toolUse",
-        ),
-        types.CreateMessageResultWithTools(
-            role="assistant",
-            content=[types.TextContent(type="text", text="sampled answer")],
-            model="client-model",
-            stop_reason="endTurn",
-        ),
-    ]
-    settings = llm_settings(home, llm, llm_provider="sampling", model=None, openai_api_key=None, anthropic_api_key=None)
-    async with Client(
-        create_server(settings),
-        mode="legacy",
-        sampling_callback=sampling_model(replies, seen),
-        sampling_capabilities=types.SamplingCapability(tools=types.SamplingToolsCapability()),
-    ) as client:
-        sid = await new_session(client)
-        reply = await call(client, "send_message", session_id=sid, text="say hi", wait_s=30)
-    assert reply["turn_status"] == "completed", reply
-    assert reply["output"] == "sampled answer"
-    assert len(seen) == 2 and llm.requests == []
-    assert {t.name for t in seen[0].tools} == {"bash", "read_file", "write_file", "edit_file", "list_files"}
-    last = seen[1].messages[-1]
-    result = last.content[0] if isinstance(last.content, list) else last.content
-    assert result.type == "tool_result" and "from-sampling" in result.content[0].text
-    assert reply["usage"]["cost_usd"] == 0 and "client-model" in reply["usage"]["cost_by_model"]
-
-
-@pytest.mark.parametrize("mode", ERAS)
-async def test_sampling_fails_with_a_sentence_when_the_client_cannot_sample(home: Path, llm: FakeLLM, mode: str) -> None:
-    settings = llm_settings(home, llm, llm_provider="sampling", model=None)
-    async with Client(create_server(settings), mode=mode) as client:
-        sid = await new_session(client)
-        reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
-    assert reply["turn_status"] == "failed"
-    assert reply["reason"].startswith("the model call failed: the calling client does not offer MCP sampling") or (
-        mode == "auto" and "where a server cannot ask the client's model outside a tool call" in reply["reason"]
-    )
-
-
-async def test_sampling_in_the_2026_era_fails_with_a_sentence(home: Path, llm: FakeLLM) -> None:
-    settings = llm_settings(home, llm, llm_provider="sampling", model=None)
-    async with Client(
-        create_server(settings),
-        mode="auto",
-        sampling_callback=sampling_model([], []),
-        sampling_capabilities=types.SamplingCapability(tools=types.SamplingToolsCapability()),
-    ) as client:
-        sid = await new_session(client)
-        reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
-    assert reply["turn_status"] == "failed"
-    assert "2026-07-28" in reply["reason"] and "outside a tool call" in reply["reason"]
-
-
-@asynccontextmanager
-async def sampling_in_tasks(home: Path, llm: FakeLLM) -> AsyncIterator[Client]:
-    """A 2026-07-28 client that takes tasks and can sample, against an llm agent that samples through it."""
-    from .test_tasks import TasksAware
-
-    settings = llm_settings(home, llm, llm_provider="sampling", model=None, openai_api_key=None, anthropic_api_key=None)
-    async with Client(
-        create_server(settings),
-        mode="auto",
-        extensions=[TasksAware()],
-        sampling_callback=sampling_model([], []),
-        sampling_capabilities=types.SamplingCapability(tools=types.SamplingToolsCapability()),
-    ) as client:
-        yield client
-
-
-async def test_sampling_in_the_2026_era_goes_through_the_turns_task(home: Path, llm: FakeLLM) -> None:
-    """With the tasks extension, the turn's question to the client's model is the task's input request
-    (input_required), answered by tasks/update: sampling without a back channel."""
-    from .test_tasks import rpc, settle, start
-
-    async with sampling_in_tasks(home, llm) as client:
-        sid = await new_session(client)
-        task = await start(client, "send_message", session_id=sid, text="say hi")
-        asked = await settle(client, task["taskId"], "input_required")
-        assert asked["status"] == "input_required", asked
-        [(key, request)] = asked["inputRequests"].items()
-        assert (
-            request["method"] == "sampling/createMessage" and request["params"]["messages"][-1]["content"][0]["text"] == "say hi"
-        )
-        answer = {
-            "role": "assistant",
-            "content": [{"type": "text", "text": "sampled in a task"}],
-            "model": "client-model",
-            "stopReason": "endTurn",
-        }
-        assert await rpc(client, "tasks/update", taskId=task["taskId"], inputResponses={key: answer}) == {
-            "resultType": "complete",
-            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "mcp-sessions", "version": __version__}},
-        }
-        done = await settle(client, task["taskId"])
-    assert done["status"] == "completed", done
-    assert done["result"]["structuredContent"]["output"] == "sampled in a task"
-    assert llm.requests == []
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -556,18 +468,6 @@ async def test_the_llm_agent_works_in_a_docker_sandbox(home: Path, llm: FakeLLM,
     assert "outside the workspace" in results["d5"]
 
 
-async def test_a_client_gone_mid_turn_fails_sampling_with_a_sentence() -> None:
-    class Gone:
-        async def create_message(self, params: dict[str, Any]) -> Any:
-            raise anyio.ClosedResourceError()
-
-    request = ModelRequest(
-        model=None, system="", messages=[Message(role="user", content=[TextBlock(text="hi")], turn=1)], tools=[]
-    )
-    with pytest.raises(ProviderError, match="the client that sent the message disconnected"):
-        await SamplingProvider(Gone()).complete(request, on_text=lambda _: anyio.sleep(0))
-
-
 def test_an_unreadable_price_file_stops_the_command_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "prices.json"
     bad.write_text("{not json")
@@ -575,33 +475,3 @@ def test_an_unreadable_price_file_stops_the_command_with_a_message(tmp_path: Pat
         main(["--home", str(tmp_path / "home"), "--price-file", str(bad), "ls"])
     assert stopped.value.code == 1
     assert f"invalid configuration: cannot read the price file {bad}" in capsys.readouterr().err
-
-
-async def test_each_turn_samples_through_the_client_that_sent_it(home: Path, llm: FakeLLM) -> None:
-    """The sampler belongs to the turn: a queued turn puts its question on its own task, not on the task of
-    a message queued after it (nor on an earlier, finished one)."""
-    from .test_tasks import rpc, settle, start
-
-    answer = {"role": "assistant", "content": [{"type": "text", "text": "ok"}], "model": "m", "stopReason": "endTurn"}
-    async with sampling_in_tasks(home, llm) as client:
-        sid = await new_session(client)
-        first = await start(client, "send_message", session_id=sid, text="one")
-        [key] = (await settle(client, first["taskId"], "input_required"))["inputRequests"]
-        second = await start(client, "send_message", session_id=sid, text="two", queue=True)
-        third = await start(client, "send_message", session_id=sid, text="three", queue=True)
-        await rpc(client, "tasks/update", taskId=first["taskId"], inputResponses={key: answer})
-        assert (await settle(client, first["taskId"]))["status"] == "completed"
-        with anyio.fail_after(30):
-            while (await rpc(client, "tasks/get", taskId=second["taskId"]))["status"] == "working":
-                assert (await rpc(client, "tasks/get", taskId=third["taskId"]))["status"] == "working"
-                await anyio.sleep(0.05)
-        asked = await rpc(client, "tasks/get", taskId=second["taskId"])
-        assert asked["status"] == "input_required", asked
-        [(key, request)] = asked["inputRequests"].items()
-        assert request["params"]["messages"][-1]["content"][0]["text"] == "two"
-        await rpc(client, "tasks/update", taskId=second["taskId"], inputResponses={key: answer})
-        assert (await settle(client, second["taskId"]))["status"] == "completed"
-        [(key, request)] = (await settle(client, third["taskId"], "input_required"))["inputRequests"].items()
-        assert request["params"]["messages"][-1]["content"][0]["text"] == "three"
-        await rpc(client, "tasks/update", taskId=third["taskId"], inputResponses={key: answer})
-        assert (await settle(client, third["taskId"]))["status"] == "completed"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from sandbox_backends.base import SandboxSpec
 from sandbox_backends.local import LocalDriver
@@ -27,8 +28,9 @@ from sandbox_backends.local import LocalDriver
 async def main():
     sb = await LocalDriver(sys.argv[1]).create(SandboxSpec(name="outlives"))
     await sb.exec("cd sub 2>/dev/null || mkdir sub && cd sub; export KEPT=1")
-    print("ready", flush=True)
-    await sb.exec(sys.argv[2])
+    async def out(chunk):
+        print("OUT", chunk.decode().strip(), flush=True)
+    await sb.exec(sys.argv[2], on_output=out)
 
 anyio.run(main)
 """
@@ -38,8 +40,8 @@ async def test_a_command_outlives_its_killed_server_and_its_result_is_taken_over
     script = "echo begin; sleep 0.5; echo end > done.txt; (exit 7)"
     async with await anyio.open_process([sys.executable, "-c", SERVER, str(tmp_path), script], cwd=REPO) as server:
         assert server.stdout is not None
-        assert (await server.stdout.receive()).startswith(b"ready")
-        await anyio.sleep(0.2)
+        with anyio.fail_after(30):  # a line at a time: print() writes its parts apart where stdout is unbuffered
+            assert await BufferedByteReceiveStream(server.stdout).receive_until(b"\n", 1000) == b"OUT begin"
         server.kill()  # as `kill -9`: no cleanup of any kind
     with anyio.fail_after(10):  # the runner finishes its command, then sees its input gone and exits
         while processes_marked("outlives"):

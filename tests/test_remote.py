@@ -14,13 +14,16 @@ import httpx
 import pytest
 from mcp import Client
 
+from mcp_sessions.agents.pricing import PriceTable
+from mcp_sessions.agents.providers.common import TokenUsage
 from mcp_sessions.http import build_app
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 from sandbox_backends.remote import HttpDialect, load_remotes
 
 from .asgi import serve
-from .conftest import call, call_error
+from .conftest import call, call_error, stdio_params
+from .fake_llm import FakeLLM, Reply, ToolCall
 
 pytestmark = pytest.mark.anyio
 
@@ -29,8 +32,8 @@ API = "/api/v1"
 
 
 @asynccontextmanager
-async def back_server(home: Path, port: int = 0) -> AsyncIterator[str]:
-    app = build_app(Settings(home=home, command_timeout_s=120), {TOKEN: "front"})
+async def back_server(home: Path, port: int = 0, **settings: Any) -> AsyncIterator[str]:
+    app = build_app(Settings(home=home, command_timeout_s=120, **settings), {TOKEN: "front"})
     async with serve(app, port=port, lifespan="on") as url:
         yield url
 
@@ -206,3 +209,69 @@ async def test_closing_a_session_whose_remote_is_down_does_not_hang(tmp_path: Pa
         with anyio.fail_after(10):
             closed = await call(client, "close_session", session_id=s["id"])
         assert closed["status"] == "dead"
+
+
+async def test_the_drivers_watch_fails_an_idle_session_whose_remote_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No message is sent: the driver's own watch (every 5 s) finds the remote session closed and fails ours."""
+    monkeypatch.setenv("BACK_TOKEN", TOKEN)
+    async with back_server(tmp_path / "back") as url:
+        async with Client(create_server(front_settings(tmp_path / "front", url))) as client:
+            s = await call(client, "create_session", driver="remote", remote="back")
+            sid, rid = s["id"], s["sandbox"]["remote_session_id"]
+            async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+                assert (await c.post(f"{API}/sessions/{rid}/close")).status_code == 200
+            with anyio.fail_after(30):  # only turns a hang into a failure; list_sessions reads the store alone
+                while (await call(client, "list_sessions", statuses=["failed"]))["total"] == 0:
+                    await anyio.sleep(0.2)
+            reason = (await call(client, "get_session", session_id=sid))["session"]["failure_reason"]
+            assert reason == f"the session on remote 'back' (mcp-sessions at {url}) was closed (closed)", reason
+
+
+async def test_options_reach_the_remotes_create_and_its_usage_comes_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`options` are fields of the back server's create body: here its llm agent and model, which the back server
+    runs against a fake model server; the turn's reply, messages and usage come back to the front session."""
+    monkeypatch.setenv("BACK_TOKEN", TOKEN)
+    with FakeLLM() as llm:
+        llm.script(
+            Reply(text="Looking.", tool_calls=[ToolCall("bash", {"command": "echo found"}, id="t1")]),
+            Reply(text="It says found.", input_tokens=1000, output_tokens=200),
+        )
+        back = {"openai_base_url": llm.openai_base_url, "openai_api_key": "sk-back-" + "1" * 24, "llm_retries": 0}
+        async with back_server(tmp_path / "back", **back) as url:
+            options = {"options": {"agent": "llm", "model": "gpt-4o-mini", "provider": "openai", "max_steps": 5}}
+            async with Client(create_server(front_settings(tmp_path / "front", url, **options))) as client:
+                s = await call(client, "create_session", driver="remote", remote="back")
+                assert s["status"] == "ready", s
+                remote = (await back_view(url, s["sandbox"]["remote_session_id"]))["session"]
+                assert (remote["agent"], remote["model"]) == ("llm", "gpt-4o-mini")
+                reply = await call(client, "send_message", session_id=s["id"], text="What does it say?", wait_s=30)
+                got = await call(client, "get_session", session_id=s["id"])
+    assert reply["turn_status"] == "completed" and reply["output"] == "It says found.", reply
+    cost = PriceTable.load().cost("gpt-4o-mini", TokenUsage(input_tokens=1100, output_tokens=220))
+    assert reply["usage"] is not None, "the remote turn's usage did not come back"
+    assert reply["usage"]["input_tokens"] == 1100 and reply["usage"]["output_tokens"] == 220
+    assert reply["usage"]["cost_usd"] == pytest.approx(cost) and cost > 0
+    assert got["session"]["usage"]["total_tokens"] == 1320
+    assert [m["role"] for m in got["recent_messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert "found" in json.dumps(got["recent_messages"][2]["content"])
+
+
+async def test_remotes_come_from_the_file_flag_and_the_variable_wins_per_name(tmp_path: Path) -> None:
+    """A real server process with `--remotes-file` (TOML) and MCP_SESSIONS_REMOTES: both names are known, and for
+    the name both give, the variable's remote is the one used."""
+    async with back_server(tmp_path / "back") as url:
+        remotes_file = tmp_path / "remotes.toml"
+        remotes_file.write_text(
+            '[remotes.back]\nurl = "http://127.0.0.1:9"\ntoken_env = "BACK_TOKEN"\nreconnect_s = 1\n\n'
+            '[remotes.farm]\nurl = "http://127.0.0.1:9"\n'
+        )
+        params = stdio_params(tmp_path / "front", "--remotes-file", str(remotes_file))
+        winner = {"back": {"url": url, "token_env": "BACK_TOKEN"}}
+        params.env = {**(params.env or {}), "BACK_TOKEN": TOKEN, "MCP_SESSIONS_REMOTES": json.dumps(winner)}
+        async with Client(params, mode="legacy") as client:
+            text = await call_error(client, "create_session", driver="remote", remote="nowhere")
+            assert "Known remotes: back, farm." in text, text
+            s = await call(client, "create_session", driver="remote", remote="back")
+            assert s["status"] == "ready" and s["sandbox"]["url"] == url, s

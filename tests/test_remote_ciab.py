@@ -240,6 +240,9 @@ async def test_ciab_session_messages_stream_resume_interrupt_and_loss(tmp_path: 
             assert r["turn_status"] == "running"
             assert (await call(client, "interrupt", session_id=sid))["interrupted"] is True
             assert fake.interrupts >= 1 and fake.sessions[rid]["state"] == "active"
+            got = (await call(client, "get_session", session_id=sid))["session"]
+            assert got["status"] == "ready" and got["last_turn"]["turn"] == 3
+            assert got["last_turn"]["status"] == "interrupted" and got["last_turn"]["reason"] == "interrupted by the caller"
 
             r = await call(client, "send_message", session_id=sid, text="fail", wait_s=30)
             assert r["turn_status"] == "failed" and r["reason"] == "on the remote: agent crashed"

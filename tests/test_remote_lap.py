@@ -268,6 +268,9 @@ async def test_lap_bring_up_stream_usage_drop_abort_delete(tmp_path: Path, monke
             assert r["turn_status"] == "running"
             assert (await call(client, "interrupt", session_id=sid))["interrupted"] is True
             assert fake.aborts >= 1
+            got = (await call(client, "get_session", session_id=sid))["session"]
+            assert got["status"] == "ready" and got["last_turn"]["turn"] == 3
+            assert got["last_turn"]["status"] == "interrupted" and got["last_turn"]["reason"] == "interrupted by the caller"
 
             r = await call(client, "send_message", session_id=sid, text="fail", wait_s=30)
             assert r["turn_status"] == "failed" and "pod replacement" in r["reason"]

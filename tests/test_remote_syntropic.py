@@ -206,6 +206,11 @@ def front(home: Path, url: str, **options: Any) -> Settings:
     return Settings(home=home, remotes=json.dumps(remotes))
 
 
+def first_pages(requests: list[tuple[str, str, dict[str, str]]]) -> list[dict[str, str]]:
+    """The first page of each poll among `requests`: it is the only one without `started_before`."""
+    return [p for m, path, p in requests if path == "/sessions" and "started_before" not in p]
+
+
 async def listed(client: Client, **filters: Any) -> dict[str, Any]:
     return await call(client, "list_sessions", tags=["syn"], **filters)
 
@@ -334,8 +339,11 @@ async def test_syntropic_sessions_are_mirrored_read_only_and_kept_current(
             assert s["status"] == "dead" and s["close_reason"] == "closed"
 
         # another server on the same state finds the same sessions, not copies
+        before = len(fake.requests)
         async with Client(create_server(front(tmp_path / "front", url))) as client:
-            await anyio.sleep(0.5)
+            with anyio.fail_after(10):  # a poll's first page comes after the whole previous poll is stored
+                while len(first_pages(fake.requests[before:])) < 2:
+                    await anyio.sleep(0.05)
             page = await listed(client, limit=50)
             assert page["total"] == 7 and len({s["id"] for s in page["sessions"]}) == 7
 
@@ -394,14 +402,12 @@ async def test_syntropic_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     async with serve_fake(fake) as url:
         monkeypatch.setenv("SYN_TOKEN", "wrong")
         async with Client(create_server(front(tmp_path / "a", url))) as client:
-            with anyio.fail_after(10):
-                while not fake.requests:
+            with anyio.fail_after(10):  # the poll says why it read nothing
+                while not any(
+                    "syntropic137" in r.message and "refused the credentials (set SYN_TOKEN)" in r.message for r in caplog.records
+                ):
                     await anyio.sleep(0.05)
-            await anyio.sleep(0.1)
             assert (await listed(client))["total"] == 0
-            assert any(
-                "syntropic137" in r.message and "refused the credentials (set SYN_TOKEN)" in r.message for r in caplog.records
-            )
 
         monkeypatch.setenv("SYN_TOKEN", TOKEN)
         async with Client(create_server(front(tmp_path / "b", url))) as client:

@@ -31,10 +31,11 @@ BOUND_S = 30.0
 """Bound on waits for what takes about a second: it only turns a hang into a failure."""
 
 ATTACKER = r'''
-"""Left running by one command, it tries for a while every way into the control shell and the next commands."""
+"""Left running by one command, it tries every way into the control shell and the next commands until the
+file named first exists (a bound of 120 s only keeps it from running on forever)."""
 import ctypes, os, sys, time
 
-end = time.monotonic() + float(sys.argv[1])
+stop, end = sys.argv[1], time.monotonic() + 120
 log = open(sys.argv[2], "a", buffering=1)
 libc = ctypes.CDLL(None, use_errno=True)
 me, tried = os.getpid(), set()
@@ -93,7 +94,7 @@ def status(pid):
         return dict(line.split(":", 1) for line in f if ":" in line)
 
 
-while time.monotonic() < end:
+while not os.path.exists(stop) and time.monotonic() < end:
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
@@ -156,11 +157,13 @@ async def test_a_process_left_by_a_command_cannot_answer_for_the_next(docker_set
     exit code and output of its own command, and every way in is refused."""
     async with Client(create_server(docker_settings), mode="legacy") as client:
         sid = await new_session(client, files={"attacker.py": ATTACKER})
-        started = await send(client, sid, "python3 attacker.py 8 /tmp/attack.log >/dev/null 2>&1 & echo started")
+        attack = "python3 attacker.py /tmp/attack.stop /tmp/attack.log >/dev/null 2>&1 & echo started"
+        started = await send(client, sid, attack)
         assert started["output"] == "started\n"
         reply = await send(client, sid, "echo real-output; sleep 1; echo still-real; exit 7", wait_s=BOUND_S)
         assert (reply["turn_status"], reply["exit_code"], reply["output"]) == ("completed", 7, "real-output\nstill-real\n")
-        with anyio.fail_after(BOUND_S):  # the attacker ran all along: wait for its last word
+        await send(client, sid, "touch /tmp/attack.stop")  # it ran all along the command above: now it may end
+        with anyio.fail_after(BOUND_S):  # wait for its last word
             while "done" not in (log := (await send(client, sid, "cat /tmp/attack.log"))["output"]):
                 await anyio.sleep(0.5)
     assert "WROTE" not in log, log
@@ -201,7 +204,10 @@ async def test_interrupt_kills_processes_whatever_they_call_themselves(docker_se
         disguised = (
             "(exec -a mcp-keepalive sleep 1001) & (exec -a mcp-sessions-control sleep 1002) & "
             "python3 -c 'import time; time.sleep(1003)' mcp-sessions-control /run/mcp-shell /workspace & "
-            "setsid bash -c 'exec -a mcp-keepalive sleep 1004' & sleep 0.3; ps -eo uid=,args= | grep -c '100[1-4]'"
+            "setsid bash -c 'exec -a mcp-keepalive sleep 1004' & "
+            # until all four have started (a loaded machine takes its time); 30 s only turns a hang into a failure
+            "for _ in $(seq 300); do [ $(ps -eo args= | grep -c '100[1-4]') = 4 ] && break; sleep 0.1; done; "
+            "ps -eo uid=,args= | grep -c '100[1-4]'"
         )
         assert (await send(client, sid, disguised))["output"] == "4\n"
         busy = await send(client, sid, "echo begin; sleep 300", wait_s=1)

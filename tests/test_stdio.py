@@ -5,19 +5,23 @@ Several server processes share one state folder here, as they do when several cl
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import Client
 
-from .conftest import ERAS, call, call_error, new_session, processes_marked, stdio_params
+from .conftest import ERAS, call, call_error, new_session, processes_marked, start_turn, stdio_params
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +57,33 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmHWM")
+
+
+class PipeReader(anyio.abc.ByteReceiveStream):
+    """The read end of a pipe as a byte stream, which also tells how full the pipe is."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.capacity: int = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+    def unread(self) -> int:
+        """Bytes written into the pipe and not read yet."""
+        return int(struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0" * 4))[0])
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while True:
+            try:
+                data = os.read(self.fd, max_bytes)
+            except BlockingIOError:
+                await anyio.wait_readable(self.fd)
+                continue
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def aclose(self) -> None:
+        os.close(self.fd)
 
 
 @pytest.mark.parametrize("mode", ERAS)
@@ -102,8 +133,7 @@ async def test_a_server_killed_during_a_turn_loses_nothing(home: Path) -> None:
     async with Client(stdio_params(home), mode="legacy") as client:
         sid = await new_session(client, title="survivor")
         await call(client, "send_message", session_id=sid, text="cd /tmp && export KEEP=yes && echo before")
-        busy = await call(client, "send_message", session_id=sid, text="echo partial; sleep 300", wait_s=0.5)
-        assert busy["status"] == "busy" and busy["output"] == "partial\n"
+        await start_turn(client, sid, "echo partial; sleep 300", shown="partial\n")
         await kill_server(home)
     async with Client(stdio_params(home), mode="legacy") as client:
         listed = await call(client, "list_sessions")
@@ -222,10 +252,17 @@ async def test_replies_larger_than_the_pipe_arrive_whole_while_the_client_is_slo
             msg["params"] = params
         return (json.dumps(msg) + "\n").encode()
 
+    out, into = os.pipe()  # the server's stdout, ours to measure
     with anyio.fail_after(90):
-        async with await anyio.open_process([params.command, *params.args], env=params.env, stderr=subprocess.DEVNULL) as server:
-            assert server.stdin is not None and server.stdout is not None
-            lines = BufferedByteReceiveStream(server.stdout)
+        async with (
+            await anyio.open_process(
+                [params.command, *params.args], env=params.env, stdout=into, stderr=subprocess.DEVNULL
+            ) as server,
+            PipeReader(out) as pipe,
+        ):
+            os.close(into)
+            assert server.stdin is not None
+            lines = BufferedByteReceiveStream(pipe)
 
             async def reply_to(id_: int) -> dict:
                 while True:
@@ -249,7 +286,8 @@ async def test_replies_larger_than_the_pipe_arrive_whole_while_the_client_is_slo
             reads = [line(10 + i, "resources/read", {"uri": uri}) for i in range(4)]
             turn = line(20, "tools/call", {"name": "send_message", "arguments": {"session_id": sid, "text": "echo done"}})
             await server.stdin.send(reads[0] + reads[1] + turn + reads[2] + reads[3])
-            await anyio.sleep(1)  # the server meanwhile fills the pipe and waits for room
+            while pipe.unread() < pipe.capacity - 4096:  # the server fills the pipe (to a page), then waits for room
+                await anyio.sleep(0.02)
             by_id: dict[int, dict] = {}
             while len(by_id) < 5:
                 raw = await lines.receive_until(b"\n", 1 << 24)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from mcp import types
 from mcp.shared.exceptions import MCPError, NoBackChannelError
+from mcp_types import CONNECTION_CLOSED
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
@@ -88,6 +89,13 @@ def to_sampling(messages: list[Message]) -> list[types.SamplingMessage]:
     return out
 
 
+def _disconnected(how: str) -> ProviderError:
+    return ProviderError(
+        f"the client that sent the message disconnected (or its connection broke: {how}), "
+        "so its model cannot be sampled; send the message again from a connected client"
+    )
+
+
 class SamplingProvider:
     name = "sampling"
 
@@ -116,12 +124,11 @@ class SamplingProvider:
                 "connect with the handshake era, or use a provider key"
             ) from None
         except MCPError as e:
+            if e.code == CONNECTION_CLOSED:  # it went away while its model was being asked: it refused nothing
+                raise _disconnected(e.message) from None
             raise ProviderError(f"the calling client refused the sampling request ({e}).") from None
         except Exception as e:  # a closed connection surfaces as several stream and resource errors
-            raise ProviderError(
-                f"the client that sent the message disconnected (or its connection broke: {type(e).__name__}), "
-                "so its model cannot be sampled; send the message again from a connected client"
-            ) from None
+            raise _disconnected(type(e).__name__) from None
         blocks = result.content if isinstance(result.content, list) else [result.content]
         content: list[TextBlock | ToolUseBlock] = []
         for block in blocks:
