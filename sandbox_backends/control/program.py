@@ -133,6 +133,14 @@ def write_whole(name, data, mode=0o600):
     os.replace(path(tmp), path(name))
 
 
+def unnamed_file(name):
+    """A file of the folder that no other process can open by name: made, opened and unlinked at once (the
+    folder is root's, mode 0711). Not O_TMPFILE, which gVisor's tmpfs does not offer."""
+    fd = os.open(path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    os.unlink(path(name))
+    return fd
+
+
 def read_all(fd):
     parts, offset = [], 0
     while True:
@@ -257,6 +265,22 @@ def capabilities():
     return 0
 
 
+def runs_unreadable(program):
+    """Whether a user who may not read `program` (execute-only) can run it: Linux lets it, gVisor does not."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(DEVNULL, 1)
+            os.dup2(DEVNULL, 2)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.execve(program, ["bash", "-c", ":"], {})
+        finally:
+            os._exit(127)
+    return os.waitpid(pid, 0)[1] == 0
+
+
 def setup():
     """Check the privileges and the folder this needs, and install the turn shell: an error message, or None."""
     needed = (1 << 5) | (1 << 6) | (1 << 7)  # CAP_KILL, CAP_SETGID, CAP_SETUID
@@ -278,6 +302,10 @@ def setup():
             return "its image has no bash"
         with open(found[0] + "/bash", "rb") as f:
             write_whole(BASH_COPY, f.read(), 0o111)  # execute-only: the kernel makes what runs it non-dumpable
+        if not runs_unreadable(path(BASH_COPY)):
+            # gVisor reads what it runs with the caller's rights: there the copy is readable, and what keeps
+            # other processes of the user from a turn shell is gVisor's Yama ptrace scope (1: descendants only).
+            os.chmod(path(BASH_COPY), 0o555)
     for name in os.listdir(DIR):  # what a control shell that was killed left: its standbys' files, a half write
         owner = name[3:].split("-")[0] if name.startswith("cmd") else name.rpartition(".tmp")[2]
         if owner.isdigit() and int(owner) != ME and not alive(int(owner)):
@@ -368,7 +396,7 @@ class Shell:
         try:
             self.out = os.open(path(self.tok + ".out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
             self.saved = os.open(path(self.tok + ".state"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            self.given = os.open(DIR, os.O_TMPFILE | os.O_RDWR, 0o644)  # readable by the shell through fd 5, by nobody else
+            self.given = unnamed_file(self.tok + ".given")  # readable by the shell through fd 5, by nobody else
             go_r, self.go = os.pipe()
         except OSError:
             self.close()
@@ -809,10 +837,6 @@ class AsUser:
 
     def __enter__(self):
         lib = libc()
-        if lib is None:
-            raise OSError(
-                95, "the sandbox image's python3 has no ctypes, which reading files with the sandbox user's rights needs"
-            )
         uid, gid, _ = user[0]
         lib.setfsgid(gid)
         lib.setfsuid(uid)
@@ -823,6 +847,74 @@ class AsUser:
     def __exit__(self, *exc):
         libc().setfsuid(0)
         libc().setfsgid(0)
+
+
+fsuid = []
+"""[True] where this kernel has setfsuid (Linux); [False] where it does not (gVisor), or without ctypes."""
+
+
+def as_user(fn, *args):
+    """`fn(*args)` with the sandbox user's file rights; it returns (an open descriptor or None, a marshal-able
+    value). With setfsuid, in this thread; without, in a child process of that user, which hands back the
+    descriptor over a socket (SCM_RIGHTS) and the value beside it: the same rights, a fork dearer."""
+    if not fsuid:
+        lib = libc()
+        fsuid.append(lib is not None and lib.setfsuid(-1) == 0)
+    if fsuid[0]:
+        with AsUser():
+            return fn(*args)
+    import socket  # only here: the control shell's start imports nothing it can do without
+
+    mine, theirs = socket.socketpair()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                # Nothing of the control shell's may stay open once this is the sandbox user's process: under
+                # gVisor others of that user can open its descriptors through /proc (the control stream!).
+                for fd in (0, 1, 2):
+                    os.dup2(DEVNULL, fd)
+                for name in os.listdir("/proc/self/fd"):
+                    if int(name) > 2 and int(name) != theirs.fileno():
+                        try:
+                            os.close(int(name))
+                        except OSError:
+                            pass
+                uid, gid, groups = user[0]
+                os.setgroups(groups)
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+                try:
+                    fd, value = fn(*args)
+                    answer, fds = (None, value), [] if fd is None else [fd]
+                except OSError as e:
+                    answer, fds = (e.errno, e.strerror or str(e)), []
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(memoryview(__import__("array").array("i", fds))))]
+                theirs.sendmsg([marshal.dumps(answer)], rights if fds else [])
+            finally:
+                os._exit(0)
+        theirs.close()
+        data, ancillary, _flags, _addr = mine.recvmsg(1 << 16, socket.CMSG_SPACE(4))
+    finally:
+        mine.close()
+        try:
+            theirs.close()
+        except OSError:
+            pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # the main loop's reap() took it
+    fd = None
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(raw) >= 4:
+            fd = int.from_bytes(raw[:4], sys.byteorder, signed=True)
+    if not data:
+        raise OSError(5, "the process that opens files as the sandbox user ended without an answer")
+    errno, value = marshal.loads(data)
+    if errno is not None:
+        raise OSError(errno, value)
+    return fd, value
 
 
 def inside(p):
@@ -859,9 +951,20 @@ def file_error(req, e):
     reply(req, error=kind, message=e.strerror or str(e))
 
 
-def open_regular(req, full, flags):
-    """Open a workspace file without blocking or following a last symlink; refuse anything but a regular file."""
-    fd = os.open(full, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW, 0o644)
+def open_inside(name, flags, writing):
+    """(descriptor, None) of a workspace file opened without blocking or following a last symlink (run with the
+    sandbox user's rights, by `as_user`; `writing` makes its folders); (None, None) for a path that leads out of
+    the workspace (or, to write, is the workspace)."""
+    full = inside(name)
+    if full is None or (writing and full == WS):
+        return None, None
+    if writing:
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+    return os.open(full, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW, 0o644), None
+
+
+def checked_regular(req, fd):
+    """`fd` if it is a regular file inside the workspace; else closed, the reason replied, and None."""
     st = os.fstat(fd)
     kind = stat.S_IFMT(st.st_mode)
     if kind == stat.S_IFREG and opened_inside(fd):
@@ -881,14 +984,12 @@ def read_file(req, msg):
     deadline = time.monotonic() + READ_LIMIT_S
     parts, size = [], 0
     try:
-        with AsUser():
-            full = inside(msg["path"])
-            if full is None:
-                reply(req, error="not_allowed")
-                return
-            fd = open_regular(req, full, os.O_RDONLY)
-            if fd is None:
-                return
+        fd, _ = as_user(open_inside, msg["path"], os.O_RDONLY, False)
+        if fd is None:
+            reply(req, error="not_allowed")
+            return
+        fd = checked_regular(req, fd)
+        if fd is not None:
             try:
                 while size <= limit:  # the limit holds while reading: a file may grow after any stat
                     if time.monotonic() > deadline:
@@ -904,6 +1005,8 @@ def read_file(req, msg):
     except OSError as e:
         file_error(req, e)
         return
+    if fd is None:
+        return
     if size > limit:
         reply(req, error="too_big", size=size)
         return
@@ -912,22 +1015,20 @@ def read_file(req, msg):
 
 def write_file(req, msg, payload):
     try:
-        with AsUser():
-            full = inside(msg["path"])
-            if full is None or full == WS:
-                reply(req, error="not_allowed")
-                return
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            fd = open_regular(req, full, os.O_WRONLY | os.O_CREAT)
-            if fd is None:
-                return
-            try:
-                os.ftruncate(fd, 0)
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
+        fd, _ = as_user(open_inside, msg["path"], os.O_WRONLY | os.O_CREAT, True)
+        if fd is None:
+            reply(req, error="not_allowed")
+            return
+        fd = checked_regular(req, fd)
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
     except OSError as e:
         file_error(req, e)
         return
@@ -946,43 +1047,49 @@ def measure(req):
     sandbox user's rights, and the first path that user cannot read: what is in it is not counted, so the
     server takes the workspace as over its limit. Measured here, as root, not by a `du` of the sandbox user,
     whose output any process of that user could write into or whose memory it could change."""
-    deadline = time.monotonic() + MEASURE_LIMIT_S
-    with AsUser():
-        top = os.lstat(WS)
-        blocks, seen, unreadable, pending, counted = top.st_blocks, set(), None, [WS], 0
-        while pending:
-            folder = pending.pop()
-            try:
-                listing = os.scandir(folder)
-            except FileNotFoundError:
-                continue  # deleted while measured
-            except OSError:
-                unreadable = unreadable or folder
-                continue
-            with listing:
-                for entry in listing:
-                    counted += 1
-                    if counted % 1000 == 0 and time.monotonic() > deadline:
-                        reply(req, error="timeout", seconds=MEASURE_LIMIT_S)
-                        return
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
+    _fd, (kb, unreadable) = as_user(walk, time.monotonic() + MEASURE_LIMIT_S)
+    if kb is None:
+        reply(req, error="timeout", seconds=MEASURE_LIMIT_S)
+    else:
+        reply(req, ok=True, kb=kb, unreadable=unreadable)
+
+
+def walk(deadline):
+    """(None, (KiB used, the first unreadable path)) of the workspace, or (None, (None, None)) past the deadline."""
+    top = os.lstat(WS)
+    blocks, seen, unreadable, pending, counted = top.st_blocks, set(), None, [WS], 0
+    while pending:
+        folder = pending.pop()
+        try:
+            listing = os.scandir(folder)
+        except FileNotFoundError:
+            continue  # deleted while measured
+        except OSError:
+            unreadable = unreadable or folder
+            continue
+        with listing:
+            for entry in listing:
+                counted += 1
+                if counted % 1000 == 0 and time.monotonic() > deadline:
+                    return None, (None, None)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    unreadable = unreadable or entry.path
+                    continue
+                if st.st_dev != top.st_dev:
+                    continue
+                folder_entry = stat.S_ISDIR(st.st_mode)
+                if st.st_nlink > 1 and not folder_entry:
+                    if st.st_ino in seen:
                         continue
-                    except OSError:
-                        unreadable = unreadable or entry.path
-                        continue
-                    if st.st_dev != top.st_dev:
-                        continue
-                    folder_entry = stat.S_ISDIR(st.st_mode)
-                    if st.st_nlink > 1 and not folder_entry:
-                        if st.st_ino in seen:
-                            continue
-                        seen.add(st.st_ino)
-                    blocks += st.st_blocks
-                    if folder_entry:
-                        pending.append(entry.path)
-    reply(req, ok=True, kb=(blocks + 1) // 2, unreadable=unreadable)
+                    seen.add(st.st_ino)
+                blocks += st.st_blocks
+                if folder_entry:
+                    pending.append(entry.path)
+    return None, ((blocks + 1) // 2, unreadable)
 
 
 # -- requests ----------------------------------------------------------------------------------

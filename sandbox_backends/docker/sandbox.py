@@ -148,6 +148,8 @@ class DockerSandbox(ClosesOnExit):
             "workspace": WORKSPACE,
             "volume": self._volume,
             "network": hc.get("NetworkMode") or "default",
+            "isolation": "gvisor" if hc.get("Runtime") == self._driver.gvisor_runtime else "runc",
+            "runtime": hc.get("Runtime") or "runc",
             "user": self._driver.user,
             "read_only_root": bool(hc.get("ReadonlyRootfs")),
             "capabilities": self._capabilities(hc),
@@ -155,7 +157,7 @@ class DockerSandbox(ClosesOnExit):
             "limits": {
                 "memory_mb": memory // (1 << 20) if memory else None,
                 "cpus": (hc.get("NanoCpus") or 0) / 1e9 or None,
-                "pids": hc.get("PidsLimit"),
+                "pids": self._pids(hc),
                 "tmp_mb": tmp_mb,
                 "swap": "none" if memory and hc.get("MemorySwap") == memory else "allowed",
             },
@@ -183,6 +185,12 @@ class DockerSandbox(ClosesOnExit):
                 why = f"it took over {msg.get('seconds')} s"
             raise SandboxError(f"Cannot measure the workspace: {why}.")
         return DiskUse(used_mb=round(kb / 1024), limit_mb=self._disk.limit_mb, unreadable=msg.get("unreadable"))
+
+    @staticmethod
+    def _pids(hc: dict[str, Any]) -> int | None:
+        """The sandbox's process limit: the cgroup's, or under gVisor its RLIMIT_NPROC (see `host_pids`)."""
+        nproc = [u for u in hc.get("Ulimits") or [] if u.get("Name") == "nproc"]
+        return int(nproc[0]["Hard"]) if nproc else hc.get("PidsLimit")
 
     @staticmethod
     def _capabilities(hc: dict[str, Any]) -> str:
