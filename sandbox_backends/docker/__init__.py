@@ -37,6 +37,11 @@ image under the server's state folder, mounted through a loop device while a con
 a write past the limit fails with ENOSPC; otherwise the volume is plain and the session layer measures
 it (`MeasuresDisk`). `describe()["disk"]` says which; `workspace.py` says how.
 
+Runtime: `runc` by default (`DockerSettings.docker_runtime`), or gVisor's `runsc` for a spec whose options
+ask `isolation="gvisor"` (`docker_gvisor_runtime`): the container's kernel is then gVisor's, in user space.
+The driver keeps the process limit inside under gVisor (see `container.host_pids`), and the control shell
+adapts to what gVisor lacks (program.py: `as_user`, `runs_unreadable`).
+
 All docker SDK calls run in worker threads; the control shell's socket is read with anyio directly.
 Only plain `unix://` and `tcp://` engine addresses are supported (not TLS or ssh).
 
