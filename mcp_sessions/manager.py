@@ -516,6 +516,18 @@ class SessionManager:
         if reason := read_only(record):
             raise SessionClosed(reason)
         s = record.session
+        if s.status == "ready":
+            # Nothing runs, but what earlier commands left running may hold the sandbox's limits: stop it.
+            try:
+                await (await self.sandboxes.of(record)).interrupt()
+            except SandboxError as e:
+                log.warning("stopping the background processes of %s failed: %s", session_id, e)
+            return InterruptReply(
+                session_id=s.id,
+                interrupted=False,
+                status=s.status,
+                message=f"Nothing is running in session '{s.id}'; any processes earlier commands left running were stopped.",
+            )
         if s.status != "busy":
             return InterruptReply(
                 session_id=s.id,

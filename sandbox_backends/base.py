@@ -161,7 +161,8 @@ class Sandbox(Protocol):
     async def interrupt(self) -> bool:
         """Stop the command running in this sandbox, whichever process started it. True if one was running.
 
-        The `exec` that started it returns normally with `interrupted=True`.
+        The `exec` that started it returns normally with `interrupted=True`. With no command running, stop
+        what earlier commands left running (background jobs, which may hold the sandbox's limits).
         """
         ...
 

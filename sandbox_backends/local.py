@@ -434,6 +434,7 @@ class LocalSandbox(ClosesOnExit):
     async def interrupt(self) -> bool:
         current = self._current_run()
         if current is None or not self._active(current):
+            _kill_marked(self._name)  # what earlier commands left running
             return False
         (self._state / interrupted_file(current[1])).touch()
         await self._stop(current[0])

@@ -364,6 +364,18 @@ async def test_interrupt_stops_jobs_left_by_earlier_commands(servers: Servers) -
     await assert_stopped(sb, bg)
 
 
+async def test_interrupt_with_nothing_running_stops_jobs_left_by_earlier_commands(servers: Servers) -> None:
+    """What an earlier command left running may hold the sandbox's limits (a fork bomb at the process limit):
+    an interrupt with nothing running is the way to stop it."""
+    sb = await servers.sandbox()
+    bg = workspace_file(sb, "bg")
+    assert (await sb.exec(f"{heartbeat(bg)} & echo left")).output == "left\n"
+    await wait_beating(sb, bg)
+    assert await sb.interrupt() is False  # no command ran
+    await assert_stopped(sb, bg)
+    assert (await sb.exec("echo next")).output == "next\n"
+
+
 async def test_interrupt_from_another_server_stops_the_command(servers: Servers) -> None:
     sb = await servers.sandbox()
     script, fg, bg = fg_and_bg(sb)

@@ -210,7 +210,8 @@ async def test_sandboxes_cannot_see_each_other(isolated_factory: Any) -> None:
 @pytest.mark.docker
 async def test_fork_bomb_stays_inside_its_process_limit(isolated_factory: Any, docker_engine: Any, isolation: str) -> None:
     """Under runc the cgroup holds the bomb to 64 processes; under gVisor RLIMIT_NPROC does, inside, and the
-    cgroup (counting gVisor's own host tasks) keeps to its larger limit."""
+    cgroup (counting gVisor's own host tasks) keeps to its larger limit. A command that stays at the limit
+    is stopped, its result saying why."""
     sb = await isolated_factory(limits=Limits(pids=64))
     container = docker_engine.containers.get(sb.id)
     peak_pids = peak_inside = 0
@@ -231,7 +232,8 @@ async def test_fork_bomb_stays_inside_its_process_limit(isolated_factory: Any, d
         with anyio.fail_after(30):
             r = await sb.exec("bomb() { bomb | bomb & }; bomb; sleep 100", timeout_s=4)
         tg.cancel_scope.cancel()
-    assert r.timed_out
+    assert not r.timed_out  # stopped a second after it reached the limit, saying so
+    assert r.failure is not None and r.failure.startswith("process limit reached: the sandbox runs "), r.failure
     inside = peak_inside if isolation == "gvisor" else peak_pids
     assert inside > 32  # the bomb did run...
     assert inside <= 64  # ...and stayed inside the limit
@@ -278,7 +280,9 @@ async def test_a_memory_hog_is_stopped_at_the_memory_limit(
     assert r.exit_code == 137
     assert "survived" not in r.output
     assert r.failure == (
-        "out of memory: the sandbox reached its memory limit of 64 MiB and the kernel killed a process while the command ran"
+        "out of memory: the sandbox reached its memory limit of 64 MiB and the kernel killed a process while the command ran. "
+        "Interrupt the session to kill the processes earlier commands left running, close it, or create a session with a "
+        "larger limits.memory_mb"
     )
     failed = [name for name, _ in failures if not name.startswith(PROBE)]  # the probes are reported too
     assert failed == [witness.name]  # the sandbox itself did not fail

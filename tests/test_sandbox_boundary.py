@@ -278,7 +278,9 @@ async def test_a_command_killed_out_of_memory_fails_its_turn_not_the_session(doc
             assert "oom killed" in session["failure_reason"], session
             return
         assert reply["reason"] == (
-            "out of memory: the sandbox reached its memory limit of 128 MiB and the kernel killed a process while the command ran"
+            "out of memory: the sandbox reached its memory limit of 128 MiB and the kernel killed a process while the command ran. "
+            "Interrupt the session to kill the processes earlier commands left running, close it, or create a session with a "
+            "larger limits.memory_mb"
         )
         assert reply["output"].endswith("after 137\n")
         assert reply["status"] == "ready"

@@ -210,6 +210,77 @@ def kill_others():
         time.sleep(0.005)
 
 
+# -- limits a command may find used up -------------------------------------------------------------
+
+EXHAUSTED_S = 1.0
+"""How long the sandbox may stay at its process limit while a command runs before the command is stopped
+as one that cannot run: bash retries a fork that fails for about 15 s, and then exits 254, saying nothing
+a caller could act on. (At the limit a fork fails at once: a second there is not a command that is busy.)"""
+pids_files = []
+watching = [0.0, None]
+"""When the process use is looked at next, and since when the sandbox has been at its limit (or None)."""
+
+
+def process_use():
+    """(processes, limit) of the sandbox now: its pids cgroup (v1 or v2), else (gVisor, which keeps the limit as
+    the sandbox user's RLIMIT_NPROC) that user's processes against it; None where no limit is known."""
+    if not pids_files:
+        for folder in ("/sys/fs/cgroup/pids/", "/sys/fs/cgroup/"):
+            try:
+                pids_files.append((os.open(folder + "pids.current", os.O_RDONLY), os.open(folder + "pids.max", os.O_RDONLY)))
+                break
+            except OSError:
+                continue
+        else:
+            pids_files.append(None)
+    try:
+        if pids_files[0] is not None:
+            most = os.pread(pids_files[0][1], 64, 0).strip()
+            return None if most == b"max" else (int(os.pread(pids_files[0][0], 64, 0)), int(most))
+        import resource  # only here (gVisor): the control shell's start imports nothing it can do without
+
+        most = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        if most == resource.RLIM_INFINITY or user[0] is None:
+            return None
+        return sum(1 for p in pids() if real_uid(p) == user[0][0]), most
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def watch_limits():
+    """While a command runs: one that stays at the process limit (forks fail: it cannot run) is stopped, and
+    its result says so."""
+    sh = current[0]
+    now = time.monotonic()
+    if sh is None or sh.exhausted is not None:
+        watching[1] = None
+        return
+    if now < watching[0]:
+        return
+    watching[0] = now + 0.2
+    use = process_use()
+    if use is None or use[0] < use[1]:
+        watching[1] = None
+    elif watching[1] is None:
+        watching[1] = now
+    elif now - watching[1] >= EXHAUSTED_S:
+        sh.exhausted = {"limit": "pids", "used": use[0], "max": use[1]}
+        killpg(sh.pid, signal.SIGKILL)
+
+
+def full_places():
+    """The writable places with no room left (under 1 MiB): [{"place": "tmp" or "workspace", "mb": size}]."""
+    found = []
+    for place, where in (("tmp", "/tmp"), ("workspace", WS)):
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            continue
+        if st.f_blocks and st.f_bavail * st.f_frsize < (1 << 20):
+            found.append({"place": place, "mb": st.f_blocks * st.f_frsize >> 20})
+    return found
+
+
 def group_alive(pgid):
     for p in pids():
         st = stat_of(p)
@@ -390,6 +461,8 @@ class Shell:
         self.status = None
         self.result = None
         """(exit code, OOM kills) once it ended, as recorded."""
+        self.exhausted = None
+        """The limit that stopped its command ({"limit": "pids", "used", "max"}), if one did."""
         self.state = None
         """The state it was given to restore: a save that is the same is not written again."""
         self.out = self.saved = self.given = self.go = None
@@ -671,6 +744,11 @@ def start_run(req, msg):
                 sh.close()
             if attempt:
                 cleanup(run)
+                use = process_use()
+                if e.errno == errno.EAGAIN and use is not None and use[0] >= use[1]:  # the command cannot run: say why
+                    exhausted = {"limit": "pids", "used": use[0], "max": use[1]}
+                    reply(req, ev="exit", run=run, rc=None, oom=0, interrupted=False, bytes=0, exhausted=exhausted)
+                    return
                 reply(req, error="spawn", message="Cannot start the command: %s." % (e.strerror or e))
                 return
     f = Follower(req, run, os.open(path(run + ".out"), os.O_RDONLY), shell=sh)
@@ -697,9 +775,13 @@ def follow(req, msg):
     followers.append(f)
 
 
-def stop(req, mark):
+def stop(req, mark, background=False):
+    """Stop the running command and everything of the sandbox user's; with none running, `background` (an
+    interrupt) still stops what earlier commands left running."""
     cur = current_run()
     if cur is None or not run_active(cur):
+        if background:
+            kill_others()
         reply(req, ok=True, was_running=False, run=cur[2] if cur else None)
         return
     pid, start, run = cur[0], cur[1], cur[2]
@@ -806,7 +888,19 @@ def pump_all():
         os.close(f.fd)
         followers.remove(f)
         interrupted = os.path.exists(path(f.run + ".interrupted"))
-        reply(f.req, ev="exit", run=f.run, rc=result[0], oom=result[1], interrupted=interrupted, bytes=f.sent)
+        exhausted = f.shell.exhausted if f.shell is not None else None
+        full = full_places() if result[0] else []  # a command that failed for want of room: say where
+        reply(
+            f.req,
+            ev="exit",
+            run=f.run,
+            rc=result[0],
+            oom=result[1],
+            interrupted=interrupted,
+            bytes=f.sent,
+            exhausted=exhausted,
+            full=full,
+        )
         if f.shell is not None:
             quiet_until[0] = last_busy[0] = time.monotonic()
             quiet_until[0] += 0.05  # until the server acknowledges (see refill_due)
@@ -1142,7 +1236,7 @@ def handle(msg, payload):
         elif op == "follow":
             follow(req, msg)
         elif op == "stop":
-            in_thread(stop, req, bool(msg.get("mark", True)))
+            in_thread(stop, req, bool(msg.get("mark", True)), bool(msg.get("background")))
         elif op == "done":
             cleanup(msg["run"])
             quiet_until[0] = 0.0
@@ -1209,6 +1303,7 @@ def main():
                     pending = msg
                 else:
                     handle(msg, b"")
+        watch_limits()
         reap()
         pump_all()
         if closing[0] and current[0] is None:
