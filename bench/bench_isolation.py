@@ -1,4 +1,5 @@
-"""What stronger isolation costs: docker sessions under gVisor (runsc) against runc, in one run.
+"""What stronger isolation costs: docker sessions under gVisor (runsc) against runc, and local sessions in
+bubblewrap against plain ones, in one run.
 
     python bench/bench_isolation.py [--n 20] [--image IMAGE] [--write BENCHMARKS.md]
 
@@ -10,8 +11,11 @@ makes them (workspaces of the default size on filesystems of their own where the
 - a `true` round trip through the driver (back to back);
 - a 1 MB file written and read back through the control shell.
 
-Targets: runsc cold create ≤ 1.5x runc, round trip ≤ 2x runc. Needs the engine, the sandbox image and
-runsc registered (scripts/start-docker.sh, scripts/install-runsc.sh). Everything it makes is labelled
+and for the local driver, a `true` round trip plain and with isolation="bwrap".
+
+Targets: runsc cold create ≤ 1.5x runc, round trip ≤ 2x runc; bwrap round trip ≤ 1.2x plain. Needs the
+engine, the sandbox image, runsc registered and bwrap (scripts/start-docker.sh, scripts/install-runsc.sh,
+scripts/install-bwrap.sh). Everything it makes is labelled
 with a throwaway server id and removed at the end.
 """
 
@@ -38,8 +42,9 @@ from sandbox_backends.docker.container import DEFAULT_IMAGE, GVISOR_RUNTIME, LAB
 from sandbox_backends.docker.disks import Disks
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
+from sandbox_backends.local import LocalDriver
 
-SECTION = "## Isolation: gVisor against runc"
+SECTION = "## Isolation: gVisor against runc, bubblewrap against plain"
 RUNTIMES = ("runc", GVISOR_RUNTIME)
 
 
@@ -139,17 +144,43 @@ async def docker_part(n: int, image: str, table: Table) -> None:
         shutil.rmtree(disk_root, ignore_errors=True)
 
 
+async def local_part(n: int, table: Table) -> None:
+    root = Path(tempfile.mkdtemp(prefix="mcp-bench-local-"))
+    driver = LocalDriver(root)
+    try:
+        plain = await driver.create(SandboxSpec(name="plain"))
+        boxed = await driver.create(SandboxSpec(name="bwrap", options={"isolation": "bwrap"}))
+
+        async def plain_true() -> None:
+            await plain.exec("true")
+
+        async def bwrap_true() -> None:
+            await boxed.exec("true")
+
+        print("local round trip", file=sys.stderr)
+        ours, base = await interleaved(max(n, 100), bwrap_true, plain_true, warmup=10, block=10)
+        table.add("local plain: `exec('true')` back to back", base)
+        table.add("local bwrap: `exec('true')` back to back", ours, "local plain: `exec('true')` back to back", max_ratio=1.2)
+        for sandbox in (plain, boxed):
+            await sandbox.close(delete=True)
+    finally:
+        await driver.aclose()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def main(n: int, image: str, write: Path | None) -> None:
     started = time.strftime("%Y-%m-%d %H:%M")
     table = Table()
     await docker_part(n, image, table)
+    await local_part(n, table)
     text = "\n".join(
         [
             SECTION,
             "",
             paragraph(
-                f"Docker sessions under runc and under gVisor (Debian's runsc), in one run on the same engine: {started},",
-                f"{os.cpu_count()} cores, Docker {docker_version()}, image `{image}`. Each pair is timed in alternation.",
+                "Docker sessions under runc and under gVisor (Debian's runsc 2022-12, its ptrace platform), and local",
+                f"sessions plain and in bubblewrap 0.8, in one run: {started}, {os.cpu_count()} cores, Docker",
+                f"{docker_version()}, image `{image}`. Each pair is timed in alternation.",
             ),
             "",
             "```",

@@ -24,9 +24,11 @@ where they fail (tests/docker_support.py).
 
 from __future__ import annotations
 
+import os
 import posixpath
 import secrets
 import shlex
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,7 @@ pytestmark = pytest.mark.anyio
 
 COMMAND_DRIVERS = [
     pytest.param("local", id="local"),
+    pytest.param("local+bwrap", id="local-bwrap"),
     pytest.param("docker", id="docker", marks=pytest.mark.docker),
     pytest.param("memory", id="memory"),
 ]
@@ -82,6 +85,8 @@ class Servers:
 
     name: str
     make: Callable[[], Driver]
+    options: dict[str, Any] = field(default_factory=dict)
+    """The driver's create options of every sandbox, e.g. {"isolation": "bwrap"}."""
     drivers: list[Driver] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)
     """Sandbox id -> the name it was made with (the session id, to a server)."""
@@ -98,6 +103,7 @@ class Servers:
         """A new sandbox made by the first server, with a fresh name."""
         driver = self.drivers[0] if self.drivers else self.start()
         name = "t-" + secrets.token_hex(5)
+        spec.setdefault("options", self.options)
         sandbox = await driver.create(SandboxSpec(name=name, **spec))
         self.names[sandbox.id] = name
         self.handles[sandbox.id] = sandbox
@@ -105,6 +111,7 @@ class Servers:
 
     async def attach(self, sandbox: Sandbox, driver: Driver | None = None, **spec: Any) -> Sandbox:
         """The same sandbox as another server process sees it (by default a new one)."""
+        spec.setdefault("options", self.options)
         handle = await (driver or self.start()).attach(sandbox.id, SandboxSpec(name=self.names[sandbox.id], **spec))
         self.handles[sandbox.id] = handle
         return handle
@@ -118,7 +125,10 @@ class Servers:
 
 @pytest.fixture(params=COMMAND_DRIVERS)
 async def servers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Servers]:
-    name: str = request.param
+    name, _, isolation = str(request.param).partition("+")  # "local+bwrap": the local driver, isolation="bwrap"
+    if isolation == "bwrap" and shutil.which("bwrap") is None:
+        reason = "bwrap is not installed (scripts/install-bwrap.sh installs it)"
+        pytest.fail(f"{reason} (CI=true: must run)") if os.environ.get("CI") == "true" else pytest.skip(reason)
     server_id = "conformance-" + secrets.token_hex(4)
     if name == "docker":
         server_id = request.getfixturevalue("docker_server_id")  # no engine: skip, or fail under CI
@@ -127,7 +137,7 @@ async def servers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     plugin = registry.drivers()[name]
     settings = plugin.settings.model_validate(SETTINGS.get(name, {})) if plugin.settings else None
     context = DriverContext(home=tmp_path / "home", server_id=server_id)
-    made = Servers(name, lambda: plugin.make(settings, context))
+    made = Servers(name, lambda: plugin.make(settings, context), {"isolation": isolation} if isolation else {})
     yield made
     with anyio.CancelScope(shield=True):
         for handle in made.handles.values():

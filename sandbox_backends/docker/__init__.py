@@ -104,7 +104,7 @@ class DockerSettings(BaseModel):
 class DockerOptions(BaseModel):
     """What `create_session` may ask of the docker driver."""
 
-    isolation: Isolation | None = Field(None, description="runc, or gvisor (a kernel in user space)")
+    isolation: Isolation | None = Field(None, description="")
 
     @field_validator("isolation")
     @classmethod
