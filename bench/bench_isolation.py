@@ -33,7 +33,7 @@ from pathlib import Path
 import anyio
 import docker
 from bench_docker import Table, docker_version
-from report import command_line, paragraph, write_section
+from report import paragraph, publish
 from timing import interleaved
 
 from sandbox_backends.base import FailureCallback, Limits, SandboxSpec
@@ -173,28 +173,12 @@ async def main(n: int, image: str, write: Path | None) -> None:
     table = Table()
     await docker_part(n, image, table)
     await local_part(n, table)
-    text = "\n".join(
-        [
-            SECTION,
-            "",
-            paragraph(
-                "Docker sessions under runc and under gVisor (Debian's runsc 2022-12, its ptrace platform), and local",
-                f"sessions plain and in bubblewrap 0.8, in one run: {started}, {os.cpu_count()} cores, Docker",
-                f"{docker_version()}, image `{image}`. Each pair is timed in alternation.",
-            ),
-            "",
-            "```",
-            command_line(),
-            "```",
-            "",
-            table.render(),
-            "",
-        ]
+    intro = paragraph(
+        "Docker sessions under runc and under gVisor (Debian's runsc 2022-12, its ptrace platform), and local",
+        f"sessions plain and in bubblewrap 0.8, in one run: {started}, {os.cpu_count()} cores, Docker",
+        f"{docker_version()}, image `{image}`. Each pair is timed in alternation.",
     )
-    print(text)
-    if write:
-        write_section(write, text)
-        print(f"written to {write}", file=sys.stderr)
+    publish(SECTION, intro, table.render(), write)
 
 
 if __name__ == "__main__":

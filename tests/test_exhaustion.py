@@ -70,24 +70,29 @@ async def test_a_turn_that_cannot_start_a_process_fails_naming_the_limit(docker_
         assert (free["turn_status"], free["output"]) == ("completed", "ran\n0\n")
 
 
-async def test_a_full_tmp_fails_the_turn_naming_it(docker_settings: Settings) -> None:
+@pytest.mark.parametrize(
+    ("limits", "fill", "reason"),
+    [
+        (
+            {"tmp_mb": 16},
+            "/tmp/fill",
+            f"/tmp is full (its limit is 16 MiB): delete files there. {WAY_OUT} with a larger limits.tmp_mb",
+        ),
+        (
+            {"disk_mb": 16},
+            "fill",
+            f"the workspace is full (its limit is 16 MiB): delete files. {WAY_OUT} with a larger limits.disk_mb",
+        ),
+    ],
+    ids=["tmp", "workspace"],
+)
+async def test_a_full_place_fails_the_turn_naming_it(
+    docker_settings: Settings, limits: dict[str, int], fill: str, reason: str
+) -> None:
     async with Client(create_server(docker_settings), mode="legacy") as client:
-        sid = await new_session(client, limits={"tmp_mb": 16})
-        full = await send(client, sid, "head -c 32M /dev/zero > /tmp/fill")
-        assert full["turn_status"] == "failed"
-        assert full["reason"] == f"/tmp is full (its limit is 16 MiB): delete files there. {WAY_OUT} with a larger limits.tmp_mb"
+        sid = await new_session(client, limits=limits)
+        full = await send(client, sid, f"head -c 32M /dev/zero > {fill}")
+        assert (full["turn_status"], full["reason"]) == ("failed", reason)
         assert "No space left on device" in full["output"]
-        freed = await send(client, sid, "rm /tmp/fill && echo freed")
-        assert (freed["turn_status"], freed["output"]) == ("completed", "freed\n")
-
-
-async def test_a_full_workspace_fails_the_turn_naming_it(docker_settings: Settings) -> None:
-    async with Client(create_server(docker_settings), mode="legacy") as client:
-        sid = await new_session(client, limits={"disk_mb": 16})
-        full = await send(client, sid, "head -c 32M /dev/zero > fill")
-        assert full["turn_status"] == "failed"
-        assert (
-            full["reason"] == f"the workspace is full (its limit is 16 MiB): delete files. {WAY_OUT} with a larger limits.disk_mb"
-        )
-        freed = await send(client, sid, "rm fill && echo freed")
+        freed = await send(client, sid, f"rm {fill} && echo freed")
         assert (freed["turn_status"], freed["output"]) == ("completed", "freed\n")
