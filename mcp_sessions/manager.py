@@ -43,7 +43,7 @@ from .models import (
     now,
 )
 from .plugins import Catalog
-from .sandboxes import Sandboxes, spec_of
+from .sandboxes import STOPPED_LEFT, Sandboxes, spec_of
 from .settings import Settings
 from .store import EventSpec, Store
 from .transcript import render_transcript
@@ -516,24 +516,13 @@ class SessionManager:
         if reason := read_only(record):
             raise SessionClosed(reason)
         s = record.session
-        if s.status == "ready":
-            # Nothing runs, but what earlier commands left running may hold the sandbox's limits: stop it.
-            try:
-                await (await self.sandboxes.of(record)).interrupt()
-            except SandboxError as e:
-                log.warning("stopping the background processes of %s failed: %s", session_id, e)
-            return InterruptReply(
-                session_id=s.id,
-                interrupted=False,
-                status=s.status,
-                message=f"Nothing is running in session '{s.id}'; any processes earlier commands left running were stopped.",
-            )
         if s.status != "busy":
+            left = s.status == "ready" and await self.sandboxes.stop_background(record)
             return InterruptReply(
                 session_id=s.id,
                 interrupted=False,
                 status=s.status,
-                message=f"Nothing is running in session '{s.id}' (status {s.status}); nothing to interrupt.",
+                message=f"Nothing is running in session '{s.id}' (status {s.status}); {STOPPED_LEFT if left else 'nothing to interrupt.'}",
             )
         turn = s.turns
         running = self.turns.running.get(session_id)

@@ -15,6 +15,9 @@ from .models import SessionRecord
 
 log = logging.getLogger(__name__)
 
+STOPPED_LEFT = "the processes earlier commands left running were stopped."
+"""What an interrupt with nothing running did, said to its caller (see `Sandboxes.stop_background`)."""
+
 WATCH_RETRY_S = 5.0
 
 
@@ -71,6 +74,16 @@ class Sandboxes:
         sandbox = await self.driver(record.session.driver).create(spec_of(record), on_phase=on_phase)
         self._sandboxes[record.session.id] = sandbox
         return sandbox
+
+    async def stop_background(self, record: SessionRecord) -> bool:
+        """Stop what earlier commands left running in a ready session's sandbox (background jobs may hold its
+        limits: a fork bomb at the process limit); False if the sandbox could not be reached."""
+        try:
+            await (await self.of(record)).interrupt()
+        except SandboxError as e:
+            log.warning("stopping what earlier commands of %s left running failed: %s", record.session.id, e)
+            return False
+        return True
 
     async def of(self, record: SessionRecord) -> Sandbox:
         """The session's sandbox: the one this process holds, or re-attached by its id (after a restart)."""
