@@ -43,7 +43,7 @@ from .models import (
     now,
 )
 from .plugins import Catalog
-from .sandboxes import STOPPED_LEFT, Sandboxes, spec_of
+from .sandboxes import Sandboxes, spec_of
 from .settings import Settings
 from .store import EventSpec, Store
 from .transcript import render_transcript
@@ -517,12 +517,11 @@ class SessionManager:
             raise SessionClosed(reason)
         s = record.session
         if s.status != "busy":
-            left = s.status == "ready" and await self.sandboxes.stop_background(record)
             return InterruptReply(
                 session_id=s.id,
                 interrupted=False,
                 status=s.status,
-                message=f"Nothing is running in session '{s.id}' (status {s.status}); {STOPPED_LEFT if left else 'nothing to interrupt.'}",
+                message=f"Nothing is running in session '{s.id}' (status {s.status}); {await self.sandboxes.interrupt_idle(record)}",
             )
         turn = s.turns
         running = self.turns.running.get(session_id)

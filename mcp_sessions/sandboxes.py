@@ -15,8 +15,6 @@ from .models import SessionRecord
 
 log = logging.getLogger(__name__)
 
-STOPPED_LEFT = "the processes earlier commands left running were stopped."
-"""What an interrupt with nothing running did, said to its caller (see `Sandboxes.stop_background`)."""
 
 WATCH_RETRY_S = 5.0
 
@@ -75,15 +73,17 @@ class Sandboxes:
         self._sandboxes[record.session.id] = sandbox
         return sandbox
 
-    async def stop_background(self, record: SessionRecord) -> bool:
-        """Stop what earlier commands left running in a ready session's sandbox (background jobs may hold its
-        limits: a fork bomb at the process limit); False if the sandbox could not be reached."""
+    async def interrupt_idle(self, record: SessionRecord) -> str:
+        """An interrupt of a session with nothing running, and what it did in words for the caller: a ready
+        session's sandbox stops what earlier commands left running (background jobs may hold its limits)."""
+        if record.session.status != "ready":
+            return "nothing to interrupt."
         try:
             await (await self.of(record)).interrupt()
         except SandboxError as e:
             log.warning("stopping what earlier commands of %s left running failed: %s", record.session.id, e)
-            return False
-        return True
+            return "what earlier commands left running could not be stopped: the sandbox did not answer."
+        return "the processes earlier commands left running were stopped."
 
     async def of(self, record: SessionRecord) -> Sandbox:
         """The session's sandbox: the one this process holds, or re-attached by its id (after a restart)."""

@@ -146,7 +146,7 @@ def isolation(request: pytest.FixtureRequest, docker_engine: Any) -> str:
     """Each isolation the docker driver offers, "runc" and "gvisor"; the latter needs runsc registered."""
     runtime = RUNTIMES[request.param]
     if runtime not in (docker_engine.info().get("Runtimes") or {}):
-        _unavailable(f"the engine has no runtime {runtime!r}. Register it with scripts/install-runsc.sh")
+        unavailable(f"the engine has no runtime {runtime!r}. Register it with scripts/install-runsc.sh")
     return str(request.param)
 
 
