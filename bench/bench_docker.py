@@ -39,7 +39,7 @@ from typing import Any
 
 import anyio
 import docker
-from report import command_line, paragraph, target_cell, write_section
+from report import paragraph, publish, target_cell
 from timing import interleaved, timed
 
 from sandbox_backends.base import SandboxSpec
@@ -308,29 +308,13 @@ async def main(n: int, image: str, write: Path | None) -> None:
         client.close()
         shutil.rmtree(disk_root, ignore_errors=True)
 
-    text = "\n".join(
-        [
-            SECTION,
-            "",
-            paragraph(
-                "The driver's own costs, with the same operations done directly with the docker SDK as the baseline,",
-                f"in one run on the same engine: {started}, {os.cpu_count()} cores, Docker {docker_version()}, image",
-                f"`{image}`. Cold creates are timed in alternation with the raw creates they are compared to, so both",
-                "see the engine in the same state.",
-            ),
-            "",
-            "```",
-            command_line(),
-            "```",
-            "",
-            table.render(),
-            "",
-        ]
+    intro = paragraph(
+        "The driver's own costs, with the same operations done directly with the docker SDK as the baseline,",
+        f"in one run on the same engine: {started}, {os.cpu_count()} cores, Docker {docker_version()}, image",
+        f"`{image}`. Cold creates are timed in alternation with the raw creates they are compared to, so both",
+        "see the engine in the same state.",
     )
-    print(text)
-    if write:
-        write_section(write, text)
-        print(f"written to {write}", file=sys.stderr)
+    publish(SECTION, intro, table.render(), write)
 
 
 def docker_version() -> str:

@@ -47,3 +47,12 @@ def write_section(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
+
+
+def publish(heading: str, intro: str, table: str, write: Path | None) -> None:
+    """A section (heading, a paragraph, the command that made it, its table) printed, and put into `write`."""
+    text = "\n".join([heading, "", intro, "", "```", command_line(), "```", "", table, ""])
+    print(text)
+    if write:
+        write_section(write, text)
+        print(f"written to {write}", file=sys.stderr)

@@ -29,9 +29,7 @@ class SessionFields(BaseModel):
     title: str | None = Field(None, max_length=200, description="A short human title.")
     driver: str | None = Field(None, max_length=100, description="Sandbox driver.")
     agent: str | None = Field(None, max_length=100, description="Agent that answers messages.")
-    image: str | None = Field(
-        None, max_length=300, description="Container image, for drivers that run containers (default: the server's)."
-    )
+    image: str | None = Field(None, max_length=300, description="Container image (default: the server's).")
     tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
         [], max_length=20, description="Labels for filtering in list_sessions."
     )
@@ -40,7 +38,7 @@ class SessionFields(BaseModel):
         {}, max_length=1000, description="Files to write into the workspace first: relative path -> UTF-8 text."
     )
     env: dict[str, str] = Field({}, max_length=200, description="Environment variables for commands in the session.")
-    limits: LimitsModel | None = Field(None, description="Sandbox resource limits, for drivers that enforce them.")
+    limits: LimitsModel | None = Field(None, description="Sandbox resource limits.")
     command_timeout_s: Annotated[float, Field(gt=0, le=10**7, allow_inf_nan=False), IN_RANGE] | None = Field(
         None, description="Stop a single command after this many seconds (default: the server's, 600)."
     )

@@ -521,7 +521,7 @@ class SessionManager:
                 session_id=s.id,
                 interrupted=False,
                 status=s.status,
-                message=f"Nothing is running in session '{s.id}' (status {s.status}); nothing to interrupt.",
+                message=f"Nothing is running in session '{s.id}' (status {s.status}); {await self.sandboxes.interrupt_idle(record)}",
             )
         turn = s.turns
         running = self.turns.running.get(session_id)

@@ -15,6 +15,7 @@ from .models import SessionRecord
 
 log = logging.getLogger(__name__)
 
+
 WATCH_RETRY_S = 5.0
 
 
@@ -71,6 +72,18 @@ class Sandboxes:
         sandbox = await self.driver(record.session.driver).create(spec_of(record), on_phase=on_phase)
         self._sandboxes[record.session.id] = sandbox
         return sandbox
+
+    async def interrupt_idle(self, record: SessionRecord) -> str:
+        """An interrupt of a session with nothing running, and what it did in words for the caller: a ready
+        session's sandbox stops what earlier commands left running (background jobs may hold its limits)."""
+        if record.session.status != "ready":
+            return "nothing to interrupt."
+        try:
+            await (await self.of(record)).interrupt()
+        except SandboxError as e:
+            log.warning("stopping what earlier commands of %s left running failed: %s", record.session.id, e)
+            return "what earlier commands left running could not be stopped: the sandbox did not answer."
+        return "the processes earlier commands left running were stopped."
 
     async def of(self, record: SessionRecord) -> Sandbox:
         """The session's sandbox: the one this process holds, or re-attached by its id (after a restart)."""

@@ -56,7 +56,12 @@ def _unions_as_type_lists(node: dict[str, Any]) -> dict[str, Any]:
     if len(branches) != 2 or NULL not in branches:
         return node
     other = branches[0] if branches[1] == NULL else branches[1]
-    if not isinstance(other.get("type"), str) or UNMERGEABLE & other.keys():
+    if not isinstance(other.get("type"), str):
+        return node
+    if other.keys() == {"enum", "type"} and isinstance(other["enum"], list):
+        # Literal[...] | None: null joins the enum, which then says all a type would (its values are the type's).
+        return {**rest, "enum": [*other["enum"], None]}
+    if UNMERGEABLE & other.keys():
         return node
     return {**other, **rest, "type": [other["type"], "null"]}
 

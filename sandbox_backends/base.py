@@ -67,6 +67,20 @@ class Limits:
     disk_mb: int | None = None
 
 
+Isolation = Literal["runc", "gvisor", "plain", "bwrap"]
+"""The `isolation` create option, one type for every driver that takes it (a create option has one type
+across plugins): the docker driver takes "runc" (containers on the host's kernel) and "gvisor" (the runsc
+runtime, a kernel in user space), the local driver "plain" (no isolation) and "bwrap" (bubblewrap).
+Each driver's options model refuses the others' values with `isolation_refused`."""
+
+
+def isolation_refused(driver: str, given: str | None, takes: tuple[str, ...]) -> str | None:
+    """Why `driver` cannot take `isolation=given`, in a sentence naming what it takes; None if it can."""
+    if given is None or given in takes:
+        return None
+    return f"the {driver} driver takes isolation {' or '.join(repr(t) for t in takes)}, not {given!r}"
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """What to make. `name` is unique per server (the session id); drivers use it to find the sandbox again.
@@ -147,7 +161,8 @@ class Sandbox(Protocol):
     async def interrupt(self) -> bool:
         """Stop the command running in this sandbox, whichever process started it. True if one was running.
 
-        The `exec` that started it returns normally with `interrupted=True`.
+        The `exec` that started it returns normally with `interrupted=True`. With no command running, stop
+        what earlier commands left running (background jobs, which may hold the sandbox's limits).
         """
         ...
 

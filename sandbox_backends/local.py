@@ -1,10 +1,16 @@
 """The `local` driver: a folder per sandbox on this machine, commands run by the server's own user.
 
-Zero set-up, and no isolation: a command can read and write whatever the server's user can. Use the
-docker driver for untrusted work. Layout under the driver's root:
+Zero set-up. Plainly (`isolation="plain"`, the default) there is no isolation: a command can read and
+write whatever the server's user can. With `isolation="bwrap"` the runner runs inside bubblewrap: no
+network (only `lo`), the host's filesystem read-only, a `/tmp` of its own, its own process, IPC, UTS and
+user namespaces, and its sandbox folder the only writable place; `interrupt` or the runner's end takes
+every process of it (they die with the namespace's first process). Use the docker driver for untrusted
+work all the same: bwrap shares the host's kernel and, here, sets no memory, CPU or process limits.
+Layout under the driver's root:
 
     <root>/<name>/workspace/   the commands' starting cwd, and what file resources read
     <root>/<name>/.shell/      the runner's state: saved shell state, per-run script, output, exit code
+    <root>/<name>/tmp/         the sandbox's /tmp, with isolation="bwrap"
 
 Commands run in a long-lived runner (`control/runner.py`), a child of the server in a session of its
 own, fed run ids on a pipe. If the server dies, the runner finishes its command, writes the result and exits.
@@ -19,7 +25,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 import weakref
@@ -29,13 +34,14 @@ from pathlib import Path
 
 import anyio
 from anyio.abc import Process
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .base import (
     ClosesOnExit,
     DiskUse,
     ExecResult,
     FailureCallback,
+    Isolation,
     Limits,
     OutputCallback,
     PathNotAllowed,
@@ -44,7 +50,9 @@ from .base import (
     SandboxError,
     SandboxNotFound,
     SandboxSpec,
+    isolation_refused,
 )
+from .bwrap import bwrap_argv
 from .control.runner import (
     NEW_STATE_FILE,
     PID_FILE,
@@ -60,6 +68,7 @@ from .control.runner import (
     state_whole,
 )
 from .disk import check_disk_mb, measure
+from .local_processes import MARKER_ENV, POLL_S, alive, kill_marked, stop_process_group
 from .output import OutputBuffer
 from .registry import DriverContext, DriverPlugin
 from .regular_files import read_regular, write_regular
@@ -67,87 +76,8 @@ from .regular_files import read_regular, write_regular
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
 """Server variables a local command sees. Everything else, API keys included, stays out."""
 
-MARKER_ENV = "MCP_SESSIONS_SANDBOX"
-"""Set in every command's environment so `close()` finds processes that left their group (`setsid`)."""
-
-POLL_S = 0.02
 EXIT_WAIT_S = 2.0
-GRACE_S = 0.35
 READ_CHUNK = 1 << 20
-
-
-def _alive(pid: int) -> bool:
-    """True if `pid` runs and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-async def stop_process_group(pgid: int) -> None:
-    """SIGINT, then SIGTERM, then SIGKILL; the group's last members always get SIGKILL.
-
-    Background jobs of a non-interactive shell ignore SIGINT, so once the leader is gone the rest of
-    the group is killed outright. Returns within about 1 s.
-    """
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        _signal_group(pgid, sig)
-        with anyio.move_on_after(GRACE_S):
-            while _alive(pgid):
-                await anyio.sleep(POLL_S)
-        if not _alive(pgid):
-            break
-    _signal_group(pgid, signal.SIGKILL)
-    with anyio.move_on_after(GRACE_S):
-        while _group_alive(pgid) and _any_member_alive(pgid):
-            await anyio.sleep(POLL_S)
-
-
-def _any_member_alive(pgid: int) -> bool:
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid and _alive(int(entry.name)):
-                    return True
-            except (ProcessLookupError, PermissionError):
-                continue
-    return False
-
-
-def _kill_marked(marker: str) -> int:
-    """SIGKILL every process whose environment carries `MARKER_ENV=marker`. Returns how many."""
-    needle = f"{MARKER_ENV}={marker}".encode()
-    killed = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    os.kill(int(entry.name), signal.SIGKILL)
-                    killed += 1
-        except OSError:
-            continue
-    return killed
 
 
 def resolve_inside(workspace: Path, path: str) -> Path:
@@ -250,9 +180,13 @@ class _Shell:
 
 
 class LocalSandbox(ClosesOnExit):
-    """A workspace folder and a shell runner on this machine."""
+    """A workspace folder and a shell runner on this machine; `isolation` "bwrap" runs the runner in bubblewrap."""
 
-    def __init__(self, name: str, base: Path, env: dict[str, str], limits: Limits) -> None:
+    def __init__(
+        self, name: str, base: Path, env: dict[str, str], limits: Limits, isolation: str = "plain", hidden: Path | None = None
+    ) -> None:
+        self._isolation = isolation
+        self._hidden = hidden or base.parent
         self._name = name
         self._base = base
         self._ws = base / "workspace"
@@ -276,7 +210,8 @@ class LocalSandbox(ClosesOnExit):
             "driver": "local",
             "id": self._name,
             "workspace": str(self._ws),
-            "network": "host (no isolation)",
+            "isolation": self._isolation,
+            "network": "none (only lo)" if self._isolation == "bwrap" else "host (no isolation)",
             "limits": "memory, CPU and processes are not limited by the local driver",
             "disk": {"limit_mb": limit, "mode": "none"}
             if limit is None
@@ -310,7 +245,7 @@ class LocalSandbox(ClosesOnExit):
             return False
         pid, run_id = current
         rc, out = self._state / rc_file(run_id), self._state / output_file(run_id)
-        return read_rc(rc) is None and out.exists() and _alive(pid)
+        return read_rc(rc) is None and out.exists() and alive(pid)
 
     async def _take_shell(self) -> _Shell:
         """This object's runner while the saved state is the one it left, else a new one (it restores the file)."""
@@ -320,8 +255,9 @@ class LocalSandbox(ClosesOnExit):
                 return shell
             self._shell = None
             await shell.aclose()
+        wrap = bwrap_argv(self._base, self._hidden) if self._isolation == "bwrap" else []
         self._shell = await _Shell.start(
-            ["bash", "--noprofile", "--norc", str(self._state / RUNNER_FILE), str(self._state)], self._ws, self._env
+            [*wrap, "bash", "--noprofile", "--norc", str(self._state / RUNNER_FILE), str(self._state)], self._ws, self._env
         )
         return self._shell
 
@@ -434,6 +370,12 @@ class LocalSandbox(ClosesOnExit):
     async def interrupt(self) -> bool:
         current = self._current_run()
         if current is None or not self._active(current):
+            # What earlier commands left running goes, and the idle runner with it (its jobs are its children,
+            # in its process group): the next command starts another, which restores the saved state.
+            shell, self._shell = self._shell, None
+            kill_marked(self._name)
+            if shell is not None:
+                await shell.aclose()
             return False
         (self._state / interrupted_file(current[1])).touch()
         await self._stop(current[0])
@@ -442,7 +384,7 @@ class LocalSandbox(ClosesOnExit):
     async def _stop(self, pgid: int) -> None:
         """Stop a command's process group, then whatever else runs in this sandbox (`setsid` escapees too)."""
         await stop_process_group(pgid)
-        _kill_marked(self._name)
+        kill_marked(self._name)
 
     async def take_over(self) -> ExecResult | None:
         current = self._current_run()
@@ -482,21 +424,28 @@ class LocalSandbox(ClosesOnExit):
     async def close(self, *, delete: bool = False) -> None:
         await self.interrupt()
         await self.disconnect()
-        _kill_marked(self._name)
+        kill_marked(self._name)
         if delete and self._base.exists():
             await anyio.to_thread.run_sync(shutil.rmtree, self._base, True)
 
 
 class LocalDriver:
     """Makes `LocalSandbox`es under `root`. `default_disk_mb` is the workspace limit of specs that ask for none
-    (None: no limit), `max_disk_mb` the most one may ask for."""
+    (None: no limit), `max_disk_mb` the most one may ask for; `hidden` is what a bwrap sandbox must not see
+    (default `root`; the server passes its whole state folder)."""
 
     name = "local"
 
     def __init__(
-        self, root: str | os.PathLike[str], *, default_disk_mb: int | None = None, max_disk_mb: int | None = None
+        self,
+        root: str | os.PathLike[str],
+        *,
+        default_disk_mb: int | None = None,
+        max_disk_mb: int | None = None,
+        hidden: str | os.PathLike[str] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.hidden = Path(hidden) if hidden is not None else self.root
         self.default_disk_mb = default_disk_mb
         self.max_disk_mb = max_disk_mb
         self._sandboxes: weakref.WeakSet[LocalSandbox] = weakref.WeakSet()
@@ -506,8 +455,14 @@ class LocalDriver:
         return replace(spec.limits, disk_mb=disk)
 
     def check(self, spec: SandboxSpec) -> None:
-        """Refuse a workspace size outside this server's range, before anything is made."""
+        """Refuse a workspace size outside this server's range, or bwrap where it is not installed, before
+        anything is made."""
         check_disk_mb(self._limits(spec).disk_mb, self.max_disk_mb)
+        if spec.options.get("isolation") == "bwrap":
+            try:
+                bwrap_argv(self.root / spec.name, self.hidden)
+            except SandboxError as e:
+                raise ValueError(str(e)) from None
 
     def _env(self, spec: SandboxSpec) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
@@ -517,7 +472,8 @@ class LocalDriver:
         return env
 
     def _sandbox(self, spec: SandboxSpec) -> LocalSandbox:
-        sandbox = LocalSandbox(spec.name, self.root / spec.name, self._env(spec), self._limits(spec))
+        isolation = spec.options.get("isolation") or "plain"
+        sandbox = LocalSandbox(spec.name, self.root / spec.name, self._env(spec), self._limits(spec), isolation, self.hidden)
         self._sandboxes.add(sandbox)
         return sandbox
 
@@ -538,6 +494,7 @@ class LocalDriver:
         except OSError as e:
             raise SandboxError(f"Cannot make the workspace under {self.root}: {e.strerror}.") from e
         sandbox._state.mkdir()
+        (sandbox._base / "tmp").mkdir(mode=0o700)
         (sandbox._state / RUNNER_FILE).write_text(RUNNER)
         return sandbox
 
@@ -546,6 +503,7 @@ class LocalDriver:
         if sandbox_id != spec.name or not sandbox._ws.is_dir():
             raise SandboxNotFound(f"The workspace folder {sandbox._ws} no longer exists.")
         sandbox._state.mkdir(exist_ok=True)
+        (sandbox._base / "tmp").mkdir(mode=0o700, exist_ok=True)
         (sandbox._state / RUNNER_FILE).write_text(RUNNER)
         return sandbox
 
@@ -575,9 +533,27 @@ class LocalSettings(BaseModel):
         return self
 
 
+class LocalOptions(BaseModel):
+    """What `create_session` may ask of the local driver."""
+
+    isolation: Isolation | None = Field(None, description="")
+
+    @field_validator("isolation")
+    @classmethod
+    def _own(cls, value: str | None) -> str | None:
+        if refused := isolation_refused("local", value, ("plain", "bwrap")):
+            raise ValueError(refused)
+        return value
+
+
 def _make(settings: object, context: DriverContext) -> LocalDriver:
     s = settings if isinstance(settings, LocalSettings) else LocalSettings()
-    return LocalDriver(context.home / "workspaces", default_disk_mb=s.local_default_disk_mb, max_disk_mb=s.local_max_disk_mb)
+    return LocalDriver(
+        context.home / "workspaces",
+        default_disk_mb=s.local_default_disk_mb,
+        max_disk_mb=s.local_max_disk_mb,
+        hidden=context.home,
+    )
 
 
 plugin = DriverPlugin(
@@ -585,4 +561,5 @@ plugin = DriverPlugin(
     make=_make,
     summary="a folder and a bash shell per session on this machine (no isolation)",
     settings=LocalSettings,
+    options=LocalOptions,
 )

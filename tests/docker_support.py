@@ -12,6 +12,10 @@ mounted under the run's temporary folder.
 Use from a test module (pytest fixtures are found by name, so import the ones the tests use):
 
     from tests.docker_support import docker_engine, docker_server_id, docker_driver, sandbox_factory  # noqa: F401
+
+Tests of what must hold whatever the runtime take `isolation` (each runs under runc and under gVisor) and
+make their sandboxes with `isolated_factory`, or their server with `RUNTIMES[isolation]` as its
+`docker_runtime`. Without runsc registered the gVisor half skips, and fails under `CI=true`.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ import anyio
 import pytest
 
 from sandbox_backends.base import Limits, SandboxSpec
-from sandbox_backends.docker.container import DEFAULT_IMAGE, LABEL_SERVER
+from sandbox_backends.docker.container import DEFAULT_IMAGE, GVISOR_RUNTIME, LABEL_SERVER
 from sandbox_backends.docker.disks import Disks, mounted_under
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
 from tests.ci import unavailable
 
 IMAGE = os.environ.get("MCP_SESSIONS_TEST_IMAGE", DEFAULT_IMAGE)
+RUNTIMES = {"runc": "runc", "gvisor": GVISOR_RUNTIME}
+"""The engine runtime each `isolation` of the docker driver runs on, by default."""
 
 
 def loop_devices_of(root: Path) -> list[str]:
@@ -133,3 +139,23 @@ async def sandbox_factory(docker_driver: DockerDriver) -> AsyncIterator[SandboxF
     yield make
     for sandbox in made:
         await sandbox.close(delete=True)
+
+
+@pytest.fixture(params=list(RUNTIMES))
+def isolation(request: pytest.FixtureRequest, docker_engine: Any) -> str:
+    """Each isolation the docker driver offers, "runc" and "gvisor"; the latter needs runsc registered."""
+    runtime = RUNTIMES[request.param]
+    if runtime not in (docker_engine.info().get("Runtimes") or {}):
+        unavailable(f"the engine has no runtime {runtime!r}. Register it with scripts/install-runsc.sh")
+    return str(request.param)
+
+
+@pytest.fixture
+async def isolated_factory(sandbox_factory: SandboxFactory, isolation: str) -> SandboxFactory:
+    """`sandbox_factory` whose sandboxes ask for the `isolation` of the test's parameter."""
+
+    async def make(**spec: Any) -> DockerSandbox:
+        spec.setdefault("options", {"isolation": isolation})
+        return await sandbox_factory(**spec)
+
+    return make

@@ -27,6 +27,7 @@ from __future__ import annotations
 import posixpath
 import secrets
 import shlex
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +50,14 @@ from sandbox_backends.base import (
     SandboxSpec,
 )
 from sandbox_backends.registry import DriverContext
+from tests.ci import unavailable
 from tests.docker_support import IMAGE, docker_engine, docker_server_id  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.anyio
 
 COMMAND_DRIVERS = [
     pytest.param("local", id="local"),
+    pytest.param("local+bwrap", id="local-bwrap"),
     pytest.param("docker", id="docker", marks=pytest.mark.docker),
     pytest.param("memory", id="memory"),
 ]
@@ -82,6 +85,8 @@ class Servers:
 
     name: str
     make: Callable[[], Driver]
+    options: dict[str, Any] = field(default_factory=dict)
+    """The driver's create options of every sandbox, e.g. {"isolation": "bwrap"}."""
     drivers: list[Driver] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)
     """Sandbox id -> the name it was made with (the session id, to a server)."""
@@ -98,6 +103,7 @@ class Servers:
         """A new sandbox made by the first server, with a fresh name."""
         driver = self.drivers[0] if self.drivers else self.start()
         name = "t-" + secrets.token_hex(5)
+        spec.setdefault("options", self.options)
         sandbox = await driver.create(SandboxSpec(name=name, **spec))
         self.names[sandbox.id] = name
         self.handles[sandbox.id] = sandbox
@@ -105,6 +111,7 @@ class Servers:
 
     async def attach(self, sandbox: Sandbox, driver: Driver | None = None, **spec: Any) -> Sandbox:
         """The same sandbox as another server process sees it (by default a new one)."""
+        spec.setdefault("options", self.options)
         handle = await (driver or self.start()).attach(sandbox.id, SandboxSpec(name=self.names[sandbox.id], **spec))
         self.handles[sandbox.id] = handle
         return handle
@@ -118,7 +125,9 @@ class Servers:
 
 @pytest.fixture(params=COMMAND_DRIVERS)
 async def servers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Servers]:
-    name: str = request.param
+    name, _, isolation = str(request.param).partition("+")  # "local+bwrap": the local driver, isolation="bwrap"
+    if isolation == "bwrap" and shutil.which("bwrap") is None:
+        unavailable("bwrap is not installed (scripts/install-bwrap.sh installs it)")
     server_id = "conformance-" + secrets.token_hex(4)
     if name == "docker":
         server_id = request.getfixturevalue("docker_server_id")  # no engine: skip, or fail under CI
@@ -127,7 +136,7 @@ async def servers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     plugin = registry.drivers()[name]
     settings = plugin.settings.model_validate(SETTINGS.get(name, {})) if plugin.settings else None
     context = DriverContext(home=tmp_path / "home", server_id=server_id)
-    made = Servers(name, lambda: plugin.make(settings, context))
+    made = Servers(name, lambda: plugin.make(settings, context), {"isolation": isolation} if isolation else {})
     yield made
     with anyio.CancelScope(shield=True):
         for handle in made.handles.values():
@@ -362,6 +371,18 @@ async def test_interrupt_stops_jobs_left_by_earlier_commands(servers: Servers) -
 
     assert (await while_running(sb, "echo begin; sleep 300", interrupt)).interrupted
     await assert_stopped(sb, bg)
+
+
+async def test_interrupt_with_nothing_running_stops_jobs_left_by_earlier_commands(servers: Servers) -> None:
+    """What an earlier command left running may hold the sandbox's limits (a fork bomb at the process limit):
+    an interrupt with nothing running is the way to stop it."""
+    sb = await servers.sandbox()
+    bg = workspace_file(sb, "bg")
+    assert (await sb.exec(f"{heartbeat(bg)} & echo left")).output == "left\n"
+    await wait_beating(sb, bg)
+    assert await sb.interrupt() is False  # no command ran
+    await assert_stopped(sb, bg)
+    assert (await sb.exec("echo next")).output == "next\n"
 
 
 async def test_interrupt_from_another_server_stops_the_command(servers: Servers) -> None:

@@ -36,15 +36,19 @@ from sandbox_backends.docker.container import (
     SESSION_PREFIX,
     STATE_DIR,
     WORKSPACE,
+    host_pids,
 )
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
 from sandbox_backends.docker.transport import open_exec
 from tests.docker_support import (  # noqa: F401  (fixtures are used by name)
     IMAGE,
+    RUNTIMES,
     docker_driver,
     docker_engine,
     docker_server_id,
+    isolated_factory,
+    isolation,
     sandbox_factory,
 )
 
@@ -141,20 +145,22 @@ async def test_an_image_with_another_python_compiles_the_control_shell_from_sour
 
 
 @pytest.mark.docker
-async def test_hardened_container(sandbox_factory: Any, docker_engine: Any) -> None:
+async def test_hardened_container(isolated_factory: Any, docker_engine: Any, isolation: str) -> None:
     limits = Limits(memory_mb=256, cpus=0.5, pids=100, tmp_mb=32)
-    sb = await sandbox_factory(limits=limits, labels={"team": "qa"})
+    sb = await isolated_factory(limits=limits, labels={"team": "qa"})
     r = await sb.exec(
-        "id -u; ls /sys/class/net; grep -E '^(Cap(Inh|Prm|Eff|Amb)|NoNewPrivs)' /proc/self/status; "
+        "id -u; awk -F: 'NR > 2 { printf $1 }' /proc/net/dev | tr -d ' '; echo; grep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status; "
+        "python3 -c 'import ctypes; print(\"no_new_privs\", ctypes.CDLL(None).prctl(39, 0, 0, 0, 0))'; "
         "for p in /etc/x /usr/x /x /home/sandbox/x /var/x; do touch $p 2>/dev/null && echo WROTE $p; done; "
         "touch /tmp/ok /workspace/ok && echo tmp-and-workspace-ok; df -m /tmp | tail -1"
     )
     lines = r.output.splitlines()
     assert lines[0] == "1000"
     assert lines[1] == "lo"  # no interface but loopback
-    for kind in ("Inh", "Prm", "Eff", "Amb"):  # commands have no capabilities...
+    for kind in ("Inh", "Prm", "Eff"):  # commands have no capabilities...
         assert f"Cap{kind}:\t0000000000000000" in r.output
-    assert "NoNewPrivs:\t1" in r.output  # ...and cannot gain any
+    assert "CapAmb:" not in r.output or "CapAmb:\t0000000000000000" in r.output  # (gVisor does not show it)
+    assert "no_new_privs 1" in r.output  # ...and cannot gain any
     assert "WROTE" not in r.output
     assert "tmp-and-workspace-ok" in r.output
     assert " 32 " in lines[-1]  # /tmp tmpfs sized by Limits.tmp_mb
@@ -167,7 +173,8 @@ async def test_hardened_container(sandbox_factory: Any, docker_engine: Any) -> N
     assert sorted(hc["CapAdd"]) == ["KILL", "SETGID", "SETUID"]  # for the control shell alone
     assert hc["Memory"] == hc["MemorySwap"] == 256 << 20
     assert hc["NanoCpus"] == 500_000_000
-    assert hc["PidsLimit"] == 100
+    assert hc["PidsLimit"] == host_pids(isolation == "gvisor", 100)
+    assert hc["Runtime"] == RUNTIMES[isolation]
     assert hc["Init"] is True
     assert info["Config"]["User"] == "0:0"  # init, the keepalive and control shells; commands run as 1000
     labels = info["Config"]["Labels"]
@@ -177,21 +184,23 @@ async def test_hardened_container(sandbox_factory: Any, docker_engine: Any) -> N
     described = sb.describe()
     assert described["network"] == "none"
     assert described["limits"] == {"memory_mb": 256, "cpus": 0.5, "pids": 100, "tmp_mb": 32, "swap": "none"}
+    assert (described["isolation"], described["runtime"]) == (isolation, RUNTIMES[isolation])
     assert described["read_only_root"] is True and described["user"] == "1000:1000"
     assert described["capabilities"] == "none for commands; the control shell keeps SETUID, SETGID, KILL"
 
 
 @pytest.mark.docker
-async def test_sandboxes_cannot_see_each_other(sandbox_factory: Any) -> None:
-    a = await sandbox_factory()
-    b = await sandbox_factory()
+async def test_sandboxes_cannot_see_each_other(isolated_factory: Any) -> None:
+    a = await isolated_factory()
+    b = await isolated_factory()
     await a.write_file("secret.txt", b"only a")
     r = await a.exec("echo tmp-secret > /tmp/secret; sleep 30 & echo started")
     assert r.exit_code == 0
     count = "ps -eo args= | grep -c '^sleep 30$' || true"  # the pattern does not match grep's own line
-    assert (await a.exec(count)).output == "1\n"  # a sees its own job: the count can see it
-    r = await b.exec(f"ls -A /workspace; cat /tmp/secret 2>&1; {count}")
-    assert "secret.txt" not in r.output
+    files = "shopt -s nullglob dotglob; echo files: /workspace/*"  # (not ls: gVisor's statx fails it)
+    assert (await a.exec(f"{files}; {count}")).output == "files: /workspace/secret.txt\n1\n"  # a sees its own
+    r = await b.exec(f"{files}; cat /tmp/secret 2>&1; {count}")
+    assert r.output.splitlines()[0] == "files:"
     assert "No such file" in r.output
     assert r.output.splitlines()[-1] == "0"  # b does not
     with pytest.raises(FileNotFoundError):
@@ -199,18 +208,23 @@ async def test_sandboxes_cannot_see_each_other(sandbox_factory: Any) -> None:
 
 
 @pytest.mark.docker
-async def test_fork_bomb_stays_inside_its_process_limit(sandbox_factory: Any, docker_engine: Any) -> None:
-    sb = await sandbox_factory(limits=Limits(pids=64))
+async def test_fork_bomb_stays_inside_its_process_limit(isolated_factory: Any, docker_engine: Any, isolation: str) -> None:
+    """Under runc the cgroup holds the bomb to 64 processes; under gVisor RLIMIT_NPROC does, inside, and the
+    cgroup (counting gVisor's own host tasks) keeps to its larger limit. A command that stays at the limit
+    is stopped, its result saying why."""
+    sb = await isolated_factory(limits=Limits(pids=64))
     container = docker_engine.containers.get(sb.id)
-    peak_pids = 0
+    peak_pids = peak_inside = 0
     host_runs: list[int] = []  # exit codes of processes the host started while the bomb ran
 
     async def watch_host() -> None:
-        nonlocal peak_pids
+        nonlocal peak_pids, peak_inside
         while True:
             await anyio.sleep(0.1)
             stats = await anyio.to_thread.run_sync(lambda: container.stats(stream=False, one_shot=True))
             peak_pids = max(peak_pids, stats.get("pids_stats", {}).get("current", 0))
+            if isolation == "gvisor":  # the cgroup counts gVisor's host tasks: count the sandbox's own inside
+                peak_inside = max(peak_inside, len(await anyio.to_thread.run_sync(user_processes, docker_engine, sb)))
             host_runs.append((await anyio.run_process(["true"], check=False)).returncode)
 
     async with anyio.create_task_group() as tg:
@@ -218,20 +232,26 @@ async def test_fork_bomb_stays_inside_its_process_limit(sandbox_factory: Any, do
         with anyio.fail_after(30):
             r = await sb.exec("bomb() { bomb | bomb & }; bomb; sleep 100", timeout_s=4)
         tg.cancel_scope.cancel()
-    assert r.timed_out
-    assert peak_pids > 32  # the bomb did run...
-    assert peak_pids <= 64  # ...and stayed inside the limit
+    assert not r.timed_out  # stopped a second after it reached the limit, saying so
+    assert r.failure is not None and r.failure.startswith("process limit reached: the sandbox runs "), r.failure
+    inside = peak_inside if isolation == "gvisor" else peak_pids
+    assert inside > 32  # the bomb did run...
+    assert inside <= 64  # ...and stayed inside the limit
+    assert peak_pids <= host_pids(isolation == "gvisor", 64)
     assert host_runs and set(host_runs) == {0}  # the host kept starting processes (no timing: the machine is shared)
     r = await sb.exec("echo alive")
     assert r.output == "alive\n"
 
 
 @pytest.mark.docker
-async def test_a_memory_hog_fails_its_command_not_the_sandbox(
-    docker_driver: DockerDriver, sandbox_factory: Any, docker_engine: Any
+async def test_a_memory_hog_is_stopped_at_the_memory_limit(
+    docker_driver: DockerDriver, isolated_factory: Any, docker_engine: Any, isolation: str
 ) -> None:
-    sb = await sandbox_factory(limits=Limits(memory_mb=64))
-    witness = await sandbox_factory()
+    """Under runc the kernel kills the command's process and the command fails, the sandbox stays. Under
+    gVisor the host's OOM killer takes gVisor's own kernel, which holds the sandbox's memory: the sandbox
+    dies, and the driver reports it so (SECURITY.md says so)."""
+    sb = await isolated_factory(limits=Limits(memory_mb=64))
+    witness = await isolated_factory()
     failures: list[tuple[str, str]] = []
 
     async def on_failure(name: str, reason: str) -> None:
@@ -240,7 +260,12 @@ async def test_a_memory_hog_fails_its_command_not_the_sandbox(
     async with anyio.create_task_group() as tg:
         tg.start_soon(docker_driver.watch, on_failure)
         await watch_caught_up(docker_engine, docker_driver.server_id, failures)
-        r = await sb.exec('python3 -c \'b = bytearray(512 << 20); print("sur" + "vived")\'', timeout_s=60)
+        hog = 'python3 -c \'b = bytearray(512 << 20); print("sur" + "vived")\''
+        if isolation == "gvisor":
+            with pytest.raises(SandboxError, match="oom killed"):
+                await sb.exec(hog, timeout_s=60)
+        else:
+            r = await sb.exec(hog, timeout_s=60)
         # The engine reports events in order: once the witness's death is reported, so would the OOM have been.
         await anyio.to_thread.run_sync(lambda: docker_engine.containers.get(witness.id).kill())
 
@@ -249,13 +274,18 @@ async def test_a_memory_hog_fails_its_command_not_the_sandbox(
 
         await wait_for(reported)
         tg.cancel_scope.cancel()
+    reported_failures = [(name, why) for name, why in failures if not name.startswith(PROBE)]  # the probes are too
+    if isolation == "gvisor":
+        assert dict(reported_failures) == {sb.name: "oom killed", witness.name: "sandbox exited with code 137"}
+        return
     assert r.exit_code == 137
     assert "survived" not in r.output
     assert r.failure == (
-        "out of memory: the sandbox reached its memory limit of 64 MiB and the kernel killed a process while the command ran"
+        "out of memory: the sandbox reached its memory limit of 64 MiB and the kernel killed a process while the command ran. "
+        "Interrupt the session to kill the processes earlier commands left running, close it, or create a session with a "
+        "larger limits.memory_mb"
     )
-    failed = [name for name, _ in failures if not name.startswith(PROBE)]  # the probes are reported too
-    assert failed == [witness.name]  # the sandbox itself did not fail
+    assert [name for name, _ in reported_failures] == [witness.name]  # the sandbox itself did not fail
     assert (await sb.exec("echo still-here")).output == "still-here\n"
     assert (await sb.exec("true")).failure is None  # the next command counts its own kills
 
@@ -317,8 +347,8 @@ async def _run_until_all_started(
 
 
 @pytest.mark.docker
-async def test_interrupt_stops_everything_the_command_started(sandbox_factory: Any, docker_engine: Any) -> None:
-    sb = await sandbox_factory()
+async def test_interrupt_stops_everything_the_command_started(isolated_factory: Any, docker_engine: Any) -> None:
+    sb = await isolated_factory()
     results: list[ExecResult] = []
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
@@ -408,11 +438,12 @@ async def test_a_background_job_outlives_its_command_but_not_in_the_next_ones_jo
 
 
 @pytest.mark.docker
-async def test_written_files_belong_to_the_sandbox_user(sandbox_factory: Any) -> None:
+async def test_written_files_belong_to_the_sandbox_user(isolated_factory: Any) -> None:
     """Files the server writes are the sandbox user's (not root's), so commands can run and change them."""
-    sb = await sandbox_factory()
+    sb = await isolated_factory()
     await sb.write_file("src/pkg/mod.py", b"print('hi')\n")
-    r = await sb.exec("python3 src/pkg/mod.py; stat -c '%u %a' src/pkg/mod.py; echo 'print(2)' >> src/pkg/mod.py")
+    owner = "import os; s = os.stat('src/pkg/mod.py'); print(s.st_uid, oct(s.st_mode)[-3:])"  # no statx (gVisor's)
+    r = await sb.exec(f"python3 src/pkg/mod.py; python3 -c \"{owner}\"; echo 'print(2)' >> src/pkg/mod.py")
     assert (r.exit_code, r.output) == (0, "hi\n1000 644\n")
     assert await sb.read_file("src/pkg/mod.py", 100) == b"print('hi')\nprint(2)\n"
 
@@ -622,6 +653,13 @@ async def test_create_reports_phases_and_actionable_errors(docker_driver: Docker
         await docker_driver.create(SandboxSpec(name="t-" + secrets.token_hex(5), image="no-such-image:1"))
     with pytest.raises(SandboxError, match="network"):
         await docker_driver.create(SandboxSpec(name="t-" + secrets.token_hex(5), network=True))
+    unregistered = DockerDriver(image=IMAGE, server_id=docker_driver.server_id, gvisor_runtime="runsc-unregistered")
+    with pytest.raises(SandboxError) as no_gvisor:
+        await unregistered.create(SandboxSpec(name="t-" + secrets.token_hex(5), options={"isolation": "gvisor"}))
+    assert str(no_gvisor.value) == (
+        "gVisor is not available: this Docker engine has no runtime 'runsc-unregistered'. Run scripts/install-runsc.sh "
+        "on the engine's machine (it installs runsc and registers it in /etc/docker/daemon.json), or use isolation='runc'."
+    )
     capped = DockerDriver(image=IMAGE, server_id=docker_driver.server_id, max_limits=Limits(memory_mb=512))
     with pytest.raises(SandboxError, match="memory_mb=1024 is over this server's maximum of 512"):
         await capped.create(SandboxSpec(name="t-" + secrets.token_hex(5)))

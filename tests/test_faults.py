@@ -72,7 +72,8 @@ async def test_a_sandbox_that_fills_its_tmp_fails_the_command_and_stays_usable(d
     async with Client(create_server(docker_settings), mode="legacy") as client:
         sid = await new_session(client, limits={"tmp_mb": 8})
         reply = await call(client, "send_message", session_id=sid, text="head -c 64m /dev/zero > /tmp/big", wait_s=30)
-        assert reply["turn_status"] == "completed" and reply["exit_code"] != 0
+        assert reply["turn_status"] == "failed" and reply["exit_code"] != 0  # and says why (tests/test_exhaustion.py)
+        assert reply["reason"].startswith("/tmp is full (its limit is 8 MiB)"), reply
         assert "No space left on device" in reply["output"], reply
         session = (await call(client, "get_session", session_id=sid))["session"]
         assert session["status"] == "ready"

@@ -7,6 +7,8 @@ state, or answer for a later command; a result is the exit code and output of th
 refused, not waited on; a command killed at the memory limit fails its turn, not the session.
 """
 
+# ruff: noqa: F811  (the fixtures imported from tests.docker_support are used by name)
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
 from .conftest import call, new_session
-from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
+from .docker_support import IMAGE, RUNTIMES, docker_engine, isolation, remove_labelled  # noqa: F401
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -45,7 +47,9 @@ FORGED = b'J\x00\x00\x00\x2a{"req":"q1","ev":"exit","rc":0,"bytes":16}'
 
 def note(kind, target, error):
     if error is None:
-        log.write("WROTE %s %s\n" % (kind, target))
+        if (kind, None) not in tried:  # once a kind: the log is read back through a turn's (bounded) output
+            tried.add((kind, None))
+            log.write("WROTE %s %s\n" % (kind, target))
     elif (kind, error) not in tried:
         tried.add((kind, error))
         log.write("refused %s %s: %s\n" % (kind, target, error))
@@ -64,9 +68,22 @@ def write_to(path, data=FORGED, make=0):
     def go():
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | make, 0o644)
         try:
+            if os.readlink("/proc/self/fd/%d" % fd) == "/dev/null":  # what it reached leads nowhere
+                raise OSError(6, "only /dev/null")
             os.write(fd, data)
         finally:
             os.close(fd)
+    return go
+
+
+def still_root(pid, fn):
+    """`fn`, which counts only if `pid` is still root's after it: a child the control shell starts is root's
+    for a moment before it becomes the sandbox user (its descriptors on /dev/null by then): that root
+    process is gone, as if it had ended."""
+    def go():
+        fn()
+        if int(status(pid)["Uid"].split()[0]) != 0:
+            raise OSError(3, os.strerror(3))
     return go
 
 
@@ -106,13 +123,13 @@ while not os.path.exists(stop) and time.monotonic() < end:
         except (OSError, KeyError, ValueError):
             continue
         if uid == 0:  # init, the keepalive, control shells
-            attempt("control-stream", pid, write_to("/proc/%d/fd/1" % pid))
-            attempt("control-stdin", pid, write_to("/proc/%d/fd/0" % pid))
-            attempt("signal-root", pid, lambda: os.kill(pid, 0))
+            attempt("control-stream", pid, still_root(pid, write_to("/proc/%d/fd/1" % pid)))
+            attempt("control-stdin", pid, still_root(pid, write_to("/proc/%d/fd/0" % pid)))
+            attempt("signal-root", pid, still_root(pid, lambda: os.kill(pid, 0)))
         elif cmdline.startswith(TURN_SHELL):  # the shell of a command, running or started ahead
             attempt("shell-fd-list", pid, lambda: os.listdir("/proc/%d/fd" % pid))
             for fd in (3, 5, 252, 254):
-                attempt("shell-fd", pid, write_to("/proc/%d/fd/%d" % (pid, fd)))
+                attempt("shell-fd", "%d/%d" % (pid, fd), write_to("/proc/%d/fd/%d" % (pid, fd)))
             attempt("shell-memory", pid, read("/proc/%d/mem" % pid))
             attempt("shell-ptrace", pid, ptrace(pid))
         else:  # a process of a command: what it writes its output to is the control shell's file
@@ -140,9 +157,19 @@ KINDS = {
 """Every way the attacker tries, and the refusal each must meet."""
 
 
+def expected(isolation: str) -> tuple[dict[str, str], set[str], set[str]]:
+    """(the refusals each way must meet, the ways that may succeed, other refusals that count) under `isolation`.
+    Under gVisor (SECURITY.md) a turn shell is dumpable, so its descriptors can be listed, but opened only with
+    the rights their files give (root's are refused); the host's descriptors cannot be opened at all."""
+    if isolation != "gvisor":
+        return KINDS, set(), set()
+    return {k: v for k, v in KINDS.items() if k != "shell-fd-list"}, {"shell-fd-list"}, {"Bad file descriptor"}
+
+
 @pytest.fixture
-def docker_settings(home: Path, docker_engine: Any) -> Iterator[Settings]:  # noqa: F811
-    settings = Settings(home=home, driver="docker", image=IMAGE, command_timeout_s=120)
+def docker_settings(home: Path, docker_engine: Any, isolation: str) -> Iterator[Settings]:
+    """A docker server whose sessions run on the runtime of `isolation` by default (each test runs under both)."""
+    settings = Settings(home=home, driver="docker", image=IMAGE, command_timeout_s=120, docker_runtime=RUNTIMES[isolation])
     yield settings
     remove_labelled(docker_engine, server_id(settings))
 
@@ -151,7 +178,7 @@ async def send(client: Client, sid: str, text: str, **args: Any) -> dict[str, An
     return await call(client, "send_message", session_id=sid, text=text, **args)
 
 
-async def test_a_process_left_by_a_command_cannot_answer_for_the_next(docker_settings: Settings) -> None:
+async def test_a_process_left_by_a_command_cannot_answer_for_the_next(docker_settings: Settings, isolation: str) -> None:
     """The attack that fooled the old control shell: a background job that writes a forged result (into the
     control shell's stdout, its state files, the next command's shell or output). The next turn reports the
     exit code and output of its own command, and every way in is refused."""
@@ -166,14 +193,16 @@ async def test_a_process_left_by_a_command_cannot_answer_for_the_next(docker_set
         with anyio.fail_after(BOUND_S):  # wait for its last word
             while "done" not in (log := (await send(client, sid, "cat /tmp/attack.log"))["output"]):
                 await anyio.sleep(0.5)
-    assert "WROTE" not in log, log
+    kinds, may_succeed, also_refused = expected(isolation)
+    assert {line.split()[1] for line in log.splitlines() if line.startswith("WROTE ")} <= may_succeed, log
     refused: dict[str, set[str]] = {}
     for line in log.splitlines():
         if line.startswith("refused "):
             refused.setdefault(line.split()[1], set()).add(line.partition(": ")[2])
-    assert set(refused) == set(KINDS), log  # it found every target...
-    for kind, error in KINDS.items():  # ...and met the refusal it should (or found it gone, racing its end)
-        assert error in refused[kind] and refused[kind] <= {error, "No such file or directory", "No such process"}, log
+    assert set(refused) - may_succeed == set(kinds), log  # it found every target...
+    for kind, error in kinds.items():  # ...and met the refusal it should (or found it gone, racing its end)
+        gone = {"No such file or directory", "No such process", "only /dev/null"}
+        assert error in refused[kind] and refused[kind] <= {error, *gone, *also_refused}, log
 
 
 async def test_a_command_cannot_reach_its_control_shell(docker_settings: Settings) -> None:
@@ -184,12 +213,12 @@ async def test_a_command_cannot_reach_its_control_shell(docker_settings: Setting
         reply = await send(
             client,
             sid,
-            "printf 'Z\\377\\377\\377\\377junk' > /proc/$PPID/fd/1; ls /run/mcp-shell; touch /run/mcp-shell/x.rc; "
+            "printf 'Z\\377\\377\\377\\377junk' > /proc/$PPID/fd/1; find /run/mcp-shell -mindepth 1; touch /run/mcp-shell/x.rc; "
             "cat /run/mcp-shell/state.sh; kill -STOP $PPID; echo after",
         )
         lines = reply["output"].splitlines()
         assert "/proc/" in lines[0] and lines[0].endswith("/fd/1: Permission denied"), lines
-        assert lines[1] == "ls: cannot open directory '/run/mcp-shell': Permission denied"
+        assert lines[1].startswith("find: ") and lines[1].endswith("/run/mcp-shell\u2019: Permission denied"), lines
         assert lines[2] == "touch: cannot touch '/run/mcp-shell/x.rc': Permission denied"
         assert lines[3] == "cat: /run/mcp-shell/state.sh: Permission denied"
         assert lines[4].endswith("Operation not permitted") and lines[5:] == ["after"]
@@ -234,13 +263,24 @@ async def test_a_fifo_in_the_workspace_is_refused_not_waited_on(docker_settings:
         assert stopped["interrupted"] and stopped["status"] == "ready"
 
 
-async def test_a_command_killed_out_of_memory_fails_its_turn_not_the_session(docker_settings: Settings) -> None:
+async def test_a_command_killed_out_of_memory_fails_its_turn_not_the_session(docker_settings: Settings, isolation: str) -> None:
+    """Under gVisor the host's OOM killer takes gVisor itself, and with it the session (SECURITY.md): then the
+    turn and the session fail, saying so."""
     async with Client(create_server(docker_settings), mode="legacy") as client:
         sid = await new_session(client, limits={"memory_mb": 128})
         reply = await send(client, sid, "python3 -c 'x = bytearray(1 << 30); print(len(x))'; echo after $?", wait_s=BOUND_S)
         assert reply["turn_status"] == "failed"
+        if isolation == "gvisor":
+            assert reply["reason"] in ("oom killed", "the sandbox failed: oom killed"), reply  # the turn, or the session first
+            with anyio.fail_after(BOUND_S):
+                while (session := (await call(client, "get_session", session_id=sid))["session"])["status"] != "failed":
+                    await anyio.sleep(0.1)
+            assert "oom killed" in session["failure_reason"], session
+            return
         assert reply["reason"] == (
-            "out of memory: the sandbox reached its memory limit of 128 MiB and the kernel killed a process while the command ran"
+            "out of memory: the sandbox reached its memory limit of 128 MiB and the kernel killed a process while the command ran. "
+            "Interrupt the session to kill the processes earlier commands left running, close it, or create a session with a "
+            "larger limits.memory_mb"
         )
         assert reply["output"].endswith("after 137\n")
         assert reply["status"] == "ready"

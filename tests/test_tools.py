@@ -132,10 +132,10 @@ async def test_wrong_types_are_tool_errors(client: Client) -> None:
 
 
 async def test_an_unknown_argument_is_refused_naming_the_ones_the_tool_takes(client: Client) -> None:
-    """A misspelled or invented option used to be dropped: create_session(isolation="gvisor") made an ordinary
+    """A misspelled or invented option used to be dropped: create_session(runtime="firecracker") made an ordinary
     session and said nothing."""
-    refused = await call_error(client, "create_session", driver="local", isolation="gvisor")
-    assert refused.startswith("Unknown argument 'isolation' for create_session, which takes only: title, driver, agent,")
+    refused = await call_error(client, "create_session", driver="local", runtime="firecracker")
+    assert refused.startswith("Unknown argument 'runtime' for create_session, which takes only: title, driver, agent,")
     assert (await call(client, "list_sessions"))["total"] == 0  # nothing was made
     sid = await new_session(client)
     refused = await call_error(client, "send_message", session_id=sid, txt="echo hi", wait=3)

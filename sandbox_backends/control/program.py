@@ -133,6 +133,14 @@ def write_whole(name, data, mode=0o600):
     os.replace(path(tmp), path(name))
 
 
+def unnamed_file(name):
+    """A file of the folder that no other process can open by name: made, opened and unlinked at once (the
+    folder is root's, mode 0711). Not O_TMPFILE, which gVisor's tmpfs does not offer."""
+    fd = os.open(path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    os.unlink(path(name))
+    return fd
+
+
 def read_all(fd):
     parts, offset = [], 0
     while True:
@@ -202,6 +210,77 @@ def kill_others():
         time.sleep(0.005)
 
 
+# -- limits a command may find used up -------------------------------------------------------------
+
+EXHAUSTED_S = 1.0
+"""How long the sandbox may stay at its process limit while a command runs before the command is stopped
+as one that cannot run: bash retries a fork that fails for about 15 s, and then exits 254, saying nothing
+a caller could act on. (At the limit a fork fails at once: a second there is not a command that is busy.)"""
+pids_files = []
+watching = [0.0, None]
+"""When the process use is looked at next, and since when the sandbox has been at its limit (or None)."""
+
+
+def process_use():
+    """(processes, limit) of the sandbox now: its pids cgroup (v1 or v2), else (gVisor, which keeps the limit as
+    the sandbox user's RLIMIT_NPROC) that user's processes against it; None where no limit is known."""
+    if not pids_files:
+        for folder in ("/sys/fs/cgroup/pids/", "/sys/fs/cgroup/"):
+            try:
+                pids_files.append((os.open(folder + "pids.current", os.O_RDONLY), os.open(folder + "pids.max", os.O_RDONLY)))
+                break
+            except OSError:
+                continue
+        else:
+            pids_files.append(None)
+    try:
+        if pids_files[0] is not None:
+            most = os.pread(pids_files[0][1], 64, 0).strip()
+            return None if most == b"max" else (int(os.pread(pids_files[0][0], 64, 0)), int(most))
+        import resource  # only here (gVisor): the control shell's start imports nothing it can do without
+
+        most = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        if most == resource.RLIM_INFINITY or user[0] is None:
+            return None
+        return sum(1 for p in pids() if real_uid(p) == user[0][0]), most
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def watch_limits():
+    """While a command runs: one that stays at the process limit (forks fail: it cannot run) is stopped, and
+    its result says so."""
+    sh = current[0]
+    now = time.monotonic()
+    if sh is None or sh.exhausted is not None:
+        watching[1] = None
+        return
+    if now < watching[0]:
+        return
+    watching[0] = now + 0.2
+    use = process_use()
+    if use is None or use[0] < use[1]:
+        watching[1] = None
+    elif watching[1] is None:
+        watching[1] = now
+    elif now - watching[1] >= EXHAUSTED_S:
+        sh.exhausted = {"limit": "pids", "used": use[0], "max": use[1]}
+        killpg(sh.pid, signal.SIGKILL)
+
+
+def full_places():
+    """The writable places with no room left (under 1 MiB): [{"place": "tmp" or "workspace", "mb": size}]."""
+    found = []
+    for place, where in (("tmp", "/tmp"), ("workspace", WS)):
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            continue
+        if st.f_blocks and st.f_bavail * st.f_frsize < (1 << 20):
+            found.append({"place": place, "mb": st.f_blocks * st.f_frsize >> 20})
+    return found
+
+
 def group_alive(pgid):
     for p in pids():
         st = stat_of(p)
@@ -257,6 +336,22 @@ def capabilities():
     return 0
 
 
+def runs_unreadable(program):
+    """Whether a user who may not read `program` (execute-only) can run it: Linux lets it, gVisor does not."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(DEVNULL, 1)
+            os.dup2(DEVNULL, 2)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.execve(program, ["bash", "-c", ":"], {})
+        finally:
+            os._exit(127)
+    return os.waitpid(pid, 0)[1] == 0
+
+
 def setup():
     """Check the privileges and the folder this needs, and install the turn shell: an error message, or None."""
     needed = (1 << 5) | (1 << 6) | (1 << 7)  # CAP_KILL, CAP_SETGID, CAP_SETUID
@@ -278,6 +373,10 @@ def setup():
             return "its image has no bash"
         with open(found[0] + "/bash", "rb") as f:
             write_whole(BASH_COPY, f.read(), 0o111)  # execute-only: the kernel makes what runs it non-dumpable
+        if not runs_unreadable(path(BASH_COPY)):
+            # gVisor reads what it runs with the caller's rights: there the copy is readable, and what keeps
+            # other processes of the user from a turn shell is gVisor's Yama ptrace scope (1: descendants only).
+            os.chmod(path(BASH_COPY), 0o555)
     for name in os.listdir(DIR):  # what a control shell that was killed left: its standbys' files, a half write
         owner = name[3:].split("-")[0] if name.startswith("cmd") else name.rpartition(".tmp")[2]
         if owner.isdigit() and int(owner) != ME and not alive(int(owner)):
@@ -362,13 +461,15 @@ class Shell:
         self.status = None
         self.result = None
         """(exit code, OOM kills) once it ended, as recorded."""
+        self.exhausted = None
+        """The limit that stopped its command ({"limit": "pids", "used", "max"}), if one did."""
         self.state = None
         """The state it was given to restore: a save that is the same is not written again."""
         self.out = self.saved = self.given = self.go = None
         try:
             self.out = os.open(path(self.tok + ".out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
             self.saved = os.open(path(self.tok + ".state"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            self.given = os.open(DIR, os.O_TMPFILE | os.O_RDWR, 0o644)  # readable by the shell through fd 5, by nobody else
+            self.given = unnamed_file(self.tok + ".given")  # readable by the shell through fd 5, by nobody else
             go_r, self.go = os.pipe()
         except OSError:
             self.close()
@@ -643,6 +744,11 @@ def start_run(req, msg):
                 sh.close()
             if attempt:
                 cleanup(run)
+                use = process_use()
+                if e.errno == errno.EAGAIN and use is not None and use[0] >= use[1]:  # the command cannot run: say why
+                    exhausted = {"limit": "pids", "used": use[0], "max": use[1]}
+                    reply(req, ev="exit", run=run, rc=None, oom=0, interrupted=False, bytes=0, exhausted=exhausted)
+                    return
                 reply(req, error="spawn", message="Cannot start the command: %s." % (e.strerror or e))
                 return
     f = Follower(req, run, os.open(path(run + ".out"), os.O_RDONLY), shell=sh)
@@ -669,9 +775,13 @@ def follow(req, msg):
     followers.append(f)
 
 
-def stop(req, mark):
+def stop(req, mark, background=False):
+    """Stop the running command and everything of the sandbox user's; with none running, `background` (an
+    interrupt) still stops what earlier commands left running."""
     cur = current_run()
     if cur is None or not run_active(cur):
+        if background:
+            kill_others()
         reply(req, ok=True, was_running=False, run=cur[2] if cur else None)
         return
     pid, start, run = cur[0], cur[1], cur[2]
@@ -778,7 +888,19 @@ def pump_all():
         os.close(f.fd)
         followers.remove(f)
         interrupted = os.path.exists(path(f.run + ".interrupted"))
-        reply(f.req, ev="exit", run=f.run, rc=result[0], oom=result[1], interrupted=interrupted, bytes=f.sent)
+        exhausted = f.shell.exhausted if f.shell is not None else None
+        full = full_places() if result[0] else []  # a command that failed for want of room: say where
+        reply(
+            f.req,
+            ev="exit",
+            run=f.run,
+            rc=result[0],
+            oom=result[1],
+            interrupted=interrupted,
+            bytes=f.sent,
+            exhausted=exhausted,
+            full=full,
+        )
         if f.shell is not None:
             quiet_until[0] = last_busy[0] = time.monotonic()
             quiet_until[0] += 0.05  # until the server acknowledges (see refill_due)
@@ -809,10 +931,6 @@ class AsUser:
 
     def __enter__(self):
         lib = libc()
-        if lib is None:
-            raise OSError(
-                95, "the sandbox image's python3 has no ctypes, which reading files with the sandbox user's rights needs"
-            )
         uid, gid, _ = user[0]
         lib.setfsgid(gid)
         lib.setfsuid(uid)
@@ -823,6 +941,74 @@ class AsUser:
     def __exit__(self, *exc):
         libc().setfsuid(0)
         libc().setfsgid(0)
+
+
+fsuid = []
+"""[True] where this kernel has setfsuid (Linux); [False] where it does not (gVisor), or without ctypes."""
+
+
+def as_user(fn, *args):
+    """`fn(*args)` with the sandbox user's file rights; it returns (an open descriptor or None, a marshal-able
+    value). With setfsuid, in this thread; without, in a child process of that user, which hands back the
+    descriptor over a socket (SCM_RIGHTS) and the value beside it: the same rights, a fork dearer."""
+    if not fsuid:
+        lib = libc()
+        fsuid.append(lib is not None and lib.setfsuid(-1) == 0)
+    if fsuid[0]:
+        with AsUser():
+            return fn(*args)
+    import socket  # only here: the control shell's start imports nothing it can do without
+
+    mine, theirs = socket.socketpair()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                # Nothing of the control shell's may stay open once this is the sandbox user's process: under
+                # gVisor others of that user can open its descriptors through /proc (the control stream!).
+                for fd in (0, 1, 2):
+                    os.dup2(DEVNULL, fd)
+                for name in os.listdir("/proc/self/fd"):
+                    if int(name) > 2 and int(name) != theirs.fileno():
+                        try:
+                            os.close(int(name))
+                        except OSError:
+                            pass
+                uid, gid, groups = user[0]
+                os.setgroups(groups)
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+                try:
+                    fd, value = fn(*args)
+                    answer, fds = (None, value), [] if fd is None else [fd]
+                except OSError as e:
+                    answer, fds = (e.errno, e.strerror or str(e)), []
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(memoryview(__import__("array").array("i", fds))))]
+                theirs.sendmsg([marshal.dumps(answer)], rights if fds else [])
+            finally:
+                os._exit(0)
+        theirs.close()
+        data, ancillary, _flags, _addr = mine.recvmsg(1 << 16, socket.CMSG_SPACE(4))
+    finally:
+        mine.close()
+        try:
+            theirs.close()
+        except OSError:
+            pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # the main loop's reap() took it
+    fd = None
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(raw) >= 4:
+            fd = int.from_bytes(raw[:4], sys.byteorder, signed=True)
+    if not data:
+        raise OSError(5, "the process that opens files as the sandbox user ended without an answer")
+    errno, value = marshal.loads(data)
+    if errno is not None:
+        raise OSError(errno, value)
+    return fd, value
 
 
 def inside(p):
@@ -859,9 +1045,20 @@ def file_error(req, e):
     reply(req, error=kind, message=e.strerror or str(e))
 
 
-def open_regular(req, full, flags):
-    """Open a workspace file without blocking or following a last symlink; refuse anything but a regular file."""
-    fd = os.open(full, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW, 0o644)
+def open_inside(name, flags, writing):
+    """(descriptor, None) of a workspace file opened without blocking or following a last symlink (run with the
+    sandbox user's rights, by `as_user`; `writing` makes its folders); (None, None) for a path that leads out of
+    the workspace (or, to write, is the workspace)."""
+    full = inside(name)
+    if full is None or (writing and full == WS):
+        return None, None
+    if writing:
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+    return os.open(full, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW, 0o644), None
+
+
+def checked_regular(req, fd):
+    """`fd` if it is a regular file inside the workspace; else closed, the reason replied, and None."""
     st = os.fstat(fd)
     kind = stat.S_IFMT(st.st_mode)
     if kind == stat.S_IFREG and opened_inside(fd):
@@ -881,14 +1078,12 @@ def read_file(req, msg):
     deadline = time.monotonic() + READ_LIMIT_S
     parts, size = [], 0
     try:
-        with AsUser():
-            full = inside(msg["path"])
-            if full is None:
-                reply(req, error="not_allowed")
-                return
-            fd = open_regular(req, full, os.O_RDONLY)
-            if fd is None:
-                return
+        fd, _ = as_user(open_inside, msg["path"], os.O_RDONLY, False)
+        if fd is None:
+            reply(req, error="not_allowed")
+            return
+        fd = checked_regular(req, fd)
+        if fd is not None:
             try:
                 while size <= limit:  # the limit holds while reading: a file may grow after any stat
                     if time.monotonic() > deadline:
@@ -904,6 +1099,8 @@ def read_file(req, msg):
     except OSError as e:
         file_error(req, e)
         return
+    if fd is None:
+        return
     if size > limit:
         reply(req, error="too_big", size=size)
         return
@@ -912,22 +1109,20 @@ def read_file(req, msg):
 
 def write_file(req, msg, payload):
     try:
-        with AsUser():
-            full = inside(msg["path"])
-            if full is None or full == WS:
-                reply(req, error="not_allowed")
-                return
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            fd = open_regular(req, full, os.O_WRONLY | os.O_CREAT)
-            if fd is None:
-                return
-            try:
-                os.ftruncate(fd, 0)
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
+        fd, _ = as_user(open_inside, msg["path"], os.O_WRONLY | os.O_CREAT, True)
+        if fd is None:
+            reply(req, error="not_allowed")
+            return
+        fd = checked_regular(req, fd)
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
     except OSError as e:
         file_error(req, e)
         return
@@ -946,43 +1141,49 @@ def measure(req):
     sandbox user's rights, and the first path that user cannot read: what is in it is not counted, so the
     server takes the workspace as over its limit. Measured here, as root, not by a `du` of the sandbox user,
     whose output any process of that user could write into or whose memory it could change."""
-    deadline = time.monotonic() + MEASURE_LIMIT_S
-    with AsUser():
-        top = os.lstat(WS)
-        blocks, seen, unreadable, pending, counted = top.st_blocks, set(), None, [WS], 0
-        while pending:
-            folder = pending.pop()
-            try:
-                listing = os.scandir(folder)
-            except FileNotFoundError:
-                continue  # deleted while measured
-            except OSError:
-                unreadable = unreadable or folder
-                continue
-            with listing:
-                for entry in listing:
-                    counted += 1
-                    if counted % 1000 == 0 and time.monotonic() > deadline:
-                        reply(req, error="timeout", seconds=MEASURE_LIMIT_S)
-                        return
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
+    _fd, (kb, unreadable) = as_user(walk, time.monotonic() + MEASURE_LIMIT_S)
+    if kb is None:
+        reply(req, error="timeout", seconds=MEASURE_LIMIT_S)
+    else:
+        reply(req, ok=True, kb=kb, unreadable=unreadable)
+
+
+def walk(deadline):
+    """(None, (KiB used, the first unreadable path)) of the workspace, or (None, (None, None)) past the deadline."""
+    top = os.lstat(WS)
+    blocks, seen, unreadable, pending, counted = top.st_blocks, set(), None, [WS], 0
+    while pending:
+        folder = pending.pop()
+        try:
+            listing = os.scandir(folder)
+        except FileNotFoundError:
+            continue  # deleted while measured
+        except OSError:
+            unreadable = unreadable or folder
+            continue
+        with listing:
+            for entry in listing:
+                counted += 1
+                if counted % 1000 == 0 and time.monotonic() > deadline:
+                    return None, (None, None)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    unreadable = unreadable or entry.path
+                    continue
+                if st.st_dev != top.st_dev:
+                    continue
+                folder_entry = stat.S_ISDIR(st.st_mode)
+                if st.st_nlink > 1 and not folder_entry:
+                    if st.st_ino in seen:
                         continue
-                    except OSError:
-                        unreadable = unreadable or entry.path
-                        continue
-                    if st.st_dev != top.st_dev:
-                        continue
-                    folder_entry = stat.S_ISDIR(st.st_mode)
-                    if st.st_nlink > 1 and not folder_entry:
-                        if st.st_ino in seen:
-                            continue
-                        seen.add(st.st_ino)
-                    blocks += st.st_blocks
-                    if folder_entry:
-                        pending.append(entry.path)
-    reply(req, ok=True, kb=(blocks + 1) // 2, unreadable=unreadable)
+                    seen.add(st.st_ino)
+                blocks += st.st_blocks
+                if folder_entry:
+                    pending.append(entry.path)
+    return None, ((blocks + 1) // 2, unreadable)
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -1035,7 +1236,7 @@ def handle(msg, payload):
         elif op == "follow":
             follow(req, msg)
         elif op == "stop":
-            in_thread(stop, req, bool(msg.get("mark", True)))
+            in_thread(stop, req, bool(msg.get("mark", True)), bool(msg.get("background")))
         elif op == "done":
             cleanup(msg["run"])
             quiet_until[0] = 0.0
@@ -1102,6 +1303,7 @@ def main():
                     pending = msg
                 else:
                     handle(msg, b"")
+        watch_limits()
         reap()
         pump_all()
         if closing[0] and current[0] is None:

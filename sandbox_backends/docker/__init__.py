@@ -37,6 +37,11 @@ image under the server's state folder, mounted through a loop device while a con
 a write past the limit fails with ENOSPC; otherwise the volume is plain and the session layer measures
 it (`MeasuresDisk`). `describe()["disk"]` says which; `workspace.py` says how.
 
+Runtime: `runc` by default (`DockerSettings.docker_runtime`), or gVisor's `runsc` for a spec whose options
+ask `isolation="gvisor"` (`docker_gvisor_runtime`): the container's kernel is then gVisor's, in user space.
+The driver keeps the process limit inside under gVisor (see `container.host_pids`), and the control shell
+adapts to what gVisor lacks (program.py: `as_user`, `runs_unreadable`).
+
 All docker SDK calls run in worker threads; the control shell's socket is read with anyio directly.
 Only plain `unix://` and `tcp://` engine addresses are supported (not TLS or ssh).
 
@@ -52,11 +57,11 @@ from __future__ import annotations
 
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from ..base import Driver, Limits
+from ..base import Driver, Isolation, Limits, isolation_refused
 from ..registry import DriverContext, DriverPlugin
-from .container import DEFAULT_IMAGE
+from .container import DEFAULT_IMAGE, GVISOR_RUNTIME
 
 
 class DockerSettings(BaseModel):
@@ -78,11 +83,35 @@ class DockerSettings(BaseModel):
         "mount one, else measured), hard (refuse sessions otherwise), measured (a turn that passes the size fails).",
     )
 
+    docker_runtime: str = Field(
+        "runc",
+        max_length=100,
+        description="Engine runtime of docker sessions that choose no isolation: runc, or gVisor's (runsc).",
+    )
+    docker_gvisor_runtime: str = Field(
+        GVISOR_RUNTIME,
+        max_length=100,
+        description="Engine runtime of isolation='gvisor' (scripts/install-runsc.sh registers runsc).",
+    )
+
     @model_validator(mode="after")
     def _default_within_maximum(self) -> Self:
         if self.default_disk_mb > self.max_disk_mb:
             raise ValueError(f"default_disk_mb ({self.default_disk_mb}) is over max_disk_mb ({self.max_disk_mb}).")
         return self
+
+
+class DockerOptions(BaseModel):
+    """What `create_session` may ask of the docker driver."""
+
+    isolation: Isolation | None = Field(None, description="")
+
+    @field_validator("isolation")
+    @classmethod
+    def _own(cls, value: str | None) -> str | None:
+        if refused := isolation_refused("docker", value, ("runc", "gvisor")):
+            raise ValueError(refused)
+        return value
 
 
 def make(settings: Any, context: DriverContext) -> Driver:
@@ -99,6 +128,8 @@ def make(settings: Any, context: DriverContext) -> Driver:
         default_disk_mb=s.default_disk_mb,
         disk_root=context.home / "docker" / "workspaces",
         disk_mode=s.docker_disk,
+        runtime=s.docker_runtime,
+        gvisor_runtime=s.docker_gvisor_runtime,
     )
 
 
@@ -107,4 +138,5 @@ plugin = DriverPlugin(
     make=make,
     summary="a hardened container per session on a Docker engine (no network, non-root, limits)",
     settings=DockerSettings,
+    options=DockerOptions,
 )

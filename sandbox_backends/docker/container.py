@@ -38,6 +38,30 @@ BASE_ENV = {"HOME": WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
 """Environment of every container; `SandboxSpec.env` is added per command (so pooled containers get it too)."""
 
 
+GVISOR_RUNTIME = "runsc"
+"""The name gVisor is registered under in the engine's daemon.json (scripts/install-runsc.sh registers it so),
+unless the server is told another (`docker_gvisor_runtime`, e.g. a runsc on its KVM platform)."""
+
+
+def host_pids(gvisor: bool, pids: int) -> int:
+    """The engine's process limit for a container whose commands may run `pids` processes. Under runc the
+    cgroup counts the sandbox's own processes. Under gVisor it counts gVisor's host tasks, about 17 per
+    process of a fork bomb here, and gVisor dies at the limit (taking the sandbox with it): there the
+    sandbox's processes are limited inside (RLIMIT_NPROC, which gVisor counts per sandbox), and the
+    cgroup only guards the host."""
+    return 32 * pids + 1024 if gvisor else pids
+
+
+def runtime_missing(runtime: str, gvisor: bool) -> str:
+    """What to do when the engine does not know `runtime`, for the caller and the operator."""
+    if gvisor:
+        return (
+            f"gVisor is not available: this Docker engine has no runtime {runtime!r}. Run scripts/install-runsc.sh on the "
+            "engine's machine (it installs runsc and registers it in /etc/docker/daemon.json), or use isolation='runc'."
+        )
+    return f"This Docker engine has no runtime {runtime!r}: register it in its daemon.json, or start the server with another."
+
+
 @dataclass(frozen=True)
 class Policy:
     """What a container is fixed to at create time; a pool serves one policy."""
@@ -45,3 +69,4 @@ class Policy:
     image: str
     limits: Limits
     network: bool
+    runtime: str = "runc"

@@ -25,6 +25,7 @@ from .container import (
     CONTAINER_USER,
     CONTROL_CAPS,
     DEFAULT_IMAGE,
+    GVISOR_RUNTIME,
     KEEPALIVE_CMD,
     LABEL_NAME,
     LABEL_POOL,
@@ -35,6 +36,8 @@ from .container import (
     VOLUME_PREFIX,
     WORKSPACE,
     Policy,
+    host_pids,
+    runtime_missing,
 )
 from .engine import ContainerStopped, EngineDown, EngineMixin, blocking
 from .pool import PoolMixin
@@ -69,6 +72,8 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
     - `user`: the uid:gid commands run as (default "1000:1000"; the default image's `sandbox` user).
     - `nofile`: the open-files limit inside the sandbox.
     - `base_url`: the engine address (default: DOCKER_HOST, else the local unix socket).
+    - `runtime`: the engine runtime of specs that choose no `isolation` option ("runc", or gVisor's).
+    - `gvisor_runtime`: the engine runtime of `isolation="gvisor"` (default "runsc").
     """
 
     name = "docker"
@@ -89,6 +94,8 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
         default_disk_mb: int | None = None,
         disk_root: str | os.PathLike[str] | None = None,
         disk_mode: DiskMode = "auto",
+        runtime: str = "runc",
+        gvisor_runtime: str = GVISOR_RUNTIME,
     ) -> None:
         if pool_size < 0:
             raise ValueError("pool_size must be 0 or more")
@@ -103,6 +110,8 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
         self.user = user
         self.nofile = nofile
         self.base_url = base_url
+        self.runtime = runtime
+        self.gvisor_runtime = gvisor_runtime
         self._closing: set[str] = set()
         self._sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
         self._init_engine()
@@ -130,17 +139,23 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
                 raise SandboxError(f"limits.{field_name} must be positive.")
         if spec.network and not self.allow_network:
             raise SandboxError("This server does not allow network access for sandboxes (start it with networking allowed).")
-        return Policy(spec.image or self.image, self._disk_limit(limits), spec.network)
+        runtime = {"runc": "runc", "gvisor": self.gvisor_runtime}.get(spec.options.get("isolation") or "", self.runtime)
+        return Policy(spec.image or self.image, self._disk_limit(limits), spec.network, runtime)
 
     def _host_config(self, api: docker.APIClient, policy: Policy, volume: str) -> dict[str, Any]:
         lim = policy.limits
+        gvisor = policy.runtime == self.gvisor_runtime
+        ulimits = [docker.types.Ulimit(name="nofile", soft=self.nofile, hard=self.nofile)]
+        if gvisor:
+            ulimits.append(docker.types.Ulimit(name="nproc", soft=lim.pids, hard=lim.pids))
         return api.create_host_config(
             network_mode=self.network if policy.network else "none",
+            runtime=policy.runtime,
             init=True,
             mem_limit=f"{lim.memory_mb}m",
             memswap_limit=f"{lim.memory_mb}m",
             nano_cpus=int(lim.cpus * 1e9),
-            pids_limit=lim.pids,
+            pids_limit=host_pids(gvisor, lim.pids),
             read_only=True,
             tmpfs={
                 "/tmp": f"rw,nosuid,nodev,size={lim.tmp_mb}m,mode=1777",
@@ -152,7 +167,7 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
             cap_drop=["ALL"],
             cap_add=CONTROL_CAPS,
             security_opt=["no-new-privileges:true"],
-            ulimits=[docker.types.Ulimit(name="nofile", soft=self.nofile, hard=self.nofile)],
+            ulimits=ulimits,
         )
 
     async def _make_container(
@@ -191,6 +206,8 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
             except docker.errors.APIError as e:
                 if e.status_code == 409:
                     raise SandboxError(f"A sandbox container named {name} already exists.") from None
+                if "unknown runtime" in str(e.explanation).lower():
+                    raise SandboxError(runtime_missing(policy.runtime, policy.runtime == self.gvisor_runtime)) from None
                 raise SandboxError(f"Docker refused to create the sandbox: {e.explanation or e}") from None
             cid = created["Id"]
             if on_phase:

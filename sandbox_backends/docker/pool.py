@@ -55,6 +55,7 @@ class PoolMixin:
     server_id: str
     pool_size: int
     pool_limits: Limits
+    runtime: str
     _closing: set[str]
 
     if TYPE_CHECKING:  # what it calls on the driver's other parts
@@ -76,7 +77,7 @@ class PoolMixin:
     def _init_pool(self) -> None:
         self._pool: list[PoolEntry] = []
         self._pool_wanted = anyio.Event()
-        self._pool_policy = Policy(self.image, self.pool_limits, False)
+        self._pool_policy = Policy(self.image, self.pool_limits, False, self.runtime)
 
     async def _claim(self, spec: SandboxSpec, name: str, on_phase: PhaseCallback | None) -> DockerSandbox | None:
         """Take a warm container for `spec` (renaming binds it), or None if the pool is empty."""

@@ -76,6 +76,11 @@ class Retries:
             ) from None
 
 
+WAY_OUT = "Interrupt the session to kill the processes earlier commands left running, close it,"
+"""The way out of a used-up limit, for the reasons `_failure` gives (an interrupt with nothing running
+kills what earlier commands left, which is what holds a limit most often)."""
+
+
 class DockerSandbox(ClosesOnExit):
     """A container with an attached control shell. Made by `DockerDriver.create` or `.attach`."""
 
@@ -148,6 +153,8 @@ class DockerSandbox(ClosesOnExit):
             "workspace": WORKSPACE,
             "volume": self._volume,
             "network": hc.get("NetworkMode") or "default",
+            "isolation": "gvisor" if hc.get("Runtime") == self._driver.gvisor_runtime else "runc",
+            "runtime": hc.get("Runtime") or "runc",
             "user": self._driver.user,
             "read_only_root": bool(hc.get("ReadonlyRootfs")),
             "capabilities": self._capabilities(hc),
@@ -155,7 +162,7 @@ class DockerSandbox(ClosesOnExit):
             "limits": {
                 "memory_mb": memory // (1 << 20) if memory else None,
                 "cpus": (hc.get("NanoCpus") or 0) / 1e9 or None,
-                "pids": hc.get("PidsLimit"),
+                "pids": self._pids(hc),
                 "tmp_mb": tmp_mb,
                 "swap": "none" if memory and hc.get("MemorySwap") == memory else "allowed",
             },
@@ -185,6 +192,12 @@ class DockerSandbox(ClosesOnExit):
         return DiskUse(used_mb=round(kb / 1024), limit_mb=self._disk.limit_mb, unreadable=msg.get("unreadable"))
 
     @staticmethod
+    def _pids(hc: dict[str, Any]) -> int | None:
+        """The sandbox's process limit: the cgroup's, or under gVisor its RLIMIT_NPROC (see `host_pids`)."""
+        nproc = [u for u in hc.get("Ulimits") or [] if u.get("Name") == "nproc"]
+        return int(nproc[0]["Hard"]) if nproc else hc.get("PidsLimit")
+
+    @staticmethod
     def _capabilities(hc: dict[str, Any]) -> str:
         if "ALL" not in (hc.get("CapDrop") or []):
             return "docker default"
@@ -207,12 +220,12 @@ class DockerSandbox(ClosesOnExit):
                 self._conn = await self._driver._reopen(self._cid, self._spec.env)
             return self._conn
 
-    async def _stop(self, *, mark: bool) -> dict[str, Any]:
+    async def _stop(self, *, mark: bool, background: bool = False) -> dict[str, Any]:
         retries = Retries(3)
         while True:
             conn = await self._connection()
             try:
-                _kind, msg = await conn.request({"op": "stop", "mark": mark}, timeout=STOP_TIMEOUT_S)
+                _kind, msg = await conn.request({"op": "stop", "mark": mark, "background": background}, timeout=STOP_TIMEOUT_S)
             except NoAnswer:
                 raise SandboxError(f"The sandbox did not confirm within {STOP_TIMEOUT_S:g} s that the command stopped.") from None
             except Lost as e:
@@ -353,11 +366,11 @@ class DockerSandbox(ClosesOnExit):
             round(time.monotonic() - started, 3),
             timed_out=timed_out,
             interrupted=bool(run.exit.get("interrupted")) and not timed_out,
-            failure=self._oom_failure(run.exit),
+            failure=self._failure(run.exit),
         )
 
     async def interrupt(self) -> bool:
-        msg = await self._stop(mark=True)
+        msg = await self._stop(mark=True, background=True)
         return bool(msg.get("was_running"))
 
     async def take_over(self) -> ExecResult | None:
@@ -378,19 +391,42 @@ class DockerSandbox(ClosesOnExit):
         assert run.exit is not None
         exit_code = run.exit.get("rc")
         return buf.result(
-            exit_code, 0.0, interrupted=bool(stopped.get("was_running")) or exit_code is None, failure=self._oom_failure(run.exit)
+            exit_code, 0.0, interrupted=bool(stopped.get("was_running")) or exit_code is None, failure=self._failure(run.exit)
         )
 
-    def _oom_failure(self, exit: dict[str, Any]) -> str | None:
-        """The reason a command failed when the kernel's OOM killer killed processes while it ran (the
-        control shell counts them in the sandbox's memory cgroup): the sandbox stays usable."""
+    def _failure(self, exit: dict[str, Any]) -> str | None:
+        """Why the command failed when a limit of the sandbox's was used up, as the control shell saw it: the
+        limit and the way out (the sandbox stays usable). None if none was."""
+        exhausted = exit.get("exhausted") or {}
+        if exhausted.get("limit") == "pids":
+            return (
+                f"process limit reached: the sandbox runs {exhausted.get('used')} of its {exhausted.get('max')} processes "
+                "(what earlier commands left running counts too) and the command could not start more, so it was "
+                f"stopped. {WAY_OUT} or create a session with a larger limits.pids"
+            )
         kills = exit.get("oom")
-        if not isinstance(kills, int) or kills <= 0:
-            return None
-        memory = self._host_config.get("Memory") or 0
-        limit = f"its memory limit of {memory >> 20} MiB" if memory else "its memory limit"
-        killed = "a process" if kills == 1 else f"{kills} processes"
-        return f"out of memory: the sandbox reached {limit} and the kernel killed {killed} while the command ran"
+        if isinstance(kills, int) and kills > 0:
+            memory = self._host_config.get("Memory") or 0
+            limit = f"its memory limit of {memory >> 20} MiB" if memory else "its memory limit"
+            killed = "a process" if kills == 1 else f"{kills} processes"
+            return (
+                f"out of memory: the sandbox reached {limit} and the kernel killed {killed} while the command ran. "
+                f"{WAY_OUT} or create a session with a larger limits.memory_mb"
+            )
+        for full in exit.get("full") or []:
+            if full.get("place") == "tmp":
+                size = self.describe()["limits"]["tmp_mb"] or full.get("mb")  # type: ignore[index]
+                return (
+                    f"/tmp is full (its limit is {size} MiB): delete files there. {WAY_OUT} or create a session "
+                    "with a larger limits.tmp_mb"
+                )
+            if full.get("place") == "workspace":
+                size = self._disk.limit_mb or full.get("mb")
+                return (
+                    f"the workspace is full (its limit is {size} MiB): delete files. {WAY_OUT} or create a session "
+                    "with a larger limits.disk_mb"
+                )
+        return None
 
     # -- files ----------------------------------------------------------------------------------
 

@@ -213,7 +213,10 @@ class MemorySandbox(ClosesOnExit):
     async def interrupt(self) -> bool:
         state = _SANDBOXES.get(self._id)
         run = state.run if state is not None else None
-        if state is None or run is None:
+        if state is None:
+            return False
+        if run is None:
+            await state.stop_jobs()  # what earlier commands left running
             return False
         run.interrupted = True
         run.scope.cancel()
