@@ -57,6 +57,18 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
+def remove_leftovers(client: docker.DockerClient, server_ids: list[str], disk_root: Path) -> None:
+    """What a benchmark's drivers left on the engine and the host: their containers, volumes and the
+    volumes' filesystems, then the folder of those."""
+    for server_id in server_ids:
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server_id}"}):
+            c.remove(force=True)
+        for v in client.volumes.list(filters={"label": f"{LABEL_SERVER}={server_id}"}):
+            v.remove(force=True)
+            Disks(disk_root).remove(v.name)
+    shutil.rmtree(disk_root, ignore_errors=True)
+
+
 class Table:
     def __init__(self) -> None:
         self.rows: list[tuple[str, list[float], str | None, str]] = []
@@ -300,13 +312,8 @@ async def main(n: int, image: str, write: Path | None) -> None:
         table.add(f"workspace filesystem of {size} MiB removed (umount, delete)", await timed(n, removed_disk, between=made_disk))
     finally:
         await driver.aclose()
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server_id}"}):
-            c.remove(force=True)
-        for v in client.volumes.list(filters={"label": f"{LABEL_SERVER}={server_id}"}):
-            v.remove(force=True)
-            Disks(disk_root).remove(v.name)
+        remove_leftovers(client, [server_id], disk_root)
         client.close()
-        shutil.rmtree(disk_root, ignore_errors=True)
 
     intro = paragraph(
         "The driver's own costs, with the same operations done directly with the docker SDK as the baseline,",

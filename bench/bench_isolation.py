@@ -32,14 +32,13 @@ from pathlib import Path
 
 import anyio
 import docker
-from bench_docker import Table, docker_version
+from bench_docker import Table, docker_version, remove_leftovers
 from report import paragraph, publish
 from timing import interleaved
 
 from sandbox_backends.base import FailureCallback, Limits, SandboxSpec
 from sandbox_backends.docker import DockerSettings
-from sandbox_backends.docker.container import DEFAULT_IMAGE, GVISOR_RUNTIME, LABEL_SERVER
-from sandbox_backends.docker.disks import Disks
+from sandbox_backends.docker.container import DEFAULT_IMAGE, GVISOR_RUNTIME
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
 from sandbox_backends.local import LocalDriver
@@ -134,14 +133,8 @@ async def docker_part(n: int, image: str, table: Table) -> None:
         for driver in drivers.values():
             await driver.aclose()
         client = docker.from_env(version="auto")
-        for driver in drivers.values():
-            for c in client.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={driver.server_id}"}):
-                c.remove(force=True)
-            for v in client.volumes.list(filters={"label": f"{LABEL_SERVER}={driver.server_id}"}):
-                v.remove(force=True)
-                Disks(disk_root).remove(v.name)
+        remove_leftovers(client, [driver.server_id for driver in drivers.values()], disk_root)
         client.close()
-        shutil.rmtree(disk_root, ignore_errors=True)
 
 
 async def local_part(n: int, table: Table) -> None:
