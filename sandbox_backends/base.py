@@ -19,7 +19,7 @@ Some drivers can do more than this contract; each extra is an optional protocol 
 session layer checks with `isinstance` and never by a driver's name: `MessageSandbox` (the platform
 runs its own agent and answers messages), `ChecksSpec` (refuses a spec before anything is made),
 `MirrorSource` (shows sessions that run elsewhere, read-only), `MeasuresDisk` (a workspace limit that no
-filesystem enforces, measured instead). How a driver is found and configured:
+filesystem enforces, measured instead), `OpensStreams` (TCP connections to and from the sandbox's loopback). How a driver is found and configured:
 `registry.py`. What every driver must pass: `tests/driver_conformance.py`.
 """
 
@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
+
+import anyio
+import anyio.abc
 
 
 class SandboxError(Exception):
@@ -51,6 +54,10 @@ class SandboxBusy(SandboxError):
 
 class PathNotAllowed(SandboxError):
     """A file path points outside the sandbox's workspace."""
+
+
+class PortClosed(SandboxError):
+    """Nothing listens on the port inside the sandbox that a connection was asked for."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +301,30 @@ class RemovesLeftovers(Protocol):
     async def remove_leftovers(self, sandbox_id: str, described: Mapping[str, object]) -> None:
         """Remove what the sandbox `sandbox_id` left, found from what it said of itself (`Sandbox.describe()`).
         Only what this driver made may be removed, whatever `described` says."""
+        ...
+
+
+StreamHandler = Callable[[anyio.abc.ByteStream], Awaitable[None]]
+"""What serves one connection a process in a sandbox makes to a port served into it."""
+
+
+@runtime_checkable
+class OpensStreams(Protocol):
+    """Byte streams between the server and 127.0.0.1 inside the sandbox, which needs no network interface
+    for them (the docker driver relays them through its control shell: `sandbox_backends.control.streams`)."""
+
+    async def connect_inside(self, port: int) -> anyio.abc.ByteStream:
+        """A TCP connection to 127.0.0.1:`port` inside the sandbox. Raises `PortClosed` if nothing listens
+        there, `SandboxError` for any other failure."""
+        ...
+
+    async def serve_inside(
+        self, port: int, handler: StreamHandler, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on 127.0.0.1:`port` inside the sandbox (0: any free port) and run `handler` in the server,
+        with a stream, for every connection a process there makes; run with `await tg.start(...)`, which
+        returns "127.0.0.1:PORT" as seen inside (for HTTP_PROXY, say). Serves until the sandbox closes or
+        the task is cancelled, which ends the listener and the connections it accepted."""
         ...
 
 

@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import anyio
+import anyio.abc
 from anyio.abc import Process
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -50,6 +51,7 @@ from .base import (
     SandboxError,
     SandboxNotFound,
     SandboxSpec,
+    StreamHandler,
     isolation_refused,
 )
 from .bwrap import bwrap_argv
@@ -69,6 +71,7 @@ from .control.runner import (
 )
 from .disk import check_disk_mb, measure
 from .local_processes import MARKER_ENV, POLL_S, alive, kill_marked, stop_process_group
+from .local_streams import LoopbackStreams
 from .output import OutputBuffer
 from .registry import DriverContext, DriverPlugin
 from .regular_files import read_regular, write_regular
@@ -195,6 +198,7 @@ class LocalSandbox(ClosesOnExit):
         self._limits = limits
         self._running = False
         self._shell: _Shell | None = None
+        self._streams = LoopbackStreams(name, isolation)
 
     @property
     def id(self) -> str:
@@ -413,6 +417,16 @@ class LocalSandbox(ClosesOnExit):
     async def write_file(self, path: str, data: bytes) -> None:
         await write_regular(resolve_inside(self._ws, path), path, data)
 
+    # -- byte streams (OpensStreams): the host's loopback, see local_streams -----------------------
+
+    async def connect_inside(self, port: int) -> anyio.abc.ByteStream:
+        return await self._streams.connect(port)
+
+    async def serve_inside(
+        self, port: int, handler: StreamHandler, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self._streams.serve(port, handler, task_status=task_status)
+
     # -- life -----------------------------------------------------------------------------------
 
     async def disconnect(self) -> None:
@@ -422,6 +436,7 @@ class LocalSandbox(ClosesOnExit):
             await shell.aclose()
 
     async def close(self, *, delete: bool = False) -> None:
+        self._streams.close()
         await self.interrupt()
         await self.disconnect()
         kill_marked(self._name)

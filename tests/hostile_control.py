@@ -142,6 +142,19 @@ def attack(msg, req):
         data(b"D", req, b"x" * (int(msg.get("max", 0)) + 1))
     elif MODE == "output-too-big":
         raw(b"O" + (50 << 20).to_bytes(4, "big") + bytes([len(req)]) + req.encode())
+    elif MODE == "stream-too-big":  # a connection "opened", then a 50 MB stream frame for it
+        reply(req, ev="open")
+        raw(b"S" + (50 << 20).to_bytes(4, "big") + bytes([len(req)]) + req.encode())
+    elif MODE == "stream-before-open":  # a connection's data before it is open
+        data(b"S", req, b"z")
+    elif MODE == "stream-over-window":  # a connection accepted, then more of its data than its window
+        reply(req, ev="listening", port=1234)
+        reply(req, ev="accept", sid="a1")
+        for _ in range(5):
+            data(b"S", "a1", b"z" * (64 << 10))
+    elif MODE == "stream-ack-unsent":  # the server's data acknowledged before it was sent
+        reply(req, ev="open")
+        reply(req, ev="ack", n=1)
     elif MODE == "stuck-header":
         raw(b"J" + (60000).to_bytes(4, "big") + b'{"req": "q')
     elif MODE == "giant-json":

@@ -21,6 +21,7 @@ sandbox stays readable. Then the server writes requests and the control shell an
         J  a JSON object with "req", the id of the request it answers (at most 64 KiB)
         O  output of a command:   len(req) (1 byte) + req + bytes (at most the control shell's chunk, 1 MiB)
         D  content of a file:     len(req) (1 byte) + req + bytes (only for a read, at most its `max`)
+        S  a byte stream's data:  len(id) (1 byte) + id + bytes (at most 64 KiB, and within the stream's window)
 
 Requests (each carries "req", an id chosen by the server; several may be in flight):
 - `hello {env, user}` comes first: `user` is who commands run as ("uid:gid", default "1000:1000"). An
@@ -52,6 +53,18 @@ Requests (each carries "req", an id chosen by the server; several may be in flig
   with the sandbox user's rights, and the first path that user cannot read (or null); given up after
   30 s. For a workspace whose size no filesystem keeps: the server's own measure, which nothing in the
   sandbox can write into.
+- Byte streams (`streams.py`: the server's side): `connect {port}` opens a TCP connection to
+  127.0.0.1:port inside and answers `{ev: open}` (or an error: `refused` when nothing listens there);
+  `listen {port}` listens on 127.0.0.1:port inside, as root (0: a free port), answers `{ev: listening,
+  port}` and then `{ev: accept, sid}` for each connection a process makes to it. A stream's id is its
+  connect request's, or the `sid` announced. Its data travels as S frames from here and as `sdata` +
+  bytes from the server, each way within a window of 256 KiB that the receiver reopens as it takes the
+  data (`sack {n}` from the server, `{ev: ack, n}` from here): a stream nobody reads holds nothing up
+  and fills no memory. `{ev: eof}` says the peer inside half-closed; the server's `shut` half-closes
+  the connection once what it sent is written; `sclose` ends a stream (once its data is written, like a
+  TCP close) or a listener. The last answer of a stream or a listener is `{ev: closed}` (with `error`
+  if the socket failed). At most 64 streams are open per connection. A hello with `shells: false` asks
+  for a connection that starts no command shells ahead (the docker driver's streams have their own).
 - `ping {}` is answered `{ok}` at once: the server sends it when a request has waited a second for
   anything, and drops a connection that leaves it unanswered for 5 s (`client.py`), so a command may be
   silent for hours but a stuck control shell is noticed in seconds.

@@ -15,6 +15,7 @@ import marshal
 import math
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,10 +28,15 @@ from .frames import (
     KIND_DATA,
     KIND_JSON,
     KIND_OUTPUT,
+    KIND_STREAM,
     MAX_JSON_FRAME,
     MAX_OUTPUT_FRAME,
     MAX_REQ_ID,
+    MAX_STREAM_FRAME,
+    MAX_STREAMS,
     OUTPUT_CHUNK,
+    STREAM_CHUNK,
+    STREAM_WINDOW,
     ProtocolError,
     describe_kind,
     parse_answer,
@@ -49,9 +55,13 @@ CONTROL_PY = (Path(__file__).with_name("program.py")).read_text()
 
 
 def build_control_code(turn: str = TURN) -> bytes:
-    """The control shell's source, with the turn shell it installs in the state dir and the output chunk
+    """The control shell's source, with the turn shell it installs in the state dir and the frame sizes
     the server accepts."""
-    return CONTROL_PY.replace('"@TURN@"', repr(turn)).replace('"@CHUNK@"', repr(OUTPUT_CHUNK)).encode()
+    filled = {"TURN": turn, "CHUNK": OUTPUT_CHUNK, "SCHUNK": STREAM_CHUNK, "SWINDOW": STREAM_WINDOW, "STREAMS": MAX_STREAMS}
+    code = CONTROL_PY
+    for name, value in filled.items():
+        code = code.replace(f'"@{name}@"', repr(value))
+    return code.encode()
 
 
 CONTROL_CODE = build_control_code()
@@ -153,10 +163,21 @@ class _InFlight:
     op: str
     data_max: int = -1
     """For a read: the most file content it may send (its `max`); -1 for every other request."""
+    window: int = 0
+    """For a byte stream: the data the control shell may still send before the server acknowledges some."""
+    credit: int = 0
+    """For a byte stream: the data the server may still send before the control shell acknowledges some."""
+    open: bool = False
+    """For a byte stream: whether the connection inside is open (data before that is a broken protocol)."""
 
 
 STREAM_OPS = ("run", "follow")
 """Requests answered with events and output until an `exit` (or `none`, or an error)."""
+BYTE_STREAMS = ("connect", "accepted")
+"""Byte streams (`connect` ones, and those a `listen` announced): data and events until `closed` or an error."""
+HARD_STREAMS = 4 * MAX_STREAMS
+"""Byte streams in flight (open, or closed by the server and not yet confirmed) past which a control shell
+that announces more is broken: an honest one keeps to MAX_STREAMS open, and confirms a close at once."""
 IDLE_S = 1.0
 """Waiting this long for a frame (with a request waiting) sends a ping."""
 PING_S = 5.0
@@ -210,14 +231,18 @@ class ControlClient:
         self._seq += 1
         req = f"q{self._seq}"
         self._queues[req] = collections.deque()
-        self._inflight[req] = _InFlight(op, data_max)
+        self._inflight[req] = _InFlight(op, data_max, *((STREAM_WINDOW, STREAM_WINDOW) if op in BYTE_STREAMS else ()))
         return req
 
     def close_request(self, req: str) -> None:
         """Stop listening to `req`. Answers the control shell still sends for it are dropped until its last."""
         queue = self._queues.pop(req, None)
         if queue:
-            self._unqueue(sum(len(x) for k, x in queue if k != "J"))
+            self._unqueue(sum(len(x) for k, x in queue if k in "OD"))
+
+    def in_flight(self, req: str) -> _InFlight | None:
+        """What `req` may still send and be sent (None once its last answer has arrived)."""
+        return self._inflight.get(req)
 
     async def send(self, msg: dict[str, Any], payload: bytes = b"") -> None:
         """Frame a request: 4-byte size, `msg` marshalled (the control shell reads it without importing
@@ -252,14 +277,18 @@ class ControlClient:
             raise
 
     async def next(self, req: str) -> tuple[str, Any]:
-        """The next frame for `req`: ("J", dict), ("O", bytes) or ("D", bytes)."""
+        """The next frame for `req`: ("J", dict), ("O", bytes), ("D", bytes) or ("S", bytes)."""
         queue = self._queues[req]
-        while True:
-            if queue:
-                kind, item = queue.popleft()
-                if kind != "J":
-                    self._unqueue(len(item))
-                return kind, item
+        await self.until(queue.__len__)
+        kind, item = queue.popleft()
+        if kind in "OD":
+            self._unqueue(len(item))
+        return kind, item
+
+    async def until(self, ready: Callable[[], object]) -> None:
+        """Read the connection (or wait while another task does) until `ready()` is true; raises `Lost` if
+        the connection ends first."""
+        while not ready():
             if self.lost:
                 raise self._lost_error()
             if self._reading:
@@ -372,7 +401,7 @@ class ControlClient:
                 msg = parse_answer(bytes(out[HEADER : HEADER + size]))
                 del out[: HEADER + size]
                 self._file_answer(msg)
-            elif kind in (KIND_OUTPUT, KIND_DATA):
+            elif kind in (KIND_OUTPUT, KIND_DATA, KIND_STREAM):
                 req = self._data_frame_req(kind, size)
                 if req is None or len(out) < HEADER + size:
                     return filed
@@ -393,6 +422,9 @@ class ControlClient:
         if kind == KIND_OUTPUT:
             if size > MAX_OUTPUT_FRAME:
                 raise ProtocolError(f"an output frame of {size} bytes, over the {MAX_OUTPUT_FRAME}-byte limit")
+        elif kind == KIND_STREAM:
+            if size > MAX_STREAM_FRAME:
+                raise ProtocolError(f"a stream frame of {size} bytes, over the {MAX_STREAM_FRAME}-byte limit")
         else:
             most = max((r.data_max for r in self._inflight.values()), default=-1)
             if most < 0:
@@ -414,6 +446,13 @@ class ControlClient:
         entry = self._in_flight(req)
         if kind == KIND_OUTPUT and entry.op not in STREAM_OPS:
             raise ProtocolError(f"output for a {entry.op!r} request")
+        if kind == KIND_STREAM:
+            if entry.op not in BYTE_STREAMS:
+                raise ProtocolError(f"stream data for a {entry.op!r} request")
+            if not entry.open:
+                raise ProtocolError("stream data before its connection opened")
+            if size - 1 - n > entry.window:
+                raise ProtocolError(f"{size - 1 - n} bytes of stream data where the stream's window has {entry.window}")
         if kind == KIND_DATA:
             if entry.op != "read":
                 raise ProtocolError(f"file content for a {entry.op!r} request")
@@ -430,7 +469,13 @@ class ControlClient:
     def _file_answer(self, msg: dict[str, Any]) -> None:
         req = msg["req"]
         entry = self._in_flight(req)
-        if entry.op not in STREAM_OPS or "error" in msg or msg.get("ev") in ("exit", "none"):
+        ev = msg.get("ev")
+        if entry.op in BYTE_STREAMS or entry.op == "listen":
+            if self._stream_event(req, entry, ev, msg):
+                return
+            if "error" in msg or ev == "closed":
+                del self._inflight[req]  # its last answer
+        elif entry.op not in STREAM_OPS or "error" in msg or ev in ("exit", "none"):
             del self._inflight[req]  # its last answer
         if req == self._ping:
             self._ping, self._ping_wait, self._quiet = None, 0.0, 0.0
@@ -439,13 +484,39 @@ class ControlClient:
         if queue is not None:
             queue.append(("J", msg))
 
+    def _stream_event(self, req: str, entry: _InFlight, ev: object, msg: dict[str, Any]) -> bool:
+        """Take a byte stream's flow control and a listener's new connections, checked; whether the
+        answer was taken here (an acknowledgement, which no reader waits for)."""
+        if ev == "open" and entry.op == "connect":
+            entry.open = True
+        elif ev == "ack" and entry.op in BYTE_STREAMS:
+            n = msg.get("n")
+            if not isinstance(n, int) or n <= 0 or entry.credit + n > STREAM_WINDOW:
+                raise ProtocolError(f"a stream acknowledging {n!r} bytes it was not sent")
+            entry.credit += n
+            return True
+        if ev == "accept" and entry.op == "listen":
+            sid = msg.get("sid")
+            if not isinstance(sid, str) or not 0 < len(sid) <= MAX_REQ_ID or not sid.isascii():
+                raise ProtocolError("a connection accepted with no valid stream id")
+            if sid in self._inflight or sid in self._queues:
+                raise ProtocolError(f"a connection accepted as {sid[:40]!r}, which is already a request")
+            if sum(r.op in BYTE_STREAMS for r in self._inflight.values()) >= HARD_STREAMS:
+                raise ProtocolError(f"more than {HARD_STREAMS} byte streams at once")
+            self._inflight[sid] = _InFlight("accepted", -1, STREAM_WINDOW, STREAM_WINDOW, open=True)
+            self._queues[sid] = collections.deque()
+        return False
+
     def _file_data(self, kind: str, req: str, data: bytes) -> None:
         if kind == "D":
             del self._inflight[req]  # a read has one answer
+        elif kind == "S":
+            self._inflight[req].window -= len(data)  # a stream's window bounds what it buffers, not MAX_QUEUED
         queue = self._queues.get(req)
         if queue is not None:
             queue.append((kind, data))
-            self._queued += len(data)
+            if kind != "S":
+                self._queued += len(data)
 
     def _unqueue(self, n: int) -> None:
         self._queued -= n

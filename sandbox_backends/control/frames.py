@@ -13,6 +13,10 @@ The caps:
   parser can be made to build from one frame (about 20,000 empty objects) near 1.5 MB.
 - output: the chunk the control shell reads a run's output in (`OUTPUT_CHUNK`), plus the request id.
 - file content: only for a read in flight, and no more than the `max` that read asked for.
+- stream data (`KIND_STREAM`): only for a byte stream that is open, at most `STREAM_CHUNK` a frame and
+  no more than the stream's window the server has granted and not yet seen used (`STREAM_WINDOW` at
+  most). So what a connection's streams can make the server hold is `MAX_STREAMS` windows (16 MiB), however
+  slowly the server's side reads them.
 """
 
 from __future__ import annotations
@@ -22,14 +26,22 @@ from typing import Any
 
 HEADER = 5
 """kind (1 byte) + payload size (4 bytes, big-endian)."""
-KIND_JSON, KIND_OUTPUT, KIND_DATA = b"JOD"
-"""The frame kinds: a JSON answer, a run's output, a file's content."""
+KIND_JSON, KIND_OUTPUT, KIND_DATA, KIND_STREAM = b"JODS"
+"""The frame kinds: a JSON answer, a run's output, a file's content, a byte stream's data."""
 MAX_JSON_FRAME = 64 << 10
 OUTPUT_CHUNK = 1 << 20
 """The size the control shell reads a run's output in (it is given this value): one O frame at most."""
 MAX_REQ_ID = 255
 """A request id is sent in one length byte."""
 MAX_OUTPUT_FRAME = 1 + MAX_REQ_ID + OUTPUT_CHUNK
+STREAM_CHUNK = 64 << 10
+"""The most data one stream frame carries, either way."""
+STREAM_WINDOW = 256 << 10
+"""Bytes one side may send on a stream before the other says it took them (flow control per stream, so a
+stream nobody reads holds up neither the connection nor the others, and buffers no more than this)."""
+MAX_STREAMS = 64
+"""Byte streams open at once on one connection (connections made plus connections accepted)."""
+MAX_STREAM_FRAME = 1 + MAX_REQ_ID + STREAM_CHUNK
 
 MAX_INT = 1 << 53
 MIN_INT = -(1 << 31)
@@ -54,6 +66,9 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "was_running": (bool,),
     "running": (bool,),
     "ws_writable": (bool,),
+    "sid": (str,),
+    "n": (int,),
+    "port": (int,),
 }
 """Every field the driver reads from an answer, with the types it may have (others are ignored)."""
 

@@ -1189,6 +1189,237 @@ def walk(deadline):
 # -- requests ----------------------------------------------------------------------------------
 
 
+# -- byte streams: TCP on 127.0.0.1 in here, relayed to the server as S frames -----------------------
+# A `connect` request opens a connection to a port inside; a `listen` request listens on one (as root, so
+# the port is the control shell's, not the sandbox user's) and announces each connection it accepts with
+# an `accept` answer naming the stream. A stream's id is the request's (connect) or the `sid` announced.
+# Data goes both ways in windows: at most SWINDOW bytes unacknowledged each way (`sack` from the server,
+# `ack` answers from here), so nothing here or in the server buffers more than that per stream. The
+# server's `shut` half-closes (after what it sent is written), `sclose` ends a stream or a listener (a
+# stream once what the server sent is written, like a TCP close, or after LINGER_S if the peer does not
+# read it); one ends by itself once both directions are over or the socket fails. The last answer of a
+# stream or a listener is `closed`.
+
+SCHUNK = "@SCHUNK@"
+SWINDOW = "@SWINDOW@"
+MAX_STREAMS = "@STREAMS@"
+LINGER_S = 30.0
+streams = {}
+listeners = {}
+accepted = [0]
+
+
+class Stream:
+    def __init__(self, sid, sock, connecting=False, port=0):
+        sock.setblocking(False)
+        self.sid, self.sock, self.connecting, self.port = sid, sock, connecting, port
+        self.credit = SWINDOW  # bytes the server has room for
+        self.out = bytearray()  # from the server, not yet written to the socket
+        self.acked = 0
+        self.eof = self.shut = self.wr_closed = False
+        self.closing = None  # when the server closed it: what it sent is still being written
+
+
+def port_of(req, msg, least):
+    port = msg.get("port")
+    if type(port) is not int or not least <= port <= 65535:
+        reply(req, error="bad_request", message="a port is a number from %d to 65535, not %r" % (least, port))
+        return None
+    if not room():
+        reply(req, error="too_many", message="%d streams are open on this connection, the most it takes" % MAX_STREAMS)
+        return None
+    return port
+
+
+def room():
+    """Whether another stream may open: MAX_STREAMS open, and as many again closed and still lingering."""
+    closing = sum(1 for st in streams.values() if st.closing)
+    return len(streams) - closing < MAX_STREAMS and closing < MAX_STREAMS
+
+
+def stream_connect(req, msg):
+    import socket  # only here, like the file helpers
+
+    port = port_of(req, msg, 1)
+    if port is None:
+        return
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    err = sock.connect_ex(("127.0.0.1", port))
+    if err in (0, errno.EINPROGRESS):
+        streams[req] = Stream(req, sock, connecting=bool(err), port=port)
+        if not err:
+            reply(req, ev="open")
+        return
+    sock.close()
+    connect_failed(req, port, err)
+
+
+def connect_failed(req, port, err):
+    if err == errno.ECONNREFUSED:
+        reply(req, error="refused", message="nothing listens on 127.0.0.1:%d in the sandbox" % port)
+    else:
+        reply(req, error="connect", message="cannot connect to 127.0.0.1:%d: %s" % (port, os.strerror(err)))
+
+
+def stream_listen(req, msg):
+    import socket
+
+    port = port_of(req, msg, 0)
+    if port is None:
+        return
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        taken = e.errno == errno.EADDRINUSE
+        reply(req, error="in_use" if taken else "listen", message="cannot listen on 127.0.0.1:%d: %s" % (port, e.strerror))
+        return
+    sock.setblocking(False)
+    listeners[req] = sock
+    reply(req, ev="listening", port=sock.getsockname()[1])
+
+
+def stream_accept(req, sock):
+    try:
+        conn, _addr = sock.accept()
+    except OSError:
+        return  # taken back by the peer, or out of descriptors: the next one may do
+    if not room():
+        conn.close()
+        return
+    accepted[0] += 1
+    sid = "a%d" % accepted[0]
+    streams[sid] = Stream(sid, conn)
+    reply(req, ev="accept", sid=sid)
+
+
+def stream_op(op, sid, msg, payload):
+    """A request on a stream (or listener) the server opened; one that has ended meanwhile is ignored:
+    its `closed` is on its way to the server."""
+    if op == "sclose":
+        sock = listeners.pop(sid, None)
+        if sock is not None:
+            sock.close()
+            reply(sid, ev="closed")
+        elif sid in streams:
+            st = streams[sid]
+            st.shut = True
+            st.closing = time.monotonic()
+            try:
+                linger(st, True)
+            except OSError as e:
+                stream_end(st, e.strerror or e)
+        return
+    st = streams.get(sid)
+    if st is None:
+        return
+    if op == "sdata" and not st.shut:
+        st.out += payload
+    elif op == "sack":
+        st.credit += max(0, int(msg.get("n") or 0))
+    elif op == "shut":
+        st.shut = True
+
+
+def stream_end(st, err=None):
+    del streams[st.sid]
+    st.sock.close()
+    if err is None:
+        reply(st.sid, ev="closed")
+    else:
+        reply(st.sid, ev="closed", error="reset", message=str(err))
+
+
+def stream_fds():
+    readable = [st.sock for st in streams.values() if st.closing or (not st.connecting and not st.eof and st.credit > 0)]
+    writable = [st.sock for st in streams.values() if st.connecting or st.out]
+    return readable + list(listeners.values()), writable
+
+
+def pump_streams(readable, writable):
+    for req, sock in list(listeners.items()):
+        if sock in readable:
+            stream_accept(req, sock)
+    for st in list(streams.values()):
+        sock = st.sock
+        try:
+            if st.connecting:
+                if sock in writable:
+                    err = sock.getsockopt(1, 4)  # SOL_SOCKET, SO_ERROR
+                    if err:
+                        del streams[st.sid]
+                        sock.close()
+                        connect_failed(st.sid, st.port, err)
+                        continue
+                    st.connecting = False
+                    reply(st.sid, ev="open")
+                continue
+            if st.out and sock in writable:
+                try:
+                    n = sock.send(st.out)
+                except BlockingIOError:
+                    n = 0
+                del st.out[:n]
+                st.acked += n
+            if st.acked and (not st.out or st.acked >= SWINDOW // 4):
+                reply(st.sid, ev="ack", n=st.acked)
+                st.acked = 0
+            if st.shut and not st.out and not st.wr_closed:
+                sock.shutdown(1)  # SHUT_WR: the peer reads its end of file
+                st.wr_closed = True
+            if st.closing:
+                linger(st, sock in readable)
+                continue
+            if sock in readable:
+                try:
+                    data = sock.recv(min(st.credit, SCHUNK))
+                except BlockingIOError:
+                    data = None
+                if data:
+                    st.credit -= len(data)
+                    data_frame(b"S", st.sid, data)
+                elif data is not None:
+                    st.eof = True
+                    reply(st.sid, ev="eof")
+            if st.eof and st.wr_closed:
+                stream_end(st)
+        except OSError as e:
+            stream_end(st, e.strerror or e)
+
+
+def linger(st, readable):
+    """A stream the server closed: what comes in is dropped (a socket closed with unread data would send
+    the peer a reset, which may cost it what it has not read yet); it ends once what the server sent is
+    written, or after LINGER_S."""
+    if not st.out and not st.wr_closed:
+        st.sock.shutdown(1)
+        st.wr_closed = True
+    if readable:
+        try:
+            st.sock.recv(SCHUNK)
+        except BlockingIOError:
+            pass
+    if st.wr_closed or time.monotonic() - st.closing > LINGER_S:
+        stream_end(st)
+
+
+def lingering():
+    return any(st.closing for st in streams.values())
+
+
+def close_streams():
+    for st in list(streams.values()):
+        st.sock.close()
+    for sock in listeners.values():
+        sock.close()
+    streams.clear()
+    listeners.clear()
+
+
 def guarded(fn, req, *args):
     try:
         fn(req, *args)
@@ -1217,7 +1448,8 @@ def hello(req, msg):
         os.setgroups(who[2])  # file access as the user (AsUser) counts its groups, not root's
     env = dict(os.environ)
     env.update(msg.get("env") or {})
-    wanted[0] = env
+    if msg.get("shells", True):  # a connection only for byte streams starts no shells ahead
+        wanted[0] = env
     reply(req, ok=True, pid=ME, ws_writable=workspace_writable(), python=sys.version.split()[0])
 
 
@@ -1246,6 +1478,12 @@ def handle(msg, payload):
             write_file(req, msg, payload)
         elif op == "measure":
             in_thread(measure, req)
+        elif op == "connect":
+            stream_connect(req, msg)
+        elif op == "listen":
+            stream_listen(req, msg)
+        elif op in ("sdata", "sack", "shut", "sclose"):
+            stream_op(op, req, msg, payload)
         else:
             reply(req, error="bad_request", message="unknown op %r" % (op,))
     except Exception as e:
@@ -1262,12 +1500,15 @@ def main():
     pending = None
     while True:
         fds = [sig_r] if closing[0] else [0, sig_r]
+        sfds, wfds = stream_fds() if streams or listeners else ([], [])
         now = time.monotonic()
         due = refill_due(now)
         timeout = None if due is None else due - now
         if followers:
             timeout = 0.02 if timeout is None else min(timeout, 0.02)
-        ready = select.select(fds, [], [], timeout)[0]
+        elif streams and lingering():
+            timeout = 1.0 if timeout is None else min(timeout, 1.0)
+        ready, writable, _ = select.select(fds + sfds, wfds, [], timeout)
         if sig_r in ready:
             try:
                 os.read(sig_r, 4096)
@@ -1282,6 +1523,7 @@ def main():
                 for sh in standbys:
                     sh.close()
                 del standbys[:]
+                close_streams()
             inbuf += chunk
             while not closing[0]:  # frames: 4-byte size, a marshalled dict, then its payload of msg["size"] bytes
                 if pending is not None:
@@ -1303,6 +1545,8 @@ def main():
                     pending = msg
                 else:
                     handle(msg, b"")
+        if streams or listeners:
+            pump_streams(ready, writable)
         watch_limits()
         reap()
         pump_all()

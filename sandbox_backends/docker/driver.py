@@ -230,8 +230,9 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
                     log.exception("cleaning up a failed sandbox")
             raise
 
-    async def _open_control(self, cid: str, env: dict[str, str] | None = None) -> ControlClient:
-        """Start the control shell in the container (one `docker exec`) and say hello."""
+    async def _open_control(self, cid: str, env: dict[str, str] | None = None, *, shells: bool = True) -> ControlClient:
+        """Start the control shell in the container (one `docker exec`) and say hello. With `shells=False` it
+        starts no command shells ahead (a connection for byte streams)."""
         api = await self._api()
         code = await anyio.to_thread.run_sync(control_boot_input)  # compiled once per process, off the loop
         try:
@@ -249,7 +250,7 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 await conn.send_raw(code)
-                _kind, msg = await conn.request({"op": "hello", "env": env or {}, "user": self.user})
+                _kind, msg = await conn.request({"op": "hello", "env": env or {}, "user": self.user, "shells": shells})
         except (Lost, TimeoutError) as e:
             await conn.aclose()
             detail = conn.stderr.strip().splitlines()

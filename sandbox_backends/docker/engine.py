@@ -104,7 +104,7 @@ class EngineMixin:
 
     if TYPE_CHECKING:  # what it calls on the driver's other parts
 
-        async def _open_control(self, cid: str, env: dict[str, str] | None = None) -> ControlClient: ...
+        async def _open_control(self, cid: str, env: dict[str, str] | None = None, *, shells: bool = True) -> ControlClient: ...
         async def _keep_pool(self) -> None: ...
         async def _discard(self, entry: PoolEntry) -> None: ...
         async def _mount_disks_of(self, cid: str) -> None: ...
@@ -290,14 +290,14 @@ class EngineMixin:
             log.warning("started sandbox container %s again: the Docker engine had stopped it", cid[:12])
             return True
 
-    async def _reopen(self, cid: str, env: dict[str, str] | None) -> ControlClient:
+    async def _reopen(self, cid: str, env: dict[str, str] | None, *, shells: bool = True) -> ControlClient:
         """Open a control shell in the container. Through an engine outage, wait for the engine (up to
         ENGINE_WAIT_S) and start the container again if the engine stopped it."""
         deadline = time.monotonic() + ENGINE_WAIT_S
         retry_now = True
         while True:
             try:
-                return await self._open_control(cid, env)
+                return await self._open_control(cid, env, shells=shells)
             except SandboxNotFound:
                 raise
             except SandboxError as e:

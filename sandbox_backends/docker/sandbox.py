@@ -24,8 +24,10 @@ from ..base import (
     SandboxNotFound,
     SandboxRestarted,
     SandboxSpec,
+    StreamHandler,
 )
 from ..control.client import Broken, ControlClient, Lost, NoAnswer, Run
+from ..control.streams import ControlStream, Streams
 from ..output import OutputBuffer
 from ..regular_files import not_regular, too_big
 from .container import WORKSPACE
@@ -111,9 +113,11 @@ class DockerSandbox(ClosesOnExit):
         self._conn_lock = anyio.Lock()
         self._running = False
         self._closed = False
+        self._streams = Streams(lambda: driver._reopen(container_id, spec.env, shells=False), spec.name)
         driver._sandboxes.add(self)
 
     async def _disconnect(self) -> None:
+        await self._streams.disconnect()
         if self._conn is not None:
             await self._conn.aclose()
 
@@ -499,11 +503,22 @@ class DockerSandbox(ClosesOnExit):
         if msg.get("error"):
             raise self._file_error(path, msg)
 
+    # -- byte streams (OpensStreams), through a control connection of their own ------------------
+
+    async def connect_inside(self, port: int) -> ControlStream:
+        return await self._streams.connect(port)
+
+    async def serve_inside(
+        self, port: int, handler: StreamHandler, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self._streams.serve(port, handler, task_status=task_status)
+
     # -- life -----------------------------------------------------------------------------------
 
     async def close(self, *, delete: bool = False) -> None:
         self._closed = True
         self._driver._closing.add(self._cid)
+        await self._streams.aclose()
         if self._conn is not None:
             await self._conn.aclose()
         with anyio.CancelScope(shield=True):
