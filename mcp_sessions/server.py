@@ -62,6 +62,8 @@ from .schemas import flatten, lean_input
 from .settings import Settings
 from .stdio import stdio_streams
 from .tasks import EXTENSION, Tasks, TasksExtension, TaskSupport, as_task_wait, middleware, task_client
+from .tasks import status as task_status
+from .tasks.status import StatusWatches
 from .tools import ToolPlugin
 
 INSTRUCTIONS = """\
@@ -95,10 +97,12 @@ def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 @dataclass
 class AppState:
-    """What the server's lifespan holds: the manager and the feed that notifies clients."""
+    """What the server's lifespan holds: the manager, the feed that notifies clients of sessions, and the
+    watches that tell handshake-era clients how their tasks stand."""
 
     manager: SessionManager
     feed: ChangeFeed
+    task_watches: StatusWatches
 
 
 def _manager(ctx: Context) -> SessionManager:
@@ -127,7 +131,8 @@ class SessionsServer(MCPServer[AppState]):
     async def serving(self) -> AsyncIterator[AppState]:
         """Open the manager and its change feed for every connection, until the block ends."""
         async with open_manager(self.settings_) as manager, anyio.create_task_group() as tg:
-            state = AppState(manager, ChangeFeed(manager.waiter, manager.store, sdk.subscription_bus(self)))
+            feed = ChangeFeed(manager.waiter, manager.store, sdk.subscription_bus(self))
+            state = AppState(manager, feed, StatusWatches(self.tasks, manager, tg))
             await tg.start(state.feed.run)  # before the first request: what that request changes gets reported
             self.state = state
             try:
@@ -266,7 +271,7 @@ async def _owns(manager: SessionManager, uri: str, owner: str) -> bool:
     return True
 
 
-def register_notifications(mcp: MCPServer[AppState]) -> None:
+def register_notifications(mcp: SessionsServer) -> None:
     """resources/subscribe, resources/unsubscribe and logging/setLevel for handshake-era clients, which
     MCPServer does not serve itself, and the capabilities that announce them."""
 
@@ -292,7 +297,7 @@ def register_notifications(mcp: MCPServer[AppState]) -> None:
             kept = [uri for uri in wanted if await _owns(ctx.lifespan_context.manager, uri, owner)]
             notifications = params.notifications.model_copy(update={"resource_subscriptions": kept})
             params = params.model_copy(update={"notifications": notifications})
-        return await sdk_listen(ctx, params)
+        return await task_status.listen(ctx, params, mcp.tasks, sdk_listen)
 
     sdk.add_request_handler(mcp, "subscriptions/listen", SubscriptionsListenRequestParams, listen)
     sdk.add_request_handler(mcp, "resources/subscribe", SubscribeRequestParams, subscribe)

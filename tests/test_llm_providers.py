@@ -102,7 +102,7 @@ async def test_sampling_in_the_2026_era_fails_with_a_sentence(home: Path, llm: F
 
 
 @asynccontextmanager
-async def sampling_in_tasks(home: Path, llm: FakeLLM) -> AsyncIterator[Client]:
+async def sampling_in_tasks(home: Path, llm: FakeLLM, extensions: list[Any] | None = None) -> AsyncIterator[Client]:
     """A 2026-07-28 client that takes tasks and can sample, against an llm agent that samples through it."""
     from .test_tasks import TasksAware
 
@@ -110,7 +110,7 @@ async def sampling_in_tasks(home: Path, llm: FakeLLM) -> AsyncIterator[Client]:
     async with Client(
         create_server(settings),
         mode="auto",
-        extensions=[TasksAware()],
+        extensions=extensions or [TasksAware()],
         sampling_callback=sampling_model([], []),
         sampling_capabilities=types.SamplingCapability(tools=types.SamplingToolsCapability()),
     ) as client:

@@ -10,6 +10,7 @@ its result is the turn's reply, what the tool would have returned had it waited.
 - core.py: ids, what a tool's task follows, a task's state, cancelling, questions to the client.
 - handshake.py: the 2025-11-25 era (task-augmented `tools/call`, `tasks/get|result|list|cancel`).
 - extension.py: the 2026-07-28 era (the `io.modelcontextprotocol/tasks` extension), and the methods of both.
+- status.py: pushing a task's status changes to the client (both eras), so it need not poll.
 
 Clients that use no tasks see nothing of this: `wait_s` and `get_session` work as before.
 """

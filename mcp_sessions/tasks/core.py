@@ -27,6 +27,8 @@ from ..models import Session, TurnReply, now
 
 log = logging.getLogger(__name__)
 
+EXTENSION = "io.modelcontextprotocol/tasks"
+"""The 2026-07-28 tasks extension's identifier."""
 Status = Literal["working", "input_required", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 POLL_MS = 2000
@@ -116,6 +118,18 @@ class TaskState:
     updated_at: datetime = field(default_factory=now)
 
 
+class Notification(BaseModel):
+    """A notification as written: its params exactly as built (the SDK drops null fields, but a Task's
+    `ttl` is a required field that is null here)."""
+
+    method: str
+    params: dict[str, Any]
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs.pop("exclude_none", None)
+        return super().model_dump(**kwargs)
+
+
 def tool_result(model: BaseModel) -> CallToolResult:
     """A tool's result as the server's tools answer: structured, and the same as compact JSON text."""
     structured = model.model_dump(mode="json", by_alias=True)
@@ -158,6 +172,16 @@ class Tasks:
         self.support: dict[str, TaskSupport] = {}
         self.asks: dict[str, dict[str, Ask]] = {}
         """Per task id, the questions to the client still unanswered (2026-07-28)."""
+        self._asked: dict[str, anyio.Event] = {}
+
+    def changed(self, task_id: str) -> anyio.Event:
+        """Set when the task's questions change next (asked, answered, dropped): what a status watch
+        waits for besides the task's end."""
+        return self._asked.setdefault(task_id, anyio.Event())
+
+    def poke(self, task_id: str) -> None:
+        if (event := self._asked.pop(task_id, None)) is not None:
+            event.set()
 
     async def begin(self, manager: SessionManager, tool: str, answer: Mapping[str, Any]) -> TaskState:
         """Record the task of a call that started a turn (or a creation) and answered: after this, any
@@ -235,6 +259,7 @@ class Tasks:
         if state.status in TERMINAL:
             return state
         self.asks.pop(ref.id, None)
+        self.poke(ref.id)
         if ref.turn is None:
             await manager.close(ref.session_id)
             state = await self.state(manager, ref)
@@ -254,6 +279,7 @@ class Tasks:
         for key, response in responses.items():
             if (ask := asks.pop(key, None)) is not None:
                 ask.give(response)
+                self.poke(ref.id)
 
 
 @dataclass
@@ -303,10 +329,12 @@ class TaskClient:
         key = f"{method.split('/')[0]}-{next(self._numbers)}"
         ask = Ask({"method": method, "params": params})
         self._tasks.asks.setdefault(self._task_id, {})[key] = ask
+        self._tasks.poke(self._task_id)
         try:
             await ask.answered.wait()
         finally:
-            self._tasks.asks.get(self._task_id, {}).pop(key, None)
+            if self._tasks.asks.get(self._task_id, {}).pop(key, None) is not None:
+                self._tasks.poke(self._task_id)
         return ask.response
 
     async def create_message(self, params: dict[str, Any]) -> CreateMessageResultWithTools:

@@ -23,9 +23,7 @@ from mcp_types import HEADER_MISMATCH, INVALID_PARAMS, METHOD_NOT_FOUND
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from . import handshake
-from .core import POLL_MS, TaskClient, Tasks, TaskState, answer_of, iso
-
-EXTENSION = "io.modelcontextprotocol/tasks"
+from .core import EXTENSION, POLL_MS, TaskClient, Tasks, TaskState, answer_of, iso
 
 _client: ContextVar[TaskClient | None] = ContextVar("mcp_sessions_task_client", default=None)
 

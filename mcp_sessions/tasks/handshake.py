@@ -7,7 +7,7 @@ a CreateTaskResult, so the task-augmented call is answered by a server middlewar
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
@@ -17,7 +17,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from ..errors import InvalidInput
 from ..manager import SessionManager
 from ..turns import MAX_WAIT_S
-from .core import POLL_MS, TERMINAL, Tasks, TaskState, answer_of, iso, owner, starting
+from .core import POLL_MS, TERMINAL, Notification, Tasks, TaskState, answer_of, iso, owner, starting
 
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 PAGE = 50
@@ -63,6 +63,14 @@ def middleware(tasks: Tasks) -> Any:
             text = content[0].get("text") if isinstance(content, list) and content and isinstance(content[0], dict) else None
             raise MCPError(INVALID_PARAMS, str(text or f"{tool} failed before its task could start."))
         state = await tasks.begin(ctx.lifespan_context.manager, tool, answer)
+        if state.status not in TERMINAL:
+            session = ctx.session
+
+            async def send(changed: TaskState) -> None:
+                status = Notification(method="notifications/tasks/status", params=task_wire(changed))
+                await session.send_notification(cast(Any, status))  # a method the SDK's union leaves out
+
+            ctx.lifespan_context.task_watches.follow(state.ref, send)
         return {"task": task_wire(state)}
 
     return task_augmented_call
