@@ -261,8 +261,8 @@ async def test_a_memory_hog_is_stopped_at_the_memory_limit(
         tg.start_soon(docker_driver.watch, on_failure)
         await watch_caught_up(docker_engine, docker_driver.server_id, failures)
         hog = 'python3 -c \'b = bytearray(512 << 20); print("sur" + "vived")\''
-        if isolation == "gvisor":
-            with pytest.raises(SandboxError, match="oom killed"):
+        if isolation == "gvisor":  # the engine flags the OOM kill, or the reason names the memory limit
+            with pytest.raises(SandboxError, match=r"oom killed|reaches its memory limit of 64 MiB"):
                 await sb.exec(hog, timeout_s=60)
         else:
             r = await sb.exec(hog, timeout_s=60)
@@ -276,7 +276,10 @@ async def test_a_memory_hog_is_stopped_at_the_memory_limit(
         tg.cancel_scope.cancel()
     reported_failures = [(name, why) for name, why in failures if not name.startswith(PROBE)]  # the probes are too
     if isolation == "gvisor":
-        assert dict(reported_failures) == {sb.name: "oom killed", witness.name: "sandbox exited with code 137"}
+        reasons = dict(reported_failures)
+        assert set(reasons) == {sb.name, witness.name}
+        assert reasons[sb.name] == "oom killed" or "memory limit of 64 MiB" in reasons[sb.name]
+        assert reasons[witness.name].startswith("sandbox exited with code 137")  # killed, whatever its limit
         return
     assert r.exit_code == 137
     assert "survived" not in r.output
