@@ -24,6 +24,7 @@ where they fail (tests/docker_support.py).
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import secrets
 import shlex
@@ -52,6 +53,7 @@ from sandbox_backends.base import (
 from sandbox_backends.registry import DriverContext
 from tests.ci import unavailable
 from tests.docker_support import IMAGE, docker_engine, docker_server_id  # noqa: F401  (fixtures)
+from tests.kubernetes_cluster import emulated, kubernetes_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -60,9 +62,10 @@ COMMAND_DRIVERS = [
     pytest.param("local+bwrap", id="local-bwrap"),
     pytest.param("docker", id="docker", marks=pytest.mark.docker),
     pytest.param("memory", id="memory"),
+    pytest.param("kubernetes", id="kubernetes"),
 ]
 BASH_DRIVERS = [p for p in COMMAND_DRIVERS if p.values[0] != "memory"]
-JOB_TABLE_DRIVERS = [p for p in BASH_DRIVERS if p.values[0] != "docker"]
+JOB_TABLE_DRIVERS = [p for p in BASH_DRIVERS if p.values[0] not in ("docker", "kubernetes")]
 
 
 MESSAGE_DRIVERS = {"remote"}
@@ -133,16 +136,20 @@ async def servers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         server_id = request.getfixturevalue("docker_server_id")  # no engine: skip, or fail under CI
     if name == "memory":
         request.getfixturevalue("plugins_installed")
-    plugin = registry.drivers()[name]
-    settings = plugin.settings.model_validate(SETTINGS.get(name, {})) if plugin.settings else None
-    context = DriverContext(home=tmp_path / "home", server_id=server_id)
-    made = Servers(name, lambda: plugin.make(settings, context), {"isolation": isolation} if isolation else {})
-    yield made
-    with anyio.CancelScope(shield=True):
-        for handle in made.handles.values():
-            await handle.close(delete=True)
-        for driver in made.drivers:
-            await driver.aclose()
+    async with contextlib.AsyncExitStack() as stack:
+        given = SETTINGS.get(name, {})
+        if name == "kubernetes":  # an emulated API server and local pods (tests/kubernetes_cluster.py)
+            given = kubernetes_settings(await stack.enter_async_context(emulated(tmp_path)))
+        plugin = registry.drivers()[name]
+        settings = plugin.settings.model_validate(given) if plugin.settings else None
+        context = DriverContext(home=tmp_path / "home", server_id=server_id)
+        made = Servers(name, lambda: plugin.make(settings, context), {"isolation": isolation} if isolation else {})
+        yield made
+        with anyio.CancelScope(shield=True):
+            for handle in made.handles.values():
+                await handle.close(delete=True)
+            for driver in made.drivers:
+                await driver.aclose()
 
 
 # -- watching commands and jobs --------------------------------------------------------------------
