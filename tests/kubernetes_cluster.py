@@ -6,7 +6,9 @@ local pods, their exec websocket, and a controller the test can run or play by h
   resourceVersion (a new one on every change), a creationTimestamp, their namespace and a 201; label
   and `metadata.name` field selectors filter lists and watches; a watch from a resourceVersion sends
   only later changes; an update of the main resource leaves `status` alone and one of `/status` only
-  changes `status` (the status subresource). Requests without the kubeconfig's token are refused (401).
+  changes `status` (the status subresource); an undeclared resource is a 404, not made up on the fly;
+  errors are Status objects served as exactly `application/json` (lightkube reads them only so). Requests
+  without the kubeconfig's token are refused (401).
 - **Pods**: a `LocalPod` is a PID and mount namespace on this machine (`unshare`, as root) with its own
   /proc, a tmpfs /run holding the control shell's root-only folder, a tmpfs /tmp, and the pod's workspace
   folder bound at the driver's workspace path. Commands run as uid 1000 like in a real pod, and the
@@ -34,13 +36,14 @@ import shlex
 import shutil
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp.web
+import httpx
 import kmock
 import pytest
 import yaml
@@ -54,8 +57,14 @@ WORKSPACE = "/run/workspace"
 """Where pods mount their workspace: a path inside each pod's own /run tmpfs, since this machine has no /workspace."""
 SANDBOXES = "agents.x-k8s.io/v1beta1/sandboxes"
 CLAIMS = "extensions.agents.x-k8s.io/v1beta1/sandboxclaims"
+POD_NAME = "agents.x-k8s.io/pod-name"
 REAPER = "import os,time\nwhile True:\n try:os.wait()\n except ChildProcessError:time.sleep(1)\n"
 POD_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+
+
+def pod_name(sandbox: dict[str, Any]) -> str:
+    meta = sandbox.get("metadata") or {}
+    return str((meta.get("annotations") or {}).get(POD_NAME) or meta.get("name"))
 
 
 def now() -> str:
@@ -85,6 +94,8 @@ class Api(kmock.KubernetesEmulator):
     versions = itertools.count(1)
     pods: dict[str, LocalPod]
     exec_protocols: tuple[str, ...]
+    procs: set[asyncio.subprocess.Process]
+    """Every exec'd process, waited for when the cluster goes (so none outlives its event loop)."""
     sent: list[tuple[str, str, dict[str, Any]]]
     """(plural, "create" or "update", body) of every Sandbox and SandboxClaim write, as the client sent it."""
 
@@ -106,9 +117,12 @@ class Api(kmock.KubernetesEmulator):
         return status_response(answer.status, str(payload.get("message")), payload.get("reason"))
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and not any(r == request.resource for r in kmock.KubernetesScaffold._get_resources(self)):
+            return status_response(404, "the server could not find the requested resource")  # kmock would invent it
         if request.action in (enums.action.CREATE, enums.action.UPDATE) and isinstance(request.data, dict):
             plural = request.resource.plural if request.resource else None
-            if plural in ("sandboxes", "sandboxclaims") and request.subresource is None:
+            mine = request.headers.get("X-Controller") != "test"
+            if mine and plural in ("sandboxes", "sandboxclaims") and request.subresource is None:
                 self.sent.append(
                     (plural, "create" if request.action == enums.action.CREATE else "update", json.loads(request.text))
                 )
@@ -158,6 +172,7 @@ class Api(kmock.KubernetesEmulator):
         await ws.prepare(raw)
         command = raw.query.getall("command")
         proc = await pod.exec(command)
+        self.procs.add(proc)
         assert proc.stdin and proc.stdout and proc.stderr
 
         async def pump(stream: asyncio.StreamReader, channel: int) -> None:
@@ -254,6 +269,11 @@ class LocalPod:
         self.init_pid = None
 
 
+def controller_client() -> httpx.AsyncClient:
+    """The test's own client, playing the controller and the kubelet (its writes are not the driver's)."""
+    return httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}", "X-Controller": "test"})
+
+
 def status_response(code: int, message: str, reason: str | None = None) -> aiohttp.web.Response:
     body = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": code, "message": message}
     if reason:
@@ -282,20 +302,14 @@ class Cluster:
 
     async def set_status(self, name: str, *conditions: dict[str, Any], resource: str = SANDBOXES, **extra: Any) -> None:
         """Set a Sandbox's (or claim's) status conditions, as the controller would, through the API."""
-        import httpx
-
         group_version, plural = resource.rsplit("/", 1)
         url = f"{self.url}/apis/{group_version}/namespaces/{NAMESPACE}/{plural}/{name}/status"
         body = {"status": {"conditions": list(conditions), **extra}}
-        async with httpx.AsyncClient() as client:
-            answer = await client.patch(
-                url, json=body, headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/merge-patch+json"}
-            )
+        async with controller_client() as client:
+            answer = await client.patch(url, json=body, headers={"Content-Type": "application/merge-patch+json"})
             answer.raise_for_status()
 
     async def put_pod(self, name: str, labels: dict[str, str], status: dict[str, Any] | None = None) -> None:
-        import httpx
-
         body = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -303,8 +317,7 @@ class Cluster:
             "spec": {"containers": [{"name": "sandbox", "image": "local"}]},
             "status": status or {"phase": "Running"},
         }
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with httpx.AsyncClient(headers=headers) as client:
+        async with controller_client() as client:
             url = f"{self.url}/api/v1/namespaces/{NAMESPACE}/pods"
             if name in self.objects("pods"):
                 await client.patch(f"{url}/{name}", json=body, headers={"Content-Type": "application/merge-patch+json"})
@@ -312,15 +325,13 @@ class Cluster:
                 (await client.post(url, json=body)).raise_for_status()
 
     async def delete_pod(self, name: str) -> None:
-        import httpx
-
-        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        async with controller_client() as client:
             await client.delete(f"{self.url}/api/v1/namespaces/{NAMESPACE}/pods/{name}")
 
     # -- the controller ---------------------------------------------------------------------------
 
     async def start_pod(self, sandbox: dict[str, Any]) -> None:
-        name = sandbox["metadata"]["name"]
+        name = pod_name(sandbox)
         template = ((sandbox.get("spec") or {}).get("podTemplate") or {}).get("spec") or {}
         workdir = ((template.get("containers") or [{}])[0]).get("workingDir") or "/"
         pod = self.api.pods.get(name) or LocalPod(name, self.pods_root / name, workdir=workdir)
@@ -332,16 +343,16 @@ class Cluster:
 
     async def reconcile(self, op: str, sandbox: dict[str, Any]) -> None:
         name = sandbox["metadata"]["name"]
-        pod = self.api.pods.get(name)
+        pod = self.api.pods.get(pod_name(sandbox))
         if op == "DELETED":
             if pod is not None:
                 await pod.stop()
-                await self.delete_pod(name)
+                await self.delete_pod(pod.name)
             return
         mode = (sandbox.get("spec") or {}).get("operatingMode") or "Running"
         if mode == "Suspended" and pod is not None and pod.running:
             await pod.stop()
-            await self.delete_pod(name)
+            await self.delete_pod(pod.name)
             await self.set_status(
                 name,
                 condition("Ready", "False", "SandboxSuspended", "the sandbox is suspended"),
@@ -360,13 +371,45 @@ class Cluster:
             )
 
     async def run_controller(self) -> None:
-        """Follow Sandboxes through the emulator's own event bus, as a controller's watch would."""
-        bus = self.api._buses[kmock.resource("agents.x-k8s.io", "v1beta1", "sandboxes")]
-        for existing in list(self.objects("sandboxes").values()):
-            await self.reconcile("ADDED", existing)
-        async for event in bus:
-            obj = event.get("object") or {}
-            await self.reconcile(str(event.get("type")), obj)
+        """Follow Sandboxes and SandboxClaims through the emulator's own event buses, as a controller's watches would."""
+
+        async def follow(plural: str, reconcile: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
+            group = "agents.x-k8s.io" if plural == "sandboxes" else "extensions.agents.x-k8s.io"
+            async for event in self.api._buses[kmock.resource(group, "v1beta1", plural)]:
+                await reconcile(str(event.get("type")), event.get("object") or {})
+
+        await asyncio.gather(follow("sandboxes", self.reconcile), follow("sandboxclaims", self.adopt))
+
+    async def adopt(self, op: str, claim: dict[str, Any]) -> None:
+        """A claim on a warm pool gets a Sandbox of the pool's (its pod named in an annotation), as agent-sandbox
+        adopts one; a deleted claim gives it up."""
+        adopted = ((claim.get("status") or {}).get("sandbox") or {}).get("name")
+        async with controller_client() as client:
+            url = f"{self.url}/apis/agents.x-k8s.io/v1beta1/namespaces/{NAMESPACE}/sandboxes"
+            if op == "DELETED" and adopted:
+                await client.delete(f"{url}/{adopted}")
+            if op != "ADDED" or not self.auto:
+                return
+            name = "pool-" + uuid.uuid4().hex[:6]
+            extra = (claim.get("spec") or {}).get("additionalPodMetadata") or {}
+            body = {
+                "apiVersion": "agents.x-k8s.io/v1beta1",
+                "kind": "Sandbox",
+                "metadata": {"name": name, "namespace": NAMESPACE, "annotations": {POD_NAME: f"{name}-pod"}},
+                "spec": {
+                    "podTemplate": {
+                        "metadata": {"labels": extra.get("labels") or {}},
+                        "spec": {"containers": [{"name": "sandbox", "image": "pool-image", "workingDir": WORKSPACE}]},
+                    }
+                },
+            }
+            (await client.post(url, json=body)).raise_for_status()
+        await self.set_status(
+            claim["metadata"]["name"],
+            condition("Ready", "True", "SandboxReady", "claimed"),
+            resource=CLAIMS,
+            sandbox={"name": name},
+        )
 
 
 def write_kubeconfig(path: Path, url: str) -> None:
@@ -388,6 +431,7 @@ async def cluster(
     """A running emulator with the agent-sandbox resources declared and the controller following it."""
     async with Api() as api, kmock.Server(api) as server:
         api.pods = {}
+        api.procs = set()
         api.sent = []
         api.exec_protocols = exec_protocols
         api.resources.load_bundled()
@@ -404,6 +448,10 @@ async def cluster(
             task.cancel()
             for pod in list(api.pods.values()):
                 await pod.stop()
+            for proc in api.procs:
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
 
 
 def emulated(tmp: Path, **options: Any) -> AbstractAsyncContextManager[Cluster]:

@@ -178,10 +178,10 @@ class KubernetesDriver:
         return bool(self.warm_pool) and spec.image is None and spec.limits == Limits()
 
     async def create(self, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> KubernetesSandbox:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", spec.name) or len(spec.name) > 50:
-            raise SandboxError(f"Invalid sandbox name {spec.name!r}: use lowercase letters, digits, '-' and '.' (50 at most).")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,49}", spec.name) or spec.name.endswith((".", "-", "_")):
+            raise SandboxError(f"Invalid sandbox name {spec.name!r}: use letters, digits, '_', '.' and '-' (50 at most).")
         limits, disk_mb = self._limits(spec)
-        name = r.SANDBOX_PREFIX + spec.name
+        name = r.object_name(spec.name)
         labels = r.labels(self.server_id, spec.name, spec.labels)
         if on_phase:
             await on_phase("creating_sandbox", f"Sandbox {name} in namespace {self.policy.namespace}")
@@ -195,7 +195,8 @@ class KubernetesDriver:
                     f"claiming from the warm pool {self.warm_pool}", lambda: self._api().create(SandboxClaim.from_dict(body))
                 )
                 claim = await self._wait_ready(SandboxClaim, name, on_phase)
-                obj = await self._get(Sandbox, str(((claim.get("status") or {}).get("sandbox") or {}).get("name")))
+                adopted = str(((claim.get("status") or {}).get("sandbox") or {}).get("name"))
+                obj = await self._wait_ready(Sandbox, adopted, on_phase)
             else:
                 body = r.sandbox_body(name, self.policy, limits, disk_mb, labels)
                 await self._make(body)
@@ -238,9 +239,11 @@ class KubernetesDriver:
                     obj = await self._get(res, name)
                     if why := r.failure(obj):
                         raise SandboxError(why)
-                    if r.is_ready(obj):
-                        return obj
                     now = r.phase(obj)
+                    if r.is_ready(obj):
+                        if on_phase is not None and now is not None and res is Sandbox:
+                            await on_phase(*now)
+                        return obj
                     if now is not None:
                         last = now[1]
                         if now != shown and on_phase is not None:
@@ -295,10 +298,10 @@ class KubernetesDriver:
             raise SandboxNotFound(f"The Sandbox {sandbox_id} no longer exists.") from None
         pod_labels = ((obj.get("spec") or {}).get("podTemplate") or {}).get("metadata", {}).get("labels") or {}
         meta_labels = (obj.get("metadata") or {}).get("labels") or {}
-        claimed = sandbox_id != r.SANDBOX_PREFIX + spec.name
+        claimed = sandbox_id != r.object_name(spec.name)
         if claimed:  # adopted from a warm pool: the claim of the session's name says which Sandbox it got
             try:
-                claim = await self._get(SandboxClaim, r.SANDBOX_PREFIX + spec.name)
+                claim = await self._get(SandboxClaim, r.object_name(spec.name))
             except SandboxNotFound:
                 raise SandboxNotFound(f"The Sandbox {sandbox_id} is not the sandbox of {spec.name}.") from None
             if ((claim.get("status") or {}).get("sandbox") or {}).get("name") != sandbox_id:

@@ -64,6 +64,11 @@ class PodPolicy:
     service_account: str | None = None
 
 
+def object_name(session: str) -> str:
+    """A session's Sandbox (and claim) name: Kubernetes names take lowercase letters, digits, '-' and '.' only."""
+    return SANDBOX_PREFIX + session.lower().replace("_", "-")
+
+
 def labels(server_id: str, name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The labels of a session's objects; ours win over the caller's of the same name."""
     return {**(extra or {}), LABEL_SANDBOX: "1", LABEL_SERVER: server_id, LABEL_NAME: name}

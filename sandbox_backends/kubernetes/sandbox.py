@@ -17,7 +17,7 @@ import anyio
 from ..base import DiskUse, SandboxBusy, SandboxSpec
 from ..control.client import ControlClient
 from ..control.sandbox import ControlSandbox
-from .resources import SANDBOX_PREFIX, WORKSPACE_CLAIM
+from .resources import WORKSPACE_CLAIM, object_name
 
 if TYPE_CHECKING:
     from .driver import KubernetesDriver
@@ -123,5 +123,5 @@ class KubernetesSandbox(ControlSandbox):
         self._closed = True
         await self._disconnect()
         with anyio.CancelScope(shield=True):
-            name = SANDBOX_PREFIX + self._spec.name if self._claimed else self._sandbox_name
+            name = object_name(self._spec.name) if self._claimed else self._sandbox_name
             await self._driver._remove(name, self._claimed, delete=delete)

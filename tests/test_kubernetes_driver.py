@@ -1,0 +1,351 @@
+"""The kubernetes driver against an emulated API server over real HTTP, with local pods and their exec websocket
+(tests/kubernetes_cluster.py), the test playing the agent-sandbox controller where a case needs it.
+
+What every driver does is in driver_conformance.py; here is what is the kubernetes driver's own: the
+bodies it sends are valid for the agent-sandbox CRDs, conditions become phases and failures a person can
+act on, sandboxes that end behind the server's back are reported, suspend and resume, warm-pool claims,
+and the exec subprotocol's fallback.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jsonschema
+import pytest
+import yaml
+from mcp import Client
+
+from mcp_sessions.server import create_server
+from mcp_sessions.settings import Settings
+from sandbox_backends import registry
+from sandbox_backends.base import Driver, Limits, SandboxError, SandboxNotFound, SandboxSpec
+from sandbox_backends.kubernetes.resources import PodPolicy, claim_body, labels, object_name, sandbox_body
+from sandbox_backends.kubernetes.sandbox import KubernetesSandbox
+from sandbox_backends.registry import DriverContext
+from tests.conftest import call
+from tests.kubernetes_cluster import NAMESPACE, WORKSPACE, Cluster, condition, controller_client, emulated, kubernetes_settings
+
+pytestmark = pytest.mark.anyio
+
+CRDS = Path(__file__).parent / "crds" / "agent-sandbox"
+HANG_S = 60.0
+"""Bound on waits for what takes well under a second: it only turns a hang into a failure."""
+
+
+def crd_schema(file: str, version: str = "v1beta1") -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / file).read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    return dict(served["schema"]["openAPIV3Schema"])
+
+
+SCHEMAS = {
+    "sandboxes": crd_schema("agents.x-k8s.io_sandboxes.yaml"),
+    "sandboxclaims": crd_schema("extensions.agents.x-k8s.io_sandboxclaims.yaml"),
+}
+
+
+def check_body(plural: str, body: dict[str, Any]) -> None:
+    """Validate a body against the CRD's structural schema, as the API server would before storing it."""
+    jsonschema.validate(body, SCHEMAS[plural], cls=jsonschema.Draft7Validator)
+
+
+@dataclass
+class Kube:
+    cluster: Cluster
+    make: Callable[..., Driver]
+    tmp: Path
+
+
+@pytest.fixture
+async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
+    made: list[Driver] = []
+    async with emulated(tmp_path) as cluster:
+
+        def make(**settings: Any) -> Driver:
+            plugin = registry.drivers()["kubernetes"]
+            assert plugin.settings is not None
+            given = plugin.settings.model_validate(kubernetes_settings(cluster, **settings))
+            driver = plugin.make(given, DriverContext(home=tmp_path / "home", server_id="kube-test"))
+            made.append(driver)
+            return driver
+
+        yield Kube(cluster, make, tmp_path)
+        with anyio.CancelScope(shield=True):
+            for driver in made:
+                await driver.aclose()
+        # Whatever a test did, the driver made only valid objects, and its patches (merged) left them valid.
+        for plural, how, body in cluster.api.sent:
+            if how == "create":
+                check_body(plural, body)
+        for plural in SCHEMAS:
+            for obj in cluster.objects(plural).values():
+                check_body(plural, {k: v for k, v in obj.items() if k != "status"})  # status is the test's own
+
+
+async def until(check: Callable[[], Any]) -> Any:
+    """Until `check()` gives something truthy (a positive signal), bounded by HANG_S."""
+    with anyio.fail_after(HANG_S):
+        while not (found := check()):
+            await anyio.sleep(0.02)
+    return found
+
+
+def session_name() -> str:
+    return "ses_" + secrets.token_hex(16)
+
+
+# -- bodies ----------------------------------------------------------------------------------------
+
+
+def test_the_bodies_the_driver_makes_are_valid_for_the_crds() -> None:
+    policy = PodPolicy(namespace="ns", image="img:1", runtime_class="gvisor", storage_class="fast", service_account="runner")
+    name = session_name()
+    body = sandbox_body(object_name(name), policy, Limits(memory_mb=512, cpus=0.5, tmp_mb=64), 2048, labels("srv", name))
+    check_body("sandboxes", body)
+    pod = body["spec"]["podTemplate"]["spec"]
+    assert pod["runtimeClassName"] == "gvisor" and pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"] == {"cpu": "0.5", "memory": "512Mi"}
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID", "KILL"]}
+    assert body["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "2048Mi"
+    assert body["metadata"]["labels"]["mcp-sessions.name"] == name and object_name(name).startswith("mcp-ses-ses-")
+    check_body("sandboxclaims", claim_body(object_name(name), "ns", "pool", labels("srv", name)))
+
+    # The check itself refuses what the API server would: it is not a check that passes anything.
+    for broken in ({"operatingMode": "Paused"}, {"podTemplate": None}, {"shutdownPolicy": "Keep"}):
+        with pytest.raises(jsonschema.ValidationError):
+            check_body("sandboxes", {**body, "spec": {**body["spec"], **broken}})
+    with pytest.raises(jsonschema.ValidationError):
+        check_body("sandboxclaims", {"spec": {"warmPoolRef": {}}})
+
+
+# -- bring-up: phases, readiness and failures ------------------------------------------------------
+
+
+async def test_a_sandbox_is_ready_when_its_ready_condition_is_and_its_phases_are_told(kube: Kube) -> None:
+    kube.cluster.auto = False  # the test plays the controller
+    driver = kube.make()
+    name = session_name()
+    phases: list[tuple[str, str]] = []
+
+    async def on_phase(phase: str, detail: str) -> None:
+        phases.append((phase, detail))
+
+    made: list[Any] = []
+    async with anyio.create_task_group() as tg:
+
+        async def create() -> None:
+            made.append(await driver.create(SandboxSpec(name=name), on_phase))
+
+        tg.start_soon(create)
+        sandbox = await until(lambda: kube.cluster.objects("sandboxes").get(object_name(name)))
+        await kube.cluster.set_status(object_name(name), condition("Ready", "False", "DependenciesNotReady", "pod pending"))
+        await until(lambda: any("DependenciesNotReady" in d for _p, d in phases))
+        assert not made  # not Ready yet: create still waits
+        await kube.cluster.start_pod(sandbox)
+        await kube.cluster.set_status(
+            object_name(name),
+            condition("PodScheduled", "True", "Scheduled", ""),
+            condition("Ready", "True", "DependenciesReady", "Pod is Ready"),
+            nodeName="node-7",
+        )
+    (sb,) = made
+    assert [p for p, _d in phases] == ["creating_sandbox", "creating_sandbox", "starting"], phases
+    assert phases[-1][1] == f"pod {object_name(name)} ready on node-7"
+    assert (await sb.exec("echo up; id -u")).output == "up\n1000\n"
+
+
+@pytest.mark.parametrize(
+    ("reason", "message", "expected"),
+    [
+        (
+            "ReconcilerError",
+            "pods is forbidden: exceeded quota",
+            "the agent-sandbox controller could not make the sandbox: pods is forbidden",
+        ),
+        ("SandboxExpired", "shutdown time reached", "the sandbox reached its shutdown time"),
+    ],
+)
+async def test_a_failing_condition_fails_the_create_with_the_reason_and_removes_the_sandbox(
+    kube: Kube, reason: str, message: str, expected: str
+) -> None:
+    kube.cluster.auto = False
+    driver = kube.make()
+    name = session_name()
+    async with anyio.create_task_group() as tg:
+
+        async def fail() -> None:
+            await until(lambda: kube.cluster.objects("sandboxes").get(object_name(name)))
+            await kube.cluster.set_status(object_name(name), condition("Ready", "False", reason, message))
+
+        tg.start_soon(fail)
+        with pytest.raises(SandboxError, match=expected) as failed:
+            with anyio.fail_after(HANG_S):
+                await driver.create(SandboxSpec(name=name))
+    assert "create a new session" in str(failed.value)
+    assert object_name(name) not in kube.cluster.objects("sandboxes")  # nothing left behind
+
+
+async def test_an_image_that_cannot_be_pulled_fails_the_create_saying_what_to_check(kube: Kube) -> None:
+    kube.cluster.auto = False
+    driver = kube.make(kubernetes_image="registry.invalid/nope:1")
+    name = session_name()
+    async with anyio.create_task_group() as tg:
+
+        async def kubelet() -> None:
+            await until(lambda: kube.cluster.objects("sandboxes").get(object_name(name)))
+            waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry.invalid/nope:1"'}
+            container = {"name": "sandbox", "image": "registry.invalid/nope:1", "imageID": "", "ready": False, "restartCount": 0}
+            status = {"phase": "Pending", "containerStatuses": [{**container, "state": {"waiting": waiting}}]}
+            await kube.cluster.put_pod(object_name(name), {}, status)
+
+        tg.start_soon(kubelet)
+        with pytest.raises(SandboxError) as failed:
+            with anyio.fail_after(HANG_S):
+                await driver.create(SandboxSpec(name=name))
+    words = str(failed.value)
+    assert words.startswith("the image cannot be pulled (ImagePullBackOff: Back-off pulling image"), words
+    assert "kubernetes_image" in words
+    assert object_name(name) not in kube.cluster.objects("sandboxes")
+
+
+async def test_a_cluster_without_the_crds_is_told_to_install_agent_sandbox(kube: Kube) -> None:
+    del kube.cluster.api.resources["agents.x-k8s.io/v1beta1/sandboxes"]
+    with pytest.raises(SandboxError, match="install kubernetes-sigs/agent-sandbox"):
+        await kube.make().create(SandboxSpec(name=session_name()))
+
+
+async def test_limits_over_the_maximum_and_networks_are_refused_before_anything_is_made(kube: Kube) -> None:
+    driver = kube.make(kubernetes_max_memory_mb=1024)
+    with pytest.raises(SandboxError, match=r"limits\.memory_mb=2048 is over this server's maximum of 1024"):
+        await driver.create(SandboxSpec(name=session_name(), limits=Limits(memory_mb=2048)))
+    with pytest.raises(SandboxError, match="network access"):
+        await driver.create(SandboxSpec(name=session_name(), network=True))
+    assert kube.cluster.objects("sandboxes") == {}
+
+
+# -- after bring-up: watch, suspend, claims --------------------------------------------------------
+
+
+async def test_watch_reports_expiry_eviction_and_removal_but_not_the_servers_own_close(kube: Kube) -> None:
+    driver = kube.make()
+    expiring, evicted, removed, closed = [await driver.create(SandboxSpec(name=session_name())) for _ in range(4)]
+    assert isinstance(evicted, KubernetesSandbox)
+    reports: dict[str, str] = {}
+
+    async def on_failure(name: str, reason: str) -> None:
+        reports[name] = reason
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(driver.watch, on_failure)
+        await kube.cluster.set_status(expiring.id, condition("Ready", "False", "SandboxExpired", ""))
+        await kube.cluster.put_pod(
+            evicted.pod, labels("kube-test", evicted.name), {"phase": "Failed", "reason": "Evicted", "message": "low on memory"}
+        )
+        await closed.close()
+        async with controller_client() as client:  # someone deletes a Sandbox behind the server's back
+            url = f"{kube.cluster.url}/apis/agents.x-k8s.io/v1beta1/namespaces/{NAMESPACE}/sandboxes/{removed.id}"
+            (await client.delete(url)).raise_for_status()
+        await until(lambda: len(reports) >= 3)
+        tg.cancel_scope.cancel()
+    assert reports[expiring.name].startswith("the sandbox reached its shutdown time and was stopped.")
+    assert reports[evicted.name].startswith("the sandbox's pod was stopped by the cluster (Evicted: low on memory)")
+    assert reports[removed.name] == "sandbox removed"
+    assert closed.name not in reports
+
+
+async def test_pause_suspends_the_sandbox_and_the_next_command_resumes_it_with_the_workspace(kube: Kube) -> None:
+    driver = kube.make()
+    sb = await driver.create(SandboxSpec(name=session_name()))
+    assert isinstance(sb, KubernetesSandbox)
+    await sb.write_file("kept.txt", b"kept\n")
+    await sb.exec("export GONE=1")
+    await sb.pause()
+    stored = kube.cluster.objects("sandboxes")[sb.id]
+    assert stored["spec"]["operatingMode"] == "Suspended"
+    assert sb.pod not in kube.cluster.objects("pods")  # the controller stopped the pod
+    assert not kube.cluster.api.pods[sb.pod].running
+    r = await sb.exec("cat kept.txt; echo GONE=$GONE")  # resumes on use
+    assert r.output == "kept\nGONE=\n"
+    assert kube.cluster.objects("sandboxes")[sb.id]["spec"]["operatingMode"] == "Running"
+
+    await sb.pause()  # a restarted server attaching to a suspended sandbox resumes it too
+    later = await kube.make().attach(sb.id, SandboxSpec(name=sb.name))
+    assert await later.read_file("kept.txt", 10) == b"kept\n"
+
+
+async def test_attach_refuses_a_sandbox_labelled_for_another_session(kube: Kube) -> None:
+    driver = kube.make()
+    sb = await driver.create(SandboxSpec(name=session_name()))
+    with pytest.raises(SandboxNotFound, match="is not the sandbox of"):
+        await kube.make().attach(sb.id, SandboxSpec(name=session_name()))
+
+
+async def test_a_session_without_its_own_image_or_limits_is_claimed_from_the_warm_pool(kube: Kube) -> None:
+    driver = kube.make(kubernetes_warm_pool="python-pool")
+    name = session_name()
+    sb = await driver.create(SandboxSpec(name=name))
+    assert isinstance(sb, KubernetesSandbox)
+    claim = kube.cluster.objects("sandboxclaims")[object_name(name)]
+    assert claim["spec"]["warmPoolRef"] == {"name": "python-pool"}
+    assert sb.id.startswith("pool-") and sb.pod == f"{sb.id}-pod"  # the adopted pod, named in its annotation
+    assert sb.describe()["warm_pool"] == "python-pool"
+    assert (await sb.exec("echo claimed")).output == "claimed\n"
+    again = await kube.make(kubernetes_warm_pool="python-pool").attach(sb.id, SandboxSpec(name=name))
+    assert (await again.exec("echo again")).output == "again\n"
+    await sb.close()
+    await until(lambda: object_name(name) not in kube.cluster.objects("sandboxclaims"))
+    await until(lambda: sb.id not in kube.cluster.objects("sandboxes"))  # the claim gave its Sandbox up
+    own = await driver.create(SandboxSpec(name=session_name(), limits=Limits(memory_mb=256)))
+    assert not own.id.startswith("pool-")  # limits of its own: a Sandbox of its own
+    assert kube.cluster.objects("sandboxclaims") == {}
+
+
+async def test_commands_run_over_the_v4_subprotocol_when_v5_is_not_offered(tmp_path: Path) -> None:
+    async with emulated(tmp_path, exec_protocols=("v4.channel.k8s.io",)) as cluster:
+        plugin = registry.drivers()["kubernetes"]
+        assert plugin.settings is not None
+        driver = plugin.make(plugin.settings.model_validate(kubernetes_settings(cluster)), DriverContext(tmp_path, "v4"))
+        try:
+            sb = await driver.create(SandboxSpec(name=session_name()))
+            conn = sb._conn  # type: ignore[attr-defined]
+            assert conn.transport.subprotocol == "v4.channel.k8s.io"
+            assert (await sb.exec("echo over v4; exit 4")).output == "over v4\n"
+            await sb.close(delete=True)
+        finally:
+            await driver.aclose()
+
+
+# -- sessions on the driver, through a real MCP client ---------------------------------------------
+
+
+async def test_a_kubernetes_session_through_the_server_runs_commands_and_fails_with_the_controllers_reason(kube: Kube) -> None:
+    settings = Settings(home=kube.tmp / "home", driver="kubernetes", command_timeout_s=60, **kubernetes_settings(kube.cluster))
+    async with Client(create_server(settings), mode="legacy") as client:
+        session = await call(client, "create_session", files={"notes/todo.txt": "ship it\n"})
+        assert session["status"] == "ready" and session["driver"] == "kubernetes", session
+        assert session["sandbox"]["pod"] == object_name(session["id"]) and session["workspace"] == WORKSPACE
+        sid = session["id"]
+        await call(client, "send_message", session_id=sid, text="cd notes && export X=1")
+        reply = await call(client, "send_message", session_id=sid, text="pwd; echo $X; id -u; cat todo.txt")
+        assert reply["output"] == f"{WORKSPACE}/notes\n1\n1000\nship it\n"
+        await call(client, "close_session", session_id=sid)
+        assert object_name(sid) not in kube.cluster.objects("sandboxes")
+
+        kube.cluster.auto = False  # the controller cannot make the next one
+        async with anyio.create_task_group() as tg:
+
+            async def refuse() -> None:
+                (name,) = await until(lambda: list(kube.cluster.objects("sandboxes")))
+                await kube.cluster.set_status(name, condition("Ready", "False", "ReconcilerError", "pods is forbidden"))
+
+            tg.start_soon(refuse)
+            failed = await call(client, "create_session")
+        assert failed["status"] == "failed", failed
+        assert failed["failure_reason"].startswith("the agent-sandbox controller could not make the sandbox: pods is forbidden")
