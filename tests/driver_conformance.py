@@ -53,7 +53,7 @@ from sandbox_backends.base import (
 from sandbox_backends.registry import DriverContext
 from tests.ci import unavailable
 from tests.docker_support import IMAGE, docker_engine, docker_server_id  # noqa: F401  (fixtures)
-from tests.kubernetes_cluster import emulated, kubernetes_settings
+from tests.kubernetes_cluster import emulated, kubernetes_settings, real_cluster_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -138,8 +138,8 @@ async def servers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         request.getfixturevalue("plugins_installed")
     async with contextlib.AsyncExitStack() as stack:
         given = SETTINGS.get(name, {})
-        if name == "kubernetes":  # an emulated API server and local pods (tests/kubernetes_cluster.py)
-            given = kubernetes_settings(await stack.enter_async_context(emulated(tmp_path)))
+        if name == "kubernetes":  # an emulated API server and local pods (tests/kubernetes_cluster.py), or a real one
+            given = real_cluster_settings() or kubernetes_settings(await stack.enter_async_context(emulated(tmp_path)))
         plugin = registry.drivers()[name]
         settings = plugin.settings.model_validate(given) if plugin.settings else None
         context = DriverContext(home=tmp_path / "home", server_id=server_id)

@@ -454,6 +454,15 @@ async def cluster(
                 await proc.wait()
 
 
+def real_cluster_settings() -> dict[str, Any] | None:
+    """The driver's settings for a real cluster when scripts/k8s-e2e.sh runs the suite (MCP_SESSIONS_K8S_E2E=1),
+    from the MCP_SESSIONS_KUBERNETES_* variables as the server reads them; None: use the emulator."""
+    if not os.environ.get("MCP_SESSIONS_K8S_E2E"):
+        return None
+    prefix = "MCP_SESSIONS_"
+    return {k[len(prefix) :].lower(): v for k, v in os.environ.items() if k.startswith(prefix + "KUBERNETES_")}
+
+
 def emulated(tmp: Path, **options: Any) -> AbstractAsyncContextManager[Cluster]:
     """An emulated cluster with local pods; they need root (namespaces and mounts), which CI has."""
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("nsenter") is None:
