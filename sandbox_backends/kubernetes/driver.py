@@ -25,7 +25,7 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 
 from ..base import FailureCallback, Limits, PhaseCallback, SandboxError, SandboxNotFound, SandboxSpec
-from ..control.client import MIN_PYTHON, Broken, ControlClient, Lost, control_boot_input, control_command
+from ..control.client import Broken, ControlClient, Lost, control_command, python_too_old, say_hello
 from . import resources as r
 from .sandbox import KubernetesSandbox
 from .websocket import ExecWebSocket, connect, exec_url
@@ -368,15 +368,13 @@ class KubernetesDriver:
         secure = url.startswith("https")
         return await anyio.to_thread.run_sync(connect, url, headers, params["verify"] if secure else None)
 
-    async def _open_control(self, pod: str, env: dict[str, str] | None) -> ControlClient:
-        """Start the control shell in the pod (one exec, kept open) and say hello."""
-        code = await anyio.to_thread.run_sync(control_boot_input)
+    async def _open_control(self, pod: str, env: dict[str, str] | None, *, shells: bool = True) -> ControlClient:
+        """Start the control shell in the pod (one exec, kept open) and say hello; `shells=False`: a connection
+        for byte streams, which starts no command shells ahead."""
         transport = await self._exec_socket(pod, control_command(r.STATE_DIR, self.policy.workspace))
         conn = ControlClient(transport, name=pod)
         try:
-            with anyio.fail_after(CONNECT_TIMEOUT_S):
-                await conn.send_raw(code)
-                _kind, msg = await conn.request({"op": "hello", "env": env or {}, "user": self.user})
+            msg = await say_hello(conn, env, self.user, CONNECT_TIMEOUT_S, shells=shells)
         except (Lost, TimeoutError) as e:
             await conn.aclose()
             detail = (transport.stderr.strip().splitlines() or [""])[-1]
@@ -390,20 +388,19 @@ class KubernetesDriver:
         if msg.get("error"):
             await conn.aclose()
             raise SandboxError(f"The sandbox's control shell refused to start: {msg.get('message') or msg['error']}.")
-        version = tuple(int(part) for part in re.findall(r"\d+", str(msg.get("python", "")))[:2])
-        if version < MIN_PYTHON:
+        if old := python_too_old(msg):
             await conn.aclose()
-            raise SandboxError(f"The sandbox image's python3 is {msg.get('python')}; the driver needs 3.8 or newer.")
+            raise SandboxError(f"The sandbox image's python3 is {old}; the kubernetes driver needs 3.8 or newer in the image.")
         return conn
 
-    async def _reopen(self, sandbox: KubernetesSandbox) -> ControlClient:
+    async def _reopen(self, sandbox: KubernetesSandbox, *, shells: bool = True) -> ControlClient:
         """A new control shell for a sandbox whose connection is gone; a suspended Sandbox is resumed first."""
         obj = await self._get(Sandbox, sandbox.id)
         if r.suspended(obj):
             obj = await self._resume(sandbox.id)
             sandbox._resumed()
         sandbox.pod = r.pod_name(obj)
-        return await self._open_control(sandbox.pod, sandbox._spec.env)
+        return await self._open_control(sandbox.pod, sandbox._spec.env, shells=shells)
 
     # -- watching and closing ---------------------------------------------------------------------
 

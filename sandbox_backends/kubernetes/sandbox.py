@@ -87,8 +87,8 @@ class KubernetesSandbox(ControlSandbox):
 
     # -- what ControlSandbox asks of a driver ----------------------------------------------------
 
-    async def _reopen(self) -> ControlClient:
-        return await self._driver._reopen(self)
+    async def _reopen(self, *, shells: bool = True) -> ControlClient:
+        return await self._driver._reopen(self, shells=shells)
 
     def _resumed(self) -> None:
         self._resumed_at = time.time()
@@ -121,6 +121,7 @@ class KubernetesSandbox(ControlSandbox):
 
     async def close(self, *, delete: bool = False) -> None:
         self._closed = True
+        await self._streams.aclose()
         await self._disconnect()
         with anyio.CancelScope(shield=True):
             name = object_name(self._spec.name) if self._claimed else self._sandbox_name
