@@ -35,6 +35,8 @@ import os
 import shlex
 import shutil
 import signal
+import ssl
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp.test_utils
 import aiohttp.web
 import httpx
 import kmock
@@ -269,11 +272,6 @@ class LocalPod:
         self.init_pid = None
 
 
-def controller_client() -> httpx.AsyncClient:
-    """The test's own client, playing the controller and the kubelet (its writes are not the driver's)."""
-    return httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}", "X-Controller": "test"})
-
-
 def status_response(code: int, message: str, reason: str | None = None) -> aiohttp.web.Response:
     body = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": code, "message": message}
     if reason:
@@ -295,6 +293,13 @@ class Cluster:
     pods_root: Path
     auto: bool = True
     """The controller makes Sandboxes Ready by itself; False: the test sets their status."""
+    ca: Path | None = None
+    """The certificate the API server is served with over TLS (None: plain HTTP)."""
+
+    def client(self) -> httpx.AsyncClient:
+        """The test's own client, playing the controller and the kubelet (its writes are not the driver's)."""
+        headers = {"Authorization": f"Bearer {TOKEN}", "X-Controller": "test"}
+        return httpx.AsyncClient(headers=headers, verify=ssl.create_default_context(cafile=self.ca) if self.ca else True)
 
     def objects(self, plural: str) -> dict[str, dict[str, Any]]:
         """The live objects of a resource (by its plural) by name, as the emulator holds them now."""
@@ -305,7 +310,7 @@ class Cluster:
         group_version, plural = resource.rsplit("/", 1)
         url = f"{self.url}/apis/{group_version}/namespaces/{NAMESPACE}/{plural}/{name}/status"
         body = {"status": {"conditions": list(conditions), **extra}}
-        async with controller_client() as client:
+        async with self.client() as client:
             answer = await client.patch(url, json=body, headers={"Content-Type": "application/merge-patch+json"})
             answer.raise_for_status()
 
@@ -317,7 +322,7 @@ class Cluster:
             "spec": {"containers": [{"name": "sandbox", "image": "local"}]},
             "status": status or {"phase": "Running"},
         }
-        async with controller_client() as client:
+        async with self.client() as client:
             url = f"{self.url}/api/v1/namespaces/{NAMESPACE}/pods"
             if name in self.objects("pods"):
                 await client.patch(f"{url}/{name}", json=body, headers={"Content-Type": "application/merge-patch+json"})
@@ -325,7 +330,7 @@ class Cluster:
                 (await client.post(url, json=body)).raise_for_status()
 
     async def delete_pod(self, name: str) -> None:
-        async with controller_client() as client:
+        async with self.client() as client:
             await client.delete(f"{self.url}/api/v1/namespaces/{NAMESPACE}/pods/{name}")
 
     # -- the controller ---------------------------------------------------------------------------
@@ -384,7 +389,7 @@ class Cluster:
         """A claim on a warm pool gets a Sandbox of the pool's (its pod named in an annotation), as agent-sandbox
         adopts one; a deleted claim gives it up."""
         adopted = ((claim.get("status") or {}).get("sandbox") or {}).get("name")
-        async with controller_client() as client:
+        async with self.client() as client:
             url = f"{self.url}/apis/agents.x-k8s.io/v1beta1/namespaces/{NAMESPACE}/sandboxes"
             if op == "DELETED" and adopted:
                 await client.delete(f"{url}/{adopted}")
@@ -412,11 +417,14 @@ class Cluster:
         )
 
 
-def write_kubeconfig(path: Path, url: str) -> None:
+def write_kubeconfig(path: Path, url: str, ca: Path | None) -> None:
+    cluster: dict[str, str] = {"server": url}
+    if ca is not None:
+        cluster["certificate-authority"] = str(ca)
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "clusters": [{"name": "emulator", "cluster": cluster}],
         "users": [{"name": "tester", "user": {"token": TOKEN}}],
         "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": NAMESPACE}}],
         "current-context": "emulator",
@@ -424,12 +432,33 @@ def write_kubeconfig(path: Path, url: str) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
+def self_signed(folder: Path) -> tuple[Path, ssl.SSLContext]:
+    """A certificate for 127.0.0.1 made here (openssl), and a server context serving it."""
+    cert, key = folder / "apiserver.crt", folder / "apiserver.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
 @asynccontextmanager
 async def cluster(
-    tmp: Path, *, exec_protocols: tuple[str, ...] = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+    tmp: Path, *, exec_protocols: tuple[str, ...] = ("v5.channel.k8s.io", "v4.channel.k8s.io"), tls: bool = False
 ) -> AsyncIterator[Cluster]:
-    """A running emulator with the agent-sandbox resources declared and the controller following it."""
-    async with Api() as api, kmock.Server(api) as server:
+    """A running emulator with the agent-sandbox resources declared and the controller following it; with `tls`
+    served over HTTPS with a certificate of its own, which the kubeconfig names as the cluster's authority."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    ca, server_ssl = self_signed(tmp) if tls else (None, None)
+
+    class Served(aiohttp.test_utils.RawTestServer):  # kmock starts its server without arguments: TLS goes in here
+        async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+            await super().start_server(loop, ssl=server_ssl, **kwargs)
+
+    async with Api() as api, kmock.Server(api, server_cls=Served) as server:
         api.pods = {}
         api.procs = set()
         api.sent = []
@@ -437,10 +466,9 @@ async def cluster(
         api.resources.load_bundled()
         for key, kind in ((SANDBOXES, "Sandbox"), (CLAIMS, "SandboxClaim")):
             api.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=True, subresources={"status"})
-        tmp.mkdir(parents=True, exist_ok=True)
         url = str(server.url).rstrip("/")
-        write_kubeconfig(tmp / "kubeconfig", url)
-        made = Cluster(api, url, tmp / "kubeconfig", tmp / "pods")
+        write_kubeconfig(tmp / "kubeconfig", url, ca)
+        made = Cluster(api, url, tmp / "kubeconfig", tmp / "pods", ca=ca)
         task = asyncio.create_task(made.run_controller())
         try:
             yield made

@@ -27,9 +27,10 @@ from sandbox_backends import registry
 from sandbox_backends.base import Driver, Limits, SandboxError, SandboxNotFound, SandboxSpec
 from sandbox_backends.kubernetes.resources import PodPolicy, claim_body, labels, object_name, sandbox_body
 from sandbox_backends.kubernetes.sandbox import KubernetesSandbox
+from sandbox_backends.kubernetes.websocket import ExecWebSocket
 from sandbox_backends.registry import DriverContext
 from tests.conftest import call
-from tests.kubernetes_cluster import NAMESPACE, WORKSPACE, Cluster, condition, controller_client, emulated, kubernetes_settings
+from tests.kubernetes_cluster import NAMESPACE, WORKSPACE, Cluster, condition, emulated, kubernetes_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -249,7 +250,7 @@ async def test_watch_reports_expiry_eviction_and_removal_but_not_the_servers_own
             evicted.pod, labels("kube-test", evicted.name), {"phase": "Failed", "reason": "Evicted", "message": "low on memory"}
         )
         await closed.close()
-        async with controller_client() as client:  # someone deletes a Sandbox behind the server's back
+        async with kube.cluster.client() as client:  # someone deletes a Sandbox behind the server's back
             url = f"{kube.cluster.url}/apis/agents.x-k8s.io/v1beta1/namespaces/{NAMESPACE}/sandboxes/{removed.id}"
             (await client.delete(url)).raise_for_status()
         await until(lambda: len(reports) >= 3)
@@ -307,16 +308,27 @@ async def test_a_session_without_its_own_image_or_limits_is_claimed_from_the_war
     assert kube.cluster.objects("sandboxclaims") == {}
 
 
-async def test_commands_run_over_the_v4_subprotocol_when_v5_is_not_offered(tmp_path: Path) -> None:
-    async with emulated(tmp_path, exec_protocols=("v4.channel.k8s.io",)) as cluster:
+@pytest.mark.parametrize(
+    ("protocols", "tls"), [(("v4.channel.k8s.io",), False), (("v5.channel.k8s.io", "v4.channel.k8s.io"), True)], ids=["v4", "tls"]
+)
+async def test_commands_and_files_over_v4_and_over_tls(tmp_path: Path, protocols: tuple[str, ...], tls: bool) -> None:
+    """v4 when the API server offers no v5; an API server over HTTPS whose authority the kubeconfig names (the
+    websocket then goes through non-blocking TLS, a few megabytes of file through its partial writes)."""
+    async with emulated(tmp_path, exec_protocols=protocols, tls=tls) as cluster:
         plugin = registry.drivers()["kubernetes"]
         assert plugin.settings is not None
-        driver = plugin.make(plugin.settings.model_validate(kubernetes_settings(cluster)), DriverContext(tmp_path, "v4"))
+        driver = plugin.make(plugin.settings.model_validate(kubernetes_settings(cluster)), DriverContext(tmp_path, "proto"))
         try:
             sb = await driver.create(SandboxSpec(name=session_name()))
-            conn = sb._conn  # type: ignore[attr-defined]
-            assert conn.transport.subprotocol == "v4.channel.k8s.io"
-            assert (await sb.exec("echo over v4; exit 4")).output == "over v4\n"
+            assert isinstance(sb, KubernetesSandbox) and sb._conn is not None
+            transport = sb._conn.transport
+            assert isinstance(transport, ExecWebSocket) and transport.subprotocol == protocols[0]
+            assert cluster.url.startswith("https://" if tls else "http://")
+            assert (await sb.exec("echo over the exec websocket; exit 4")).output == "over the exec websocket\n"
+            data = secrets.token_bytes(3 << 20)
+            await sb.write_file("big.bin", data)
+            assert (await sb.exec("wc -c < big.bin")).output == f"{len(data)}\n"
+            assert await sb.read_file("big.bin", len(data)) == data
             await sb.close(delete=True)
         finally:
             await driver.aclose()

@@ -91,6 +91,7 @@ class KubernetesDriver:
         self.user = r.USER
         self._client: AsyncClient | None = None
         self._config: SingleConfig | None = None
+        self._exec_params: dict[str, Any] | None = None
         self._policy_made = False
         self._closing: set[str] = set()
         self._sandboxes: weakref.WeakSet[KubernetesSandbox] = weakref.WeakSet()
@@ -341,8 +342,8 @@ class KubernetesDriver:
         with anyio.fail_after(self.ready_timeout_s):
             while True:
                 obj = await self._get(Sandbox, name)
-                ready = r.condition(obj, "Ready") or {}
-                if ready.get("reason") == "SandboxSuspended" or (r.condition(obj, "Suspended") or {}).get("status") == "True":
+                # Ready's reason, not the Suspended condition: a stale one lingers after a resume.
+                if (r.condition(obj, "Ready") or {}).get("reason") == "SandboxSuspended":
                     return
                 await self._next_change(Sandbox, name, (obj.get("metadata") or {}).get("resourceVersion"))
 
@@ -353,8 +354,9 @@ class KubernetesDriver:
     # -- control shells ---------------------------------------------------------------------------
 
     async def _exec_socket(self, pod: str, command: list[str]) -> ExecWebSocket:
-        config = self._single_config()
-        params = ConnectionParams().httpx_params(config)
+        if self._exec_params is None:  # the server's address, TLS context and credentials, as lightkube's requests use
+            self._exec_params = ConnectionParams().httpx_params(self._single_config())
+        params = self._exec_params
         url = exec_url(str(params["base_url"]), self.policy.namespace, pod, command, self.container)
         headers: dict[str, str] = {}
         auth = params.get("auth")
