@@ -301,6 +301,11 @@ class Cluster:
         headers = {"Authorization": f"Bearer {TOKEN}", "X-Controller": "test"}
         return httpx.AsyncClient(headers=headers, verify=ssl.create_default_context(cafile=self.ca) if self.ca else True)
 
+    def watchers(self, plural: str) -> int:
+        """How many watches of a resource are live now (the controller's among them): a watch started is
+        only sure to see a change once it is counted here."""
+        return sum(len(bus._offsets) for res, bus in self.api._buses.items() if res.plural == plural)
+
     def objects(self, plural: str) -> dict[str, dict[str, Any]]:
         """The live objects of a resource (by its plural) by name, as the emulator holds them now."""
         return {name: obj.raw for (res, _ns, name), obj in self.api.objects.items() if res.plural == plural and not obj.deleted}

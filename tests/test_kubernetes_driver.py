@@ -24,7 +24,7 @@ from mcp import Client
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 from sandbox_backends import registry
-from sandbox_backends.base import Driver, Limits, SandboxError, SandboxNotFound, SandboxSpec
+from sandbox_backends.base import Driver, Limits, RemovesLeftovers, SandboxError, SandboxNotFound, SandboxSpec
 from sandbox_backends.kubernetes.resources import PodPolicy, claim_body, labels, object_name, sandbox_body
 from sandbox_backends.kubernetes.sandbox import KubernetesSandbox
 from sandbox_backends.kubernetes.websocket import ExecWebSocket
@@ -245,6 +245,7 @@ async def test_watch_reports_expiry_eviction_and_removal_but_not_the_servers_own
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(driver.watch, on_failure)
+        await until(lambda: kube.cluster.watchers("sandboxes") == 2 and kube.cluster.watchers("pods") == 1)
         await kube.cluster.set_status(expiring.id, condition("Ready", "False", "SandboxExpired", ""))
         await kube.cluster.put_pod(
             evicted.pod, labels("kube-test", evicted.name), {"phase": "Failed", "reason": "Evicted", "message": "low on memory"}
@@ -281,6 +282,25 @@ async def test_pause_suspends_the_sandbox_and_the_next_command_resumes_it_with_t
     assert await later.read_file("kept.txt", 10) == b"kept\n"
 
 
+async def test_a_closed_sandboxs_workspace_claim_is_removed_when_its_session_is_deleted(kube: Kube) -> None:
+    driver = kube.make()
+    sb = await driver.create(SandboxSpec(name=session_name()))
+    described = sb.describe()
+    claim = f"workspace-{sb.id}"  # as the controller names a claim made from the template "workspace"
+    body = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": NAMESPACE}}
+    async with kube.cluster.client() as client:
+        (
+            await client.post(f"{kube.cluster.url}/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", json=body)
+        ).raise_for_status()
+    await sb.close()  # closed: the Sandbox goes, the claim stays
+    assert sb.id not in kube.cluster.objects("sandboxes") and claim in kube.cluster.objects("persistentvolumeclaims")
+    assert isinstance(driver, RemovesLeftovers)
+    await driver.remove_leftovers(sb.id, {"disk": {"claim": "someone-elses"}})  # only what the driver made
+    assert claim in kube.cluster.objects("persistentvolumeclaims")
+    await driver.remove_leftovers(sb.id, described)
+    assert claim not in kube.cluster.objects("persistentvolumeclaims")
+
+
 async def test_attach_refuses_a_sandbox_labelled_for_another_session(kube: Kube) -> None:
     driver = kube.make()
     sb = await driver.create(SandboxSpec(name=session_name()))
@@ -300,12 +320,26 @@ async def test_a_session_without_its_own_image_or_limits_is_claimed_from_the_war
     assert (await sb.exec("echo claimed")).output == "claimed\n"
     again = await kube.make(kubernetes_warm_pool="python-pool").attach(sb.id, SandboxSpec(name=name))
     assert (await again.exec("echo again")).output == "again\n"
-    await sb.close()
-    await until(lambda: object_name(name) not in kube.cluster.objects("sandboxclaims"))
-    await until(lambda: sb.id not in kube.cluster.objects("sandboxes"))  # the claim gave its Sandbox up
     own = await driver.create(SandboxSpec(name=session_name(), limits=Limits(memory_mb=256)))
     assert not own.id.startswith("pool-")  # limits of its own: a Sandbox of its own
-    assert kube.cluster.objects("sandboxclaims") == {}
+
+    reports: dict[str, str] = {}
+
+    async def on_failure(session: str, reason: str) -> None:
+        reports[session] = reason
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(driver.watch, on_failure)
+        await until(lambda: kube.cluster.watchers("sandboxclaims") == 2 and kube.cluster.watchers("sandboxes") == 2)
+        await sb.close()  # the server gives its claim back: not a failure
+        await until(lambda: object_name(name) not in kube.cluster.objects("sandboxclaims"))
+        await until(lambda: sb.id not in kube.cluster.objects("sandboxes"))  # the claim gave its Sandbox up
+        async with kube.cluster.client() as client:  # and someone deletes the other behind the server's back
+            url = f"{kube.cluster.url}/apis/agents.x-k8s.io/v1beta1/namespaces/{NAMESPACE}/sandboxes/{own.id}"
+            (await client.delete(url)).raise_for_status()
+        await until(lambda: reports)
+        tg.cancel_scope.cancel()
+    assert reports == {own.name: "sandbox removed"}
 
 
 @pytest.mark.parametrize(

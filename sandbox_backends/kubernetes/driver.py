@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 import anyio
@@ -208,7 +208,7 @@ class KubernetesDriver:
         except BaseException:
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._remove(name, claimed)
+                    await self._remove(name, name if claimed else None)
                 except Exception:
                     log.exception("removing the sandbox %s that failed to come up", name)
             raise
@@ -416,8 +416,8 @@ class KubernetesDriver:
                 reported.add((name, why))
                 await on_failure(name, why)
 
-        async def sandboxes() -> None:
-            async for op, obj in self._watch(Sandbox):
+        async def objects(res: Any) -> None:  # Sandboxes, and claims (whose adopted Sandbox need not carry our labels)
+            async for op, obj in self._watch(res):
                 name = (obj.get("metadata") or {}).get("labels", {}).get(r.LABEL_NAME)
                 if op == "DELETED" and obj["metadata"]["name"] not in self._closing:
                     await report(name, "sandbox removed")
@@ -430,7 +430,9 @@ class KubernetesDriver:
                     await report((obj.get("metadata") or {}).get("labels", {}).get(r.LABEL_NAME), r.pod_failure(obj))
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(sandboxes)
+            tg.start_soon(objects, Sandbox)
+            if self.warm_pool:
+                tg.start_soon(objects, SandboxClaim)
             tg.start_soon(pods)
 
     async def _watch(self, res: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -442,15 +444,24 @@ class KubernetesDriver:
                 log.warning("watching %s: %s; again in %g s", res.__name__, e, WATCH_RETRY_S)
             await anyio.sleep(WATCH_RETRY_S)
 
-    async def _remove(self, name: str, claimed: bool, *, delete: bool = False) -> None:
-        """Delete a session's Sandbox (or its claim, which gives the Sandbox back); `delete` also its workspace claim."""
-        self._closing.add(name)
-        if claimed:
-            await self._delete(SandboxClaim, name)
+    async def _remove(self, sandbox: str, claim: str | None, *, delete: bool = False) -> None:
+        """Delete a session's Sandbox, or its claim (which gives the Sandbox back to the controller); `delete` also
+        the Sandbox's workspace claim. The watch does not report either as removed."""
+        self._closing.update((sandbox, claim) if claim else (sandbox,))
+        if claim:
+            await self._delete(SandboxClaim, claim)
         else:
-            await self._delete(Sandbox, name)
+            await self._delete(Sandbox, sandbox)
         if delete:
-            await self._delete(PersistentVolumeClaim, f"{r.WORKSPACE_CLAIM}-{name}")
+            await self._delete(PersistentVolumeClaim, f"{r.WORKSPACE_CLAIM}-{sandbox}")
+
+    async def remove_leftovers(self, sandbox_id: str, described: Mapping[str, object]) -> None:
+        """The workspace claim a closed sandbox kept (named in its description), if it is one this driver's
+        Sandboxes make (`workspace-mcp-ses-...`); whatever else `described` says is not touched."""
+        disk = described.get("disk")
+        claim = disk.get("claim") if isinstance(disk, dict) else None
+        if isinstance(claim, str) and claim == f"{r.WORKSPACE_CLAIM}-{sandbox_id}" and sandbox_id.startswith(r.SANDBOX_PREFIX):
+            await self._delete(PersistentVolumeClaim, claim)
 
     async def aclose(self) -> None:
         """Close control shells and the API connection; sandboxes keep running for a restarted server."""

@@ -124,5 +124,5 @@ class KubernetesSandbox(ControlSandbox):
         await self._streams.aclose()
         await self._disconnect()
         with anyio.CancelScope(shield=True):
-            name = object_name(self._spec.name) if self._claimed else self._sandbox_name
-            await self._driver._remove(name, self._claimed, delete=delete)
+            claim = object_name(self._spec.name) if self._claimed else None
+            await self._driver._remove(self._sandbox_name, claim, delete=delete)
