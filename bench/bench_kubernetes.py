@@ -146,10 +146,11 @@ async def main(n: int, image: str, write: Path | None) -> None:
         f"Above the emulator's relay (the floor), a command costs the driver and its control shell {own_ms:.2f} ms:",
         "the same control shell and framing as docker's, so the two drivers' round trips are alike here, and a real",
         "cluster adds its API server and kubelet hops to each message on top.",
-        "A one-shot exec per command (a process started through the exec path each time) costs",
-        f"{med['`true` as a one-shot exec'] / med[ours_name]:.1f}x the long-lived control shell's round",
-        "trip even here, where starting one is a local nsenter; on a cluster each is a new API server, kubelet and",
-        "runtime exec.",
+        f"A one-shot exec of `true` costs {med['`true` as a one-shot exec'] / med[ours_name]:.2f}x the control shell's",
+        "round trip here, where starting one is a local nsenter and nothing of a shell's state is restored; on a",
+        "cluster each one-shot exec is a new API server, kubelet and runtime exec (scripts/k8s-e2e.sh is where to",
+        "measure it), and commands run that way keep no shell state, no output across a lost connection and no",
+        "interrupt by process group.",
     )
     publish(SECTION, notes, "\n".join(table), write)
 
