@@ -1,13 +1,16 @@
 """What a driver whose sandboxes run commands must do: the suite every such driver passes, a new one included.
 
-Each test runs on every driver in `COMMAND_DRIVERS` (local, docker, and the test plugin `memory`, which
-shows that a driver installed through its entry point is held to the same contract), made through its
-plugin as the server makes it: `registry.drivers()[name].make(settings, DriverContext(...))`. A new
-driver object on the same context stands for a restarted or second server process. The shell semantics
+Each test runs on every driver in `COMMAND_DRIVERS` (local, docker, kubernetes against an emulated API
+server with local pods (tests/kubernetes_cluster.py; scripts/k8s-e2e.sh runs it on a real cluster), and
+the test plugin `memory`, which shows that a driver installed through its entry point is held to the
+same contract), made through its plugin as the server makes it:
+`registry.drivers()[name].make(settings, DriverContext(...))`. A new driver object on the same context
+stands for a restarted or second server process. The shell semantics
 checked are those listed at the top of `sandbox_backends/base.py`; the tests in `BASH_DRIVERS` need the
 whole of bash (functions, aliases, options), which the memory driver's small shell does not claim, and
 those in `JOB_TABLE_DRIVERS` a job table that carries from one command to the next, which docker gives
-up so that nothing in its sandbox can forge a command's exit code (each command runs in a bash of its own).
+up so that nothing in its sandbox can forge a command's exit code (each command runs in a bash of its own;
+kubernetes too, through the same control shell).
 A new driver joins by its name in `COMMAND_DRIVERS` (and its server settings in `SETTINGS`).
 
 Drivers whose sandboxes answer messages instead of running commands (`remote`, a `MessageSandbox`)

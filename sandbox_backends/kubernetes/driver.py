@@ -188,19 +188,21 @@ class KubernetesDriver:
             await on_phase("creating_sandbox", f"Sandbox {name} in namespace {self.policy.namespace}")
         await self._ensure_network_policy()
         claimed = self._from_pool(spec)
+        if claimed:
+            assert self.warm_pool is not None
+            body = r.claim_body(name, self.policy.namespace, self.warm_pool, labels)
+            await self._call(
+                f"claiming from the warm pool {self.warm_pool}", lambda: self._api().create(SandboxClaim.from_dict(body))
+            )
+        else:
+            body = r.sandbox_body(name, self.policy, limits, disk_mb, labels)
+            await self._make(body)  # refused (one of that name exists, say): nothing of ours to remove
         try:
             if claimed:
-                assert self.warm_pool is not None
-                body = r.claim_body(name, self.policy.namespace, self.warm_pool, labels)
-                await self._call(
-                    f"claiming from the warm pool {self.warm_pool}", lambda: self._api().create(SandboxClaim.from_dict(body))
-                )
                 claim = await self._wait_ready(SandboxClaim, name, on_phase)
                 adopted = str(((claim.get("status") or {}).get("sandbox") or {}).get("name"))
                 obj = await self._wait_ready(Sandbox, adopted, on_phase)
             else:
-                body = r.sandbox_body(name, self.policy, limits, disk_mb, labels)
-                await self._make(body)
                 obj = await self._wait_ready(Sandbox, name, on_phase)
             sandbox = self._sandbox(obj, spec, claimed=claimed, image=None if claimed else body_image(body), disk_mb=disk_mb)
             sandbox._conn = await self._open_control(sandbox.pod, spec.env)
@@ -339,13 +341,19 @@ class KubernetesDriver:
 
     async def _suspend(self, name: str) -> None:
         await self._set_mode(name, "Suspended")
-        with anyio.fail_after(self.ready_timeout_s):
-            while True:
-                obj = await self._get(Sandbox, name)
-                # Ready's reason, not the Suspended condition: a stale one lingers after a resume.
-                if (r.condition(obj, "Ready") or {}).get("reason") == "SandboxSuspended":
-                    return
-                await self._next_change(Sandbox, name, (obj.get("metadata") or {}).get("resourceVersion"))
+        try:
+            with anyio.fail_after(self.ready_timeout_s):
+                while True:
+                    obj = await self._get(Sandbox, name)
+                    # Ready's reason, not the Suspended condition: a stale one lingers after a resume.
+                    if (r.condition(obj, "Ready") or {}).get("reason") == "SandboxSuspended":
+                        return
+                    await self._next_change(Sandbox, name, (obj.get("metadata") or {}).get("resourceVersion"))
+        except TimeoutError:
+            raise SandboxError(
+                f"The Sandbox {name} was not suspended within {self.ready_timeout_s:g} s (is the agent-sandbox controller "
+                "running, and does it support operatingMode?)."
+            ) from None
 
     async def _resume(self, name: str) -> dict[str, Any]:
         await self._set_mode(name, "Running")

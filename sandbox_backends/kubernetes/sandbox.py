@@ -74,7 +74,8 @@ class KubernetesSandbox(ControlSandbox):
             "read_only_root": True,
             "capabilities": "none for commands; the control shell keeps SETUID, SETGID, KILL",
             "no_new_privileges": True,
-            "limits": None
+            # A claimed sandbox's limits are its warm pool's template's, which the server does not read.
+            "limits": {"memory_mb": None, "cpus": None, "pids": None, "tmp_mb": None, "swap": "none"}
             if self._claimed
             else {"memory_mb": limits.memory_mb, "cpus": limits.cpus, "pids": None, "tmp_mb": limits.tmp_mb, "swap": "none"},
             "disk": {"mode": "measured", "limit_mb": self._disk_mb, "claim": f"{WORKSPACE_CLAIM}-{self._sandbox_name}"},
