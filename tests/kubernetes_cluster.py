@@ -9,10 +9,10 @@ local pods, their exec websocket, and a controller the test can run or play by h
   changes `status` (the status subresource); an undeclared resource is a 404, not made up on the fly;
   errors are Status objects served as exactly `application/json` (lightkube reads them only so). Requests
   without the kubeconfig's token are refused (401).
-- **Pods**: a `LocalPod` is a PID and mount namespace on this machine (`unshare`, as root) with its own
-  /proc, a tmpfs /run holding the control shell's root-only folder, a tmpfs /tmp, and the pod's workspace
-  folder bound at the driver's workspace path. Commands run as uid 1000 like in a real pod, and the
-  control shell's kill sweep sees only the pod's processes.
+- **Pods**: a `LocalPod` is a PID, mount and network namespace on this machine (`unshare`, as root) with
+  its own /proc, only a loopback interface, a tmpfs /run holding the control shell's root-only folder, a
+  tmpfs /tmp, and the pod's workspace folder bound at the driver's workspace path. Commands run as uid
+  1000 like in a real pod, and the control shell's kill sweep sees only the pod's processes.
 - **Exec**: `pods/<name>/exec` upgrades to a websocket speaking `v5.channel.k8s.io` (or only v4, to
   test the fallback), runs the command in the pod's namespaces (`nsenter`) and carries channels 0-3.
 - **Controller**: `Controller` plays agent-sandbox: a Sandbox gets a pod and `Ready=True`, `Suspended`
@@ -235,13 +235,25 @@ class LocalPod:
         ws.mkdir(parents=True, exist_ok=True)
         os.chown(ws, 1000, 1000)
         setup = (
+            "ip link set lo up && "  # a network of its own with only loopback, like a pod under a deny-all policy
             "mount -t tmpfs -o mode=0755,size=256m tmpfs /run && mkdir -m 0711 /run/mcp-shell && "
             f"mkdir -p {self.workspace} && mount --bind {ws} {self.workspace} && "
             "mount -t tmpfs -o mode=1777,size=256m tmpfs /tmp && "
             f"exec /usr/bin/python3 -I -S -c {shlex.quote(REAPER)}"
         )
         self.proc = await asyncio.create_subprocess_exec(
-            "unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private", "--kill-child", "sh", "-c", setup
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--mount",
+            "--net",
+            "--propagation",
+            "private",
+            "--kill-child",
+            "sh",
+            "-c",
+            setup,
         )
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         for _ in range(500):  # the namespace's first process, and its mounts in place
@@ -255,7 +267,7 @@ class LocalPod:
     async def exec(self, command: list[str]) -> asyncio.subprocess.Process:
         assert self.init_pid is not None
         return await asyncio.create_subprocess_exec(
-            "nsenter", "--target", str(self.init_pid), "--pid", "--mount", f"--wdns={self.workdir}", "--", *command,
+            "nsenter", "--target", str(self.init_pid), "--pid", "--mount", "--net", f"--wdns={self.workdir}", "--", *command,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**POD_ENV, "HOME": self.workspace}, cwd="/",
         )  # fmt: skip

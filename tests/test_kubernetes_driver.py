@@ -9,13 +9,17 @@ and the exec subprotocol's fallback.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import jsonschema
 import pytest
 import yaml
@@ -24,7 +28,7 @@ from mcp import Client
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 from sandbox_backends import registry
-from sandbox_backends.base import Driver, Limits, RemovesLeftovers, SandboxError, SandboxNotFound, SandboxSpec
+from sandbox_backends.base import Driver, Limits, OpensStreams, RemovesLeftovers, SandboxError, SandboxNotFound, SandboxSpec
 from sandbox_backends.kubernetes.resources import PodPolicy, claim_body, labels, object_name, sandbox_body
 from sandbox_backends.kubernetes.sandbox import KubernetesSandbox
 from sandbox_backends.kubernetes.websocket import ExecWebSocket
@@ -95,6 +99,22 @@ async def until(check: Callable[[], Any]) -> Any:
         while not (found := check()):
             await anyio.sleep(0.02)
     return found
+
+
+@asynccontextmanager
+async def watching(driver: Driver, cluster: Cluster, *plurals: str) -> AsyncIterator[dict[str, str]]:
+    """The driver's watch running, once its watches of `plurals` are live; yields what it reported, by session."""
+    reports: dict[str, str] = {}
+
+    async def on_failure(session: str, reason: str) -> None:
+        reports[session] = reason
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(driver.watch, on_failure)
+        own = {"sandboxes": 2, "sandboxclaims": 2, "pods": 1}  # the test's controller watches Sandboxes and claims too
+        await until(lambda: all(cluster.watchers(p) == own[p] for p in plurals))
+        yield reports
+        tg.cancel_scope.cancel()
 
 
 def session_name() -> str:
@@ -238,14 +258,7 @@ async def test_watch_reports_expiry_eviction_and_removal_but_not_the_servers_own
     driver = kube.make()
     expiring, evicted, removed, closed = [await driver.create(SandboxSpec(name=session_name())) for _ in range(4)]
     assert isinstance(evicted, KubernetesSandbox)
-    reports: dict[str, str] = {}
-
-    async def on_failure(name: str, reason: str) -> None:
-        reports[name] = reason
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(driver.watch, on_failure)
-        await until(lambda: kube.cluster.watchers("sandboxes") == 2 and kube.cluster.watchers("pods") == 1)
+    async with watching(driver, kube.cluster, "sandboxes", "pods") as reports:
         await kube.cluster.set_status(expiring.id, condition("Ready", "False", "SandboxExpired", ""))
         await kube.cluster.put_pod(
             evicted.pod, labels("kube-test", evicted.name), {"phase": "Failed", "reason": "Evicted", "message": "low on memory"}
@@ -255,7 +268,6 @@ async def test_watch_reports_expiry_eviction_and_removal_but_not_the_servers_own
             url = f"{kube.cluster.url}/apis/agents.x-k8s.io/v1beta1/namespaces/{NAMESPACE}/sandboxes/{removed.id}"
             (await client.delete(url)).raise_for_status()
         await until(lambda: len(reports) >= 3)
-        tg.cancel_scope.cancel()
     assert reports[expiring.name].startswith("the sandbox reached its shutdown time and was stopped.")
     assert reports[evicted.name].startswith("the sandbox's pod was stopped by the cluster (Evicted: low on memory)")
     assert reports[removed.name] == "sandbox removed"
@@ -323,14 +335,7 @@ async def test_a_session_without_its_own_image_or_limits_is_claimed_from_the_war
     own = await driver.create(SandboxSpec(name=session_name(), limits=Limits(memory_mb=256)))
     assert not own.id.startswith("pool-")  # limits of its own: a Sandbox of its own
 
-    reports: dict[str, str] = {}
-
-    async def on_failure(session: str, reason: str) -> None:
-        reports[session] = reason
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(driver.watch, on_failure)
-        await until(lambda: kube.cluster.watchers("sandboxclaims") == 2 and kube.cluster.watchers("sandboxes") == 2)
+    async with watching(driver, kube.cluster, "sandboxclaims", "sandboxes") as reports:
         await sb.close()  # the server gives its claim back: not a failure
         await until(lambda: object_name(name) not in kube.cluster.objects("sandboxclaims"))
         await until(lambda: sb.id not in kube.cluster.objects("sandboxes"))  # the claim gave its Sandbox up
@@ -338,8 +343,44 @@ async def test_a_session_without_its_own_image_or_limits_is_claimed_from_the_war
             url = f"{kube.cluster.url}/apis/agents.x-k8s.io/v1beta1/namespaces/{NAMESPACE}/sandboxes/{own.id}"
             (await client.delete(url)).raise_for_status()
         await until(lambda: reports)
-        tg.cancel_scope.cancel()
     assert reports == {own.name: "sandbox removed"}
+
+
+async def test_byte_streams_reach_the_pods_own_loopback_both_ways(kube: Kube) -> None:
+    """The streams of docker's control shell work over the exec websocket too: a server in the pod answers
+    through `connect_inside`, and a process in the pod reaches a handler in the server through
+    `serve_inside`; the pod has a network namespace of its own, so neither is the host's loopback."""
+    sb = await kube.make().create(SandboxSpec(name=session_name()))
+    assert isinstance(sb, OpensStreams)
+    await sb.exec("echo hello from the pod > page.txt; nohup python3 -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 &")
+    ready = await sb.exec(
+        "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8765))' 2>/dev/null "
+        "&& echo up && break; sleep 0.1; done"
+    )
+    assert ready.output == "up\n", ready.output
+    with pytest.raises(OSError):  # not on this machine's loopback: only inside the pod
+        socket.create_connection(("127.0.0.1", 8765), timeout=2).close()
+    with anyio.fail_after(HANG_S):
+        async with await sb.connect_inside(8765) as stream:
+            await stream.send(b"GET /page.txt HTTP/1.0\r\n\r\n")
+            answer = b""
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    answer += await stream.receive()
+    assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"hello from the pod\n")
+
+    async def handler(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            await stream.send(b"served by the server: " + await stream.receive())
+
+    async with anyio.create_task_group() as tg:
+        address = await tg.start(sb.serve_inside, 0, handler)
+        host, port = str(address).split(":")
+        r = await sb.exec(
+            f'python3 -c \'import socket; s=socket.create_connection(("{host}", {port})); s.sendall(b"ping"); print(s.recv(100).decode())\''
+        )
+        tg.cancel_scope.cancel()
+    assert r.output == "served by the server: ping\n", r.output
 
 
 @pytest.mark.parametrize(
