@@ -12,8 +12,8 @@ bring-up phases, and `ReconcilerError`, `SandboxExpired`, image pull errors and 
 the reason. Commands and files go through the same control shell as docker's (`sandbox_backends.control`),
 started by one long-lived exec per connection over the pod's exec websocket (`v5.channel.k8s.io`,
 v4 taken too). A restarted server re-attaches by the Sandbox's name and checks its labels; interrupts are
-the control shell's; `KubernetesSandbox.pause()` suspends the Sandbox (`operatingMode: Suspended`) and the
-next command resumes it.
+the control shell's, and so are byte streams to the pod's loopback; `KubernetesSandbox.pause()` suspends the
+Sandbox (`operatingMode: Suspended`) and the next command resumes it.
 
 The server's account needs, in its namespace: create/get/list/watch/patch/delete on sandboxes (and
 sandboxclaims with a warm pool), get/list/watch on pods, create on pods/exec, create on networkpolicies,
@@ -91,7 +91,7 @@ def make(settings: Any, context: DriverContext) -> Driver:
         max_limits=Limits(
             memory_mb=s.kubernetes_max_memory_mb,
             cpus=s.kubernetes_max_cpus,
-            tmp_mb=s.kubernetes_max_memory_mb,
+            tmp_mb=s.kubernetes_max_memory_mb,  # /tmp is memory-backed: it counts against the pod's memory
             disk_mb=s.kubernetes_max_disk_mb,
         ),
         default_disk_mb=s.kubernetes_disk_mb,
