@@ -30,6 +30,7 @@ BUILTIN = {
     "local": "sandbox_backends.local:plugin",
     "docker": "sandbox_backends.docker:plugin",
     "remote": "sandbox_backends.remote:plugin",
+    "kubernetes": "sandbox_backends.kubernetes:plugin",
 }
 
 

@@ -1,13 +1,16 @@
 """What a driver whose sandboxes run commands must do: the suite every such driver passes, a new one included.
 
-Each test runs on every driver in `COMMAND_DRIVERS` (local, docker, and the test plugin `memory`, which
-shows that a driver installed through its entry point is held to the same contract), made through its
-plugin as the server makes it: `registry.drivers()[name].make(settings, DriverContext(...))`. A new
-driver object on the same context stands for a restarted or second server process. The shell semantics
+Each test runs on every driver in `COMMAND_DRIVERS` (local, docker, kubernetes against an emulated API
+server with local pods (tests/kubernetes_cluster.py; scripts/k8s-e2e.sh runs it on a real cluster), and
+the test plugin `memory`, which shows that a driver installed through its entry point is held to the
+same contract), made through its plugin as the server makes it:
+`registry.drivers()[name].make(settings, DriverContext(...))`. A new driver object on the same context
+stands for a restarted or second server process. The shell semantics
 checked are those listed at the top of `sandbox_backends/base.py`; the tests in `BASH_DRIVERS` need the
 whole of bash (functions, aliases, options), which the memory driver's small shell does not claim, and
 those in `JOB_TABLE_DRIVERS` a job table that carries from one command to the next, which docker gives
-up so that nothing in its sandbox can forge a command's exit code (each command runs in a bash of its own).
+up so that nothing in its sandbox can forge a command's exit code (each command runs in a bash of its own;
+kubernetes too, through the same control shell).
 A new driver joins by its name in `COMMAND_DRIVERS` (and its server settings in `SETTINGS`).
 
 Drivers whose sandboxes answer messages instead of running commands (`remote`, a `MessageSandbox`)
@@ -24,6 +27,7 @@ where they fail (tests/docker_support.py).
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import secrets
 import shlex
@@ -52,6 +56,7 @@ from sandbox_backends.base import (
 from sandbox_backends.registry import DriverContext
 from tests.ci import unavailable
 from tests.docker_support import IMAGE, docker_engine, docker_server_id  # noqa: F401  (fixtures)
+from tests.kubernetes_cluster import emulated, kubernetes_settings, real_cluster_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -60,9 +65,10 @@ COMMAND_DRIVERS = [
     pytest.param("local+bwrap", id="local-bwrap"),
     pytest.param("docker", id="docker", marks=pytest.mark.docker),
     pytest.param("memory", id="memory"),
+    pytest.param("kubernetes", id="kubernetes"),
 ]
 BASH_DRIVERS = [p for p in COMMAND_DRIVERS if p.values[0] != "memory"]
-JOB_TABLE_DRIVERS = [p for p in BASH_DRIVERS if p.values[0] != "docker"]
+JOB_TABLE_DRIVERS = [p for p in BASH_DRIVERS if p.values[0] not in ("docker", "kubernetes")]
 
 
 MESSAGE_DRIVERS = {"remote"}
@@ -133,16 +139,20 @@ async def servers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         server_id = request.getfixturevalue("docker_server_id")  # no engine: skip, or fail under CI
     if name == "memory":
         request.getfixturevalue("plugins_installed")
-    plugin = registry.drivers()[name]
-    settings = plugin.settings.model_validate(SETTINGS.get(name, {})) if plugin.settings else None
-    context = DriverContext(home=tmp_path / "home", server_id=server_id)
-    made = Servers(name, lambda: plugin.make(settings, context), {"isolation": isolation} if isolation else {})
-    yield made
-    with anyio.CancelScope(shield=True):
-        for handle in made.handles.values():
-            await handle.close(delete=True)
-        for driver in made.drivers:
-            await driver.aclose()
+    async with contextlib.AsyncExitStack() as stack:
+        given = SETTINGS.get(name, {})
+        if name == "kubernetes":  # an emulated API server and local pods (tests/kubernetes_cluster.py), or a real one
+            given = real_cluster_settings() or kubernetes_settings(await stack.enter_async_context(emulated(tmp_path)))
+        plugin = registry.drivers()[name]
+        settings = plugin.settings.model_validate(given) if plugin.settings else None
+        context = DriverContext(home=tmp_path / "home", server_id=server_id)
+        made = Servers(name, lambda: plugin.make(settings, context), {"isolation": isolation} if isolation else {})
+        yield made
+        with anyio.CancelScope(shield=True):
+            for handle in made.handles.values():
+                await handle.close(delete=True)
+            for driver in made.drivers:
+                await driver.aclose()
 
 
 # -- watching commands and jobs --------------------------------------------------------------------

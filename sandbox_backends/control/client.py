@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import marshal
 import math
+import re
 import struct
 import time
 from collections.abc import Callable
@@ -552,6 +553,26 @@ class ControlClient:
         self.transport.close()
         self._wake()
         await anyio.lowlevel.checkpoint()
+
+
+async def say_hello(
+    conn: ControlClient, env: dict[str, str] | None, user: str, timeout: float, *, shells: bool = True
+) -> dict[str, Any]:
+    """Send a new control shell its program and its hello (who commands run as, their environment; with
+    `shells=False` it starts no command shells ahead: a connection for byte streams), and return the answer.
+    Raises `Lost` or TimeoutError if the shell does not start; the driver says why in its words."""
+    code = await anyio.to_thread.run_sync(control_boot_input)  # compiled once per process, off the loop
+    with anyio.fail_after(timeout):
+        await conn.send_raw(code)
+        _kind, msg = await conn.request({"op": "hello", "env": env or {}, "user": user, "shells": shells})
+    return dict(msg)
+
+
+def python_too_old(hello: dict[str, Any]) -> str | None:
+    """The sandbox's python3 version from a hello answer, if it is older than the control shell needs."""
+    found = str(hello.get("python", ""))
+    version = tuple(int(part) for part in re.findall(r"\d+", found)[:2])
+    return found if version < MIN_PYTHON else None
 
 
 @dataclass

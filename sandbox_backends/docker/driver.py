@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -19,7 +18,7 @@ import docker.errors
 import docker.types
 
 from ..base import Limits, PhaseCallback, SandboxError, SandboxNotFound, SandboxSpec
-from ..control.client import MIN_PYTHON, Broken, ControlClient, Lost, control_boot_input, control_command
+from ..control.client import MIN_PYTHON, Broken, ControlClient, Lost, control_command, python_too_old, say_hello
 from .container import (
     BASE_ENV,
     CONTAINER_USER,
@@ -234,7 +233,6 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
         """Start the control shell in the container (one `docker exec`) and say hello. With `shells=False` it
         starts no command shells ahead (a connection for byte streams)."""
         api = await self._api()
-        code = await anyio.to_thread.run_sync(control_boot_input)  # compiled once per process, off the loop
         try:
             transport = await blocking(open_exec, api, cid, control_command(STATE_DIR, WORKSPACE), WORKSPACE)
         except docker.errors.NotFound:
@@ -248,9 +246,7 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
         exec_id = transport.exec_id
         conn = ControlClient(transport, name=cid[:12])
         try:
-            with anyio.fail_after(CONNECT_TIMEOUT_S):
-                await conn.send_raw(code)
-                _kind, msg = await conn.request({"op": "hello", "env": env or {}, "user": self.user, "shells": shells})
+            msg = await say_hello(conn, env, self.user, CONNECT_TIMEOUT_S, shells=shells)
         except (Lost, TimeoutError) as e:
             await conn.aclose()
             detail = conn.stderr.strip().splitlines()
@@ -283,11 +279,10 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
         if msg.get("error"):
             await conn.aclose()
             raise SandboxError(f"The sandbox's control shell refused to start: {msg.get('message') or msg['error']}.")
-        version = tuple(int(part) for part in re.findall(r"\d+", str(msg.get("python", "")))[:2])
-        if version < MIN_PYTHON:
+        if old := python_too_old(msg):
             await conn.aclose()
             raise SandboxError(
-                f"The sandbox image's python3 is {msg.get('python')}; the docker driver needs "
+                f"The sandbox image's python3 is {old}; the docker driver needs "
                 f"{'.'.join(map(str, MIN_PYTHON))} or newer in the image."
             )
         if not msg.get("ws_writable"):
