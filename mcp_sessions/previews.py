@@ -131,17 +131,12 @@ class Gateway:
                 raise SessionNotFound(params["session_id"])
             sandbox = await sandbox_of(self._manager_of(), params["session_id"], self._owner_of(scope))
             stream = await sandbox.connect_inside(port)
-        except (SessionNotFound, SessionClosed) as e:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": str(e)[:120]})
-                return
-            await error_response(404, "not_found", str(e))(scope, receive, send)
-            return
-        except (PortClosed, SandboxError) as e:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1011, "reason": str(e)[:120]})
-                return
-            await error_response(502, "bad_gateway", str(e))(scope, receive, send)
+        except (SessionNotFound, SessionClosed, PortClosed, SandboxError) as e:
+            gone = isinstance(e, (SessionNotFound, SessionClosed))
+            if scope["type"] == "websocket":  # refused at the handshake; the reason for whoever reads it
+                await send({"type": "websocket.close", "code": 1008 if gone else 1011, "reason": str(e)[:120]})
+            else:
+                await error_response(*((404, "not_found") if gone else (502, "bad_gateway")), str(e))(scope, receive, send)
             return
         async with stream:
             if scope["type"] == "websocket":
