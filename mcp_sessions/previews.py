@@ -16,7 +16,7 @@ Websockets are relayed message by message (wsproto on the sandbox's side).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
 from typing import Annotated, Any
 
@@ -213,24 +213,32 @@ async def relay_websocket(scope: Scope, receive: Receive, send: Send, stream: an
         await send({"type": "websocket.close", "code": 1011, "reason": f"no websocket on port {port} in the sandbox"})
         return
     await send({"type": "websocket.accept", "subprotocol": accepted.subprotocol})
+    lock = anyio.Lock()
+
+    async def inside(event: ws.Event) -> None:  # both directions answer inside (a pong, a close): one writer at a time
+        async with lock:
+            await stream.send(conn.send(event))
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_from_caller, receive, stream, conn, tg.cancel_scope)
-        await _from_sandbox(send, stream, conn)
+        tg.start_soon(_from_caller, receive, inside, tg.cancel_scope)
+        await _from_sandbox(send, stream, conn, inside)
         tg.cancel_scope.cancel()
 
 
-async def _from_caller(receive: Receive, stream: anyio.abc.ByteStream, conn: WSConnection, scope: anyio.CancelScope) -> None:
+async def _from_caller(receive: Receive, inside: Callable[[ws.Event], Awaitable[None]], scope: anyio.CancelScope) -> None:
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
-            await stream.send(conn.send(ws.CloseConnection(code=message.get("code", 1000))))
+            await inside(ws.CloseConnection(code=message.get("code", 1000)))
             scope.cancel()
             return
         data: Any = message.get("text") if message.get("text") is not None else message.get("bytes", b"")
-        await stream.send(conn.send(ws.Message(data=data)))
+        await inside(ws.Message(data=data))
 
 
-async def _from_sandbox(send: Send, stream: anyio.abc.ByteStream, conn: WSConnection) -> None:
+async def _from_sandbox(
+    send: Send, stream: anyio.abc.ByteStream, conn: WSConnection, inside: Callable[[ws.Event], Awaitable[None]]
+) -> None:
     parts: list[Any] = []
     try:
         while True:
@@ -243,9 +251,9 @@ async def _from_sandbox(send: Send, stream: anyio.abc.ByteStream, conn: WSConnec
                         await send({"type": "websocket.send", key: type(event.data)().join(parts)})
                         parts.clear()
                 elif isinstance(event, ws.Ping):
-                    await stream.send(conn.send(event.response()))
+                    await inside(event.response())
                 elif isinstance(event, ws.CloseConnection):
-                    await stream.send(conn.send(event.response()))
+                    await inside(event.response())
                     await send({"type": "websocket.close", "code": event.code})
                     return
     except (anyio.EndOfStream, anyio.BrokenResourceError):
