@@ -30,6 +30,7 @@ from wsproto import events as ws
 from sandbox_backends.base import OpensStreams, PortClosed, SandboxError
 
 from .errors import SessionClosed, SessionNotFound
+from .inputs import IN_RANGE
 from .manager import SessionManager
 from .tools import ToolPlugin
 
@@ -62,7 +63,7 @@ async def expose_port(
     sessions: SessionManager,
     owner: str | None,
     session_id: Annotated[str, Field(max_length=100)],
-    port: Annotated[int, Field(ge=1, le=65535)],
+    port: Annotated[int, Field(ge=1, le=65535), IN_RANGE],
 ) -> Preview:
     """URL on the HTTP server proxying HTTP and websockets to a port inside the session; ends with the session."""
     await sandbox_of(sessions, session_id, owner)

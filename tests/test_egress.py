@@ -8,6 +8,7 @@ and a raw CONNECT go through the proxy the sandbox's HTTP_PROXY names.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ from mcp import Client
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
+from .ci import unavailable
 from .conftest import call, call_error, new_session
 from .docker_support import docker_engine  # noqa: F401
 
@@ -144,3 +146,14 @@ async def test_a_local_session_gets_the_proxy_on_the_hosts_loopback(home: Path, 
         assert no["output"].startswith("403 ")
         events = egress_events(await call(client, "get_session", session_id=sid, events_after=0))
         assert [(e["port"], e["allowed"]) for e in events] == [(allowed, True), (refused, False)]
+
+
+async def test_a_bwrap_session_that_asks_for_egress_fails_at_create_saying_why(home: Path) -> None:
+    """A bubblewrap sandbox has a network of its own the server cannot reach: no proxy can be served there."""
+    if shutil.which("bwrap") is None:
+        unavailable("bwrap is not installed (scripts/install-bwrap.sh installs it)")
+    settings = Settings(home=home, egress_allow="pypi.org:443")
+    async with Client(create_server(settings), mode="legacy") as client:
+        session = await call(client, "create_session", isolation="bwrap", network={"allow": ["pypi.org:443"]})
+        assert session["status"] == "failed"
+        assert session["failure_reason"].startswith("The egress proxy could not start: A local sandbox with isolation='bwrap'")
