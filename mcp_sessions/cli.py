@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import UnionType
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -209,6 +209,16 @@ def build_parser() -> Parser:
     close.add_argument("--delete", action="store_true", help="also delete the transcripts, events and workspaces")
     close.add_argument("--keep-children", action="store_true", help="leave the session's descendants open")
     _add_settings_flags(close, CLIENT_FLAGS, argparse.SUPPRESS)
+
+    expose = commands.add_parser(
+        "expose",
+        help="print the preview URL of a port in a session",
+        description="Print the URL on the HTTP server (serve --http, at --host and --port) that proxies HTTP and "
+        "websockets to PORT inside the session's sandbox, until the session closes.",
+    )
+    expose.add_argument("session_id", metavar="ID")
+    expose.add_argument("port", metavar="PORT", type=_in_range(Annotated[int, Field(ge=1, le=65535)]))
+    _add_settings_flags(expose, (*CLIENT_FLAGS, "--host", "--port"), argparse.SUPPRESS)
     return parser
 
 
@@ -347,6 +357,11 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "close":
             reply = await manager.close(args.session_id, delete=args.delete, keep_children=args.keep_children)
             print(reply.message)
+            return 0
+        if args.command == "expose":
+            from .previews import expose_port
+
+            print((await expose_port(manager, None, args.session_id, args.port)).url)
             return 0
     raise AssertionError(args.command)
 

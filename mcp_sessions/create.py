@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .agents.base import Agent, ConfiguresSessions
+from .egress import Network, check_network, proxy_env
 from .errors import InvalidInput, PayloadTooLarge
 from .inputs import IN_RANGE, MetadataValue
 from .models import Budget, LimitsModel, Session, SessionRecord, new_session_id
@@ -51,6 +52,7 @@ class SessionFields(BaseModel):
         description="The model, for agents that call one, e.g. 'gpt-4o' or 'claude-sonnet-4-5' (default: the server's).",
     )
     parent_session_id: str | None = Field(None, max_length=100, description="Parent: closed with it, under its budget.")
+    network: Network | None = Field(None, description="Egress via HTTP_PROXY: allow host:port pairs the server allows.")
 
 
 def _described(catalog: Catalog) -> dict[str, Any]:
@@ -117,6 +119,7 @@ class CreateRequest:
     owner: str | None = None
     model: str | None = None
     parent_session_id: str | None = None
+    network: Network | None = None
     budget: Budget | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """Driver and agent options by name (None = not given); the manager sorts and validates them."""
@@ -168,6 +171,10 @@ def new_record(
     for key, value in request.env.items():
         if not key or "=" in key or "\0" in key or "\0" in value:
             raise InvalidInput(f"Environment variable name {key!r} is invalid: use a name without '=' or NUL bytes.")
+    try:
+        egress = check_network(request.network, settings.egress_allow or "")
+    except ValueError as e:  # the server's own list is malformed
+        raise InvalidInput(str(e)) from None
     model = request.model
     configures = agents[agent]
     if isinstance(configures, ConfiguresSessions):  # the agent checks its options and fills in defaults
@@ -192,7 +199,8 @@ def new_record(
     )
     return SessionRecord(
         session=session,
-        env=request.env,
+        env={**request.env, **proxy_env(session.id)} if egress else request.env,
+        egress=egress,
         limits=(request.limits or LimitsModel()).model_dump(exclude_none=True),
         lease=lease,
         agent_options=agent_options,

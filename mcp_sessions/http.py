@@ -19,8 +19,8 @@ from starlette.authentication import AuthCredentials
 from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, sdk
@@ -29,6 +29,7 @@ from .errors import PayloadTooLarge
 from .http_api import API, Health, error_response, routes
 from .jsonrpc import InvalidMessage, check
 from .openapi import document, dumps
+from .previews import PREFIX, Gateway
 from .resumption import PER_STREAM_EVENTS, RETRY_MS, EventBuffer
 from .server import AppState, create_server
 from .settings import Settings
@@ -67,6 +68,9 @@ class Gate:
         return tuple(sorted(found))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -128,6 +132,24 @@ class Gate:
             await self._guarded(scope, receive, send)
         finally:
             auth_context_var.reset(reset)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A websocket (a port preview's) passes the same checks, refused at the handshake; it must come from
+        a page of this server's own origin, since a browser sends the dashboard's cookie from any site."""
+        headers = Headers(scope=scope)
+        host, origin = headers.get("host", ""), headers.get("origin")
+        user, _by_cookie = await self._authenticate(scope)
+        refused = (
+            (self.loopback and _host_name(host) not in LOOPBACK_HOSTS)
+            or (origin is not None and origin.split("://", 1)[-1] != host)
+            or (self.backend is not None and user is None)
+        )
+        if refused:
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if user is not None:
+            scope["user"], scope["auth"] = user, AuthCredentials(user.scopes)
+        await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope) -> tuple[AuthenticatedUser | None, bool]:
         """Who calls, and whether they were known by the dashboard's cookie (not a header they chose to send)."""
@@ -269,11 +291,24 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
     async def openapi_json(request: Request) -> Response:
         return Response(document_bytes, media_type="application/json")
 
+    def owner_of_scope(scope: Scope) -> str | None:
+        user = scope.get("user")
+        return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
+
+    async def preview_root(request: Request) -> Response:  # relative links need the trailing slash
+        return RedirectResponse(request.url.path + "/" + (f"?{request.url.query}" if request.url.query else ""), 308)
+
+    gateway = Gateway(lambda: holder["state"].manager, owner_of_scope)
+    preview = PREFIX + "/{session_id}/{port:int}"
+
     served = [
         Route("/healthz", healthz, methods=["GET"]),
         Route(API + "/openapi.json", openapi_json, methods=["GET"]),
         *routes(lambda: holder["state"].manager, owner_of),
         *ui_routes(verifier),
+        Route(preview, preview_root),
+        Route(preview + "/{rest:path}", gateway, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+        WebSocketRoute(preview + "/{rest:path}", gateway),
         Route(MCP_PATH, MessagesOnly(mcp_app, events), methods=MCP_METHODS),  # the SDK's app, which serves MCP_PATH
     ]
     app = Starlette(routes=served, lifespan=lifespan, exception_handlers={HTTPException: http_error})

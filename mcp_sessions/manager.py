@@ -89,7 +89,7 @@ class SessionManager:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         await self._tg.start(self.waiter.run)
-        self._sandboxes = Sandboxes(self._make_driver, self._on_sandbox_failure, self._tg)
+        self._sandboxes = Sandboxes(self._make_driver, self._on_sandbox_failure, self._tg, self.store, self.waiter.changed)
         self._turns = Turns(
             self.settings,
             self.store,

@@ -226,6 +226,7 @@ class SessionRecord(BaseModel):
         default_factory=dict, description="The agent's settings: system prompt, limits, provider."
     )
     driver_options: dict[str, Any] = Field(default_factory=dict, description="The driver's create options, e.g. which remote.")
+    egress: list[str] = Field(default_factory=list, description="The host:port pairs its egress proxy connects to.")
     budget_from: list[str] = Field(
         default_factory=list,
         description="This session and its ancestors that set a budget, nearest first: whose budgets bind its turns.",
@@ -249,6 +250,7 @@ EventType = Literal[
     "turn.interrupted",
     "session.failed",
     "session.closed",
+    "egress",
 ]
 
 

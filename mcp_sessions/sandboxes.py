@@ -11,7 +11,9 @@ from anyio.abc import TaskGroup
 
 from sandbox_backends.base import Driver, Limits, RemovesLeftovers, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
 
+from .egress import Egress
 from .models import SessionRecord
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +38,22 @@ def spec_of(record: SessionRecord) -> SandboxSpec:
 
 
 class Sandboxes:
-    """Drivers by name and sandboxes by session id, for one process. `tg` runs the drivers' watches."""
+    """Drivers by name and sandboxes by session id, for one process. `tg` runs the drivers' watches, and the
+    egress proxy of each sandbox whose session has one (served as the sandbox is made or attached again),
+    which records its connections in `store` and tells `changed`."""
 
     def __init__(
         self,
         make_driver: Callable[[str], Driver],
         on_failure: Callable[[str, str], Awaitable[None]],
         tg: TaskGroup,
+        store: Store | None = None,
+        changed: Callable[[str], None] | None = None,
     ) -> None:
         self._make_driver = make_driver
         self._on_failure = on_failure
         self._tg = tg
+        self._egress = Egress(store, changed) if store is not None and changed is not None else None
         self._drivers: dict[str, Driver] = {}
         self._sandboxes: dict[str, Sandbox] = {}
 
@@ -71,6 +78,8 @@ class Sandboxes:
     async def create(self, record: SessionRecord, on_phase: Callable[[str, str], Awaitable[None]]) -> Sandbox:
         sandbox = await self.driver(record.session.driver).create(spec_of(record), on_phase=on_phase)
         self._sandboxes[record.session.id] = sandbox
+        if self._egress is not None:
+            await self._egress.start(record, sandbox, self._tg, new=True)
         return sandbox
 
     async def interrupt_idle(self, record: SessionRecord) -> str:
@@ -93,6 +102,8 @@ class Sandboxes:
                 raise SandboxNotFound("The session has no sandbox.")
             sandbox = await self.driver(record.session.driver).attach(record.sandbox_id, spec_of(record))
             self._sandboxes[record.session.id] = sandbox
+            if self._egress is not None:
+                await self._egress.start(record, sandbox, self._tg, new=False)
         return sandbox
 
     async def free(self, record: SessionRecord, delete: bool) -> None:

@@ -76,6 +76,9 @@ class Settings(BaseModel):
         None, description="Bearer tokens for HTTP, one `owner:token` a line (or MCP_SESSIONS_TOKENS)."
     )
     tokens: SecretStr | None = Field(None, description="Bearer tokens for HTTP, `owner:token` pairs separated by commas.")
+    egress_allow: str | None = Field(
+        None, description="host:port pairs, separated by commas, that sessions may ask to reach through the egress proxy."
+    )
     max_request_bytes: int = Field(10_000_000, ge=1024, le=1 << 31, description="Largest HTTP request body; larger ones get 413.")
     max_sessions_per_owner: int = Field(
         20, ge=0, le=10**6, description="Live sessions one token's owner may have at once (0 = no limit)."

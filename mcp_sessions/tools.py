@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .tasks.core import TaskSupport
 
 ENTRY_POINT_GROUP = "mcp_sessions.tools"
-BUILTIN: dict[str, str] = {}
+BUILTIN: dict[str, str] = {"expose_port": "mcp_sessions.previews:plugin"}
 
 
 @dataclass(frozen=True)

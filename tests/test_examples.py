@@ -93,7 +93,15 @@ async def test_each_client_config_starts_a_server_that_lists_the_tools(
     params = StdioServerParameters(command=COMMAND, args=entry.get("args", []), env=env)
     async with Client(params, mode="legacy") as client:
         names = {t.name for t in (await client.list_tools()).tools}
-    assert names == {"create_session", "send_message", "get_session", "list_sessions", "interrupt", "close_session"}
+    assert names == {
+        "create_session",
+        "send_message",
+        "get_session",
+        "list_sessions",
+        "interrupt",
+        "close_session",
+        "expose_port",
+    }
 
 
 def run_delegate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

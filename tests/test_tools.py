@@ -1,4 +1,4 @@
-"""The six tools through a real MCP client, in both protocol eras, on the local driver."""
+"""The tools through a real MCP client, in both protocol eras, on the local driver."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .conftest import call, call_error, new_session, processes_marked, stdio_par
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"create_session", "send_message", "get_session", "list_sessions", "interrupt", "close_session"}
+TOOLS = {"create_session", "send_message", "get_session", "list_sessions", "interrupt", "close_session", "expose_port"}
 
 
 async def test_tools_list_shows_six_tools_with_output_schemas_and_hints(client: Client) -> None:
