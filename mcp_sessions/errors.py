@@ -29,6 +29,12 @@ class SessionClosed(SessionError):
     code = "session_closed"
 
 
+class Unsupported(SessionError):
+    """The session's driver cannot do what was asked (a remote session's folders cannot be listed)."""
+
+    code = "unsupported"
+
+
 class PayloadTooLarge(SessionError):
     code = "payload_too_large"
 

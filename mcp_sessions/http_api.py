@@ -7,11 +7,13 @@ are both made from that table and from the pydantic models it names, so the docu
 
 from __future__ import annotations
 
+import posixpath
 import types
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.requests import Request
@@ -22,6 +24,7 @@ from sandbox_backends.base import SandboxError
 
 from .create import CreateRequest, create_body
 from .errors import SessionError
+from .files import FolderView, list_folder, read_file
 from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
 from .manager import SessionManager
 from .models import (
@@ -45,6 +48,7 @@ STATUS_OF_CODE = {
     "forbidden": 403,
     "session_not_found": 404,
     "not_found": 404,
+    "file_not_found": 404,
     "session_busy": 409,
     "session_closed": 409,
     "payload_too_large": 413,
@@ -52,6 +56,7 @@ STATUS_OF_CODE = {
     "rate_limited": 429,
     "store_error": 503,
     "sandbox_error": 502,
+    "unsupported": 501,
 }
 
 
@@ -93,6 +98,14 @@ class ListQuery(BaseModel):
 class CloseQuery(BaseModel):
     delete: bool = Field(False, description="Also delete the transcript, events and workspace.")
     keep_children: bool = Field(False, description="Leave its descendants open (by default they are closed, or deleted, too).")
+
+
+class FolderQuery(BaseModel):
+    path: str = Field("", max_length=4096, description='A folder relative to the workspace ("": the workspace).')
+
+
+class DownloadQuery(BaseModel):
+    path: str = Field(min_length=1, max_length=4096, description="A file relative to the workspace.")
 
 
 class StreamQuery(BaseModel):
@@ -188,6 +201,20 @@ async def close_session(c: Call) -> Reply:
     return await c.manager.close(c.session_id, delete=c.query.delete, owner=c.owner, keep_children=c.query.keep_children)
 
 
+async def list_files(c: Call) -> Reply:
+    return await list_folder(c.manager, c.session_id, c.query.path, owner=c.owner)
+
+
+async def download_file(c: Call) -> Reply:
+    data = await read_file(c.manager, c.session_id, c.query.path, owner=c.owner)
+    name = quote(posixpath.basename(c.query.path.rstrip("/")) or "file", safe="")
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{name}", "X-Content-Type-Options": "nosniff"},
+    )
+
+
 def _sse(event_id: int | None, event: str, data: str) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {data}\n\n"
@@ -231,6 +258,8 @@ class Endpoint:
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
     sse: bool = False
+    binary: bool = False
+    """The answer is a file's bytes (application/octet-stream), not JSON."""
     errors: tuple[int, ...] = (400, 404, 503)
     """The error statuses the route itself can answer (see STATUS_OF_CODE), besides the gate's in front of it."""
 
@@ -321,6 +350,25 @@ SESSION_ENDPOINTS = [
         CloseReply,
         query=CloseQuery,
         errors=(400, 404, 502, 503),
+    ),
+    Endpoint(
+        "GET",
+        S + "/files",
+        list_files,
+        "A workspace folder's entries (name, kind, size, time), sorted by name, at most 500; symlinks are not followed.",
+        FolderView,
+        query=FolderQuery,
+        errors=(400, 404, 409, 501, 502, 503),
+    ),
+    Endpoint(
+        "GET",
+        S + "/files/download",
+        download_file,
+        "A workspace file's bytes (as the session://{id}/files/{path} resource reads it), up to the server's file limit.",
+        None,
+        query=DownloadQuery,
+        binary=True,
+        errors=(400, 404, 409, 413, 502, 503),
     ),
     Endpoint(
         "GET",

@@ -38,10 +38,12 @@ from anyio.abc import Process
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .base import (
+    MAX_LISTED,
     ClosesOnExit,
     DiskUse,
     ExecResult,
     FailureCallback,
+    FolderListing,
     Isolation,
     Limits,
     OutputCallback,
@@ -74,7 +76,7 @@ from .local_processes import MARKER_ENV, POLL_S, alive, kill_marked, stop_proces
 from .local_streams import LoopbackStreams
 from .output import OutputBuffer
 from .registry import DriverContext, DriverPlugin
-from .regular_files import read_regular, write_regular
+from .regular_files import list_folder, read_regular, write_regular
 
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
 """Server variables a local command sees. Everything else, API keys included, stays out."""
@@ -413,6 +415,9 @@ class LocalSandbox(ClosesOnExit):
 
     async def read_file(self, path: str, max_bytes: int) -> bytes:
         return await read_regular(resolve_inside(self._ws, path), path, max_bytes)
+
+    async def list_files(self, path: str, max_entries: int = MAX_LISTED) -> FolderListing:
+        return await list_folder(resolve_inside(self._ws, path or "."), self._ws, path, max_entries)
 
     async def write_file(self, path: str, data: bytes) -> None:
         await write_regular(resolve_inside(self._ws, path), path, data)

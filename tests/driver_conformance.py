@@ -45,6 +45,7 @@ from sandbox_backends.base import (
     Driver,
     ExecResult,
     Limits,
+    ListsFiles,
     MeasuresDisk,
     PathNotAllowed,
     Sandbox,
@@ -523,6 +524,43 @@ async def test_paths_outside_the_workspace_are_refused(servers: Servers) -> None
     for path in [f"{parent}/{evil}", f"{parent}/{evil}-abs", f"{parent}/{evil}-up", f"/tmp/{evil}"]:
         assert (await sb.exec(f"cat {path}")).exit_code != 0, f"{path} was written"
     assert (await sb.exec(f"cat {tmp_name}; rm -f {tmp_name}")).output == "s\n"
+
+
+@pytest.mark.parametrize("servers", BASH_DRIVERS, indirect=True)
+async def test_a_folder_is_listed_without_following_symlinks_out_of_the_workspace(servers: Servers) -> None:
+    sb = await servers.sandbox()
+    assert isinstance(sb, ListsFiles)
+    r = await sb.exec(
+        "mkdir -p src/pkg many && printf 12345 > src/pkg/five.txt && ln -s /etc etc-link && ln -s src inner && "
+        "mkfifo pipe && for i in $(seq 10 39); do : > many/f$i; done && echo made"
+    )
+    assert r.output == "made\n", r.output
+    top = await sb.list_files("")
+    assert (top.path, top.more) == ("", 0)
+    assert [(e.name, e.kind) for e in top.entries] == [
+        ("etc-link", "symlink"),
+        ("inner", "symlink"),
+        ("many", "folder"),
+        ("pipe", "other"),
+        ("src", "folder"),
+    ]
+    pkg = await sb.list_files("src/pkg")
+    assert [(e.name, e.kind, e.size) for e in pkg.entries] == [("five.txt", "file", 5)]
+    assert pkg.entries[0].mtime > 1_600_000_000
+    assert (await sb.list_files(workspace_file(sb, "inner/pkg"))).path == "src/pkg"  # a symlink inside is fine
+    some = await sb.list_files("many", max_entries=10)
+    assert [e.name for e in some.entries] == [f"f{i}" for i in range(10, 20)]
+    assert (some.more, some.more_exact) == (20, True)
+
+    for path in ["..", "../x", "/etc", "etc-link", f"{sb.workspace}/..", "inner/../../x"]:
+        with pytest.raises(PathNotAllowed):
+            await sb.list_files(path)
+    with anyio.fail_after(20), pytest.raises(NotADirectoryError, match="'pipe' is a FIFO \\(named pipe\\), not a folder"):
+        await sb.list_files("pipe")  # named, never opened: nothing waits on it
+    with pytest.raises(NotADirectoryError, match=r"'src/pkg/five.txt' is a file, not a folder"):
+        await sb.list_files("src/pkg/five.txt")
+    with pytest.raises(FileNotFoundError, match="No such folder in the workspace: 'nowhere'"):
+        await sb.list_files("nowhere")
 
 
 # -- life ------------------------------------------------------------------------------------------

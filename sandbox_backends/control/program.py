@@ -1129,6 +1129,76 @@ def write_file(req, msg, payload):
     reply(req, ok=True, size=len(payload))
 
 
+# -- listing a folder, with the sandbox user's rights --------------------------------------------
+
+LIST_SCAN = 100000
+"""The most names of one folder read to sort them (sandbox_backends/base.py LIST_SCAN_LIMIT); past it the
+rest is counted as "at least"."""
+LIST_BYTES = 40000
+"""The most the listed names may take as JSON: the answer is one frame, which the server caps at 64 KiB (and
+without setfsuid the listing comes back from a child process in one 64 KiB message)."""
+ENTRY_KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "folder", stat.S_IFLNK: "symlink"}
+
+
+def list_inside(name, most):
+    """(None, answer) for the folder `name`: ("ok", path relative to the workspace, [[name, kind, size, mtime]],
+    names counted, all counted), ("not_dir", what it is) or ("not_allowed",). Opened without following a last
+    symlink and checked to be inside the workspace once open (a folder swapped for a symlink would lead out);
+    entries are lstat'ed, never followed. Run as the sandbox user (`as_user`)."""
+    full = inside(name)
+    if full is None:
+        return None, ("not_allowed",)
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno != errno.ENOTDIR:
+            raise
+        kind = stat.S_IFMT(os.lstat(full).st_mode)  # never opened: a FIFO is named, not waited on
+        return None, ("not_dir", KINDS.get(kind, "a file"))
+    try:
+        if not opened_inside(fd):
+            return None, ("not_allowed",)
+        names, counted, complete = [], 0, True
+        with os.scandir(fd) as found:
+            for entry in found:
+                counted += 1
+                if counted > LIST_SCAN:
+                    counted, complete = LIST_SCAN, False
+                    break
+                names.append(entry.name)
+        names.sort()
+        listed, size = [], 0
+        for entry_name in names[:most]:
+            try:
+                st = os.lstat(entry_name, dir_fd=fd)
+            except FileNotFoundError:
+                counted -= 1  # deleted meanwhile
+                continue
+            size += len(dumps(entry_name)) + 40
+            if size > LIST_BYTES:
+                break
+            kind = ENTRY_KINDS.get(stat.S_IFMT(st.st_mode), "other")
+            listed.append([entry_name, kind, st.st_size, int(st.st_mtime)])
+        where = os.path.relpath(full, WS)
+        return None, ("ok", "" if where == "." else where, listed, counted, complete)
+    finally:
+        os.close(fd)
+
+
+def list_folder(req, msg):
+    try:
+        _fd, answer = as_user(list_inside, msg["path"], int(msg["max"]))
+    except OSError as e:
+        file_error(req, e)
+        return
+    if answer[0] == "ok":
+        reply(req, ok=True, path=answer[1], entries=answer[2], total=answer[3], all=answer[4])
+    elif answer[0] == "not_dir":
+        reply(req, error="not_dir", kind=answer[1])
+    else:
+        reply(req, error="not_allowed")
+
+
 # -- the workspace's size, with the sandbox user's rights ----------------------------------------
 
 MEASURE_LIMIT_S = 30.0
@@ -1484,6 +1554,8 @@ def handle(msg, payload):
             stream_listen(req, msg)
         elif op in ("sdata", "sack", "shut", "sclose"):
             stream_op(op, req, msg, payload)
+        elif op == "list":
+            in_thread(list_folder, req, msg)
         else:
             reply(req, error="bad_request", message="unknown op %r" % (op,))
     except Exception as e:

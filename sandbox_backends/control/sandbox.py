@@ -20,9 +20,11 @@ import anyio
 import anyio.abc
 
 from ..base import (
+    MAX_LISTED,
     ClosesOnExit,
     DiskUse,
     ExecResult,
+    FolderListing,
     OutputCallback,
     PathNotAllowed,
     SandboxBusy,
@@ -31,9 +33,10 @@ from ..base import (
     SandboxRestarted,
     SandboxSpec,
     StreamHandler,
+    listing_of,
 )
 from ..output import OutputBuffer
-from ..regular_files import not_regular, too_big
+from ..regular_files import no_folder, not_a_folder, not_regular, too_big
 from .client import Broken, ControlClient, Lost, NoAnswer, Run
 from .streams import ControlStream, Streams
 
@@ -389,7 +392,7 @@ class ControlSandbox(ClosesOnExit):
     async def _file_request(self, path: str, msg: dict[str, Any], payload: bytes = b"", size: int = 0) -> tuple[str, Any]:
         """One file request, with a deadline for `size` bytes."""
         timeout = FILE_TIMEOUT_S + size / FILE_RATE
-        verb = "Reading" if msg["op"] == "read" else "Writing"
+        verb = {"read": "Reading", "list": "Listing"}.get(msg["op"], "Writing")
         return await self._request(
             msg,
             payload,
@@ -422,6 +425,18 @@ class ControlSandbox(ClosesOnExit):
         if kind == "D":
             return msg
         raise self._file_error(path, msg, max_bytes)
+
+    async def list_files(self, path: str, max_entries: int = MAX_LISTED) -> FolderListing:
+        full = self._check_path(path or ".")
+        _kind, msg = await self._file_request(path, {"op": "list", "path": full, "max": max_entries})
+        err = msg.get("error")
+        if err == "not_dir":
+            raise not_a_folder(path, msg.get("kind"))
+        if err == "not_found":
+            raise no_folder(path)
+        if err:
+            raise self._file_error(path, msg)
+        return listing_of(msg.get("path", ""), msg.get("entries", []), msg.get("total", 0), msg.get("all", True))
 
     async def write_file(self, path: str, data: bytes) -> None:
         full = self._check_path(path)
