@@ -23,7 +23,7 @@ from starlette.routing import Route
 from sandbox_backends.base import SandboxError
 
 from .create import CreateRequest, create_body
-from .errors import SessionError
+from .errors import Forbidden, SessionError
 from .files import FolderView, list_folder, read_file
 from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
 from .manager import SessionManager
@@ -91,6 +91,9 @@ class ListQuery(BaseModel):
     created_after: IsoTime | None = Field(None, description="ISO 8601, inclusive.")
     created_before: IsoTime | None = Field(None, description="ISO 8601, inclusive.")
     parent: str | None = Field(None, max_length=100, description="Only children of this session.")
+    owner: str | None = Field(
+        None, max_length=100, description="Only this owner's sessions: an admin's token (or no tokens) may name anyone."
+    )
     limit: PageSize = Field(50, description="Page size, 1..200.")
     cursor: str | None = Field(None, description="next_cursor of the previous page.")
 
@@ -168,6 +171,10 @@ async def create_session(c: Call) -> Reply:
 
 async def list_sessions(c: Call) -> Reply:
     q: ListQuery = c.query
+    if q.owner is not None and c.owner is not None and q.owner != c.owner:
+        raise Forbidden(
+            f"Your token lists only the sessions of '{c.owner}': leave out owner, or use an admin's token (--admins)."
+        )
     return await c.manager.list_sessions(
         statuses=list(q.status) if q.status else None,
         tags=q.tag,
@@ -177,7 +184,7 @@ async def list_sessions(c: Call) -> Reply:
         created_before=q.created_before,
         limit=q.limit,
         cursor=q.cursor,
-        owner=c.owner,
+        owner=c.owner if q.owner is None else q.owner,
         parent=q.parent,
     )
 
@@ -309,10 +316,10 @@ SESSION_ENDPOINTS = [
         "GET",
         API + "/sessions",
         list_sessions,
-        "List your sessions, newest first, with filters and a cursor.",
+        "List your sessions (an admin's token: everyone's), newest first, with filters and a cursor.",
         SessionPage,
         query=ListQuery,
-        errors=(400, 503),
+        errors=(400, 403, 503),
     ),
     Endpoint(
         "GET",

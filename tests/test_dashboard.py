@@ -255,3 +255,47 @@ async def test_the_workspace_is_browsed_and_a_file_made_by_a_command_downloaded(
         for route in (api, api + "/download"):  # another owner learns nothing, not even that the session exists
             answer = await as_bob.get(route, params={"path": "out/deep/result.txt"})
             assert answer.status_code == 404 and "No session" in answer.json()["error"]["message"]
+
+
+CAROL = "carol-token-admin-000000"
+
+
+async def test_an_admin_filters_by_owner_and_nobody_else_sees_anothers_sessions(settings: Settings, browser: Any) -> None:
+    overseen = settings.model_copy(update={"admins": "carol"})
+    async with running(overseen, {**TOKENS, CAROL: "carol"}) as (server, _):
+        async with mcp_client(server, ALICE) as alice, mcp_client(server, BOB) as bob:
+            hers = (await call(alice, "create_session", title="alice's"))["id"]
+            his = (await call(bob, "create_session", title="bob's"))["id"]
+
+        page = await signed_in(browser, server, CAROL)
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 2", timeout=HANG_S * 1000)
+        owners = await page.eval_on_selector_all("#sessions tbody tr", "rows => rows.map(r => r.lastChild.textContent)")
+        assert sorted(owners) == ["alice", "bob"]
+        await page.fill("input[name=owner]", "bob")
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 1", timeout=HANG_S * 1000)
+        assert await row_ids(page) == [his]
+        await page.goto(f"{server}/ui/sessions/{his}")  # an admin reads another's session...
+        await page.wait_for_selector("#state .status-ready", timeout=HANG_S * 1000)
+
+        async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {CAROL}"}) as as_carol:
+            closing = await as_carol.post(f"/api/v1/sessions/{his}/close")  # ...but changes only its own
+            assert closing.status_code == 404, closing.text
+
+        page = await signed_in(browser, server, ALICE)
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 1", timeout=HANG_S * 1000)
+        assert await row_ids(page) == [hers]
+        assert await page.query_selector("input[name=owner]") is None
+        async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {ALICE}"}) as as_alice:
+            asked = await as_alice.get("/api/v1/sessions", params={"owner": "bob"})
+            assert asked.status_code == 403 and "use an admin's token" in asked.json()["error"]["message"]
+            own = await as_alice.get("/api/v1/sessions", params={"owner": "alice"})
+            assert [s["id"] for s in own.json()["sessions"]] == [hers]
+            assert (await as_alice.get(f"/api/v1/sessions/{his}")).status_code == 404
+
+
+def test_an_admin_without_a_token_is_refused_at_start(settings: Settings) -> None:
+    from mcp_sessions.auth import ConfigError
+    from mcp_sessions.http import build_app
+
+    with pytest.raises(ConfigError, match="--admins names 'carl', who has no token"):
+        build_app(settings.model_copy(update={"admins": "carl"}), TOKENS)

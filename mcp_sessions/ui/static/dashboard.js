@@ -49,6 +49,7 @@ function sessionsPage() {
   const summary = document.getElementById("summary");
   const next = document.getElementById("next");
   const first = document.getElementById("first");
+  const overseer = document.body.dataset.overseer === "1";
   let cursor = null;
   let nextCursor = null;
 
@@ -85,6 +86,7 @@ function sessionsPage() {
     if (why) status.append(el("div", why, "muted small"));
     tr.append(name, status, el("td", `${s.driver} / ${s.agent}`), el("td", s.turns, "num"),
       el("td", ago(s.last_activity_at)), el("td", s.preview || "", "preview"));
+    if (overseer) tr.append(el("td", s.owner || "–", "owner"));
     return tr;
   }
 
