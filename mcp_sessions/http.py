@@ -27,6 +27,7 @@ from . import __version__, sdk
 from .auth import RateLimiter, StaticTokenVerifier, check_bind, is_loopback, load_admins, load_tokens
 from .errors import PayloadTooLarge
 from .http_api import API, Health, error_response, routes
+from .http_attach import attach_route
 from .jsonrpc import InvalidMessage, check
 from .openapi import document, dumps
 from .previews import PREFIX, Gateway
@@ -308,6 +309,7 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
         Route("/healthz", healthz, methods=["GET"]),
         Route(API + "/openapi.json", openapi_json, methods=["GET"]),
         *routes(lambda: holder["state"].manager, owner_of),
+        attach_route(lambda: holder["state"].manager),
         *ui_routes(verifier, lambda request: owner_of(request) is None),
         Route(preview, preview_root),
         Route(preview + "/{rest:path}", gateway, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),

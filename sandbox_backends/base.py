@@ -20,13 +20,15 @@ session layer checks with `isinstance` and never by a driver's name: `MessageSan
 runs its own agent and answers messages), `ChecksSpec` (refuses a spec before anything is made),
 `MirrorSource` (shows sessions that run elsewhere, read-only), `MeasuresDisk` (a workspace limit that no
 filesystem enforces, measured instead), `OpensStreams` (TCP connections to and from the sandbox's loopback),
-`ListsFiles` (lists a workspace folder). How a driver is found and configured:
+`ListsFiles` (lists a workspace folder), `OpensTerminal` (a person's interactive shell). How a driver is
+found and configured:
 `registry.py`. What every driver must pass: `tests/driver_conformance.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -360,6 +362,36 @@ class ListsFiles(Protocol):
         resolved inside the sandbox with the sandbox user's rights, its symlinks never followed out of the
         workspace. Raises `PathNotAllowed` for a path that leads out, `FileNotFoundError` if it does not exist,
         `NotADirectoryError` if it is a file (or a FIFO, socket, device: never opened), `SandboxError` otherwise."""
+        ...
+
+
+class Terminal(Protocol):
+    """An interactive bash on a PTY in the sandbox, as the sandbox user, for a person at a keyboard."""
+
+    exit_code: int | None
+    """How its bash ended, once it has (None before, or if that is unknown)."""
+    state_saved: bool
+    """Whether its bash saved its state (cwd, exported variables, functions, aliases) for the next command."""
+
+    async def read(self) -> bytes:
+        """The next output, as it comes; b"" once the terminal has ended."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Keys typed (bytes as a terminal sends them)."""
+        ...
+
+    async def resize(self, rows: int, cols: int) -> None: ...
+
+
+@runtime_checkable
+class OpensTerminal(Protocol):
+    """A sandbox a person can take the keyboard of while no command runs."""
+
+    def open_terminal(self, rows: int, cols: int) -> AbstractAsyncContextManager[Terminal]:
+        """A terminal in the shell's cwd with its environment (the state the last command left), whose state is
+        saved back when its bash exits; leaving the context hangs it up and waits for that. Raises
+        `SandboxBusy` while a command runs; commands are refused while it is open."""
         ...
 
 

@@ -39,6 +39,18 @@ def not_regular(path: str, kind: str | None) -> NotRegularFile:
     return NotRegularFile(f"'{path}' is {kind or 'not a regular file'}: only regular files can be read or written here.")
 
 
+def resolve_inside(workspace: Path, path: str) -> Path:
+    """The real path of `path` in `workspace`, refusing anything that lands outside it (`..`, absolute, symlinks)."""
+    if "\0" in path:
+        raise PathNotAllowed("File paths cannot contain NUL bytes.")
+    root = workspace.resolve()
+    candidate = Path(path)
+    full = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if full != root and root not in full.parents:
+        raise PathNotAllowed(f"'{path}' is outside the workspace {root}. Give a path relative to the workspace.")
+    return full
+
+
 def not_a_folder(path: str, kind: str | None) -> NotADirectoryError:
     """The error for listing a workspace path that is not a folder (a FIFO is named, never opened)."""
     return NotADirectoryError(f"'{path}' is {kind or 'a file'}, not a folder: only folders can be listed.")

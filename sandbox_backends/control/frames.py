@@ -69,6 +69,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "sid": (str,),
     "n": (int,),
     "port": (int,),
+    "saved": (bool,),
     "path": (str,),
     "entries": (list,),
     "total": (int,),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import posixpath
 import secrets
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -39,6 +40,7 @@ from ..output import OutputBuffer
 from ..regular_files import no_folder, not_a_folder, not_regular, too_big
 from .client import Broken, ControlClient, Lost, NoAnswer, Run
 from .streams import ControlStream, Streams
+from .terminal import ControlTerminal, control_terminal
 
 STOP_TIMEOUT_S = 10.0
 """Upper bound on waiting for a stopped command's last frames (the control shell stops it in about 1 s)."""
@@ -445,6 +447,11 @@ class ControlSandbox(ClosesOnExit):
         _kind, msg = await self._file_request(path, {"op": "write", "path": full}, bytes(data), size=len(data))
         if msg.get("error"):
             raise self._file_error(path, msg)
+
+    # -- a person's terminal (OpensTerminal) -----------------------------------------------------------
+
+    def open_terminal(self, rows: int, cols: int) -> AbstractAsyncContextManager[ControlTerminal]:
+        return control_terminal(self._connection, self._spec.env, rows, cols)
 
     # -- byte streams (OpensStreams), through a control connection of their own ------------------
 
