@@ -64,8 +64,7 @@ async def attach(server: str, token: str | None, session_id: str) -> int:
             ws = await connect(websocket_url(server, session_id, rows, cols), additional_headers=headers, max_size=1 << 22)
     except InvalidStatus as e:
         print(
-            f"mcp-sessions: the server refused to attach (HTTP {e.response.status_code}): check the token "
-            f"(--token or {TOKEN_ENV})",
+            f"mcp-sessions: the server refused to attach (HTTP {e.response.status_code}): check the token in {TOKEN_ENV}",
             file=sys.stderr,
         )
         return 1

@@ -224,11 +224,11 @@ def build_parser() -> Parser:
         "attach",
         help="a terminal in an idle session's sandbox, through a server's HTTP API",
         description="Take the keyboard of a session's shell (its cwd and environment) while no turn runs; what you "
-        "type and see is recorded as a human turn. Leave with exit or Ctrl-D. Needs 'serve --http' running.",
+        "type and see is recorded as a human turn. Leave with exit or Ctrl-D. Needs 'serve --http' running; "
+        "a token, if it has tokens, in MCP_SESSIONS_TOKEN (not a flag: others could read it in the process list).",
     )
     attach.add_argument("session_id", metavar="ID")
     attach.add_argument("--url", metavar="URL", help="the server (default http://HOST:PORT of --host and --port)")
-    attach.add_argument("--token", metavar="TOKEN", help="a bearer token, if the server has tokens (or MCP_SESSIONS_TOKEN)")
     _add_settings_flags(attach, ("--host", "--port", "--log-level"), argparse.SUPPRESS)
     return parser
 
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         from .attach_client import TOKEN_ENV, attach
 
         url = args.url or f"http://{settings.host}:{settings.port}"
-        sys.exit(anyio.run(attach, url, args.token or os.environ.get(TOKEN_ENV), args.session_id))
+        sys.exit(anyio.run(attach, url, os.environ.get(TOKEN_ENV), args.session_id))
     else:
         sys.exit(run_command(args, settings))
 

@@ -211,6 +211,9 @@ async def test_the_workspace_is_browsed_and_a_file_made_by_a_command_downloaded(
         await page.wait_for_selector("#files tr[data-path='out/pipe']", timeout=HANG_S * 1000)
         assert "FIFO" in await page.inner_text("#files tr[data-path='out/pipe']")
         assert await page.query_selector("#files tr[data-path='out/pipe'] a") is None  # nothing to download
+        if "docker" in await page.inner_text("#facts"):
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await page.locator("#workspace").screenshot(path=str(ARTIFACTS / "dashboard-files.png"))
         await page.click("#files tr[data-path='out/deep'] button")
         row = "#files tr[data-path='out/deep/result.txt']"
         await page.wait_for_selector(row, timeout=HANG_S * 1000)

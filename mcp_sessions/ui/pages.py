@@ -69,10 +69,10 @@ def session_page(session_id: str, *, signed_in: bool) -> str:
 <pre id="live" class="output" hidden></pre>
 <form id="send" class="send"><textarea name="text" rows="2" placeholder="A message for the session"></textarea>
 <button type="submit">Send</button></form>
-<h2>Files</h2>
+<section id="workspace"><h2>Files</h2>
 <nav id="crumbs" class="crumbs" aria-label="folder"></nav>
 <table id="files"><thead><tr><th>name</th><th>size</th><th>modified</th></tr></thead><tbody></tbody></table>
-<p id="files-note" class="muted small" role="status"></p>
+<p id="files-note" class="muted small" role="status"></p></section>
 <h2>Turns</h2>
 <table id="turns"><thead><tr><th>turn</th><th>status</th><th>exit</th><th>duration</th><th>tokens</th><th>cost</th>
 <th>reason</th></tr></thead><tbody></tbody></table>

@@ -179,7 +179,8 @@ function sessionPage() {
   const files = document.querySelector("#files tbody");
   const filesNote = document.getElementById("files-note");
   const crumbs = document.getElementById("crumbs");
-  let folder = "";
+  let folder = ""; // the folder asked for last: a turn's end reads it again
+  let asked = 0; // listings answer out of order: only the last one asked for is shown
 
   function size(n) {
     if (n < 1024) return `${n} B`;
@@ -215,15 +216,17 @@ function sessionPage() {
   }
 
   async function showFolder(target) {
+    const mine = ++asked;
+    folder = target;
     let view;
     try {
       view = await api(`${path}/files?path=${encodeURIComponent(target)}`);
     } catch (e) {
-      filesNote.textContent = e.message;
+      if (mine === asked) filesNote.textContent = e.message;
       return;
     }
-    folder = view.path;
-    const parts = folder ? folder.split("/") : [];
+    if (mine !== asked) return;
+    const parts = view.path ? view.path.split("/") : [];
     crumbs.replaceChildren(folderButton("workspace", ""));
     parts.forEach((part, i) => crumbs.append(el("span", " / "), folderButton(part, parts.slice(0, i + 1).join("/"))));
     files.replaceChildren(...view.entries.map(fileRow));
