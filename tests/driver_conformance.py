@@ -47,6 +47,7 @@ from sandbox_backends.base import (
     Limits,
     ListsFiles,
     MeasuresDisk,
+    OpensTerminal,
     PathNotAllowed,
     Sandbox,
     SandboxBusy,
@@ -561,6 +562,34 @@ async def test_a_folder_is_listed_without_following_symlinks_out_of_the_workspac
         await sb.list_files("src/pkg/five.txt")
     with pytest.raises(FileNotFoundError, match="No such folder in the workspace: 'nowhere'"):
         await sb.list_files("nowhere")
+
+
+@pytest.mark.parametrize("servers", BASH_DRIVERS, indirect=True)
+async def test_a_terminal_starts_from_the_shell_state_and_saves_its_own(servers: Servers) -> None:
+    sb = await servers.sandbox()
+    assert isinstance(sb, OpensTerminal)
+    assert (await sb.exec("mkdir -p sub && cd sub && export FOO=from-a-command && f() { echo fn; }")).exit_code == 0
+    async with sb.open_terminal(24, 80) as terminal:
+        with pytest.raises(SandboxBusy):  # commands wait for the person to leave
+            await sb.exec("echo no")
+        await terminal.write(b'echo "[$PWD $FOO $(f)]"; touch made; export BAR=by-hand; exit 3\n')
+        shown = b""
+        with anyio.fail_after(HANG_S):
+            while chunk := await terminal.read():
+                shown += chunk
+    assert f"[{sb.workspace}/sub from-a-command fn]".encode() in shown, shown
+    assert (terminal.exit_code, terminal.state_saved) == (3, True)
+    after = await sb.exec('pwd; ls; echo "$BAR"')
+    assert after.output == f"{sb.workspace}/sub\nmade\nby-hand\n", after.output
+
+    async def refused(running: Running) -> None:
+        await running.wait_streamed(b"started")
+        with pytest.raises(SandboxBusy):
+            async with sb.open_terminal(24, 80):
+                pass
+        await sb.interrupt()
+
+    await while_running(sb, "echo started; sleep 30", refused)
 
 
 # -- life ------------------------------------------------------------------------------------------

@@ -150,3 +150,27 @@ async def test_attach_needs_a_token_the_server_knows(server: str, screen: Screen
     screen.start(attach_command(server, sid, token="not-a-token-of-this-server"))
     text = await screen.shows("ATTACH-EXIT=1")
     assert "the server refused to attach (HTTP 403)" in text.replace("\n", ""), text
+
+
+async def test_a_terminal_whose_client_goes_away_is_hung_up_and_an_interrupt_ends_one(server: str, screen: Screen) -> None:
+    async with mcp_client(server, ALICE) as alice:
+        sid = (await call(alice, "create_session"))["id"]
+        screen.start(attach_command(server, sid))
+        await screen.shows("(sandbox)")
+        screen.keys("export LEFT=by-a-closed-window; echo exported", "Enter")
+        await screen.shows("exported", 2)  # the echo of the line, then its output
+        screen.tmux("kill-server")  # the window closes: the client dies without a word
+        with anyio.fail_after(HANG_S):
+            while (await call(alice, "get_session", session_id=sid))["session"]["status"] != "ready":
+                await anyio.sleep(0.05)
+        after = await call(alice, "send_message", session_id=sid, text='echo "$LEFT"', wait_s=HANG_S)
+        assert after["output"] == "by-a-closed-window\n", after  # hung up, the shell saved its state
+
+        screen.socket += "-2"
+        screen.start(attach_command(server, sid))
+        await screen.shows("(sandbox)")
+        stopped = await call(alice, "interrupt", session_id=sid)
+        assert stopped["interrupted"] is True, stopped
+        await screen.shows("ATTACH-EXIT=")
+        last = (await call(alice, "get_session", session_id=sid))["session"]["last_turn"]
+        assert (last["turn"], last["status"]) == (3, "interrupted"), last
