@@ -79,7 +79,9 @@ async def attach(
     """A terminal in the session's sandbox for as long as the context lasts, as a human turn."""
     sandbox = await workspace_of(manager, session_id, owner)
     if not isinstance(sandbox, OpensTerminal):
-        raise Unsupported(f"Session '{session_id}' runs on a driver that cannot open a terminal (docker and local can).")
+        raise Unsupported(
+            f"Session '{session_id}' runs on a driver that cannot open a terminal (docker, kubernetes and local can)."
+        )
     messages: list[Message] = []
 
     def start(r: SessionRecord) -> list[EventSpec]:
