@@ -1,8 +1,8 @@
 """`mcp-sessions attach` over HTTP: a websocket at /api/v1/sessions/{id}/attach that carries a terminal.
 
 A terminal needs both directions at once, which REST and SSE do not give, so this one route is a
-websocket. The gate lets it through only with a bearer token (never the dashboard's cookie: a page on
-another site could open a websocket that sends it) and on a loopback bind only from this machine's pages.
+websocket. The gate checks it as it checks every websocket (http.py): a bearer header, or the dashboard's
+cookie only from a page of the server's own origin, and on a loopback bind only this machine's host names.
 What goes over it:
 
     server -> client   text {"event": "open"} once the terminal is there, or {"error": {code, message}} and close
