@@ -3,6 +3,10 @@
 
 Tokens come from `--tokens-file` (one `owner:token` a line; blank lines and `#` comments skipped) and from
 `MCP_SESSIONS_TOKENS` (`owner:token` pairs separated by commas). A token is compared in constant time.
+
+`--admins` names owners who oversee the others: over REST (and so the dashboard) their tokens read every
+owner's sessions and filter the list by owner; anything that changes a session stays their own (MCP, too,
+shows them only theirs). Everyone else sees only their own sessions, whatever they ask.
 """
 
 from __future__ import annotations
@@ -59,6 +63,15 @@ def load_tokens(settings: Settings) -> dict[str, str]:
     if settings.tokens is not None:
         tokens.update(parse_tokens(settings.tokens.get_secret_value(), "MCP_SESSIONS_TOKENS", separator=","))
     return tokens
+
+
+def load_admins(settings: Settings, tokens: dict[str, str]) -> frozenset[str]:
+    """The owners `--admins` names; each must be an owner of the tokens (a typo would make nobody an admin)."""
+    named = {a.strip() for a in (settings.admins or "").split(",") if a.strip()}
+    unknown = sorted(named - set(tokens.values()))
+    if unknown:
+        raise ConfigError(f"--admins names {', '.join(map(repr, unknown))}, who has no token: give each admin a token too.")
+    return frozenset(named)
 
 
 def is_loopback(host: str) -> bool:

@@ -219,6 +219,17 @@ def build_parser() -> Parser:
     expose.add_argument("session_id", metavar="ID")
     expose.add_argument("port", metavar="PORT", type=_in_range(Annotated[int, Field(ge=1, le=65535)]))
     _add_settings_flags(expose, (*CLIENT_FLAGS, "--host", "--port"), argparse.SUPPRESS)
+
+    attach = commands.add_parser(
+        "attach",
+        help="a terminal in an idle session's sandbox, through a server's HTTP API",
+        description="Take the keyboard of a session's shell (its cwd and environment) while no turn runs; what you "
+        "type and see is recorded as a human turn. Leave with exit or Ctrl-D. Needs 'serve --http' running; "
+        "a token, if it has tokens, in MCP_SESSIONS_TOKEN (not a flag: others could read it in the process list).",
+    )
+    attach.add_argument("session_id", metavar="ID")
+    attach.add_argument("--url", metavar="URL", help="the server (default http://HOST:PORT of --host and --port)")
+    _add_settings_flags(attach, ("--host", "--port", "--log-level"), argparse.SUPPRESS)
     return parser
 
 
@@ -248,6 +259,13 @@ def main(argv: list[str] | None = None) -> None:
         serve_http(settings)
     elif args.command in (None, "serve"):
         serve(settings)
+    elif args.command == "attach":
+        import anyio
+
+        from .attach_client import TOKEN_ENV, attach
+
+        url = args.url or f"http://{settings.host}:{settings.port}"
+        sys.exit(anyio.run(attach, url, os.environ.get(TOKEN_ENV), args.session_id))
     else:
         sys.exit(run_command(args, settings))
 

@@ -29,6 +29,18 @@ class SessionClosed(SessionError):
     code = "session_closed"
 
 
+class Forbidden(SessionError):
+    """The caller's token may not do this (reach another owner's sessions)."""
+
+    code = "forbidden"
+
+
+class Unsupported(SessionError):
+    """The session's driver cannot do what was asked (a remote session's folders cannot be listed)."""
+
+    code = "unsupported"
+
+
 class PayloadTooLarge(SessionError):
     code = "payload_too_large"
 

@@ -24,9 +24,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, sdk
-from .auth import RateLimiter, StaticTokenVerifier, check_bind, is_loopback, load_tokens
+from .auth import RateLimiter, StaticTokenVerifier, check_bind, is_loopback, load_admins, load_tokens
 from .errors import PayloadTooLarge
 from .http_api import API, Health, error_response, routes
+from .http_attach import attach_route
 from .jsonrpc import InvalidMessage, check
 from .openapi import document, dumps
 from .previews import PREFIX, Gateway
@@ -262,6 +263,7 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
     manager both surfaces share. `tokens` (token -> owner) defaults to those the settings name."""
     tokens = load_tokens(settings) if tokens is None else tokens
     check_bind(settings, tokens)
+    admins = load_admins(settings, tokens)
     verifier = StaticTokenVerifier(tokens) if tokens else None
     mcp = create_server(settings, shared=True)
     mcp_app = mcp.streamable_http_app(
@@ -282,8 +284,10 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
                 yield
 
     def owner_of(request: Request) -> str | None:
+        """Whose sessions a REST request reaches: the token's owner's; every owner's (None) for an admin's read."""
         user = request.scope.get("user")
-        return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
+        owner = user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
+        return None if owner in admins and request.method == "GET" else owner
 
     async def healthz(request: Request) -> Response:
         return Response(Health(status="ok", version=__version__).model_dump_json(), media_type="application/json")
@@ -305,7 +309,8 @@ def build_app(settings: Settings, tokens: dict[str, str] | None = None) -> Gate:
         Route("/healthz", healthz, methods=["GET"]),
         Route(API + "/openapi.json", openapi_json, methods=["GET"]),
         *routes(lambda: holder["state"].manager, owner_of),
-        *ui_routes(verifier),
+        attach_route(lambda: holder["state"].manager),
+        *ui_routes(verifier, lambda request: owner_of(request) is None),
         Route(preview, preview_root),
         Route(preview + "/{rest:path}", gateway, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         WebSocketRoute(preview + "/{rest:path}", gateway),

@@ -7,11 +7,13 @@ are both made from that table and from the pydantic models it names, so the docu
 
 from __future__ import annotations
 
+import posixpath
 import types
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.requests import Request
@@ -21,7 +23,8 @@ from starlette.routing import Route
 from sandbox_backends.base import SandboxError
 
 from .create import CreateRequest, create_body
-from .errors import SessionError
+from .errors import Forbidden, SessionError
+from .files import FolderView, list_folder, read_file
 from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
 from .manager import SessionManager
 from .models import (
@@ -45,6 +48,7 @@ STATUS_OF_CODE = {
     "forbidden": 403,
     "session_not_found": 404,
     "not_found": 404,
+    "file_not_found": 404,
     "session_busy": 409,
     "session_closed": 409,
     "payload_too_large": 413,
@@ -52,6 +56,7 @@ STATUS_OF_CODE = {
     "rate_limited": 429,
     "store_error": 503,
     "sandbox_error": 502,
+    "unsupported": 501,
 }
 
 
@@ -86,6 +91,9 @@ class ListQuery(BaseModel):
     created_after: IsoTime | None = Field(None, description="ISO 8601, inclusive.")
     created_before: IsoTime | None = Field(None, description="ISO 8601, inclusive.")
     parent: str | None = Field(None, max_length=100, description="Only children of this session.")
+    owner: str | None = Field(
+        None, max_length=100, description="Only this owner's sessions: an admin's token (or no tokens) may name anyone."
+    )
     limit: PageSize = Field(50, description="Page size, 1..200.")
     cursor: str | None = Field(None, description="next_cursor of the previous page.")
 
@@ -93,6 +101,14 @@ class ListQuery(BaseModel):
 class CloseQuery(BaseModel):
     delete: bool = Field(False, description="Also delete the transcript, events and workspace.")
     keep_children: bool = Field(False, description="Leave its descendants open (by default they are closed, or deleted, too).")
+
+
+class FolderQuery(BaseModel):
+    path: str = Field("", max_length=4096, description='A folder relative to the workspace ("": the workspace).')
+
+
+class DownloadQuery(BaseModel):
+    path: str = Field(min_length=1, max_length=4096, description="A file relative to the workspace.")
 
 
 class StreamQuery(BaseModel):
@@ -155,6 +171,10 @@ async def create_session(c: Call) -> Reply:
 
 async def list_sessions(c: Call) -> Reply:
     q: ListQuery = c.query
+    if q.owner is not None and c.owner is not None and q.owner != c.owner:
+        raise Forbidden(
+            f"Your token lists only the sessions of '{c.owner}': leave out owner, or use an admin's token (--admins)."
+        )
     return await c.manager.list_sessions(
         statuses=list(q.status) if q.status else None,
         tags=q.tag,
@@ -164,7 +184,7 @@ async def list_sessions(c: Call) -> Reply:
         created_before=q.created_before,
         limit=q.limit,
         cursor=q.cursor,
-        owner=c.owner,
+        owner=c.owner if q.owner is None else q.owner,
         parent=q.parent,
     )
 
@@ -186,6 +206,20 @@ async def interrupt(c: Call) -> Reply:
 
 async def close_session(c: Call) -> Reply:
     return await c.manager.close(c.session_id, delete=c.query.delete, owner=c.owner, keep_children=c.query.keep_children)
+
+
+async def list_files(c: Call) -> Reply:
+    return await list_folder(c.manager, c.session_id, c.query.path, owner=c.owner)
+
+
+async def download_file(c: Call) -> Reply:
+    data = await read_file(c.manager, c.session_id, c.query.path, owner=c.owner)
+    name = quote(posixpath.basename(c.query.path.rstrip("/")) or "file", safe="")
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{name}", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 def _sse(event_id: int | None, event: str, data: str) -> str:
@@ -231,6 +265,8 @@ class Endpoint:
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
     sse: bool = False
+    binary: bool = False
+    """The answer is a file's bytes (application/octet-stream), not JSON."""
     errors: tuple[int, ...] = (400, 404, 503)
     """The error statuses the route itself can answer (see STATUS_OF_CODE), besides the gate's in front of it."""
 
@@ -280,10 +316,10 @@ SESSION_ENDPOINTS = [
         "GET",
         API + "/sessions",
         list_sessions,
-        "List your sessions, newest first, with filters and a cursor.",
+        "List your sessions (an admin's token: everyone's), newest first, with filters and a cursor.",
         SessionPage,
         query=ListQuery,
-        errors=(400, 503),
+        errors=(400, 403, 503),
     ),
     Endpoint(
         "GET",
@@ -321,6 +357,25 @@ SESSION_ENDPOINTS = [
         CloseReply,
         query=CloseQuery,
         errors=(400, 404, 502, 503),
+    ),
+    Endpoint(
+        "GET",
+        S + "/files",
+        list_files,
+        "A workspace folder's entries (name, kind, size, time), sorted by name, at most 500; symlinks are not followed.",
+        FolderView,
+        query=FolderQuery,
+        errors=(400, 404, 409, 501, 502, 503),
+    ),
+    Endpoint(
+        "GET",
+        S + "/files/download",
+        download_file,
+        "A workspace file's bytes (as the session://{id}/files/{path} resource reads it), up to the server's file limit.",
+        None,
+        query=DownloadQuery,
+        binary=True,
+        errors=(400, 404, 409, 413, 502, 503),
     ),
     Endpoint(
         "GET",

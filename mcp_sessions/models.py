@@ -320,9 +320,11 @@ class SessionSummary(BaseModel):
     failure_reason: str | None
     close_reason: str | None
     parent_session_id: str | None = None
+    owner: str | None = Field(None, description="Whose session it is (the token's owner); read from its own column.")
 
 
-SUMMARY_FIELDS = set(SessionSummary.model_fields)
+SUMMARY_FIELDS = set(SessionSummary.model_fields) - {"owner"}
+"""What a stored summary holds: the owner has a column of its own, which the list reads beside it."""
 
 
 def summary_json(s: Session) -> str:

@@ -25,11 +25,12 @@ ERRORS = {
     400: "Invalid request: a parameter, a header or the body is malformed or out of range; the message says which",
     401: "Missing or unknown bearer token",
     403: "Origin not allowed",
-    404: "No such session (or not yours)",
+    404: "No such session (or not yours), or no such file in its workspace",
     409: "The session cannot do that now (busy, failed, closed)",
     413: "Request body (or a file or message in it) too large",
     421: "Host is not this loopback server",
     429: "Rate limit or session limit reached; see Retry-After",
+    501: "The session's driver cannot do this",
     502: "The sandbox failed",
     503: "The state database cannot be used",
 }
@@ -145,6 +146,8 @@ def _operation(ep: Endpoint, refs: dict[Any, Any], schemas: dict[str, Any], gate
     for status in ep.status:
         if ep.sse:
             content = {"text/event-stream": {"schema": SSE_EVENT}}
+        elif ep.binary:
+            content = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
         else:
             content = {"application/json": {"schema": refs[(ep.response, "serialization")]}}
         responses[str(status)] = {"description": "OK" if status < 300 else "Accepted", "content": content}

@@ -45,6 +45,7 @@ from .app import open_manager
 from .auth import caller as _owner
 from .create import CreateRequest, create_parameters
 from .errors import SessionError, SessionNotFound
+from .files import FileMissing, list_folder
 from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
 from .manager import SessionManager
 from .models import (
@@ -76,7 +77,7 @@ Typical flow: create_session -> send_message (waits up to wait_s; if the turn is
 status "busy" and the output so far) -> get_session(wait_s=30, events_after=<cursor>) until the turn ends -> \
 close_session. interrupt stops a running turn and keeps the session usable. Sessions survive server restarts; \
 list_sessions finds them again. Resources: session://{id} (state), session://{id}/transcript, \
-session://{id}/events, session://{id}/files/{path}."""
+session://{id}/events, session://{id}/files/{path}, session://{id}/folders/{path}."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -514,6 +515,8 @@ def _resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
             raise ResourceNotFoundError(str(e)) from e
         except FileNotFoundError as e:
             raise ResourceNotFoundError(f"No such file in the workspace: {e.filename or e}.") from e
+        except FileMissing as e:
+            raise ResourceNotFoundError(str(e)) from e
         except (SessionError, SandboxError, PathNotAllowed, IsADirectoryError) as e:
             raise ResourceError(str(e)) from e
 
@@ -555,6 +558,26 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             return data
+
+    @mcp.resource(
+        "session://{session_id}/folders",
+        name="workspace",
+        mime_type="application/json",
+        description="The entries of the session's workspace folder (name, path, kind, size, time); at most 500.",
+    )
+    @_resource_errors
+    async def workspace(session_id: str, ctx: Context) -> str:
+        return (await list_folder(_manager(ctx), session_id, "", owner=_owner())).model_dump_json(indent=1)
+
+    @mcp.resource(
+        "session://{session_id}/folders/{+path}",
+        name="folder",
+        mime_type="application/json",
+        description="The entries of a workspace folder, by path relative to the workspace; at most 500.",
+    )
+    @_resource_errors
+    async def folder(session_id: str, path: str, ctx: Context) -> str:
+        return (await list_folder(_manager(ctx), session_id, path, owner=_owner())).model_dump_json(indent=1)
 
     @mcp.resource(
         "session://{session_id}",

@@ -434,10 +434,12 @@ class Store:
             rows = rows[:limit]
             next_cursor = encode_cursor(rows[-1][0], rows[-1][1]) if more else None
             ids = [r[1] for r in rows]
-            summaries = dict(
-                self._conn.execute(f"SELECT id, summary FROM sessions WHERE id IN ({','.join('?' * len(ids))})", ids)
-            )
-            return [SessionSummary.model_validate_json(summaries[i]) for i in ids], total, next_cursor
+            found = self._conn.execute(f"SELECT id, summary, owner FROM sessions WHERE id IN ({','.join('?' * len(ids))})", ids)
+            summaries = {i: (summary, who) for i, summary, who in found}
+            page = [SessionSummary.model_validate_json(summaries[i][0]) for i in ids]
+            for summary, i in zip(page, ids, strict=True):
+                summary.owner = summaries[i][1]
+            return page, total, next_cursor
 
         return await self._run(self._snapshot, run)
 

@@ -19,13 +19,16 @@ Some drivers can do more than this contract; each extra is an optional protocol 
 session layer checks with `isinstance` and never by a driver's name: `MessageSandbox` (the platform
 runs its own agent and answers messages), `ChecksSpec` (refuses a spec before anything is made),
 `MirrorSource` (shows sessions that run elsewhere, read-only), `MeasuresDisk` (a workspace limit that no
-filesystem enforces, measured instead), `OpensStreams` (TCP connections to and from the sandbox's loopback). How a driver is found and configured:
+filesystem enforces, measured instead), `OpensStreams` (TCP connections to and from the sandbox's loopback),
+`ListsFiles` (lists a workspace folder), `OpensTerminal` (a person's interactive shell). How a driver is
+found and configured:
 `registry.py`. What every driver must pass: `tests/driver_conformance.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -58,6 +61,14 @@ class PathNotAllowed(SandboxError):
 
 class PortClosed(SandboxError):
     """Nothing listens on the port inside the sandbox that a connection was asked for."""
+
+
+class NotRegularFile(SandboxError):
+    """A workspace path to read or write is a FIFO, a socket or a device: only regular files are used."""
+
+
+class FileTooBig(SandboxError):
+    """A workspace file is larger than the read may take."""
 
 
 @dataclass(frozen=True)
@@ -290,6 +301,97 @@ class MeasuresDisk(Protocol):
         """The workspace's use now, or None if there is nothing to measure (no limit, or a filesystem of the
         workspace's own enforces it). May take a while on a large workspace; raises `SandboxError` if the
         sandbox cannot be reached."""
+        ...
+
+
+EntryKind = Literal["file", "folder", "symlink", "other"]
+
+
+@dataclass(frozen=True)
+class FolderEntry:
+    """One entry of a workspace folder, as `lstat` sees it: a symlink is listed as one, never followed."""
+
+    name: str
+    kind: EntryKind
+    size: int
+    """Bytes, for a file (a symlink: the length of its target's path; a folder: what its filesystem says)."""
+    mtime: float
+    """Seconds since the epoch."""
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """A workspace folder's entries, sorted by name, at most the count asked for; `more` is how many were left
+    out (at least that many when `more_exact` is False: a huge folder is not counted to its end)."""
+
+    path: str
+    """The folder relative to the workspace ("" for the workspace itself)."""
+    entries: list[FolderEntry]
+    more: int = 0
+    more_exact: bool = True
+
+
+MAX_LISTED = 500
+"""The most entries a listing carries; past it the listing says how many more there are."""
+LIST_SCAN_LIMIT = 100_000
+"""The most names of one folder read to sort them; a folder larger than this is listed in part, its rest counted
+as "at least"."""
+
+
+def shown_name(name: str) -> str:
+    """`name` as valid UTF-8 text: bytes that were not (lone surrogates) become U+FFFD."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return name.encode("utf-8", "replace").decode("utf-8")
+
+
+def listing_of(path: str, named: list[Any], counted: int, counted_all: bool) -> FolderListing:
+    """A `FolderListing` of `[name, kind, size, mtime]` entries out of `counted` names, shared by the drivers so each
+    shows a name alike: one that is not UTF-8 (a lone surrogate from os.scandir) gets U+FFFD for its odd bytes."""
+    entries = [FolderEntry(shown_name(name), kind, size, mtime) for name, kind, size, mtime in named]
+    return FolderListing(path, entries, more=max(0, counted - len(entries)), more_exact=counted_all)
+
+
+@runtime_checkable
+class ListsFiles(Protocol):
+    """A sandbox that can list a workspace folder without running a command in its shell (which may be busy)."""
+
+    async def list_files(self, path: str, max_entries: int = MAX_LISTED) -> FolderListing:
+        """The entries of the folder `path` (relative, or absolute under the workspace; "" or "." is the workspace),
+        resolved inside the sandbox with the sandbox user's rights, its symlinks never followed out of the
+        workspace. Raises `PathNotAllowed` for a path that leads out, `FileNotFoundError` if it does not exist,
+        `NotADirectoryError` if it is a file (or a FIFO, socket, device: never opened), `SandboxError` otherwise."""
+        ...
+
+
+class Terminal(Protocol):
+    """An interactive bash on a PTY in the sandbox, as the sandbox user, for a person at a keyboard."""
+
+    exit_code: int | None
+    """How its bash ended, once it has (None before, or if that is unknown)."""
+    state_saved: bool
+    """Whether its bash saved its state (cwd, exported variables, functions, aliases) for the next command."""
+
+    async def read(self) -> bytes:
+        """The next output, as it comes; b"" once the terminal has ended."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Keys typed (bytes as a terminal sends them)."""
+        ...
+
+    async def resize(self, rows: int, cols: int) -> None: ...
+
+
+@runtime_checkable
+class OpensTerminal(Protocol):
+    """A sandbox a person can take the keyboard of while no command runs."""
+
+    def open_terminal(self, rows: int, cols: int) -> AbstractAsyncContextManager[Terminal]:
+        """A terminal in the shell's cwd with its environment (the state the last command left), whose state is
+        saved back when its bash exits; leaving the context hangs it up and waits for that. Raises
+        `SandboxBusy` while a command runs; commands are refused while it is open."""
         ...
 
 

@@ -28,7 +28,8 @@ import shutil
 import subprocess
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,14 +39,15 @@ from anyio.abc import Process
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .base import (
+    MAX_LISTED,
     ClosesOnExit,
     DiskUse,
     ExecResult,
     FailureCallback,
+    FolderListing,
     Isolation,
     Limits,
     OutputCallback,
-    PathNotAllowed,
     PhaseCallback,
     SandboxBusy,
     SandboxError,
@@ -72,27 +74,16 @@ from .control.runner import (
 from .disk import check_disk_mb, measure
 from .local_processes import MARKER_ENV, POLL_S, alive, kill_marked, stop_process_group
 from .local_streams import LoopbackStreams
+from .local_terminal import LocalTerminal, open_pty_terminal
 from .output import OutputBuffer
 from .registry import DriverContext, DriverPlugin
-from .regular_files import read_regular, write_regular
+from .regular_files import list_folder, read_regular, resolve_inside, write_regular
 
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
 """Server variables a local command sees. Everything else, API keys included, stays out."""
 
 EXIT_WAIT_S = 2.0
 READ_CHUNK = 1 << 20
-
-
-def resolve_inside(workspace: Path, path: str) -> Path:
-    """The real path of `path` in `workspace`, refusing anything that lands outside it (`..`, absolute, symlinks)."""
-    if "\0" in path:
-        raise PathNotAllowed("File paths cannot contain NUL bytes.")
-    root = workspace.resolve()
-    candidate = Path(path)
-    full = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if full != root and root not in full.parents:
-        raise PathNotAllowed(f"'{path}' is outside the workspace {root}. Give a path relative to the workspace.")
-    return full
 
 
 class _Shell:
@@ -413,6 +404,24 @@ class LocalSandbox(ClosesOnExit):
 
     async def read_file(self, path: str, max_bytes: int) -> bytes:
         return await read_regular(resolve_inside(self._ws, path), path, max_bytes)
+
+    async def list_files(self, path: str, max_entries: int = MAX_LISTED) -> FolderListing:
+        return await list_folder(resolve_inside(self._ws, path or "."), self._ws, path, max_entries)
+
+    @asynccontextmanager
+    async def open_terminal(self, rows: int, cols: int) -> AsyncIterator[LocalTerminal]:
+        current = self._current_run()
+        if self._running or self._active(current):
+            raise SandboxBusy("A command is running in this sandbox. Wait for it to end, or interrupt it.")
+        if current is not None:  # finished, not cleaned up: its state goes in force first
+            self._cleanup(current[1])
+        wrap = bwrap_argv(self._base, self._hidden) if self._isolation == "bwrap" else []
+        self._running = True  # commands wait for the person to leave
+        try:
+            async with open_pty_terminal(wrap, self._ws, self._env, self._state, rows, cols) as terminal:
+                yield terminal
+        finally:
+            self._running = False
 
     async def write_file(self, path: str, data: bytes) -> None:
         await write_regular(resolve_inside(self._ws, path), path, data)

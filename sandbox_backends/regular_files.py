@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import anyio
 
-from .base import SandboxError
+from .base import LIST_SCAN_LIMIT, FileTooBig, FolderListing, NotRegularFile, PathNotAllowed, SandboxError, listing_of
 
 T = TypeVar("T")
 
@@ -34,13 +34,34 @@ KINDS = {
 }
 
 
-def not_regular(path: str, kind: str | None) -> SandboxError:
+def not_regular(path: str, kind: str | None) -> NotRegularFile:
     """The error for a workspace path that is something other than a regular file or a folder."""
-    return SandboxError(f"'{path}' is {kind or 'not a regular file'}: only regular files can be read or written here.")
+    return NotRegularFile(f"'{path}' is {kind or 'not a regular file'}: only regular files can be read or written here.")
 
 
-def too_big(path: str, size: int | str | None, max_bytes: int) -> SandboxError:
-    return SandboxError(f"'{path}' is {size} bytes, over the {max_bytes}-byte limit for reading it here.")
+def resolve_inside(workspace: Path, path: str) -> Path:
+    """The real path of `path` in `workspace`, refusing anything that lands outside it (`..`, absolute, symlinks)."""
+    if "\0" in path:
+        raise PathNotAllowed("File paths cannot contain NUL bytes.")
+    root = workspace.resolve()
+    candidate = Path(path)
+    full = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if full != root and root not in full.parents:
+        raise PathNotAllowed(f"'{path}' is outside the workspace {root}. Give a path relative to the workspace.")
+    return full
+
+
+def not_a_folder(path: str, kind: str | None) -> NotADirectoryError:
+    """The error for listing a workspace path that is not a folder (a FIFO is named, never opened)."""
+    return NotADirectoryError(f"'{path}' is {kind or 'a file'}, not a folder: only folders can be listed.")
+
+
+def no_folder(path: str) -> FileNotFoundError:
+    return FileNotFoundError(f"No such folder in the workspace: '{path}'.")
+
+
+def too_big(path: str, size: int | str | None, max_bytes: int) -> FileTooBig:
+    return FileTooBig(f"'{path}' is {size} bytes, over the {max_bytes}-byte limit for reading it here.")
 
 
 def _open_regular(full: Path, shown: str, flags: int) -> int:
@@ -97,3 +118,54 @@ async def write_regular(full: Path, shown: str, data: bytes) -> None:
     """Write `data` to `full`, made if missing; refused if something other than a regular file is there."""
     await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
     await _in_thread(shown, "Writing", functools.partial(_write, full, shown, data))
+
+
+ENTRY_KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "folder", stat.S_IFLNK: "symlink"}
+
+
+def _list(full: Path, root: Path, shown: str, most: int) -> FolderListing:
+    """The listing of `full` (already resolved inside `root`), the way the docker control shell lists one
+    (`list_inside` in control/program.py: change both together): opened without following a last symlink and
+    checked to be inside `root` once open, names sorted, entries lstat'ed."""
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise no_folder(shown) from None
+    except NotADirectoryError:
+        raise not_a_folder(shown, KINDS.get(stat.S_IFMT(os.lstat(full).st_mode))) from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # swapped for a symlink since it was resolved
+            raise PathNotAllowed(f"'{shown}' leads outside the workspace through a symlink.") from None
+        raise
+    try:
+        where = Path(os.readlink(f"/proc/self/fd/{fd}")) if os.path.exists("/proc/self/fd") else full
+        if where != root and root not in where.parents:
+            raise PathNotAllowed(f"'{shown}' leads outside the workspace through a symlink.")
+        names: list[str] = []
+        counted, complete = 0, True
+        with os.scandir(fd) as found:
+            for entry in found:
+                counted += 1
+                if counted > LIST_SCAN_LIMIT:
+                    counted, complete = LIST_SCAN_LIMIT, False
+                    break
+                names.append(entry.name)
+        names.sort()
+        listed: list[list[object]] = []
+        for name in names[:most]:
+            try:
+                st = os.lstat(name, dir_fd=fd)
+            except FileNotFoundError:
+                counted -= 1  # deleted meanwhile
+                continue
+            listed.append([name, ENTRY_KINDS.get(stat.S_IFMT(st.st_mode), "other"), st.st_size, int(st.st_mtime)])
+    finally:
+        os.close(fd)
+    relative = os.path.relpath(where, root)
+    return listing_of("" if relative == "." else relative, listed, counted, complete)
+
+
+async def list_folder(full: Path, root: Path, shown: str, most: int) -> FolderListing:
+    """The entries of the workspace folder `full` (resolved inside `root`; `shown` is the caller's path, for
+    errors), at most `most`, off the event loop and within the file time limit."""
+    return await _in_thread(shown, "Listing", functools.partial(_list, full, root.resolve(), shown, most))

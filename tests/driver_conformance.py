@@ -45,7 +45,9 @@ from sandbox_backends.base import (
     Driver,
     ExecResult,
     Limits,
+    ListsFiles,
     MeasuresDisk,
+    OpensTerminal,
     PathNotAllowed,
     Sandbox,
     SandboxBusy,
@@ -523,6 +525,71 @@ async def test_paths_outside_the_workspace_are_refused(servers: Servers) -> None
     for path in [f"{parent}/{evil}", f"{parent}/{evil}-abs", f"{parent}/{evil}-up", f"/tmp/{evil}"]:
         assert (await sb.exec(f"cat {path}")).exit_code != 0, f"{path} was written"
     assert (await sb.exec(f"cat {tmp_name}; rm -f {tmp_name}")).output == "s\n"
+
+
+@pytest.mark.parametrize("servers", BASH_DRIVERS, indirect=True)
+async def test_a_folder_is_listed_without_following_symlinks_out_of_the_workspace(servers: Servers) -> None:
+    sb = await servers.sandbox()
+    assert isinstance(sb, ListsFiles)
+    r = await sb.exec(
+        "mkdir -p src/pkg many && printf 12345 > src/pkg/five.txt && ln -s /etc etc-link && ln -s src inner && "
+        "mkfifo pipe && for i in $(seq 10 39); do : > many/f$i; done && echo made"
+    )
+    assert r.output == "made\n", r.output
+    top = await sb.list_files("")
+    assert (top.path, top.more) == ("", 0)
+    assert [(e.name, e.kind) for e in top.entries] == [
+        ("etc-link", "symlink"),
+        ("inner", "symlink"),
+        ("many", "folder"),
+        ("pipe", "other"),
+        ("src", "folder"),
+    ]
+    pkg = await sb.list_files("src/pkg")
+    assert [(e.name, e.kind, e.size) for e in pkg.entries] == [("five.txt", "file", 5)]
+    assert pkg.entries[0].mtime > 1_600_000_000
+    assert (await sb.list_files(workspace_file(sb, "inner/pkg"))).path == "src/pkg"  # a symlink inside is fine
+    some = await sb.list_files("many", max_entries=10)
+    assert [e.name for e in some.entries] == [f"f{i}" for i in range(10, 20)]
+    assert (some.more, some.more_exact) == (20, True)
+
+    for path in ["..", "../x", "/etc", "etc-link", f"{sb.workspace}/..", "inner/../../x"]:
+        with pytest.raises(PathNotAllowed):
+            await sb.list_files(path)
+    with anyio.fail_after(20), pytest.raises(NotADirectoryError, match="'pipe' is a FIFO \\(named pipe\\), not a folder"):
+        await sb.list_files("pipe")  # named, never opened: nothing waits on it
+    with pytest.raises(NotADirectoryError, match=r"'src/pkg/five.txt' is a file, not a folder"):
+        await sb.list_files("src/pkg/five.txt")
+    with pytest.raises(FileNotFoundError, match="No such folder in the workspace: 'nowhere'"):
+        await sb.list_files("nowhere")
+
+
+@pytest.mark.parametrize("servers", BASH_DRIVERS, indirect=True)
+async def test_a_terminal_starts_from_the_shell_state_and_saves_its_own(servers: Servers) -> None:
+    sb = await servers.sandbox()
+    assert isinstance(sb, OpensTerminal)
+    assert (await sb.exec("mkdir -p sub && cd sub && export FOO=from-a-command && f() { echo fn; }")).exit_code == 0
+    async with sb.open_terminal(24, 80) as terminal:
+        with pytest.raises(SandboxBusy):  # commands wait for the person to leave
+            await sb.exec("echo no")
+        await terminal.write(b'echo "[$PWD $FOO $(f)]"; touch made; export BAR=by-hand; exit 3\n')
+        shown = b""
+        with anyio.fail_after(HANG_S):
+            while chunk := await terminal.read():
+                shown += chunk
+    assert f"[{sb.workspace}/sub from-a-command fn]".encode() in shown, shown
+    assert (terminal.exit_code, terminal.state_saved) == (3, True)
+    after = await sb.exec('pwd; ls; echo "$BAR"')
+    assert after.output == f"{sb.workspace}/sub\nmade\nby-hand\n", after.output
+
+    async def refused(running: Running) -> None:
+        await running.wait_streamed(b"started")
+        with pytest.raises(SandboxBusy):
+            async with sb.open_terminal(24, 80):
+                pass
+        await sb.interrupt()
+
+    await while_running(sb, "echo started; sleep 30", refused)
 
 
 # -- life ------------------------------------------------------------------------------------------

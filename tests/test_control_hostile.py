@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import statistics
 import time
 from pathlib import Path
@@ -245,3 +246,26 @@ async def test_a_giant_frame_costs_the_server_no_memory(home: Path, docker_engin
             assert (await call(second, "send_message", session_id=calm, text="echo fine"))["output"] == "fine\n"
     finally:
         remove_labelled(docker_engine, server_id(Settings(home=home)))
+
+
+@pytest.mark.parametrize(
+    ("entries", "said"),
+    [
+        ("x", "'entries' is a string"),
+        ([["a", "file", 1]], "not [name, kind, size, mtime]"),
+        ([["../up", "file", 1, 0]], "not one path part"),
+        ([["..", "folder", 1, 0]], "not one path part"),
+        ([["a", "device", 1, 0]], "unknown entry kind"),
+        ([["a", "file", "1", 0]], "not an integer in range"),
+        ([["a", "file", 1 << 60, 0]], "not an integer in range"),
+    ],
+)
+def test_a_folder_listing_the_driver_would_misread_costs_the_connection(entries: Any, said: str) -> None:
+    """A control shell can say anything: a listing is read only in the shape the driver relies on."""
+    import json
+
+    from sandbox_backends.control.frames import ProtocolError, parse_answer
+
+    with pytest.raises(ProtocolError, match=re.escape(said)):
+        parse_answer(json.dumps({"req": "r1", "ok": True, "entries": entries}).encode())
+    assert parse_answer(json.dumps({"req": "r1", "entries": [["a b", "symlink", 3, -5]]}).encode())["entries"]

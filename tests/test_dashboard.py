@@ -20,6 +20,7 @@ from mcp_sessions.settings import Settings
 
 from .ci import unavailable
 from .conftest import call
+from .docker_support import docker_engine  # noqa: F401  (the docker_settings fixture needs it)
 from .test_http import ALICE, BOB, TOKENS, mcp_client, running
 
 pytestmark = pytest.mark.anyio
@@ -49,6 +50,14 @@ async def browser() -> AsyncIterator[Any]:
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[str]:
     async with running(settings, TOKENS) as (url, _):
+        yield url
+
+
+@pytest.fixture(params=["local", pytest.param("docker", marks=pytest.mark.docker)])
+async def any_server(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[str]:
+    """The server with sessions on the local driver, or on docker (a real engine)."""
+    chosen = request.getfixturevalue("docker_settings") if request.param == "docker" else settings
+    async with running(chosen, TOKENS) as (url, _):
         yield url
 
 
@@ -187,3 +196,109 @@ async def test_without_tokens_the_dashboard_needs_no_sign_in(browser: Any, setti
         await page.wait_for_url(f"{base}/ui")
         await page.wait_for_function("document.getElementById('summary').textContent === '0 sessions'")
         assert await page.query_selector("header .logout") is None
+
+
+async def test_the_workspace_is_browsed_and_a_file_made_by_a_command_downloaded(any_server: str, browser: Any) -> None:
+    server = any_server
+    async with mcp_client(server, ALICE) as alice:
+        sid = (await call(alice, "create_session", title="files"))["id"]
+        made = "mkdir -p out/deep && printf 'made by a command' > out/deep/result.txt && mkfifo out/pipe && echo ok"
+        assert (await call(alice, "send_message", session_id=sid, text=made, wait_s=HANG_S))["output"] == "ok\n"
+        page = await signed_in(browser, server, ALICE)
+        await page.goto(f"{server}/ui/sessions/{sid}")
+
+        await page.click("#files tr[data-path='out'] button", timeout=HANG_S * 1000)
+        await page.wait_for_selector("#files tr[data-path='out/pipe']", timeout=HANG_S * 1000)
+        assert "FIFO" in await page.inner_text("#files tr[data-path='out/pipe']")
+        assert await page.query_selector("#files tr[data-path='out/pipe'] a") is None  # nothing to download
+        if "docker" in await page.inner_text("#facts"):
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await page.locator("#workspace").screenshot(path=str(ARTIFACTS / "dashboard-files.png"))
+        await page.click("#files tr[data-path='out/deep'] button")
+        row = "#files tr[data-path='out/deep/result.txt']"
+        await page.wait_for_selector(row, timeout=HANG_S * 1000)
+        assert "17 B" in await page.inner_text(row)
+        assert await page.eval_on_selector_all("#crumbs button", "bs => bs.map(b => b.textContent)") == [
+            "workspace",
+            "out",
+            "deep",
+        ]
+        async with page.expect_download(timeout=HANG_S * 1000) as downloading:
+            await page.click(f"{row} a")
+        download = await downloading.value
+        assert download.suggested_filename == "result.txt"
+        assert Path(await download.path()).read_bytes() == b"made by a command"
+
+        # a file made later shows when its turn ends, in the folder open
+        await call(alice, "send_message", session_id=sid, text="echo later > out/deep/later.txt", wait_s=HANG_S)
+        await page.wait_for_selector("#files tr[data-path='out/deep/later.txt']", timeout=HANG_S * 1000)
+        await page.click("#crumbs button[data-folder='']")
+        await page.wait_for_selector("#files tr[data-path='out']", timeout=HANG_S * 1000)
+
+    api = f"/api/v1/sessions/{sid}/files"
+    async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {ALICE}"}) as as_alice:
+        for path, status, said in [
+            ("..", 400, "outside the workspace"),
+            ("/etc", 400, "outside the workspace"),
+            ("out/pipe", 400, "'out/pipe' is a FIFO (named pipe), not a folder"),
+            ("out/deep/result.txt", 400, "is a file, not a folder"),
+            ("missing", 404, "No such folder in the workspace: 'missing'"),
+        ]:
+            answer = await as_alice.get(api, params={"path": path})
+            assert (answer.status_code, said in answer.json()["error"]["message"]) == (status, True), (path, answer.text)
+        for path, status, said in [
+            ("../etc/passwd", 400, "outside the workspace"),
+            ("out/pipe", 400, "'out/pipe' is a FIFO (named pipe): only regular files"),
+            ("out", 400, "is a folder, not a file"),
+            ("out/missing.txt", 404, "No such file in the workspace"),
+        ]:
+            answer = await as_alice.get(api + "/download", params={"path": path})
+            assert (answer.status_code, said in answer.json()["error"]["message"]) == (status, True), (path, answer.text)
+    async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {BOB}"}) as as_bob:
+        for route in (api, api + "/download"):  # another owner learns nothing, not even that the session exists
+            answer = await as_bob.get(route, params={"path": "out/deep/result.txt"})
+            assert answer.status_code == 404 and "No session" in answer.json()["error"]["message"]
+
+
+CAROL = "carol-token-admin-000000"
+
+
+async def test_an_admin_filters_by_owner_and_nobody_else_sees_anothers_sessions(settings: Settings, browser: Any) -> None:
+    overseen = settings.model_copy(update={"admins": "carol"})
+    async with running(overseen, {**TOKENS, CAROL: "carol"}) as (server, _):
+        async with mcp_client(server, ALICE) as alice, mcp_client(server, BOB) as bob:
+            hers = (await call(alice, "create_session", title="alice's"))["id"]
+            his = (await call(bob, "create_session", title="bob's"))["id"]
+
+        page = await signed_in(browser, server, CAROL)
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 2", timeout=HANG_S * 1000)
+        owners = await page.eval_on_selector_all("#sessions tbody tr", "rows => rows.map(r => r.lastChild.textContent)")
+        assert sorted(owners) == ["alice", "bob"]
+        await page.fill("input[name=owner]", "bob")
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 1", timeout=HANG_S * 1000)
+        assert await row_ids(page) == [his]
+        await page.goto(f"{server}/ui/sessions/{his}")  # an admin reads another's session...
+        await page.wait_for_selector("#state .status-ready", timeout=HANG_S * 1000)
+
+        async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {CAROL}"}) as as_carol:
+            closing = await as_carol.post(f"/api/v1/sessions/{his}/close")  # ...but changes only its own
+            assert closing.status_code == 404, closing.text
+
+        page = await signed_in(browser, server, ALICE)
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 1", timeout=HANG_S * 1000)
+        assert await row_ids(page) == [hers]
+        assert await page.query_selector("input[name=owner]") is None
+        async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {ALICE}"}) as as_alice:
+            asked = await as_alice.get("/api/v1/sessions", params={"owner": "bob"})
+            assert asked.status_code == 403 and "use an admin's token" in asked.json()["error"]["message"]
+            own = await as_alice.get("/api/v1/sessions", params={"owner": "alice"})
+            assert [s["id"] for s in own.json()["sessions"]] == [hers]
+            assert (await as_alice.get(f"/api/v1/sessions/{his}")).status_code == 404
+
+
+def test_an_admin_without_a_token_is_refused_at_start(settings: Settings) -> None:
+    from mcp_sessions.auth import ConfigError
+    from mcp_sessions.http import build_app
+
+    with pytest.raises(ConfigError, match="--admins names 'carl', who has no token"):
+        build_app(settings.model_copy(update={"admins": "carl"}), TOKENS)

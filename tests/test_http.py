@@ -382,7 +382,7 @@ async def test_the_openapi_document_matches_the_served_routes(base: str, setting
         for path, method in documented:
             if not path.startswith(API + "/sessions/"):
                 continue
-            r = await c.request(method, path.replace("{session_id}", "ses_" + "0" * 32), json={"text": "x"})
+            r = await c.request(method, path.replace("{session_id}", "ses_" + "0" * 32), json={"text": "x"}, params={"path": "x"})
             assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found", (path, method)
     # the create body's schema is the one that validates requests; it may be left out, as every field may
     create = doc["paths"][f"{API}/sessions"]["post"]

@@ -81,3 +81,18 @@ async def test_resource_list_shows_live_sessions_only(client: Client) -> None:
     uris = {r.uri for r in (await client.list_resources()).resources}
     assert f"session://{live}" in uris and f"session://{live}/transcript" in uris
     assert not any(gone in uri for uri in uris)
+
+
+async def test_folders_resources_list_the_workspace_without_following_links_out(client: Client) -> None:
+    sid = await new_session(client, files={"src/app.py": "print('hi')\n"})
+    await call(client, "send_message", session_id=sid, text="ln -s /etc etc-link && mkfifo pipe")
+    top = json.loads(await read_text(client, f"session://{sid}/folders"))
+    assert [(e["name"], e["kind"]) for e in top["entries"]] == [("etc-link", "symlink"), ("pipe", "other"), ("src", "folder")]
+    src = json.loads(await read_text(client, f"session://{sid}/folders/src"))
+    assert [(e["path"], e["size"]) for e in src["entries"]] == [("src/app.py", 12)]
+    with pytest.raises(MCPError, match="outside the workspace"):
+        await client.read_resource(f"session://{sid}/folders/etc-link")
+    with pytest.raises(MCPError, match="'pipe' is a FIFO \\(named pipe\\), not a folder"):
+        await client.read_resource(f"session://{sid}/folders/pipe")
+    with pytest.raises(MCPError, match="No such folder in the workspace: 'nowhere'"):
+        await client.read_resource(f"session://{sid}/folders/nowhere")

@@ -9,6 +9,7 @@ header. A request authenticated by that cookie that changes something must also 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
@@ -39,9 +40,12 @@ def _safe_next(target: str | None) -> str:
     return target if target and target.startswith(UI) and not target.startswith("//") and "\\" not in target else UI
 
 
-def routes(verifier: StaticTokenVerifier | None) -> list[Route]:
+def routes(verifier: StaticTokenVerifier | None, reads_all: Callable[[Request], bool]) -> list[Route]:
+    """The pages; `reads_all` tells whether a request's caller may list every owner's sessions (an admin, or
+    a server without tokens), who gets the owner filter."""
+
     async def sessions(request: Request) -> Response:
-        return HTMLResponse(sessions_page(signed_in=verifier is not None))
+        return HTMLResponse(sessions_page(signed_in=verifier is not None, overseer=reads_all(request)))
 
     async def session(request: Request) -> Response:
         return HTMLResponse(session_page(request.path_params["session_id"], signed_in=verifier is not None))

@@ -31,23 +31,26 @@ def _frame(title: str, page: str, body: str, *, signed_in: bool, extra: str = ""
     return head + body + FOOT
 
 
-def sessions_page(*, signed_in: bool) -> str:
+def sessions_page(*, signed_in: bool, overseer: bool = False) -> str:
+    """`overseer`: the caller sees every owner's sessions, so the list has an owner filter and column."""
     options = "".join(f'<option value="{s}">{s}</option>' for s in STATUSES)
+    owner = '\n  <label>owner <input name="owner" size="8"></label>' if overseer else ""
+    owner_th = "<th>owner</th>" if overseer else ""
     body = f"""<h1>Sessions</h1>
 <form id="filters" class="filters">
   <label>status <select name="status"><option value="">any</option>{options}</select></label>
   <label>tag <input name="tag" size="10"></label>
   <label>driver <input name="driver" size="8"></label>
-  <label>agent <input name="agent" size="8"></label>
+  <label>agent <input name="agent" size="8"></label>{owner}
 </form>
 <p id="summary" class="muted">Loading…</p>
 <table id="sessions"><thead><tr>
-<th>session</th><th>status</th><th>driver / agent</th><th>turns</th><th>last activity</th><th>first message</th>
+<th>session</th><th>status</th><th>driver / agent</th><th>turns</th><th>last activity</th><th>first message</th>{owner_th}
 </tr></thead><tbody></tbody></table>
 <p class="pager"><button id="first" type="button" hidden>First page</button>
 <button id="next" type="button" hidden>Next page</button></p>
 """
-    return _frame("Sessions", "sessions", body, signed_in=signed_in)
+    return _frame("Sessions", "sessions", body, signed_in=signed_in, extra=' data-overseer="1"' if overseer else "")
 
 
 def session_page(session_id: str, *, signed_in: bool) -> str:
@@ -66,6 +69,10 @@ def session_page(session_id: str, *, signed_in: bool) -> str:
 <pre id="live" class="output" hidden></pre>
 <form id="send" class="send"><textarea name="text" rows="2" placeholder="A message for the session"></textarea>
 <button type="submit">Send</button></form>
+<section id="workspace"><h2>Files</h2>
+<nav id="crumbs" class="crumbs" aria-label="folder"></nav>
+<table id="files"><thead><tr><th>name</th><th>size</th><th>modified</th></tr></thead><tbody></tbody></table>
+<p id="files-note" class="muted small" role="status"></p></section>
 <h2>Turns</h2>
 <table id="turns"><thead><tr><th>turn</th><th>status</th><th>exit</th><th>duration</th><th>tokens</th><th>cost</th>
 <th>reason</th></tr></thead><tbody></tbody></table>

@@ -172,7 +172,7 @@ class _InFlight:
     """For a byte stream: whether the connection inside is open (data before that is a broken protocol)."""
 
 
-STREAM_OPS = ("run", "follow")
+STREAM_OPS = ("run", "follow", "attach")
 """Requests answered with events and output until an `exit` (or `none`, or an error)."""
 BYTE_STREAMS = ("connect", "accepted")
 """Byte streams (`connect` ones, and those a `listen` announced): data and events until `closed` or an error."""

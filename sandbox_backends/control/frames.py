@@ -69,6 +69,11 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "sid": (str,),
     "n": (int,),
     "port": (int,),
+    "saved": (bool,),
+    "path": (str,),
+    "entries": (list,),
+    "total": (int,),
+    "all": (bool,),
 }
 """Every field the driver reads from an answer, with the types it may have (others are ignored)."""
 
@@ -101,7 +106,28 @@ def parse_answer(payload: bytes) -> dict[str, Any]:
             raise ProtocolError(f"a JSON frame whose {key!r} is {type_name(value)}")
         if isinstance(value, int) and not isinstance(value, bool) and not MIN_INT <= value < MAX_INT:
             raise ProtocolError(f"a JSON frame whose {key!r} is out of range")
+    if "entries" in msg:
+        check_entries(msg["entries"])
     return msg
+
+
+ENTRY_KINDS = frozenset(("file", "folder", "symlink", "other"))
+
+
+def check_entries(entries: list[Any]) -> None:
+    """A folder listing's entries as the driver reads them: `[name, kind, size, mtime]` each, the name one path
+    part (no "/", not "." or ".."), the kind one of ENTRY_KINDS, size and mtime integers in range."""
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 4):
+            raise ProtocolError("a folder listing whose entry is not [name, kind, size, mtime]")
+        name, kind, size, mtime = entry
+        if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in (".", ".."):
+            raise ProtocolError("a folder listing with an entry name that is not one path part")
+        if kind not in ENTRY_KINDS:
+            raise ProtocolError("a folder listing with an unknown entry kind")
+        for number in (size, mtime):
+            if isinstance(number, bool) or not isinstance(number, int) or not MIN_INT <= number < MAX_INT:
+                raise ProtocolError("a folder listing whose entry size or mtime is not an integer in range")
 
 
 def describe_kind(kind: int) -> str:

@@ -570,6 +570,8 @@ def reap():
         sh = current[0]
         if sh is not None and sh.pid == pid:
             finish(sh, status)
+        for t in [t for t in terminals.values() if t.pid == pid]:
+            terminal_ended(t, status)
         for sh in [sh for sh in standbys if sh.pid == pid]:  # killed (a `stop`), or bash did not start
             sh.status = status
             sh.close()
@@ -709,6 +711,9 @@ class Follower:
 
 def start_run(req, msg):
     run = msg["run"]
+    if terminals:
+        reply(req, error="busy", message="A person's terminal is open in this sandbox (mcp-sessions attach).")
+        return
     cur = current_run()
     if cur is not None:
         if run_active(cur):
@@ -1129,6 +1134,225 @@ def write_file(req, msg, payload):
     reply(req, ok=True, size=len(payload))
 
 
+# -- a person's terminal: an interactive bash on a PTY, as the sandbox user -----------------------
+
+TERMINAL_RC = b"""
+PS1='(sandbox) \\w\\$ '
+\\builtin trap '{ \\builtin export -p; \\builtin declare -f; \\builtin alias -p; \\builtin printf "cd -- %q\\n" "$PWD"; \\builtin echo "#complete"; } >&254 2>/dev/null' EXIT
+\\builtin exec 5<&-
+"""
+"""Run after the saved state, as the terminal's rc file: a prompt that says where it is, and on exit the state
+saved the way a turn shell saves it when its command ends the shell (exported variables, functions,
+aliases, cwd), which the next command restores."""
+terminals = {}
+"""The open terminal (at most one) by the id of its `attach` request."""
+
+
+class Terminal:
+    def __init__(self, req, pid, master, saved, tok):
+        self.req, self.pid, self.master, self.saved, self.tok = req, pid, master, saved, tok
+        self.open = True
+        """Its output is still read (the PTY has not reported the end)."""
+
+
+def winsize(fd, rows, cols):
+    import fcntl
+    import termios
+
+    size = b"".join(max(1, min(int(n), 1000)).to_bytes(2, sys.byteorder) for n in (rows, cols)) + bytes(4)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
+
+
+def terminal_child(slave, given, saved, env):
+    """In the forked child: a session whose controlling terminal is the PTY, the state to restore on fd 5, the
+    state file on fd 254, the sandbox user, an interactive bash."""
+    try:
+        import fcntl
+        import termios
+
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for src, dst in ((slave, 300), (given, 301), (saved, 302)):
+            os.dup2(src, dst)
+        for src, dst in ((300, 0), (300, 1), (300, 2), (301, 5), (302, 254)):
+            os.dup2(src, dst)
+        os.closerange(300, 303)
+        uid, gid, groups = user[0]
+        os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        os.execve(path(BASH_COPY), ["bash", "--rcfile", "/dev/fd/5", "-i"], env)
+    finally:
+        os._exit(127)
+
+
+def open_terminal(req, msg):
+    """`attach {rows, cols, env}`: `open`, the terminal's output as O frames, then `exit {rc}` once its bash has
+    ended and its state is saved for the next command. Refused while a command runs (and commands while it is open)."""
+    cur = current_run()
+    if terminals or (cur is not None and run_active(cur)):
+        reply(req, error="busy", message="A command is running in this sandbox." if not terminals else "A terminal is open.")
+        return
+    env = {k: v for k, v in (wanted[0] or os.environ).items() if k not in UNSET_ENV}
+    env.update(msg.get("env") or {})
+    spawned[0] += 1
+    tok = "term%d-%d" % (ME, spawned[0])
+    master, slave = os.openpty()
+    given = saved = None
+    try:
+        winsize(master, msg.get("rows", 24), msg.get("cols", 80))
+        saved = os.open(path(tok + ".state"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        given = unnamed_file(tok + ".given")
+        os.write(given, given_state() + TERMINAL_RC)
+        pid = os.fork()
+        if pid == 0:
+            terminal_child(slave, given, saved, env)
+    except OSError as e:
+        os.close(master)
+        if saved is not None:
+            os.close(saved)
+        reply(req, error="os", message=e.strerror or str(e))
+        return
+    finally:
+        os.close(slave)
+        if given is not None:
+            os.close(given)
+    os.set_blocking(master, False)
+    terminals[req] = Terminal(req, pid, master, saved, tok)
+    reply(req, ev="open", pid=pid)
+
+
+def terminal_of(msg):
+    return terminals.get(msg.get("term"))
+
+
+def terminal_input(msg, payload):
+    """Keys for the terminal; no answer. What the PTY cannot take now is dropped (a paste into a stuck shell)."""
+    t = terminal_of(msg)
+    try:
+        if t is not None and t.open:
+            os.write(t.master, payload)
+    except OSError:
+        pass
+
+
+def terminal_resize(msg):
+    t = terminal_of(msg)
+    try:
+        if t is not None and t.open:
+            winsize(t.master, msg.get("rows", 24), msg.get("cols", 80))
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+def terminal_hangup(msg):
+    """The person left: hang up, as closing a terminal window does (bash saves its state and exits)."""
+    t = terminal_of(msg)
+    if t is not None:
+        killpg(t.pid, signal.SIGHUP)
+
+
+def pump_terminals():
+    for t in list(terminals.values()):
+        while t.open:
+            try:
+                chunk = os.read(t.master, 65536)
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: every process holding the PTY has closed it
+                chunk = b""
+            if not chunk:
+                t.open = False
+                break
+            data_frame(b"O", t.req, chunk)
+
+
+def terminal_ended(t, status):
+    """Its bash ended: the rest of its output, its state saved (as a command's would be), then `exit`."""
+    pump_terminals()
+    del terminals[t.req]
+    rc = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    state = compose_state(read_all(t.saved))
+    if state is not None:
+        write_whole(STATE_FILE, state)
+    for fd in (t.master, t.saved):
+        os.close(fd)
+    unlink(t.tok + ".state")
+    reply(t.req, ev="exit", rc=rc, saved=state is not None)
+
+
+# -- listing a folder, with the sandbox user's rights --------------------------------------------
+
+LIST_SCAN = 100000
+"""The most names of one folder read to sort them (sandbox_backends/base.py LIST_SCAN_LIMIT); past it the
+rest is counted as "at least"."""
+LIST_BYTES = 40000
+"""The most the listed names may take as JSON: the answer is one frame, which the server caps at 64 KiB (and
+without setfsuid the listing comes back from a child process in one 64 KiB message)."""
+ENTRY_KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "folder", stat.S_IFLNK: "symlink"}
+
+
+def list_inside(name, most):
+    """(None, answer) for the folder `name`: ("ok", path relative to the workspace, [[name, kind, size, mtime]],
+    names counted, all counted), ("not_dir", what it is) or ("not_allowed",). Opened without following a last
+    symlink and checked to be inside the workspace once open (a folder swapped for a symlink would lead out);
+    entries are lstat'ed, never followed. Run as the sandbox user (`as_user`)."""
+    full = inside(name)
+    if full is None:
+        return None, ("not_allowed",)
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno != errno.ENOTDIR:
+            raise
+        kind = stat.S_IFMT(os.lstat(full).st_mode)  # never opened: a FIFO is named, not waited on
+        return None, ("not_dir", KINDS.get(kind, "a file"))
+    try:
+        if not opened_inside(fd):
+            return None, ("not_allowed",)
+        names, counted, complete = [], 0, True
+        with os.scandir(fd) as found:
+            for entry in found:
+                counted += 1
+                if counted > LIST_SCAN:
+                    counted, complete = LIST_SCAN, False
+                    break
+                names.append(entry.name)
+        names.sort()
+        listed, size = [], 0
+        for entry_name in names[:most]:
+            try:
+                st = os.lstat(entry_name, dir_fd=fd)
+            except FileNotFoundError:
+                counted -= 1  # deleted meanwhile
+                continue
+            size += len(dumps(entry_name)) + 40
+            if size > LIST_BYTES:
+                break
+            kind = ENTRY_KINDS.get(stat.S_IFMT(st.st_mode), "other")
+            listed.append([entry_name, kind, st.st_size, int(st.st_mtime)])
+        where = os.path.relpath(full, WS)
+        return None, ("ok", "" if where == "." else where, listed, counted, complete)
+    finally:
+        os.close(fd)
+
+
+def list_folder(req, msg):
+    try:
+        _fd, answer = as_user(list_inside, msg["path"], int(msg["max"]))
+    except OSError as e:
+        file_error(req, e)
+        return
+    if answer[0] == "ok":
+        reply(req, ok=True, path=answer[1], entries=answer[2], total=answer[3], all=answer[4])
+    elif answer[0] == "not_dir":
+        reply(req, error="not_dir", kind=answer[1])
+    else:
+        reply(req, error="not_allowed")
+
+
 # -- the workspace's size, with the sandbox user's rights ----------------------------------------
 
 MEASURE_LIMIT_S = 30.0
@@ -1187,6 +1411,13 @@ def walk(deadline):
 
 
 # -- requests ----------------------------------------------------------------------------------
+
+TERMINAL_OPS = {
+    "input": terminal_input,
+    "resize": lambda msg, _payload: terminal_resize(msg),
+    "hangup": lambda msg, _payload: terminal_hangup(msg),
+}
+"""Requests for an open terminal, never answered (the terminal's own frames say what happened)."""
 
 
 # -- byte streams: TCP on 127.0.0.1 in here, relayed to the server as S frames -----------------------
@@ -1484,6 +1715,12 @@ def handle(msg, payload):
             stream_listen(req, msg)
         elif op in ("sdata", "sack", "shut", "sclose"):
             stream_op(op, req, msg, payload)
+        elif op == "list":
+            in_thread(list_folder, req, msg)
+        elif op == "attach":
+            open_terminal(req, msg)
+        elif op in TERMINAL_OPS:
+            TERMINAL_OPS[op](msg, payload)
         else:
             reply(req, error="bad_request", message="unknown op %r" % (op,))
     except Exception as e:
@@ -1501,6 +1738,7 @@ def main():
     while True:
         fds = [sig_r] if closing[0] else [0, sig_r]
         sfds, wfds = stream_fds() if streams or listeners else ([], [])
+        fds += [t.master for t in terminals.values() if t.open]
         now = time.monotonic()
         due = refill_due(now)
         timeout = None if due is None else due - now
@@ -1524,6 +1762,8 @@ def main():
                     sh.close()
                 del standbys[:]
                 close_streams()
+                for t in terminals.values():
+                    killpg(t.pid, signal.SIGHUP)
             inbuf += chunk
             while not closing[0]:  # frames: 4-byte size, a marshalled dict, then its payload of msg["size"] bytes
                 if pending is not None:
@@ -1548,9 +1788,10 @@ def main():
         if streams or listeners:
             pump_streams(ready, writable)
         watch_limits()
+        pump_terminals()
         reap()
         pump_all()
-        if closing[0] and current[0] is None:
+        if closing[0] and current[0] is None and not terminals:
             return
         now = time.monotonic()
         due = refill_due(now)

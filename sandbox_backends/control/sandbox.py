@@ -14,15 +14,18 @@ from __future__ import annotations
 import posixpath
 import secrets
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import anyio.abc
 
 from ..base import (
+    MAX_LISTED,
     ClosesOnExit,
     DiskUse,
     ExecResult,
+    FolderListing,
     OutputCallback,
     PathNotAllowed,
     SandboxBusy,
@@ -31,11 +34,13 @@ from ..base import (
     SandboxRestarted,
     SandboxSpec,
     StreamHandler,
+    listing_of,
 )
 from ..output import OutputBuffer
-from ..regular_files import not_regular, too_big
+from ..regular_files import no_folder, not_a_folder, not_regular, too_big
 from .client import Broken, ControlClient, Lost, NoAnswer, Run
 from .streams import ControlStream, Streams
+from .terminal import ControlTerminal, control_terminal
 
 STOP_TIMEOUT_S = 10.0
 """Upper bound on waiting for a stopped command's last frames (the control shell stops it in about 1 s)."""
@@ -389,7 +394,7 @@ class ControlSandbox(ClosesOnExit):
     async def _file_request(self, path: str, msg: dict[str, Any], payload: bytes = b"", size: int = 0) -> tuple[str, Any]:
         """One file request, with a deadline for `size` bytes."""
         timeout = FILE_TIMEOUT_S + size / FILE_RATE
-        verb = "Reading" if msg["op"] == "read" else "Writing"
+        verb = {"read": "Reading", "list": "Listing"}.get(msg["op"], "Writing")
         return await self._request(
             msg,
             payload,
@@ -423,6 +428,18 @@ class ControlSandbox(ClosesOnExit):
             return msg
         raise self._file_error(path, msg, max_bytes)
 
+    async def list_files(self, path: str, max_entries: int = MAX_LISTED) -> FolderListing:
+        full = self._check_path(path or ".")
+        _kind, msg = await self._file_request(path, {"op": "list", "path": full, "max": max_entries})
+        err = msg.get("error")
+        if err == "not_dir":
+            raise not_a_folder(path, msg.get("kind"))
+        if err == "not_found":
+            raise no_folder(path)
+        if err:
+            raise self._file_error(path, msg)
+        return listing_of(msg.get("path", ""), msg.get("entries", []), msg.get("total", 0), msg.get("all", True))
+
     async def write_file(self, path: str, data: bytes) -> None:
         full = self._check_path(path)
         if full == self.workspace:
@@ -430,6 +447,11 @@ class ControlSandbox(ClosesOnExit):
         _kind, msg = await self._file_request(path, {"op": "write", "path": full}, bytes(data), size=len(data))
         if msg.get("error"):
             raise self._file_error(path, msg)
+
+    # -- a person's terminal (OpensTerminal) -----------------------------------------------------------
+
+    def open_terminal(self, rows: int, cols: int) -> AbstractAsyncContextManager[ControlTerminal]:
+        return control_terminal(self._connection, self._spec.env, rows, cols)
 
     # -- byte streams (OpensStreams), through a control connection of their own ------------------
 

@@ -49,6 +49,7 @@ function sessionsPage() {
   const summary = document.getElementById("summary");
   const next = document.getElementById("next");
   const first = document.getElementById("first");
+  const overseer = document.body.dataset.overseer === "1";
   let cursor = null;
   let nextCursor = null;
 
@@ -85,6 +86,7 @@ function sessionsPage() {
     if (why) status.append(el("div", why, "muted small"));
     tr.append(name, status, el("td", `${s.driver} / ${s.agent}`), el("td", s.turns, "num"),
       el("td", ago(s.last_activity_at)), el("td", s.preview || "", "preview"));
+    if (overseer) tr.append(el("td", s.owner || "–", "owner"));
     return tr;
   }
 
@@ -172,6 +174,66 @@ function sessionPage() {
     while (events.children.length > 200) events.lastChild.remove();
   }
 
+  // The workspace: one folder at a time, its folders opened in place, its files downloaded by the browser
+  // (a plain link: the cookie signs the GET in, as it does the page).
+  const files = document.querySelector("#files tbody");
+  const filesNote = document.getElementById("files-note");
+  const crumbs = document.getElementById("crumbs");
+  let folder = ""; // the folder asked for last: a turn's end reads it again
+  let asked = 0; // listings answer out of order: only the last one asked for is shown
+
+  function size(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+    return `${(n / 1048576).toFixed(1)} MiB`;
+  }
+
+  function folderButton(label, target) {
+    const b = el("button", label, "link");
+    b.type = "button";
+    b.dataset.folder = target;
+    b.addEventListener("click", () => showFolder(target));
+    return b;
+  }
+
+  function fileRow(f) {
+    const tr = el("tr");
+    tr.dataset.path = f.path;
+    const name = el("td");
+    if (f.kind === "folder") {
+      name.append(folderButton(f.name + "/", f.path));
+    } else if (f.kind === "file" || f.kind === "symlink") {
+      const a = el("a", f.name);
+      a.href = `${API}${path}/files/download?path=${encodeURIComponent(f.path)}`;
+      a.setAttribute("download", f.name);
+      name.append(a);
+      if (f.kind === "symlink") name.append(el("span", " symlink", "muted small"));
+    } else {
+      name.append(el("span", f.name), el("span", " (FIFO, socket or device)", "muted small"));
+    }
+    tr.append(name, el("td", f.kind === "folder" ? "–" : size(f.size), "num"), el("td", ago(f.modified_at), "small"));
+    return tr;
+  }
+
+  async function showFolder(target) {
+    const mine = ++asked;
+    folder = target;
+    let view;
+    try {
+      view = await api(`${path}/files?path=${encodeURIComponent(target)}`);
+    } catch (e) {
+      if (mine === asked) filesNote.textContent = e.message;
+      return;
+    }
+    if (mine !== asked) return;
+    const parts = view.path ? view.path.split("/") : [];
+    crumbs.replaceChildren(folderButton("workspace", ""));
+    parts.forEach((part, i) => crumbs.append(el("span", " / "), folderButton(part, parts.slice(0, i + 1).join("/"))));
+    files.replaceChildren(...view.entries.map(fileRow));
+    filesNote.textContent = view.more ? `${view.more_exact ? "" : "at least "}${view.more} more not shown` :
+      (view.entries.length ? "" : "This folder is empty.");
+  }
+
   async function refresh() {
     const view = await api(path);
     showState(view.session);
@@ -198,6 +260,7 @@ function sessionPage() {
           refresh();
         } else if (TURN_ENDS.has(type) || type === "status" || type === "phase") {
           if (TURN_ENDS.has(type)) live.hidden = true;
+          if (TURN_ENDS.has(type) || type === "status") showFolder(folder); // a turn may have changed the workspace
           refresh();
         }
       });
@@ -234,7 +297,7 @@ function sessionPage() {
   });
 
   refresh()
-    .then(() => follow()) // from the first event: the turns table is made from their ends
+    .then(() => { showFolder(""); follow(); }) // from the first event: the turns table is made from their ends
     .catch((e) => { state.textContent = e.message; });
 }
 

@@ -17,9 +17,11 @@ import anyio.lowlevel
 from anyio.from_thread import BlockingPortal
 
 from sandbox_backends.base import (
+    MAX_LISTED,
     ClosesOnExit,
     ExecResult,
     FailureCallback,
+    FolderListing,
     OutputCallback,
     PathNotAllowed,
     PhaseCallback,
@@ -27,11 +29,12 @@ from sandbox_backends.base import (
     SandboxError,
     SandboxNotFound,
     SandboxSpec,
+    listing_of,
 )
 from sandbox_backends.output import OutputBuffer
 from sandbox_backends.registry import DriverContext, DriverPlugin
 
-from .files import Files
+from .files import FOLDER, Files, Link
 from .parse import AndOr
 from .shell import NULL, Ctx, Exit, Io, Shell, Stream
 
@@ -253,6 +256,22 @@ class MemorySandbox(ClosesOnExit):
         if len(node) > max_bytes:
             raise SandboxError(f"'{path}' is {len(node)} bytes, over the {max_bytes}-byte limit for reading it here.")
         return node
+
+    async def list_files(self, path: str, max_entries: int = MAX_LISTED) -> FolderListing:
+        state = self._state()
+        real = self._inside(state, path or ".")
+        node = state.files.get(real)
+        if node is None:
+            raise FileNotFoundError(f"No such folder in the workspace: '{path}'.")
+        if node is not FOLDER:
+            raise NotADirectoryError(f"'{path}' is a file, not a folder: only folders can be listed.")
+        children = state.files.children(real)
+        kinds = {bytes: "file", Link: "symlink"}
+        named = [
+            [name, kinds.get(type(n), "folder"), len(n) if isinstance(n, bytes) else 0, int(time.time())]
+            for name, n in children[:max_entries]
+        ]
+        return listing_of(real[len(WORKSPACE) + 1 :], named, len(children), True)
 
     async def write_file(self, path: str, data: bytes) -> None:
         state = self._state()

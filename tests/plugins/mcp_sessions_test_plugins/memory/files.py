@@ -69,6 +69,13 @@ class Files:
         with self.lock:
             return self.nodes.get(real)
 
+    def children(self, real: str) -> list[tuple[str, bytes | Folder | Link]]:
+        """The entries directly in the folder `real`, sorted by name."""
+        prefix = real.rstrip("/") + "/"
+        with self.lock:
+            found = [(p[len(prefix) :], n) for p, n in self.nodes.items() if p.startswith(prefix) and p != prefix]
+        return sorted((name, node) for name, node in found if "/" not in name)
+
     def read(self, real: str) -> bytes:
         node = self.get(real)
         if node is None:
