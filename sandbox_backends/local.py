@@ -11,6 +11,7 @@ Layout under the driver's root:
     <root>/<name>/workspace/   the commands' starting cwd, and what file resources read
     <root>/<name>/.shell/      the runner's state: saved shell state, per-run script, output, exit code
     <root>/<name>/tmp/         the sandbox's /tmp, with isolation="bwrap"
+    <root>/<name>/mounts/      links to the host files of `SandboxSpec.mounts` ($MCP_SESSIONS_MOUNTS)
 
 Commands run in a long-lived runner (`control/runner.py`), a child of the server in a session of its
 own, fed run ids on a pipe. If the server dies, the runner finishes its command, writes the result and exits.
@@ -40,6 +41,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .base import (
     MAX_LISTED,
+    MOUNTS_ENV,
     ClosesOnExit,
     DiskUse,
     ExecResult,
@@ -82,6 +84,7 @@ from .regular_files import list_folder, read_regular, resolve_inside, write_regu
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
 """Server variables a local command sees. Everything else, API keys included, stays out."""
 
+MOUNTS_DIR = "mounts"
 EXIT_WAIT_S = 2.0
 READ_CHUNK = 1 << 20
 
@@ -493,7 +496,20 @@ class LocalDriver:
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env.update(spec.env)
         env[MARKER_ENV] = spec.name
+        if spec.mounts:
+            env[MOUNTS_ENV] = str(self.root / spec.name / MOUNTS_DIR)
         return env
+
+    def _link_mounts(self, sandbox: LocalSandbox, spec: SandboxSpec) -> None:
+        """Mounts are links from the sandbox folder: a local sandbox sees the host's files anyway."""
+        if not spec.mounts:
+            return
+        folder = sandbox._base / MOUNTS_DIR
+        folder.mkdir(exist_ok=True)
+        for name, host_path in spec.mounts.items():
+            link = folder / name
+            link.unlink(missing_ok=True)
+            link.symlink_to(host_path)
 
     def _sandbox(self, spec: SandboxSpec) -> LocalSandbox:
         isolation = spec.options.get("isolation") or "plain"
@@ -520,6 +536,7 @@ class LocalDriver:
         sandbox._state.mkdir()
         (sandbox._base / "tmp").mkdir(mode=0o700)
         (sandbox._state / RUNNER_FILE).write_text(RUNNER)
+        self._link_mounts(sandbox, spec)
         return sandbox
 
     async def attach(self, sandbox_id: str, spec: SandboxSpec) -> LocalSandbox:
@@ -529,6 +546,7 @@ class LocalDriver:
         sandbox._state.mkdir(exist_ok=True)
         (sandbox._base / "tmp").mkdir(mode=0o700, exist_ok=True)
         (sandbox._state / RUNNER_FILE).write_text(RUNNER)
+        self._link_mounts(sandbox, spec)
         return sandbox
 
     async def watch(self, on_failure: FailureCallback) -> None:
