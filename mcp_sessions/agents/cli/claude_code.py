@@ -1,0 +1,265 @@
+"""The `claude-code` agent: Claude Code, Anthropic's coding-agent CLI, runs in the session's sandbox.
+
+One long-lived `claude -p --input-format stream-json --output-format stream-json` process per session: a
+message is one JSON line on its stdin, and the turn is what it prints until its `result` (no start-up per
+turn). Its stdin and stdout are a stream to the server (link.py); its model requests go to the session's
+model proxy (proxy.py), which holds the key, counts usage into the turn and enforces budgets; it is given
+only a placeholder key. Its state (HOME: settings, transcripts) is a folder in the workspace, so after a
+server restart, or once an interrupt has stopped it, the next turn starts it again with `--resume`: the
+conversation goes on. Its background traffic (telemetry, update checks, error reports) is switched off.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from sandbox_backends.base import Sandbox, SandboxError
+
+from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
+from ..pricing import PriceTable
+from . import binaries
+from .link import Door, Link, LinkClosed
+from .proxy import PLACEHOLDER_KEY, ModelProxy, ProxyTurn, Upstream
+from .stream_json import TurnReader
+from .streams import serve
+
+log = logging.getLogger(__name__)
+
+NAME = "claude-code"
+STATE_DIR = ".mcp-sessions/claude-code"
+"""The CLI's HOME and log, relative to the workspace (so they live as long as the session's files)."""
+CONNECT_WAIT_S = 30.0
+INTERRUPT_WAIT_S = 5.0
+QUIET_ENV = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "IS_SANDBOX": "1",  # the sandbox is the boundary: skipping permission prompts is allowed even as root
+}
+ARGS_WITH_VALUE = ("--max-turns", "--allowedTools", "--disallowedTools", "--append-system-prompt", "--effort", "--fallback-model")
+"""The only flags a caller may add; each takes one value (`--flag value` or `--flag=value`)."""
+SESSION_NAMESPACE = uuid.UUID("6f1c3a52-4be5-4a51-9a3e-0c1de2b8f0a7")
+
+
+class ClaudeCodeSettings(BaseModel):
+    cli_agents_dir: Path = Field(
+        default_factory=binaries.default_dir,
+        description="Folder of the coding-agent CLIs' binaries, filled by scripts/install-cli-agents.sh.",
+    )
+    claude_code_model: str | None = Field(None, description="Default model of the claude-code agent (else Claude Code's own).")
+    claude_code_base_url: str = Field(
+        "https://api.anthropic.com",
+        description="Anthropic Messages API the claude-code agent's model proxy forwards to (Anthropic, a LiteLLM proxy).",
+        json_schema_extra={"env": "ANTHROPIC_BASE_URL"},
+    )
+    claude_code_api_key: SecretStr | None = Field(
+        None,
+        description="Key the model proxy adds to the claude-code agent's requests (the sandbox never sees it).",
+        json_schema_extra={"env": "ANTHROPIC_API_KEY"},
+    )
+
+
+class ClaudeCodeOptions(BaseModel):
+    system_prompt: str | None = Field(None, max_length=100_000, description="replaces the default system prompt")
+    cli_args: list[str] | None = Field(
+        None, max_length=20, description=f"extra CLI flags with values, of: {' '.join(ARGS_WITH_VALUE)}"
+    )
+
+    @field_validator("cli_args")
+    @classmethod
+    def _allowed(cls, args: list[str] | None) -> list[str] | None:
+        return check_args(args) if args is not None else None
+
+
+def check_args(args: list[str]) -> list[str]:
+    """The flags as given, if each is allowed and has its value. Raises ValueError naming the first that is not."""
+    i = 0
+    while i < len(args):
+        flag, eq, _ = args[i].partition("=")
+        if flag not in ARGS_WITH_VALUE:
+            raise ValueError(f"cli_args: {args[i][:100]!r} is not allowed; use {', '.join(ARGS_WITH_VALUE)}")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ValueError(f"cli_args: {flag} needs a value after it")
+            i += 1
+        i += 1
+    return args
+
+
+@dataclass
+class Running:
+    """What this server holds for one session: its proxy and door, and its CLI process while one is joined."""
+
+    proxy: ModelProxy
+    door: Door = field(default_factory=Door)
+    sandbox: Sandbox | None = None
+    proxy_at: str = ""
+    door_at: str = ""
+    link: Link | None = None
+
+
+class ClaudeCodeAgent:
+    name = NAME
+
+    def __init__(self, settings: ClaudeCodeSettings, prices: PriceTable) -> None:
+        self.settings = settings
+        self.prices = prices
+        self._running: dict[str, Running] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------------
+
+    def configure(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        binaries.binary(self.settings.cli_agents_dir, NAME)  # a missing binary fails create_session now
+        return model or self.settings.claude_code_model, {k: v for k, v in options.items() if v is not None}
+
+    def host_files(self, options: dict[str, Any]) -> dict[str, str]:
+        return {"claude": str(binaries.binary(self.settings.cli_agents_dir, NAME))}
+
+    async def run_background(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0)) as client, anyio.create_task_group() as tg:
+            self._client, self._tg = client, tg
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                for running in self._running.values():
+                    if running.link is not None:
+                        await running.link.close()
+
+    def _http(self) -> httpx.AsyncClient:
+        assert self._client is not None, "run_background runs for the server's life"
+        return self._client
+
+    async def _joined(self, ctx: TurnContext) -> tuple[Running, Link]:
+        """The session's proxy and door served into its sandbox, and its CLI process, launched if none is joined."""
+        sid = ctx.session.id
+        running = self._running.get(sid)
+        if running is None:
+            key = self.settings.claude_code_api_key
+            upstream = Upstream(self.settings.claude_code_base_url, key.get_secret_value() if key else None)
+            running = self._running[sid] = Running(ModelProxy(upstream, self.prices, self._http))
+        if running.sandbox is not ctx.sandbox:
+            if self._tg is None:
+                raise SandboxError("The claude-code agent is not serving (its server part has not started).")
+            running.proxy_at = await serve(ctx.sandbox, running.proxy.handle, self._tg)
+            running.door_at = await serve(ctx.sandbox, running.door.handle, self._tg)
+            running.sandbox = ctx.sandbox
+        if running.link is None or running.link.closed.is_set():
+            running.link = await self._launch(ctx, running)
+        return running, running.link
+
+    async def _launch(self, ctx: TurnContext, running: Running) -> Link:
+        """Start the CLI in the sandbox, resuming the session's conversation if it has one, and wait for it to join."""
+        nonce, arrived = running.door.expect()
+        host, _, port = running.door_at.rpartition(":")
+        conversation = str(uuid.uuid5(SESSION_NAMESPACE, ctx.session.id))
+        argv = ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
+        argv += ["--include-partial-messages", "--dangerously-skip-permissions"]
+        if ctx.session.model:
+            argv += ["--model", ctx.session.model]
+        if ctx.options.get("system_prompt"):
+            argv += ["--system-prompt", ctx.options["system_prompt"]]
+        argv += ctx.options.get("cli_args") or []
+        env = {**QUIET_ENV, "ANTHROPIC_BASE_URL": f"http://{running.proxy_at}", "ANTHROPIC_API_KEY": PLACEHOLDER_KEY}
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        join = (
+            f'exec 3<>/dev/tcp/{host}/{port} || exit 1; printf "%s\\n" {nonce} >&3; '
+            'exec "$0" "$@" <&3 >&3 2>>"$HOME/../claude.log" 3>&-'
+        )
+        script = f"""(
+cd {shlex.quote(ctx.sandbox.workspace)} || exit 1
+state={shlex.quote(ctx.sandbox.workspace)}/{STATE_DIR}
+mkdir -p "$state/home" || exit 1
+if compgen -G "$state/home/.claude/projects/*/{conversation}.jsonl" >/dev/null; then resume=--resume; else resume=--session-id; fi
+export HOME="$state/home" {exports}
+setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(argv)} "$resume" {conversation} \\
+  </dev/null >/dev/null 2>&1
+)"""
+        try:
+            result = await ctx.sandbox.exec(script, timeout_s=CONNECT_WAIT_S, max_output_bytes=4096)
+            if result.exit_code != 0:
+                raise SandboxError(f"Claude Code could not be started in the sandbox: {result.output.strip()[-500:]}")
+            with anyio.move_on_after(CONNECT_WAIT_S):
+                return await arrived.receive()
+            raise SandboxError(f"Claude Code did not start within {CONNECT_WAIT_S:g} s; its log: {await self._log_tail(ctx)}")
+        finally:
+            running.door.forget(nonce)
+            arrived.close()
+
+    async def _log_tail(self, ctx: TurnContext) -> str:
+        try:
+            text = (await ctx.sandbox.read_file(f"{STATE_DIR}/claude.log", ctx.max_file_bytes)).decode(errors="replace")
+        except (OSError, SandboxError):
+            return "(no log)"
+        return text.strip()[-800:] or "(empty)"
+
+    # -- a turn ---------------------------------------------------------------------------------------
+
+    async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
+        started = time.monotonic()
+        running, link = await self._joined(ctx)
+        turn = ProxyTurn(ctx.usage, ctx.over_budget)
+        running.proxy.turn = turn
+        reader = TurnReader(ctx)
+        try:
+            await link.send({"type": "user", "message": {"role": "user", "content": text}})
+            result = await reader.until_result(link)
+        except LinkClosed:
+            running.link = None
+            reason = f"Claude Code exited during the turn; its log: {await self._log_tail(ctx)}"
+            return reader.outcome("failed", reason, time.monotonic() - started)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._interrupt(running, link, reader)
+            raise
+        finally:
+            running.proxy.turn = None
+        if turn.refused is not None:
+            return reader.outcome("failed", turn.refused, time.monotonic() - started, result)
+        if result.get("subtype") != "success" or result.get("is_error"):
+            return reader.outcome("failed", reader.failure(result), time.monotonic() - started, result)
+        return reader.outcome("completed", None, time.monotonic() - started, result)
+
+    async def _interrupt(self, running: Running, link: Link, reader: TurnReader) -> None:
+        """Stop the CLI's turn, keeping the process: it answers an `interrupt` control request with the turn's
+        `result`. A process that does not is closed (the next turn resumes the conversation in a new one)."""
+        with anyio.move_on_after(INTERRUPT_WAIT_S) as waited:
+            try:
+                await link.send(
+                    {"type": "control_request", "request_id": f"int_{uuid.uuid4().hex[:12]}", "request": {"subtype": "interrupt"}}
+                )
+                await reader.until_result(link)
+                return
+            except LinkClosed:
+                pass
+        if waited.cancelled_caught:
+            log.warning("Claude Code did not stop its turn within %g s; its process is closed", INTERRUPT_WAIT_S)
+        await link.close()
+        running.link = None
+
+
+def _make(settings: object, context: AgentContext) -> ClaudeCodeAgent:
+    return ClaudeCodeAgent(settings if isinstance(settings, ClaudeCodeSettings) else ClaudeCodeSettings(), context.prices)
+
+
+plugin = AgentPlugin(
+    name=NAME,
+    make=_make,
+    summary="Claude Code (the CLI) in the sandbox; the key stays in the server",
+    settings=ClaudeCodeSettings,
+    options=ClaudeCodeOptions,
+)
