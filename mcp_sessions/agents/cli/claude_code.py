@@ -155,12 +155,25 @@ class ClaudeCodeAgent:
         if running.sandbox is not ctx.sandbox:
             if self._tg is None:
                 raise SandboxError("The claude-code agent is not serving (its server part has not started).")
-            running.proxy_at = await serve(ctx.sandbox, running.proxy.handle, self._tg)
-            running.door_at = await serve(ctx.sandbox, running.door.handle, self._tg)
-            running.sandbox = ctx.sandbox
+            running.proxy_at, running.door_at = await self._tg.start(self._serve, running, ctx.sandbox)
         if running.link is None or running.link.closed.is_set():
             running.link = await self._launch(ctx, running)
         return running, running.link
+
+    @staticmethod
+    async def _serve(
+        running: Running, sandbox: Sandbox, *, task_status: anyio.abc.TaskStatus[tuple[str, str]] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve the session's proxy and door into its sandbox, until the sandbox closes (or the server stops)."""
+        try:
+            async with anyio.create_task_group() as tg:
+                task_status.started(
+                    (await serve(sandbox, running.proxy.handle, tg), await serve(sandbox, running.door.handle, tg))
+                )
+                running.sandbox = sandbox
+        finally:
+            if running.sandbox is sandbox:
+                running.sandbox = None
 
     async def _launch(self, ctx: TurnContext, running: Running) -> Link:
         """Start the CLI in the sandbox, resuming the session's conversation if it has one, and wait for it to join."""

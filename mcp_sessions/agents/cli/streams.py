@@ -1,8 +1,8 @@
 """Byte streams between a sandbox and the server: how a CLI in the sandbox reaches the model proxy, and how
 its stdin and stdout reach its agent.
 
-A sandbox whose driver serves streams into it (`serve_inside(port, handler)`: a listener on the sandbox's
-own loopback, each connection a stream in the server) is used as it is. A sandbox that shares the server's
+A sandbox whose driver serves streams into it (`serve_inside(port, handler)`, started in a task group:
+a listener on the sandbox's own loopback, each connection a stream in the server) is used as it is. A sandbox that shares the server's
 own network (the local driver without bubblewrap) is served by a listener on the server's loopback.
 """
 
@@ -26,7 +26,7 @@ async def serve(sandbox: Sandbox, handler: Handler, tg: TaskGroup) -> str:
     Raises SandboxError if the sandbox cannot reach the server."""
     serve_inside = getattr(sandbox, "serve_inside", None)
     if serve_inside is not None:
-        return str(await serve_inside(0, guarded(handler)))
+        return str(await tg.start(serve_inside, 0, guarded(handler)))
     if not str(sandbox.describe().get("network", "")).startswith("host"):
         raise SandboxError(
             "The CLI in this sandbox cannot reach the server: its driver carries no streams into it and it has no "
