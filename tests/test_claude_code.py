@@ -6,24 +6,26 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 from mcp import Client, StdioServerParameters
 
 from mcp_sessions.agents.cli import binaries
 from mcp_sessions.agents.cli.proxy import PLACEHOLDER_KEY
+from mcp_sessions.app import server_id
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 from mcp_sessions.store import Store
 
 from .ci import unavailable
 from .conftest import call, call_error, processes_marked
+from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
 from .fake_llm import FakeLLM, Reply, ToolCall
 from .test_stdio import kill_server
 
@@ -49,15 +51,86 @@ def llm() -> Iterator[FakeLLM]:
         yield fake
 
 
-def cc_settings(home: Path, llm: FakeLLM, **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(home=home, agent="claude-code", claude_code_base_url=llm.url, claude_code_api_key=KEY)
-    return Settings(**{**values, **overrides})
+@pytest.fixture(params=["local"])  # docker: once its driver carries streams (serve_inside)
+def driver(request: pytest.FixtureRequest) -> str:
+    if request.param == "docker":
+        request.getfixturevalue("docker_engine")
+    return str(request.param)
 
 
 @pytest.fixture
-async def client(home: Path, llm: FakeLLM) -> AsyncIterator[Client]:
-    async with Client(create_server(cc_settings(home, llm))) as c:
+def settings(home: Path, llm: FakeLLM, driver: str, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    values: dict[str, Any] = dict(
+        home=home, driver=driver, image=IMAGE, agent="claude-code", claude_code_base_url=llm.url, claude_code_api_key=KEY
+    )
+    settings = Settings(**values)
+    yield settings
+    if driver == "docker":
+        remove_labelled(request.getfixturevalue("docker_engine"), server_id(settings))
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    async with Client(create_server(settings)) as c:
         yield c
+
+
+@pytest.fixture
+def inside(settings: Settings, request: pytest.FixtureRequest) -> Callable[[str], Inside]:
+    """`inside(session_id)`: a look into the session's sandbox, wherever it runs."""
+    engine = request.getfixturevalue("docker_engine") if settings.driver == "docker" else None
+    return lambda sid: Inside(settings.driver, settings.home, sid, engine)
+
+
+class Inside:
+    """Commands and processes in a session's sandbox: on this machine (local) or in its container (docker)."""
+
+    def __init__(self, driver: str, home: Path, sid: str, engine: Any) -> None:
+        self.sid = sid
+        self.local = driver == "local"
+        self.workspace = home / "workspaces" / sid / "workspace" if self.local else Path("/workspace")
+        self.container = None if self.local else engine.containers.get(f"mcp-ses-{sid}")
+
+    async def sh(self, script: str) -> str:
+        """Run a bash script there, as the sandbox's user, and return its output (in a thread: the server's
+        proxy, which it may reach, runs on this event loop)."""
+        return await anyio.to_thread.run_sync(self._sh, script)
+
+    def _sh(self, script: str) -> str:
+        if self.container is None:
+            done = subprocess.run(["bash", "-c", script], cwd=self.workspace, capture_output=True, text=True, timeout=60)
+            return done.stdout + done.stderr
+        result = self.container.exec_run(["bash", "-c", script], user="1000:1000", workdir="/workspace")
+        return str(result.output.decode(errors="replace"))
+
+    async def pids(self, exe_suffix: str | None = None, argv: list[str] | None = None) -> list[int]:
+        """Live processes of the sandbox whose executable ends with `exe_suffix`, or whose argv starts with `argv`."""
+        candidates = processes_marked(self.sid) if self.local else [int(p) for p in (await self.sh(LIST_PIDS)).split()]
+        found = []
+        for pid in candidates:
+            said = await self.sh(f"readlink /proc/{pid}/exe; tr '\\0' ' ' </proc/{pid}/cmdline")
+            exe, cmdline = [*said.split("\n"), ""][:2]
+            if (exe_suffix and exe.endswith(exe_suffix)) or (argv and cmdline.split()[: len(argv)] == argv):
+                found.append(pid)
+        return found
+
+    async def cli_env(self) -> dict[str, str]:
+        """The environment of the session's Claude Code process (there must be exactly one)."""
+        (pid,) = await self.pids("/claude")
+        raw = await self.sh(f"tr '\\0' '\\n' </proc/{pid}/environ")
+        return dict(line.split("=", 1) for line in raw.splitlines() if "=" in line)
+
+    async def holding(self, secret: str) -> str:
+        """Files of the sandbox and environments of its processes that hold `secret` (nothing, one hopes)."""
+        places = f"{self.workspace.parent}" if self.local else "/workspace /tmp /run /home /etc"
+        found = await self.sh(f"grep -rlF {secret} {places} 2>/dev/null")
+        pids = processes_marked(self.sid) if self.local else [int(p) for p in (await self.sh(LIST_PIDS)).split()]
+        for pid in pids:
+            found += await self.sh(f"grep -lF {secret} /proc/{pid}/environ 2>/dev/null")
+        return found
+
+
+LIST_PIDS = "for p in /proc/[0-9]*; do [ -r $p/exe ] && echo ${p#/proc/}; done"
 
 
 def write_file_task() -> list[Reply]:
@@ -85,48 +158,15 @@ def user_texts(body: dict[str, Any]) -> list[str]:
     return texts
 
 
-def cli_pids(sid: str) -> list[int]:
-    """The session's Claude Code processes (found by its sandbox's marker)."""
-    found = []
-    for pid in processes_marked(sid):
-        try:
-            if os.readlink(f"/proc/{pid}/exe").endswith("/claude"):
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
-def sleeping(sid: str) -> list[int]:
-    """The session's processes running `sleep 60`."""
-    found = []
-    for pid in processes_marked(sid):
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"60"]:
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
-def cli_env(sid: str) -> dict[str, str]:
-    """The environment of the session's Claude Code process."""
-    (pid,) = cli_pids(sid)
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
-
-
 async def test_a_task_writes_a_file_with_the_cli_tools_and_the_next_turn_continues(
-    home: Path, llm: FakeLLM, client: Client
+    home: Path, llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
 ) -> None:
     llm.script(*write_file_task(), Reply(text="You asked for hi.txt."))
-    session = await call(client, "create_session", model=MODEL)
-    sid = session["id"]
+    sid = (await call(client, "create_session", model=MODEL))["id"]
     reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
     assert reply["turn_status"] == "completed", reply
     assert reply["output"] == "I wrote hi.txt."
-    workspace = home / "workspaces" / sid / "workspace"
-    assert (workspace / "hi.txt").read_text() == "hello\n"
+    assert await inside(sid).sh("cat hi.txt") == "hello\n"
     # usage as the fake reported it, counted by the proxy: two requests, the second with cached tokens
     usage = reply["usage"]
     assert (usage["input_tokens"], usage["output_tokens"], usage["cache_read_tokens"]) == (250, 50, 7)
@@ -158,47 +198,52 @@ async def test_a_task_writes_a_file_with_the_cli_tools_and_the_next_turn_continu
 
 
 async def test_the_key_stays_in_the_server_and_the_cli_sends_a_placeholder(
-    home: Path, llm: FakeLLM, client: Client, caplog: pytest.LogCaptureFixture
+    home: Path, llm: FakeLLM, client: Client, inside: Callable[[str], Inside], caplog: pytest.LogCaptureFixture
 ) -> None:
     llm.script(*write_file_task())
     sid = (await call(client, "create_session", model=MODEL))["id"]
     reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
     assert reply["turn_status"] == "completed", reply
-    env = cli_env(sid)
-    assert env["ANTHROPIC_API_KEY"] == PLACEHOLDER_KEY
+    sandbox = inside(sid)
+    assert (await sandbox.cli_env())["ANTHROPIC_API_KEY"] == PLACEHOLDER_KEY
     assert [r.headers["x-api-key"] for r in llm.requests] == [KEY, KEY]
     assert all("authorization" not in r.headers for r in llm.requests)
-    # nowhere in the sandbox: its files, its processes' environments
-    for path in (home / "workspaces" / sid).rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            assert KEY.encode() not in path.read_bytes(), path
-    for pid in processes_marked(sid):
-        assert KEY.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+    assert await sandbox.holding(PLACEHOLDER_KEY)  # the search finds what is there...
+    assert await sandbox.holding(KEY) == ""  # ...and the key is in no file or process environment of the sandbox
     detail = await call(client, "get_session", session_id=sid, events_after=0)
     assert KEY not in json.dumps(detail)
     assert KEY not in json.dumps([m.model_dump(mode="json") for m in await stored_messages(home, sid)])
     assert KEY not in caplog.text
 
 
-async def test_the_proxy_refuses_paths_other_than_the_model_api(home: Path, llm: FakeLLM, client: Client) -> None:
+async def test_the_proxy_refuses_paths_other_than_the_model_api(
+    llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
+) -> None:
     llm.script(Reply(text="hi"))
     sid = (await call(client, "create_session", model=MODEL))["id"]
     await call(client, "send_message", session_id=sid, text="say hi", wait_s=50)
-    base = cli_env(sid)["ANTHROPIC_BASE_URL"]  # the address the CLI in the sandbox was given
+    sandbox = inside(sid)
+    port = (await sandbox.cli_env())["ANTHROPIC_BASE_URL"].rsplit(":", 1)[1]  # where the CLI reaches the proxy
     seen = len(llm.requests)
-    async with httpx.AsyncClient(base_url=base) as http:
-        for method, path in [("GET", "/v1/files"), ("POST", "/v1/messages/../files"), ("POST", "/v1/models%2f..%2fmessages")]:
-            answer = await http.request(method, path, headers={"x-api-key": PLACEHOLDER_KEY})
-            assert answer.status_code == 403, (path, answer.text)
-            assert "not a model API path" in answer.json()["error"]["message"]
-        between_turns = await http.post("/v1/messages", json={"model": MODEL, "messages": []})
-        assert between_turns.status_code == 400 and "no turn" in between_turns.json()["error"]["message"]
+    for method, path in [("GET", "/v1/files"), ("POST", "/v1/messages/../files"), ("POST", "/v1/models%2f..%2fmessages")]:
+        answer = await sandbox.sh(HTTP_REQUEST.format(port=port, method=method, path=path, length=0, body=""))
+        assert answer.startswith("HTTP/1.1 403"), (path, answer)
+        assert "not a model API path" in answer
+    body = json.dumps({"model": MODEL, "messages": []})
+    between_turns = await sandbox.sh(
+        HTTP_REQUEST.format(port=port, method="POST", path="/v1/messages", length=len(body), body=body)
+    )
+    assert between_turns.startswith("HTTP/1.1 400") and "no turn" in between_turns
     assert len(llm.requests) == seen  # none of them reached the upstream
 
 
-async def test_a_budget_reached_refuses_the_next_model_request_and_fails_the_turn(
-    home: Path, llm: FakeLLM, client: Client
-) -> None:
+HTTP_REQUEST = (
+    "exec 3<>/dev/tcp/127.0.0.1/{port} && printf '{method} %s HTTP/1.1\\r\\nHost: x\\r\\nx-api-key: k\\r\\n"
+    "Content-Length: {length}\\r\\nConnection: close\\r\\n\\r\\n{body}' '{path}' >&3 && timeout 10 cat <&3"
+)
+
+
+async def test_a_budget_reached_refuses_the_next_model_request_and_fails_the_turn(llm: FakeLLM, client: Client) -> None:
     llm.script(*write_file_task())
     sid = (await call(client, "create_session", model=MODEL, max_tokens=100))["id"]
     reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
@@ -208,7 +253,9 @@ async def test_a_budget_reached_refuses_the_next_model_request_and_fails_the_tur
     assert reply["usage"]["total_tokens"] == 120
 
 
-async def test_interrupt_stops_the_turn_and_the_conversation_goes_on(home: Path, llm: FakeLLM, client: Client) -> None:
+async def test_interrupt_stops_the_turn_and_the_conversation_goes_on(
+    llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
+) -> None:
     llm.script(
         Reply(tool_calls=[ToolCall("Bash", {"command": "sleep 60", "description": "wait"})]),
         Reply(text="Back again."),
@@ -216,16 +263,17 @@ async def test_interrupt_stops_the_turn_and_the_conversation_goes_on(home: Path,
     sid = (await call(client, "create_session", model=MODEL))["id"]
     busy = await call(client, "send_message", session_id=sid, text="wait a minute", wait_s=0)
     assert busy["status"] == "busy"
+    sandbox = inside(sid)
     with anyio.fail_after(50):  # the CLI's Bash tool runs the command
-        while not sleeping(sid):
+        while not await sandbox.pids(argv=["sleep", "60"]):
             await anyio.sleep(0.05)
-    cli = cli_pids(sid)
+    cli = await sandbox.pids("/claude")
     stopped = await call(client, "interrupt", session_id=sid)
     assert stopped["interrupted"] is True
     detail = (await call(client, "get_session", session_id=sid, wait_s=20))["session"]
     assert detail["status"] == "ready" and detail["last_turn"]["status"] == "interrupted"
-    assert not sleeping(sid)
-    assert cli_pids(sid) == cli  # the same process goes on: the CLI stopped its own turn
+    assert not await sandbox.pids(argv=["sleep", "60"])
+    assert await sandbox.pids("/claude") == cli  # the same process goes on: the CLI stopped its own turn
     reply = await call(client, "send_message", session_id=sid, text="are you there?", wait_s=50)
     assert reply["output"] == "Back again."
     assert user_texts(llm.requests[-1].body)[:1] == ["wait a minute"]
@@ -238,11 +286,15 @@ async def test_a_missing_binary_fails_create_session_naming_the_install_script(h
     assert "scripts/install-cli-agents.sh claude-code" in error and "is not installed" in error
 
 
-async def test_the_conversation_goes_on_after_the_server_is_killed(home: Path, llm: FakeLLM) -> None:
+async def test_the_conversation_goes_on_after_the_server_is_killed(
+    home: Path, llm: FakeLLM, settings: Settings, inside: Callable[[str], Inside]
+) -> None:
     llm.script(*write_file_task(), Reply(text="You asked for hi.txt."))
     env = {
         **os.environ,
         "MCP_SESSIONS_HOME": str(home),
+        "MCP_SESSIONS_DRIVER": settings.driver,
+        "MCP_SESSIONS_IMAGE": IMAGE,
         "MCP_SESSIONS_AGENT": "claude-code",
         "MCP_SESSIONS_CLAUDE_CODE_BASE_URL": llm.url,
         "MCP_SESSIONS_CLAUDE_CODE_API_KEY": KEY,
@@ -252,11 +304,12 @@ async def test_the_conversation_goes_on_after_the_server_is_killed(home: Path, l
         sid = (await call(first, "create_session", model=MODEL))["id"]
         reply = await call(first, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
         assert reply["turn_status"] == "completed", reply
-        cli = cli_pids(sid)
+        sandbox = inside(sid)
+        cli = await sandbox.pids("/claude")
         assert cli
         await kill_server(home)
     with anyio.fail_after(30):  # its input ended with the server: the CLI exits
-        while set(cli_pids(sid)) & set(cli):
+        while set(await sandbox.pids("/claude")) & set(cli):
             await anyio.sleep(0.1)
     async with Client(params) as second:
         reply = await call(second, "send_message", session_id=sid, text="what did I ask?", wait_s=50)
