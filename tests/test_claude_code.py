@@ -279,6 +279,27 @@ async def test_interrupt_stops_the_turn_and_the_conversation_goes_on(
     assert user_texts(llm.requests[-1].body)[:1] == ["wait a minute"]
 
 
+async def test_an_interrupt_of_the_idle_session_stops_the_cli_and_the_next_turn_resumes_it(
+    llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
+) -> None:
+    llm.script(Reply(text="First."), Reply(text="Second."))
+    sid = (await call(client, "create_session", model=MODEL))["id"]
+    await call(client, "send_message", session_id=sid, text="one", wait_s=50)
+    sandbox = inside(sid)
+    cli = await sandbox.pids("/claude")
+    with anyio.fail_after(30):  # the CLI writes its transcript just after the turn (a kill before loses the turn)
+        while "First." not in await sandbox.sh("cat .mcp-sessions/claude-code/home/.claude/projects/*/*.jsonl"):
+            await anyio.sleep(0.05)
+    idle = await call(client, "interrupt", session_id=sid)  # stops what earlier commands left: the CLI too
+    assert idle["interrupted"] is False
+    with anyio.fail_after(30):
+        while set(await sandbox.pids("/claude")) & set(cli):
+            await anyio.sleep(0.1)
+    reply = await call(client, "send_message", session_id=sid, text="two", wait_s=50)
+    assert reply["turn_status"] == "completed" and reply["output"] == "Second.", reply
+    assert user_texts(llm.requests[-1].body) == ["one", "two"]
+
+
 async def test_a_missing_binary_fails_create_session_naming_the_install_script(home: Path, tmp_path: Path) -> None:
     settings = Settings(home=home, agent="claude-code", cli_agents_dir=tmp_path / "empty")
     async with Client(create_server(settings)) as client:

@@ -108,6 +108,9 @@ class Running:
     proxy_at: str = ""
     door_at: str = ""
     link: Link | None = None
+    last_turn: int = 0
+    """The session's turn the process last answered: one that is not the turn before this one means another
+    server process ran turns meanwhile, which this process's CLI has not seen."""
 
 
 class ClaudeCodeAgent:
@@ -156,6 +159,8 @@ class ClaudeCodeAgent:
             if self._tg is None:
                 raise SandboxError("The claude-code agent is not serving (its server part has not started).")
             running.proxy_at, running.door_at = await self._tg.start(self._serve, running, ctx.sandbox)
+        if running.link is not None and running.last_turn != ctx.session.turns - 1:
+            await running.link.close()  # it has not seen turns run elsewhere: resume them from its state
         if running.link is None or running.link.closed.is_set():
             running.link = await self._launch(ctx, running)
         return running, running.link
@@ -224,23 +229,29 @@ setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(
 
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         started = time.monotonic()
-        running, link = await self._joined(ctx)
         turn = ProxyTurn(ctx.usage, ctx.over_budget)
-        running.proxy.turn = turn
         reader = TurnReader(ctx)
-        try:
-            await link.send({"type": "user", "message": {"role": "user", "content": text}})
-            result = await reader.until_result(link)
-        except LinkClosed:
-            running.link = None
-            reason = f"Claude Code exited during the turn; its log: {await self._log_tail(ctx)}"
-            return reader.outcome("failed", reason, time.monotonic() - started)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self._interrupt(running, link, reader)
-            raise
-        finally:
-            running.proxy.turn = None
+        for attempt in (1, 2):
+            running, link = await self._joined(ctx)
+            running.proxy.turn = turn
+            try:
+                await link.send({"type": "user", "message": {"role": "user", "content": text}})
+                result = await reader.until_result(link)
+                running.last_turn = ctx.session.turns
+                break
+            except LinkClosed:
+                running.link = None
+                if attempt == 1 and not reader.lines:
+                    continue  # it had exited between turns (an interrupt of the idle session stops it): start it again
+                reason = f"Claude Code exited during the turn; its log: {await self._log_tail(ctx)}"
+                return reader.outcome("failed", reason, time.monotonic() - started)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self._interrupt(running, link, reader)
+                    running.last_turn = ctx.session.turns
+                raise
+            finally:
+                running.proxy.turn = None
         if turn.refused is not None:
             return reader.outcome("failed", turn.refused, time.monotonic() - started, result)
         if result.get("subtype") != "success" or result.get("is_error"):

@@ -33,6 +33,8 @@ class TurnReader:
         """Message ids whose text came as deltas (their `assistant` event repeats it)."""
         self._message_id: str | None = None
         self._tools: dict[str, str] = {}
+        self.lines = 0
+        """Lines read so far this turn."""
         self._open: tuple[str, Message] | None = None
         """The assistant message its next blocks join: the CLI prints one `assistant` event per block."""
 
@@ -41,6 +43,7 @@ class TurnReader:
         try:
             while True:
                 line = await link.receive()
+                self.lines += 1
                 kind = line.get("type")
                 if kind == "result":
                     return line
