@@ -246,6 +246,8 @@ EventType = Literal[
     "tool.started",
     "tool.output",
     "tool.completed",
+    "approval.requested",
+    "approval.answered",
     "turn.completed",
     "turn.failed",
     "turn.interrupted",

@@ -337,3 +337,55 @@ async def test_the_conversation_goes_on_after_the_server_is_killed(
         assert reply["turn_status"] == "completed", reply
         assert reply["output"] == "You asked for hi.txt."
     assert user_texts(llm.requests[-1].body) == ["write hi.txt", "what did I ask?"]
+
+
+async def wait_for_approval(client: Client, sid: str, seen: int = 0) -> dict[str, Any]:
+    """The tool call the session waits on, once it has asked more than `seen` times."""
+    with anyio.fail_after(50):
+        while True:
+            events = (await call(client, "get_session", session_id=sid, events_after=0))["events"]
+            asked = [e["data"] for e in events if e["type"] == "approval.requested"]
+            if len(asked) > seen:
+                return asked[-1]
+            await anyio.sleep(0.05)
+
+
+async def test_with_ask_a_tool_call_waits_for_the_callers_answer_allow_then_deny(
+    llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
+) -> None:
+    write = {"command": "echo hello > hi.txt", "description": "write"}
+    llm.script(
+        Reply(tool_calls=[ToolCall("Bash", write)]),
+        Reply(text="Allowed and done."),
+        Reply(tool_calls=[ToolCall("Bash", {"command": "echo bye > bye.txt", "description": "write"})]),
+        Reply(text="It was denied."),
+    )
+    sid = (await call(client, "create_session", model=MODEL, permission_mode="ask"))["id"]
+    await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=0)
+    asked = await wait_for_approval(client, sid)
+    assert asked["tool"] == "Bash" and asked["input"] == write
+    assert await inside(sid).sh("ls") == ""  # nothing ran before the answer
+    wrong = await call_error(client, "answer_approval", session_id=sid, request_id="nope", decision="allow")
+    assert "No tool call" in wrong and "approval.requested" in wrong
+    answered = await call(client, "answer_approval", session_id=sid, request_id=asked["request_id"], decision="allow")
+    assert answered == {"session_id": sid, "request_id": asked["request_id"], "tool": "Bash", "decision": "allow"}
+    detail = (await call(client, "get_session", session_id=sid, wait_s=30))["session"]
+    assert detail["last_turn"]["status"] == "completed" and detail["last_turn"]["output"] == "Allowed and done."
+    assert await inside(sid).sh("cat hi.txt") == "hello\n"
+
+    await call(client, "send_message", session_id=sid, text="write bye.txt", wait_s=0)
+    asked = await wait_for_approval(client, sid, seen=1)
+    await call(
+        client, "answer_approval", session_id=sid, request_id=asked["request_id"], decision="deny", message="Not that file."
+    )
+    detail = (await call(client, "get_session", session_id=sid, wait_s=30))["session"]
+    assert detail["last_turn"]["output"] == "It was denied."
+    assert "No such file" in await inside(sid).sh("cat bye.txt")
+    (result,) = [
+        b
+        for m in llm.requests[-1].body["messages"]
+        if isinstance(m["content"], list)
+        for b in m["content"]
+        if b.get("type") == "tool_result"
+    ][-1:]
+    assert result["is_error"] and "Not that file." in json.dumps(result["content"])

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -72,6 +72,9 @@ class ClaudeCodeSettings(BaseModel):
 
 
 class ClaudeCodeOptions(BaseModel):
+    permission_mode: Literal["bypass", "ask"] | None = Field(
+        None, description="ask: each tool call waits for answer_approval (default bypass)"
+    )
     system_prompt: str | None = Field(None, max_length=100_000, description="replaces the default system prompt")
     cli_args: list[str] | None = Field(
         None, max_length=20, description=f"extra CLI flags with values, of: {' '.join(ARGS_WITH_VALUE)}"
@@ -186,7 +189,11 @@ class ClaudeCodeAgent:
         host, _, port = running.door_at.rpartition(":")
         conversation = str(uuid.uuid5(SESSION_NAMESPACE, ctx.session.id))
         argv = ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
-        argv += ["--include-partial-messages", "--dangerously-skip-permissions"]
+        argv += ["--include-partial-messages"]
+        if ctx.options.get("permission_mode") == "ask":
+            argv += ["--permission-prompt-tool", "stdio"]
+        else:
+            argv += ["--dangerously-skip-permissions"]
         if ctx.session.model:
             argv += ["--model", ctx.session.model]
         if ctx.options.get("system_prompt"):

@@ -3,7 +3,8 @@
 What it prints (one JSON object a line): `system` (init at each turn), `stream_event` (the API's own
 stream: text deltas), `assistant` (a message's content blocks: text, tool_use; one event per block, same
 message id), `user` (tool_result blocks, and notes such as an interrupt), `result` (the turn's end:
-subtype success or error_*, the final text). Usage is not read from here: the model proxy counted it.
+subtype success or error_*, the final text), `control_request` (with permission_mode "ask": may a tool run?).
+Usage is not read from here: the model proxy counted it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import anyio
 
 from ...models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from ..base import TurnContext, TurnOutcome
+from .approvals import WAITING
 from .link import Link
 
 TEXT_FLUSH_CHARS = 400
@@ -53,9 +55,24 @@ class TurnReader:
                     await self._assistant(line.get("message"))
                 elif kind == "user":
                     await self._tool_results(line.get("message"))
+                elif kind == "control_request":
+                    await self._permission(link, line)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._flush()
+
+    async def _permission(self, link: Link, line: dict[str, Any]) -> None:
+        """Answer the CLI's question whether a tool may run: the caller's answer (permission_mode "ask")."""
+        request, request_id = line.get("request"), str(line.get("request_id"))
+        if not isinstance(request, dict) or request.get("subtype") != "can_use_tool":
+            return
+        await self._flush()
+        given = request.get("input")
+        args: dict[str, Any] = given if isinstance(given, dict) else {}
+        response = await WAITING.ask(self.ctx, request_id, str(request.get("tool_name")), args)
+        await link.send(
+            {"type": "control_response", "response": {"subtype": "success", "request_id": request_id, "response": response}}
+        )
 
     async def _delta(self, event: Any) -> None:
         if not isinstance(event, dict):
