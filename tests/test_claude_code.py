@@ -51,7 +51,7 @@ def llm() -> Iterator[FakeLLM]:
         yield fake
 
 
-@pytest.fixture(params=["local"])  # docker: once its driver carries streams (serve_inside)
+@pytest.fixture(params=["local", "docker"])
 def driver(request: pytest.FixtureRequest) -> str:
     if request.param == "docker":
         request.getfixturevalue("docker_engine")

@@ -1,43 +1,32 @@
 """Byte streams between a sandbox and the server: how a CLI in the sandbox reaches the model proxy, and how
-its stdin and stdout reach its agent.
-
-A sandbox whose driver serves streams into it (`serve_inside(port, handler)`, started in a task group:
-a listener on the sandbox's own loopback, each connection a stream in the server) is used as it is. A sandbox that shares the server's
-own network (the local driver without bubblewrap) is served by a listener on the server's loopback.
+its stdin and stdout reach its agent. Through the driver's own channel (`OpensStreams.serve_inside`: a
+listener on the sandbox's loopback, each connection a stream in the server), so the sandbox needs no
+network and no host socket.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
-import anyio
-from anyio.abc import ByteStream, SocketAttribute, TaskGroup
+from anyio.abc import ByteStream, TaskGroup
 
-from sandbox_backends.base import Sandbox, SandboxError
+from sandbox_backends.base import OpensStreams, Sandbox, SandboxError, StreamHandler
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[ByteStream], Awaitable[None]]
 
-
-async def serve(sandbox: Sandbox, handler: Handler, tg: TaskGroup) -> str:
-    """Serve `handler` for connections made inside `sandbox`; the "HOST:PORT" they connect to there.
-    Raises SandboxError if the sandbox cannot reach the server."""
-    serve_inside = getattr(sandbox, "serve_inside", None)
-    if serve_inside is not None:
-        return str(await tg.start(serve_inside, 0, guarded(handler)))
-    if not str(sandbox.describe().get("network", "")).startswith("host"):
+async def serve(sandbox: Sandbox, handler: StreamHandler, tg: TaskGroup) -> str:
+    """Serve `handler` in `tg` for connections made inside `sandbox`; the "HOST:PORT" they connect to there.
+    Raises SandboxError if its driver carries no streams."""
+    if not isinstance(sandbox, OpensStreams):
         raise SandboxError(
-            "The CLI in this sandbox cannot reach the server: its driver carries no streams into it and it has no "
-            "network of the server's. Use the docker driver, or the local driver without isolation."
+            "This sandbox's driver carries no byte streams into it (serve_inside), which a CLI agent needs to reach "
+            "the server: use the docker or the local driver."
         )
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    tg.start_soon(listener.serve, guarded(handler))
-    return f"127.0.0.1:{listener.extra(SocketAttribute.local_port)}"
+    return str(await tg.start(sandbox.serve_inside, 0, guarded(handler)))
 
 
-def guarded(handler: Handler) -> Handler:
+def guarded(handler: StreamHandler) -> StreamHandler:
     """`handler`, its failures logged rather than taking down whatever serves it."""
 
     async def run(stream: ByteStream) -> None:
