@@ -1,5 +1,6 @@
 """What a Claude Code turn costs: the claude-code agent's long-lived process against a new `claude -p
---resume` process per turn, in one run, both answered at once by a fake Anthropic server on this machine.
+--resume` process per turn, in one run, both answered at once by a fake Anthropic server on this machine (the comparison on the local driver; on
+docker, the agent's turns alone).
 
     python bench/bench_claude_code.py [--n 20] [--driver local|docker] [--write BENCHMARKS.md]
 
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from bench_docker import Table
+import docker
+from bench_docker import Table, remove_leftovers
 from mcp import Client
 from report import paragraph, publish
 from timing import interleaved, timed
@@ -31,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' fake 
 
 from mcp_sessions.agents.cli import binaries
 from mcp_sessions.agents.cli.claude_code import QUIET_ENV
+from mcp_sessions.app import server_id
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 from sandbox_backends.docker.container import DEFAULT_IMAGE
 from tests.fake_llm import FakeLLM, Reply
 
-SECTION = "## Claude Code turns: one long-lived process against a process per turn"
+PER_TURN = "`claude -p --resume`: a process per turn"
+LONG_LIVED = "claude-code agent: one long-lived process"
 MODEL = "claude-sonnet-4-5"
 
 
@@ -54,7 +58,7 @@ async def turn(client: Client, sid: str, text: str) -> None:
 async def run(n: int, driver: str, write: Path | None) -> None:
     claude = binaries.binary(binaries.default_dir(), "claude-code")
     table = Table()
-    with FakeLLM() as llm, tempfile.TemporaryDirectory() as tmp:
+    with FakeLLM() as llm, tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         llm.script(*[Reply(text="hi", input_tokens=10, output_tokens=1) for _ in range(4 * n + 40)])
         home = Path(tmp)
         settings = Settings(home=home, driver=driver, image=DEFAULT_IMAGE, claude_code_base_url=llm.url, claude_code_api_key="k")
@@ -69,29 +73,35 @@ async def run(n: int, driver: str, write: Path | None) -> None:
             for _ in range(max(3, n // 4)):
                 await first_turn()
             long_lived = (await call(client, "create_session", agent="claude-code", model=MODEL))["id"]
-            per_turn = (await call(client, "create_session", agent="shell", driver="local"))["id"]
-            conversation = str(uuid.uuid4())
-            env = {**QUIET_ENV, "HOME": str(home / "baseline-home"), "ANTHROPIC_BASE_URL": llm.url, "ANTHROPIC_API_KEY": "k"}
-            exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-            base = f"mkdir -p {shlex.quote(env['HOME'])} && {exports} {shlex.quote(str(claude))} -p 'say hi' --model {MODEL}"
-            base += " --output-format stream-json --verbose --dangerously-skip-permissions >/dev/null"
-            await turn(client, per_turn, f"{base} --session-id {conversation}")
-            a, b = await interleaved(
-                n,
-                lambda: turn(client, long_lived, "say hi"),
-                lambda: turn(client, per_turn, f"{base} --resume {conversation}"),
-            )
-            table.add("`claude -p --resume`: a process per turn", b)
-            table.add("claude-code agent: one long-lived process", a, "`claude -p --resume`: a process per turn", max_ratio=0.2)
+            await turn(client, long_lived, "say hi")
+            if driver == "local":
+                per_turn = (await call(client, "create_session", agent="shell"))["id"]
+                conversation = str(uuid.uuid4())
+                env = {**QUIET_ENV, "HOME": str(home / "baseline-home"), "ANTHROPIC_BASE_URL": llm.url, "ANTHROPIC_API_KEY": "k"}
+                exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+                base = f"mkdir -p {shlex.quote(env['HOME'])} && {exports} {shlex.quote(str(claude))} -p 'say hi' --model {MODEL}"
+                base += " --output-format stream-json --verbose --dangerously-skip-permissions >/dev/null"
+                await turn(client, per_turn, f"{base} --session-id {conversation}")
+                a, b = await interleaved(
+                    n,
+                    lambda: turn(client, long_lived, "say hi"),
+                    lambda: turn(client, per_turn, f"{base} --resume {conversation}"),
+                )
+                table.add(PER_TURN, b)
+                table.add(LONG_LIVED, a, PER_TURN, max_ratio=0.2)
+            else:  # a process per turn would need the fake server inside the container: the local run compares
+                table.add(LONG_LIVED, await timed(n, lambda: turn(client, long_lived, "say hi")))
             table.add("claude-code agent: a session's first turn (starts its process)", cold)
-            for sid in (long_lived, per_turn):
-                await call(client, "close_session", session_id=sid, delete=True)
+        if driver == "docker":
+            remove_leftovers(docker.from_env(), [server_id(settings)], home / "docker" / "workspaces")
     intro = paragraph(
         f"A trivial turn (the fake model answers at once) through the server, `send_message` to the reply, on the {driver} driver,",
         f"Claude Code {binaries.PINNED['claude-code'].version}; the two ways timed in alternation.",
-        "The process per turn is `claude -p ... --resume <id>` run by a shell session, straight to the fake server.",
+        "The process per turn (local only) is `claude -p ... --resume <id>` run by a shell session, straight to the fake server.",
     )
-    publish(SECTION, intro, table.render(), write)
+    publish(
+        f"## Claude Code turns on the {driver} driver: one long-lived process, a process per turn", intro, table.render(), write
+    )
 
 
 def main() -> None:
