@@ -21,12 +21,12 @@ from mcp_sessions.agents.cli.proxy import PLACEHOLDER_KEY
 from mcp_sessions.app import server_id
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
-from mcp_sessions.store import Store
 
 from .ci import unavailable
 from .conftest import call, call_error, processes_marked
 from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
 from .fake_llm import FakeLLM, Reply, ToolCall
+from .test_llm_agent import stored_messages
 from .test_stdio import kill_server
 
 pytestmark = pytest.mark.anyio
@@ -138,14 +138,6 @@ def write_file_task() -> list[Reply]:
         Reply(text="Writing it.", tool_calls=[ToolCall("Bash", {"command": "echo hello > hi.txt", "description": "write"})]),
         Reply(text="I wrote hi.txt.", input_tokens=150, output_tokens=30, cache_read_tokens=7),
     ]
-
-
-async def stored_messages(home: Path, sid: str) -> list[Any]:
-    store = await Store.open(home / "sessions.db")
-    try:
-        return await store.messages(sid)
-    finally:
-        await store.aclose()
 
 
 def user_texts(body: dict[str, Any]) -> list[str]:
