@@ -161,18 +161,23 @@ class ClaudeCodeAgent:
         if running.sandbox is not ctx.sandbox:
             if self._tg is None:
                 raise SandboxError("The claude-code agent is not serving (its server part has not started).")
-            running.proxy_at, running.door_at = await self._tg.start(self._serve, running, ctx.sandbox)
+            running.proxy_at, running.door_at = await self._tg.start(self._serve, sid, running, ctx.sandbox)
         if running.link is not None and running.last_turn != ctx.session.turns - 1:
             await running.link.close()  # it has not seen turns run elsewhere: resume them from its state
         if running.link is None or running.link.closed.is_set():
             running.link = await self._launch(ctx, running)
         return running, running.link
 
-    @staticmethod
     async def _serve(
-        running: Running, sandbox: Sandbox, *, task_status: anyio.abc.TaskStatus[tuple[str, str]] = anyio.TASK_STATUS_IGNORED
+        self,
+        sid: str,
+        running: Running,
+        sandbox: Sandbox,
+        *,
+        task_status: anyio.abc.TaskStatus[tuple[str, str]] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve the session's proxy and door into its sandbox, until the sandbox closes (or the server stops)."""
+        """Serve the session's proxy and door into its sandbox until the sandbox closes (the session closed: what
+        this server held for it goes) or the server stops."""
         try:
             async with anyio.create_task_group() as tg:
                 task_status.started(
@@ -182,6 +187,11 @@ class ClaudeCodeAgent:
         finally:
             if running.sandbox is sandbox:
                 running.sandbox = None
+                if running.link is not None:
+                    with anyio.CancelScope(shield=True):
+                        await running.link.close()
+                if self._running.get(sid) is running:
+                    del self._running[sid]
 
     async def _launch(self, ctx: TurnContext, running: Running) -> Link:
         """Start the CLI in the sandbox, resuming the session's conversation if it has one, and wait for it to join."""
