@@ -7,6 +7,8 @@ an `anyio.abc.ByteStream` with h11, so any channel into a sandbox can carry it).
   error in the API's own format, which the CLI shows), so the turn ends with that reason;
 - drops the CLI's credentials (it holds a placeholder), sets the real key from the server's settings,
   and forwards to the configured upstream (Anthropic, a LiteLLM proxy, any server of that API);
+- speaks one API per upstream (`Dialect`): Anthropic Messages (key in `x-api-key`), or OpenAI Responses and
+  Chat Completions (key as `Authorization: Bearer`; a streamed chat request is made to ask for its usage);
 - relays the response as it comes (chunked, never close-delimited: Claude Code loses the end of a body
   ended by a close and retries it, billed), counting its usage and cost into the running turn;
 - stops the upstream request when the CLI goes away, so nothing is billed for a reader that left.
@@ -28,7 +30,7 @@ from anyio.abc import ByteStream
 from ...models import Usage
 from ..pricing import PriceTable, add_usage
 from ..providers.common import TokenUsage
-from .metering import AnthropicMeter
+from .metering import AnthropicMeter, Meter, OpenAIMeter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,39 @@ PLACEHOLDER_KEY = "sk-mcp-sessions-placeholder"
 """The key a CLI is given: a value for its own checks, replaced by the proxy, worth nothing elsewhere."""
 
 MAX_BODY_BYTES = 64 << 20
-ANTHROPIC_PATHS = {("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"), ("GET", "/v1/models")}
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One model API as the proxy speaks it: its paths, how its key is sent, how its usage and errors look."""
+
+    name: str
+    paths: frozenset[tuple[str, str]]
+    """(method, path) pairs allowed, the path without its query."""
+    key_header: Callable[[str], tuple[str, str]]
+    meter: type[Meter]
+
+    def error(self, kind: str, message: str) -> dict[str, Any]:
+        """An error body in the API's own shape, which its CLIs print."""
+        if self.name == "anthropic":
+            return {"type": "error", "error": {"type": kind, "message": message}}
+        return {"error": {"type": kind, "message": message, "code": None, "param": None}}
+
+
+ANTHROPIC = Dialect(
+    "anthropic",
+    frozenset({("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"), ("GET", "/v1/models")}),
+    lambda key: ("x-api-key", key),
+    AnthropicMeter,
+)
+OPENAI = Dialect(
+    "openai",
+    frozenset({("POST", "/v1/responses"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models")}),
+    lambda key: ("authorization", f"Bearer {key}"),
+    OpenAIMeter,
+)
+"""OpenAI Responses and Chat Completions, as OpenAI, a LiteLLM proxy or any compatible server serves them
+(the upstream's base URL is the part before `/v1`)."""
 DROPPED = {
     "host",
     "content-length",
@@ -76,6 +110,7 @@ class Upstream:
 
     base_url: str
     key: str | None
+    dialect: Dialect = ANTHROPIC
 
 
 class ModelProxy:
@@ -128,8 +163,8 @@ class ModelProxy:
     async def _answer(self, conn: h11.Connection, stream: ByteStream, request: h11.Request, body: bytes) -> None:
         method = request.method.decode("ascii", "replace")
         path, _, query = request.target.decode("latin-1").partition("?")
-        if (method, path) not in ANTHROPIC_PATHS:
-            allowed = ", ".join(f"{m} {p}" for m, p in sorted(ANTHROPIC_PATHS))
+        if (method, path) not in self.upstream.dialect.paths:
+            allowed = ", ".join(f"{m} {p}" for m, p in sorted(self.upstream.dialect.paths))
             message = f"mcp-sessions model proxy: {method} {path[:200]} is not a model API path (allowed: {allowed})."
             await self._error(conn, stream, request, 403, "permission_error", message)
             return
@@ -160,7 +195,9 @@ class ModelProxy:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers if k.lower().decode() not in DROPPED]
         headers.append(("accept-encoding", "identity"))  # the meter reads the body as it passes
         if self.upstream.key:
-            headers.append(("x-api-key", self.upstream.key))
+            headers.append(self.upstream.dialect.key_header(self.upstream.key))
+        if path == "/v1/chat/completions":
+            body = ask_for_usage(body)
         url = self.upstream.base_url.rstrip("/") + path + (f"?{query}" if query else "")
         client = self._client()
         try:
@@ -171,7 +208,8 @@ class ModelProxy:
             message = f"mcp-sessions model proxy: the model API at {host} cannot be reached ({type(e).__name__})."
             await self._error(conn, stream, request, 502, "api_error", message)
             return
-        meter = AnthropicMeter("text/event-stream" in response.headers.get("content-type", ""), requested_model(body))
+        streamed = "text/event-stream" in response.headers.get("content-type", "")
+        meter = self.upstream.dialect.meter(streamed, requested_model(body))
         try:
             back = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in DROPPED_BACK]
             await stream.send(conn.send(h11.Response(status_code=response.status_code, headers=back)))
@@ -203,18 +241,33 @@ class ModelProxy:
     def count(self, turn: ProxyTurn, model: str, tokens: TokenUsage) -> None:
         add_usage(turn.usage, self.prices, model, tokens)
 
-    @staticmethod
     async def _error(
-        conn: h11.Connection, stream: ByteStream, request: h11.Request, status: int, kind: str, message: str
+        self, conn: h11.Connection, stream: ByteStream, request: h11.Request, status: int, kind: str, message: str
     ) -> None:
-        """Answer with an error in the Anthropic API's shape, which CLIs print as the API's error."""
-        body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+        """Answer with an error in the API's shape, which CLIs print as the API's error."""
+        body = json.dumps(self.upstream.dialect.error(kind, message)).encode()
         head = request.method == b"HEAD"
         headers = [("content-type", "application/json"), ("content-length", "0" if head else str(len(body)))]
         await stream.send(conn.send(h11.Response(status_code=status, headers=headers)))
         if not head:
             await stream.send(conn.send(h11.Data(data=body)))
         await stream.send(conn.send(h11.EndOfMessage()))
+
+
+def ask_for_usage(body: bytes) -> bytes:
+    """A streamed Chat Completions request made to end with a usage chunk (without it, the usage of a
+    streamed answer is not told); any other body as it was."""
+    try:
+        doc: Any = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(doc, dict) or doc.get("stream") is not True:
+        return body
+    given = doc.get("stream_options")
+    options: dict[str, Any] = given if isinstance(given, dict) else {}
+    if options.get("include_usage") is True:
+        return body
+    return json.dumps({**doc, "stream_options": {**options, "include_usage": True}}).encode()
 
 
 def requested_model(body: bytes) -> str | None:
