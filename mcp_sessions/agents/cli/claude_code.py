@@ -15,30 +15,28 @@ import logging
 import shlex
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import anyio.abc
-import httpx
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from sandbox_backends.base import Sandbox, SandboxError
+from sandbox_backends.base import SandboxError
 
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
-from ..pricing import PriceTable
 from . import binaries
-from .link import Door, Link, LinkClosed
-from .proxy import PLACEHOLDER_KEY, ModelProxy, ProxyTurn, Upstream
+from .base import CliAgent, Running
+from .link import Link, LinkClosed
+from .proxy import ANTHROPIC, PLACEHOLDER_KEY, ProxyTurn, Upstream
 from .stream_json import TurnReader
-from .streams import serve
 
 log = logging.getLogger(__name__)
 
 NAME = "claude-code"
 STATE_DIR = ".mcp-sessions/claude-code"
 """The CLI's HOME and log, relative to the workspace (so they live as long as the session's files)."""
+LOG = f"{STATE_DIR}/claude.log"
 CONNECT_WAIT_S = 30.0
 INTERRUPT_WAIT_S = 5.0
 QUIET_ENV = {
@@ -101,97 +99,18 @@ def check_args(args: list[str]) -> list[str]:
     return args
 
 
-@dataclass
-class Running:
-    """What this server holds for one session: its proxy and door, and its CLI process while one is joined."""
-
-    proxy: ModelProxy
-    door: Door = field(default_factory=Door)
-    sandbox: Sandbox | None = None
-    proxy_at: str = ""
-    door_at: str = ""
-    link: Link | None = None
-    last_turn: int = 0
-    """The session's turn the process last answered: one that is not the turn before this one means another
-    server process ran turns meanwhile, which this process's CLI has not seen."""
-
-
-class ClaudeCodeAgent:
+class ClaudeCodeAgent(CliAgent):
     name = NAME
-
-    def __init__(self, settings: ClaudeCodeSettings, prices: PriceTable) -> None:
-        self.settings = settings
-        self.prices = prices
-        self._running: dict[str, Running] = {}
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._client: httpx.AsyncClient | None = None
-
-    # -- set-up ---------------------------------------------------------------------------------------
-
-    def configure(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        binaries.binary(self.settings.cli_agents_dir, NAME)  # a missing binary fails create_session now
-        return model or self.settings.claude_code_model, {k: v for k, v in options.items() if v is not None}
-
-    def host_files(self, options: dict[str, Any]) -> dict[str, str]:
-        return {"claude": str(binaries.binary(self.settings.cli_agents_dir, NAME))}
-
-    async def run_background(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0)) as client, anyio.create_task_group() as tg:
-            self._client, self._tg = client, tg
-            task_status.started()
-            try:
-                await anyio.sleep_forever()
-            finally:
-                for running in self._running.values():
-                    if running.link is not None:
-                        await running.link.close()
-
-    def _http(self) -> httpx.AsyncClient:
-        assert self._client is not None, "run_background runs for the server's life"
-        return self._client
+    mount = "claude"
 
     async def _joined(self, ctx: TurnContext) -> tuple[Running, Link]:
         """The session's proxy and door served into its sandbox, and its CLI process, launched if none is joined."""
-        sid = ctx.session.id
-        running = self._running.get(sid)
-        if running is None:
-            key = self.settings.claude_code_api_key
-            upstream = Upstream(self.settings.claude_code_base_url, key.get_secret_value() if key else None)
-            running = self._running[sid] = Running(ModelProxy(upstream, self.prices, self._http))
-        if running.sandbox is not ctx.sandbox:
-            if self._tg is None:
-                raise SandboxError("The claude-code agent is not serving (its server part has not started).")
-            running.proxy_at, running.door_at = await self._tg.start(self._serve, sid, running, ctx.sandbox)
+        running = await self.served(ctx)
         if running.link is not None and running.last_turn != ctx.session.turns - 1:
             await running.link.close()  # it has not seen turns run elsewhere: resume them from its state
         if running.link is None or running.link.closed.is_set():
             running.link = await self._launch(ctx, running)
         return running, running.link
-
-    async def _serve(
-        self,
-        sid: str,
-        running: Running,
-        sandbox: Sandbox,
-        *,
-        task_status: anyio.abc.TaskStatus[tuple[str, str]] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve the session's proxy and door into its sandbox until the sandbox closes (the session closed: what
-        this server held for it goes) or the server stops."""
-        try:
-            async with anyio.create_task_group() as tg:
-                task_status.started(
-                    (await serve(sandbox, running.proxy.handle, tg), await serve(sandbox, running.door.handle, tg))
-                )
-                running.sandbox = sandbox
-        finally:
-            if running.sandbox is sandbox:
-                running.sandbox = None
-                if running.link is not None:
-                    with anyio.CancelScope(shield=True):
-                        await running.link.close()
-                if self._running.get(sid) is running:
-                    del self._running[sid]
 
     async def _launch(self, ctx: TurnContext, running: Running) -> Link:
         """Start the CLI in the sandbox, resuming the session's conversation if it has one, and wait for it to join."""
@@ -230,17 +149,10 @@ setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(
                 raise SandboxError(f"Claude Code could not be started in the sandbox: {result.output.strip()[-500:]}")
             with anyio.move_on_after(CONNECT_WAIT_S):
                 return await arrived.receive()
-            raise SandboxError(f"Claude Code did not start within {CONNECT_WAIT_S:g} s; its log: {await self._log_tail(ctx)}")
+            raise SandboxError(f"Claude Code did not start within {CONNECT_WAIT_S:g} s; its log: {await self.log_tail(ctx, LOG)}")
         finally:
             running.door.forget(nonce)
             arrived.close()
-
-    async def _log_tail(self, ctx: TurnContext) -> str:
-        try:
-            text = (await ctx.sandbox.read_file(f"{STATE_DIR}/claude.log", ctx.max_file_bytes)).decode(errors="replace")
-        except (OSError, SandboxError):
-            return "(no log)"
-        return text.strip()[-800:] or "(empty)"
 
     # -- a turn ---------------------------------------------------------------------------------------
 
@@ -260,7 +172,7 @@ setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(
                 running.link = None
                 if attempt == 1 and not reader.lines:
                     continue  # it had exited between turns (an interrupt of the idle session stops it): start it again
-                reason = f"Claude Code exited during the turn; its log: {await self._log_tail(ctx)}"
+                reason = f"Claude Code exited during the turn; its log: {await self.log_tail(ctx, LOG)}"
                 return reader.outcome("failed", reason, time.monotonic() - started)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
@@ -294,7 +206,11 @@ setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(
 
 
 def _make(settings: object, context: AgentContext) -> ClaudeCodeAgent:
-    return ClaudeCodeAgent(settings if isinstance(settings, ClaudeCodeSettings) else ClaudeCodeSettings(), context.prices)
+    s = settings if isinstance(settings, ClaudeCodeSettings) else ClaudeCodeSettings()
+    key = s.claude_code_api_key.get_secret_value() if s.claude_code_api_key else None
+    return ClaudeCodeAgent(
+        s.cli_agents_dir, Upstream(s.claude_code_base_url, key, ANTHROPIC), s.claude_code_model, context.prices
+    )
 
 
 plugin = AgentPlugin(
