@@ -35,7 +35,8 @@ def llm() -> Iterator[FakeLLM]:
 async def served(llm: FakeLLM, dialect: Dialect) -> AsyncIterator[tuple[str, ModelProxy, ProxyTurn]]:
     """A proxy to `llm` in `dialect`, with a turn running, on a loopback listener: its URL, it, its turn."""
     async with httpx.AsyncClient() as upstream, anyio.create_task_group() as tg:
-        proxy = ModelProxy(Upstream(llm.url, KEY, dialect), PriceTable.load(), lambda: upstream)
+        base = llm.openai_base_url if dialect is OPENAI else llm.url
+        proxy = ModelProxy(Upstream(base, KEY, dialect), PriceTable.load(), lambda: upstream)
         turn = proxy.turn = ProxyTurn(Usage())
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
         tg.start_soon(listener.serve, proxy.handle)

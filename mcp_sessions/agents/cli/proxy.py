@@ -49,6 +49,8 @@ class Dialect:
     """(method, path) pairs allowed, the path without its query."""
     key_header: Callable[[str], tuple[str, str]]
     meter: type[Meter]
+    base_holds: str = ""
+    """What the upstream's base URL ends with, by the API's custom (OpenAI's `.../v1`): dropped from the path."""
 
     def error(self, kind: str, message: str) -> dict[str, Any]:
         """An error body in the API's own shape, which its CLIs print."""
@@ -68,9 +70,10 @@ OPENAI = Dialect(
     frozenset({("POST", "/v1/responses"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models")}),
     lambda key: ("authorization", f"Bearer {key}"),
     OpenAIMeter,
+    "/v1",
 )
 """OpenAI Responses and Chat Completions, as OpenAI, a LiteLLM proxy or any compatible server serves them
-(the upstream's base URL is the part before `/v1`)."""
+(the upstream's base URL ends with `/v1`, as OPENAI_BASE_URL does)."""
 DROPPED = {
     "host",
     "content-length",
@@ -198,7 +201,8 @@ class ModelProxy:
             headers.append(self.upstream.dialect.key_header(self.upstream.key))
         if path == "/v1/chat/completions":
             body = ask_for_usage(body)
-        url = self.upstream.base_url.rstrip("/") + path + (f"?{query}" if query else "")
+        url = self.upstream.base_url.rstrip("/") + path.removeprefix(self.upstream.dialect.base_holds)
+        url += f"?{query}" if query else ""
         client = self._client()
         try:
             response = await client.send(client.build_request(method, url, headers=headers, content=body), stream=True)
