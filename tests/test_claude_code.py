@@ -36,10 +36,10 @@ MODEL = "claude-sonnet-4-5"
 INSTALLED = binaries.default_dir()
 
 
-def installed() -> None:
-    """Claude Code must be installed here (CI installs it); elsewhere its tests skip, saying how to run them."""
+def installed(name: str = "claude-code") -> None:
+    """The CLI must be installed here (CI installs it); elsewhere its tests skip, saying how to run them."""
     try:
-        binaries.binary(INSTALLED, "claude-code")
+        binaries.binary(INSTALLED, name)
     except ValueError as e:
         unavailable(str(e))
 

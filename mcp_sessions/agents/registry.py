@@ -18,6 +18,7 @@ BUILTIN = {
     "llm": "mcp_sessions.agents.llm:plugin",
     "remote": "mcp_sessions.agents.remote:plugin",
     "claude-code": "mcp_sessions.agents.cli.claude_code:plugin",
+    "codex": "mcp_sessions.agents.cli.codex:plugin",
 }
 
 

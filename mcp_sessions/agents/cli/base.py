@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import httpx
+from pydantic import BaseModel, Field, SecretStr
 
 from sandbox_backends.base import Sandbox, SandboxError
 
@@ -21,6 +22,41 @@ from . import binaries
 from .link import Door, Link
 from .proxy import ModelProxy, Upstream
 from .streams import serve
+
+
+class CliSettings(BaseModel):
+    """The server settings of every CLI agent (one section, shared by their plugins)."""
+
+    cli_agents_dir: Path = Field(
+        default_factory=binaries.default_dir,
+        description="Folder of the coding-agent CLIs' binaries, filled by scripts/install-cli-agents.sh.",
+    )
+    claude_code_model: str | None = Field(None, description="Default model of the claude-code agent (else Claude Code's own).")
+    claude_code_base_url: str = Field(
+        "https://api.anthropic.com",
+        description="Anthropic Messages API the claude-code agent's model proxy forwards to (Anthropic, a LiteLLM proxy).",
+        json_schema_extra={"env": "ANTHROPIC_BASE_URL"},
+    )
+    claude_code_api_key: SecretStr | None = Field(
+        None,
+        description="Key the model proxy adds to the claude-code agent's requests (the sandbox never sees it).",
+        json_schema_extra={"env": "ANTHROPIC_API_KEY"},
+    )
+    codex_model: str | None = Field(None, description="Default model of the codex agent (else Codex's own).")
+    codex_base_url: str = Field(
+        "https://api.openai.com/v1",
+        description="OpenAI Responses API the codex agent's model proxy forwards to (OpenAI, a LiteLLM proxy).",
+        json_schema_extra={"env": "OPENAI_BASE_URL"},
+    )
+    codex_api_key: SecretStr | None = Field(
+        None,
+        description="Key the model proxy adds to the codex agent's requests (the sandbox never sees it).",
+        json_schema_extra={"env": "OPENAI_API_KEY"},
+    )
+
+
+def secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 @dataclass

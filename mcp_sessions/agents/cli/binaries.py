@@ -24,6 +24,9 @@ class Pinned:
 
 PINNED = {
     "claude-code": Pinned("@anthropic-ai/claude-code", "2.1.197", "node_modules/@anthropic-ai/claude-code-linux-x64/claude"),
+    "codex": Pinned(
+        "@openai/codex", "0.171.0", "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+    ),
 }
 
 

@@ -15,18 +15,16 @@ import logging
 import shlex
 import time
 import uuid
-from pathlib import Path
 from typing import Literal
 
 import anyio
 import anyio.abc
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from sandbox_backends.base import SandboxError
 
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
-from . import binaries
-from .base import CliAgent, Running
+from .base import CliAgent, CliSettings, Running
 from .link import Link, LinkClosed
 from .proxy import ANTHROPIC, PLACEHOLDER_KEY, ProxyTurn, Upstream
 from .stream_json import TurnReader
@@ -49,24 +47,6 @@ QUIET_ENV = {
 ARGS_WITH_VALUE = ("--max-turns", "--allowedTools", "--disallowedTools", "--append-system-prompt", "--effort", "--fallback-model")
 """The only flags a caller may add; each takes one value (`--flag value` or `--flag=value`)."""
 SESSION_NAMESPACE = uuid.UUID("6f1c3a52-4be5-4a51-9a3e-0c1de2b8f0a7")
-
-
-class ClaudeCodeSettings(BaseModel):
-    cli_agents_dir: Path = Field(
-        default_factory=binaries.default_dir,
-        description="Folder of the coding-agent CLIs' binaries, filled by scripts/install-cli-agents.sh.",
-    )
-    claude_code_model: str | None = Field(None, description="Default model of the claude-code agent (else Claude Code's own).")
-    claude_code_base_url: str = Field(
-        "https://api.anthropic.com",
-        description="Anthropic Messages API the claude-code agent's model proxy forwards to (Anthropic, a LiteLLM proxy).",
-        json_schema_extra={"env": "ANTHROPIC_BASE_URL"},
-    )
-    claude_code_api_key: SecretStr | None = Field(
-        None,
-        description="Key the model proxy adds to the claude-code agent's requests (the sandbox never sees it).",
-        json_schema_extra={"env": "ANTHROPIC_API_KEY"},
-    )
 
 
 class ClaudeCodeOptions(BaseModel):
@@ -206,7 +186,7 @@ setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(
 
 
 def _make(settings: object, context: AgentContext) -> ClaudeCodeAgent:
-    s = settings if isinstance(settings, ClaudeCodeSettings) else ClaudeCodeSettings()
+    s = settings if isinstance(settings, CliSettings) else CliSettings()
     key = s.claude_code_api_key.get_secret_value() if s.claude_code_api_key else None
     return ClaudeCodeAgent(
         s.cli_agents_dir, Upstream(s.claude_code_base_url, key, ANTHROPIC), s.claude_code_model, context.prices
@@ -217,6 +197,6 @@ plugin = AgentPlugin(
     name=NAME,
     make=_make,
     summary="Claude Code (the CLI) in the sandbox; the key stays in the server",
-    settings=ClaudeCodeSettings,
+    settings=CliSettings,
     options=ClaudeCodeOptions,
 )
