@@ -92,6 +92,12 @@ def _sse(data: Any, event: str | None = None) -> bytes:
     return f"{head}data: {json.dumps(data) if not isinstance(data, str) else data}\n\n".encode()
 
 
+def openai_error(failure: Fail) -> JSONResponse:
+    """An error in the OpenAI APIs' shape."""
+    body = {"error": {"message": failure.message, "type": "fake_error", "param": None, "code": str(failure.status)}}
+    return JSONResponse(body, status_code=failure.status, headers=failure.headers)
+
+
 def _pieces(text: str, size: int = 8) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
@@ -153,18 +159,16 @@ class FakeLLM:
         except queue.Empty:
             return None, body
 
+    async def _next(self, request: Request) -> tuple[Reply | Fail, dict[str, Any]]:
+        scripted, body = await self._take(request)
+        return (Fail(500, "no scripted response left") if scripted is None else scripted), body
+
     # -- OpenAI Chat Completions -----------------------------------------------------------------
 
     async def _openai(self, request: Request) -> Response:
-        scripted, body = await self._take(request)
-        if scripted is None:
-            scripted = Fail(500, "no scripted response left")
+        scripted, body = await self._next(request)
         if isinstance(scripted, Fail):
-            return JSONResponse(
-                {"error": {"message": scripted.message, "type": "fake_error", "param": None, "code": str(scripted.status)}},
-                status_code=scripted.status,
-                headers=scripted.headers,
-            )
+            return openai_error(scripted)
         reply = scripted
         model = reply.model or body.get("model") or "fake"
         include_usage = (body.get("stream_options") or {}).get("include_usage")
@@ -225,9 +229,7 @@ class FakeLLM:
     # -- Anthropic Messages ----------------------------------------------------------------------
 
     async def _anthropic(self, request: Request) -> Response:
-        scripted, body = await self._take(request)
-        if scripted is None:
-            scripted = Fail(500, "no scripted response left")
+        scripted, body = await self._next(request)
         if isinstance(scripted, Fail):
             kind = ANTHROPIC_ERROR_TYPES.get(scripted.status, "api_error")
             return JSONResponse(
@@ -312,15 +314,9 @@ class FakeLLM:
     # -- OpenAI Responses ------------------------------------------------------------------------
 
     async def _responses(self, request: Request) -> Response:
-        scripted, body = await self._take(request)
-        if scripted is None:
-            scripted = Fail(500, "no scripted response left")
+        scripted, body = await self._next(request)
         if isinstance(scripted, Fail):
-            return JSONResponse(
-                {"error": {"message": scripted.message, "type": "fake_error", "param": None, "code": str(scripted.status)}},
-                status_code=scripted.status,
-                headers=scripted.headers,
-            )
+            return openai_error(scripted)
         reply = scripted
         response: dict[str, Any] = {
             "id": "resp_" + secrets.token_hex(6),

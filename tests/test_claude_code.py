@@ -44,9 +44,13 @@ def installed(name: str = "claude-code") -> None:
         unavailable(str(e))
 
 
+AGENT = "claude-code"
+"""The agent this module's fixtures make sessions of (test_codex.py uses them for its own)."""
+
+
 @pytest.fixture
-def llm() -> Iterator[FakeLLM]:
-    installed()
+def llm(request: pytest.FixtureRequest) -> Iterator[FakeLLM]:
+    installed(request.module.AGENT)
     with FakeLLM() as fake:
         yield fake
 
@@ -60,10 +64,8 @@ def driver(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(home: Path, llm: FakeLLM, driver: str, request: pytest.FixtureRequest) -> Iterator[Settings]:
-    values: dict[str, Any] = dict(
-        home=home, driver=driver, image=IMAGE, agent="claude-code", claude_code_base_url=llm.url, claude_code_api_key=KEY
-    )
-    settings = Settings(**values)
+    upstreams = dict(claude_code_base_url=llm.url, claude_code_api_key=KEY, codex_base_url=llm.openai_base_url, codex_api_key=KEY)
+    settings = Settings(home=home, driver=driver, image=IMAGE, agent=request.module.AGENT, **upstreams)
     yield settings
     if driver == "docker":
         remove_labelled(request.getfixturevalue("docker_engine"), server_id(settings))
@@ -133,6 +135,18 @@ class Inside:
 LIST_PIDS = "for p in /proc/[0-9]*; do [ -r $p/exe ] && echo ${p#/proc/}; done"
 
 
+def stdio_server(settings: Settings) -> StdioServerParameters:
+    """The server as a process of its own over stdio, set as `settings` say (so it can be killed)."""
+    names = ("home", "driver", "image", "agent", "claude_code_base_url", "claude_code_api_key", "codex_base_url", "codex_api_key")
+    values = settings.values()
+    env = {
+        f"MCP_SESSIONS_{n.upper()}": str(v.get_secret_value() if hasattr(v, "get_secret_value") else v)
+        for n in names
+        if (v := values[n])
+    }
+    return StdioServerParameters(command=sys.executable, args=["-m", "mcp_sessions"], env={**os.environ, **env})
+
+
 def write_file_task() -> list[Reply]:
     return [
         Reply(text="Writing it.", tool_calls=[ToolCall("Bash", {"command": "echo hello > hi.txt", "description": "write"})]),
@@ -150,18 +164,27 @@ def user_texts(body: dict[str, Any]) -> list[str]:
     return texts
 
 
-async def test_a_task_writes_a_file_with_the_cli_tools_and_the_next_turn_continues(
-    home: Path, llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
-) -> None:
-    llm.script(*write_file_task(), Reply(text="You asked for hi.txt."))
-    sid = (await call(client, "create_session", model=MODEL))["id"]
+async def wrote_a_file(
+    client: Client, llm: FakeLLM, look: Callable[[str], Inside], model: str, task: list[Reply], *after: Reply
+) -> tuple[str, dict[str, Any]]:
+    """A new session's first turn on `model`, `task` (then `after`): the CLI wrote hi.txt with its own tools and says so, and
+    the turn's usage is what the fake reported, counted by the proxy (two requests, the second with cached
+    tokens). The session's id, and that usage."""
+    llm.script(*task, *after)
+    sid = (await call(client, "create_session", model=model))["id"]
     reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
     assert reply["turn_status"] == "completed", reply
     assert reply["output"] == "I wrote hi.txt."
-    assert await inside(sid).sh("cat hi.txt") == "hello\n"
-    # usage as the fake reported it, counted by the proxy: two requests, the second with cached tokens
+    assert await look(sid).sh("cat hi.txt") == "hello\n"
     usage = reply["usage"]
     assert (usage["input_tokens"], usage["output_tokens"], usage["cache_read_tokens"]) == (250, 50, 7)
+    return sid, usage
+
+
+async def test_a_task_writes_a_file_with_the_cli_tools_and_the_next_turn_continues(
+    home: Path, llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
+) -> None:
+    sid, usage = await wrote_a_file(client, llm, inside, MODEL, write_file_task(), Reply(text="You asked for hi.txt."))
     assert usage["cost_usd"] == pytest.approx((250 * 3 + 50 * 15 + 7 * 0.3) / 1e6)
 
     events = (await call(client, "get_session", session_id=sid, events_after=0))["events"]
@@ -292,27 +315,19 @@ async def test_an_interrupt_of_the_idle_session_stops_the_cli_and_the_next_turn_
     assert user_texts(llm.requests[-1].body) == ["one", "two"]
 
 
-async def test_a_missing_binary_fails_create_session_naming_the_install_script(home: Path, tmp_path: Path) -> None:
-    settings = Settings(home=home, agent="claude-code", cli_agents_dir=tmp_path / "empty")
+@pytest.mark.parametrize("agent", ["claude-code", "codex"])
+async def test_a_missing_binary_fails_create_session_naming_the_install_script(home: Path, tmp_path: Path, agent: str) -> None:
+    settings = Settings(home=home, agent=agent, cli_agents_dir=tmp_path / "empty")
     async with Client(create_server(settings)) as client:
         error = await call_error(client, "create_session")
-    assert "scripts/install-cli-agents.sh claude-code" in error and "is not installed" in error
+    assert f"scripts/install-cli-agents.sh {agent}" in error and "is not installed" in error
 
 
 async def test_the_conversation_goes_on_after_the_server_is_killed(
     home: Path, llm: FakeLLM, settings: Settings, inside: Callable[[str], Inside]
 ) -> None:
     llm.script(*write_file_task(), Reply(text="You asked for hi.txt."))
-    env = {
-        **os.environ,
-        "MCP_SESSIONS_HOME": str(home),
-        "MCP_SESSIONS_DRIVER": settings.driver,
-        "MCP_SESSIONS_IMAGE": IMAGE,
-        "MCP_SESSIONS_AGENT": "claude-code",
-        "MCP_SESSIONS_CLAUDE_CODE_BASE_URL": llm.url,
-        "MCP_SESSIONS_CLAUDE_CODE_API_KEY": KEY,
-    }
-    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_sessions"], env=env)
+    params = stdio_server(settings)
     async with Client(params) as first:
         sid = (await call(first, "create_session", model=MODEL))["id"]
         reply = await call(first, "send_message", session_id=sid, text="write hi.txt", wait_s=50)

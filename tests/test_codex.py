@@ -6,25 +6,21 @@ fake model server on this machine, which the sandbox reaches only through the pr
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client
 
 from mcp_sessions.agents.cli.proxy import PLACEHOLDER_KEY
-from mcp_sessions.app import server_id
-from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 
-from .conftest import call, call_error
+from .conftest import call
 from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
 from .fake_llm import FakeLLM, Reply, ToolCall
-from .test_claude_code import KEY, Inside, driver, installed  # noqa: F401  (driver is a fixture)
+from .test_claude_code import KEY, Inside, client, driver, inside, llm, settings, stdio_server, wrote_a_file  # noqa: F401  (fixtures)
 from .test_llm_agent import stored_messages
 from .test_stdio import kill_server
 
@@ -33,33 +29,7 @@ pytestmark = pytest.mark.anyio
 MODEL = "gpt-4.1"
 
 
-@pytest.fixture
-def llm() -> Iterator[FakeLLM]:
-    installed("codex")
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture
-def settings(home: Path, llm: FakeLLM, driver: str, request: pytest.FixtureRequest) -> Iterator[Settings]:
-    settings = Settings(
-        home=home, driver=driver, image=IMAGE, agent="codex", codex_base_url=llm.openai_base_url, codex_api_key=KEY
-    )
-    yield settings
-    if driver == "docker":
-        remove_labelled(request.getfixturevalue("docker_engine"), server_id(settings))
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[Client]:
-    async with Client(create_server(settings)) as c:
-        yield c
-
-
-@pytest.fixture
-def inside(settings: Settings, request: pytest.FixtureRequest) -> Callable[[str], Inside]:
-    engine = request.getfixturevalue("docker_engine") if settings.driver == "docker" else None
-    return lambda sid: Inside(settings.driver, settings.home, sid, engine)
+AGENT = "codex"
 
 
 def write_file_task() -> list[Reply]:
@@ -81,14 +51,7 @@ def user_texts(body: dict[str, Any]) -> list[str]:
 async def test_a_task_writes_a_file_with_codex_and_the_next_turn_continues(
     home: Path, llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
 ) -> None:
-    llm.script(*write_file_task(), Reply(text="You asked for hi.txt."))
-    sid = (await call(client, "create_session", model=MODEL))["id"]
-    reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
-    assert reply["turn_status"] == "completed", reply
-    assert reply["output"] == "I wrote hi.txt."
-    assert await inside(sid).sh("cat hi.txt") == "hello\n"
-    usage = reply["usage"]  # as the fake reported it, counted by the proxy
-    assert (usage["input_tokens"], usage["output_tokens"], usage["cache_read_tokens"]) == (250, 50, 7)
+    sid, usage = await wrote_a_file(client, llm, inside, MODEL, write_file_task(), Reply(text="You asked for hi.txt."))
     assert usage["cost_usd"] == pytest.approx((250 * 2.0 + 50 * 8.0 + 7 * 0.5) / 1e6)
 
     events = (await call(client, "get_session", session_id=sid, events_after=0))["events"]
@@ -135,16 +98,7 @@ async def test_interrupt_stops_codex_and_the_conversation_goes_on(
 
 async def test_codex_goes_on_after_the_server_is_killed(home: Path, llm: FakeLLM, settings: Settings) -> None:
     llm.script(*write_file_task(), Reply(text="You asked for hi.txt."))
-    env = {
-        **os.environ,
-        "MCP_SESSIONS_HOME": str(home),
-        "MCP_SESSIONS_DRIVER": settings.driver,
-        "MCP_SESSIONS_IMAGE": IMAGE,
-        "MCP_SESSIONS_AGENT": "codex",
-        "MCP_SESSIONS_CODEX_BASE_URL": llm.openai_base_url,
-        "MCP_SESSIONS_CODEX_API_KEY": KEY,
-    }
-    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_sessions"], env=env)
+    params = stdio_server(settings)
     async with Client(params) as first:
         sid = (await call(first, "create_session", model=MODEL))["id"]
         assert (await call(first, "send_message", session_id=sid, text="write hi.txt", wait_s=50))["turn_status"] == "completed"
@@ -153,10 +107,3 @@ async def test_codex_goes_on_after_the_server_is_killed(home: Path, llm: FakeLLM
         reply = await call(second, "send_message", session_id=sid, text="what did I ask?", wait_s=50)
         assert reply["turn_status"] == "completed" and reply["output"] == "You asked for hi.txt.", reply
     assert user_texts(llm.requests[-1].body) == ["write hi.txt", "what did I ask?"]
-
-
-async def test_a_missing_codex_fails_create_session_naming_the_install_script(home: Path, tmp_path: Path) -> None:
-    settings = Settings(home=home, agent="codex", cli_agents_dir=tmp_path / "empty")
-    async with Client(create_server(settings)) as client:
-        error = await call_error(client, "create_session")
-    assert "scripts/install-cli-agents.sh codex" in error

@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field, SecretStr
 
 from sandbox_backends.base import Sandbox, SandboxError
 
-from ..base import TurnContext
+from ...models import ContentBlock, TextBlock
+from ..base import TurnContext, TurnOutcome
 from ..pricing import PriceTable
 from . import binaries
 from .link import Door, Link
@@ -156,3 +157,22 @@ class CliAgent:
         except (OSError, SandboxError):
             return "(no log)"
         return text.strip()[-800:] or "(empty)"
+
+
+def outcome(ctx: TurnContext, status: str, reason: str | None, duration_s: float, answer: str | None = None) -> TurnOutcome:
+    """A CLI turn's outcome: the reply is `answer` (the CLI's final text), else its last text this turn; the
+    messages are the turn's; the usage is what the proxy counted."""
+    if answer is None:
+        last = next((m for m in reversed(ctx.messages) if m.role == "assistant" and m.text()), None)
+        answer = last.text() if last is not None else ""
+    content: list[ContentBlock] = [TextBlock(text=answer)] if answer else []
+    return TurnOutcome(
+        status=status,  # type: ignore[arg-type]
+        content=content,
+        duration_s=duration_s,
+        output=answer,
+        output_bytes=len(answer.encode()),
+        reason=reason,
+        usage=ctx.usage,
+        messages=ctx.messages,
+    )

@@ -1,6 +1,7 @@
 """The `codex` agent: OpenAI's Codex CLI runs in the session's sandbox, one `codex exec --json` per message.
 
-Its model requests go to the session's model proxy (OpenAI Responses: the only API Codex speaks), which
+Its HOME is that folder too, so the login shells it runs read no profile of the server's user (on the local
+driver). Its model requests go to the session's model proxy (OpenAI Responses: the only API Codex speaks), which
 holds the key; it is given a placeholder. Its state (CODEX_HOME: config and the recorded conversation)
 is a folder in the workspace, and every turn after the first is `codex exec resume --last`: the session's
 only conversation, so the conversation goes on across turns, interrupts and server restarts. Each turn
@@ -16,9 +17,9 @@ import shlex
 import time
 from typing import Any
 
-from ...models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
-from .base import CliAgent, CliSettings, secret
+from .base import CliAgent, CliSettings, outcome, secret
 from .proxy import OPENAI, PLACEHOLDER_KEY, ProxyTurn, Upstream
 
 NAME = "codex"
@@ -59,7 +60,7 @@ class CodexAgent(CliAgent):
         script = f"""(
 cd {workspace} || exit 1
 state={workspace}/{STATE_DIR}
-export CODEX_HOME="$state/home" {KEY_ENV}={PLACEHOLDER_KEY}
+export HOME="$state/home" CODEX_HOME="$state/home" {KEY_ENV}={PLACEHOLDER_KEY}
 if compgen -G "$state/home/sessions/*/*/*/*.jsonl" >/dev/null; then set -- resume --last; else set --; fi
 "$MCP_SESSIONS_MOUNTS/codex" exec --json --skip-git-repo-check --disable plugins --disable remote_plugin "$@" - \\
   <"$state/message" 2>>"$state/codex.log"
@@ -149,20 +150,8 @@ class ExecReader:
         self.ctx.messages.append(Message(role="tool", content=[result], turn=turn))
 
     def outcome(self, status: str, reason: str | None, duration_s: float) -> TurnOutcome:
-        """The reply is Codex's last message; usage is what the proxy counted."""
-        last = next((m for m in reversed(self.ctx.messages) if m.role == "assistant" and m.text()), None)
-        answer = last.text() if last is not None else ""
-        content: list[ContentBlock] = [TextBlock(text=answer)] if answer else []
-        return TurnOutcome(
-            status=status,  # type: ignore[arg-type]
-            content=content,
-            duration_s=duration_s,
-            output=answer,
-            output_bytes=len(answer.encode()),
-            reason=reason,
-            usage=self.ctx.usage,
-            messages=self.ctx.messages,
-        )
+        """The reply is Codex's last message."""
+        return outcome(self.ctx, status, reason, duration_s)
 
 
 def _make(settings: object, context: AgentContext) -> CodexAgent:

@@ -17,6 +17,7 @@ import anyio
 from ...models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from ..base import TurnContext, TurnOutcome
 from .approvals import WAITING
+from .base import outcome
 from .link import Link
 
 TEXT_FLUSH_CHARS = 400
@@ -149,22 +150,9 @@ class TurnReader:
         return f"Claude Code ended the turn with an error ({result.get('subtype')}): {str(said)[:1000]}"
 
     def outcome(self, status: str, reason: str | None, duration_s: float, result: dict[str, Any] | None = None) -> TurnOutcome:
-        """The turn's outcome: the reply is the CLI's final text (else its last text), usage as the proxy counted it."""
+        """The turn's outcome: the reply is the CLI's final text (else its last text)."""
         answer = result.get("result") if result is not None and isinstance(result.get("result"), str) else None
-        if answer is None:
-            last = next((m for m in reversed(self.ctx.messages) if m.role == "assistant" and m.text()), None)
-            answer = last.text() if last is not None else ""
-        content: list[ContentBlock] = [TextBlock(text=answer)] if answer else []
-        return TurnOutcome(
-            status=status,  # type: ignore[arg-type]
-            content=content,
-            duration_s=duration_s,
-            output=answer,
-            output_bytes=len(answer.encode()),
-            reason=reason,
-            usage=self.ctx.usage,
-            messages=self.ctx.messages,
-        )
+        return outcome(self.ctx, status, reason, duration_s, answer)
 
 
 def flatten(content: Any) -> str:
