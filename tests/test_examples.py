@@ -101,6 +101,7 @@ async def test_each_client_config_starts_a_server_that_lists_the_tools(
         "interrupt",
         "close_session",
         "expose_port",
+        "answer_approval",
     }
 
 
