@@ -13,10 +13,16 @@ from typing import Any
 
 import anyio
 
-from ...errors import InvalidInput
+from ...errors import SessionError
 from ..base import TurnContext
 
 SHOWN_CHARS = 2000
+
+
+class NoSuchApproval(SessionError):
+    """No tool call waits under the request id given (HTTP 404)."""
+
+    code = "not_found"
 
 
 @dataclass
@@ -47,10 +53,10 @@ class Approvals:
         return pending.response
 
     def answer(self, session_id: str, request_id: str, allow: bool, message: str | None, updated: dict[str, Any] | None) -> str:
-        """Answer a waiting tool call; the tool's name. Raises InvalidInput if none waits under that id."""
+        """Answer a waiting tool call; the tool's name. Raises NoSuchApproval if none waits under that id."""
         pending = self._pending.get((session_id, request_id))
         if pending is None or pending.answered.is_set():
-            raise InvalidInput(
+            raise NoSuchApproval(
                 f"No tool call of session '{session_id}' waits for an answer under request_id '{request_id}' (answered "
                 "already, or its turn ended). Take request_id from the latest approval.requested event of get_session."
             )
