@@ -49,7 +49,16 @@ def inspector(tmp_path: Path) -> Inspector:
 def test_a_new_user_session_through_the_inspector_cli(inspector: Inspector) -> None:
     tools = inspector.run("tools/list")["tools"]
     assert sorted(t["name"] for t in tools) == sorted(
-        ["create_session", "send_message", "get_session", "list_sessions", "interrupt", "close_session", "expose_port", "answer_approval"]
+        [
+            "create_session",
+            "send_message",
+            "get_session",
+            "list_sessions",
+            "interrupt",
+            "close_session",
+            "expose_port",
+            "answer_approval",
+        ]
     )
     assert all("outputSchema" in t for t in tools)
 
