@@ -74,6 +74,7 @@ from .control.runner import (
     state_whole,
 )
 from .disk import check_disk_mb, measure
+from .local_mounts import MOUNTS_DIR, link_mounts
 from .local_processes import MARKER_ENV, POLL_S, alive, kill_marked, stop_process_group
 from .local_streams import LoopbackStreams
 from .local_terminal import LocalTerminal, open_pty_terminal
@@ -84,7 +85,6 @@ from .regular_files import list_folder, read_regular, resolve_inside, write_regu
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
 """Server variables a local command sees. Everything else, API keys included, stays out."""
 
-MOUNTS_DIR = "mounts"
 EXIT_WAIT_S = 2.0
 READ_CHUNK = 1 << 20
 
@@ -500,17 +500,6 @@ class LocalDriver:
             env[MOUNTS_ENV] = str(self.root / spec.name / MOUNTS_DIR)
         return env
 
-    def _link_mounts(self, sandbox: LocalSandbox, spec: SandboxSpec) -> None:
-        """Mounts are links from the sandbox folder: a local sandbox sees the host's files anyway."""
-        if not spec.mounts:
-            return
-        folder = sandbox._base / MOUNTS_DIR
-        folder.mkdir(exist_ok=True)
-        for name, host_path in spec.mounts.items():
-            link = folder / name
-            link.unlink(missing_ok=True)
-            link.symlink_to(host_path)
-
     def _sandbox(self, spec: SandboxSpec) -> LocalSandbox:
         isolation = spec.options.get("isolation") or "plain"
         sandbox = LocalSandbox(spec.name, self.root / spec.name, self._env(spec), self._limits(spec), isolation, self.hidden)
@@ -536,7 +525,7 @@ class LocalDriver:
         sandbox._state.mkdir()
         (sandbox._base / "tmp").mkdir(mode=0o700)
         (sandbox._state / RUNNER_FILE).write_text(RUNNER)
-        self._link_mounts(sandbox, spec)
+        link_mounts(sandbox._base / MOUNTS_DIR, spec.mounts)
         return sandbox
 
     async def attach(self, sandbox_id: str, spec: SandboxSpec) -> LocalSandbox:
@@ -546,7 +535,7 @@ class LocalDriver:
         sandbox._state.mkdir(exist_ok=True)
         (sandbox._base / "tmp").mkdir(mode=0o700, exist_ok=True)
         (sandbox._state / RUNNER_FILE).write_text(RUNNER)
-        self._link_mounts(sandbox, spec)
+        link_mounts(sandbox._base / MOUNTS_DIR, spec.mounts)
         return sandbox
 
     async def watch(self, on_failure: FailureCallback) -> None:
