@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from .agents.base import Agent, ConfiguresSessions
+from .agents.base import Agent, ConfiguresSessions, NeedsHostFiles
 from .egress import Network, check_network, proxy_env
 from .errors import InvalidInput, PayloadTooLarge
 from .inputs import IN_RANGE, MetadataValue
@@ -177,11 +177,14 @@ def new_record(
         raise InvalidInput(str(e)) from None
     model = request.model
     configures = agents[agent]
-    if isinstance(configures, ConfiguresSessions):  # the agent checks its options and fills in defaults
-        try:
+    mounts: dict[str, str] = {}
+    try:
+        if isinstance(configures, ConfiguresSessions):  # the agent checks its options and fills in defaults
             model, agent_options = configures.configure(model, agent_options)
-        except ValueError as e:
-            raise InvalidInput(str(e)) from None
+        if isinstance(configures, NeedsHostFiles):
+            mounts = configures.host_files(agent_options)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
     session = Session(
         id=new_session_id(),
         title=request.title,
@@ -205,4 +208,5 @@ def new_record(
         lease=lease,
         agent_options=agent_options,
         driver_options=driver_options,
+        mounts=mounts,
     )

@@ -105,7 +105,7 @@ class SessionManager:
         self._sandboxes.driver(self.settings.driver)  # its watch starts now, and a warm pool fills before the first create
         await self.recover()
         self._tg.start_soon(self._reap_idle_sessions)
-        self._tg.start_soon(self._turns.start_helpers)
+        await self._turns.start()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:

@@ -227,6 +227,7 @@ class SessionRecord(BaseModel):
     )
     driver_options: dict[str, Any] = Field(default_factory=dict, description="The driver's create options, e.g. which remote.")
     egress: list[str] = Field(default_factory=list, description="The host:port pairs its egress proxy connects to.")
+    mounts: dict[str, str] = Field(default_factory=dict, description="Host files its sandbox sees read-only (the agent's needs).")
     budget_from: list[str] = Field(
         default_factory=list,
         description="This session and its ancestors that set a budget, nearest first: whose budgets bind its turns.",
@@ -245,6 +246,8 @@ EventType = Literal[
     "tool.started",
     "tool.output",
     "tool.completed",
+    "approval.requested",
+    "approval.answered",
     "turn.completed",
     "turn.failed",
     "turn.interrupted",

@@ -56,15 +56,16 @@ class Catalog:
     # -- settings ----------------------------------------------------------------------------------
 
     def settings_sections(self) -> list[tuple[str, type[BaseModel]]]:
-        """(title, model) of every plugin with settings, e.g. ("docker driver", DockerSettings)."""
-        found: list[tuple[str, type[BaseModel]]] = []
-        for name, d in self.drivers.items():
-            if d.settings is not None:
-                found.append((f"{name} driver", d.settings))
-        for name, a in self.agents.items():
-            if a.settings is not None:
-                found.append((f"{name} agent", a.settings))
-        return found
+        """(title, model) of every plugin with settings, e.g. ("docker driver", DockerSettings); a model that
+        several plugins share is one section, e.g. ("claude-code, codex agent", CliSettings)."""
+        titles: dict[type[BaseModel], list[str]] = {}
+        kinds: dict[type[BaseModel], str] = {}
+        for kind, plugins in (("driver", self.drivers), ("agent", self.agents)):
+            for name, plugin in plugins.items():
+                if plugin.settings is not None:
+                    titles.setdefault(plugin.settings, []).append(name)
+                    kinds.setdefault(plugin.settings, kind)
+        return [(f"{', '.join(names)} {kinds[model]}", model) for model, names in titles.items()]
 
     # -- create options ----------------------------------------------------------------------------
 

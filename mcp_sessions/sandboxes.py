@@ -34,6 +34,7 @@ def spec_of(record: SessionRecord) -> SandboxSpec:
         tags=tuple(s.tags),
         model=s.model,
         options=record.driver_options,
+        mounts=record.mounts,
     )
 
 

@@ -38,7 +38,10 @@ if TYPE_CHECKING:
     from .tasks.core import TaskSupport
 
 ENTRY_POINT_GROUP = "mcp_sessions.tools"
-BUILTIN: dict[str, str] = {"expose_port": "mcp_sessions.previews:plugin"}
+BUILTIN: dict[str, str] = {
+    "expose_port": "mcp_sessions.previews:plugin",
+    "answer_approval": "mcp_sessions.agents.cli.approval_tool:plugin",
+}
 
 
 @dataclass(frozen=True)

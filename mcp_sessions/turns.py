@@ -20,7 +20,7 @@ from sandbox_backends.base import SandboxError, SandboxNotFound, SandboxRestarte
 from sandbox_backends.output import OutputBuffer
 
 from . import lifecycle
-from .agents.base import Agent, TurnContext, TurnOutcome
+from .agents.base import Agent, TurnContext, TurnOutcome, start_background
 from .disk_guard import DiskGuard, over_limit
 from .errors import SessionBusy, SessionClosed, StoreError
 from .events import POLL_S, EventWaiter
@@ -217,6 +217,11 @@ class Turns:
         self._spawned.set()
         self._tg.start_soon(self._run, record, text, running)
         return running
+
+    async def start(self) -> None:
+        """Start what runs beside the turns: the starter of their helpers, and the agents' own background work."""
+        self._tg.start_soon(self.start_helpers)
+        await start_background(self._agents.values(), self._tg)
 
     async def start_helpers(self) -> None:
         """Every tick, start the helper of each turn that has run since the last tick.

@@ -118,6 +118,12 @@ class SandboxSpec:
     tags: tuple[str, ...] = ()
     model: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    mounts: dict[str, str] = field(default_factory=dict)
+    """Host files the sandbox's commands see read-only, by name -> host path (a CLI's binary), each at
+    `$MCP_SESSIONS_MOUNTS/<name>` (the variable is set in every command's environment when there are any)."""
+
+
+MOUNTS_ENV = "MCP_SESSIONS_MOUNTS"
 
 
 @dataclass

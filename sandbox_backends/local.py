@@ -11,6 +11,7 @@ Layout under the driver's root:
     <root>/<name>/workspace/   the commands' starting cwd, and what file resources read
     <root>/<name>/.shell/      the runner's state: saved shell state, per-run script, output, exit code
     <root>/<name>/tmp/         the sandbox's /tmp, with isolation="bwrap"
+    <root>/<name>/mounts/      links to the host files of `SandboxSpec.mounts` ($MCP_SESSIONS_MOUNTS)
 
 Commands run in a long-lived runner (`control/runner.py`), a child of the server in a session of its
 own, fed run ids on a pipe. If the server dies, the runner finishes its command, writes the result and exits.
@@ -40,6 +41,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .base import (
     MAX_LISTED,
+    MOUNTS_ENV,
     ClosesOnExit,
     DiskUse,
     ExecResult,
@@ -72,6 +74,7 @@ from .control.runner import (
     state_whole,
 )
 from .disk import check_disk_mb, measure
+from .local_mounts import MOUNTS_DIR, link_mounts
 from .local_processes import MARKER_ENV, POLL_S, alive, kill_marked, stop_process_group
 from .local_streams import LoopbackStreams
 from .local_terminal import LocalTerminal, open_pty_terminal
@@ -493,6 +496,8 @@ class LocalDriver:
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env.update(spec.env)
         env[MARKER_ENV] = spec.name
+        if spec.mounts:
+            env[MOUNTS_ENV] = str(self.root / spec.name / MOUNTS_DIR)
         return env
 
     def _sandbox(self, spec: SandboxSpec) -> LocalSandbox:
@@ -520,6 +525,7 @@ class LocalDriver:
         sandbox._state.mkdir()
         (sandbox._base / "tmp").mkdir(mode=0o700)
         (sandbox._state / RUNNER_FILE).write_text(RUNNER)
+        link_mounts(sandbox._base / MOUNTS_DIR, spec.mounts)
         return sandbox
 
     async def attach(self, sandbox_id: str, spec: SandboxSpec) -> LocalSandbox:
@@ -529,6 +535,7 @@ class LocalDriver:
         sandbox._state.mkdir(exist_ok=True)
         (sandbox._base / "tmp").mkdir(mode=0o700, exist_ok=True)
         (sandbox._state / RUNNER_FILE).write_text(RUNNER)
+        link_mounts(sandbox._base / MOUNTS_DIR, spec.mounts)
         return sandbox
 
     async def watch(self, on_failure: FailureCallback) -> None:

@@ -1,6 +1,6 @@
 """A scriptable model server for tests: real HTTP on 127.0.0.1, speaking the documented wire formats of
-OpenAI Chat Completions (`POST /v1/chat/completions`, SSE with `stream: true`) and Anthropic Messages
-(`POST /v1/messages`, SSE), error bodies included.
+OpenAI Chat Completions (`POST /v1/chat/completions`, SSE with `stream: true`), OpenAI Responses
+(`POST /v1/responses`, SSE) and Anthropic Messages (`POST /v1/messages`, SSE), error bodies included.
 
     with FakeLLM() as llm:                      # starts on an ephemeral port, in a thread
         llm.script(
@@ -92,6 +92,12 @@ def _sse(data: Any, event: str | None = None) -> bytes:
     return f"{head}data: {json.dumps(data) if not isinstance(data, str) else data}\n\n".encode()
 
 
+def openai_error(failure: Fail) -> JSONResponse:
+    """An error in the OpenAI APIs' shape."""
+    body = {"error": {"message": failure.message, "type": "fake_error", "param": None, "code": str(failure.status)}}
+    return JSONResponse(body, status_code=failure.status, headers=failure.headers)
+
+
 def _pieces(text: str, size: int = 8) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
@@ -125,6 +131,7 @@ class FakeLLM:
             routes=[
                 Route("/v1/chat/completions", self._openai, methods=["POST"]),
                 Route("/v1/messages", self._anthropic, methods=["POST"]),
+                Route("/v1/responses", self._responses, methods=["POST"]),
             ]
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
@@ -152,18 +159,16 @@ class FakeLLM:
         except queue.Empty:
             return None, body
 
+    async def _next(self, request: Request) -> tuple[Reply | Fail, dict[str, Any]]:
+        scripted, body = await self._take(request)
+        return (Fail(500, "no scripted response left") if scripted is None else scripted), body
+
     # -- OpenAI Chat Completions -----------------------------------------------------------------
 
     async def _openai(self, request: Request) -> Response:
-        scripted, body = await self._take(request)
-        if scripted is None:
-            scripted = Fail(500, "no scripted response left")
+        scripted, body = await self._next(request)
         if isinstance(scripted, Fail):
-            return JSONResponse(
-                {"error": {"message": scripted.message, "type": "fake_error", "param": None, "code": str(scripted.status)}},
-                status_code=scripted.status,
-                headers=scripted.headers,
-            )
+            return openai_error(scripted)
         reply = scripted
         model = reply.model or body.get("model") or "fake"
         include_usage = (body.get("stream_options") or {}).get("include_usage")
@@ -224,9 +229,7 @@ class FakeLLM:
     # -- Anthropic Messages ----------------------------------------------------------------------
 
     async def _anthropic(self, request: Request) -> Response:
-        scripted, body = await self._take(request)
-        if scripted is None:
-            scripted = Fail(500, "no scripted response left")
+        scripted, body = await self._next(request)
         if isinstance(scripted, Fail):
             kind = ANTHROPIC_ERROR_TYPES.get(scripted.status, "api_error")
             return JSONResponse(
@@ -305,5 +308,74 @@ class FakeLLM:
                 "message_delta",
             )
             yield _sse({"type": "message_stop"}, "message_stop")
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    # -- OpenAI Responses ------------------------------------------------------------------------
+
+    async def _responses(self, request: Request) -> Response:
+        scripted, body = await self._next(request)
+        if isinstance(scripted, Fail):
+            return openai_error(scripted)
+        reply = scripted
+        response: dict[str, Any] = {
+            "id": "resp_" + secrets.token_hex(6),
+            "object": "response",
+            "model": reply.model or body.get("model") or "fake",
+        }
+        items: list[dict[str, Any]] = []
+        if reply.text:
+            items.append(
+                {
+                    "type": "message",
+                    "id": "msg_" + secrets.token_hex(4),
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": reply.text, "annotations": []}],
+                }
+            )
+        items += [
+            {
+                "type": "function_call",
+                "id": "fc_" + call.id,
+                "call_id": call.id,
+                "name": call.name,
+                "arguments": json.dumps(call.arguments),
+                "status": "completed",
+            }
+            for call in reply.tool_calls
+        ]
+        usage = {
+            "input_tokens": reply.input_tokens + reply.cache_read_tokens,
+            "input_tokens_details": {"cached_tokens": reply.cache_read_tokens},
+            "output_tokens": reply.output_tokens,
+            "total_tokens": reply.input_tokens + reply.cache_read_tokens + reply.output_tokens,
+        }
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield _sse(
+                {"type": "response.created", "response": {**response, "status": "in_progress", "output": []}}, "response.created"
+            )
+            for index, item in enumerate(items):
+                yield _sse(
+                    {"type": "response.output_item.added", "output_index": index, "item": item}, "response.output_item.added"
+                )
+                for piece in _pieces(reply.text) if item["type"] == "message" else []:
+                    await asyncio.sleep(reply.chunk_delay_s)
+                    yield _sse(
+                        {
+                            "type": "response.output_text.delta",
+                            "item_id": item["id"],
+                            "output_index": index,
+                            "content_index": 0,
+                            "delta": piece,
+                        },
+                        "response.output_text.delta",
+                    )
+                yield _sse(
+                    {"type": "response.output_item.done", "output_index": index, "item": item}, "response.output_item.done"
+                )
+            done = {**response, "status": "completed", "output": items, "usage": usage}
+            yield _sse({"type": "response.completed", "response": done}, "response.completed")
 
         return StreamingResponse(stream(), media_type="text/event-stream")

@@ -716,3 +716,13 @@ async def test_warm_pool(docker_server_id: str, docker_engine: Any) -> None:
         for sb in made:
             await sb.close(delete=True)
         await driver.aclose()
+
+
+async def test_mounts_are_host_files_commands_see_read_only(sandbox_factory: Any, tmp_path: Path) -> None:
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\necho tool ran\n")
+    tool.chmod(0o755)
+    sandbox = await sandbox_factory(mounts={"tool": str(tool)})
+    ran = await sandbox.exec('"$MCP_SESSIONS_MOUNTS/tool"; echo more >> "$MCP_SESSIONS_MOUNTS/tool" || echo refused')
+    assert ran.output.splitlines()[0] == "tool ran" and ran.output.splitlines()[-1] == "refused"
+    assert tool.read_text() == "#!/bin/sh\necho tool ran\n"

@@ -18,6 +18,7 @@ from mcp_sessions.settings import Settings
 
 from .docker_support import docker_engine, remove_labelled  # noqa: F401
 from .fake_llm import FakeLLM, Reply, ToolCall
+from .test_tools import TOOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -93,15 +94,7 @@ async def test_each_client_config_starts_a_server_that_lists_the_tools(
     params = StdioServerParameters(command=COMMAND, args=entry.get("args", []), env=env)
     async with Client(params, mode="legacy") as client:
         names = {t.name for t in (await client.list_tools()).tools}
-    assert names == {
-        "create_session",
-        "send_message",
-        "get_session",
-        "list_sessions",
-        "interrupt",
-        "close_session",
-        "expose_port",
-    }
+    assert names == TOOLS
 
 
 def run_delegate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

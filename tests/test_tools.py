@@ -12,10 +12,19 @@ from .conftest import call, call_error, new_session, processes_marked, stdio_par
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"create_session", "send_message", "get_session", "list_sessions", "interrupt", "close_session", "expose_port"}
+TOOLS = {
+    "create_session",
+    "send_message",
+    "get_session",
+    "list_sessions",
+    "interrupt",
+    "close_session",
+    "expose_port",
+    "answer_approval",
+}
 
 
-async def test_tools_list_shows_six_tools_with_output_schemas_and_hints(client: Client) -> None:
+async def test_tools_list_shows_the_tools_with_output_schemas_and_hints(client: Client) -> None:
     tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == TOOLS
     for tool in tools.values():

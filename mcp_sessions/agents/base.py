@@ -12,16 +12,19 @@ The rules every agent keeps:
 An agent declares itself with one `AgentPlugin` (registry.py): its server settings, the create options it
 takes (one pydantic model, from which the `create_session` schema, the REST body and the docs are built),
 and how to make it. Optional steps are protocols below: `ConfiguresSessions` (check options, fill in
-defaults at create), `PreparesSandbox` (set the sandbox up at create, phase `starting_agent`).
+defaults at create), `PreparesSandbox` (set the sandbox up at create, phase `starting_agent`),
+`NeedsHostFiles` (host files its sandboxes see read-only), `RunsInBackground` (work that outlives turns).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import anyio
+import anyio.abc
 from pydantic import BaseModel
 
 from sandbox_backends.base import Sandbox
@@ -135,3 +138,29 @@ class AgentPlugin:
     options: type[BaseModel] | None = None
     """What `create_session` may pass this agent. Every field defaults to None (= not given); its
     description says what it does in a few words. Agents may share a field name if its type is the same."""
+
+
+@runtime_checkable
+class RunsInBackground(Protocol):
+    """An agent with work that outlives its turns (listeners its CLI processes reach, a shared HTTP client).
+    The manager runs it for the server's life."""
+
+    async def run_background(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Call `task_status.started()` once ready; run until cancelled (the server stops)."""
+        ...
+
+
+async def start_background(agents: Iterable[Agent], tg: anyio.abc.TaskGroup) -> None:
+    """Start the background of every agent that has one, each ready before this returns."""
+    for agent in agents:
+        if isinstance(agent, RunsInBackground):
+            await tg.start(agent.run_background)
+
+
+@runtime_checkable
+class NeedsHostFiles(Protocol):
+    """An agent whose commands need files of the server's host in the sandbox, read-only (a CLI's binary)."""
+
+    def host_files(self, options: dict[str, Any]) -> dict[str, str]:
+        """Name -> host path, as `SandboxSpec.mounts` takes them, for a new session with these options."""
+        ...

@@ -24,9 +24,9 @@ from sandbox_backends.base import PathNotAllowed, SandboxError, SandboxNotFound
 from ..inputs import IN_RANGE
 from ..models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
 from .base import AgentPlugin, TurnContext, TurnOutcome
-from .pricing import PriceTable
+from .pricing import PriceTable, add_usage
 from .providers.anthropic import AnthropicProvider
-from .providers.common import ModelRequest, Provider, ProviderError, TokenUsage, ToolSpec
+from .providers.common import ModelRequest, Provider, ProviderError, ToolSpec
 from .providers.openai import OpenAIProvider
 from .providers.sampling import SamplingProvider
 
@@ -273,7 +273,7 @@ class LlmAgent:
                         if secret:
                             reason = reason.replace(secret, "[redacted]")
                     return finish("failed", reason)
-                self._add_usage(ctx.usage, reply.model or model or provider_name, reply.usage)
+                add_usage(ctx.usage, self.prices, reply.model or model or provider_name, reply.usage)
                 ctx.messages.append(Message(role="assistant", content=list(reply.content), turn=turn))
                 calls = [b for b in reply.content if isinstance(b, ToolUseBlock)]
                 if not calls:
@@ -301,16 +301,6 @@ class LlmAgent:
         if max_cost is not None and usage.cost_usd >= max_cost:
             return f"cost budget reached: ${usage.cost_usd:.4f} spent of max_turn_cost_usd={max_cost:g}"
         return None
-
-    def _add_usage(self, usage: Usage, model: str, tokens: TokenUsage) -> None:
-        usage.input_tokens += tokens.input_tokens
-        usage.output_tokens += tokens.output_tokens
-        usage.cache_read_tokens += tokens.cache_read_tokens
-        usage.cache_creation_tokens += tokens.cache_creation_tokens
-        usage.total_tokens += tokens.input_tokens + tokens.output_tokens + tokens.cache_read_tokens + tokens.cache_creation_tokens
-        cost = self.prices.cost(model, tokens)
-        usage.cost_usd += cost
-        usage.cost_by_model[model] = usage.cost_by_model.get(model, 0.0) + cost
 
     async def _call(self, ctx: TurnContext, provider: Provider, request: ModelRequest, step: int) -> Any:
         """One model call, its text streamed as `text.delta` events, coalesced (at most about 5 a second)."""

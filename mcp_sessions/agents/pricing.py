@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..models import Usage
 from .providers.common import TokenUsage
 
 
@@ -67,3 +68,15 @@ class PriceTable:
             + usage.cache_read_tokens * price.cache_read
             + usage.cache_creation_tokens * price.cache_write
         ) / 1_000_000
+
+
+def add_usage(usage: Usage, prices: PriceTable, model: str, tokens: TokenUsage) -> None:
+    """Add one model call's tokens, and their cost on `model`, to `usage`."""
+    usage.input_tokens += tokens.input_tokens
+    usage.output_tokens += tokens.output_tokens
+    usage.cache_read_tokens += tokens.cache_read_tokens
+    usage.cache_creation_tokens += tokens.cache_creation_tokens
+    usage.total_tokens += tokens.input_tokens + tokens.output_tokens + tokens.cache_read_tokens + tokens.cache_creation_tokens
+    cost = prices.cost(model, tokens)
+    usage.cost_usd += cost
+    usage.cost_by_model[model] = usage.cost_by_model.get(model, 0.0) + cost

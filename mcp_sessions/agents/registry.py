@@ -17,6 +17,8 @@ BUILTIN = {
     "shell": "mcp_sessions.agents.shell:plugin",
     "llm": "mcp_sessions.agents.llm:plugin",
     "remote": "mcp_sessions.agents.remote:plugin",
+    "claude-code": "mcp_sessions.agents.cli.claude_code:plugin",
+    "codex": "mcp_sessions.agents.cli.codex:plugin",
 }
 
 

@@ -35,6 +35,8 @@ CONTROL_CAPS = ["SETUID", "SETGID", "KILL"]
 user and read and write its files with that user's rights (SETUID, SETGID), and to stop them (KILL).
 Commands run with none: they start as the sandbox user with no-new-privileges."""
 BASE_ENV = {"HOME": WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+MOUNTS_DIR = "/opt/mcp-sessions/mounts"
+"""Where `SandboxSpec.mounts` appear in a container (host files of the engine's machine, bound read-only)."""
 """Environment of every container; `SandboxSpec.env` is added per command (so pooled containers get it too)."""
 
 
@@ -70,3 +72,5 @@ class Policy:
     limits: Limits
     network: bool
     runtime: str = "runc"
+    mounts: tuple[tuple[str, str], ...] = ()
+    """Host files bound read-only, as (name, host path): at `MOUNTS_DIR/<name>` (the pool has none)."""

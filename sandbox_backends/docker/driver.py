@@ -17,7 +17,7 @@ import docker
 import docker.errors
 import docker.types
 
-from ..base import Limits, PhaseCallback, SandboxError, SandboxNotFound, SandboxSpec
+from ..base import MOUNTS_ENV, Limits, PhaseCallback, SandboxError, SandboxNotFound, SandboxSpec
 from ..control.client import MIN_PYTHON, Broken, ControlClient, Lost, control_command, python_too_old, say_hello
 from .container import (
     BASE_ENV,
@@ -30,6 +30,7 @@ from .container import (
     LABEL_POOL,
     LABEL_SANDBOX,
     LABEL_SERVER,
+    MOUNTS_DIR,
     SESSION_PREFIX,
     STATE_DIR,
     VOLUME_PREFIX,
@@ -139,7 +140,8 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
         if spec.network and not self.allow_network:
             raise SandboxError("This server does not allow network access for sandboxes (start it with networking allowed).")
         runtime = {"runc": "runc", "gvisor": self.gvisor_runtime}.get(spec.options.get("isolation") or "", self.runtime)
-        return Policy(spec.image or self.image, self._disk_limit(limits), spec.network, runtime)
+        mounts = tuple(sorted(spec.mounts.items()))
+        return Policy(spec.image or self.image, self._disk_limit(limits), spec.network, runtime, mounts)
 
     def _host_config(self, api: docker.APIClient, policy: Policy, volume: str) -> dict[str, Any]:
         lim = policy.limits
@@ -162,7 +164,10 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
                 # Root's alone (mode 0711: the turn shells may run the bash copy in it, by name, nothing else).
                 STATE_DIR: f"rw,nosuid,nodev,exec,size={lim.tmp_mb}m,mode=0711",
             },
-            binds={volume: {"bind": WORKSPACE, "mode": "rw"}},
+            binds={
+                volume: {"bind": WORKSPACE, "mode": "rw"},
+                **{host: {"bind": f"{MOUNTS_DIR}/{name}", "mode": "ro"} for name, host in policy.mounts},
+            },
             cap_drop=["ALL"],
             cap_add=CONTROL_CAPS,
             security_opt=["no-new-privileges:true"],
@@ -194,7 +199,7 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
                     name=name,
                     user=CONTAINER_USER,
                     labels=labels,
-                    environment=BASE_ENV,
+                    environment={**BASE_ENV, MOUNTS_ENV: MOUNTS_DIR} if policy.mounts else BASE_ENV,
                     working_dir=WORKSPACE,
                     host_config=host_config,
                 )

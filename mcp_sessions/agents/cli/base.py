@@ -1,0 +1,178 @@
+"""What every CLI agent shares: its pinned binary (checked at create, mounted into the sandbox), and per
+session what this server holds for it: the model proxy and the door, served into its sandbox for as long
+as the sandbox lives, and the CLI process joined through the door (for CLIs that run long).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+from pydantic import BaseModel, Field, SecretStr
+
+from sandbox_backends.base import Sandbox, SandboxError
+
+from ...models import ContentBlock, TextBlock
+from ..base import TurnContext, TurnOutcome
+from ..pricing import PriceTable
+from . import binaries
+from .link import Door, Link
+from .proxy import ModelProxy, Upstream
+from .streams import serve
+
+
+class CliSettings(BaseModel):
+    """The server settings of every CLI agent (one section, shared by their plugins)."""
+
+    cli_agents_dir: Path = Field(
+        default_factory=binaries.default_dir,
+        description="Folder of the coding-agent CLIs' binaries, filled by scripts/install-cli-agents.sh.",
+    )
+    claude_code_model: str | None = Field(None, description="Default model of the claude-code agent (else Claude Code's own).")
+    claude_code_base_url: str = Field(
+        "https://api.anthropic.com",
+        description="Anthropic Messages API the claude-code agent's model proxy forwards to (Anthropic, a LiteLLM proxy).",
+        json_schema_extra={"env": "ANTHROPIC_BASE_URL"},
+    )
+    claude_code_api_key: SecretStr | None = Field(
+        None,
+        description="Key the model proxy adds to the claude-code agent's requests (the sandbox never sees it).",
+        json_schema_extra={"env": "ANTHROPIC_API_KEY"},
+    )
+    codex_model: str | None = Field(None, description="Default model of the codex agent (else Codex's own).")
+    codex_base_url: str = Field(
+        "https://api.openai.com/v1",
+        description="OpenAI Responses API the codex agent's model proxy forwards to (OpenAI, a LiteLLM proxy).",
+        json_schema_extra={"env": "OPENAI_BASE_URL"},
+    )
+    codex_api_key: SecretStr | None = Field(
+        None,
+        description="Key the model proxy adds to the codex agent's requests (the sandbox never sees it).",
+        json_schema_extra={"env": "OPENAI_API_KEY"},
+    )
+
+
+def secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+@dataclass
+class Running:
+    """What this server holds for one session: its proxy and door, and its CLI process while one is joined."""
+
+    proxy: ModelProxy
+    door: Door = field(default_factory=Door)
+    sandbox: Sandbox | None = None
+    proxy_at: str = ""
+    door_at: str = ""
+    link: Link | None = None
+    last_turn: int = 0
+    """The session's turn the process last answered: one that is not the turn before this one means another
+    server process ran turns meanwhile, which this process's CLI has not seen."""
+
+
+class CliAgent:
+    """A CLI agent's common part. Subclasses set `name` (also the binary's in `binaries.PINNED`) and `mount`
+    (the binary's name in the sandbox, at `$MCP_SESSIONS_MOUNTS/<mount>`)."""
+
+    name: str
+    mount: str
+
+    def __init__(self, folder: Path, upstream: Upstream, default_model: str | None, prices: PriceTable) -> None:
+        self.folder = folder
+        self.upstream = upstream
+        self.default_model = default_model
+        self.prices = prices
+        self._running: dict[str, Running] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def configure(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        binaries.binary(self.folder, self.name)  # a missing binary fails create_session now
+        return model or self.default_model, {k: v for k, v in options.items() if v is not None}
+
+    def host_files(self, options: dict[str, Any]) -> dict[str, str]:
+        return {self.mount: str(binaries.binary(self.folder, self.name))}
+
+    async def run_background(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0)) as client, anyio.create_task_group() as tg:
+            self._client, self._tg = client, tg
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                for running in self._running.values():
+                    if running.link is not None:
+                        await running.link.close()
+
+    def _http(self) -> httpx.AsyncClient:
+        assert self._client is not None, "run_background runs for the server's life"
+        return self._client
+
+    async def served(self, ctx: TurnContext) -> Running:
+        """The session's proxy and door, served into its sandbox (again, if the sandbox is new to them)."""
+        sid = ctx.session.id
+        running = self._running.get(sid)
+        if running is None:
+            running = self._running[sid] = Running(ModelProxy(self.upstream, self.prices, self._http))
+        if running.sandbox is not ctx.sandbox:
+            if self._tg is None:
+                raise SandboxError(f"The {self.name} agent is not serving (its server part has not started).")
+            running.proxy_at, running.door_at = await self._tg.start(self._serve, sid, running, ctx.sandbox)
+        return running
+
+    async def _serve(
+        self,
+        sid: str,
+        running: Running,
+        sandbox: Sandbox,
+        *,
+        task_status: anyio.abc.TaskStatus[tuple[str, str]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the session's proxy and door into its sandbox until the sandbox closes (the session closed: what
+        this server held for it goes) or the server stops."""
+        try:
+            async with anyio.create_task_group() as tg:
+                task_status.started(
+                    (await serve(sandbox, running.proxy.handle, tg), await serve(sandbox, running.door.handle, tg))
+                )
+                running.sandbox = sandbox
+        finally:
+            if running.sandbox is sandbox:
+                running.sandbox = None
+                if running.link is not None:
+                    with anyio.CancelScope(shield=True):
+                        await running.link.close()
+                if self._running.get(sid) is running:
+                    del self._running[sid]
+
+    async def log_tail(self, ctx: TurnContext, path: str) -> str:
+        """The end of the CLI's log in the workspace, for a failure's reason."""
+        try:
+            text = (await ctx.sandbox.read_file(path, ctx.max_file_bytes)).decode(errors="replace")
+        except (OSError, SandboxError):
+            return "(no log)"
+        return text.strip()[-800:] or "(empty)"
+
+
+def outcome(ctx: TurnContext, status: str, reason: str | None, duration_s: float, answer: str | None = None) -> TurnOutcome:
+    """A CLI turn's outcome: the reply is `answer` (the CLI's final text), else its last text this turn; the
+    messages are the turn's; the usage is what the proxy counted."""
+    if answer is None:
+        last = next((m for m in reversed(ctx.messages) if m.role == "assistant" and m.text()), None)
+        answer = last.text() if last is not None else ""
+    content: list[ContentBlock] = [TextBlock(text=answer)] if answer else []
+    return TurnOutcome(
+        status=status,  # type: ignore[arg-type]
+        content=content,
+        duration_s=duration_s,
+        output=answer,
+        output_bytes=len(answer.encode()),
+        reason=reason,
+        usage=ctx.usage,
+        messages=ctx.messages,
+    )

@@ -1,0 +1,169 @@
+"""The `codex` agent: OpenAI's Codex CLI runs in the session's sandbox, one `codex exec --json` per message.
+
+Its HOME is that folder too, so the login shells it runs read no profile of the server's user (on the local
+driver). Its model requests go to the session's model proxy (OpenAI Responses: the only API Codex speaks), which
+holds the key; it is given a placeholder. Its state (CODEX_HOME: config and the recorded conversation)
+is a folder in the workspace, and every turn after the first is `codex exec resume --last`: the session's
+only conversation, so the conversation goes on across turns, interrupts and server restarts. Each turn
+is one command of the session's shell, so `interrupt` stops it as it stops any command. Its background
+traffic (plugin syncs, analytics, metrics) is off. Headless `codex exec` asks no approvals: its own
+sandbox is off (`danger-full-access`), the session's sandbox is the boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from typing import Any
+
+from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
+from .base import CliAgent, CliSettings, outcome, secret
+from .proxy import OPENAI, PLACEHOLDER_KEY, ProxyTurn, Upstream
+
+NAME = "codex"
+STATE_DIR = ".mcp-sessions/codex"
+LOG = f"{STATE_DIR}/codex.log"
+KEY_ENV = "MCP_SESSIONS_MODEL_KEY"
+CONFIG = """model_provider = "mcp-sessions"
+approval_policy = "never"
+sandbox_mode = "danger-full-access"
+{model}
+[analytics]
+enabled = false
+
+[otel]
+metrics_exporter = "none"
+
+[model_providers.mcp-sessions]
+name = "mcp-sessions"
+base_url = "http://{proxy}/v1"
+env_key = "{key_env}"
+wire_api = "responses"
+"""
+SHOWN_CHARS = 2000
+
+
+class CodexAgent(CliAgent):
+    name = NAME
+    mount = "codex"
+
+    async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
+        started = time.monotonic()
+        running = await self.served(ctx)
+        model = f"model = {json.dumps(ctx.session.model)}" if ctx.session.model else ""
+        config = CONFIG.format(model=model, proxy=running.proxy_at, key_env=KEY_ENV)
+        await ctx.sandbox.write_file(f"{STATE_DIR}/home/config.toml", config.encode())
+        await ctx.sandbox.write_file(f"{STATE_DIR}/message", text.encode())
+        workspace = shlex.quote(ctx.sandbox.workspace)
+        script = f"""(
+cd {workspace} || exit 1
+state={workspace}/{STATE_DIR}
+export HOME="$state/home" CODEX_HOME="$state/home" {KEY_ENV}={PLACEHOLDER_KEY}
+if compgen -G "$state/home/sessions/*/*/*/*.jsonl" >/dev/null; then set -- resume --last; else set --; fi
+"$MCP_SESSIONS_MOUNTS/codex" exec --json --skip-git-repo-check --disable plugins --disable remote_plugin "$@" - \\
+  <"$state/message" 2>>"$state/codex.log"
+)"""
+        turn = ProxyTurn(ctx.usage, ctx.over_budget)
+        reader = ExecReader(ctx)
+        running.proxy.turn = turn
+        try:
+            result = await ctx.sandbox.exec(script, timeout_s=ctx.command_timeout_s, on_output=reader.feed, max_output_bytes=4096)
+        finally:
+            running.proxy.turn = None
+        duration = time.monotonic() - started
+        if result.interrupted:
+            return reader.outcome("interrupted", "interrupted by the caller", duration)
+        if turn.refused is not None:
+            return reader.outcome("failed", turn.refused, duration)
+        if result.timed_out:
+            return reader.outcome(
+                "failed", f"Codex ran past the {ctx.command_timeout_s:g} s command timeout and was stopped", duration
+            )
+        if not reader.completed:
+            said = reader.failure or f"it exited with code {result.exit_code}; its log: {await self.log_tail(ctx, LOG)}"
+            return reader.outcome("failed", f"Codex did not complete the turn: {said}", duration)
+        return reader.outcome("completed", None, duration)
+
+
+class ExecReader:
+    """Reads `codex exec --json` lines as they come: events, the turn's messages (in `ctx.messages`), its end.
+
+    Lines: `thread.started`, `turn.started`, `item.started` / `item.completed` (`command_execution` with its
+    command, aggregated output and exit code; `agent_message` with its text; `error`, which may be only a
+    warning), `turn.completed` (usage: counted by the proxy instead), `turn.failed`, `error`."""
+
+    def __init__(self, ctx: TurnContext) -> None:
+        self.ctx = ctx
+        self.completed = False
+        self.failure: str | None = None
+        self._buf = b""
+        self._started: set[str] = set()
+
+    async def feed(self, chunk: bytes) -> None:
+        *lines, self._buf = (self._buf + chunk).split(b"\n")
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                await self._event(event)
+
+    async def _event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        given = event.get("item")
+        item: dict[str, Any] = given if isinstance(given, dict) else {}
+        if kind == "turn.completed":
+            self.completed = True
+        elif kind == "turn.failed":
+            error = event.get("error")
+            self.failure = str(error.get("message") if isinstance(error, dict) else error)
+        elif kind == "error":
+            self.failure = str(event.get("message"))
+        elif item.get("type") == "command_execution":
+            await self._command(kind, item)
+        elif kind == "item.completed" and item.get("type") == "agent_message" and item.get("text"):
+            said = str(item["text"])
+            await self.ctx.emit("text.delta", {"text": said})
+            self.ctx.messages.append(Message(role="assistant", content=[TextBlock(text=said)], turn=self.ctx.session.turns))
+
+    async def _command(self, kind: Any, item: dict[str, Any]) -> None:
+        call_id, command = str(item.get("id")), str(item.get("command", ""))
+        turn = self.ctx.session.turns
+        if call_id not in self._started:
+            self._started.add(call_id)
+            await self.ctx.emit(
+                "tool.started", {"id": call_id, "tool": "exec_command", "input": {"command": command[:SHOWN_CHARS]}}
+            )
+            use = ToolUseBlock(id=call_id, name="exec_command", input={"command": command})
+            self.ctx.messages.append(Message(role="assistant", content=[use], turn=turn))
+        if kind != "item.completed":
+            return
+        output, code = str(item.get("aggregated_output") or ""), item.get("exit_code")
+        if output:
+            await self.ctx.output((output if output.endswith("\n") else output + "\n").encode())
+        failed = code != 0
+        await self.ctx.emit("tool.completed", {"id": call_id, "tool": "exec_command", "exit_code": code, "is_error": failed})
+        result = ToolResultBlock(tool_use_id=call_id, content=output, is_error=failed)
+        self.ctx.messages.append(Message(role="tool", content=[result], turn=turn))
+
+    def outcome(self, status: str, reason: str | None, duration_s: float) -> TurnOutcome:
+        """The reply is Codex's last message."""
+        return outcome(self.ctx, status, reason, duration_s)
+
+
+def _make(settings: object, context: AgentContext) -> CodexAgent:
+    s = settings if isinstance(settings, CliSettings) else CliSettings()
+    return CodexAgent(
+        s.cli_agents_dir, Upstream(s.codex_base_url, secret(s.codex_api_key), OPENAI), s.codex_model, context.prices
+    )
+
+
+plugin = AgentPlugin(
+    name=NAME,
+    make=_make,
+    summary="OpenAI Codex (the CLI) in the sandbox; the key stays in the server",
+    settings=CliSettings,
+)

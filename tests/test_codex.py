@@ -1,0 +1,109 @@
+"""The codex agent: the real Codex CLI (installed by scripts/install-cli-agents.sh) in a session's sandbox,
+one `codex exec` per message, its model requests (OpenAI Responses) through the server's model proxy to a
+fake model server on this machine, which the sandbox reaches only through the proxy."""
+
+# ruff: noqa: F811  (the fixtures imported from other test modules are used by name)
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from mcp_sessions.agents.cli.proxy import PLACEHOLDER_KEY
+from mcp_sessions.settings import Settings
+
+from .conftest import call
+from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
+from .fake_llm import FakeLLM, Reply, ToolCall
+from .test_claude_code import KEY, Inside, client, driver, inside, llm, settings, stdio_server, wrote_a_file  # noqa: F401  (fixtures)
+from .test_llm_agent import stored_messages
+from .test_stdio import kill_server
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "gpt-4.1"
+
+
+AGENT = "codex"
+
+
+def write_file_task() -> list[Reply]:
+    return [
+        Reply(tool_calls=[ToolCall("exec_command", {"cmd": "echo hello > hi.txt"})]),
+        Reply(text="I wrote hi.txt.", input_tokens=150, output_tokens=30, cache_read_tokens=7),
+    ]
+
+
+def user_texts(body: dict[str, Any]) -> list[str]:
+    """What the caller sent, turn by turn, as a Responses request carries it (Codex's own notes left out)."""
+    texts = []
+    for item in body["input"]:
+        if item.get("type") == "message" and item.get("role") == "user":
+            texts += [c["text"] for c in item["content"] if c.get("type") == "input_text" and not c["text"].startswith("<")]
+    return texts
+
+
+async def test_a_task_writes_a_file_with_codex_and_the_next_turn_continues(
+    home: Path, llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
+) -> None:
+    sid, usage = await wrote_a_file(client, llm, inside, MODEL, write_file_task(), Reply(text="You asked for hi.txt."))
+    assert usage["cost_usd"] == pytest.approx((250 * 2.0 + 50 * 8.0 + 7 * 0.5) / 1e6)
+
+    events = (await call(client, "get_session", session_id=sid, events_after=0))["events"]
+    started = next(e["data"] for e in events if e["type"] == "tool.started")
+    assert "echo hello > hi.txt" in started["input"]["command"]
+    completed = next(e["data"] for e in events if e["type"] == "tool.completed")
+    assert completed["id"] == started["id"] and completed["exit_code"] == 0
+    messages = await stored_messages(home, sid)
+    assert [(m.role, b.type) for m in messages for b in m.content] == [
+        ("user", "text"),
+        ("assistant", "tool_use"),
+        ("tool", "tool_result"),
+        ("assistant", "text"),
+    ]
+
+    second = await call(client, "send_message", session_id=sid, text="what did I ask?", wait_s=50)
+    assert second["output"] == "You asked for hi.txt."
+    assert user_texts(llm.requests[-1].body) == ["write hi.txt", "what did I ask?"]  # resumed, not started anew
+    # the key: added by the proxy, in no file of the sandbox; the CLI's own is the placeholder
+    assert {r.headers["authorization"] for r in llm.requests} == {f"Bearer {KEY}"}
+    assert await inside(sid).holding(KEY) == ""
+    assert KEY not in json.dumps(await call(client, "get_session", session_id=sid, events_after=0))
+    assert PLACEHOLDER_KEY not in json.dumps([r.headers for r in llm.requests])
+
+
+async def test_interrupt_stops_codex_and_the_conversation_goes_on(
+    llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
+) -> None:
+    llm.script(Reply(tool_calls=[ToolCall("exec_command", {"cmd": "sleep 60"})]), Reply(text="Back again."))
+    sid = (await call(client, "create_session", model=MODEL))["id"]
+    await call(client, "send_message", session_id=sid, text="wait a minute", wait_s=0)
+    sandbox = inside(sid)
+    with anyio.fail_after(50):
+        while not await sandbox.pids(argv=["sleep", "60"]):
+            await anyio.sleep(0.05)
+    assert (await call(client, "interrupt", session_id=sid))["interrupted"] is True
+    detail = (await call(client, "get_session", session_id=sid, wait_s=20))["session"]
+    assert detail["status"] == "ready" and detail["last_turn"]["status"] == "interrupted"
+    assert not await sandbox.pids(argv=["sleep", "60"])
+    reply = await call(client, "send_message", session_id=sid, text="are you there?", wait_s=50)
+    assert reply["output"] == "Back again."
+    assert user_texts(llm.requests[-1].body) == ["wait a minute", "are you there?"]
+
+
+async def test_codex_goes_on_after_the_server_is_killed(home: Path, llm: FakeLLM, settings: Settings) -> None:
+    llm.script(*write_file_task(), Reply(text="You asked for hi.txt."))
+    params = stdio_server(settings)
+    async with Client(params) as first:
+        sid = (await call(first, "create_session", model=MODEL))["id"]
+        assert (await call(first, "send_message", session_id=sid, text="write hi.txt", wait_s=50))["turn_status"] == "completed"
+        await kill_server(home)
+    async with Client(params) as second:
+        reply = await call(second, "send_message", session_id=sid, text="what did I ask?", wait_s=50)
+        assert reply["turn_status"] == "completed" and reply["output"] == "You asked for hi.txt.", reply
+    assert user_texts(llm.requests[-1].body) == ["write hi.txt", "what did I ask?"]

@@ -1,0 +1,101 @@
+"""The model proxy on its own, for each API it speaks: real HTTP from a client to the proxy (served on a
+loopback listener here, as a sandbox's stream would reach it) and from the proxy to a fake model server.
+The Anthropic dialect with a real CLI in a sandbox: tests/test_claude_code.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from anyio.abc import SocketAttribute
+
+from mcp_sessions.agents.cli.proxy import ANTHROPIC, OPENAI, PLACEHOLDER_KEY, Dialect, ModelProxy, ProxyTurn, Upstream
+from mcp_sessions.agents.pricing import PriceTable
+from mcp_sessions.models import Usage
+
+from .fake_llm import FakeLLM, Reply
+
+pytestmark = pytest.mark.anyio
+
+KEY = "sk-real-" + "3" * 30
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLM]:
+    with FakeLLM() as fake:
+        yield fake
+
+
+@asynccontextmanager
+async def served(llm: FakeLLM, dialect: Dialect) -> AsyncIterator[tuple[str, ModelProxy, ProxyTurn]]:
+    """A proxy to `llm` in `dialect`, with a turn running, on a loopback listener: its URL, it, its turn."""
+    async with httpx.AsyncClient() as upstream, anyio.create_task_group() as tg:
+        base = llm.openai_base_url if dialect is OPENAI else llm.url
+        proxy = ModelProxy(Upstream(base, KEY, dialect), PriceTable.load(), lambda: upstream)
+        turn = proxy.turn = ProxyTurn(Usage())
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        tg.start_soon(listener.serve, proxy.handle)
+        yield f"http://127.0.0.1:{listener.extra(SocketAttribute.local_port)}", proxy, turn
+        tg.cancel_scope.cancel()
+
+
+async def sse_of(base: str, path: str, body: dict[str, Any], headers: dict[str, str]) -> list[dict[str, Any]]:
+    """The data events of a streamed answer through the proxy."""
+    events = []
+    async with httpx.AsyncClient(base_url=base) as client, client.stream("POST", path, json=body, headers=headers) as response:
+        assert response.status_code == 200 and response.headers["transfer-encoding"] == "chunked"
+        async for line in response.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    return events
+
+
+async def test_chat_completions_through_the_proxy_carry_the_key_and_their_usage_is_counted(llm: FakeLLM) -> None:
+    llm.script(Reply(text="Hello there.", input_tokens=70, cache_read_tokens=30, output_tokens=9))
+    async with served(llm, OPENAI) as (base, _, turn):
+        body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        events = await sse_of(base, "/v1/chat/completions", body, {"authorization": f"Bearer {PLACEHOLDER_KEY}"})
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+    assert text == "Hello there."
+    (request,) = llm.requests
+    assert request.headers["authorization"] == f"Bearer {KEY}" and PLACEHOLDER_KEY not in json.dumps(request.headers)
+    assert request.body["stream_options"] == {"include_usage": True}  # asked for, so the usage can be counted
+    usage = turn.usage
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (70, 30, 9)
+    assert usage.cost_usd == pytest.approx((70 * 2.5 + 30 * 1.25 + 9 * 10.0) / 1e6)
+    assert turn.requests == 1
+
+
+async def test_responses_through_the_proxy_have_their_usage_counted(llm: FakeLLM) -> None:
+    llm.script(Reply(text="Done.", input_tokens=120, cache_read_tokens=20, output_tokens=15))
+    async with served(llm, OPENAI) as (base, _, turn):
+        body = {"model": "gpt-4.1", "stream": True, "input": "hi"}
+        events = await sse_of(base, "/v1/responses", body, {"authorization": f"Bearer {PLACEHOLDER_KEY}"})
+    assert events[-1]["type"] == "response.completed"
+    assert llm.requests[0].headers["authorization"] == f"Bearer {KEY}"
+    assert (turn.usage.input_tokens, turn.usage.cache_read_tokens, turn.usage.output_tokens) == (120, 20, 15)
+    assert turn.usage.cost_by_model == {"gpt-4.1": pytest.approx((120 * 2.0 + 20 * 0.5 + 15 * 8.0) / 1e6)}
+
+
+@pytest.mark.parametrize("dialect", [ANTHROPIC, OPENAI], ids=lambda d: d.name)
+async def test_each_dialect_refuses_other_paths_and_requests_outside_a_turn_in_its_own_shape(
+    llm: FakeLLM, dialect: Dialect
+) -> None:
+    other = "/v1/messages" if dialect is OPENAI else "/v1/chat/completions"
+    async with served(llm, dialect) as (base, proxy, _):
+        async with httpx.AsyncClient(base_url=base) as client:
+            refused = await client.post(other, json={})
+            proxy.turn = None
+            allowed = sorted(dialect.paths)[-1][1]
+            between = await client.post(allowed, json={"model": "m"})
+    assert refused.status_code == 403 and between.status_code == 400
+    for answer, words in ((refused, "not a model API path"), (between, "no turn")):
+        error = answer.json()["error"]
+        assert words in error["message"]
+        assert (answer.json().get("type") == "error") is (dialect is ANTHROPIC)  # Anthropic's envelope, or OpenAI's
+    assert llm.requests == []
