@@ -55,6 +55,12 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     home: Path = Field(default_factory=default_home, description="Where state lives: the database and local workspaces.")
+    database_url: str | None = Field(
+        None,
+        pattern=r"^postgres(ql)?://",
+        description="postgresql://... to keep the state in PostgreSQL, shared by several servers, instead of SQLite in "
+        "--home (needs the [postgres] extra; put the password in PGPASSWORD or ~/.pgpass, not here).",
+    )
     driver: str = Field("local", description="Default sandbox driver for new sessions.")
     agent: str = Field("shell", description="Default agent for new sessions.")
     command_timeout_s: float = Field(600.0, gt=0, le=10**7, description="Default limit on one command's run time, in seconds.")
