@@ -373,9 +373,14 @@ class Store:
         """The ids of live sessions, and the last event seq of those and of `extra`."""
 
         def run() -> tuple[set[str], dict[str, int]]:
-            live = {r[0] for r in self._conn.execute("SELECT id FROM sessions WHERE status IN ('creating','ready','busy')")}
-            seqs = {}
-            for sid in live | extra:
+            # One statement for every live session: followers on PostgreSQL look after every other server's write.
+            rows = self._conn.execute(
+                "SELECT id, (SELECT MAX(seq) FROM events WHERE session_id=sessions.id) FROM sessions "
+                "WHERE status IN ('creating','ready','busy')"
+            ).fetchall()
+            live = {r[0] for r in rows}
+            seqs = {r[0]: r[1] or 0 for r in rows}
+            for sid in extra - live:
                 row = self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (sid,)).fetchone()
                 seqs[sid] = row[0] or 0
             return live, seqs

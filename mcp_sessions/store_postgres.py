@@ -134,7 +134,11 @@ def open_connection(url: str) -> _Connection:
             "Or leave MCP_SESSIONS_DATABASE_URL unset to keep the state in SQLite."
         )
     try:
-        return _Connection(psycopg.connect(url, autocommit=True, application_name="mcp-sessions"))
+        # SQLite's durability (WAL, synchronous=NORMAL): a crash may lose the last commits, never consistency.
+        # A flush per commit would cost more than the rest of a turn's store work; a URL that sets its own
+        # options (`?options=-c%20synchronous_commit%3Don`) keeps them.
+        extra: dict[str, Any] = {} if "options=" in url else {"options": "-c synchronous_commit=off"}
+        return _Connection(psycopg.connect(url, autocommit=True, application_name="mcp-sessions", **extra))
     except psycopg.Error as e:
         raise StoreError(f"Cannot connect to the PostgreSQL database {redact(url)}: {str(e).strip()}") from e
 
@@ -280,6 +284,11 @@ class PostgresStore(Store):
                 except StoreError as again:
                     log.warning("%s", again)
             raise StoreError(f"The PostgreSQL database {redact(self.url)} failed: {str(e).strip()}.") from e
+
+    def _snapshot(self, fn: Callable[[], T]) -> T:
+        # Pipelined: BEGIN travels with the first read and COMMIT is not waited for, two round trips fewer.
+        with cast(_Connection, self._conn).raw.pipeline():
+            return super()._snapshot(fn)
 
     async def _quick(self, fn: Callable[[], T], *, write: bool) -> T:
         return await self._run(self._transaction if write else self._read, fn)

@@ -26,7 +26,8 @@ import pytest
 from tests.ci import unavailable
 
 
-def _bindir() -> Path | None:
+def bindir() -> Path | None:
+    """Where the newest installed PostgreSQL's programs are."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     return Path(found[-1]).parent if found else None
 
@@ -41,46 +42,48 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
-def start_cluster(folder: Path, bindir: Path) -> str:
-    """Initialize and start a cluster in `folder`; its URL without a database name."""
+def start_cluster(folder: Path, programs: Path, durable: bool = False) -> str:
+    """Initialize and start a cluster in `folder`; its URL without a database name. Not `durable`, for tests:
+    commits are not flushed to disk, which PostgreSQL's defaults do (benchmarks keep those)."""
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
     data, port = folder / "data", _free_port()
     run = {"check": True, "capture_output": True, "text": True}
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]), **run)  # type: ignore[call-overload]
-    options = (
-        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=300 "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"  # a test cluster: speed over durability
-    )
     subprocess.run(
-        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "start"]), **run
+        _as_postgres([str(programs / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]), **run
+    )  # type: ignore[call-overload]
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=300"
+    if not durable:
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    subprocess.run(
+        _as_postgres([str(programs / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "start"]), **run
     )  # type: ignore[call-overload]
     return f"postgresql://postgres@127.0.0.1:{port}"
 
 
-def stop_cluster(folder: Path, bindir: Path) -> None:
+def stop_cluster(folder: Path, programs: Path) -> None:
     subprocess.run(
-        _as_postgres([str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"]), capture_output=True
+        _as_postgres([str(programs / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"]), capture_output=True
     )
     shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[str]:
-    bindir = _bindir()
-    if bindir is None:
+    found = bindir()
+    if found is None:
         unavailable("PostgreSQL is not installed (bash scripts/install-postgres.sh)")
     folder = Path(tempfile.mkdtemp(prefix="mcp-sessions-pg-"))
     folder.chmod(0o755)
     try:
-        url = start_cluster(folder, bindir)
+        url = start_cluster(folder, found)
     except subprocess.CalledProcessError as e:
         shutil.rmtree(folder, ignore_errors=True)
         unavailable(f"a PostgreSQL cluster did not start: {e.stderr or e.stdout}")
     try:
         yield url
     finally:
-        stop_cluster(folder, bindir)
+        stop_cluster(folder, found)
 
 
 def create_database(cluster: str) -> str:
