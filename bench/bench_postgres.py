@@ -22,7 +22,9 @@ import argparse
 import os
 import platform
 import random
+import re
 import shutil
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from bench_list import make_record
+from bench_list import OTHER_FILTERS, make_record
 from mcp import Client, StdioServerParameters
 from report import paragraph, publish, target_cell
 from timing import interleaved
@@ -126,6 +128,50 @@ async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
     return result.structured_content
 
 
+def indexes_sqlite(db: Path, sql: str, args: tuple[str, ...]) -> str:
+    conn = sqlite3.connect(db)
+    try:
+        steps = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+    finally:
+        conn.close()
+    return ", ".join(
+        m[1] if (m := re.search(r"INDEX (\w+)", step)) else step.lower() for step in steps if "SCAN" in step or "SEARCH" in step
+    )
+
+
+def indexes_postgres(url: str, sql: str, args: tuple[str, ...]) -> str:
+    import psycopg
+
+    from mcp_sessions.store_postgres import translate
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        plan = conn.execute("EXPLAIN (FORMAT JSON) " + translate(sql), args).fetchone()[0][0]["Plan"]  # type: ignore[index]
+    found: list[str] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        if "Index Name" in node:
+            found.append(node["Index Name"])
+        elif node.get("Node Type") == "Seq Scan":
+            found.append(f"scan {node['Relation Name']}")
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan)
+    return ", ".join(found)
+
+
+def plans(db: Path, url: str) -> str:
+    """The indexes each list filter's statements read, on both databases."""
+    rows = ["| filter | statement | SQLite reads | PostgreSQL reads |", "| --- | --- | --- | --- |"]
+    for name, _, where, args in [("a status", {}, "status IN (?)", ("ready",)), *OTHER_FILTERS]:
+        for kind, sql in (
+            ("count", f"SELECT COUNT(*) FROM sessions WHERE {where}"),
+            ("page", f"SELECT created_at, id FROM sessions WHERE {where} ORDER BY created_at DESC, id DESC LIMIT 51"),
+        ):
+            rows.append(f"| {name} | {kind} | {indexes_sqlite(db, sql, args)} | {indexes_postgres(url, sql, args)} |")
+    return "\n".join(rows)
+
+
 def vacuum(url: str) -> None:
     """What autovacuum does to a table in service: statistics for the planner, and the visibility map that
     lets COUNT(*) read only the index (without it, a freshly filled table is scanned whole)."""
@@ -184,7 +230,7 @@ async def turns(sqlite: Settings, postgres: Settings, calls: int) -> dict[str, A
         }
 
 
-def render(count: int, list_times: tuple[list[float], list[float]], turn: dict[str, Any]) -> tuple[str, str]:
+def render(count: int, list_times: tuple[list[float], list[float]], turn: dict[str, Any], indexes: str) -> tuple[str, str]:
     pg_list, lite_list = ms(list_times[0]), ms(list_times[1])
     pg_turn, lite_turn = ms(turn["pg"]), ms(turn["lite"])
     extra = pg_turn[0] - lite_turn[0]
@@ -203,13 +249,16 @@ def render(count: int, list_times: tuple[list[float], list[float]], turn: dict[s
         f"| server CPU time (user + system) | {turn['cpu_ms']:.1f} ms |",
         f"| server memory per idle session (RSS over {IDLE_SESSIONS} more) | {turn['kb_per_session']:.0f} KiB "
         f"(RSS {turn['rss_mb']:.0f} MiB) |",
+        "",
+        indexes,
     ]
     intro = paragraph(
         f"One run, each store timed in alternation with the other on {platform.machine()}, {os.cpu_count()} cores",
         "(shared); PostgreSQL 15 on the same machine over TCP, commits not waiting for their flush as the",
         "store sets by default (SQLite in WAL, synchronous=NORMAL, as shipped: the same durability), the table",
         "vacuumed and analyzed after the fill, as autovacuum keeps it in service.",
-        "The server runs every PostgreSQL call in its worker thread, one round trip or more each.",
+        "The server runs every PostgreSQL call in its worker thread, one round trip or more each. The last",
+        "table names the indexes each list filter's statements read (EXPLAIN on both, after the fill).",
     )
     return intro, "\n".join(rows)
 
@@ -235,7 +284,7 @@ async def run(args: argparse.Namespace) -> None:
         sqlite2 = Settings(home=folder / "sqlite-turns")
         postgres2 = Settings(home=folder / "postgres-turns", database_url=create_database(url.rpartition("/")[0]))
         turn = await turns(sqlite2, postgres2, args.calls)
-        intro, table = render(args.sessions, list_times, turn)
+        intro, table = render(args.sessions, list_times, turn, plans(sqlite.db_path, url))
         publish(SECTION, intro, table, args.write)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -299,7 +299,10 @@ class PostgresStore(Store):
         )
 
     def lease_alive(self, lease: str) -> bool:
-        """Whether the server holding `lease` still holds its lock; True when the database cannot say."""
+        """Whether the server holding `lease` still holds its lock; True when the database cannot say.
+
+        Asked inside record updates, so it blocks: one round trip on a connection of its own, at most once
+        a second per live lease, and only for sessions another server holds."""
         if lease == this_process():
             return True
         if lease in self._dead:
@@ -309,11 +312,14 @@ class PostgresStore(Store):
             return True
         try:
             with self._leases_lock:
+                if self._leases.raw.closed:
+                    self._leases = open_connection(self.url)
                 held = self._leases.execute(
                     "SELECT COUNT(*) FROM pg_locks WHERE locktype='advisory' AND granted AND objsubid=2 "
-                    f"AND classid={LEASE_LOCKS} AND objid={lease_key(lease)}"
+                    f"AND classid={LEASE_LOCKS} AND objid={lease_key(lease)} "
+                    "AND database=(SELECT oid FROM pg_database WHERE datname=current_database())"
                 ).fetchone()[0]  # type: ignore[index]
-        except psycopg.Error as e:
+        except (psycopg.Error, StoreError) as e:
             log.warning("cannot tell whether the server of lease %s lives: %s", lease, str(e).strip())
             return True
         if held:

@@ -180,3 +180,42 @@ async def test_a_follower_on_one_server_sees_a_turn_run_by_another(clients: list
     for i in range(SERVERS):
         assert [e["event"] for e in seen[i]][-1] == "tool.output"
         assert any(e["event"] == "turn.started" for e in seen[i])
+
+
+# -- the command line on a database -------------------------------------------------------------------
+
+
+async def mcp_sessions(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_SESSIONS_")}
+    done = await anyio.run_process([sys.executable, "-m", "mcp_sessions", *args], env=env, check=False)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+async def test_the_command_line_lists_the_sessions_of_the_database(postgres_url: str, tmp_path: Path) -> None:  # noqa: F811
+    from mcp_sessions.models import Session, SessionRecord
+    from mcp_sessions.store_postgres import PostgresStore
+
+    store = await PostgresStore.connect(postgres_url)
+    try:
+        s = Session(id="ses_" + "a" * 32, title="stored", driver="local", agent="shell", command_timeout_s=1, status="ready")
+        await store.insert(SessionRecord(session=s), [])
+    finally:
+        await store.aclose()
+    done = await mcp_sessions("--database-url", postgres_url, "--home", str(tmp_path / "empty"), "ls", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [row["title"] for row in json.loads(done.stdout)["sessions"]] == ["stored"]
+
+
+async def test_an_unreachable_database_stops_the_server_with_the_reason_and_no_password(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    url = f"postgresql://mcp:hunter2@127.0.0.1:{port}/state"
+    done = await mcp_sessions("--home", str(tmp_path), "--database-url", url, "serve")
+    assert done.returncode != 0
+    assert f"Cannot connect to the PostgreSQL database postgresql://mcp:***@127.0.0.1:{port}/state" in done.stderr, done.stderr
+    assert "hunter2" not in done.stderr
+
+
+async def test_a_database_url_that_is_not_postgresql_is_refused_clearly(tmp_path: Path) -> None:
+    done = await mcp_sessions("--home", str(tmp_path), "--database-url", "mysql://db/state", "serve")
+    assert done.returncode != 0
+    assert "'mysql' is not a database this server keeps its state in: give a postgresql:// URL" in done.stderr, done.stderr
