@@ -232,7 +232,7 @@ def raw_sqlite(db: Path, status: str, calls: int, warmup: int) -> dict[str, Any]
 TAG_SQL = "id IN (SELECT session_id FROM session_tags WHERE tag=?)"
 OTHER_FILTERS: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     # (name, SessionManager.list arguments, the WHERE clause Store.query makes of them, its arguments)
-    ("no filter", {}, "TRUE", ()),
+    ("no filter", {}, "1", ()),
     ("the live statuses", {"statuses": ["creating", "ready", "busy"]}, "status IN (?,?,?)", ("creating", "ready", "busy")),
     ("a tag", {"tags": ["urgent"]}, TAG_SQL, ("urgent",)),
     ("a driver", {"driver": "docker"}, "driver=?", ("docker",)),

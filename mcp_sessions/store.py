@@ -430,7 +430,7 @@ class Store:
         if created_before is not None:
             where.append("created_at<=?")
             args.append(stamp(created_before))
-        base = " AND ".join(where) or "TRUE"
+        base = " AND ".join(where) or "1"
         page_where, page_args = base, list(args)
         if cursor:
             after_time, after_id = decode_cursor(cursor)
@@ -579,7 +579,7 @@ class Store:
 
     async def tasks(self, owner: str | None, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """Ids of the tasks of `owner` (None: everyone's), newest first; and the next page's cursor."""
-        where, args = ("owner=?", [owner]) if owner is not None else ("TRUE", [])
+        where, args = ("owner=?", [owner]) if owner is not None else ("1", [])
         if cursor:
             after_time, after_id = decode_cursor(cursor)
             where += " AND (created_at<? OR (created_at=? AND id<?))"

@@ -68,6 +68,10 @@ _REWRITES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = 
     (re.compile(r"\bINDEXED BY \w+"), ""),  # a hint for SQLite's planner; PostgreSQL's finds the same index
     (re.compile(r"\bINTEGER\b"), "BIGINT"),  # SQLite's INTEGER holds 64 bits
     (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+    (re.compile(r"\bIFNULL\("), "COALESCE("),
+    (re.compile(r"\bWHERE 1\b"), "WHERE TRUE"),  # SQLite's true is 1; PostgreSQL's WHERE wants a boolean
+    (re.compile(r"\bIN \(\)"), "IN (NULL)"),  # an empty list, as SQLite takes it: nothing matches
     (_JSON_EXTRACT, lambda m: f"({m[1]}::jsonb #>> '{{{m[2].replace('.', ',')}}}')"),
     (re.compile(r"\bjson_each\(([\w.]+)\)"), r"json_array_elements_text(\1::json) AS json_each(value)"),
     (

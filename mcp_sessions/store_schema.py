@@ -6,7 +6,8 @@ to date and one from a later release is refused. A migration is SQL, or a functi
 Never change a migration that has shipped: add one.
 
 The same migrations build a PostgreSQL database (store_postgres.py): they are written in SQLite's dialect
-and translated there, and a function gets a connection with sqlite3's `execute` and `?` parameters.
+and translated there (`translate` lists the idioms it knows), and a function gets a connection with
+sqlite3's `execute` and `?` parameters. tests/test_store.py runs every migration on both databases.
 """
 
 from __future__ import annotations
