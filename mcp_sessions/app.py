@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 def server_id(settings: Settings) -> str:
     """Names this state folder on a Docker engine (a container label), so every server process that
-    shares the folder finds its sandboxes again, and servers with other folders leave them alone."""
+    shares the folder finds its sandboxes again, and servers with other folders leave them alone. Servers
+    sharing a PostgreSQL database share its state, whatever their folders: the database names them."""
+    if settings.database_url:
+        from .store_postgres import redact
+
+        return "db-" + hashlib.sha256(redact(settings.database_url).encode()).hexdigest()[:12]
     return "home-" + hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
 

@@ -100,7 +100,7 @@ def lease_key(lease: str) -> int:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its password, for messages and logs (and to name the database: app.server_id)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

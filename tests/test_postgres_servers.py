@@ -219,3 +219,15 @@ async def test_a_database_url_that_is_not_postgresql_is_refused_clearly(tmp_path
     done = await mcp_sessions("--home", str(tmp_path), "--database-url", "mysql://db/state", "serve")
     assert done.returncode != 0
     assert "'mysql' is not a database this server keeps its state in: give a postgresql:// URL" in done.stderr, done.stderr
+
+
+def test_servers_on_one_database_name_their_sandboxes_alike_whatever_their_folders(tmp_path: Path) -> None:
+    from mcp_sessions.app import server_id
+    from mcp_sessions.settings import Settings
+
+    url = "postgresql://mcp:{}@db.internal/state"
+    one = Settings(home=tmp_path / "a", database_url=url.format("first"))
+    two = Settings(home=tmp_path / "b", database_url=url.format("second"))
+    assert server_id(one) == server_id(two)
+    assert server_id(one) != server_id(Settings(home=tmp_path / "a", database_url="postgresql://mcp@db.internal/other"))
+    assert server_id(Settings(home=tmp_path / "a")) != server_id(Settings(home=tmp_path / "b"))
