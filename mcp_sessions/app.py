@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 def server_id(settings: Settings) -> str:
     """Names this state folder on a Docker engine (a container label), so every server process that
-    shares the folder finds its sandboxes again, and servers with other folders leave them alone."""
+    shares the folder finds its sandboxes again, and servers with other folders leave them alone. Servers
+    sharing a PostgreSQL database share its state, whatever their folders: the database names them."""
+    if settings.database_url:
+        from .store_postgres import redact
+
+        return "db-" + hashlib.sha256(redact(settings.database_url).encode()).hexdigest()[:12]
     return "home-" + hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
 
@@ -61,11 +66,30 @@ def mirror_drivers(settings: Settings, plugins: Catalog) -> list[MirrorDriver]:
     return found
 
 
+async def open_store(settings: Settings) -> Store:
+    """The store of these settings: PostgreSQL at `database_url` if set, else SQLite in the state folder."""
+    if settings.database_url:
+        from .store_postgres import PostgresStore
+
+        return await PostgresStore.connect(settings.database_url)
+    return await Store.open(settings.db_path)
+
+
+def check_store(settings: Settings) -> None:
+    """Open, migrate and close the store, raising `StoreError` with advice if it cannot be used."""
+    if settings.database_url:
+        from .store_postgres import PostgresStore
+
+        PostgresStore.check_url(settings.database_url)
+    else:
+        Store.check(settings.db_path)
+
+
 @asynccontextmanager
 async def open_manager(settings: Settings, serving: bool = True) -> AsyncIterator[SessionManager]:
     """The manager over the state folder's store. `serving=False` for one-shot commands: no warm pools."""
     plugins = catalog()
-    store = await Store.open(settings.db_path)
+    store = await open_store(settings)
     try:
         manager = SessionManager(
             settings, store, plugins, make_driver_factory(settings, plugins, serving), make_agents(settings, plugins)

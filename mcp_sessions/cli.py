@@ -272,11 +272,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def serve(settings: Settings) -> None:
     """The MCP server on stdio. Nothing but the protocol may reach stdout here."""
+    from .app import check_store
     from .server import create_server
-    from .store import Store
 
     try:
-        Store.check(settings.db_path)
+        check_store(settings)
     except StoreError as e:
         fail(str(e))
     if sys.stdin.isatty():
@@ -300,12 +300,12 @@ Quit with Ctrl-C or Ctrl-D.
 
 def serve_http(settings: Settings) -> None:
     """MCP and the REST API over HTTP, until Ctrl-C."""
+    from .app import check_store
     from .auth import ConfigError
     from .http import serve_http as run
-    from .store import Store
 
     try:
-        Store.check(settings.db_path)
+        check_store(settings)
         run(settings)
     except (ConfigError, StoreError) as e:
         fail(str(e), 2)
@@ -322,7 +322,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
 
     from sandbox_backends.base import SandboxError
 
-    if not settings.db_path.exists():
+    if not settings.database_url and not settings.db_path.exists():
         fail(f"no state database at {settings.db_path}. Check --home or {ENV_PREFIX}HOME (a server creates it on start).")
     try:
         return anyio.run(_run_command, args, settings)

@@ -7,7 +7,8 @@ subscriptions. They all ask `EventWaiter`:
 
 - a change made by this process wakes its waiters at once (`changed()`, called after every write);
 - a change made by another server process sharing the store is seen by one poll of the store's change
-  feed (`Store.live_and_latest`) per tick for all waiters together, not one poll per follower.
+  feed (`Store.live_and_latest`) per tick for all waiters together, not one poll per follower. A tick
+  is `POLL_S` on SQLite; PostgreSQL ends it as soon as another server commits a change (LISTEN/NOTIFY).
 
 `changes()` serves followers of every session at once (resource subscriptions): a snapshot of the live
 sessions and their last seqs each time it differs from the last one.
@@ -96,7 +97,7 @@ class EventWaiter:
         task_status.started()
         failing = False
         while True:
-            await anyio.sleep(self._poll_s)
+            await self._store.wait_for_change(self._poll_s)
             if not self._watching and not self._listeners:
                 continue
             try:

@@ -150,7 +150,7 @@ class SessionManager:
 
     def _orphaned(self, record: SessionRecord) -> bool:
         """True if a server process that died holds this session's turn or creation."""
-        return bool(record.lease and record.lease != self._lease and not leases.is_alive(record.lease))
+        return bool(record.lease and record.lease != self._lease and not self.store.lease_alive(record.lease))
 
     # -- recovery ---------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 ENV_PREFIX = "MCP_SESSIONS_"
@@ -55,6 +55,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     home: Path = Field(default_factory=default_home, description="Where state lives: the database and local workspaces.")
+    database_url: str | None = Field(
+        None,
+        description="postgresql://... to keep the state in PostgreSQL, shared by several servers, instead of SQLite in "
+        "--home (needs the [postgres] extra; put the password in PGPASSWORD or ~/.pgpass, not here).",
+    )
     driver: str = Field("local", description="Default sandbox driver for new sessions.")
     agent: str = Field("shell", description="Default agent for new sessions.")
     command_timeout_s: float = Field(600.0, gt=0, le=10**7, description="Default limit on one command's run time, in seconds.")
@@ -96,6 +101,16 @@ class Settings(BaseModel):
     )
 
     _sections: dict[type[BaseModel], BaseModel] = PrivateAttr(default_factory=dict)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                f"{url.partition(':')[0]!r} is not a database this server keeps its state in: give a postgresql:// URL, "
+                "or none to keep the state in SQLite in the state folder"
+            )
+        return url or None
 
     def __init__(self, **values: Any) -> None:
         from .plugins import catalog  # the catalog imports plugins, which may import this module

@@ -27,9 +27,10 @@ from typing import Any, TypeVar
 
 import anyio
 
+from . import leases
 from .errors import InvalidInput, StoreError
 from .models import Event, Message, SessionRecord, SessionSummary, TreeUsage, Usage, now, summary_json
-from .store_schema import MIGRATIONS, SCHEMA_VERSION
+from .store_schema import MIGRATIONS, SCHEMA_VERSION, apply
 
 T = TypeVar("T")
 EventSpec = tuple[str, dict[str, Any]]
@@ -71,7 +72,11 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 
 class Store:
-    """The database behind every session. Open with `await Store.open(path)`; close with `aclose()`."""
+    """The database behind every session. Open with `await Store.open(path)`; close with `aclose()`.
+
+    SQLite's; store_postgres.py runs the same queries on PostgreSQL."""
+
+    _BEGIN_SNAPSHOT = "BEGIN"
 
     def __init__(self, path: Path, shared: sqlite3.Connection, fast: sqlite3.Connection) -> None:
         self.path = path
@@ -160,13 +165,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if conn.execute("PRAGMA user_version").fetchone()[0] < target:  # another process may have done it
-                step = MIGRATIONS[target - 1]
-                if callable(step):
-                    step(conn)
-                else:
-                    for statement in step.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                apply(conn, MIGRATIONS[target - 1])
                 conn.execute(f"PRAGMA user_version={target}")
             conn.execute("COMMIT")
         except BaseException:
@@ -214,6 +213,19 @@ class Store:
                 await self._run(self._checkpoint)
         return result
 
+    def _writing(self, session_id: str) -> None:
+        """Called first in every transaction that writes a session. `BEGIN IMMEDIATE` already gives this one
+        writer at a time; a store with row-level concurrency serializes the session's writers here."""
+
+    def lease_alive(self, lease: str) -> bool:
+        """False only when the server that holds `lease` is certainly gone (leases.py)."""
+        return leases.is_alive(lease)
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return when other servers may have changed something, or after `timeout` seconds: SQLite tells no one,
+        so followers poll (events.py)."""
+        await anyio.sleep(timeout)
+
     def _checkpoint(self) -> None:
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -249,7 +261,7 @@ class Store:
 
     def _snapshot(self, fn: Callable[[], T]) -> T:
         """Run reads in one read transaction, so they see one state of a database others write to."""
-        self._conn.execute("BEGIN")
+        self._conn.execute(self._BEGIN_SNAPSHOT)
         try:
             return fn()
         finally:
@@ -297,6 +309,7 @@ class Store:
 
     async def insert(self, record: SessionRecord, events: list[EventSpec]) -> list[Event]:
         def run() -> list[Event]:
+            self._writing(record.session.id)
             self._write_record(record)
             return self._append_events(record.session.id, events)
 
@@ -322,6 +335,7 @@ class Store:
         """
 
         def run() -> tuple[SessionRecord, list[Event]]:
+            self._writing(session_id)
             row = self._conn.execute("SELECT record, tags FROM sessions WHERE id=?", (session_id,)).fetchone()
             if row is None:
                 raise KeyError(session_id)
@@ -336,6 +350,7 @@ class Store:
 
     async def delete(self, session_id: str) -> None:
         def run() -> None:
+            self._writing(session_id)
             tables = [(t, "session_id") for t in ("events", "messages", "session_tags", "tasks")] + [("sessions", "id")]
             for table, column in tables:
                 self._conn.execute(f"DELETE FROM {table} WHERE {column}=?", (session_id,))
@@ -358,9 +373,14 @@ class Store:
         """The ids of live sessions, and the last event seq of those and of `extra`."""
 
         def run() -> tuple[set[str], dict[str, int]]:
-            live = {r[0] for r in self._conn.execute("SELECT id FROM sessions WHERE status IN ('creating','ready','busy')")}
-            seqs = {}
-            for sid in live | extra:
+            # One statement for every live session: followers on PostgreSQL look after every other server's write.
+            rows = self._conn.execute(
+                "SELECT id, (SELECT MAX(seq) FROM events WHERE session_id=sessions.id) FROM sessions "
+                "WHERE status IN ('creating','ready','busy')"
+            ).fetchall()
+            live = {r[0] for r in rows}
+            seqs = {r[0]: r[1] or 0 for r in rows}
+            for sid in extra - live:
                 row = self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (sid,)).fetchone()
                 seqs[sid] = row[0] or 0
             return live, seqs
@@ -473,8 +493,8 @@ class Store:
 
         def run() -> list[Any]:
             return self._conn.execute(
-                f"{self._TREE} SELECT json_extract(record, '$.session.usage'), json_extract(record, '$.session.turns'), "
-                "json_extract(record, '$.session.turn_time_s') FROM tree JOIN sessions ON sessions.id=tree.id",
+                f"{self._TREE} SELECT json_extract(record, '$.session.usage'), CAST(json_extract(record, '$.session.turns') AS INTEGER), "
+                "CAST(json_extract(record, '$.session.turn_time_s') AS REAL) FROM tree JOIN sessions ON sessions.id=tree.id",
                 (session_id,),
             ).fetchall()
 
@@ -500,7 +520,7 @@ class Store:
                 rows = self._conn.execute("SELECT doc FROM messages WHERE session_id=? ORDER BY n", (session_id,)).fetchall()
             else:
                 rows = self._conn.execute(
-                    "SELECT doc FROM (SELECT n, doc FROM messages WHERE session_id=? ORDER BY n DESC LIMIT ?) ORDER BY n",
+                    "SELECT doc FROM (SELECT n, doc FROM messages WHERE session_id=? ORDER BY n DESC LIMIT ?) AS recent ORDER BY n",
                     (session_id, last),
                 ).fetchall()
             return [Message.model_validate_json(r[0]) for r in rows]
@@ -508,7 +528,11 @@ class Store:
         return await self._run(run)
 
     async def append_events(self, session_id: str, specs: list[EventSpec]) -> list[Event]:
-        return await self._quick(lambda: self._append_events(session_id, specs), write=True)
+        def run() -> list[Event]:
+            self._writing(session_id)
+            return self._append_events(session_id, specs)
+
+        return await self._quick(run, write=True)
 
     async def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         def run() -> list[Event]:

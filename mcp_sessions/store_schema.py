@@ -4,6 +4,10 @@
 migrations after it, each in its own transaction, so a database from any earlier release is brought up
 to date and one from a later release is refused. A migration is SQL, or a function for what SQL cannot do.
 Never change a migration that has shipped: add one.
+
+The same migrations build a PostgreSQL database (store_postgres.py): they are written in SQLite's dialect
+and translated there (`translate` lists the idioms it knows), and a function gets a connection with
+sqlite3's `execute` and `?` parameters. tests/test_store.py runs every migration on both databases.
 """
 
 from __future__ import annotations
@@ -21,6 +25,16 @@ def _add_summaries(conn: sqlite3.Connection) -> None:
     for session_id, record in rows:
         summary = summary_json(SessionRecord.model_validate_json(record).session)
         conn.execute("UPDATE sessions SET summary=? WHERE id=?", (summary, session_id))
+
+
+def apply(conn: sqlite3.Connection, step: str | Callable[[sqlite3.Connection], None]) -> None:
+    """Run one migration's statements (or function) inside the caller's transaction."""
+    if callable(step):
+        step(conn)
+        return
+    for statement in step.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [

@@ -1,11 +1,12 @@
-"""The SQLite store on its own: filters and keyset pages over many sessions, and schema versions."""
+"""The store on its own, on SQLite and on PostgreSQL alike: filters and keyset pages over many sessions, and
+schema versions. What only one of them has (SQLite's locking and its write-ahead log) is tested on that one."""
 
 from __future__ import annotations
 
 import base64
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,63 @@ import pytest
 from mcp_sessions.errors import InvalidInput
 from mcp_sessions.models import Session, SessionRecord, summary_json
 from mcp_sessions.store import SCHEMA_VERSION, Store, stamp
+from tests.postgres_support import create_database, drop_database, postgres_cluster  # noqa: F401
 
 pytestmark = pytest.mark.anyio
+BACKENDS = ["sqlite", "postgres"]
+
+
+class Place:
+    """Where one test's database lives: a file for SQLite, a database of the test cluster for PostgreSQL."""
+
+    def __init__(self, path: Path | None = None, url: str | None = None) -> None:
+        self.path, self.url = path, url
+
+    async def open(self) -> Store:
+        if self.url is not None:
+            from mcp_sessions.store_postgres import PostgresStore
+
+            return await PostgresStore.connect(self.url)
+        assert self.path is not None
+        return await Store.open(self.path)
+
+    def version(self) -> int:
+        if self.url is not None:
+            from mcp_sessions.store_postgres import schema_version
+
+            return schema_version(self.url)
+        assert self.path is not None
+        return user_version(self.path)
+
+    def at_version(self, version: int) -> Any:
+        """A connection to the database brought to schema `version` only (as an older release left it),
+        taking sqlite3's calls; close it before opening a store."""
+        if self.url is not None:
+            from mcp_sessions.store_postgres import migrate, open_connection
+
+            conn = open_connection(self.url)
+            migrate(conn, self.url, upto=version)
+            return conn
+        assert self.path is not None
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        for target in range(1, version + 1):
+            Store._migrate(conn, target)
+        return conn
+
+
+def make_place(request: pytest.FixtureRequest, folder: Path) -> Iterator[Place]:
+    if request.param == "sqlite":
+        yield Place(path=folder / "sessions.db")
+        return
+    url = create_database(request.getfixturevalue("postgres_cluster"))
+    yield Place(url=url)
+    drop_database(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Place]:
+    yield from make_place(request, tmp_path)
+
 
 COUNT = 1000
 STATUSES = ["creating", "ready", "busy", "failed", "dead"]
@@ -46,27 +102,26 @@ def make_sessions() -> list[Session]:
     return sessions
 
 
-@pytest.fixture(scope="module")
-def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Session]]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Place, list[Session]]]:
     """A database holding COUNT sessions inserted through Store.insert, shared by the read-only tests here."""
-    path = tmp_path_factory.mktemp("store") / "sessions.db"
-    sessions = make_sessions()
+    for place in make_place(request, tmp_path_factory.mktemp("store")):
+        anyio.run(fill, place)
+        yield place, make_sessions()
 
-    async def fill() -> None:
-        store = await Store.open(path)
-        try:
-            for s in sessions:
-                await store.insert(SessionRecord(session=s), [("session.created", {})])
-        finally:
-            await store.aclose()
 
-    anyio.run(fill)
-    return path, sessions
+async def fill(place: Place) -> None:
+    store = await place.open()
+    try:
+        for s in make_sessions():
+            await store.insert(SessionRecord(session=s), [("session.created", {})])
+    finally:
+        await store.aclose()
 
 
 @pytest.fixture
-async def store(filled: tuple[Path, list[Session]]) -> Any:
-    opened = await Store.open(filled[0])
+async def store(filled: tuple[Place, list[Session]]) -> Any:
+    opened = await filled[0].open()
     yield opened
     await opened.aclose()
 
@@ -175,9 +230,9 @@ async def test_created_after_and_before_include_their_bounds(store: Store, fille
     assert (await walk(store, 50, created_after=two_hours_east))[0] == newest_first(filled[1], lambda s: s.created_at >= low)
 
 
-async def test_a_cursor_stays_valid_while_newer_sessions_arrive(tmp_path: Path) -> None:
+async def test_a_cursor_stays_valid_while_newer_sessions_arrive(place: Place) -> None:
     """Keyset pages: sessions created after the first page do not shift or repeat the later pages."""
-    store = await Store.open(tmp_path / "sessions.db")
+    store = await place.open()
     try:
         old = make_sessions()[:30]
         for s in old:
@@ -237,8 +292,8 @@ def user_version(path: Path) -> int:
         return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
-async def round_trip(path: Path) -> None:
-    store = await Store.open(path)
+async def round_trip(place: Place) -> None:
+    store = await place.open()
     try:
         s = Session(id="ses_" + "a" * 32, driver="local", agent="shell", command_timeout_s=1, tags=["x"])
         await store.insert(SessionRecord(session=s), [("session.created", {})])
@@ -251,27 +306,25 @@ async def round_trip(path: Path) -> None:
         await store.aclose()
 
 
-async def test_a_fresh_database_gets_the_current_schema(tmp_path: Path) -> None:
-    path = tmp_path / "new" / "sessions.db"
-    await round_trip(path)
-    assert user_version(path) == SCHEMA_VERSION
+async def test_a_fresh_database_gets_the_current_schema(place: Place) -> None:
+    if place.path is not None:
+        place.path = place.path.parent / "new" / "sessions.db"
+    await round_trip(place)
+    assert place.version() == SCHEMA_VERSION
 
 
 async def test_an_empty_existing_file_gets_the_current_schema(tmp_path: Path) -> None:
     path = tmp_path / "sessions.db"
     path.write_bytes(b"")
-    await round_trip(path)
+    await round_trip(Place(path=path))
     assert user_version(path) == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
-async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_sessions(tmp_path: Path, version: int) -> None:
+async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_sessions(place: Place, version: int) -> None:
     """A database as version `version` left it: its sessions survive every later migration."""
-    path = tmp_path / "sessions.db"
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = place.at_version(version)
     try:
-        for target in range(1, version + 1):
-            Store._migrate(conn, target)
         s = Session(
             id="ses_" + "b" * 32, title="old", driver="local", agent="shell", command_timeout_s=1, status="ready", tags=["p", "q"]
         )
@@ -292,7 +345,7 @@ async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_ses
             conn.executemany("INSERT INTO session_tags(tag, session_id) VALUES(?,?)", [("p", s.id), ("q", s.id)])
     finally:
         conn.close()
-    store = await Store.open(path)
+    store = await place.open()
     try:
         got = await store.get(s.id)
         assert got is not None and got.session.status == "ready"
@@ -308,8 +361,8 @@ async def test_a_database_of_an_older_schema_is_migrated_forward_keeping_its_ses
         assert [sid for sid, _ in await store.descendants(s.id)] == [child.id]
     finally:
         await store.aclose()
-    assert user_version(path) == SCHEMA_VERSION
-    await round_trip(path)
+    assert place.version() == SCHEMA_VERSION
+    await round_trip(place)
 
 
 async def test_many_connections_opening_a_new_database_at_once_all_get_the_schema(tmp_path: Path) -> None:
@@ -329,7 +382,7 @@ async def test_many_connections_opening_a_new_database_at_once_all_get_the_schem
             await store.aclose()
         assert len(opened) == 8
         assert user_version(path) == SCHEMA_VERSION
-    await round_trip(path)
+    await round_trip(Place(path=path))
 
 
 async def test_tag_filters_follow_tags_changed_by_an_update_and_a_delete(store: Store) -> None:
@@ -413,3 +466,63 @@ async def test_the_write_ahead_log_stays_bounded_over_many_writes(one_session: t
     wal = path.with_name(path.name + "-wal").stat().st_size
     assert wal < 4 << 20, f"the write-ahead log grew to {wal} bytes: it is not checkpointed"
     assert await store.last_seq(sid) == 2000
+
+
+# -- several servers on one database -------------------------------------------------------------------
+
+
+async def test_servers_writing_one_session_at_once_lose_no_change_and_number_events_in_order(place: Place) -> None:
+    """Each server's read-modify-write of a record and its event numbering stay whole while others write."""
+    stores = [await place.open() for _ in range(3)]
+    try:
+        s = Session(id="ses_" + "e" * 32, driver="local", agent="shell", command_timeout_s=1)
+        await stores[0].insert(SessionRecord(session=s), [])
+
+        def count(r: SessionRecord) -> list[Any]:
+            r.session.turns += 1
+            return [("phase", {"phase": "counted"})]
+
+        async def write(store: Store) -> None:
+            for _ in range(40):
+                await store.update(s.id, count)
+                await store.append_events(s.id, [("text.delta", {"text": "a"}), ("text.delta", {"text": "b"})])
+
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(write, store)
+        got = await stores[1].get(s.id)
+        assert got is not None and got.session.turns == 120
+        assert [e.seq for e in await stores[2].events(s.id, limit=1000)] == list(range(1, 361))
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_a_write_on_one_postgres_server_wakes_the_change_feed_of_another(postgres_cluster: str) -> None:  # noqa: F811
+    from mcp_sessions.store_postgres import PostgresStore
+
+    place = Place(url=create_database(postgres_cluster))
+    writer, follower = await place.open(), await place.open()
+    try:
+        assert isinstance(follower, PostgresStore)
+        follower.fallback_poll_s = 3600  # only the notice can end the wait
+        s = Session(id="ses_" + "f" * 32, driver="local", agent="shell", command_timeout_s=1)
+        woke = anyio.Event()
+
+        async def follow() -> None:
+            await follower.wait_for_change(0)
+            woke.set()
+
+        with anyio.fail_after(30):  # only turns a hang into a failure
+            await writer.insert(SessionRecord(session=s), [])
+            await follower.wait_for_change(0)  # the notice of that insert, so that the next wait is for the next one
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow)
+                await anyio.wait_all_tasks_blocked()
+                await writer.append_events(s.id, [("text.delta", {"text": "hello"})])
+                await woke.wait()
+        assert await follower.last_seq(s.id) == 1
+    finally:
+        await writer.aclose()
+        await follower.aclose()
+        drop_database(place.url or "")
