@@ -36,7 +36,7 @@ class Forbidden(SessionError):
 
 
 class Unsupported(SessionError):
-    """The session's driver cannot do what was asked (a remote session's folders cannot be listed)."""
+    """What the session cannot do, whenever asked: its driver cannot (list folders, pause, fork), or it is mirrored."""
 
     code = "unsupported"
 

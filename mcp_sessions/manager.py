@@ -17,8 +17,10 @@ import anyio
 
 from . import lifecycle
 from .errors import SessionNotFound, StoreError
+from .forking import Forking
 from .messaging import Messaging
 from .models import SessionRecord, now
+from .pausing import Pausing
 from .provisioning import Provisioning
 from .reading import Reading
 from .sandboxes import Sandboxes
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 REAP_INTERVAL_S = 1.0
 
 
-class SessionManager(Provisioning, Messaging, Reading, Stopping):
+class SessionManager(Forking, Provisioning, Messaging, Reading, Stopping, Pausing):
     """Create with `SessionManager(settings, store, catalog, make_driver, agents)` and use as `async with`."""
 
     async def __aenter__(self) -> SessionManager:
@@ -69,7 +71,8 @@ class SessionManager(Provisioning, Messaging, Reading, Stopping):
     # -- timers -----------------------------------------------------------------------------------
 
     async def _reap_idle_sessions(self) -> None:
-        """Close ready sessions past their idle timeout. A busy session has no deadline, so it is never reaped."""
+        """Pause or close ready sessions past their idle timeout (`Pausing.idle`). A busy session has no deadline,
+        so it is never reaped."""
         while True:
             await anyio.sleep(REAP_INTERVAL_S)
             try:
@@ -79,30 +82,17 @@ class SessionManager(Provisioning, Messaging, Reading, Stopping):
                 continue
             for session_id in due:
                 try:
-                    await self._close_idle(session_id)
+                    await self.idle(session_id)
+                except SessionNotFound:
+                    pass
                 except StoreError as e:
                     log.warning("closing %s after its idle timeout failed: %s", session_id, e)
-
-    async def _close_idle(self, session_id: str) -> None:
-        moment = now()
-
-        def mark_dead(r: SessionRecord) -> list[EventSpec]:
-            s = r.session
-            if s.status != "ready" or s.idle_timeout_s <= 0 or (moment - s.last_activity_at).total_seconds() < s.idle_timeout_s:
-                return []  # it woke up meanwhile
-            return lifecycle.close(r, "idle timeout")
-
-        try:
-            record, events = await self._update(session_id, mark_dead)
-        except SessionNotFound:
-            return
-        if events:
-            log.info("closed %s after %g s idle", session_id, record.session.idle_timeout_s)
-            await self.sandboxes.free(record, delete=False)
 
     async def _on_sandbox_failure(self, session_id: str, reason: str) -> None:
         def fail(r: SessionRecord) -> list[EventSpec]:
             if r.session.status == "creating":  # its creation fails with the reason it knows better
+                return []
+            if r.session.status == "paused":  # stopped on purpose; a sandbox gone for good fails its resume
                 return []
             return lifecycle.fail(r, reason)
 

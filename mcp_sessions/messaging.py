@@ -11,7 +11,7 @@ from . import lifecycle, replies
 from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError
 from .mirror import read_only
 from .models import Message, QueuedMessage, SessionRecord, TurnReply
-from .session_core import ManagerCore, _Orphaned
+from .session_core import ManagerCore, _Orphaned, _Paused
 from .store import EventSpec
 from .turns import MAX_WAIT_S, check_can_send, turn_over
 
@@ -49,6 +49,8 @@ class Messaging(ManagerCore):
                 raise SessionNotFound(s.id)
             if self._orphaned(r):
                 raise _Orphaned()
+            if s.status == "paused":
+                raise _Paused(r)
             if reason := read_only(r):
                 raise SessionClosed(reason)
             if queue and s.status == "busy":
@@ -70,6 +72,9 @@ class Messaging(ManagerCore):
             record, _ = await self._update(session_id, start, messages)
         except _Orphaned:  # a turn left by a dead server: finish it, then start ours
             await self._record(session_id, owner)
+            record, _ = await self._update(session_id, start, messages)
+        except _Paused as paused:  # its next use resumes it
+            await self._resume(paused.record)
             record, _ = await self._update(session_id, start, messages)
         if sampler is not None:
             turns.samplers[(session_id, placed["turn"])] = sampler

@@ -4,10 +4,11 @@ bringing its sandbox and agent up in the background while the caller waits up to
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import anyio
 
-from sandbox_backends.base import ChecksSpec, SandboxError
+from sandbox_backends.base import ChecksSpec, Sandbox, SandboxError
 
 from . import lifecycle, trees
 from .agents.base import PrepareContext, PreparesSandbox
@@ -19,6 +20,9 @@ from .session_core import ManagerCore
 from .turns import MAX_WAIT_S
 
 log = logging.getLogger(__name__)
+
+MakeSandbox = Callable[[Callable[[str, str], Awaitable[None]]], Awaitable[Sandbox]]
+"""Makes a new session's sandbox, reporting its steps to the callback given."""
 
 
 class Provisioning(ManagerCore):
@@ -57,7 +61,11 @@ class Provisioning(ManagerCore):
                 "Close sessions you no longer need (close_session), then create again."
             )
 
-    async def _provision(self, record: SessionRecord, files: dict[str, str], done: anyio.Event) -> None:
+    async def _provision(
+        self, record: SessionRecord, files: dict[str, str], done: anyio.Event, make: MakeSandbox | None = None
+    ) -> None:
+        """Bring the session up: its sandbox made (by `make`, a fork's copy, else the driver's create), its files
+        written, its agent prepared; ready, or failed with the reason."""
         sid = record.session.id
 
         async def phase(name: str, detail: str | None = None) -> None:
@@ -65,7 +73,7 @@ class Provisioning(ManagerCore):
 
         try:
             with anyio.fail_after(self.settings.create_timeout_s):
-                sandbox = await self.sandboxes.create(record, on_phase=phase)
+                sandbox = await (make(phase) if make else self.sandboxes.create(record, on_phase=phase))
                 if files:
                     await phase("injecting_files", f"{len(files)} file(s)")
                     for path, content in files.items():

@@ -140,6 +140,8 @@ class Reading(ManagerCore):
 
     async def read_file(self, session_id: str, path: str, owner: str | None = None) -> bytes:
         record = await self._record(session_id, owner)
+        if record.session.status == "paused":
+            record = await self._resume(record)
         if record.session.status in ("creating",) or record.sandbox_id is None:
             raise SessionBusy(f"Session '{session_id}' has no workspace yet (status {record.session.status}).")
         try:

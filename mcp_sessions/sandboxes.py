@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import TaskGroup
 
-from sandbox_backends.base import Driver, Limits, RemovesLeftovers, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
+from sandbox_backends.base import Driver, Forks, Limits, RemovesLeftovers, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
 
 from .egress import Egress
 from .models import SessionRecord
@@ -81,6 +81,20 @@ class Sandboxes:
         if self._egress is not None:
             await self._egress.start(record, sandbox, self._tg, new=True)
         return sandbox
+
+    async def fork(
+        self, source: SessionRecord, record: SessionRecord, on_phase: Callable[[str, str], Awaitable[None]]
+    ) -> Sandbox:
+        """A sandbox for `record` copied from `source`'s (its driver `Forks`: the caller checked)."""
+        driver = self.driver(record.session.driver)
+        assert isinstance(driver, Forks)
+        sandbox = await driver.fork(await self.of(source), spec_of(record), on_phase=on_phase)
+        self._sandboxes[record.session.id] = sandbox
+        return sandbox
+
+    def forget(self, record: SessionRecord) -> None:
+        """Let go of the session's sandbox object without closing it (it was paused: the next use attaches)."""
+        self._sandboxes.pop(record.session.id, None)
 
     async def interrupt_idle(self, record: SessionRecord) -> str:
         """An interrupt of a session with nothing running, and what it did in words for the caller: a ready

@@ -35,6 +35,13 @@ class _Orphaned(Exception):
     """Raised inside a store update that found a session held by a dead server; nothing is written."""
 
 
+class _Paused(Exception):
+    """Raised inside a store update that found the session paused; nothing is written, the caller resumes it."""
+
+    def __init__(self, record: SessionRecord) -> None:
+        self.record = record
+
+
 class ManagerCore:
     """The state and plumbing the manager's parts share. Made by `SessionManager`; opened with `async with`."""
 
@@ -57,6 +64,8 @@ class ManagerCore:
         self._sandboxes: Sandboxes | None = None
         self._turns: Turns | None = None
         self._admit = anyio.Lock()
+        self._moving: dict[str, anyio.Lock] = {}
+        """Per session, while it is being paused or resumed by this process (pausing.py)."""
         self.mirror: Mirror | None = None
         """Keeps the sessions of read-only platforms in the store (mirror.py); set by whoever opens the manager."""
 
@@ -91,6 +100,10 @@ class ManagerCore:
             record = await self._adopt(record)
         return record
 
+    async def _resume(self, record: SessionRecord) -> SessionRecord:
+        """The session ready again if it is paused; pausing.py does it."""
+        raise NotImplementedError
+
     def _orphaned(self, record: SessionRecord) -> bool:
         """True if a server process that died holds this session's turn or creation."""
         return bool(record.lease and record.lease != self._lease and not leases.is_alive(record.lease))
@@ -99,7 +112,7 @@ class ManagerCore:
 
     async def recover(self) -> None:
         """Finish what a dead server process left half done: running turns and creations."""
-        for record in await self.store.with_status(["creating", "busy", "failed"]):
+        for record in await self.store.with_status(["creating", "busy", "paused", "failed"]):
             if self._orphaned(record):
                 await self._adopt(record)
 
@@ -107,6 +120,11 @@ class ManagerCore:
         s = record.session
         dead_lease = record.lease
         log.info("taking over %s (%s) from a server that is gone", s.id, s.status)
+        if s.status == "paused":  # a pause or resume it left half done: taken as paused, the next use resumes it
+            record, _ = await self._update(
+                s.id, lambda r: lifecycle.set_paused_phase(r, "paused") if r.lease == dead_lease else []
+            )
+            return record
         if s.status == "creating":
 
             def fail(r: SessionRecord) -> list[EventSpec]:

@@ -358,7 +358,9 @@ class Store:
         """The ids of live sessions, and the last event seq of those and of `extra`."""
 
         def run() -> tuple[set[str], dict[str, int]]:
-            live = {r[0] for r in self._conn.execute("SELECT id FROM sessions WHERE status IN ('creating','ready','busy')")}
+            live = {
+                r[0] for r in self._conn.execute("SELECT id FROM sessions WHERE status IN ('creating','ready','busy','paused')")
+            }
             seqs = {}
             for sid in live | extra:
                 row = self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (sid,)).fetchone()
@@ -473,7 +475,7 @@ class Store:
 
         def run() -> list[Any]:
             return self._conn.execute(
-                f"{self._TREE} SELECT json_extract(record, '$.session.usage'), json_extract(record, '$.session.turns'), "
+                f"{self._TREE} SELECT json_extract(record, '$.session.usage'), json_extract(record, '$.session.turns') - IFNULL(json_extract(record, '$.session.forked_turns'), 0), "
                 "json_extract(record, '$.session.turn_time_s') FROM tree JOIN sessions ON sessions.id=tree.id",
                 (session_id,),
             ).fetchall()

@@ -38,7 +38,12 @@ if TYPE_CHECKING:
     from .tasks.core import TaskSupport
 
 ENTRY_POINT_GROUP = "mcp_sessions.tools"
-BUILTIN: dict[str, str] = {"expose_port": "mcp_sessions.previews:plugin"}
+BUILTIN: dict[str, str] = {
+    "expose_port": "mcp_sessions.previews:plugin",
+    "pause_session": "mcp_sessions.builtin_tools:pause",
+    "fork_session": "mcp_sessions.builtin_tools:fork",
+}
+"""Tools of this package served this way (previews.py, builtin_tools.py); a plugin cannot replace them."""
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ import anyio.abc
 from anyio.abc import Process
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from . import local_fork
 from .base import (
     MAX_LISTED,
     ClosesOnExit,
@@ -49,6 +50,7 @@ from .base import (
     Limits,
     OutputCallback,
     PhaseCallback,
+    Sandbox,
     SandboxBusy,
     SandboxError,
     SandboxNotFound,
@@ -444,6 +446,14 @@ class LocalSandbox(ClosesOnExit):
         if shell is not None:
             await shell.aclose()
 
+    async def pause(self) -> bytes:
+        """Stop its processes and its runner; the workspace and the saved shell state stay in the folder."""
+        await self.close()
+        return b""
+
+    async def resume(self, saved: bytes) -> None:
+        """Nothing to give back: the next command's runner restores the state the folder kept."""
+
     async def close(self, *, delete: bool = False) -> None:
         self._streams.close()
         await self.interrupt()
@@ -530,6 +540,11 @@ class LocalDriver:
         (sandbox._base / "tmp").mkdir(mode=0o700, exist_ok=True)
         (sandbox._state / RUNNER_FILE).write_text(RUNNER)
         return sandbox
+
+    async def fork(self, source: Sandbox, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> LocalSandbox:
+        if not isinstance(source, LocalSandbox):
+            raise SandboxError("The local driver copies only local sandboxes.")
+        return await local_fork.fork(self, source, spec, on_phase)
 
     async def watch(self, on_failure: FailureCallback) -> None:
         """A folder cannot die on its own; a deleted workspace is noticed by the next command."""

@@ -18,6 +18,7 @@ from mcp_sessions.settings import Settings
 
 from .docker_support import docker_engine, remove_labelled  # noqa: F401
 from .fake_llm import FakeLLM, Reply, ToolCall
+from .test_tools import TOOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -44,7 +45,9 @@ def check_orchestrator_summary(out: str) -> None:
     assert rows["count lines of code"][2] == "ok" and rows["count lines of code"][4] == "9 total"
     assert rows["build and run"][2] == "interrupted (deadline)"
     assert "built and running on linux" in out and "benchmark done" not in out
-    assert "tree: 4 sessions, 4 of 10 turns; 3 children deleted" in out  # the subtasks ran as the parent's children
+    assert "kept the fix 'a * b' of 2 tried in forks" in out
+    # the subtasks ran as the parent's children; the bug's session and its two forks too (3 more turns)
+    assert "tree: 7 sessions, 7 of 10 turns; 6 children deleted" in out
 
 
 def test_the_orchestrator_example_on_the_local_driver(tmp_path: Path) -> None:
@@ -93,15 +96,7 @@ async def test_each_client_config_starts_a_server_that_lists_the_tools(
     params = StdioServerParameters(command=COMMAND, args=entry.get("args", []), env=env)
     async with Client(params, mode="legacy") as client:
         names = {t.name for t in (await client.list_tools()).tools}
-    assert names == {
-        "create_session",
-        "send_message",
-        "get_session",
-        "list_sessions",
-        "interrupt",
-        "close_session",
-        "expose_port",
-    }
+    assert names == TOOLS
 
 
 def run_delegate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

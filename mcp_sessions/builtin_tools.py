@@ -1,0 +1,38 @@
+"""Built-in tools served the way plugin tools are (`tools.py`): one function each, an MCP tool and
+`POST /api/v1/tools/<name>`. Operations beyond the six core tools live here, so the MCP surface
+(server.py) stays a thin table of those."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from .inputs import WaitS
+from .manager import SessionManager
+from .models import Session
+from .tools import ToolPlugin
+
+SessionIdParam = Annotated[str, Field(max_length=100, description="The session id (ses_...).")]
+
+
+async def pause_session(sessions: SessionManager, owner: str | None, session_id: SessionIdParam) -> Session:
+    """Pause a ready session: its sandbox stops, workspace and shell state stay. Its next message, file read or
+    fork resumes it."""
+    return await sessions.pause(session_id, owner=owner)
+
+
+async def fork_session(
+    sessions: SessionManager,
+    owner: str | None,
+    session_id: SessionIdParam,
+    title: Annotated[str | None, Field(max_length=200, description="The fork's title.")] = None,
+    wait_s: Annotated[WaitS, Field(description="Wait up to this long for it to be ready.")] = 30,
+) -> Session:
+    """Fork a session to try alternatives: a new child session with a copy of its workspace, shell state and
+    conversation. The source goes on untouched."""
+    return await sessions.fork(session_id, title=title, owner=owner, wait_s=wait_s)
+
+
+pause = ToolPlugin(name="pause_session", run=pause_session, title="Pause session", idempotent=True)
+fork = ToolPlugin(name="fork_session", run=fork_session, title="Fork session")
