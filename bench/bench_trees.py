@@ -9,7 +9,7 @@ Measures, and prints as a Markdown section (--write puts it into that file):
   volume plus a `cp -a` of the source's volume in a helper container plus a first `exec_run true`;
 - the two ways of copying the workspace alone: a helper container's `cp -a` (what the driver does), and a
   tar stream through the engine (`get_archive` of the source's /workspace into `put_archive` of the new
-  container's), the stand-in for a tar stream through the two control shells;
+  container's; a stream through the two control shells would add their framing to it);
 - resume of a paused sandbox to its first command answered (`attach` + `resume` + `exec('true')`) against a
   raw `start` of a stopped container plus a first `exec_run true`.
 

@@ -51,7 +51,6 @@ STATUS_OF_CODE = {
     "file_not_found": 404,
     "session_busy": 409,
     "session_closed": 409,
-    "unsupported": 409,
     "payload_too_large": 413,
     "too_many_sessions": 429,
     "rate_limited": 429,

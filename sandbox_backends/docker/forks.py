@@ -5,8 +5,9 @@ short-lived helper container that mounts the source's volume read-only and the n
 `cp -a` as root (ownership, modes, times and links kept) with no network and only the capabilities a copy
 needs. The source keeps running meanwhile: nothing stops or pauses it. The new sandbox's container is made
 and started while the copy runs (they share nothing but the new volume, and no command runs before both
-are done); then its shell is given the source's state. Measured against a tar stream through the two
-control shells in BENCHMARKS.md ("Fork").
+are done); then its shell is given the source's state. Measured against a tar stream through the engine
+(get_archive into put_archive) in BENCHMARKS.md ("Fork and resume of docker sessions"): that stream copies
+faster alone, but must wait for the new container and reads a live hostile workspace through the engine.
 """
 
 from __future__ import annotations
