@@ -56,7 +56,8 @@ PROGRAM = {"hello/__main__.py": "import sys\nprint('built and running on', sys.p
 BUG = {"calc.py": "def mul(a, b):\n    return a + b\n", "test_mul.py": TEST_SUITE["test_mul.py"]}
 FIXES = {"a ** b": "sed -i 's/a + b/a ** b/' calc.py", "a * b": "sed -i 's/a + b/a * b/' calc.py"}
 """Two candidate fixes of the bug in BUG, each tried in a fork of the session that found it."""
-TEST = "python3 -m unittest -q test_mul 2>&1 | tail -n 1"
+TEST = "python3 -B -m unittest -q test_mul 2>&1 | tail -n 1"
+"""-B: no bytecode cache, whose mtime check a fix of the same size made within the second would pass."""
 
 
 @dataclass
@@ -132,20 +133,32 @@ async def run_subtask(client: Client, task: Subtask, driver: str, parent: str) -
         task.seconds = time.monotonic() - started
 
 
+async def output_of(client: Client, session_id: str, script: str) -> str:
+    """Run `script` in the session and wait for its turn to end, however long it takes: its output."""
+    reply = await call(client, "send_message", session_id=session_id, text=script, wait_s=20)
+    while reply["status"] == "busy":
+        reply = (await call(client, "get_session", session_id=session_id, wait_s=20))["session"]["last_turn"]
+        reply["status"] = "busy" if reply["status"] == "running" else "ready"
+    return str(reply["output"]).strip()
+
+
 async def try_fixes(client: Client, driver: str, parent: str) -> str:
     """Reproduce the bug once, fork the session for each candidate fix, keep the fork whose test passes."""
     found = await call(client, "create_session", title="bug", driver=driver, files=BUG, parent_session_id=parent)
-    failing = await call(client, "send_message", session_id=found["id"], text=TEST, wait_s=30)
-    assert failing["output"].startswith("FAILED"), failing["output"]
-    forks = {fix: (await call(client, "fork_session", session_id=found["id"], title=f"fix: {fix}"))["id"] for fix in FIXES}
-    kept = None
+    failing = await output_of(client, found["id"], TEST)
+    assert failing.startswith("FAILED"), failing
+    forks = {fix: await call(client, "fork_session", session_id=found["id"], title=f"fix: {fix}") for fix in FIXES}
+    kept, tried = None, []
     for fix, fork in forks.items():
-        reply = await call(client, "send_message", session_id=fork, text=f"{FIXES[fix]} && {TEST}", wait_s=30)
-        if reply["output"].strip() == "OK" and kept is None:
+        assert fork["status"] == "ready", fork
+        result = await output_of(client, fork["id"], f"{FIXES[fix]} && {TEST}")
+        tried.append(f"{fix}: {result}")
+        if result == "OK" and kept is None:
             kept = fix
         else:
-            await call(client, "close_session", session_id=fork)  # the fix that did not pass goes
-    return f"kept the fix {kept!r} of {len(FIXES)} tried in forks" if kept else "no fix passed"
+            await call(client, "close_session", session_id=fork["id"])  # the fix that did not pass goes
+    outcome = f"kept the fix {kept!r} of {len(FIXES)} tried in forks" if kept else "no fix passed"
+    return outcome + " (" + "; ".join(tried) + ")"
 
 
 def summary(tasks: list[Subtask]) -> str:

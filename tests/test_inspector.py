@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.ci import unavailable
+from tests.test_tools import TOOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 INSPECTOR = Path(os.environ.get("MCP_INSPECTOR", ROOT / ".ci/inspector/node_modules/.bin/mcp-inspector"))
@@ -48,9 +49,7 @@ def inspector(tmp_path: Path) -> Inspector:
 
 def test_a_new_user_session_through_the_inspector_cli(inspector: Inspector) -> None:
     tools = inspector.run("tools/list")["tools"]
-    assert sorted(t["name"] for t in tools) == sorted(
-        ["create_session", "send_message", "get_session", "list_sessions", "interrupt", "close_session", "expose_port"]
-    )
+    assert {t["name"] for t in tools} == TOOLS
     assert all("outputSchema" in t for t in tools)
 
     session = inspector.tool("create_session", title="inspector")
