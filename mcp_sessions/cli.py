@@ -1,7 +1,7 @@
 """The `mcp-sessions` command.
 
 With no subcommand (or `serve`) it serves MCP over stdio with the embedded defaults. `ls`, `show`,
-`events`, `close`, `pause` and `fork` are for people: they open the same state database through the same
+`events`, `close`, `pause`, `fork`, `checkpoint` and `restore` are for people: they open the same state database through the same
 SessionManager a server uses (so recovery of orphaned turns applies), and work while servers run.
 Only the serve path keeps stdout clean; the other commands print their answers there.
 """
@@ -249,6 +249,15 @@ def build_parser() -> Parser:
     fork.add_argument("session_id", metavar="ID")
     fork.add_argument("--title", help="the new session's title")
     _add_settings_flags(fork, CLIENT_FLAGS, argparse.SUPPRESS)
+
+    for verb, what in (
+        ("checkpoint", "save a ready session's workspace and shell state as checkpoint NAME"),
+        ("restore", "take a session's workspace, shell and conversation back to checkpoint NAME"),
+    ):
+        command = commands.add_parser(verb, help=what, description=what[0].upper() + what[1:] + ".")
+        command.add_argument("session_id", metavar="ID")
+        command.add_argument("name", metavar="NAME")
+        _add_settings_flags(command, CLIENT_FLAGS, argparse.SUPPRESS)
     return parser
 
 
@@ -336,7 +345,7 @@ def serve_http(settings: Settings) -> None:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Run `ls`, `show`, `events`, `close`, `pause` or `fork`; the exit status. Errors become one line on stderr."""
+    """Run one of the commands for people (not `serve`); the exit status. Errors become one line on stderr."""
     import anyio
 
     from sandbox_backends.base import SandboxError
@@ -402,6 +411,14 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "pause":
             paused = await manager.pause(args.session_id)
             print(f"Session '{paused.id}' is paused; its next use resumes it.")
+            return 0
+        if args.command == "checkpoint":
+            saved = await manager.checkpoint(args.session_id, args.name)
+            print(f"Checkpoint {saved.name!r} of turn {saved.turn} holds {saved.size_mb} MiB.")
+            return 0
+        if args.command == "restore":
+            await manager.restore(args.session_id, args.name)
+            print(f"Session '{args.session_id}' is back at checkpoint {args.name!r}.")
             return 0
         if args.command == "fork":
             forked = await manager.fork(args.session_id, title=args.title, wait_s=FORK_WAIT_S)

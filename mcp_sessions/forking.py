@@ -5,7 +5,9 @@ The fork's workspace is a copy of the source's, and its shell starts with the so
 environment (the driver's `Forks`: docker copies the volume in a helper container without stopping the
 source; local makes a reflink copy where the filesystem allows). Its conversation is the source's up to
 its last finished turn, copied message by message: the llm agent reads it as its history, the shell
-agent's transcript shows it, and the fork's turns are numbered on from there. A busy source's running
+agent's transcript shows it, and the fork's turns are numbered on from there. With `at_turn`, the fork
+starts from the source's checkpoint of that turn instead (checkpoints.py): its workspace and shell state,
+and the conversation up to that turn. A busy source's running
 turn is not copied and not disturbed; a paused source is resumed first (its sandbox is what is copied).
 
 The fork is a child of its source (`parent_session_id`): it is listed under it, its usage counts in the
@@ -16,6 +18,7 @@ them; neither can sessions of a driver that does not fork (remote platforms).
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -23,7 +26,7 @@ import anyio
 
 from sandbox_backends.base import Forks, Sandbox
 
-from .errors import SessionBusy, SessionClosed, Unsupported
+from .errors import InvalidInput, SessionBusy, SessionClosed, Unsupported
 from .mirror import read_only
 from .models import Session, SessionRecord, Usage, new_message_id, new_session_id, now
 from .provisioning import Provisioning
@@ -40,10 +43,12 @@ class Forking(Provisioning):
         session_id: str,
         *,
         title: str | None = None,
+        at_turn: int | None = None,
         owner: str | None = None,
         wait_s: float = 30.0,
     ) -> Session:
-        """A new session from where `session_id` is (see the module docstring); waits up to `wait_s` for it."""
+        """A new session from where `session_id` is, or was at turn `at_turn` (its latest checkpoint of that turn;
+        see the module docstring); waits up to `wait_s` for it."""
         source = await self._record(session_id, owner)
         s = source.session
         if reason := read_only(source):
@@ -61,11 +66,25 @@ class Forking(Provisioning):
         if s.status == "creating":
             raise SessionBusy(f"Session '{s.id}' is still being created. Wait with get_session(wait_s=30), then fork it.")
         finished = s.turns - 1 if s.last_turn is not None and s.last_turn.status == "running" else s.turns
+        at: tuple[str, bytes] | None = None
+        if at_turn is not None:
+            saved = next((c for c in reversed(source.checkpoints) if c.turn == at_turn), None)
+            if saved is None:
+                have = ", ".join(f"{c.name!r} at turn {c.turn}" for c in source.checkpoints) or "none"
+                raise InvalidInput(
+                    f"Session '{s.id}' has no checkpoint of turn {at_turn} to fork from (it has: {have}). Leave at_turn "
+                    "out to fork it as it is now, or make checkpoints with checkpoint_session as you go."
+                )
+            finished, at = saved.turn, (saved.key, base64.b64decode(saved.state))
         if s.status == "paused":
             source = await self._resume(source)
         record = self._forked_record(source, title)
         await self._check_owner_limit(owner)
-        copied = [m.model_copy(update={"id": new_message_id()}) for m in await self.store.messages(s.id) if m.turn <= finished]
+        copied = [
+            m.model_copy(update={"id": new_message_id()})
+            for m in await self.store.messages(s.id, kept_only=True)
+            if m.turn <= finished
+        ]
         new = record.session
         new.turns = new.forked_turns = finished
         created = {"driver": new.driver, "agent": new.agent, "title": new.title, "forked_from": s.id, "at_turn": finished}
@@ -75,7 +94,7 @@ class Forking(Provisioning):
             await self._update(new.id, lambda r: None, copied)
 
         def make(phase: Callable[[str, str], Awaitable[None]]) -> Awaitable[Sandbox]:
-            return self.sandboxes.fork(source, record, phase)
+            return self.sandboxes.fork(source, record, phase, at)
 
         done = anyio.Event()
         assert self._tg is not None

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 
 from . import lifecycle
+from .checkpoints import Checkpointing
 from .errors import SessionNotFound, StoreError
 from .forking import Forking
 from .messaging import Messaging
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 REAP_INTERVAL_S = 1.0
 
 
-class SessionManager(Forking, Provisioning, Messaging, Reading, Stopping, Pausing):
+class SessionManager(Forking, Provisioning, Messaging, Reading, Stopping, Pausing, Checkpointing):
     """Create with `SessionManager(settings, store, catalog, make_driver, agents)` and use as `async with`."""
 
     async def __aenter__(self) -> SessionManager:

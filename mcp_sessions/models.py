@@ -83,6 +83,7 @@ class Message(BaseModel):
     content: list[ContentBlock]
     created_at: datetime = Field(default_factory=now)
     turn: int
+    undone: bool = Field(False, description="Its turn was undone by a restore: kept in the transcript, out of the conversation.")
 
     def text(self) -> str:
         return "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
@@ -213,6 +214,22 @@ class Session(BaseModel):
         return self.status in ("dead", "failed") and (self.last_turn is None or self.last_turn.status != "running")
 
 
+class Checkpoint(BaseModel):
+    """A named copy of a session's workspace and shell state, after a turn, to restore or fork from."""
+
+    name: str
+    turn: int = Field(description="The last turn it holds; restoring it undoes the turns after it.")
+    created_at: datetime = Field(default_factory=now)
+    size_mb: int = Field(description="MiB its copy of the workspace holds.")
+
+
+class SavedCheckpoint(Checkpoint):
+    """A checkpoint as the record keeps it: the driver's key for the copy, and the shell state (base64)."""
+
+    key: str
+    state: str = ""
+
+
 class QueuedMessage(BaseModel):
     text: str
     queued_at: datetime = Field(default_factory=now)
@@ -238,6 +255,7 @@ class SessionRecord(BaseModel):
     paused_state: str | None = Field(
         None, description="What the paused sandbox needs to come back as it was (its shell state), base64; set while paused."
     )
+    checkpoints: list[SavedCheckpoint] = Field(default_factory=list, description="Oldest first.")
     budget_from: list[str] = Field(
         default_factory=list,
         description="This session and its ancestors that set a budget, nearest first: whose budgets bind its turns.",
@@ -262,6 +280,8 @@ EventType = Literal[
     "session.failed",
     "session.closed",
     "egress",
+    "checkpoint.saved",
+    "checkpoint.restored",
 ]
 
 

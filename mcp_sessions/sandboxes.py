@@ -9,7 +9,17 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import TaskGroup
 
-from sandbox_backends.base import Driver, Forks, Limits, RemovesLeftovers, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
+from sandbox_backends.base import (
+    Checkpoints,
+    Driver,
+    Forks,
+    Limits,
+    RemovesLeftovers,
+    Sandbox,
+    SandboxError,
+    SandboxNotFound,
+    SandboxSpec,
+)
 
 from .egress import Egress
 from .models import SessionRecord
@@ -83,12 +93,17 @@ class Sandboxes:
         return sandbox
 
     async def fork(
-        self, source: SessionRecord, record: SessionRecord, on_phase: Callable[[str, str], Awaitable[None]]
+        self,
+        source: SessionRecord,
+        record: SessionRecord,
+        on_phase: Callable[[str, str], Awaitable[None]],
+        at: tuple[str, bytes] | None = None,
     ) -> Sandbox:
-        """A sandbox for `record` copied from `source`'s (its driver `Forks`: the caller checked)."""
+        """A sandbox for `record` copied from `source`'s, or from its checkpoint `at` (key, shell state); its
+        driver `Forks`: the caller checked."""
         driver = self.driver(record.session.driver)
         assert isinstance(driver, Forks)
-        sandbox = await driver.fork(await self.of(source), spec_of(record), on_phase=on_phase)
+        sandbox = await driver.fork(await self.of(source), spec_of(record), on_phase=on_phase, at=at)
         self._sandboxes[record.session.id] = sandbox
         return sandbox
 
@@ -121,7 +136,14 @@ class Sandboxes:
         return sandbox
 
     async def free(self, record: SessionRecord, delete: bool) -> None:
-        """Close the session's sandbox (`delete`: its workspace too). A sandbox already gone is fine."""
+        """Close the session's sandbox (`delete`: its workspace and checkpoints too). A sandbox already gone is fine."""
+        driver = self.driver(record.session.driver)
+        if delete and isinstance(driver, Checkpoints):
+            for saved in record.checkpoints:
+                try:
+                    await driver.drop_checkpoint(record.session.id, saved.key)
+                except SandboxError as e:
+                    log.warning("removing checkpoint %s of %s failed: %s", saved.name, record.session.id, e)
         if record.sandbox_id is not None:
             try:
                 try:

@@ -68,6 +68,9 @@ class Settings(BaseModel):
     idle_action: Literal["pause", "close"] = Field(
         "close", description="What an idle timeout does: pause the session (its next use resumes it) or close it."
     )
+    max_checkpoint_mb: int = Field(
+        4096, ge=0, le=1 << 24, description="Most MiB the checkpoints of one session may hold together (0: no checkpoints)."
+    )
     create_timeout_s: float = Field(300.0, gt=0, le=10**6, description="A session still creating after this many seconds fails.")
     log_level: str = Field("WARNING", description="Level of the server's own log on stderr: DEBUG, INFO, WARNING or ERROR.")
     price_file: Path | None = Field(

@@ -496,7 +496,9 @@ class Store:
             "INSERT INTO messages(session_id, n, doc) VALUES(?,?,?)", (session_id, n + 1, message.model_dump_json())
         )
 
-    async def messages(self, session_id: str, last: int | None = None) -> list[Message]:
+    async def messages(self, session_id: str, last: int | None = None, kept_only: bool = False) -> list[Message]:
+        """The session's messages, oldest first (`last`: only that many); `kept_only`: without undone ones."""
+
         def run() -> list[Message]:
             if last is None:
                 rows = self._conn.execute("SELECT doc FROM messages WHERE session_id=? ORDER BY n", (session_id,)).fetchall()
@@ -505,9 +507,22 @@ class Store:
                     "SELECT doc FROM (SELECT n, doc FROM messages WHERE session_id=? ORDER BY n DESC LIMIT ?) ORDER BY n",
                     (session_id, last),
                 ).fetchall()
-            return [Message.model_validate_json(r[0]) for r in rows]
+            found = [Message.model_validate_json(r[0]) for r in rows]
+            return [m for m in found if not m.undone] if kept_only else found
 
         return await self._run(run)
+
+    async def mark_undone(self, session_id: str, after_turn: int) -> None:
+        """Mark the messages of the turns after `after_turn` undone (a restore went back before them)."""
+
+        def run() -> None:
+            self._conn.execute(
+                "UPDATE messages SET doc=json_set(doc, '$.undone', json('true')) "
+                "WHERE session_id=? AND json_extract(doc, '$.turn')>?",
+                (session_id, after_turn),
+            )
+
+        await self._run(self._transaction, run)
 
     async def append_events(self, session_id: str, specs: list[EventSpec]) -> list[Event]:
         return await self._quick(lambda: self._append_events(session_id, specs), write=True)

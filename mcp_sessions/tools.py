@@ -42,6 +42,8 @@ BUILTIN: dict[str, str] = {
     "expose_port": "mcp_sessions.previews:plugin",
     "pause_session": "mcp_sessions.builtin_tools:pause",
     "fork_session": "mcp_sessions.builtin_tools:fork",
+    "checkpoint_session": "mcp_sessions.builtin_tools:checkpoint",
+    "restore_session": "mcp_sessions.builtin_tools:restore",
 }
 """Tools of this package served this way (previews.py, builtin_tools.py); a plugin cannot replace them."""
 

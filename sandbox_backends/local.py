@@ -50,7 +50,6 @@ from .base import (
     Limits,
     OutputCallback,
     PhaseCallback,
-    Sandbox,
     SandboxBusy,
     SandboxError,
     SandboxNotFound,
@@ -463,7 +462,7 @@ class LocalSandbox(ClosesOnExit):
             await anyio.to_thread.run_sync(shutil.rmtree, self._base, True)
 
 
-class LocalDriver:
+class LocalDriver(local_fork.LocalCopies):
     """Makes `LocalSandbox`es under `root`. `default_disk_mb` is the workspace limit of specs that ask for none
     (None: no limit), `max_disk_mb` the most one may ask for; `hidden` is what a bwrap sandbox must not see
     (default `root`; the server passes its whole state folder)."""
@@ -540,11 +539,6 @@ class LocalDriver:
         (sandbox._base / "tmp").mkdir(mode=0o700, exist_ok=True)
         (sandbox._state / RUNNER_FILE).write_text(RUNNER)
         return sandbox
-
-    async def fork(self, source: Sandbox, spec: SandboxSpec, on_phase: PhaseCallback | None = None) -> LocalSandbox:
-        if not isinstance(source, LocalSandbox):
-            raise SandboxError("The local driver copies only local sandboxes.")
-        return await local_fork.fork(self, source, spec, on_phase)
 
     async def watch(self, on_failure: FailureCallback) -> None:
         """A folder cannot die on its own; a deleted workspace is noticed by the next command."""

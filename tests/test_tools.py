@@ -22,6 +22,8 @@ TOOLS = {
     "pause_session",
     "fork_session",
     "expose_port",
+    "checkpoint_session",
+    "restore_session",
 }
 
 
