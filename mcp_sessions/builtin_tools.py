@@ -8,7 +8,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from .inputs import WaitS
+from .checkpoints import NAME
+from .inputs import Seq, WaitS
 from .manager import SessionManager
 from .models import Checkpoint, Session
 from .tools import ToolPlugin
@@ -27,7 +28,7 @@ async def fork_session(
     owner: str | None,
     session_id: SessionIdParam,
     title: Annotated[str | None, Field(max_length=200, description="The fork's title.")] = None,
-    at_turn: Annotated[int | None, Field(ge=0, description="Fork from its checkpoint of this turn.")] = None,
+    at_turn: Annotated[Seq | None, Field(description="Fork from its checkpoint of this turn.")] = None,
     wait_s: Annotated[WaitS, Field(description="Wait up to this long for it to be ready.")] = 30,
 ) -> Session:
     """Fork a session to try alternatives: a new child session with a copy of its workspace, shell state and
@@ -35,7 +36,7 @@ async def fork_session(
     return await sessions.fork(session_id, title=title, at_turn=at_turn, owner=owner, wait_s=wait_s)
 
 
-CheckpointName = Annotated[str, Field(max_length=64, description="Checkpoint name.")]
+CheckpointName = Annotated[str, Field(pattern=NAME.pattern, description="Checkpoint name.")]
 
 
 async def checkpoint_session(

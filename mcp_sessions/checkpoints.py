@@ -20,13 +20,14 @@ import secrets
 
 from sandbox_backends.base import Checkpoints, SandboxError
 
-from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, Unsupported
+from .errors import Conflict, InvalidInput, SessionBusy, SessionClosed, Unsupported
 from .mirror import read_only
 from .models import Checkpoint, SavedCheckpoint, Session, SessionRecord
 from .session_core import ManagerCore
 from .store import EventSpec
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""A checkpoint's name; the tools' schemas publish it as their pattern."""
 MAX_CHECKPOINTS = 50
 
 
@@ -64,9 +65,9 @@ class Checkpointing(ManagerCore):
             )
         record, driver = await self._ready_for(session_id, owner, "checkpoint")
         if any(c.name == name for c in record.checkpoints):
-            raise InvalidInput(f"Session '{session_id}' already has a checkpoint named {name!r}. Choose another name.")
+            raise Conflict(f"Session '{session_id}' already has a checkpoint named {name!r}. Choose another name.")
         if len(record.checkpoints) >= MAX_CHECKPOINTS:
-            raise PayloadTooLarge(f"Session '{session_id}' has {MAX_CHECKPOINTS} checkpoints, the most one may keep.")
+            raise Conflict(f"Session '{session_id}' has {MAX_CHECKPOINTS} checkpoints, the most one may keep.")
         key = secrets.token_hex(6)
         try:
             size, state = await driver.checkpoint(await self.sandboxes.of(record), key)
@@ -75,7 +76,7 @@ class Checkpointing(ManagerCore):
         held = sum(c.size_mb for c in record.checkpoints)
         if held + size > self.settings.max_checkpoint_mb:
             await driver.drop_checkpoint(session_id, key)
-            raise PayloadTooLarge(
+            raise Conflict(
                 f"Checkpoint {name!r} would hold {size} MiB; this session's checkpoints may hold {self.settings.max_checkpoint_mb} "
                 f"MiB together and hold {held} MiB already. Delete files from the workspace first, or fork the session."
             )
@@ -96,7 +97,7 @@ class Checkpointing(ManagerCore):
         saved = next((c for c in record.checkpoints if c.name == name), None)
         if saved is None:
             have = ", ".join(repr(c.name) for c in record.checkpoints) or "none"
-            raise InvalidInput(f"Session '{session_id}' has no checkpoint named {name!r} (it has: {have}).")
+            raise Conflict(f"Session '{session_id}' has no checkpoint named {name!r} (it has: {have}).")
         try:
             await driver.restore(await self.sandboxes.of(record), saved.key, base64.b64decode(saved.state))
         except SandboxError as e:

@@ -41,6 +41,12 @@ class Unsupported(SessionError):
     code = "unsupported"
 
 
+class Conflict(SessionError):
+    """What the session's state does not allow as asked: a checkpoint name taken or unknown, a bound reached."""
+
+    code = "conflict"
+
+
 class PayloadTooLarge(SessionError):
     code = "payload_too_large"
 

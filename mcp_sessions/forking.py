@@ -26,7 +26,7 @@ import anyio
 
 from sandbox_backends.base import Forks, Sandbox
 
-from .errors import InvalidInput, SessionBusy, SessionClosed, Unsupported
+from .errors import Conflict, SessionBusy, SessionClosed, Unsupported
 from .mirror import read_only
 from .models import Session, SessionRecord, Usage, new_message_id, new_session_id, now
 from .provisioning import Provisioning
@@ -71,7 +71,7 @@ class Forking(Provisioning):
             saved = next((c for c in reversed(source.checkpoints) if c.turn == at_turn), None)
             if saved is None:
                 have = ", ".join(f"{c.name!r} at turn {c.turn}" for c in source.checkpoints) or "none"
-                raise InvalidInput(
+                raise Conflict(
                     f"Session '{s.id}' has no checkpoint of turn {at_turn} to fork from (it has: {have}). Leave at_turn "
                     "out to fork it as it is now, or make checkpoints with checkpoint_session as you go."
                 )

@@ -22,7 +22,8 @@ runs its own agent and answers messages), `ChecksSpec` (refuses a spec before an
 filesystem enforces, measured instead), `OpensStreams` (TCP connections to and from the sandbox's loopback),
 `ListsFiles` (lists a workspace folder), `OpensTerminal` (a person's interactive shell), `Pauses` (stops
 and comes back with its workspace and shell state), `Forks` (copies a sandbox),
-`Checkpoints` (keeps copies of a workspace to go back to). How a driver is found and configured: `registry.py`. What every driver must pass: `tests/driver_conformance.py`.
+`Checkpoints` (keeps copies of a workspace to go back to). How a driver is found and configured:
+`registry.py`. What every driver must pass: `tests/driver_conformance.py`.
 """
 
 from __future__ import annotations
