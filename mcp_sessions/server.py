@@ -536,14 +536,12 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
 
     @mcp.resource(
         "session://{session_id}/checkpoints",
-        name="checkpoints",
         mime_type="application/json",
         description="The session's checkpoints (name, turn, size), oldest first.",
     )
     @_resource_errors
     async def checkpoints(session_id: str, ctx: Context) -> str:
-        found = await _manager(ctx).checkpoints(session_id, owner=_owner())
-        return json.dumps([c.model_dump(mode="json") for c in found], indent=1)
+        return json.dumps([c.model_dump(mode="json") for c in await _manager(ctx).checkpoints(session_id, owner=_owner())])
 
     @mcp.resource(
         "session://{session_id}/events",
