@@ -20,7 +20,7 @@ import secrets
 
 from sandbox_backends.base import Checkpoints, SandboxError
 
-from .errors import Conflict, InvalidInput, SessionBusy, SessionClosed, Unsupported
+from .errors import Conflict, InvalidInput, SessionBusy, SessionClosed
 from .mirror import read_only
 from .models import Checkpoint, SavedCheckpoint, Session, SessionRecord
 from .session_core import ManagerCore
@@ -39,10 +39,10 @@ class Checkpointing(ManagerCore):
         record = await self._record(session_id, owner)
         s = record.session
         if reason := read_only(record):
-            raise Unsupported(f"Session '{s.id}' is mirrored from another platform: {reason}")
+            raise Conflict(f"Session '{s.id}' is mirrored from another platform: {reason}")
         driver = self.sandboxes.driver(s.driver)
         if not isinstance(driver, Checkpoints):
-            raise Unsupported(f"The {s.driver} driver keeps no checkpoints. Fork the session to keep a copy of it instead.")
+            raise Conflict(f"The {s.driver} driver keeps no checkpoints. Fork the session to keep a copy of it instead.")
         if s.status == "paused":
             record = await self._resume(record)
             s = record.session

@@ -26,7 +26,7 @@ import anyio
 
 from sandbox_backends.base import Forks, Sandbox
 
-from .errors import Conflict, SessionBusy, SessionClosed, Unsupported
+from .errors import Conflict, SessionBusy, SessionClosed
 from .mirror import read_only
 from .models import Session, SessionRecord, Usage, new_message_id, new_session_id, now
 from .provisioning import Provisioning
@@ -52,9 +52,9 @@ class Forking(Provisioning):
         source = await self._record(session_id, owner)
         s = source.session
         if reason := read_only(source):
-            raise Unsupported(f"Session '{s.id}' is mirrored from another platform and cannot be forked: {reason}")
+            raise Conflict(f"Session '{s.id}' is mirrored from another platform and cannot be forked: {reason}")
         if not isinstance(self.sandboxes.driver(s.driver), Forks):
-            raise Unsupported(
+            raise Conflict(
                 f"Sessions of the {s.driver} driver cannot be forked (their sandboxes cannot be copied). "
                 "Create a new session instead."
             )

@@ -25,7 +25,7 @@ import anyio
 from sandbox_backends.base import Pauses, SandboxError, SandboxNotFound
 
 from . import lifecycle
-from .errors import SessionBusy, SessionClosed, Unsupported
+from .errors import Conflict, SessionBusy, SessionClosed
 from .mirror import read_only
 from .models import Session, SessionRecord, now
 from .session_core import ManagerCore
@@ -73,9 +73,7 @@ class Pausing(ManagerCore):
             except SandboxError as e:
                 raise SessionBusy(f"Session '{session_id}' cannot be paused now: {e}") from None
             if not isinstance(sandbox, Pauses):
-                raise Unsupported(
-                    f"The {record.session.driver} driver cannot pause sessions. Close it with close_session instead."
-                )
+                raise Conflict(f"The {record.session.driver} driver cannot pause sessions. Close it with close_session instead.")
             moment = now()
 
             def begin(r: SessionRecord) -> list[EventSpec]:
@@ -139,7 +137,7 @@ class Pausing(ManagerCore):
             try:
                 await self._pause(record, idle=True)
                 return
-            except Unsupported:
+            except Conflict:
                 pass  # its driver cannot pause: closed, as the timer says otherwise
             except SessionBusy as e:
                 log.warning("pausing %s after its idle timeout failed: %s", session_id, e)
