@@ -9,7 +9,10 @@ framework would, then:
    build and run a tiny program followed by a "benchmark" that is too slow;
 3. follows each with send_message(wait_s=...) and get_session(wait_s=...), never blocking a call for
    long, and interrupts the one that runs past its deadline;
-4. reads the usage rolled up over the tree, closes the parent, which closes and deletes its children too
+4. meanwhile tries two fixes of a bug from the same state: a child session that reproduces a failing
+   test is forked twice (each fork gets the workspace, the shell and the conversation), each fork tries
+   one fix, and the one whose test passes is kept while the other is closed;
+5. reads the usage rolled up over the tree, closes the parent, which closes and deletes its children too
    (the results are collected), and prints a summary table.
 
     python examples/orchestrator.py                    # local driver, throwaway state folder
@@ -50,6 +53,11 @@ SOURCES = {
     "app/README.md": "# app\n\nNot code: not counted.\n",
 }
 PROGRAM = {"hello/__main__.py": "import sys\nprint('built and running on', sys.platform)\n"}
+BUG = {"calc.py": "def mul(a, b):\n    return a + b\n", "test_mul.py": TEST_SUITE["test_mul.py"]}
+FIXES = {"a ** b": "sed -i 's/a + b/a ** b/' calc.py", "a * b": "sed -i 's/a + b/a * b/' calc.py"}
+"""Two candidate fixes of the bug in BUG, each tried in a fork of the session that found it."""
+TEST = "python3 -B -m unittest -q test_mul 2>&1 | tail -n 1"
+"""-B: no bytecode cache, whose mtime check a fix of the same size made within the second would pass."""
 
 
 @dataclass
@@ -125,6 +133,34 @@ async def run_subtask(client: Client, task: Subtask, driver: str, parent: str) -
         task.seconds = time.monotonic() - started
 
 
+async def output_of(client: Client, session_id: str, script: str) -> str:
+    """Run `script` in the session and wait for its turn to end, however long it takes: its output."""
+    reply = await call(client, "send_message", session_id=session_id, text=script, wait_s=20)
+    while reply["status"] == "busy":
+        reply = (await call(client, "get_session", session_id=session_id, wait_s=20))["session"]["last_turn"]
+        reply["status"] = "busy" if reply["status"] == "running" else "ready"
+    return str(reply["output"]).strip()
+
+
+async def try_fixes(client: Client, driver: str, parent: str) -> str:
+    """Reproduce the bug once, fork the session for each candidate fix, keep the fork whose test passes."""
+    found = await call(client, "create_session", title="bug", driver=driver, files=BUG, parent_session_id=parent)
+    failing = await output_of(client, found["id"], TEST)
+    assert failing.startswith("FAILED"), failing
+    forks = {fix: await call(client, "fork_session", session_id=found["id"], title=f"fix: {fix}") for fix in FIXES}
+    kept, tried = None, []
+    for fix, fork in forks.items():
+        assert fork["status"] == "ready", fork
+        result = await output_of(client, fork["id"], f"{FIXES[fix]} && {TEST}")
+        tried.append(f"{fix}: {result}")
+        if result == "OK" and kept is None:
+            kept = fix
+        else:
+            await call(client, "close_session", session_id=fork["id"])  # the fix that did not pass goes
+    outcome = f"kept the fix {kept!r} of {len(FIXES)} tried in forks" if kept else "no fix passed"
+    return outcome + " (" + "; ".join(tried) + ")"
+
+
 def summary(tasks: list[Subtask]) -> str:
     rows = [("subtask", "session", "outcome", "seconds", "last output")]
     for t in tasks:
@@ -147,10 +183,12 @@ async def main(driver: str, home: str) -> None:
             async with anyio.create_task_group() as tg:
                 for task in SUBTASKS:
                     tg.start_soon(run_subtask, client, task, driver, parent)
+                fixed = await try_fixes(client, driver, parent)
             tree = (await call(client, "get_session", session_id=parent))["usage_with_children"]
         finally:
             closed = await call(client, "close_session", session_id=parent, delete=True)
     print(summary(SUBTASKS))
+    print(f"\n{fixed}")
     print(f"\ntree: {tree['sessions']} sessions, {tree['turns']} of 10 turns; {closed['closed_descendants']} children deleted")
     for task in SUBTASKS:
         print(f"\n== {task.name}\n" + "\n".join(o.rstrip() for o in task.outputs))

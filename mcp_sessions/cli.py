@@ -1,7 +1,7 @@
 """The `mcp-sessions` command.
 
 With no subcommand (or `serve`) it serves MCP over stdio with the embedded defaults. `ls`, `show`,
-`events` and `close` are for people: they open the same state database through the same
+`events`, `close`, `pause`, `fork`, `checkpoint` and `restore` are for people: they open the same state database through the same
 SessionManager a server uses (so recovery of orphaned turns applies), and work while servers run.
 Only the serve path keeps stdout clean; the other commands print their answers there.
 """
@@ -42,6 +42,8 @@ CLIENT_FLAGS = ("--home", "--log-level")
 STATUSES: tuple[str, ...] = get_args(Status)
 EVENTS_PAGE = 1000
 TITLE_WIDTH = 60
+FORK_WAIT_S = 50.0
+"""How long `fork` waits for the copy (the most any wait is): the command ends after, and so would the copy."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -230,6 +232,32 @@ def build_parser() -> Parser:
     attach.add_argument("session_id", metavar="ID")
     attach.add_argument("--url", metavar="URL", help="the server (default http://HOST:PORT of --host and --port)")
     _add_settings_flags(attach, ("--host", "--port", "--log-level"), argparse.SUPPRESS)
+    pause = commands.add_parser(
+        "pause",
+        help="pause a session",
+        description="Stop a ready session's sandbox, keeping its workspace and shell state; its next use resumes it.",
+    )
+    pause.add_argument("session_id", metavar="ID")
+    _add_settings_flags(pause, CLIENT_FLAGS, argparse.SUPPRESS)
+
+    fork = commands.add_parser(
+        "fork",
+        help="fork a session",
+        description="Make a new session, a child of ID, with a copy of its workspace, shell state and conversation; "
+        "print its id.",
+    )
+    fork.add_argument("session_id", metavar="ID")
+    fork.add_argument("--title", help="the new session's title")
+    _add_settings_flags(fork, CLIENT_FLAGS, argparse.SUPPRESS)
+
+    for verb, what in (
+        ("checkpoint", "save a ready session's workspace and shell state as checkpoint NAME"),
+        ("restore", "take a session's workspace, shell and conversation back to checkpoint NAME"),
+    ):
+        command = commands.add_parser(verb, help=what, description=what[0].upper() + what[1:] + ".")
+        command.add_argument("session_id", metavar="ID")
+        command.add_argument("name", metavar="NAME")
+        _add_settings_flags(command, CLIENT_FLAGS, argparse.SUPPRESS)
     return parser
 
 
@@ -317,7 +345,7 @@ def serve_http(settings: Settings) -> None:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Run `ls`, `show`, `events` or `close`; the exit status. Errors become one line on stderr."""
+    """Run one of the commands for people (not `serve`); the exit status. Errors become one line on stderr."""
     import anyio
 
     from sandbox_backends.base import SandboxError
@@ -380,6 +408,23 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
             from .previews import expose_port
 
             print((await expose_port(manager, None, args.session_id, args.port)).url)
+        if args.command == "pause":
+            paused = await manager.pause(args.session_id)
+            print(f"Session '{paused.id}' is paused; its next use resumes it.")
+            return 0
+        if args.command == "checkpoint":
+            saved = await manager.checkpoint(args.session_id, args.name)
+            print(f"Checkpoint {saved.name!r} of turn {saved.turn} holds {saved.size_mb} MiB.")
+            return 0
+        if args.command == "restore":
+            await manager.restore(args.session_id, args.name)
+            print(f"Session '{args.session_id}' is back at checkpoint {args.name!r}.")
+            return 0
+        if args.command == "fork":
+            forked = await manager.fork(args.session_id, title=args.title, wait_s=FORK_WAIT_S)
+            if forked.status != "ready":
+                fail(f"the fork {forked.id} is {forked.status}: {forked.failure_reason or forked.phase}")
+            print(forked.id)
             return 0
     raise AssertionError(args.command)
 

@@ -19,7 +19,7 @@ from .agents.base import Agent, ConfiguresSessions, NeedsHostFiles
 from .egress import Network, check_network, proxy_env
 from .errors import InvalidInput, PayloadTooLarge
 from .inputs import IN_RANGE, MetadataValue
-from .models import Budget, LimitsModel, Session, SessionRecord, new_session_id
+from .models import Budget, IdleAction, LimitsModel, Session, SessionRecord, new_session_id
 from .plugins import Catalog, annotated
 from .settings import Settings
 
@@ -46,6 +46,7 @@ class SessionFields(BaseModel):
     idle_timeout_s: Annotated[float, Field(ge=0, le=10**9, allow_inf_nan=False), IN_RANGE] | None = Field(
         None, description="Close the session after this many idle seconds; 0 = never (default: the server's, 900)."
     )
+    idle_action: IdleAction | None = Field(None, description="On idle timeout: pause (next use resumes) or close.")
     model: str | None = Field(
         None,
         max_length=200,
@@ -115,6 +116,7 @@ class CreateRequest:
     env: dict[str, str] = field(default_factory=dict)
     limits: LimitsModel | None = None
     idle_timeout_s: float | None = None
+    idle_action: IdleAction | None = None
     command_timeout_s: float | None = None
     owner: str | None = None
     model: str | None = None
@@ -194,6 +196,7 @@ def new_record(
         agent=agent,
         image=request.image,
         idle_timeout_s=settings.idle_timeout_s if request.idle_timeout_s is None else request.idle_timeout_s,
+        idle_action=request.idle_action or settings.idle_action,
         command_timeout_s=command_timeout,
         owner=request.owner,
         model=model,

@@ -36,9 +36,15 @@ class Forbidden(SessionError):
 
 
 class Unsupported(SessionError):
-    """The session's driver cannot do what was asked (a remote session's folders cannot be listed)."""
+    """What the session cannot do, whenever asked: its driver cannot (list folders, pause, fork), or it is mirrored."""
 
     code = "unsupported"
+
+
+class Conflict(SessionError):
+    """What the session's state does not allow as asked: a checkpoint name taken or unknown, a bound reached."""
+
+    code = "conflict"
 
 
 class PayloadTooLarge(SessionError):

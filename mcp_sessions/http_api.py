@@ -51,6 +51,7 @@ STATUS_OF_CODE = {
     "file_not_found": 404,
     "session_busy": 409,
     "session_closed": 409,
+    "conflict": 409,
     "payload_too_large": 413,
     "too_many_sessions": 429,
     "rate_limited": 429,

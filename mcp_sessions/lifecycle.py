@@ -1,7 +1,7 @@
 """The session lifecycle in one place: the statuses, the moves allowed between them, and the events each
 move writes. No other module sets a session's status (a test checks).
 
-    creating -> ready <-> busy        any live status -> failed | dead        failed -> dead
+    creating -> ready <-> busy        ready <-> paused        any live status -> failed | dead        failed -> dead
 
 Each function changes a record in place, inside a store update (`Store.update`), and returns the events
 to write with it, so a status and the events that announce it are stored together or not at all.
@@ -19,8 +19,9 @@ from .store import EventSpec
 
 MOVES: dict[Status, frozenset[Status]] = {
     "creating": frozenset({"ready", "failed", "dead"}),
-    "ready": frozenset({"busy", "failed", "dead"}),
+    "ready": frozenset({"busy", "paused", "failed", "dead"}),
     "busy": frozenset({"ready", "failed", "dead"}),
+    "paused": frozenset({"ready", "failed", "dead"}),
     "failed": frozenset({"dead"}),
     "dead": frozenset(),
 }
@@ -112,6 +113,44 @@ def turn_ended(record: SessionRecord, finished: datetime) -> list[EventSpec]:
     if s.status != "busy":
         return []
     return [_move(record, "ready")]
+
+
+# -- pausing --------------------------------------------------------------------------------------
+#
+# ready -> paused (phase "pausing", this process's lease) -> phase "paused" once the sandbox has stopped;
+# then phase "resuming" (a lease again) -> ready. The lease tells a dead server's half-done move (session_core).
+
+
+def pause(record: SessionRecord, lease: str) -> list[EventSpec]:
+    """A ready session starts pausing. Nothing if it is not ready."""
+    s = record.session
+    if s.status != "ready":
+        return []
+    record.lease = lease
+    s.phase, s.phase_detail = "pausing", None
+    return [("phase", {"phase": "pausing"}), _move(record, "paused")]
+
+
+def set_paused_phase(record: SessionRecord, phase: Phase, saved: str | None = None, detail: str | None = None) -> list[EventSpec]:
+    """A paused session's step: "paused" (its sandbox stopped, `saved` what brings it back), or "resuming"."""
+    s = record.session
+    if s.status != "paused":
+        return []
+    if phase == "paused":
+        record.lease, record.paused_state = None, saved if saved is not None else record.paused_state
+    s.phase, s.phase_detail = phase, detail
+    return [("phase", {"phase": phase, "detail": detail})]
+
+
+def resumed(record: SessionRecord) -> list[EventSpec]:
+    """A paused session's sandbox is back: it takes messages again. Nothing if it ended meanwhile."""
+    s = record.session
+    if s.status != "paused":
+        return []
+    record.lease, record.paused_state = None, None
+    s.phase, s.phase_detail = "ready", None
+    s.last_activity_at = now()
+    return [("phase", {"phase": "ready"}), _move(record, "ready")]
 
 
 # -- ending ---------------------------------------------------------------------------------------

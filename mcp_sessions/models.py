@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .inputs import IN_RANGE
 
-Status = Literal["creating", "ready", "busy", "failed", "dead"]
+Status = Literal["creating", "ready", "busy", "paused", "failed", "dead"]
 Phase = Literal[
     "queued",
     "creating_sandbox",
@@ -22,10 +22,16 @@ Phase = Literal[
     "cloning_repo",
     "installing_deps",
     "starting_agent",
+    "copying_workspace",
     "ready",
+    "pausing",
+    "paused",
+    "resuming",
 ]
 TurnStatus = Literal["queued", "running", "completed", "failed", "interrupted"]
-LIVE_STATUSES: tuple[Status, ...] = ("creating", "ready", "busy")
+LIVE_STATUSES: tuple[Status, ...] = ("creating", "ready", "busy", "paused")
+"""Not ended. A paused session is live: it holds a workspace and comes back at its next use."""
+IdleAction = Literal["pause", "close"]
 
 
 def now() -> datetime:
@@ -77,6 +83,7 @@ class Message(BaseModel):
     content: list[ContentBlock]
     created_at: datetime = Field(default_factory=now)
     turn: int
+    undone: bool = Field(False, description="Its turn was undone by a restore: kept in the transcript, out of the conversation.")
 
     def text(self) -> str:
         return "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
@@ -186,6 +193,7 @@ class Session(BaseModel):
     last_activity_at: datetime = Field(default_factory=now)
     finished_at: datetime | None = None
     idle_timeout_s: float = 0
+    idle_action: IdleAction = Field("close", description="What its idle timeout does: pause it, or close it.")
     command_timeout_s: float
     turns: int = 0
     preview: str | None = Field(None, description="The first user message, shortened.")
@@ -198,11 +206,28 @@ class Session(BaseModel):
     parent_session_id: str | None = Field(None, description="The session this one was created under.")
     budget: Budget | None = Field(None, description="What this session and its descendants may use together.")
     turn_time_s: float = Field(0.0, description="Seconds this session's turns ran, added up (what max_duration_s counts).")
+    forked_turns: int = Field(0, description="Turns copied from the session it was forked from (not its own: budgets skip them).")
     owner: str | None = None
 
     def has_ended(self) -> bool:
         """Dead or failed, and no turn left to record its end (a failed sandbox's turn is finished by its runner)."""
         return self.status in ("dead", "failed") and (self.last_turn is None or self.last_turn.status != "running")
+
+
+class Checkpoint(BaseModel):
+    """A named copy of a session's workspace and shell state, after a turn, to restore or fork from."""
+
+    name: str
+    turn: int = Field(description="The last turn it holds; restoring it undoes the turns after it.")
+    created_at: datetime = Field(default_factory=now)
+    size_mb: int = Field(description="MiB its copy of the workspace holds.")
+
+
+class SavedCheckpoint(Checkpoint):
+    """A checkpoint as the record keeps it: the driver's key for the copy, and the shell state (base64)."""
+
+    key: str
+    state: str = ""
 
 
 class QueuedMessage(BaseModel):
@@ -228,6 +253,10 @@ class SessionRecord(BaseModel):
     driver_options: dict[str, Any] = Field(default_factory=dict, description="The driver's create options, e.g. which remote.")
     egress: list[str] = Field(default_factory=list, description="The host:port pairs its egress proxy connects to.")
     mounts: dict[str, str] = Field(default_factory=dict, description="Host files its sandbox sees read-only (the agent's needs).")
+    paused_state: str | None = Field(
+        None, description="What the paused sandbox needs to come back as it was (its shell state), base64; set while paused."
+    )
+    checkpoints: list[SavedCheckpoint] = Field(default_factory=list, description="Oldest first.")
     budget_from: list[str] = Field(
         default_factory=list,
         description="This session and its ancestors that set a budget, nearest first: whose budgets bind its turns.",
@@ -254,6 +283,8 @@ EventType = Literal[
     "session.failed",
     "session.closed",
     "egress",
+    "checkpoint.saved",
+    "checkpoint.restored",
 ]
 
 

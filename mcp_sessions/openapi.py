@@ -26,7 +26,7 @@ ERRORS = {
     401: "Missing or unknown bearer token",
     403: "Origin not allowed",
     404: "No such session (or not yours), or no such file in its workspace",
-    409: "The session cannot do that now (busy, failed, closed)",
+    409: "The session cannot do that now (busy, failed, closed), or at all (its driver cannot)",
     413: "Request body (or a file or message in it) too large",
     421: "Host is not this loopback server",
     429: "Rate limit or session limit reached; see Retry-After",

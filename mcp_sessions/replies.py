@@ -37,6 +37,8 @@ def next_step(s: Session, cursor: int | None = None) -> str:
         )
     if s.status == "ready":
         return "The session is ready: send the next message with send_message, or close it with close_session."
+    if s.status == "paused":
+        return "The session is paused: send_message, a file read or fork_session resumes it (close_session ends it)."
     if s.status == "creating":
         return f"The session is being created (phase {s.phase}). Call get_session(session_id='{s.id}', wait_s=30)."
     if s.status == "failed":

@@ -9,7 +9,17 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import TaskGroup
 
-from sandbox_backends.base import Driver, Limits, RemovesLeftovers, Sandbox, SandboxError, SandboxNotFound, SandboxSpec
+from sandbox_backends.base import (
+    Checkpoints,
+    Driver,
+    Forks,
+    Limits,
+    RemovesLeftovers,
+    Sandbox,
+    SandboxError,
+    SandboxNotFound,
+    SandboxSpec,
+)
 
 from .egress import Egress
 from .models import SessionRecord
@@ -83,6 +93,25 @@ class Sandboxes:
             await self._egress.start(record, sandbox, self._tg, new=True)
         return sandbox
 
+    async def fork(
+        self,
+        source: SessionRecord,
+        record: SessionRecord,
+        on_phase: Callable[[str, str], Awaitable[None]],
+        at: tuple[str, bytes] | None = None,
+    ) -> Sandbox:
+        """A sandbox for `record` copied from `source`'s, or from its checkpoint `at` (key, shell state); its
+        driver `Forks`: the caller checked."""
+        driver = self.driver(record.session.driver)
+        assert isinstance(driver, Forks)
+        sandbox = await driver.fork(await self.of(source), spec_of(record), on_phase=on_phase, at=at)
+        self._sandboxes[record.session.id] = sandbox
+        return sandbox
+
+    def forget(self, record: SessionRecord) -> None:
+        """Let go of the session's sandbox object without closing it (it was paused: the next use attaches)."""
+        self._sandboxes.pop(record.session.id, None)
+
     async def interrupt_idle(self, record: SessionRecord) -> str:
         """An interrupt of a session with nothing running, and what it did in words for the caller: a ready
         session's sandbox stops what earlier commands left running (background jobs may hold its limits)."""
@@ -108,7 +137,14 @@ class Sandboxes:
         return sandbox
 
     async def free(self, record: SessionRecord, delete: bool) -> None:
-        """Close the session's sandbox (`delete`: its workspace too). A sandbox already gone is fine."""
+        """Close the session's sandbox (`delete`: its workspace and checkpoints too). A sandbox already gone is fine."""
+        driver = self.driver(record.session.driver)
+        if delete and isinstance(driver, Checkpoints):
+            for saved in record.checkpoints:
+                try:
+                    await driver.drop_checkpoint(record.session.id, saved.key)
+                except SandboxError as e:
+                    log.warning("removing checkpoint %s of %s failed: %s", saved.name, record.session.id, e)
         if record.sandbox_id is not None:
             try:
                 try:

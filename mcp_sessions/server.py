@@ -535,6 +535,15 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
         return await _manager(ctx).transcript(session_id, owner=_owner())
 
     @mcp.resource(
+        "session://{session_id}/checkpoints",
+        mime_type="application/json",
+        description="The session's checkpoints (name, turn, size), oldest first.",
+    )
+    @_resource_errors
+    async def checkpoints(session_id: str, ctx: Context) -> str:
+        return json.dumps([c.model_dump(mode="json") for c in await _manager(ctx).checkpoints(session_id, owner=_owner())])
+
+    @mcp.resource(
         "session://{session_id}/events",
         name="events",
         mime_type="application/json",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -70,6 +70,12 @@ class Settings(BaseModel):
     max_message_bytes: int = Field(1_000_000, ge=1024, le=1 << 30, description="Largest message a caller may send, in bytes.")
     max_file_bytes: int = Field(5_000_000, ge=1024, le=1 << 31, description="Largest file read or written through the server.")
     idle_timeout_s: float = Field(900.0, ge=0, le=10**9, description="Close a session idle this long, in seconds (0 = never).")
+    idle_action: Literal["pause", "close"] = Field(
+        "close", description="What an idle timeout does: pause the session (its next use resumes it) or close it."
+    )
+    max_checkpoint_mb: int = Field(
+        4096, ge=0, le=1 << 24, description="Most MiB the checkpoints of one session may hold together (0: no checkpoints)."
+    )
     create_timeout_s: float = Field(300.0, gt=0, le=10**6, description="A session still creating after this many seconds fails.")
     log_level: str = Field("WARNING", description="Level of the server's own log on stderr: DEBUG, INFO, WARNING or ERROR.")
     price_file: Path | None = Field(

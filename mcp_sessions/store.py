@@ -14,28 +14,26 @@ from the thread now and then.
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 
 from . import leases
-from .errors import InvalidInput, StoreError
+from .errors import StoreError
 from .models import Event, Message, SessionRecord, SessionSummary, TreeUsage, Usage, now, summary_json
+from .store_cursors import decode_cursor, encode_cursor, parse_stamp, stamp
 from .store_schema import MIGRATIONS, SCHEMA_VERSION, apply
+from .store_tasks import TaskRecords
 
 T = TypeVar("T")
 EventSpec = tuple[str, dict[str, Any]]
-STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
-SESSION_ID = re.compile(r"ses_[0-9a-f]{32}")
 BUSY_TIMEOUT_S = 15.0  # how long a writer waits for another server holding the database
 CHECKPOINT_EVERY = 200  # commits on the event loop's connection between checkpoints (~1,000 WAL pages)
 
@@ -44,34 +42,7 @@ class _Locked(Exception):
     """The event loop's connection met a lock before doing anything: run the call in the thread instead."""
 
 
-def stamp(dt: datetime) -> str:
-    """A fixed-width UTC timestamp, so string order is time order."""
-    if dt.tzinfo is None:  # a time without an offset is UTC, as every time this server prints
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime(STAMP)
-
-
-def parse_stamp(text: str) -> datetime:
-    return datetime.strptime(text, STAMP).replace(tzinfo=UTC)
-
-
-def encode_cursor(created_at: str, session_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at}|{session_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[str, str]:
-    """The (created_at, id) a cursor points after; anything this server could not have issued is refused."""
-    try:
-        created_at, session_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        parse_stamp(created_at)
-        if not SESSION_ID.fullmatch(session_id):
-            raise ValueError(session_id)
-        return created_at, session_id
-    except (ValueError, UnicodeError):
-        raise InvalidInput("The cursor is not one this server gave out. Call list_sessions without a cursor.") from None
-
-
-class Store:
+class Store(TaskRecords):
     """The database behind every session. Open with `await Store.open(path)`; close with `aclose()`.
 
     SQLite's; store_postgres.py runs the same queries on PostgreSQL."""
@@ -376,7 +347,7 @@ class Store:
             # One statement for every live session: followers on PostgreSQL look after every other server's write.
             rows = self._conn.execute(
                 "SELECT id, (SELECT MAX(seq) FROM events WHERE session_id=sessions.id) FROM sessions "
-                "WHERE status IN ('creating','ready','busy')"
+                "WHERE status IN ('creating','ready','busy','paused')"
             ).fetchall()
             live = {r[0] for r in rows}
             seqs = {r[0]: r[1] or 0 for r in rows}
@@ -493,7 +464,8 @@ class Store:
 
         def run() -> list[Any]:
             return self._conn.execute(
-                f"{self._TREE} SELECT json_extract(record, '$.session.usage'), CAST(json_extract(record, '$.session.turns') AS INTEGER), "
+                f"{self._TREE} SELECT json_extract(record, '$.session.usage'), CAST(json_extract(record, '$.session.turns') AS INTEGER) "
+                "- CAST(IFNULL(json_extract(record, '$.session.forked_turns'), 0) AS INTEGER), "
                 "CAST(json_extract(record, '$.session.turn_time_s') AS REAL) FROM tree JOIN sessions ON sessions.id=tree.id",
                 (session_id,),
             ).fetchall()
@@ -514,7 +486,9 @@ class Store:
             "INSERT INTO messages(session_id, n, doc) VALUES(?,?,?)", (session_id, n + 1, message.model_dump_json())
         )
 
-    async def messages(self, session_id: str, last: int | None = None) -> list[Message]:
+    async def messages(self, session_id: str, last: int | None = None, kept_only: bool = False) -> list[Message]:
+        """The session's messages, oldest first (`last`: only that many); `kept_only`: without undone ones."""
+
         def run() -> list[Message]:
             if last is None:
                 rows = self._conn.execute("SELECT doc FROM messages WHERE session_id=? ORDER BY n", (session_id,)).fetchall()
@@ -523,9 +497,22 @@ class Store:
                     "SELECT doc FROM (SELECT n, doc FROM messages WHERE session_id=? ORDER BY n DESC LIMIT ?) AS recent ORDER BY n",
                     (session_id, last),
                 ).fetchall()
-            return [Message.model_validate_json(r[0]) for r in rows]
+            found = [Message.model_validate_json(r[0]) for r in rows]
+            return [m for m in found if not m.undone] if kept_only else found
 
         return await self._run(run)
+
+    async def mark_undone(self, session_id: str, after_turn: int) -> None:
+        """Mark the messages of the turns after `after_turn` undone (a restore went back before them)."""
+
+        def run() -> None:
+            self._conn.execute(
+                "UPDATE messages SET doc=json_set(doc, '$.undone', json('true')) "
+                "WHERE session_id=? AND json_extract(doc, '$.turn')>?",
+                (session_id, after_turn),
+            )
+
+        await self._run(self._transaction, run)
 
     async def append_events(self, session_id: str, specs: list[EventSpec]) -> list[Event]:
         def run() -> list[Event]:
@@ -562,34 +549,3 @@ class Store:
             return self._conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (session_id,)).fetchone()[0] or 0
 
         return await self._quick(run, write=False)
-
-    async def add_task(self, task_id: str, session_id: str, owner: str | None, tool: str, created_at: datetime) -> None:
-        """Record an MCP task given out (mcp_sessions/tasks); giving out the same id again keeps the first."""
-        row = (task_id, session_id, owner, tool, stamp(created_at))
-        await self._quick(lambda: self._conn.execute("INSERT OR IGNORE INTO tasks VALUES(?,?,?,?,?)", row), write=True)
-
-    async def task(self, task_id: str) -> tuple[str | None, str, datetime] | None:
-        """(owner, tool, created at) of a task given out, or None."""
-
-        def run() -> tuple[str | None, str, datetime] | None:
-            row = self._conn.execute("SELECT owner, tool, created_at FROM tasks WHERE id=?", (task_id,)).fetchone()
-            return (row[0], row[1], parse_stamp(row[2])) if row else None
-
-        return await self._quick(run, write=False)
-
-    async def tasks(self, owner: str | None, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
-        """Ids of the tasks of `owner` (None: everyone's), newest first; and the next page's cursor."""
-        where, args = ("owner=?", [owner]) if owner is not None else ("1", [])
-        if cursor:
-            after_time, after_id = decode_cursor(cursor)
-            where += " AND (created_at<? OR (created_at=? AND id<?))"
-            args += [after_time, after_time, after_id]
-
-        def run() -> tuple[list[str], str | None]:
-            rows = self._conn.execute(
-                f"SELECT created_at, id FROM tasks WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?", [*args, limit + 1]
-            ).fetchall()
-            more = rows[limit - 1] if len(rows) > limit else None
-            return [r[1] for r in rows[:limit]], encode_cursor(more[0], more[1]) if more else None
-
-        return await self._run(run)

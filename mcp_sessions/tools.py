@@ -41,7 +41,12 @@ ENTRY_POINT_GROUP = "mcp_sessions.tools"
 BUILTIN: dict[str, str] = {
     "expose_port": "mcp_sessions.previews:plugin",
     "answer_approval": "mcp_sessions.agents.cli.approval_tool:plugin",
+    "pause_session": "mcp_sessions.builtin_tools:pause",
+    "fork_session": "mcp_sessions.builtin_tools:fork",
+    "checkpoint_session": "mcp_sessions.builtin_tools:checkpoint",
+    "restore_session": "mcp_sessions.builtin_tools:restore",
 }
+"""Tools of this package served this way (previews.py, builtin_tools.py); a plugin cannot replace them."""
 
 
 @dataclass(frozen=True)

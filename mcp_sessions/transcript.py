@@ -25,7 +25,8 @@ def render_transcript(session: Session, messages: list[Message], turn_ends: list
     ends = {e.data.get("turn"): e for e in turn_ends}
     for i, message in enumerate(messages):
         stamp = message.created_at.isoformat(timespec="seconds")
-        lines.append(f"\n## {message.role} (turn {message.turn}, {stamp})")
+        undone = ", undone by a restore" if message.undone else ""
+        lines.append(f"\n## {message.role} (turn {message.turn}, {stamp}{undone})")
         for block in message.content:
             if isinstance(block, TextBlock):
                 lines.append(block.text.rstrip("\n") if block.text else "(no output)")

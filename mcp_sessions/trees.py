@@ -74,7 +74,7 @@ async def tree_view(store: Store, s: Session) -> dict[str, Any]:
     tree (one index lookup for a session without children)."""
     children = await store.children(s.id)
     if not children:
-        usage = TreeUsage(**s.usage.model_dump(), turns=s.turns, turn_time_s=s.turn_time_s)
+        usage = TreeUsage(**s.usage.model_dump(), turns=s.turns - s.forked_turns, turn_time_s=s.turn_time_s)
     else:
         usage = await store.tree_usage(s.id)
     return {"children": children, "usage_with_children": usage}

@@ -278,7 +278,7 @@ class Turns:
                     emit=out.emit,
                     output=out.output,
                     options=record.agent_options,
-                    history=lambda: self.store.messages(sid),
+                    history=lambda: self.store.messages(sid, kept_only=True),
                     sampler=self.samplers.pop((sid, running.turn), None),
                     over_budget=budgets.over if budgets is not None else None,
                 )

@@ -20,8 +20,9 @@ session layer checks with `isinstance` and never by a driver's name: `MessageSan
 runs its own agent and answers messages), `ChecksSpec` (refuses a spec before anything is made),
 `MirrorSource` (shows sessions that run elsewhere, read-only), `MeasuresDisk` (a workspace limit that no
 filesystem enforces, measured instead), `OpensStreams` (TCP connections to and from the sandbox's loopback),
-`ListsFiles` (lists a workspace folder), `OpensTerminal` (a person's interactive shell). How a driver is
-found and configured:
+`ListsFiles` (lists a workspace folder), `OpensTerminal` (a person's interactive shell), `Pauses` (stops
+and comes back with its workspace and shell state), `Forks` (copies a sandbox),
+`Checkpoints` (keeps copies of a workspace to go back to). How a driver is found and configured:
 `registry.py`. What every driver must pass: `tests/driver_conformance.py`.
 """
 
@@ -433,6 +434,57 @@ class OpensStreams(Protocol):
         with a stream, for every connection a process there makes; run with `await tg.start(...)`, which
         returns "127.0.0.1:PORT" as seen inside (for HTTP_PROXY, say). Serves until the sandbox closes or
         the task is cancelled, which ends the listener and the connections it accepted."""
+        ...
+
+
+@runtime_checkable
+class Pauses(Protocol):
+    """A sandbox that can stop everything it runs and free what it holds but its workspace, then come back:
+    `Driver.attach` (by this process or, after a restart, another), then `resume` with what `pause` gave."""
+
+    async def pause(self) -> bytes:
+        """Stop every process and free the sandbox's compute, keeping the workspace; return what `resume` needs
+        to give the shell back its state (cwd, exported variables, functions, aliases), opaque to the caller,
+        who keeps it. Only for a sandbox with no command running. This object is not used again."""
+        ...
+
+    async def resume(self, saved: bytes) -> None:
+        """Give a sandbox attached again after `pause` the state `pause` returned."""
+        ...
+
+
+@runtime_checkable
+class Forks(Protocol):
+    """A driver that can copy a sandbox: a new one with the same workspace and shell state."""
+
+    async def fork(
+        self, source: Sandbox, spec: SandboxSpec, on_phase: PhaseCallback | None = None, at: tuple[str, bytes] | None = None
+    ) -> Sandbox:
+        """Make a sandbox for `spec` whose workspace is a copy of `source`'s and whose first command starts where
+        `source`'s last finished command left the shell (cwd, exported variables, functions, aliases). `source`
+        is not stopped: a command running in it goes on, and what it writes during the copy may or may not be
+        in the copy. With `at` (a checkpoint's key and shell state, for a driver that also `Checkpoints`), the
+        copy is of that checkpoint instead. Raises `SandboxError` saying why (the copy does not fit, say)."""
+        ...
+
+
+@runtime_checkable
+class Checkpoints(Protocol):
+    """A driver that keeps named copies of a sandbox's workspace and shell state, to go back to later.
+
+    A checkpoint is the driver's, found by the sandbox's name and a key (letters, digits, '-'): it outlives
+    the sandbox object and the server, and goes when dropped or when the sandbox is deleted."""
+
+    async def checkpoint(self, sandbox: Sandbox, key: str) -> tuple[int, bytes]:
+        """Copy the workspace (while it may be in use) and return (MiB it holds, the shell state then)."""
+        ...
+
+    async def restore(self, sandbox: Sandbox, key: str, state: bytes) -> None:
+        """Make the workspace what checkpoint `key` holds (anything since is gone) and `state` the shell's."""
+        ...
+
+    async def drop_checkpoint(self, name: str, key: str) -> None:
+        """Remove checkpoint `key` of the sandbox named `name`; one already gone is fine."""
         ...
 
 

@@ -26,19 +26,18 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import anyio.abc
-from anyio.abc import Process
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from . import local_fork
 from .base import (
     MAX_LISTED,
     MOUNTS_ENV,
@@ -75,7 +74,8 @@ from .control.runner import (
 )
 from .disk import check_disk_mb, measure
 from .local_mounts import MOUNTS_DIR, link_mounts
-from .local_processes import MARKER_ENV, POLL_S, alive, kill_marked, stop_process_group
+from .local_processes import MARKER_ENV, alive, kill_marked, stop_process_group
+from .local_shell import RunnerShell
 from .local_streams import LoopbackStreams
 from .local_terminal import LocalTerminal, open_pty_terminal
 from .output import OutputBuffer
@@ -85,95 +85,7 @@ from .regular_files import list_folder, read_regular, resolve_inside, write_regu
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
 """Server variables a local command sees. Everything else, API keys included, stays out."""
 
-EXIT_WAIT_S = 2.0
 READ_CHUNK = 1 << 20
-
-
-class _Shell:
-    """A runner process and what it last told: the run it finished and is back from, and the state it saved.
-
-    It runs on pipes of our own, non-blocking: handing it a run id is one write with no trip through the
-    event loop, and closing our ends is ours to do (a job the runner left may hold its stdout open after
-    it exits, which would keep a subprocess transport's pipe open until garbage collection).
-    """
-
-    def __init__(self, proc: Process, stdin: int, stdout: int) -> None:
-        self.proc = proc
-        self.done: str | None = None
-        self.state: tuple[int, int, int] | None = None
-        self._stdin: int | None = stdin
-        self._stdout: int | None = stdout
-        self._buf = b""
-
-    @classmethod
-    async def start(cls, argv: list[str], cwd: Path, env: dict[str, str]) -> _Shell:
-        in_r, in_w = os.pipe()
-        try:
-            out_r, out_w = os.pipe()
-        except OSError:
-            os.close(in_r)
-            os.close(in_w)
-            raise
-        try:
-            proc = await anyio.open_process(
-                argv, cwd=cwd, env=env, start_new_session=True, stdin=in_r, stdout=out_w, stderr=subprocess.DEVNULL
-            )
-        except BaseException:
-            os.close(in_w)
-            os.close(out_r)
-            raise
-        finally:
-            os.close(in_r)
-            os.close(out_w)
-        os.set_blocking(in_w, False)
-        os.set_blocking(out_r, False)
-        return cls(proc, in_w, out_r)
-
-    def send(self, run_id: str) -> None:
-        """Hand it a run; OSError (a broken pipe) if it has gone."""
-        if self._stdin is None:
-            raise BrokenPipeError("the runner's input is closed")
-        os.write(self._stdin, f"{run_id}\n".encode())
-
-    async def wait_done(self, run_id: str, tick: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Until the runner says `run_id` is done, or it exits. Every POLL_S meanwhile, `tick()` (say, to
-        publish output) and a look at whether it exited: a job of its own may keep its stdout open.
-        No helper task: most commands end before the first POLL_S."""
-        next_tick = anyio.current_time() + POLL_S
-        while self.done != run_id and self._stdout is not None:
-            try:
-                chunk = os.read(self._stdout, 4096)
-            except BlockingIOError:
-                with anyio.move_on_after(max(0.0, next_tick - anyio.current_time())):
-                    try:
-                        await anyio.wait_readable(self._stdout)
-                    except anyio.ClosedResourceError:
-                        return
-            else:
-                if not chunk:
-                    return  # it exited, and nothing else holds its stdout
-                lines = (self._buf + chunk).split(b"\n")
-                self._buf = lines.pop()[-256:]
-                if lines and lines[-1]:
-                    self.done = lines[-1].split()[0].decode(errors="replace")
-                continue
-            if anyio.current_time() >= next_tick:
-                next_tick = anyio.current_time() + POLL_S
-                if self.proc.returncode is not None:
-                    return
-                if tick is not None:
-                    with anyio.CancelScope(shield=True):  # a chunk is either delivered whole or not read yet
-                        await tick()
-
-    async def aclose(self) -> None:
-        """Close its input: an idle runner exits, one running a command exits after it (not waited for)."""
-        for fd in (self._stdin, self._stdout):
-            if fd is not None:
-                anyio.notify_closing(fd)
-                os.close(fd)
-        self._stdin = self._stdout = None
-        with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_WAIT_S):
-            await self.proc.wait()
 
 
 class LocalSandbox(ClosesOnExit):
@@ -191,7 +103,7 @@ class LocalSandbox(ClosesOnExit):
         self._env = env
         self._limits = limits
         self._running = False
-        self._shell: _Shell | None = None
+        self._shell: RunnerShell | None = None
         self._streams = LoopbackStreams(name, isolation)
 
     @property
@@ -245,7 +157,7 @@ class LocalSandbox(ClosesOnExit):
         rc, out = self._state / rc_file(run_id), self._state / output_file(run_id)
         return read_rc(rc) is None and out.exists() and alive(pid)
 
-    async def _take_shell(self) -> _Shell:
+    async def _take_shell(self) -> RunnerShell:
         """This object's runner while the saved state is the one it left, else a new one (it restores the file)."""
         shell = self._shell
         if shell is not None:
@@ -254,12 +166,12 @@ class LocalSandbox(ClosesOnExit):
             self._shell = None
             await shell.aclose()
         wrap = bwrap_argv(self._base, self._hidden) if self._isolation == "bwrap" else []
-        self._shell = await _Shell.start(
+        self._shell = await RunnerShell.start(
             [*wrap, "bash", "--noprofile", "--norc", str(self._state / RUNNER_FILE), str(self._state)], self._ws, self._env
         )
         return self._shell
 
-    async def _hand(self, run_id: str) -> _Shell:
+    async def _hand(self, run_id: str) -> RunnerShell:
         """Give the run to a runner: this object's own, or a new one if that one has gone."""
         for attempt in (0, 1):
             shell = await self._take_shell()
@@ -306,7 +218,7 @@ class LocalSandbox(ClosesOnExit):
 
     async def _follow(
         self,
-        shell: _Shell,
+        shell: RunnerShell,
         run_id: str,
         started: float,
         timeout_s: float | None,
@@ -447,6 +359,14 @@ class LocalSandbox(ClosesOnExit):
         if shell is not None:
             await shell.aclose()
 
+    async def pause(self) -> bytes:
+        """Stop its processes and its runner; the workspace and the saved shell state stay in the folder."""
+        await self.close()
+        return b""
+
+    async def resume(self, saved: bytes) -> None:
+        """Nothing to give back: the next command's runner restores the state the folder kept."""
+
     async def close(self, *, delete: bool = False) -> None:
         self._streams.close()
         await self.interrupt()
@@ -456,7 +376,7 @@ class LocalSandbox(ClosesOnExit):
             await anyio.to_thread.run_sync(shutil.rmtree, self._base, True)
 
 
-class LocalDriver:
+class LocalDriver(local_fork.LocalCopies):
     """Makes `LocalSandbox`es under `root`. `default_disk_mb` is the workspace limit of specs that ask for none
     (None: no limit), `max_disk_mb` the most one may ask for; `hidden` is what a bwrap sandbox must not see
     (default `root`; the server passes its whole state folder)."""

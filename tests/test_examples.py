@@ -45,7 +45,9 @@ def check_orchestrator_summary(out: str) -> None:
     assert rows["count lines of code"][2] == "ok" and rows["count lines of code"][4] == "9 total"
     assert rows["build and run"][2] == "interrupted (deadline)"
     assert "built and running on linux" in out and "benchmark done" not in out
-    assert "tree: 4 sessions, 4 of 10 turns; 3 children deleted" in out  # the subtasks ran as the parent's children
+    assert "kept the fix 'a * b' of 2 tried in forks" in out
+    # the subtasks ran as the parent's children; the bug's session and its two forks too (3 more turns)
+    assert "tree: 7 sessions, 7 of 10 turns; 6 children deleted" in out
 
 
 def test_the_orchestrator_example_on_the_local_driver(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import Client
 
 from .conftest import ERAS, call, call_error, new_session, processes_marked, start_turn, stdio_params
+from .test_tools import TOOLS
 
 pytestmark = pytest.mark.anyio
 
@@ -90,7 +91,7 @@ class PipeReader(anyio.abc.ByteReceiveStream):
 async def test_stdio_server_runs_a_session_end_to_end(home: Path, mode: str) -> None:
     async with Client(stdio_params(home), mode=mode) as client:
         names = {t.name for t in (await client.list_tools()).tools}
-        assert len(names) == 8
+        assert names == TOOLS
         sid = await new_session(client)
         await call(client, "send_message", session_id=sid, text="cd /tmp && export X=1")
         reply = await call(client, "send_message", session_id=sid, text="pwd; echo $X")
@@ -231,7 +232,7 @@ async def test_the_stdio_transport_handles_pipelined_huge_and_broken_lines(home:
     assert by_id[2]["result"]["structuredContent"]["status"] == "ready"
     assert by_id[3]["result"]["structuredContent"]["total"] >= 1
     assert by_id[4]["result"]["isError"] and "bytes, over this server's limit" in by_id[4]["result"]["content"][0]["text"]
-    assert len(by_id[5]["result"]["tools"]) == 8
+    assert {t["name"] for t in by_id[5]["result"]["tools"]} == TOOLS
     assert not [r for r in by_id.values() if "error" in r]
     assert [r["error"]["code"] for r in others if "error" in r] == [-32700]
 

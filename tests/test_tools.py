@@ -19,12 +19,16 @@ TOOLS = {
     "list_sessions",
     "interrupt",
     "close_session",
+    "pause_session",
+    "fork_session",
     "expose_port",
+    "checkpoint_session",
+    "restore_session",
     "answer_approval",
 }
 
 
-async def test_tools_list_shows_the_tools_with_output_schemas_and_hints(client: Client) -> None:
+async def test_tools_list_shows_every_tool_with_output_schemas_and_hints(client: Client) -> None:
     tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == TOOLS
     for tool in tools.values():
@@ -35,6 +39,8 @@ async def test_tools_list_shows_the_tools_with_output_schemas_and_hints(client: 
     assert tools["close_session"].annotations.destructive_hint is True
     assert tools["close_session"].annotations.idempotent_hint is True
     assert tools["send_message"].annotations.read_only_hint is False
+    assert tools["pause_session"].annotations.idempotent_hint is True
+    assert tools["fork_session"].annotations.destructive_hint is False
 
 
 async def test_create_session_returns_a_ready_session_with_a_workspace(client: Client) -> None:

@@ -21,7 +21,7 @@ FOOT = """</main>
 </body></html>
 """
 LOGOUT = '<form method="post" action="/ui/logout" class="logout"><button type="submit">Sign out</button></form>'
-STATUSES = ("creating", "ready", "busy", "failed", "dead")
+STATUSES = ("creating", "ready", "busy", "paused", "failed", "dead")
 
 
 def _frame(title: str, page: str, body: str, *, signed_in: bool, extra: str = "") -> str:

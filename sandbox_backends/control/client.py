@@ -184,6 +184,8 @@ IDLE_S = 1.0
 PING_S = 5.0
 """A ping unanswered after this long of waiting drops the connection."""
 MAX_QUEUED = 8 << 20
+DATA_OPS = ("read", "get_state")
+"""Requests answered with data: a file's content, or the shell state (each with the most it may be)."""
 """Answers filed for requests whose callers are busy elsewhere; past this the reader waits for them."""
 
 
@@ -316,7 +318,7 @@ class ControlClient:
         """Send one request and return its single answer; with no answer within `timeout` seconds the
         connection is dropped (`Broken`)."""
         op = msg["op"]
-        req = self.open_request(op, int(msg["max"]) if op == "read" else -1)
+        req = self.open_request(op, int(msg["max"]) if "max" in msg else -1)  # a read, or the shell state
         try:
             with anyio.move_on_after(timeout):
                 await self.send({**msg, "req": req}, payload)
@@ -455,7 +457,7 @@ class ControlClient:
             if size - 1 - n > entry.window:
                 raise ProtocolError(f"{size - 1 - n} bytes of stream data where the stream's window has {entry.window}")
         if kind == KIND_DATA:
-            if entry.op != "read":
+            if entry.op not in DATA_OPS:
                 raise ProtocolError(f"file content for a {entry.op!r} request")
             if size - 1 - n > entry.data_max:
                 raise ProtocolError(f"{size - 1 - n} bytes of file content for a read of at most {entry.data_max}")

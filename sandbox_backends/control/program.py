@@ -1353,6 +1353,25 @@ def list_folder(req, msg):
         reply(req, error="not_allowed")
 
 
+# -- the shell state, carried over a pause or into a fork -----------------------------------------
+
+
+def get_state(req, limit):
+    """The state the next command starts with (cwd, variables, functions, aliases): what a sandbox stopped
+    for a pause, or forked, gives the shell it starts next."""
+    state = given_state()
+    if len(state) > limit:
+        reply(req, error="too_big", size=len(state))
+        return
+    data_frame(b"D", req, state)
+
+
+def set_state(req, payload):
+    """Make `payload` (what get_state gave) the state the next command starts with."""
+    write_whole(STATE_FILE, payload)
+    reply(req, ok=True)
+
+
 # -- the workspace's size, with the sandbox user's rights ----------------------------------------
 
 MEASURE_LIMIT_S = 30.0
@@ -1721,6 +1740,10 @@ def handle(msg, payload):
             open_terminal(req, msg)
         elif op in TERMINAL_OPS:
             TERMINAL_OPS[op](msg, payload)
+        elif op == "get_state":
+            get_state(req, int(msg["max"]))
+        elif op == "set_state":
+            set_state(req, payload)
         else:
             reply(req, error="bad_request", message="unknown op %r" % (op,))
     except Exception as e:

@@ -40,6 +40,7 @@ from .container import (
     runtime_missing,
 )
 from .engine import ContainerStopped, EngineDown, EngineMixin, blocking
+from .forks import ForkMixin
 from .pool import PoolMixin
 from .sandbox import DockerSandbox
 from .transport import open_exec
@@ -51,7 +52,7 @@ CONNECT_TIMEOUT_S = 30.0
 """How long a new control shell may take to answer its hello."""
 
 
-class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin):
+class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
     """Makes `DockerSandbox`es: one hardened container per sandbox on a Docker engine.
 
     All arguments are keyword-only; none touches the engine until first use.

@@ -11,15 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..base import DiskUse, SandboxSpec
+from ..base import DiskUse, SandboxError, SandboxSpec
 from ..control.client import ControlClient
-from ..control.sandbox import ControlSandbox
+from ..control.sandbox import FILE_TIMEOUT_S, ControlSandbox
 from .container import WORKSPACE
 
 if TYPE_CHECKING:
     from .driver import DockerDriver
     from .workspace import WorkspaceDisk
 
+MAX_STATE_BYTES = 16 << 20
+"""The largest shell state a pause or a fork carries (variables of many megabytes are not a shell's state)."""
 ENGINE_RESTARTED = (
     "docker engine restarted: the command was stopped and the sandbox started again with its /workspace files "
     "(its /tmp, background processes and the shell's cwd and variables were reset)"
@@ -133,6 +135,47 @@ class DockerSandbox(ControlSandbox):
         if name == "tmp_mb":
             return self.describe()["limits"]["tmp_mb"]  # type: ignore[index]
         return self._disk.limit_mb
+
+    # -- shell state, pause -----------------------------------------------------------------------
+
+    async def shell_state(self) -> bytes:
+        """The state the next command starts with (cwd, variables, functions, aliases), as the control shell
+        keeps it on the container's /run: a stop loses it, so a pause or a fork carries it out first."""
+        kind, msg = await self._request(
+            {"op": "get_state", "max": MAX_STATE_BYTES},
+            timeout=FILE_TIMEOUT_S,
+            no_answer="Reading the shell's state got no answer from the sandbox",
+        )
+        if kind != "D":
+            raise SandboxError(f"The sandbox's shell state could not be read: {msg.get('message') or msg.get('error')}.")
+        return bytes(msg)
+
+    async def set_shell_state(self, state: bytes) -> None:
+        """Make `state` (what `shell_state` gave, here or in another sandbox) the next command's."""
+        _kind, msg = await self._request(
+            {"op": "set_state"},
+            state,
+            timeout=FILE_TIMEOUT_S,
+            no_answer="Setting the shell's state got no answer from the sandbox",
+        )
+        if msg.get("error"):
+            raise SandboxError(f"The sandbox's shell state could not be set: {msg.get('message') or msg['error']}.")
+
+    async def pause(self) -> bytes:
+        """Stop the container (the volume stays, its filesystem is let go); `DockerDriver.attach` starts it again."""
+        state = await self.shell_state()
+        self._closed = True
+        self._driver._closing.add(self._cid)  # its stop is no failure; attach takes it off
+        await self._streams.aclose()
+        if self._conn is not None:
+            await self._conn.aclose()
+        with anyio.CancelScope(shield=True):
+            await self._driver._stop_container(self._cid)
+            await self._driver._release_disk(self._volume)
+        return state
+
+    async def resume(self, saved: bytes) -> None:
+        await self.set_shell_state(saved)
 
     # -- life -----------------------------------------------------------------------------------
 
