@@ -158,6 +158,33 @@ async def test_a_turn_shows_live_and_the_interrupt_button_stops_it(server: str, 
         )
 
 
+async def test_the_pause_and_fork_buttons_pause_a_session_and_open_its_fork(server: str, browser: Any) -> None:
+    async with mcp_client(server, ALICE) as alice:
+        sid = (await call(alice, "create_session", title="to fork"))["id"]
+        await call(alice, "send_message", session_id=sid, text="echo kept > notes.txt; mkdir sub; cd sub; export MOOD=calm")
+        page = await signed_in(browser, server, ALICE)
+        await page.goto(f"{server}/ui/sessions/{sid}")
+        await page.wait_for_selector("#pause:not([disabled])", timeout=HANG_S * 1000)
+
+        await page.click("#fork")  # the page moves to the fork's own page
+        await page.wait_for_url(lambda url: "/ui/sessions/ses_" in url and sid not in url, timeout=HANG_S * 1000)
+        fork_id = page.url.rsplit("/", 1)[1]
+        assert fork_id != sid
+        fork = (await call(alice, "get_session", session_id=fork_id))["session"]
+        assert fork["parent_session_id"] == sid and fork["status"] == "ready"
+        reply = await call(alice, "send_message", session_id=fork_id, text="cat ../notes.txt; basename $PWD; echo $MOOD")
+        assert reply["output"] == "kept\nsub\ncalm\n"
+
+        await page.goto(f"{server}/ui/sessions/{sid}")
+        await page.wait_for_selector("#pause:not([disabled])", timeout=HANG_S * 1000)
+        await page.click("#pause")
+        await page.wait_for_selector("#state .status-paused", timeout=HANG_S * 1000)
+        assert (await call(alice, "get_session", session_id=sid))["session"]["status"] == "paused"
+        assert await page.is_disabled("#pause")
+        reply = await call(alice, "send_message", session_id=sid, text="cat ../notes.txt")  # a message resumes it
+        assert reply["output"] == "kept\n"
+
+
 async def test_sign_in_refuses_a_wrong_token_and_the_cookie_needs_the_dashboards_header_to_change_anything(
     server: str, browser: Any
 ) -> None:

@@ -28,7 +28,16 @@ from mcp import Client
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 from sandbox_backends import registry
-from sandbox_backends.base import Driver, Limits, OpensStreams, RemovesLeftovers, SandboxError, SandboxNotFound, SandboxSpec
+from sandbox_backends.base import (
+    Driver,
+    Limits,
+    OpensStreams,
+    Pauses,
+    RemovesLeftovers,
+    SandboxError,
+    SandboxNotFound,
+    SandboxSpec,
+)
 from sandbox_backends.kubernetes.resources import PodPolicy, claim_body, labels, object_name, sandbox_body
 from sandbox_backends.kubernetes.sandbox import KubernetesSandbox
 from sandbox_backends.kubernetes.websocket import ExecWebSocket
@@ -280,7 +289,7 @@ async def test_pause_suspends_the_sandbox_and_the_next_command_resumes_it_with_t
     assert isinstance(sb, KubernetesSandbox)
     await sb.write_file("kept.txt", b"kept\n")
     await sb.exec("export GONE=1")
-    await sb.pause()
+    await sb.pause()  # its state is not given back by a command that resumes it
     stored = kube.cluster.objects("sandboxes")[sb.id]
     assert stored["spec"]["operatingMode"] == "Suspended"
     assert sb.pod not in kube.cluster.objects("pods")  # the controller stopped the pod
@@ -289,9 +298,13 @@ async def test_pause_suspends_the_sandbox_and_the_next_command_resumes_it_with_t
     assert r.output == "kept\nGONE=\n"
     assert kube.cluster.objects("sandboxes")[sb.id]["spec"]["operatingMode"] == "Running"
 
-    await sb.pause()  # a restarted server attaching to a suspended sandbox resumes it too
+    await sb.exec("cd /tmp; export KEPT=1")
+    saved = await sb.pause()  # a restarted server attaching to a suspended sandbox resumes it too
     later = await kube.make().attach(sb.id, SandboxSpec(name=sb.name))
     assert await later.read_file("kept.txt", 10) == b"kept\n"
+    assert isinstance(later, Pauses)
+    await later.resume(saved)  # as the session layer does: the shell comes back as the pause left it
+    assert (await later.exec("pwd; echo KEPT=$KEPT")).output == "/tmp\nKEPT=1\n"
 
 
 async def test_a_closed_sandboxs_workspace_claim_is_removed_when_its_session_is_deleted(kube: Kube) -> None:
@@ -422,6 +435,12 @@ async def test_a_kubernetes_session_through_the_server_runs_commands_and_fails_w
         await call(client, "send_message", session_id=sid, text="cd notes && export X=1")
         reply = await call(client, "send_message", session_id=sid, text="pwd; echo $X; id -u; cat todo.txt")
         assert reply["output"] == f"{WORKSPACE}/notes\n1\n1000\nship it\n"
+        paused = await call(client, "pause_session", session_id=sid)
+        assert paused["status"] == "paused"
+        assert kube.cluster.objects("sandboxes")[object_name(sid)]["spec"]["operatingMode"] == "Suspended"
+        reply = await call(client, "send_message", session_id=sid, text="pwd; echo $X")  # resumes it, as it was
+        assert reply["output"] == f"{WORKSPACE}/notes\n1\n"
+        assert kube.cluster.objects("sandboxes")[object_name(sid)]["spec"]["operatingMode"] == "Running"
         await call(client, "close_session", session_id=sid)
         assert object_name(sid) not in kube.cluster.objects("sandboxes")
 

@@ -60,6 +60,8 @@ def session_page(session_id: str, *, signed_in: bool) -> str:
 <p id="state" class="state">Loading…</p>
 <p class="actions">
   <button id="interrupt" type="button">Interrupt</button>
+  <button id="pause" type="button" title="Stop its sandbox, keep its workspace; a message resumes it">Pause</button>
+  <button id="fork" type="button" title="A new session from this one's workspace and conversation">Fork</button>
   <button id="close" type="button">Close</button>
   <span id="notice" role="status"></span>
 </p>

@@ -45,6 +45,8 @@ from .terminal import ControlTerminal, control_terminal
 STOP_TIMEOUT_S = 10.0
 """Upper bound on waiting for a stopped command's last frames (the control shell stops it in about 1 s)."""
 FILE_TIMEOUT_S = 10.0
+MAX_STATE_BYTES = 16 << 20
+"""The most shell state (cwd, variables, functions, aliases) carried out of a sandbox."""
 FILE_RATE = 16 << 20
 """A file read or write gets FILE_TIMEOUT_S, plus a second per FILE_RATE bytes it may carry (5 MB: 0.3 s)."""
 MEASURE_TIMEOUT_S = 40.0
@@ -376,6 +378,31 @@ class ControlSandbox(ClosesOnExit):
         if full != self.workspace and not full.startswith(self.workspace + "/"):
             raise PathNotAllowed(f"'{path}' is outside the workspace {self.workspace}. Give a path relative to the workspace.")
         return full
+
+    # -- shell state (a pause or a fork carries it out of the sandbox and back) --------------------
+
+    async def shell_state(self) -> bytes:
+        """The state the next command starts with (cwd, variables, functions, aliases), as the control shell
+        keeps it on the sandbox's /run: a stop loses it, so a pause or a fork carries it out first."""
+        kind, msg = await self._request(
+            {"op": "get_state", "max": MAX_STATE_BYTES},
+            timeout=FILE_TIMEOUT_S,
+            no_answer="Reading the shell's state got no answer from the sandbox",
+        )
+        if kind != "D":
+            raise SandboxError(f"The sandbox's shell state could not be read: {msg.get('message') or msg.get('error')}.")
+        return bytes(msg)
+
+    async def set_shell_state(self, state: bytes) -> None:
+        """Make `state` (what `shell_state` gave, here or in another sandbox) the next command's."""
+        _kind, msg = await self._request(
+            {"op": "set_state"},
+            state,
+            timeout=FILE_TIMEOUT_S,
+            no_answer="Setting the shell's state got no answer from the sandbox",
+        )
+        if msg.get("error"):
+            raise SandboxError(f"The sandbox's shell state could not be set: {msg.get('message') or msg['error']}.")
 
     async def _request(self, msg: dict[str, Any], payload: bytes = b"", *, timeout: float, no_answer: str) -> tuple[str, Any]:
         """One request with a deadline, made again on a new connection if the old one is lost. A control

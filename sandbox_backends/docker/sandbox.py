@@ -11,16 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..base import DiskUse, SandboxError, SandboxSpec
+from ..base import DiskUse, SandboxSpec
 from ..control.client import ControlClient
-from ..control.sandbox import FILE_TIMEOUT_S, ControlSandbox
+from ..control.sandbox import ControlSandbox
 from .container import WORKSPACE
 
 if TYPE_CHECKING:
     from .driver import DockerDriver
     from .workspace import WorkspaceDisk
 
-MAX_STATE_BYTES = 16 << 20
 """The largest shell state a pause or a fork carries (variables of many megabytes are not a shell's state)."""
 ENGINE_RESTARTED = (
     "docker engine restarted: the command was stopped and the sandbox started again with its /workspace files "
@@ -136,30 +135,7 @@ class DockerSandbox(ControlSandbox):
             return self.describe()["limits"]["tmp_mb"]  # type: ignore[index]
         return self._disk.limit_mb
 
-    # -- shell state, pause -----------------------------------------------------------------------
-
-    async def shell_state(self) -> bytes:
-        """The state the next command starts with (cwd, variables, functions, aliases), as the control shell
-        keeps it on the container's /run: a stop loses it, so a pause or a fork carries it out first."""
-        kind, msg = await self._request(
-            {"op": "get_state", "max": MAX_STATE_BYTES},
-            timeout=FILE_TIMEOUT_S,
-            no_answer="Reading the shell's state got no answer from the sandbox",
-        )
-        if kind != "D":
-            raise SandboxError(f"The sandbox's shell state could not be read: {msg.get('message') or msg.get('error')}.")
-        return bytes(msg)
-
-    async def set_shell_state(self, state: bytes) -> None:
-        """Make `state` (what `shell_state` gave, here or in another sandbox) the next command's."""
-        _kind, msg = await self._request(
-            {"op": "set_state"},
-            state,
-            timeout=FILE_TIMEOUT_S,
-            no_answer="Setting the shell's state got no answer from the sandbox",
-        )
-        if msg.get("error"):
-            raise SandboxError(f"The sandbox's shell state could not be set: {msg.get('message') or msg['error']}.")
+    # -- pause ----------------------------------------------------------------------------------------
 
     async def pause(self) -> bytes:
         """Stop the container (the volume stays, its filesystem is let go); `DockerDriver.attach` starts it again."""

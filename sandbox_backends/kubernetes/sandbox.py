@@ -104,19 +104,23 @@ class KubernetesSandbox(ControlSandbox):
 
     # -- pause ----------------------------------------------------------------------------------
 
-    async def pause(self) -> None:
-        """Suspend the Sandbox: its pod stops, its workspace claim stays. Waits until the controller says so."""
+    async def pause(self) -> bytes:
+        """Suspend the Sandbox: its pod stops, its workspace claim stays. Waits until the controller says so.
+        Returns the shell's state, which the pod's /run loses, for `resume`."""
         if self._running:
             raise SandboxBusy("A command is running in this sandbox; interrupt it before pausing.")
+        state = await self.shell_state()
         await self._disconnect()
         self._conn = None
         await self._driver._suspend(self._sandbox_name)
+        return state
 
-    async def resume(self) -> None:
-        """Run the Sandbox again and reconnect (a command would do so too)."""
+    async def resume(self, saved: bytes) -> None:
+        """Run the Sandbox again (a command or an attach would do so too) and give its shell `saved`."""
         async with self._conn_lock:
             await self._driver._resume(self._sandbox_name)
             self._resumed()
+        await self.set_shell_state(saved)
 
     # -- life -----------------------------------------------------------------------------------
 

@@ -120,6 +120,8 @@ function sessionPage() {
     const why = s.failure_reason || s.close_reason;
     if (why) state.append(el("div", why, "reason"));
     document.getElementById("interrupt").disabled = s.status !== "busy";
+    document.getElementById("pause").disabled = s.status !== "ready";
+    document.getElementById("fork").disabled = !["ready", "busy", "paused"].includes(s.status);
     document.getElementById("close").disabled = s.status === "dead";
     document.querySelector("#send button").disabled = s.status === "dead" || s.status === "failed";
     const usage = s.usage || {};
@@ -281,6 +283,17 @@ function sessionPage() {
 
   document.getElementById("interrupt").addEventListener("click", (e) =>
     act(e.target, "Interrupting", () => api(path + "/interrupt", { method: "POST" })));
+  const tool = (name, body) => api("/tools/" + name, {
+    method: "POST", body: JSON.stringify({ session_id: sid, ...body }), headers: { "Content-Type": "application/json" },
+  });
+  document.getElementById("pause").addEventListener("click", (e) =>
+    act(e.target, "Pausing", () => tool("pause_session", {}).then(() => ({ message: "Paused: a message resumes it." }))));
+  document.getElementById("fork").addEventListener("click", (e) =>
+    act(e.target, "Forking", async () => {
+      const fork = await tool("fork_session", { wait_s: 50 });
+      location.href = "/ui/sessions/" + encodeURIComponent(fork.id);
+      return { message: "Forked as " + fork.id };
+    }));
   document.getElementById("close").addEventListener("click", (e) => {
     if (confirm("Close this session? Its sandbox is freed; the transcript stays.")) {
       act(e.target, "Closing", () => api(path + "/close", { method: "POST" }));
