@@ -55,6 +55,7 @@ async def changes(tasks: Tasks, manager: SessionManager, ref: TaskRef) -> AsyncI
             last = key
             yield state
         if state.status in TERMINAL:
+            tasks.poke(ref.id)  # an ended task asks nothing more: let its entry go
             return
         await _first_of(partial(tasks.state, manager, ref, MAX_WAIT_S), asked.wait)
 
