@@ -52,11 +52,14 @@ class InRange:
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         schema = handler(source)
         message = "must be " + range_text(schema)
+        whole = schema.get("type") == "int"
 
         def check(value: Any, inner: core_schema.ValidatorFunctionWrapHandler) -> Any:
             try:
                 if isinstance(value, bool):  # pydantic would read true as 1: no schema says so, no caller means it
                     raise PydanticCustomError("out_of_range", message)
+                if whole and isinstance(value, float) and value.is_integer():
+                    value = int(value)  # JSON Schema counts 2.0 as an integer, and so do strict REST bodies here
                 return inner(value)
             except ValidationError:
                 raise PydanticCustomError("out_of_range", message) from None

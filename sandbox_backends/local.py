@@ -251,6 +251,10 @@ class LocalSandbox(ClosesOnExit):
                 raise
             await pump()
         exit_code = read_rc(self._state / rc_file(run_id))
+        if exit_code is None and shell.done != run_id:
+            # The runner went with the command (an interrupt stops it too): its end of the pipe closes
+            # before its process is reaped, and bwrap's after its child, so its status may be moments away.
+            await shell.wait_exit()
         code = shell.proc.returncode
         if exit_code is None and code is not None:
             exit_code = 128 - code if code < 0 else code

@@ -92,6 +92,11 @@ class RunnerShell:
                     with anyio.CancelScope(shield=True):  # a chunk is either delivered whole or not read yet
                         await tick()
 
+    async def wait_exit(self) -> None:
+        """Until the process has exited and been reaped, for at most EXIT_WAIT_S."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_WAIT_S):
+            await self.proc.wait()
+
     async def aclose(self) -> None:
         """Close its input: an idle runner exits, one running a command exits after it (not waited for)."""
         for fd in (self._stdin, self._stdout):
@@ -99,5 +104,4 @@ class RunnerShell:
                 anyio.notify_closing(fd)
                 os.close(fd)
         self._stdin = self._stdout = None
-        with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_WAIT_S):
-            await self.proc.wait()
+        await self.wait_exit()

@@ -272,3 +272,22 @@ async def test_huge_numbers_over_rest_are_refused_clearly_and_lose_nothing(
         r = await http.get(f"{API}/sessions/{sid}", params={"events_after": str(MAX_INT)})
         assert r.status_code == 200 and r.json()["events"] == []
     assert_no_traceback(caplog)
+
+
+async def test_a_whole_number_written_as_2_0_counts_as_an_integer_over_rest(settings: Settings) -> None:
+    """JSON Schema counts 2.0 as an integer, so a client may send one where the document asks for an
+    integer; REST bodies are otherwise read strictly ("2" and true are not numbers there)."""
+    async with (
+        running(settings, TOKENS) as (base, _),
+        httpx.AsyncClient(base_url=base, headers=bearer(ALICE), timeout=60) as http,
+    ):
+        sid = (await http.post(f"{API}/sessions", json={})).json()["id"]
+        r = await http.post(f"{API}/tools/expose_port", json={"session_id": sid, "port": 8000.0})
+        assert r.status_code == 200, r.text
+        assert r.json()["port"] == 8000 and r.json()["url"].endswith("/8000/")
+        # read as turn 3, then refused for what it is: a turn with no checkpoint, not a malformed number
+        r = await http.post(f"{API}/tools/fork_session", json={"session_id": sid, "at_turn": 3.0})
+        assert "no checkpoint of turn 3 " in r.json()["error"]["message"], r.text
+        for bad in (8000.5, "8000", True):
+            r = await http.post(f"{API}/tools/expose_port", json={"session_id": sid, "port": bad})
+            assert r.status_code == 400 and "port" in r.json()["error"]["message"], (bad, r.text)
