@@ -118,6 +118,15 @@ class Settings(BaseModel):
             )
         return url or None
 
+    @field_validator("egress_allow")
+    @classmethod
+    def _pairs(cls, setting: str | None) -> str | None:
+        if setting:  # a typo stops the server at start, not the first session that asks for egress
+            from .egress import server_allows  # egress imports the store, which imports this module
+
+            server_allows(setting)
+        return setting or None
+
     def __init__(self, **values: Any) -> None:
         from .plugins import catalog  # the catalog imports plugins, which may import this module
 

@@ -8,13 +8,16 @@ and a raw CONNECT go through the proxy the sandbox's HTTP_PROXY names.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -131,6 +134,14 @@ async def test_egress_outside_the_servers_list_is_refused_at_create(home: Path) 
     async with Client(create_server(Settings(home=home)), mode="legacy") as client:
         text = await call_error(client, "create_session", network={"allow": ["pypi.org:443"]})
         assert "which has nothing (start it with --egress-allow host:port,...)" in text
+
+
+async def test_a_malformed_allow_list_stops_the_server_at_start(home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_SESSIONS_")}
+    command = [sys.executable, "-m", "mcp_sessions", "--home", str(home), "--egress-allow", "pypi.org:443,pypi.org", "serve"]
+    done = await anyio.run_process(command, env=env, check=False)
+    assert done.returncode != 0
+    assert "--egress-allow entry 'pypi.org' is not host:port (e.g. pypi.org:443)." in done.stderr.decode(), done.stderr
 
 
 async def test_a_local_session_gets_the_proxy_on_the_hosts_loopback(home: Path, hosts: tuple[int, int]) -> None:
