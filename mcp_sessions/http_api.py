@@ -270,6 +270,12 @@ class Endpoint:
     """The answer is a file's bytes (application/octet-stream), not JSON."""
     errors: tuple[int, ...] = (400, 404, 503)
     """The error statuses the route itself can answer (see STATUS_OF_CODE), besides the gate's in front of it."""
+    name: str = ""
+    """Its OpenAPI operationId, unique in the document; "" = the handler's name (a tool route: the tool's)."""
+
+    @property
+    def operation_id(self) -> str:
+        return self.name or self.handler.__name__
 
 
 S = API + "/sessions/{session_id}"
@@ -289,6 +295,7 @@ def tool_endpoint(plugin: ToolPlugin) -> Endpoint:
         plugin.output(),
         body=plugin.body(),
         errors=(400, 404, 409, 413, 502, 503),  # a tool may do anything the session layer does
+        name=plugin.name,
     )
 
 

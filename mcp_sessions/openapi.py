@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+from sandbox_backends.registry import PluginError
+
 from . import __version__
 from .http_api import API, Endpoint, ErrorBody, Health, endpoints
 from .inputs import Seq
@@ -102,6 +104,7 @@ def document(gated: tuple[int, ...], public: tuple[int, ...], secured: bool) -> 
         }
         for method, what in (("post", "requests"), ("get", "the notification stream"), ("delete", "end the MCP session"))
     }
+    _check_unique_ids(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -120,8 +123,22 @@ def document(gated: tuple[int, ...], public: tuple[int, ...], secured: bool) -> 
     }
 
 
+def _check_unique_ids(paths: dict[str, Any]) -> None:
+    """A client generator names a method after each operationId, so two alike would make one of the two
+    operations unreachable; a tool plugin is the only way that can happen (a tool's route takes its name)."""
+    seen: dict[str, str] = {}
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            where = f"{method.upper()} {path}"
+            if (first := seen.setdefault(op["operationId"], where)) != where:
+                raise PluginError(
+                    f"The operationId '{op['operationId']}' of {where} is also that of {first}: "
+                    "a tool plugin must not take the name of another operation of the HTTP API; rename it."
+                )
+
+
 def _operation(ep: Endpoint, refs: dict[Any, Any], schemas: dict[str, Any], gated: tuple[int, ...]) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.handler.__name__, "parameters": []}
+    op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.operation_id, "parameters": []}
     if "{session_id}" in ep.path:
         op["parameters"].append(
             {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^ses_[0-9a-f]{32}$"}}

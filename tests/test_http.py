@@ -373,6 +373,11 @@ async def test_the_openapi_document_matches_the_served_routes(base: str, setting
     previews = {(path, m) for path, m in served if path.startswith("/preview/")}  # a web app's own pages, proxied
     assert {path for path, _ in previews} == {"/preview/{session_id}/{port:int}", "/preview/{session_id}/{port:int}/{rest:path}"}
     assert served - pages - previews == documented
+    # each operation has its own operationId (a client generator makes a method of each); a tool's is its name
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    assert doc["paths"][f"{API}/tools/answer_approval"]["post"]["operationId"] == "answer_approval"
+    assert doc["paths"][f"{API}/tools/pause_session"]["post"]["operationId"] == "pause_session"
 
     # every documented REST operation answers (not a routing 404/405), and its refs resolve
     schemas = doc["components"]["schemas"]

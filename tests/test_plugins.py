@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
 from pathlib import Path
 
 import httpx
@@ -167,7 +168,9 @@ async def test_a_tool_plugin_is_a_rest_route_scoped_to_its_caller(plugins_instal
         bob = httpx.AsyncClient(base_url=url, headers={"Authorization": "Bearer bob-token-0123456789abc"})
         async with alice, bob:
             doc = (await alice.get("/api/v1/openapi.json")).json()
-            assert "/api/v1/tools/word_count" in doc["paths"]
+            assert doc["paths"]["/api/v1/tools/word_count"]["post"]["operationId"] == "word_count"
+            ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+            assert len(ids) == len(set(ids)) and {"greet", "slow_compute"} <= set(ids)
             sid = (await alice.post("/api/v1/sessions", json={"driver": "memory"})).json()["id"]
             await alice.post(f"/api/v1/sessions/{sid}/messages", json={"text": "echo hi"})
             r = await alice.post("/api/v1/tools/word_count", json={"session_id": sid})
@@ -176,3 +179,32 @@ async def test_a_tool_plugin_is_a_rest_route_scoped_to_its_caller(plugins_instal
             assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
             r = await alice.post("/api/v1/tools/word_count", json={"session_id": sid, "role": "nobody"})
             assert r.status_code == 400 and "role" in r.json()["error"]["message"]
+
+
+CLASHING_TOOL = """
+from mcp_sessions.tools import ToolPlugin
+from mcp_sessions_test_plugins.word_count_tool import count_words
+
+list_files = ToolPlugin(name="list_files", run=count_words, title="Clash")
+"""
+
+
+def test_a_tool_plugin_named_like_a_rest_operation_is_refused_at_start(tmp_path: Path, settings: Settings) -> None:
+    """Its route would share the operationId of GET .../files, and a client generated from the document
+    would lose one of the two."""
+    site = tmp_path / "site"
+    with installed(site):
+        (site / "clashing_tool.py").write_text(CLASHING_TOOL)
+        info = site / "clashing_tool-0.0.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: clashing-tool\nVersion: 0.0.0\n")
+        (info / "entry_points.txt").write_text("[mcp_sessions.tools]\nlist_files = clashing_tool:list_files\n")
+        importlib.invalidate_caches()
+        try:
+            with pytest.raises(registry.PluginError) as refused:
+                build_app(settings)
+        finally:
+            sys.modules.pop("clashing_tool", None)
+    said = str(refused.value)
+    assert "'list_files' of POST /api/v1/tools/list_files is also that of GET /api/v1/sessions/{session_id}/files" in said
+    assert "rename it" in said
