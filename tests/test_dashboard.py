@@ -61,9 +61,9 @@ async def any_server(request: pytest.FixtureRequest, settings: Settings) -> Asyn
         yield url
 
 
-async def signed_in(browser: Any, base: str, token: str) -> Any:
+async def signed_in(browser: Any, base: str, token: str, width: int = 1100, height: int = 800) -> Any:
     """A browser page of its own (its own cookies), signed in with `token` through the login form."""
-    context = await browser.new_context(viewport={"width": 1100, "height": 800})
+    context = await browser.new_context(viewport={"width": width, "height": height})
     page = await context.new_page()
     await page.goto(f"{base}/ui")
     assert "/ui/login" in page.url  # not signed in: the login page, not a JSON 401

@@ -65,6 +65,7 @@ def session_page(session_id: str, *, signed_in: bool) -> str:
   <button id="close" type="button">Close</button>
   <span id="notice" role="status"></span>
 </p>
+<section id="approvals" class="approvals" aria-live="polite"></section>
 <dl id="facts" class="facts"></dl>
 <h2>Conversation</h2>
 <ol id="transcript" class="transcript"></ol>

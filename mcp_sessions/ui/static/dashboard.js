@@ -6,7 +6,7 @@ const API = "/api/v1";
 const HEADERS = { "X-MCP-Sessions-UI": "1" }; // the gate asks it of a cookie-authenticated change
 const EVENT_TYPES = [
   "session.created", "phase", "status", "turn.queued", "turn.started", "text.delta", "tool.started",
-  "tool.output", "tool.completed", "turn.completed", "turn.failed", "turn.interrupted", "session.failed",
+  "tool.output", "tool.completed", "approval.requested", "approval.answered", "turn.completed", "turn.failed", "turn.interrupted", "session.failed",
   "session.closed",
 ];
 const TURN_ENDS = new Set(["turn.completed", "turn.failed", "turn.interrupted", "session.failed", "session.closed"]);
@@ -96,6 +96,108 @@ function sessionsPage() {
   first.addEventListener("click", () => { cursor = null; load(); });
   load();
   setInterval(() => { if (!document.hidden) load(); }, 2000);
+}
+
+// -- tool calls waiting for an answer (permission_mode "ask") ------------------------------------
+
+// What the session's events say waits: shown until its approval.answered event or the turn's end arrives,
+// which every open page of the session hears, whichever page (or caller) answered.
+function approvalPanel(section, answer) {
+  const waiting = new Map(); // request_id -> the approval.requested event's data
+  const SHOWN_CHARS = 2000; // approvals.py shortens each string of the input to this for the event
+
+  function field(name, value) {
+    const row = el("div", null, "approval-field");
+    const text = typeof value === "string" ? value : JSON.stringify(value, null, 2);
+    row.append(el("span", name, "approval-key"), el("pre", text));
+    return row;
+  }
+
+  function card(id, asked) {
+    const node = el("article", null, "approval");
+    node.dataset.request = id;
+    const input = asked.input || {};
+    node.append(el("h2", "Allow this tool call?"), el("p", asked.tool, "tool-name"));
+    const shown = el("div", null, "approval-input");
+    shown.append(...Object.entries(input).map(([k, v]) => field(k, v)));
+    node.append(shown);
+    const note = el("p", null, "approval-note");
+    note.setAttribute("role", "alert");
+    const message = el("input");
+    message.type = "text";
+    message.name = "message";
+    message.placeholder = "Why not (the agent reads it; optional)";
+    const allow = el("button", "Allow", "allow");
+    const deny = el("button", "Deny", "deny");
+    const edited = el("textarea");
+    edited.name = "updated_input";
+    edited.rows = 6;
+    edited.spellcheck = false;
+    edited.value = JSON.stringify(input, null, 2);
+    const allowEdited = el("button", "Allow with this input", "allow-edited");
+    const buttons = [allow, deny, allowEdited];
+    for (const b of buttons) b.type = "button";
+
+    async function send(body, what) {
+      for (const b of buttons) b.disabled = true;
+      note.className = "approval-note";
+      note.textContent = what + "…";
+      try {
+        await answer({ request_id: id, ...body });
+        note.textContent = what + ": the agent goes on.";
+      } catch (e) {
+        note.className = "approval-note error";
+        note.textContent = e.message;
+        for (const b of buttons) b.disabled = false;
+      }
+    }
+
+    allow.addEventListener("click", () => send({ decision: "allow" }, "Allowed"));
+    deny.addEventListener("click", () =>
+      send({ decision: "deny", ...(message.value.trim() ? { message: message.value.trim() } : {}) }, "Denied"));
+    allowEdited.addEventListener("click", () => {
+      let parsed;
+      try {
+        parsed = JSON.parse(edited.value);
+      } catch (e) {
+        note.className = "approval-note error";
+        note.textContent = `The edited input is not valid JSON (${e.message}). Correct it, or press Allow to run the call as asked.`;
+        return;
+      }
+      if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+        note.className = "approval-note error";
+        note.textContent = "The edited input must be a JSON object ({ … }) of the tool's parameters, like the one shown.";
+        return;
+      }
+      send({ decision: "allow", updated_input: parsed }, "Allowed with your input");
+    });
+
+    const row = el("div", null, "approval-buttons");
+    row.append(allow, deny, message);
+    const edit = el("details", null, "approval-edit");
+    edit.append(el("summary", "Allow with edited input"), edited, allowEdited);
+    if (Object.values(input).some((v) => typeof v === "string" && v.length >= SHOWN_CHARS)) {
+      edit.append(el("p", `Strings are shown up to ${SHOWN_CHARS} characters: what this field holds is what runs.`, "muted small"));
+    }
+    node.append(row, edit, note);
+    return node;
+  }
+
+  function show() {
+    for (const node of [...section.children]) if (!waiting.has(node.dataset.request)) node.remove();
+    const shown = new Set([...section.children].map((n) => n.dataset.request));
+    for (const [id, asked] of waiting) if (!shown.has(id)) section.append(card(id, asked));
+  }
+
+  return {
+    event(e) {
+      if (e.type === "approval.requested") waiting.set(e.data.request_id, e.data);
+      else if (e.type === "approval.answered") waiting.delete(e.data.request_id);
+      else if (TURN_ENDS.has(e.type)) waiting.clear(); // an ended turn waits for nothing
+      else return;
+      show();
+    },
+  };
 }
 
 // -- one session ---------------------------------------------------------------------------------
@@ -251,6 +353,7 @@ function sessionPage() {
         const e = JSON.parse(m.data);
         cursor = Math.max(cursor, e.seq);
         showEvent(e);
+        approvals.event(e);
         if (type.startsWith("turn.") && type !== "turn.started" && type !== "turn.queued") showTurn(e);
         if (type === "tool.output" || type === "text.delta") {
           live.hidden = false;
@@ -286,6 +389,7 @@ function sessionPage() {
   const tool = (name, body) => api("/tools/" + name, {
     method: "POST", body: JSON.stringify({ session_id: sid, ...body }), headers: { "Content-Type": "application/json" },
   });
+  const approvals = approvalPanel(document.getElementById("approvals"), (body) => tool("answer_approval", body));
   document.getElementById("pause").addEventListener("click", (e) =>
     act(e.target, "Pausing", () => tool("pause_session", {}).then(() => ({ message: "Paused: a message resumes it." }))));
   document.getElementById("fork").addEventListener("click", (e) =>
