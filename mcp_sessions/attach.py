@@ -91,7 +91,7 @@ async def attach(
         if reason := read_only(r):
             raise SessionClosed(reason)
         try:
-            check_can_send(s)
+            check_can_send(s, manager.turns.running.get(s.id))
         except SessionError as e:
             raise type(e)(f"Cannot attach now: {e}") from None
         return manager.turns.begin(r, HUMAN_TURN, messages)
@@ -102,7 +102,7 @@ async def attach(
         raise SessionNotFound(session_id) from None
     manager.waiter.changed(session_id)
     turn, lease = record.session.turns, record.lease
-    running = RunningTurn(turn=turn, buffer=OutputBuffer(manager.settings.max_output_bytes))
+    running = RunningTurn(turn=turn, buffer=OutputBuffer(manager.settings.max_output_bytes), terminal=True)
     manager.turns.running[session_id] = running
     attachment: Attachment | None = None
     busy: str | None = None

@@ -64,7 +64,7 @@ class Messaging(ManagerCore):
                 return [("turn.queued", queued)]
             if why := turns.unrecorded(s):
                 raise StoreError(why)
-            check_can_send(s)
+            check_can_send(s, turns.running.get(s.id))
             placed["turn"] = s.turns + 1
             return turns.begin(r, text, messages)
 

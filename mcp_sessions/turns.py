@@ -64,6 +64,8 @@ class RunningTurn:
     tend: Callable[[], Coroutine[Any, Any, None]] | None = None
     unrecorded: str | None = None
     """Why the turn's end, reached, is not in the store yet (it cannot be written: a full disk)."""
+    terminal: bool = False
+    """A person's terminal (attach.py), not an agent's turn."""
 
     def stop(self, reason: str, status: TurnStatus = "interrupted") -> None:
         self.stop_reason, self.stop_status = reason, status
@@ -139,10 +141,17 @@ class TurnOutput:
             self._failing = True
 
 
-def check_can_send(s: Session) -> None:
-    """Raise the error a caller gets for a message the session cannot take now, saying what to do instead."""
+def check_can_send(s: Session, running: RunningTurn | None = None) -> None:
+    """Raise the error a caller gets for a message the session cannot take now, saying what to do instead;
+    `running`: the turn this process runs for it, if any."""
     if s.status == "busy":
         started = s.last_turn.started_at.isoformat(timespec="seconds") if s.last_turn else "earlier"
+        if running is not None and running.terminal:  # a person's: it ends when they exit it, not on its own
+            raise SessionBusy(
+                f"Session '{s.id}' is busy: a person's terminal is open in it (mcp-sessions attach, turn {s.turns}, "
+                f"since {started}). It takes messages again once that terminal exits (exit or Ctrl-D in it); "
+                f"interrupt(session_id='{s.id}') or close_session ends it now, or send with queue=true to run after it."
+            )
         raise SessionBusy(
             f"Session '{s.id}' is busy running turn {s.turns} (started {started}). Wait for it with "
             f"get_session(session_id='{s.id}', wait_s=30), or stop it with interrupt, then send again."

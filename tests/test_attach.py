@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from mcp_sessions.attach import HUMAN_TURN, readable
@@ -100,7 +101,14 @@ async def test_a_person_attaches_in_the_sessions_cwd_and_environment_and_the_nex
 
         # while the person has the keyboard, an agent's message is refused with the reason (or queued if it asks)
         refused = await call_error(alice, "send_message", session_id=sid, text="echo too-early")
-        assert "is busy running turn 2" in refused, refused
+        assert f"Session '{sid}' is busy: a person's terminal is open in it (mcp-sessions attach, turn 2" in refused
+        assert "once that terminal exits" in refused and f"interrupt(session_id='{sid}')" in refused, refused
+        async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {ALICE}"}) as rest:
+            busy = await rest.post(f"/api/v1/sessions/{sid}/messages", json={"text": "echo too-early", "queue": False})
+            assert busy.status_code == 409 and "a person's terminal is open" in busy.json()["error"]["message"], busy.text
+        other = Screen(screen.socket, name="other")  # a second terminal is told the first is open
+        other.start(attach_command(server, sid))
+        assert "a person's terminal is open in it" in (await other.shows("ATTACH-EXIT=1")).replace("\n", "")
 
         screen.keys("touch by-hand.txt; export AFTER=set-by-hand; cd ..; cd work", "Enter")
         screen.keys("exit", "Enter")
