@@ -123,7 +123,6 @@ async def test_a_waiting_tool_call_is_allowed_edited_and_denied_on_the_page_and_
             await page.fill(f"{CARD} textarea", typed)
             await page.click(f"{CARD} button.allow-edited")
             assert said in await page.inner_text(f"{CARD} .approval-note")
-        assert await look.sh("ls") == "hi.txt\n"  # still waiting: nothing was sent
         await page.fill(f"{CARD} textarea", json.dumps({"command": "echo edited > edited.txt", "description": "write"}))
         await page.click(f"{CARD} button.allow-edited")
         for p in (page, phone):
