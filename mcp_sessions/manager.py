@@ -32,6 +32,9 @@ from .turns import Turns
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL_S = 1.0
+RECOVER_INTERVAL_S = 10.0
+"""How often a server looks for turns and creations left by a server that died (at start, and when a session
+is read, it looks at once): so that lists and dashboards do not show them running for ever."""
 
 
 class SessionManager(Forking, Provisioning, Messaging, Reading, Stopping, Pausing, Checkpointing):
@@ -57,6 +60,7 @@ class SessionManager(Forking, Provisioning, Messaging, Reading, Stopping, Pausin
         self._sandboxes.driver(self.settings.driver)  # its watch starts now, and a warm pool fills before the first create
         await self.recover()
         self._tg.start_soon(self._reap_idle_sessions)
+        self._tg.start_soon(self._recover_now_and_then)
         await self._turns.start()
         return self
 
@@ -88,6 +92,14 @@ class SessionManager(Forking, Provisioning, Messaging, Reading, Stopping, Pausin
                     pass
                 except StoreError as e:
                     log.warning("closing %s after its idle timeout failed: %s", session_id, e)
+
+    async def _recover_now_and_then(self) -> None:
+        while True:
+            await anyio.sleep(RECOVER_INTERVAL_S)
+            try:
+                await self.recover(("creating", "busy"))
+            except (StoreError, SessionNotFound) as e:
+                log.warning("looking for turns left by a dead server failed: %s", e)
 
     async def _on_sandbox_failure(self, session_id: str, reason: str) -> None:
         def fail(r: SessionRecord) -> list[EventSpec]:

@@ -110,9 +110,9 @@ class ManagerCore:
 
     # -- recovery ---------------------------------------------------------------------------------
 
-    async def recover(self) -> None:
+    async def recover(self, statuses: Sequence[str] = ("creating", "busy", "paused", "failed")) -> None:
         """Finish what a dead server process left half done: running turns and creations."""
-        for record in await self.store.with_status(["creating", "busy", "paused", "failed"]):
+        for record in await self.store.with_status(statuses):
             if self._orphaned(record):
                 await self._adopt(record)
 
