@@ -251,12 +251,14 @@ async def test_a_cluster_without_the_crds_is_told_to_install_agent_sandbox(kube:
         await kube.make().create(SandboxSpec(name=session_name()))
 
 
-async def test_limits_over_the_maximum_and_networks_are_refused_before_anything_is_made(kube: Kube) -> None:
+async def test_limits_over_the_maximum_networks_and_mounts_are_refused_before_anything_is_made(kube: Kube) -> None:
     driver = kube.make(kubernetes_max_memory_mb=1024)
     with pytest.raises(SandboxError, match=r"limits\.memory_mb=2048 is over this server's maximum of 1024"):
         await driver.create(SandboxSpec(name=session_name(), limits=Limits(memory_mb=2048)))
     with pytest.raises(SandboxError, match="network access"):
         await driver.create(SandboxSpec(name=session_name(), network=True))
+    with pytest.raises(SandboxError, match=r"cannot see this server's files \(claude\), .* docker or local driver"):
+        await driver.create(SandboxSpec(name=session_name(), mounts={"claude": "/opt/claude"}))
     assert kube.cluster.objects("sandboxes") == {}
 
 

@@ -166,10 +166,15 @@ class KubernetesDriver:
             raise SandboxError(f"limits.disk_mb={disk} is over this server's maximum of {self.max_limits.disk_mb}.")
         if spec.network:
             raise SandboxError("This server does not give kubernetes sandboxes network access (a deny-all NetworkPolicy).")
+        if spec.mounts:  # the server's files are not on the node that runs the pod
+            raise SandboxError(
+                f"A kubernetes sandbox cannot see this server's files ({', '.join(sorted(spec.mounts))}), which this "
+                "agent needs: run it on the docker or local driver."
+            )
         return limits, disk
 
     def check(self, spec: SandboxSpec) -> None:
-        """Refuse limits over the server's maximum, or a network, before anything is made."""
+        """Refuse limits over the server's maximum, a network or mounts, before anything is made."""
         try:
             self._limits(spec)
         except SandboxError as e:
