@@ -254,3 +254,24 @@ async def test_interrupt_withdraws_the_outstanding_request_and_the_session_goes_
         reply = await call(client, "send_message", session_id=sid, text="are you there?", wait_s=50)
         assert reply["turn_status"] == "completed" and reply["output"] == "Back again.", reply
     assert llm.requests == []
+
+
+@pytest.mark.parametrize("driver", ["local"], indirect=True)
+async def test_a_time_budget_stops_a_turn_waiting_on_the_callers_model(settings: Settings, llm: FakeLLM) -> None:
+    """Sampling counts no tokens, so the budgets that bound a sampled session are turns and time: a turn whose
+    time runs out while the client's model is being asked fails with the budget, and the request is withdrawn."""
+    withdrawn = anyio.Event()
+
+    async def never(params: types.CreateMessageRequestParams) -> Any:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            withdrawn.set()
+
+    async with sampling_client(settings, Model(never)) as client:
+        sid = (await call(client, "create_session", provider="sampling", max_duration_s=3))["id"]
+        reply = await call(client, "send_message", session_id=sid, text="think hard", wait_s=50)
+        assert reply["turn_status"] == "failed" and "max_duration_s" in (reply["reason"] or ""), reply
+        with anyio.fail_after(30):
+            await withdrawn.wait()
+    assert llm.requests == []
