@@ -275,3 +275,31 @@ async def test_a_time_budget_stops_a_turn_waiting_on_the_callers_model(settings:
         with anyio.fail_after(30):
             await withdrawn.wait()
     assert llm.requests == []
+
+
+async def test_codex_runs_on_the_callers_model_too(settings: Settings, llm: FakeLLM, inside: Callable[[str], Inside]) -> None:
+    """The same for Codex, whose API is OpenAI Responses: a function call that writes a file, then the answer."""
+    installed("codex")
+
+    async def write_with_exec(params: types.CreateMessageRequestParams) -> types.CreateMessageResultWithTools:
+        names = {t.name for t in params.tools or []}
+        assert "exec_command" in names, names
+        call_ = types.ToolUseContent(type="tool_use", id="call_s1", name="exec_command", input={"cmd": "echo hello > hi.txt"})
+        return says(call_)
+
+    model = Model(write_with_exec, text("I wrote hi.txt."), text("You asked for hi.txt."))
+    async with sampling_client(settings, model) as client:
+        session = await call(client, "create_session", agent="codex", provider="sampling", model="gpt-4.1")
+        sid = session["id"]
+        reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
+        assert reply["turn_status"] == "completed", reply
+        assert reply["output"] == "I wrote hi.txt."
+        assert await inside(sid).sh("cat hi.txt") == "hello\n"
+        result = model.seen[1].messages[-1].content_as_list[0]
+        assert result.type == "tool_result" and result.tool_use_id == "call_s1"
+        assert model.seen[0].system_prompt  # Codex's instructions
+        again = await call(client, "send_message", session_id=sid, text="what did I ask?", wait_s=50)
+        assert again["output"] == "You asked for hi.txt."
+        wrong = await call_error(client, "create_session", agent="codex", provider="anthropic")
+        assert "OpenAI Responses API" in wrong and "provider='openai'" in wrong
+    assert llm.requests == []

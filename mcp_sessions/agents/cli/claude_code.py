@@ -15,7 +15,7 @@ import logging
 import shlex
 import time
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import anyio.abc
@@ -27,8 +27,7 @@ from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from ..providers.common import PROVIDER_HELP, ProviderName
 from .base import CliAgent, CliSettings, Running
 from .link import Link, LinkClosed
-from .proxy import ANTHROPIC, PLACEHOLDER_KEY, ProxyTurn, Upstream
-from .sampled import cannot_sample
+from .proxy import ANTHROPIC, PLACEHOLDER_KEY, Upstream
 from .stream_json import TurnReader
 
 log = logging.getLogger(__name__)
@@ -85,17 +84,7 @@ def check_args(args: list[str]) -> list[str]:
 class ClaudeCodeAgent(CliAgent):
     name = NAME
     mount = "claude"
-
-    def configure(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        if options.get("provider") == "openai":
-            raise ValueError(
-                "The claude-code agent speaks the Anthropic Messages API: pass provider='anthropic' (the server's "
-                "ANTHROPIC_API_KEY, the default) or 'sampling' (the caller's own model, through MCP sampling)."
-            )
-        return super().configure(model, options)
-
-    def cannot_ask(self, options: dict[str, Any], sampler: Any) -> str | None:
-        return cannot_sample(sampler, "ANTHROPIC_API_KEY") if options.get("provider") == "sampling" else None
+    api = ("anthropic", "the Anthropic Messages API", "ANTHROPIC_API_KEY")
 
     async def _joined(self, ctx: TurnContext) -> tuple[Running, Link]:
         """The session's proxy and door served into its sandbox, and its CLI process, launched if none is joined."""
@@ -152,8 +141,7 @@ setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(
 
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         started = time.monotonic()
-        sampling = ctx.options.get("provider") == "sampling"
-        turn = ProxyTurn(ctx.usage, ctx.over_budget, sampling=sampling, sampler=ctx.sampler, emit=ctx.emit)
+        turn = self.proxy_turn(ctx)
         reader = TurnReader(ctx)
         for attempt in (1, 2):
             running, link = await self._joined(ctx)

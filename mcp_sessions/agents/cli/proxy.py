@@ -33,7 +33,7 @@ from ...models import Usage
 from ..pricing import PriceTable, add_usage
 from ..providers.common import TokenUsage
 from .metering import AnthropicMeter, Meter, OpenAIMeter
-from .sampled import SampledAnswer, events_of, sample
+from .sampled import SampledAnswer, sample
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +217,12 @@ class ModelProxy:
             kind = "invalid_request_error" if got[0].http_status == 400 else "not_found_error"
             await self._error(conn, stream, request, got[0].http_status, kind, str(got[0]))
             return
-        message, streamed = got[0]
-        self.count(turn, message["model"], TokenUsage())
+        reply, kind, payload = got[0]
+        model = reply.model or "unknown"
+        self.count(turn, model, TokenUsage())
         if turn.emit is not None:
-            said = {"request": turn.requests, "model": message["model"], "stop_reason": message["stop_reason"], "tokens": None}
+            said = {"request": turn.requests, "model": model, "stop_reason": reply.stop_reason, "tokens": None}
             await turn.emit("model.sampled", said)
-        payload = events_of(message) if streamed else json.dumps(message).encode()
-        kind = "text/event-stream" if streamed else "application/json"
         headers = [("content-type", kind), ("content-length", str(len(payload)))]
         await stream.send(conn.send(h11.Response(status_code=200, headers=headers)))
         await stream.send(conn.send(h11.Data(data=payload)))
