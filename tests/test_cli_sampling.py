@@ -160,7 +160,18 @@ async def test_a_non_streamed_request_gets_one_json_message(
         sandbox = inside(sid)
         env = await sandbox.cli_env()
         port = env["ANTHROPIC_BASE_URL"].rsplit(":", 1)[1]
-        body = json.dumps({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "json please"}]})
+        messages = [
+            {"role": "user", "content": "json please"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {"file_path": "a"}}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "file text"}]},
+                    {"type": "text", "text": "<reminder>"},
+                ],
+            },
+        ]
+        body = json.dumps({"model": "m", "max_tokens": 100, "messages": messages})
         raw = await sandbox.sh(HTTP_REQUEST.format(port=port, method="POST", path="/v1/messages", length=len(body), body=body))
         go.set()
         head, _, payload = raw.replace("\r\n", "\n").partition("\n\n")
@@ -172,7 +183,11 @@ async def test_a_non_streamed_request_gets_one_json_message(
             {"type": "tool_use", "id": "toolu_j", "name": "Read", "input": {"file_path": "x"}},
         ]
         assert message["stop_reason"] == "tool_use"
-        assert model.seen[1].messages[-1].content_as_list[0].text == "json please"
+        first, _, last = model.seen[1].messages
+        assert first.content_as_list[0].text == "json please"
+        # MCP wants tool results alone in their message: the text beside them travels in the last result
+        (result,) = last.content_as_list
+        assert result.type == "tool_result" and [c.text for c in result.content] == ["file text", "<reminder>"]
         done = await call(client, "get_session", session_id=sid, wait_s=50)
         assert done["session"]["last_turn"]["output"] == "done"
     assert llm.requests == []
