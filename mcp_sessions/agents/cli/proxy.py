@@ -32,6 +32,7 @@ from anyio.abc import ByteStream
 from ...models import Usage
 from ..pricing import PriceTable, add_usage
 from ..providers.common import TokenUsage
+from ..providers.sampling import Sampler
 from .metering import AnthropicMeter, Meter, OpenAIMeter
 from .sampled import SampledAnswer, sample
 
@@ -110,7 +111,7 @@ class ProxyTurn:
     first_request: anyio.Event = field(default_factory=anyio.Event)
     sampling: bool = False
     """The model is the caller's: requests are answered through `sampler` (MCP sampling), never forwarded."""
-    sampler: Any = None
+    sampler: Sampler | None = None
     emit: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
 
 
@@ -217,13 +218,13 @@ class ModelProxy:
             kind = "invalid_request_error" if got[0].http_status == 400 else "not_found_error"
             await self._error(conn, stream, request, got[0].http_status, kind, str(got[0]))
             return
-        reply, kind, payload = got[0]
+        reply, content_type, payload = got[0]
         model = reply.model or "unknown"
         self.count(turn, model, TokenUsage())
         if turn.emit is not None:
             said = {"request": turn.requests, "model": model, "stop_reason": reply.stop_reason, "tokens": None}
             await turn.emit("model.sampled", said)
-        headers = [("content-type", kind), ("content-length", str(len(payload)))]
+        headers = [("content-type", content_type), ("content-length", str(len(payload)))]
         await stream.send(conn.send(h11.Response(status_code=200, headers=headers)))
         await stream.send(conn.send(h11.Data(data=payload)))
         await stream.send(conn.send(h11.EndOfMessage()))

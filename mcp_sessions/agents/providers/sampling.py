@@ -68,7 +68,7 @@ class ConnectionSampler:
 
 def to_sampling(messages: list[Message]) -> list[types.SamplingMessage]:
     """Sampling messages of the session's messages. A message holding tool results holds only them (MCP's
-    rule): text sent beside them (Claude Code adds reminders there) goes into the last result's content."""
+    rule): text sent beside them (a CLI's reminders, say) goes into the last result's content."""
     out: list[types.SamplingMessage] = []
     for m in messages:
         blocks: list[Any] = []
