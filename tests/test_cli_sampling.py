@@ -318,3 +318,36 @@ async def test_codex_runs_on_the_callers_model_too(settings: Settings, llm: Fake
         wrong = await call_error(client, "create_session", agent="codex", provider="anthropic")
         assert "OpenAI Responses API" in wrong and "provider='openai'" in wrong
     assert llm.requests == []
+
+
+@pytest.mark.parametrize("driver", ["local"], indirect=True)
+async def test_in_the_2026_era_the_cli_asks_through_the_turns_task(settings: Settings, llm: FakeLLM) -> None:
+    """A 2026-07-28 client that declares the tasks extension: each request of the CLI is one of the turn's task's
+    input requests (input_required), answered with tasks/update."""
+    from .test_tasks import TasksAware, rpc, settle, start
+
+    async with Client(
+        create_server(settings),
+        mode="auto",
+        extensions=[TasksAware()],
+        sampling_callback=Model(),
+        sampling_capabilities=SAMPLES_TOOLS,
+    ) as client:
+        sid = await sampled_session(client)
+        task = await start(client, "send_message", session_id=sid, text="say hi")
+        asked = await settle(client, task["taskId"], "input_required")
+        assert asked["status"] == "input_required", asked
+        [(key, request)] = asked["inputRequests"].items()
+        assert request["method"] == "sampling/createMessage"
+        assert "Bash" in {t["name"] for t in request["params"]["tools"]}
+        answer = {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "hi from a task"}],
+            "model": "m",
+            "stopReason": "endTurn",
+        }
+        await rpc(client, "tasks/update", taskId=task["taskId"], inputResponses={key: answer})
+        done = await settle(client, task["taskId"])
+    assert done["status"] == "completed", done
+    assert done["result"]["structuredContent"]["output"] == "hi from a task"
+    assert llm.requests == []
