@@ -173,6 +173,10 @@ async def test_a_non_streamed_request_gets_one_json_message(
         ]
         body = json.dumps({"model": "m", "max_tokens": 100, "messages": messages})
         raw = await sandbox.sh(HTTP_REQUEST.format(port=port, method="POST", path="/v1/messages", length=len(body), body=body))
+        count = await sandbox.sh(
+            HTTP_REQUEST.format(port=port, method="POST", path="/v1/messages/count_tokens", length=len(body), body=body)
+        )
+        assert count.startswith("HTTP/1.1 404") and "not available when the model is the caller's" in count, count
         go.set()
         head, _, payload = raw.replace("\r\n", "\n").partition("\n\n")
         assert head.startswith("HTTP/1.1 200") and "application/json" in head, raw
