@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 
 from . import lifecycle, replies
+from .agents.base import AsksCallersModel
 from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError
 from .mirror import read_only
 from .models import Message, QueuedMessage, SessionRecord, TurnReply
@@ -53,6 +54,9 @@ class Messaging(ManagerCore):
                 raise _Paused(r)
             if reason := read_only(r):
                 raise SessionClosed(reason)
+            agent = self._agents.get(s.agent)
+            if isinstance(agent, AsksCallersModel) and (why := agent.cannot_ask(r.agent_options, sampler)):
+                raise InvalidInput(why)
             if queue and s.status == "busy":
                 if len(r.queue) >= MAX_QUEUE:
                     raise SessionBusy(

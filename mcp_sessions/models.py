@@ -275,6 +275,7 @@ EventType = Literal[
     "tool.started",
     "tool.output",
     "tool.completed",
+    "model.sampled",
     "approval.requested",
     "approval.answered",
     "turn.completed",

@@ -13,7 +13,8 @@ An agent declares itself with one `AgentPlugin` (registry.py): its server settin
 takes (one pydantic model, from which the `create_session` schema, the REST body and the docs are built),
 and how to make it. Optional steps are protocols below: `ConfiguresSessions` (check options, fill in
 defaults at create), `PreparesSandbox` (set the sandbox up at create, phase `starting_agent`),
-`NeedsHostFiles` (host files its sandboxes see read-only), `RunsInBackground` (work that outlives turns).
+`NeedsHostFiles` (host files its sandboxes see read-only), `RunsInBackground` (work that outlives turns),
+`AsksCallersModel` (refuse a message whose sender's model cannot be asked).
 """
 
 from __future__ import annotations
@@ -155,6 +156,16 @@ async def start_background(agents: Iterable[Agent], tg: anyio.abc.TaskGroup) -> 
     for agent in agents:
         if isinstance(agent, RunsInBackground):
             await tg.start(agent.run_background)
+
+
+@runtime_checkable
+class AsksCallersModel(Protocol):
+    """An agent whose sessions may run on the model of the client that sends each message (MCP sampling)."""
+
+    def cannot_ask(self, options: dict[str, Any], sampler: Any) -> str | None:
+        """Why a message sent with `sampler` (None: a surface with no client to ask, as REST) cannot run on a
+        session with these options, or None. send_message refuses such a message with that sentence."""
+        ...
 
 
 @runtime_checkable

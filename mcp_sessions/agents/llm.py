@@ -26,11 +26,10 @@ from ..models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseB
 from .base import AgentPlugin, TurnContext, TurnOutcome
 from .pricing import PriceTable, add_usage
 from .providers.anthropic import AnthropicProvider
-from .providers.common import ModelRequest, Provider, ProviderError, ToolSpec
+from .providers.common import PROVIDER_HELP, ModelRequest, Provider, ProviderError, ProviderName, ToolSpec
 from .providers.openai import OpenAIProvider
 from .providers.sampling import SamplingProvider
 
-ProviderName = Literal["openai", "anthropic", "sampling"]
 TEXT_FLUSH_CHARS = 400
 TEXT_FLUSH_S = 0.2
 MAX_TOOL_RESULT_CHARS = 30000
@@ -164,9 +163,7 @@ class LlmSettings(BaseModel):
 
 
 class LlmOptions(BaseModel):
-    provider: ProviderName | None = Field(
-        None, description="where the model runs; 'sampling' asks your own model through MCP sampling (default: the server's)"
-    )
+    provider: ProviderName | None = Field(None, description=PROVIDER_HELP)
     system_prompt: str | None = Field(None, max_length=100_000, description="replaces the default system prompt")
     max_steps: Annotated[int, Field(ge=1, le=1000), IN_RANGE] | None = Field(
         None, description="most model calls per turn (default: the server's, 50)"

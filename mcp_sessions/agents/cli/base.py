@@ -21,7 +21,8 @@ from ..base import TurnContext, TurnOutcome
 from ..pricing import PriceTable
 from . import binaries
 from .link import Door, Link
-from .proxy import ModelProxy, Upstream
+from .proxy import ModelProxy, ProxyTurn, Upstream
+from .sampled import cannot_sample
 from .streams import serve
 
 
@@ -81,6 +82,9 @@ class CliAgent:
 
     name: str
     mount: str
+    api: tuple[str, str, str]
+    """The provider with a key, the model API it speaks, and the variable of that key: what `provider`
+    refusals name (for agents whose options take `provider`)."""
 
     def __init__(self, folder: Path, upstream: Upstream, default_model: str | None, prices: PriceTable) -> None:
         self.folder = folder
@@ -93,7 +97,22 @@ class CliAgent:
 
     def configure(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         binaries.binary(self.folder, self.name)  # a missing binary fails create_session now
+        provider = options.get("provider")
+        if provider is not None and provider not in (self.api[0], "sampling"):
+            raise ValueError(
+                f"The {self.name} agent speaks {self.api[1]}: pass provider='{self.api[0]}' (the server's "
+                f"{self.api[2]}, the default) or 'sampling' (the caller's own model, through MCP sampling)."
+            )
         return model or self.default_model, {k: v for k, v in options.items() if v is not None}
+
+    def cannot_ask(self, options: dict[str, Any], sampler: Any) -> str | None:
+        """Why a message sent with `sampler` cannot run here (the session samples, the sender cannot be), or None."""
+        return cannot_sample(sampler, self.api[0], self.api[2]) if options.get("provider") == "sampling" else None
+
+    def proxy_turn(self, ctx: TurnContext) -> ProxyTurn:
+        """What the session's proxy serves a turn with: its usage, budgets and, if it samples, the sender's model."""
+        sampling = ctx.options.get("provider") == "sampling"
+        return ProxyTurn(ctx.usage, ctx.over_budget, sampling=sampling, sampler=ctx.sampler, emit=ctx.emit)
 
     def host_files(self, options: dict[str, Any]) -> dict[str, str]:
         return {self.mount: str(binaries.binary(self.folder, self.name))}

@@ -24,9 +24,10 @@ from pydantic import BaseModel, Field, field_validator
 from sandbox_backends.base import SandboxError
 
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
+from ..providers.common import PROVIDER_HELP, ProviderName
 from .base import CliAgent, CliSettings, Running
 from .link import Link, LinkClosed
-from .proxy import ANTHROPIC, PLACEHOLDER_KEY, ProxyTurn, Upstream
+from .proxy import ANTHROPIC, PLACEHOLDER_KEY, Upstream
 from .stream_json import TurnReader
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ SESSION_NAMESPACE = uuid.UUID("6f1c3a52-4be5-4a51-9a3e-0c1de2b8f0a7")
 
 
 class ClaudeCodeOptions(BaseModel):
+    provider: ProviderName | None = Field(None, description=PROVIDER_HELP)
     permission_mode: Literal["bypass", "ask"] | None = Field(
         None, description="ask: each tool call waits for answer_approval (default bypass)"
     )
@@ -82,6 +84,7 @@ def check_args(args: list[str]) -> list[str]:
 class ClaudeCodeAgent(CliAgent):
     name = NAME
     mount = "claude"
+    api = ("anthropic", "the Anthropic Messages API", "ANTHROPIC_API_KEY")
 
     async def _joined(self, ctx: TurnContext) -> tuple[Running, Link]:
         """The session's proxy and door served into its sandbox, and its CLI process, launched if none is joined."""
@@ -138,7 +141,7 @@ setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(
 
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         started = time.monotonic()
-        turn = ProxyTurn(ctx.usage, ctx.over_budget)
+        turn = self.proxy_turn(ctx)
         reader = TurnReader(ctx)
         for attempt in (1, 2):
             running, link = await self._joined(ctx)

@@ -17,10 +17,13 @@ import shlex
 import time
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
+from ..providers.common import PROVIDER_HELP, ProviderName
 from .base import CliAgent, CliSettings, outcome, secret
-from .proxy import OPENAI, PLACEHOLDER_KEY, ProxyTurn, Upstream
+from .proxy import OPENAI, PLACEHOLDER_KEY, Upstream
 
 NAME = "codex"
 STATE_DIR = ".mcp-sessions/codex"
@@ -45,9 +48,14 @@ wire_api = "responses"
 SHOWN_CHARS = 2000
 
 
+class CodexOptions(BaseModel):
+    provider: ProviderName | None = Field(None, description=PROVIDER_HELP)
+
+
 class CodexAgent(CliAgent):
     name = NAME
     mount = "codex"
+    api = ("openai", "the OpenAI Responses API", "OPENAI_API_KEY")
 
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         started = time.monotonic()
@@ -65,7 +73,7 @@ if compgen -G "$state/home/sessions/*/*/*/*.jsonl" >/dev/null; then set -- resum
 "$MCP_SESSIONS_MOUNTS/codex" exec --json --skip-git-repo-check --disable plugins --disable remote_plugin "$@" - \\
   <"$state/message" 2>>"$state/codex.log"
 )"""
-        turn = ProxyTurn(ctx.usage, ctx.over_budget)
+        turn = self.proxy_turn(ctx)
         reader = ExecReader(ctx)
         running.proxy.turn = turn
         try:
@@ -166,4 +174,5 @@ plugin = AgentPlugin(
     make=_make,
     summary="OpenAI Codex (the CLI) in the sandbox; the key stays in the server",
     settings=CliSettings,
+    options=CodexOptions,
 )

@@ -11,7 +11,9 @@ an `anyio.abc.ByteStream` with h11, so any channel into a sandbox can carry it).
   Chat Completions (key as `Authorization: Bearer`; a streamed chat request is made to ask for its usage);
 - relays the response as it comes (chunked, never close-delimited: Claude Code loses the end of a body
   ended by a close and retries it, billed), counting its usage and cost into the running turn;
-- stops the upstream request when the CLI goes away, so nothing is billed for a reader that left.
+- stops the upstream request when the CLI goes away, so nothing is billed for a reader that left;
+- or, for a turn whose model is the caller's (`provider="sampling"`), forwards nothing and answers from the
+  model of the client that sent the message, through MCP sampling (sampled.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from anyio.abc import ByteStream
 from ...models import Usage
 from ..pricing import PriceTable, add_usage
 from ..providers.common import TokenUsage
+from ..providers.sampling import Sampler
 from .metering import AnthropicMeter, Meter, OpenAIMeter
+from .sampled import SampledAnswer, sample
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,10 @@ class ProxyTurn:
     """Why the proxy refused a request of this turn (a budget reached): the turn fails with it."""
     requests: int = 0
     first_request: anyio.Event = field(default_factory=anyio.Event)
+    sampling: bool = False
+    """The model is the caller's: requests are answered through `sampler` (MCP sampling), never forwarded."""
+    sampler: Sampler | None = None
+    emit: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,44 @@ class ModelProxy:
             return
         turn.requests += 1
         turn.first_request.set()
-        await self._forward(conn, stream, request, method, path, query, body, turn)
+        if turn.sampling:
+            await self._sample(conn, stream, request, path, body, turn)
+        else:
+            await self._forward(conn, stream, request, method, path, query, body, turn)
+
+    async def _sample(
+        self, conn: h11.Connection, stream: ByteStream, request: h11.Request, path: str, body: bytes, turn: ProxyTurn
+    ) -> None:
+        """Answer from the caller's model; if the CLI goes away meanwhile (an interrupt), withdraw the question."""
+        got: list[Any] = []
+
+        async def ask(scope: anyio.CancelScope) -> None:
+            try:
+                got.append(await sample(turn.sampler, path, body))
+            except SampledAnswer as e:
+                got.append(e)
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_client, conn, stream, tg.cancel_scope)
+            tg.start_soon(ask, tg.cancel_scope)
+        if not got:
+            return
+        if isinstance(got[0], SampledAnswer):
+            turn.refused = got[0].reason or turn.refused
+            kind = "invalid_request_error" if got[0].http_status == 400 else "not_found_error"
+            await self._error(conn, stream, request, got[0].http_status, kind, str(got[0]))
+            return
+        reply, content_type, payload = got[0]
+        model = reply.model or "unknown"
+        self.count(turn, model, TokenUsage())
+        if turn.emit is not None:
+            said = {"request": turn.requests, "model": model, "stop_reason": reply.stop_reason, "tokens": None}
+            await turn.emit("model.sampled", said)
+        headers = [("content-type", content_type), ("content-length", str(len(payload)))]
+        await stream.send(conn.send(h11.Response(status_code=200, headers=headers)))
+        await stream.send(conn.send(h11.Data(data=payload)))
+        await stream.send(conn.send(h11.EndOfMessage()))
 
     async def _forward(
         self,

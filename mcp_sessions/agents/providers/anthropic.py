@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ...models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from .common import (
     ModelReply,
     ModelRequest,
@@ -48,6 +48,48 @@ def to_wire(messages: list[Message]) -> list[dict[str, Any]]:
         else:
             wire.append({"role": role, "content": blocks})
     return wire
+
+
+def from_wire(messages: Any, turn: int = 0) -> list[Message]:
+    """`to_wire` the other way: a request's messages as the session's `Message`s (text, tool_use and
+    tool_result blocks; a string content is one text block; other blocks, such as thinking, are left out;
+    a tool result's content is its text)."""
+    out: list[Message] = []
+    for m in messages if isinstance(messages, list) else []:
+        if not isinstance(m, dict):
+            continue
+        content = m.get("content")
+        given = [{"type": "text", "text": content}] if isinstance(content, str) else content if isinstance(content, list) else []
+        blocks: list[ContentBlock] = []
+        for b in given:
+            kind = b.get("type") if isinstance(b, dict) else None
+            if kind == "text" and isinstance(b.get("text"), str):
+                blocks.append(TextBlock(text=b["text"]))
+            elif kind == "tool_use":
+                given_input = b.get("input")
+                tool_input = given_input if isinstance(given_input, dict) else {}
+                blocks.append(ToolUseBlock(id=str(b.get("id", "")), name=str(b.get("name", "")), input=tool_input))
+            elif kind == "tool_result":
+                text = text_of(b.get("content"))
+                blocks.append(
+                    ToolResultBlock(tool_use_id=str(b.get("tool_use_id", "")), content=text, is_error=b.get("is_error") is True)
+                )
+        if blocks:
+            out.append(Message(role="assistant" if m.get("role") == "assistant" else "user", content=blocks, turn=turn))
+    return out
+
+
+def text_of(content: Any) -> str:
+    """The text of a tool result's content: a string, or its text blocks joined (others named, not sent)."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for b in content if isinstance(content, list) else []:
+        if isinstance(b, dict) and b.get("type") == "text":
+            parts.append(str(b.get("text", "")))
+        elif isinstance(b, dict):
+            parts.append(f"[{b.get('type')} block left out]")
+    return "\n".join(parts)
 
 
 class AnthropicProvider(StreamingHTTPProvider):

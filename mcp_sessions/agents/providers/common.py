@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 import httpx
@@ -18,6 +18,9 @@ import httpx
 from ...models import Message, TextBlock, ToolUseBlock
 
 TextCallback = Callable[[str], Awaitable[None]]
+ProviderName = Literal["openai", "anthropic", "sampling"]
+PROVIDER_HELP = "where the model runs; 'sampling' asks your own model through MCP sampling (default: the server's)"
+"""The `provider` create option, one for every agent that takes it (the create_session schema merges them)."""
 
 
 class ProviderError(Exception):

@@ -22,7 +22,7 @@ from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from .common import ModelReply, ModelRequest, ProviderError, TextCallback, TokenUsage
 
 NO_SAMPLING = (
-    "the calling client does not offer MCP sampling, so the llm agent has no model to ask; "
+    "the calling client does not offer MCP sampling, so the agent has no model to ask; "
     "use a client that supports sampling with tools, or start the server with a provider key "
     "(OPENAI_API_KEY or ANTHROPIC_API_KEY) and pass provider='openai' or 'anthropic'"
 )
@@ -56,7 +56,7 @@ class ConnectionSampler:
         if caps.sampling.tools is None:
             return (
                 "the calling client offers MCP sampling but not tool use in sampling (capability sampling.tools), "
-                "which the llm agent needs for its tools; use a client that declares it, or a provider key"
+                "which the agent needs for its tools; use a client that declares it, or a provider key"
             )
         return None
 
@@ -67,6 +67,8 @@ class ConnectionSampler:
 
 
 def to_sampling(messages: list[Message]) -> list[types.SamplingMessage]:
+    """Sampling messages of the session's messages. A message holding tool results holds only them (MCP's
+    rule): text sent beside them (a CLI's reminders, say) goes into the last result's content."""
     out: list[types.SamplingMessage] = []
     for m in messages:
         blocks: list[Any] = []
@@ -84,6 +86,10 @@ def to_sampling(messages: list[Message]) -> list[types.SamplingMessage]:
                         is_error=b.is_error,
                     )
                 )
+        results = [b for b in blocks if isinstance(b, types.ToolResultContent)]
+        if results and len(results) < len(blocks):
+            results[-1].content.extend(b for b in blocks if isinstance(b, types.TextContent))
+            blocks = list(results)
         if blocks:
             out.append(types.SamplingMessage(role="assistant" if m.role == "assistant" else "user", content=blocks))
     return out
@@ -123,6 +129,8 @@ class SamplingProvider:
                 "the calling client's connection has no channel for server requests, so its model cannot be sampled; "
                 "connect with the handshake era, or use a provider key"
             ) from None
+        except ValueError as e:  # the SDK checks the conversation's tool calls and results before sending
+            raise ProviderError(f"the conversation cannot be sent through MCP sampling ({e}).") from None
         except MCPError as e:
             if e.code == CONNECTION_CLOSED:  # it went away while its model was being asked: it refused nothing
                 raise _disconnected(e.message) from None
