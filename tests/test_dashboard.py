@@ -329,3 +329,16 @@ def test_an_admin_without_a_token_is_refused_at_start(settings: Settings) -> Non
 
     with pytest.raises(ConfigError, match="--admins names 'carl', who has no token"):
         build_app(settings.model_copy(update={"admins": "carl"}), TOKENS)
+
+
+def test_the_session_page_follows_every_event_type_the_server_sends() -> None:
+    """An EventSource hears only the types it listens for: one missing from the page's list never shows."""
+    import re
+    import typing
+
+    from mcp_sessions.models import EventType
+
+    script = (Path(__file__).parents[1] / "mcp_sessions/ui/static/dashboard.js").read_text()
+    listed = re.search(r"const EVENT_TYPES = \[(.*?)\];", script, re.S)
+    assert listed, "dashboard.js has no EVENT_TYPES list"
+    assert sorted(re.findall(r'"([^"]+)"', listed[1])) == sorted(typing.get_args(EventType))

@@ -6,8 +6,8 @@ const API = "/api/v1";
 const HEADERS = { "X-MCP-Sessions-UI": "1" }; // the gate asks it of a cookie-authenticated change
 const EVENT_TYPES = [
   "session.created", "phase", "status", "turn.queued", "turn.started", "text.delta", "tool.started",
-  "tool.output", "tool.completed", "approval.requested", "approval.answered", "turn.completed", "turn.failed", "turn.interrupted", "session.failed",
-  "session.closed",
+  "tool.output", "tool.completed", "model.sampled", "approval.requested", "approval.answered", "turn.completed", "turn.failed",
+  "turn.interrupted", "session.failed", "session.closed", "egress", "checkpoint.saved", "checkpoint.restored",
 ];
 const TURN_ENDS = new Set(["turn.completed", "turn.failed", "turn.interrupted", "session.failed", "session.closed"]);
 
@@ -351,7 +351,9 @@ function sessionPage() {
     for (const type of EVENT_TYPES) {
       stream.addEventListener(type, (m) => {
         const e = JSON.parse(m.data);
-        cursor = Math.max(cursor, e.seq);
+        // a reconnecting EventSource asks again from the URL's position: what this page has shown is skipped
+        if (e.seq <= cursor) return;
+        cursor = e.seq;
         showEvent(e);
         approvals.event(e);
         if (type.startsWith("turn.") && type !== "turn.started" && type !== "turn.queued") showTurn(e);
