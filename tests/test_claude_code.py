@@ -45,7 +45,7 @@ def installed(name: str = "claude-code") -> None:
 
 
 AGENT = "claude-code"
-"""The agent this module's fixtures make sessions of (test_codex.py uses them for its own)."""
+"""The agent this module's fixtures make sessions of (test_codex.py and test_opencode.py use them for theirs)."""
 
 
 @pytest.fixture
@@ -65,6 +65,7 @@ def driver(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def settings(home: Path, llm: FakeLLM, driver: str, request: pytest.FixtureRequest) -> Iterator[Settings]:
     upstreams = dict(claude_code_base_url=llm.url, claude_code_api_key=KEY, codex_base_url=llm.openai_base_url, codex_api_key=KEY)
+    upstreams |= dict(opencode_base_url=llm.openai_base_url, opencode_api_key=KEY)
     settings = Settings(home=home, driver=driver, image=IMAGE, agent=request.module.AGENT, **upstreams)
     yield settings
     if driver == "docker":
@@ -138,6 +139,7 @@ LIST_PIDS = "for p in /proc/[0-9]*; do [ -r $p/exe ] && echo ${p#/proc/}; done"
 def stdio_server(settings: Settings) -> StdioServerParameters:
     """The server as a process of its own over stdio, set as `settings` say (so it can be killed)."""
     names = ("home", "driver", "image", "agent", "claude_code_base_url", "claude_code_api_key", "codex_base_url", "codex_api_key")
+    names += ("opencode_base_url", "opencode_api_key")
     values = settings.values()
     env = {
         f"MCP_SESSIONS_{n.upper()}": str(v.get_secret_value() if hasattr(v, "get_secret_value") else v)
@@ -315,7 +317,7 @@ async def test_an_interrupt_of_the_idle_session_stops_the_cli_and_the_next_turn_
     assert user_texts(llm.requests[-1].body) == ["one", "two"]
 
 
-@pytest.mark.parametrize("agent", ["claude-code", "codex"])
+@pytest.mark.parametrize("agent", ["claude-code", "codex", "opencode"])
 async def test_a_missing_binary_fails_create_session_naming_the_install_script(home: Path, tmp_path: Path, agent: str) -> None:
     settings = Settings(home=home, agent=agent, cli_agents_dir=tmp_path / "empty")
     async with Client(create_server(settings)) as client:

@@ -19,6 +19,7 @@ BUILTIN = {
     "remote": "mcp_sessions.agents.remote:plugin",
     "claude-code": "mcp_sessions.agents.cli.claude_code:plugin",
     "codex": "mcp_sessions.agents.cli.codex:plugin",
+    "opencode": "mcp_sessions.agents.cli.opencode:plugin",
 }
 
 

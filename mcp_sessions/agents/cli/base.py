@@ -1,10 +1,14 @@
 """What every CLI agent shares: its pinned binary (checked at create, mounted into the sandbox), and per
 session what this server holds for it: the model proxy and the door, served into its sandbox for as long
-as the sandbox lives, and the CLI process joined through the door (for CLIs that run long).
+as the sandbox lives, and the CLI process joined through the door (for CLIs that run long). CLIs run once
+per message (codex, opencode) share the turn itself: one command of the session's shell, its JSON lines
+read as they come (`TurnLines`), its outcome told the same way (`CliAgent.exec_turn`).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,19 @@ class CliSettings(BaseModel):
         description="Key the model proxy adds to the codex agent's requests (the sandbox never sees it).",
         json_schema_extra={"env": "OPENAI_API_KEY"},
     )
+    opencode_model: str | None = Field(
+        None, description="Default model of the opencode agent (a model name of its upstream; one is needed, here or at create)."
+    )
+    opencode_base_url: str = Field(
+        "https://api.openai.com/v1",
+        description="OpenAI-compatible Chat Completions API the opencode agent's model proxy forwards to (OpenAI, a LiteLLM proxy).",
+        json_schema_extra={"env": "OPENAI_BASE_URL"},
+    )
+    opencode_api_key: SecretStr | None = Field(
+        None,
+        description="Key the model proxy adds to the opencode agent's requests (the sandbox never sees it).",
+        json_schema_extra={"env": "OPENAI_API_KEY"},
+    )
 
 
 def secret(value: SecretStr | None) -> str | None:
@@ -76,15 +93,63 @@ class Running:
     server process ran turns meanwhile, which this process's CLI has not seen."""
 
 
+def check_args(args: list[str], allowed: tuple[str, ...]) -> list[str]:
+    """The flags as given, if each is `allowed` and has its value (`--flag value` or `--flag=value`). Raises
+    ValueError naming the first that is not."""
+    i = 0
+    while i < len(args):
+        flag, eq, _ = args[i].partition("=")
+        if flag not in allowed:
+            raise ValueError(f"cli_args: {args[i][:100]!r} is not allowed; use {', '.join(allowed)}")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ValueError(f"cli_args: {flag} needs a value after it")
+            i += 1
+        i += 1
+    return args
+
+
+class TurnLines:
+    """Reads the JSON lines a CLI prints during one turn, as they come, into events and the turn's messages
+    (in `ctx.messages`). Subclasses handle each line (`event`) and say whether the turn reached its end
+    (`completed`) or why it failed (`failure`)."""
+
+    def __init__(self, ctx: TurnContext) -> None:
+        self.ctx = ctx
+        self.completed = False
+        self.failure: str | None = None
+        self._buf = b""
+
+    async def feed(self, chunk: bytes) -> None:
+        *lines, self._buf = (self._buf + chunk).split(b"\n")
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                await self.event(event)
+
+    async def event(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def outcome(self, status: str, reason: str | None, duration_s: float) -> TurnOutcome:
+        """The reply is the CLI's last text."""
+        return outcome(self.ctx, status, reason, duration_s)
+
+
 class CliAgent:
-    """A CLI agent's common part. Subclasses set `name` (also the binary's in `binaries.PINNED`) and `mount`
-    (the binary's name in the sandbox, at `$MCP_SESSIONS_MOUNTS/<mount>`)."""
+    """A CLI agent's common part. Subclasses set `name` (also the binary's in `binaries.PINNED`), `mount`
+    (the binary's name in the sandbox, at `$MCP_SESSIONS_MOUNTS/<mount>`), and, if run once per message,
+    `label` (its name in sentences) and `log` (its log, relative to the workspace)."""
 
     name: str
     mount: str
     api: tuple[str, str, str]
     """The provider with a key, the model API it speaks, and the variable of that key: what `provider`
     refusals name (for agents whose options take `provider`)."""
+    label: str = ""
+    log: str = ""
 
     def __init__(self, folder: Path, upstream: Upstream, default_model: str | None, prices: PriceTable) -> None:
         self.folder = folder
@@ -168,6 +233,30 @@ class CliAgent:
                         await running.link.close()
                 if self._running.get(sid) is running:
                     del self._running[sid]
+
+    async def exec_turn(self, ctx: TurnContext, running: Running, script: str, reader: TurnLines) -> TurnOutcome:
+        """One turn as one command of the session's shell (so `interrupt` stops it as it stops any command), its
+        model requests counted into the turn by the proxy, its output read by `reader` as it comes."""
+        started = time.monotonic()
+        turn = self.proxy_turn(ctx)
+        running.proxy.turn = turn
+        try:
+            result = await ctx.sandbox.exec(script, timeout_s=ctx.command_timeout_s, on_output=reader.feed, max_output_bytes=4096)
+        finally:
+            running.proxy.turn = None
+        duration = time.monotonic() - started
+        if result.interrupted:
+            return reader.outcome("interrupted", "interrupted by the caller", duration)
+        if turn.refused is not None:
+            return reader.outcome("failed", turn.refused, duration)
+        if result.timed_out:
+            return reader.outcome(
+                "failed", f"{self.label} ran past the {ctx.command_timeout_s:g} s command timeout and was stopped", duration
+            )
+        if not reader.completed:
+            said = reader.failure or f"it exited with code {result.exit_code}; its log: {await self.log_tail(ctx, self.log)}"
+            return reader.outcome("failed", f"{self.label} did not complete the turn: {said}", duration)
+        return reader.outcome("completed", None, duration)
 
     async def log_tail(self, ctx: TurnContext, path: str) -> str:
         """The end of the CLI's log in the workspace, for a failure's reason."""

@@ -27,6 +27,7 @@ PINNED = {
     "codex": Pinned(
         "@openai/codex", "0.171.0", "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
     ),
+    "opencode": Pinned("opencode-ai", "1.18.33", "node_modules/opencode-linux-x64/bin/opencode"),
 }
 
 

@@ -25,7 +25,7 @@ from sandbox_backends.base import SandboxError
 
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from ..providers.common import PROVIDER_HELP, ProviderName
-from .base import CliAgent, CliSettings, Running
+from .base import CliAgent, CliSettings, Running, check_args
 from .link import Link, LinkClosed
 from .proxy import ANTHROPIC, PLACEHOLDER_KEY, Upstream
 from .stream_json import TurnReader
@@ -63,22 +63,7 @@ class ClaudeCodeOptions(BaseModel):
     @field_validator("cli_args")
     @classmethod
     def _allowed(cls, args: list[str] | None) -> list[str] | None:
-        return check_args(args) if args is not None else None
-
-
-def check_args(args: list[str]) -> list[str]:
-    """The flags as given, if each is allowed and has its value. Raises ValueError naming the first that is not."""
-    i = 0
-    while i < len(args):
-        flag, eq, _ = args[i].partition("=")
-        if flag not in ARGS_WITH_VALUE:
-            raise ValueError(f"cli_args: {args[i][:100]!r} is not allowed; use {', '.join(ARGS_WITH_VALUE)}")
-        if not eq:
-            if i + 1 >= len(args):
-                raise ValueError(f"cli_args: {flag} needs a value after it")
-            i += 1
-        i += 1
-    return args
+        return check_args(args, ARGS_WITH_VALUE) if args is not None else None
 
 
 class ClaudeCodeAgent(CliAgent):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -22,7 +21,7 @@ from pydantic import BaseModel, Field
 from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from ..providers.common import PROVIDER_HELP, ProviderName
-from .base import CliAgent, CliSettings, outcome, secret
+from .base import CliAgent, CliSettings, TurnLines, secret
 from .proxy import OPENAI, PLACEHOLDER_KEY, Upstream
 
 NAME = "codex"
@@ -56,9 +55,10 @@ class CodexAgent(CliAgent):
     name = NAME
     mount = "codex"
     api = ("openai", "the OpenAI Responses API", "OPENAI_API_KEY")
+    label = "Codex"
+    log = LOG
 
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
-        started = time.monotonic()
         running = await self.served(ctx)
         model = f"model = {json.dumps(ctx.session.model)}" if ctx.session.model else ""
         config = CONFIG.format(model=model, proxy=running.proxy_at, key_env=KEY_ENV)
@@ -73,53 +73,21 @@ if compgen -G "$state/home/sessions/*/*/*/*.jsonl" >/dev/null; then set -- resum
 "$MCP_SESSIONS_MOUNTS/codex" exec --json --skip-git-repo-check --disable plugins --disable remote_plugin "$@" - \\
   <"$state/message" 2>>"$state/codex.log"
 )"""
-        turn = self.proxy_turn(ctx)
-        reader = ExecReader(ctx)
-        running.proxy.turn = turn
-        try:
-            result = await ctx.sandbox.exec(script, timeout_s=ctx.command_timeout_s, on_output=reader.feed, max_output_bytes=4096)
-        finally:
-            running.proxy.turn = None
-        duration = time.monotonic() - started
-        if result.interrupted:
-            return reader.outcome("interrupted", "interrupted by the caller", duration)
-        if turn.refused is not None:
-            return reader.outcome("failed", turn.refused, duration)
-        if result.timed_out:
-            return reader.outcome(
-                "failed", f"Codex ran past the {ctx.command_timeout_s:g} s command timeout and was stopped", duration
-            )
-        if not reader.completed:
-            said = reader.failure or f"it exited with code {result.exit_code}; its log: {await self.log_tail(ctx, LOG)}"
-            return reader.outcome("failed", f"Codex did not complete the turn: {said}", duration)
-        return reader.outcome("completed", None, duration)
+        return await self.exec_turn(ctx, running, script, ExecReader(ctx))
 
 
-class ExecReader:
-    """Reads `codex exec --json` lines as they come: events, the turn's messages (in `ctx.messages`), its end.
+class ExecReader(TurnLines):
+    """Reads `codex exec --json` lines: events, the turn's messages, its end.
 
     Lines: `thread.started`, `turn.started`, `item.started` / `item.completed` (`command_execution` with its
     command, aggregated output and exit code; `agent_message` with its text; `error`, which may be only a
     warning), `turn.completed` (usage: counted by the proxy instead), `turn.failed`, `error`."""
 
     def __init__(self, ctx: TurnContext) -> None:
-        self.ctx = ctx
-        self.completed = False
-        self.failure: str | None = None
-        self._buf = b""
+        super().__init__(ctx)
         self._started: set[str] = set()
 
-    async def feed(self, chunk: bytes) -> None:
-        *lines, self._buf = (self._buf + chunk).split(b"\n")
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                await self._event(event)
-
-    async def _event(self, event: dict[str, Any]) -> None:
+    async def event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         given = event.get("item")
         item: dict[str, Any] = given if isinstance(given, dict) else {}
@@ -156,10 +124,6 @@ class ExecReader:
         await self.ctx.emit("tool.completed", {"id": call_id, "tool": "exec_command", "exit_code": code, "is_error": failed})
         result = ToolResultBlock(tool_use_id=call_id, content=output, is_error=failed)
         self.ctx.messages.append(Message(role="tool", content=[result], turn=turn))
-
-    def outcome(self, status: str, reason: str | None, duration_s: float) -> TurnOutcome:
-        """The reply is Codex's last message."""
-        return outcome(self.ctx, status, reason, duration_s)
 
 
 def _make(settings: object, context: AgentContext) -> CodexAgent:
