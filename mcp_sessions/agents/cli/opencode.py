@@ -54,13 +54,9 @@ KEEP_WAIT_S = 10.0
 
 
 class OpenCodeOptions(BaseModel):
-    permission_mode: Literal["bypass", "ask"] | None = Field(
-        None, description="bypass only: headless opencode cannot ask for approval"
-    )
+    permission_mode: Literal["bypass", "ask"] | None = Field(None, description="bypass only (it cannot ask)")
     system_prompt: str | None = Field(None, max_length=100_000, description="replaces the default system prompt")
-    cli_args: list[str] | None = Field(
-        None, max_length=20, description=f"extra CLI flags with values, of: {' '.join(ARGS_WITH_VALUE)}"
-    )
+    cli_args: list[str] | None = Field(None, max_length=20, description=f"flags with values, of: {' '.join(ARGS_WITH_VALUE)}")
 
     @field_validator("cli_args")
     @classmethod
