@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the coding-agent CLIs that the CLI agents (claude-code, codex) run, at pinned
+# Installs the coding-agent CLIs that the CLI agents (claude-code, codex, opencode) run, at pinned
 # versions, from npm into the server's CLI cache folder. Sandboxes get the native binary from there
 # (docker: mounted read-only; local: run in place): nothing is downloaded when a session starts.
 #
