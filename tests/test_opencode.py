@@ -157,6 +157,16 @@ async def test_the_proxy_refuses_opencode_sandbox_paths_other_than_the_model_api
     assert len(llm.requests) == 1  # none of them reached the upstream
 
 
+async def test_a_budget_reached_refuses_opencode_next_model_request_and_fails_the_turn(llm: FakeLLM, client: Client) -> None:
+    llm.script(*write_file_task())
+    sid = (await call(client, "create_session", model=MODEL, max_tokens=100))["id"]
+    reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
+    assert reply["turn_status"] == "failed"
+    assert reply["reason"].startswith("budget max_tokens=100 of session")
+    assert len(llm.requests) == 1  # the second request was refused by the proxy, not forwarded
+    assert reply["usage"]["total_tokens"] == 120
+
+
 async def test_opencode_refuses_ask_and_a_session_without_a_model(home: Path) -> None:
     installed(AGENT)
     async with Client(create_server(Settings(home=home, agent=AGENT))) as client:
