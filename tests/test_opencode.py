@@ -20,7 +20,7 @@ from mcp_sessions.settings import Settings
 
 from .conftest import call, call_error
 from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
-from .fake_llm import FakeLLM, Reply, ToolCall
+from .fake_llm import Fail, FakeLLM, Reply, ToolCall
 from .test_claude_code import (  # noqa: F401  (fixtures)
     HTTP_REQUEST,
     KEY,
@@ -165,6 +165,14 @@ async def test_a_budget_reached_refuses_opencode_next_model_request_and_fails_th
     assert reply["reason"].startswith("budget max_tokens=100 of session")
     assert len(llm.requests) == 1  # the second request was refused by the proxy, not forwarded
     assert reply["usage"]["total_tokens"] == 120
+
+
+async def test_an_api_error_after_a_tool_step_fails_the_turn_with_the_apis_words(llm: FakeLLM, client: Client) -> None:
+    llm.script(write_file_task()[0], Fail(400, "this model does not take that"))
+    sid = (await call(client, "create_session", model=MODEL))["id"]
+    reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
+    assert reply["turn_status"] == "failed", reply
+    assert reply["reason"] == "OpenCode did not complete the turn: this model does not take that"
 
 
 async def test_opencode_refuses_ask_and_a_session_without_a_model(home: Path) -> None:
