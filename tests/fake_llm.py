@@ -25,6 +25,7 @@ import json
 import queue
 import secrets
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (`time.monotonic()`), for benchmarks that time what reaches the model."""
 
 
 ANTHROPIC_ERROR_TYPES = {
