@@ -101,7 +101,8 @@ async def run(n: int, write: Path | None) -> None:
         "`create_session` to ready (a new container, no warm pool), then two messages, each timed from the",
         "`send_message` call to the first model request reaching the fake upstream (through the model proxy),",
         "which answers at once. Claude Code's second turn goes to its running process; Codex and OpenCode",
-        "start their CLI again for every message.",
+        "start their CLI again for every message. OpenCode's time is its own start (run on the host, straight",
+        "to the fake server, it takes as long before its first request).",
     )
     publish("## CLI agents on docker: create to ready, message to the first model request", intro, table.render(), write)
 

@@ -183,6 +183,23 @@ async def wrote_a_file(
     return sid, usage
 
 
+async def goes_on_after_a_kill(
+    home: Path, llm: FakeLLM, settings: Settings, model: str, task: list[Reply], texts: Callable[[dict[str, Any]], list[str]]
+) -> None:
+    """A server over stdio runs `task` (hi.txt written), is killed (SIGKILL), and the next server's turn goes on
+    with the same conversation: the CLI's state is the session's, not the server's."""
+    llm.script(*task, Reply(text="You asked for hi.txt."))
+    params = stdio_server(settings)
+    async with Client(params) as first:
+        sid = (await call(first, "create_session", model=model))["id"]
+        assert (await call(first, "send_message", session_id=sid, text="write hi.txt", wait_s=50))["turn_status"] == "completed"
+        await kill_server(home)
+    async with Client(params) as second:
+        reply = await call(second, "send_message", session_id=sid, text="what did I ask?", wait_s=50)
+        assert reply["turn_status"] == "completed" and reply["output"] == "You asked for hi.txt.", reply
+    assert texts(llm.requests[-1].body) == ["write hi.txt", "what did I ask?"]
+
+
 async def test_a_task_writes_a_file_with_the_cli_tools_and_the_next_turn_continues(
     home: Path, llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
 ) -> None:

@@ -20,9 +20,18 @@ from mcp_sessions.settings import Settings
 from .conftest import call
 from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
 from .fake_llm import FakeLLM, Reply, ToolCall
-from .test_claude_code import KEY, Inside, client, driver, inside, llm, settings, stdio_server, wrote_a_file  # noqa: F401  (fixtures)
+from .test_claude_code import (  # noqa: F401  (fixtures)
+    KEY,
+    Inside,
+    client,
+    driver,
+    goes_on_after_a_kill,
+    inside,
+    llm,
+    settings,
+    wrote_a_file,
+)
 from .test_llm_agent import stored_messages
-from .test_stdio import kill_server
 
 pytestmark = pytest.mark.anyio
 
@@ -97,13 +106,4 @@ async def test_interrupt_stops_codex_and_the_conversation_goes_on(
 
 
 async def test_codex_goes_on_after_the_server_is_killed(home: Path, llm: FakeLLM, settings: Settings) -> None:
-    llm.script(*write_file_task(), Reply(text="You asked for hi.txt."))
-    params = stdio_server(settings)
-    async with Client(params) as first:
-        sid = (await call(first, "create_session", model=MODEL))["id"]
-        assert (await call(first, "send_message", session_id=sid, text="write hi.txt", wait_s=50))["turn_status"] == "completed"
-        await kill_server(home)
-    async with Client(params) as second:
-        reply = await call(second, "send_message", session_id=sid, text="what did I ask?", wait_s=50)
-        assert reply["turn_status"] == "completed" and reply["output"] == "You asked for hi.txt.", reply
-    assert user_texts(llm.requests[-1].body) == ["write hi.txt", "what did I ask?"]
+    await goes_on_after_a_kill(home, llm, settings, MODEL, write_file_task(), user_texts)

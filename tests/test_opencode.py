@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -27,15 +26,15 @@ from .test_claude_code import (  # noqa: F401  (fixtures)
     Inside,
     client,
     driver,
+    goes_on_after_a_kill,
     inside,
     installed,
     llm,
     settings,
-    stdio_server,
+    user_texts,
     wrote_a_file,
 )
 from .test_llm_agent import stored_messages
-from .test_stdio import kill_server
 
 pytestmark = pytest.mark.anyio
 
@@ -49,16 +48,6 @@ def write_file_task() -> list[Reply]:
         Reply(tool_calls=[ToolCall("bash", {"command": "echo hello > hi.txt", "description": "write"})]),
         Reply(text="I wrote hi.txt.", input_tokens=150, output_tokens=30, cache_read_tokens=7),
     ]
-
-
-def user_texts(body: dict[str, Any]) -> list[str]:
-    """What the caller sent, turn by turn, as a Chat Completions request carries it."""
-    texts = []
-    for m in body["messages"]:
-        if m["role"] == "user":
-            content = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
-            texts += [c["text"] for c in content if c.get("type") == "text"]
-    return texts
 
 
 async def test_a_task_writes_a_file_with_opencode_and_the_next_turn_continues(
@@ -129,16 +118,7 @@ async def test_interrupt_stops_opencode_and_the_conversation_goes_on(
 
 
 async def test_opencode_goes_on_after_the_server_is_killed(home: Path, llm: FakeLLM, settings: Settings) -> None:
-    llm.script(*write_file_task(), Reply(text="You asked for hi.txt."))
-    params = stdio_server(settings)
-    async with Client(params) as first:
-        sid = (await call(first, "create_session", model=MODEL))["id"]
-        assert (await call(first, "send_message", session_id=sid, text="write hi.txt", wait_s=50))["turn_status"] == "completed"
-        await kill_server(home)
-    async with Client(params) as second:
-        reply = await call(second, "send_message", session_id=sid, text="what did I ask?", wait_s=50)
-        assert reply["turn_status"] == "completed" and reply["output"] == "You asked for hi.txt.", reply
-    assert user_texts(llm.requests[-1].body) == ["write hi.txt", "what did I ask?"]
+    await goes_on_after_a_kill(home, llm, settings, MODEL, write_file_task(), user_texts)
 
 
 async def test_the_proxy_refuses_opencode_sandbox_paths_other_than_the_model_api(

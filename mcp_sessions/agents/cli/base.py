@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from sandbox_backends.base import Sandbox, SandboxError
 
-from ...models import ContentBlock, TextBlock
+from ...models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from ..base import TurnContext, TurnOutcome
 from ..pricing import PriceTable
 from . import binaries
@@ -28,6 +28,9 @@ from .link import Door, Link
 from .proxy import ModelProxy, ProxyTurn, Upstream
 from .sampled import cannot_sample
 from .streams import serve
+
+SHOWN_INPUT_CHARS = 2000
+"""Most of a tool call's string input shown in its `tool.started` event (the transcript keeps it whole)."""
 
 
 class CliSettings(BaseModel):
@@ -132,6 +135,24 @@ class TurnLines:
 
     async def event(self, event: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    async def tool_started(self, call_id: str, tool: str, args: dict[str, Any]) -> None:
+        """A tool call begins: its event (long inputs cut), and its `tool_use` block in the transcript."""
+        shown = {k: (v[:SHOWN_INPUT_CHARS] if isinstance(v, str) else v) for k, v in args.items()}
+        await self.ctx.emit("tool.started", {"id": call_id, "tool": tool, "input": shown})
+        use = ToolUseBlock(id=call_id, name=tool, input=args)
+        self.ctx.messages.append(Message(role="assistant", content=[use], turn=self.ctx.session.turns))
+
+    async def tool_completed(self, call_id: str, tool: str, output: str, is_error: bool, exit_code: Any = None) -> None:
+        """A tool call ends: its output (as `tool.output`), its event, its `tool_result` block in the transcript."""
+        if output:
+            await self.ctx.output((output if output.endswith("\n") else output + "\n").encode())
+        done: dict[str, Any] = {"id": call_id, "tool": tool, "is_error": is_error}
+        if exit_code is not None:
+            done["exit_code"] = exit_code
+        await self.ctx.emit("tool.completed", done)
+        result = ToolResultBlock(tool_use_id=call_id, content=output, is_error=is_error)
+        self.ctx.messages.append(Message(role="tool", content=[result], turn=self.ctx.session.turns))
 
     def outcome(self, status: str, reason: str | None, duration_s: float) -> TurnOutcome:
         """The reply is the CLI's last text."""

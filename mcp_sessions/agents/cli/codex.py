@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ...models import Message, TextBlock
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from ..providers.common import PROVIDER_HELP, ProviderName
 from .base import CliAgent, CliSettings, TurnLines, secret
@@ -44,7 +44,6 @@ base_url = "http://{proxy}/v1"
 env_key = "{key_env}"
 wire_api = "responses"
 """
-SHOWN_CHARS = 2000
 
 
 class CodexOptions(BaseModel):
@@ -107,23 +106,12 @@ class ExecReader(TurnLines):
 
     async def _command(self, kind: Any, item: dict[str, Any]) -> None:
         call_id, command = str(item.get("id")), str(item.get("command", ""))
-        turn = self.ctx.session.turns
         if call_id not in self._started:
             self._started.add(call_id)
-            await self.ctx.emit(
-                "tool.started", {"id": call_id, "tool": "exec_command", "input": {"command": command[:SHOWN_CHARS]}}
-            )
-            use = ToolUseBlock(id=call_id, name="exec_command", input={"command": command})
-            self.ctx.messages.append(Message(role="assistant", content=[use], turn=turn))
-        if kind != "item.completed":
-            return
-        output, code = str(item.get("aggregated_output") or ""), item.get("exit_code")
-        if output:
-            await self.ctx.output((output if output.endswith("\n") else output + "\n").encode())
-        failed = code != 0
-        await self.ctx.emit("tool.completed", {"id": call_id, "tool": "exec_command", "exit_code": code, "is_error": failed})
-        result = ToolResultBlock(tool_use_id=call_id, content=output, is_error=failed)
-        self.ctx.messages.append(Message(role="tool", content=[result], turn=turn))
+            await self.tool_started(call_id, "exec_command", {"command": command})
+        if kind == "item.completed":
+            code = item.get("exit_code")
+            await self.tool_completed(call_id, "exec_command", str(item.get("aggregated_output") or ""), code != 0, code)
 
 
 def _make(settings: object, context: AgentContext) -> CodexAgent:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from sandbox_backends.base import SandboxError
 
-from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ...models import Message, TextBlock
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from .base import CliAgent, CliSettings, TurnLines, check_args, secret
 from .proxy import OPENAI, PLACEHOLDER_KEY, Upstream
@@ -49,7 +49,6 @@ PLUGIN_PACKAGE_LOCK = {"lockfileVersion": 3, "packages": {"": {"dependencies": {
 into each config folder whose lock file does not list it, at every start; this one has no plugins to build."""
 ARGS_WITH_VALUE = ("--agent", "--variant")
 """The only flags a caller may add; each takes one value."""
-SHOWN_CHARS = 2000
 KEEP_WAIT_S = 10.0
 
 
@@ -190,23 +189,13 @@ class RunReader(TurnLines):
         given = part.get("state")
         state: dict[str, Any] = given if isinstance(given, dict) else {}
         given = state.get("input")
-        args: dict[str, Any] = given if isinstance(given, dict) else {}
-        turn = self.ctx.session.turns
-        shown = {k: (v[:SHOWN_CHARS] if isinstance(v, str) else v) for k, v in args.items()}
-        await self.ctx.emit("tool.started", {"id": call_id, "tool": tool, "input": shown})
-        self.ctx.messages.append(Message(role="assistant", content=[ToolUseBlock(id=call_id, name=tool, input=args)], turn=turn))
+        await self.tool_started(call_id, tool, given if isinstance(given, dict) else {})
         failed = state.get("status") != "completed"
-        output = str(state.get("error") if failed else state.get("output") or "")
         metadata = state.get("metadata")
         code = metadata.get("exit") if isinstance(metadata, dict) else None
-        if output:
-            await self.ctx.output((output if output.endswith("\n") else output + "\n").encode())
-        done: dict[str, Any] = {"id": call_id, "tool": tool, "is_error": failed or bool(code)}
-        if isinstance(code, int):
-            done["exit_code"] = code
-        await self.ctx.emit("tool.completed", done)
-        result = ToolResultBlock(tool_use_id=call_id, content=output, is_error=done["is_error"])
-        self.ctx.messages.append(Message(role="tool", content=[result], turn=turn))
+        code = code if isinstance(code, int) else None
+        output = str(state.get("error") if failed else state.get("output") or "")
+        await self.tool_completed(call_id, tool, output, failed or bool(code), code)
 
 
 def _make(settings: object, context: AgentContext) -> OpenCodeAgent:

@@ -17,12 +17,11 @@ import anyio
 from ...models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from ..base import TurnContext, TurnOutcome
 from .approvals import WAITING
-from .base import outcome
+from .base import SHOWN_INPUT_CHARS, outcome
 from .link import Link
 
 TEXT_FLUSH_CHARS = 400
 TEXT_FLUSH_S = 0.2
-SHOWN_INPUT_CHARS = 2000
 
 
 class TurnReader:
