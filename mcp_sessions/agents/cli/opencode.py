@@ -17,6 +17,7 @@ Headless `opencode run` cannot put a question to anyone (it refuses what would a
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 from typing import Any, Literal
 
@@ -29,6 +30,8 @@ from ...models import Message, TextBlock
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from .base import CliAgent, CliSettings, TurnLines, check_args, secret
 from .proxy import OPENAI, PLACEHOLDER_KEY, Upstream
+
+logger = logging.getLogger(__name__)
 
 NAME = "opencode"
 STATE_DIR = ".mcp-sessions/opencode"
@@ -137,7 +140,10 @@ if [ -z {shlex.quote(known or "")} ] && [ -e "$state/data/opencode/opencode.db" 
         finally:
             if reader.conversation and reader.conversation != known:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(KEEP_WAIT_S):
-                    await ctx.sandbox.write_file(CONVERSATION, reader.conversation.encode())
+                    try:
+                        await ctx.sandbox.write_file(CONVERSATION, reader.conversation.encode())
+                    except (OSError, SandboxError) as e:  # the next turn falls back on --continue
+                        logger.warning("could not keep OpenCode's conversation id in the sandbox: %s", e)
 
     async def _conversation(self, ctx: TurnContext) -> str | None:
         """OpenCode's id of the session's conversation, if a turn has kept one."""
