@@ -121,6 +121,20 @@ async def test_opencode_goes_on_after_the_server_is_killed(home: Path, llm: Fake
     await goes_on_after_a_kill(home, llm, settings, MODEL, write_file_task(), user_texts)
 
 
+async def test_without_its_kept_id_opencode_takes_up_its_last_conversation(
+    llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
+) -> None:
+    llm.script(Reply(text="First."), Reply(text="Second."))
+    sid = (await call(client, "create_session", model=MODEL))["id"]
+    assert (await call(client, "send_message", session_id=sid, text="one", wait_s=50))["output"] == "First."
+    sandbox = inside(sid)
+    kept = await sandbox.sh(f"cat {STATE}/conversation && rm {STATE}/conversation")  # as if the server died first
+    assert kept.startswith("ses_")
+    assert (await call(client, "send_message", session_id=sid, text="two", wait_s=50))["output"] == "Second."
+    assert user_texts(llm.requests[-1].body) == ["one", "two"]
+    assert await sandbox.sh(f"cat {STATE}/conversation") == kept  # and its id is kept again
+
+
 async def test_the_proxy_refuses_opencode_sandbox_paths_other_than_the_model_api(
     llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
 ) -> None:
