@@ -161,6 +161,15 @@ async def test_a_budget_reached_refuses_opencode_next_model_request_and_fails_th
     assert reply["usage"]["total_tokens"] == 120
 
 
+async def test_a_system_prompt_replaces_opencode_own(llm: FakeLLM, client: Client) -> None:
+    llm.script(Reply(text="Aye."))
+    sid = (await call(client, "create_session", model=MODEL, system_prompt="You are a pirate."))["id"]
+    assert (await call(client, "send_message", session_id=sid, text="hi", wait_s=50))["output"] == "Aye."
+    (system, *_) = llm.requests[0].body["messages"]
+    assert system["role"] == "system" and system["content"].startswith("You are a pirate.\n")
+    assert "You are opencode" not in system["content"]
+
+
 async def test_an_api_error_after_a_tool_step_fails_the_turn_with_the_apis_words(llm: FakeLLM, client: Client) -> None:
     llm.script(write_file_task()[0], Fail(400, "this model does not take that"))
     sid = (await call(client, "create_session", model=MODEL))["id"]
