@@ -25,6 +25,7 @@ from sandbox_backends.base import SandboxError
 from .create import CreateRequest, create_body
 from .errors import Forbidden, SessionError
 from .files import FolderView, list_folder, read_file
+from .images import Images
 from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
 from .manager import SessionManager
 from .models import (
@@ -69,6 +70,7 @@ class MessageBody(BaseModel):
 
     text: str = Field(min_length=1, description="The message. For the shell agent: a bash script run in the session's shell.")
     queue: bool = Field(True, description="If a turn runs, run this one after it (false: refuse with 409).")
+    images: Images = None
 
 
 class CreateQuery(BaseModel):
@@ -197,7 +199,10 @@ async def get_session(c: Call) -> Reply:
 
 
 async def send_message(c: Call) -> Reply:
-    reply = await c.manager.send(c.session_id, c.body.text, wait_s=c.query.wait_s, queue=c.body.queue, owner=c.owner)
+    body: MessageBody = c.body
+    reply = await c.manager.send(
+        c.session_id, body.text, wait_s=c.query.wait_s, queue=body.queue, owner=c.owner, images=body.images or ()
+    )
     return reply, (202 if reply.turn_status in ("queued", "running") else 200)
 
 

@@ -11,10 +11,12 @@ nothing and return no events: callers racing another process need no checks of t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from .models import Message, Phase, SessionRecord, Status, TextBlock, TurnSummary, now
+from .images import decoded_size
+from .models import ImageBlock, Message, Phase, SessionRecord, Status, TextBlock, TurnSummary, now
 from .store import EventSpec
 
 MOVES: dict[Status, frozenset[Status]] = {
@@ -77,17 +79,22 @@ def become_ready(record: SessionRecord, sandbox_id: str, describe: dict[str, Any
 # -- turns ----------------------------------------------------------------------------------------
 
 
-def start_turn(record: SessionRecord, text: str, lease: str, messages: list[Message]) -> list[EventSpec]:
-    """Mark the next turn as running and add its user message to `messages`. The caller has checked that the
-    session takes messages (`ready`, or `busy` ending a turn with a queued message next)."""
+def start_turn(
+    record: SessionRecord, text: str, lease: str, messages: list[Message], images: Sequence[ImageBlock] = ()
+) -> list[EventSpec]:
+    """Mark the next turn as running and add its user message (its text, then its images) to `messages`. The
+    caller has checked that the session takes messages (`ready`, or `busy` ending a turn with a queued message next)."""
     s = record.session
     s.turns += 1
     s.last_activity_at = now()
     s.preview = s.preview or shorten(text, 200)
     s.last_turn = TurnSummary(turn=s.turns, status="running", started_at=now())
     record.lease, record.interrupt_requested = lease, False
-    messages.append(Message(role="user", content=[TextBlock(text=text)], turn=s.turns))
-    events: list[EventSpec] = [("turn.started", {"turn": s.turns, "text": shorten(text, 2000)})]
+    messages.append(Message(role="user", content=[TextBlock(text=text), *images], turn=s.turns))
+    started: dict[str, Any] = {"turn": s.turns, "text": shorten(text, 2000)}
+    if images:
+        started["images"] = [{"media_type": i.media_type, "bytes": decoded_size(i.data)} for i in images]
+    events: list[EventSpec] = [("turn.started", started)]
     if s.status != "busy":
         events.append(_move(record, "busy"))
     return events

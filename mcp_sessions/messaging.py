@@ -3,15 +3,17 @@ one store update, run by `turns.py`, and answered from its own end when it ends 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
 
+from . import images as _images
 from . import lifecycle, replies
-from .agents.base import AsksCallersModel
+from .agents.base import AsksCallersModel, SeesImages
 from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError
 from .mirror import read_only
-from .models import Message, QueuedMessage, SessionRecord, TurnReply
+from .models import Message, QueuedMessage, Session, SessionRecord, TurnReply
 from .session_core import ManagerCore, _Orphaned, _Paused
 from .store import EventSpec
 from .turns import MAX_WAIT_S, check_can_send, turn_over
@@ -30,8 +32,10 @@ class Messaging(ManagerCore):
         queue: bool = False,
         owner: str | None = None,
         sampler: Any = None,
+        images: Sequence[_images.ImageInput] = (),
     ) -> TurnReply:
-        """`sampler` reaches the sending client's model; this message's turn (and only it) asks it."""
+        """`sampler` reaches the sending client's model; this message's turn (and only it) asks it. `images` go
+        with the message to agents that see them; others refuse the message before its turn starts."""
         if not text.strip():
             raise InvalidInput("The message is empty. Send the text (for the shell agent, a bash script) to run.")
         size = len(text.encode())
@@ -40,6 +44,7 @@ class Messaging(ManagerCore):
                 f"The message is {size} bytes, over this server's limit of {self.settings.max_message_bytes}. "
                 "Write large inputs into the workspace as files and send a short message that uses them."
             )
+        blocks = _images.checked(images)
         turns = self.turns
         messages: list[Message] = []
         placed: dict[str, int] = {}
@@ -57,6 +62,8 @@ class Messaging(ManagerCore):
             agent = self._agents.get(s.agent)
             if isinstance(agent, AsksCallersModel) and (why := agent.cannot_ask(r.agent_options, sampler)):
                 raise InvalidInput(why)
+            if blocks:
+                self._check_sees_images(s, queue)
             if queue and s.status == "busy":
                 if len(r.queue) >= MAX_QUEUE:
                     raise SessionBusy(
@@ -70,7 +77,7 @@ class Messaging(ManagerCore):
                 raise StoreError(why)
             check_can_send(s, turns.running.get(s.id))
             placed["turn"] = s.turns + 1
-            return turns.begin(r, text, messages)
+            return turns.begin(r, text, messages, blocks)
 
         try:
             record, _ = await self._update(session_id, start, messages)
@@ -83,7 +90,7 @@ class Messaging(ManagerCore):
         if sampler is not None:
             turns.samplers[(session_id, placed["turn"])] = sampler
         if "position" not in placed:
-            running = turns.spawn(record, text)
+            running = turns.spawn(record, text, blocks)
             with anyio.move_on_after(min(max(wait_s, 0.0), MAX_WAIT_S)):
                 await running.done.wait()
             if running.ended is not None:  # the usual quick turn: answered from its own end
@@ -92,6 +99,21 @@ class Messaging(ManagerCore):
             wait_s = 0  # waited already: the turn is still running (or its end could not be recorded)
         record = await turns.wait(session_id, placed["turn"], wait_s)
         return await self._reply(record, placed["turn"])
+
+    def _check_sees_images(self, s: Session, queue: bool) -> None:
+        """Refuse a message with images that its session's agent cannot see, or that would wait in the queue (the
+        queue is kept in the session's record, read at every look at the session: no place for megabytes)."""
+        if not isinstance(self._agents.get(s.agent), SeesImages):
+            seeing = sorted(name for name, agent in self._agents.items() if isinstance(agent, SeesImages))
+            raise InvalidInput(
+                f"The {s.agent} agent of session '{s.id}' cannot see images, so the message was not sent: send its "
+                f"text without images, or create a session with an agent that sees them ({', '.join(seeing) or 'none here'})."
+            )
+        if queue and s.status == "busy":
+            raise SessionBusy(
+                f"Session '{s.id}' is busy running turn {s.turns}, and a message with images cannot wait in the queue. "
+                f"Wait for the turn with get_session(session_id='{s.id}', wait_s=30), then send it again."
+            )
 
     async def turn(self, session_id: str, turn: int, wait_s: float = 0.0, owner: str | None = None) -> TurnReply:
         """One turn's reply, as send_message gives it: where the turn stands (queued, running, with its output

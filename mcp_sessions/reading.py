@@ -12,6 +12,7 @@ from sandbox_backends.base import SandboxNotFound
 
 from . import replies, trees
 from .errors import InvalidInput, SessionBusy, SessionClosed, SessionNotFound
+from .images import without_data
 from .models import LIVE_STATUSES, Event, Message, SessionDetail, SessionPage, SessionRecord, SessionSummary
 from .session_core import ManagerCore
 from .transcript import render_transcript
@@ -43,7 +44,7 @@ class Reading(ManagerCore):
         return SessionDetail(
             session=s,
             queued=[q.text for q in record.queue],
-            recent_messages=await self.store.messages(session_id, last=4),
+            recent_messages=without_data(await self.store.messages(session_id, last=4)),
             events=events,
             events_cursor=cursor,
             events_note=note,

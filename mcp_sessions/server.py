@@ -46,17 +46,10 @@ from .auth import caller as _owner
 from .create import CreateRequest, create_parameters
 from .errors import SessionError, SessionNotFound
 from .files import FileMissing, list_folder
+from .images import Images
 from .inputs import IsoTime, PageSize, Seq, WaitS, one_line
 from .manager import SessionManager
-from .models import (
-    CloseReply,
-    InterruptReply,
-    Session,
-    SessionDetail,
-    SessionPage,
-    Status,
-    TurnReply,
-)
+from .models import CloseReply, InterruptReply, Session, SessionDetail, SessionPage, Status, TurnReply
 from .notifications import ChangeFeed, with_progress
 from .plugins import catalog
 from .schemas import flatten, lean_input
@@ -348,6 +341,7 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
         queue: Annotated[
             bool, Field(description="If a turn is running, queue this message to run after it instead of failing.")
         ] = False,
+        images: Images = None,
     ) -> TurnReply:
         """Send a message to a session, starting a turn, and wait up to wait_s for the reply.
 
@@ -369,6 +363,7 @@ def register_tools(mcp: MCPServer[AppState]) -> set[str]:
                 queue=queue,
                 owner=_owner(),
                 sampler=task_client() or ConnectionSampler(ctx.request_context.session),
+                images=images or (),
             ),
         )
 

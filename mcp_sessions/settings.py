@@ -95,7 +95,12 @@ class Settings(BaseModel):
         description="Owners (comma-separated) whose tokens read every owner's sessions over REST and the dashboard; "
         "they change only their own.",
     )
-    max_request_bytes: int = Field(10_000_000, ge=1024, le=1 << 31, description="Largest HTTP request body; larger ones get 413.")
+    max_request_bytes: int = Field(
+        32_000_000,
+        ge=1024,
+        le=1 << 31,
+        description="Largest HTTP request body; larger ones get 413 (the default fits a message with 4 images of 5 MB).",
+    )
     max_sessions_per_owner: int = Field(
         20, ge=0, le=10**6, description="Live sessions one token's owner may have at once (0 = no limit)."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .images import placeholder
 from .models import Event, Message, Session, TextBlock, ToolResultBlock, ToolUseBlock
 
 
@@ -35,7 +36,7 @@ def render_transcript(session: Session, messages: list[Message], turn_ends: list
             elif isinstance(block, ToolResultBlock):
                 lines.append(f"[tool result{' (error)' if block.is_error else ''}] {block.content}")
             else:
-                lines.append(f"[image {block.media_type}]")
+                lines.append(placeholder(block))  # the data is for the agent's model, not for a reader
         last_of_turn = i + 1 == len(messages) or messages[i + 1].turn != message.turn
         if last_of_turn and message.turn in ends:
             lines.append(_outcome(ends[message.turn]))

@@ -24,7 +24,7 @@ from .agents.base import Agent, TurnContext, TurnOutcome, start_background
 from .disk_guard import DiskGuard, over_limit
 from .errors import SessionBusy, SessionClosed, StoreError
 from .events import POLL_S, EventWaiter
-from .models import Message, QueuedMessage, Session, SessionRecord, TextBlock, TurnStatus, TurnSummary, Usage, now
+from .models import ImageBlock, Message, QueuedMessage, Session, SessionRecord, TextBlock, TurnStatus, TurnSummary, Usage, now
 from .sandboxes import Sandboxes
 from .settings import Settings
 from .store import EventSpec, Store
@@ -215,16 +215,16 @@ class Turns:
 
     # -- starting ---------------------------------------------------------------------------------
 
-    def begin(self, r: SessionRecord, text: str, messages: list[Message]) -> list[EventSpec]:
+    def begin(self, r: SessionRecord, text: str, messages: list[Message], images: Sequence[ImageBlock] = ()) -> list[EventSpec]:
         """Mark the next turn as running in `r` (inside a store update) and add its user message."""
-        return lifecycle.start_turn(r, text, self._lease, messages)
+        return lifecycle.start_turn(r, text, self._lease, messages, images)
 
-    def spawn(self, record: SessionRecord, text: str) -> RunningTurn:
+    def spawn(self, record: SessionRecord, text: str, images: Sequence[ImageBlock] = ()) -> RunningTurn:
         """Run the turn just begun in `record`, in the background."""
         running = RunningTurn(turn=record.session.turns, buffer=OutputBuffer(self.settings.max_output_bytes))
         self.running[record.session.id] = running
         self._spawned.set()
-        self._tg.start_soon(self._run, record, text, running)
+        self._tg.start_soon(self._run, record, text, running, list(images))
         return running
 
     async def start(self) -> None:
@@ -249,7 +249,7 @@ class Turns:
 
     # -- running ----------------------------------------------------------------------------------
 
-    async def _run(self, record: SessionRecord, text: str, running: RunningTurn) -> None:
+    async def _run(self, record: SessionRecord, text: str, running: RunningTurn, images: list[ImageBlock]) -> None:
         sid = record.session.id
         out = TurnOutput(sid, running, self.store, self._waiter.changed, self.settings.max_output_bytes)
         running.flush = out.flush
@@ -290,6 +290,7 @@ class Turns:
                     history=lambda: self.store.messages(sid, kept_only=True),
                     sampler=self.samplers.pop((sid, running.turn), None),
                     over_budget=budgets.over if budgets is not None else None,
+                    images=images,
                 )
                 error: Exception | None = None
                 async with anyio.create_task_group() as helpers:

@@ -156,7 +156,7 @@ async def test_an_unknown_argument_is_refused_naming_the_ones_the_tool_takes(cli
     refused = await call_error(client, "send_message", session_id=sid, txt="echo hi", wait=3)
     assert refused == (
         "Unknown arguments 'txt' (did you mean 'text'?), 'wait' (did you mean 'wait_s'?) for send_message, "
-        "which takes only: session_id, text, wait_s, queue."
+        "which takes only: session_id, text, wait_s, queue, images."
     )
     assert (await call(client, "get_session", session_id=sid))["session"]["turns"] == 0
 

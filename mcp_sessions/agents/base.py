@@ -13,8 +13,9 @@ An agent declares itself with one `AgentPlugin` (registry.py): its server settin
 takes (one pydantic model, from which the `create_session` schema, the REST body and the docs are built),
 and how to make it. Optional steps are protocols below: `ConfiguresSessions` (check options, fill in
 defaults at create), `PreparesSandbox` (set the sandbox up at create, phase `starting_agent`),
-`NeedsHostFiles` (host files its sandboxes see read-only), `RunsInBackground` (work that outlives turns),
-`AsksCallersModel` (refuse a message whose sender's model cannot be asked).
+`SeesImages` (shows its model the images sent with a message), `NeedsHostFiles` (host files its sandboxes
+see read-only), `RunsInBackground` (work that outlives turns), `AsksCallersModel` (refuse a message whose
+sender's model cannot be asked).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pydantic import BaseModel
 
 from sandbox_backends.base import Sandbox
 
-from ..models import ContentBlock, Message, Session, TurnStatus, Usage
+from ..models import ContentBlock, ImageBlock, Message, Session, TurnStatus, Usage
 from .pricing import PriceTable
 
 
@@ -60,6 +61,9 @@ class TurnContext:
     """Messages the agent has produced so far this turn; kept if the turn is interrupted."""
     usage: Usage = field(default_factory=Usage)
     """Usage so far this turn; kept if the turn is interrupted."""
+    images: list[ImageBlock] = field(default_factory=list)
+    """The images sent with this turn's message (checked: mcp_sessions/images.py); only agents that `SeesImages`
+    are sent any. They are in the stored user message too, after its text."""
 
 
 @dataclass
@@ -83,6 +87,15 @@ class Agent(Protocol):
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         """Answer one user message. Cancellation means the turn was interrupted: stop promptly."""
         ...
+
+
+@runtime_checkable
+class SeesImages(Protocol):
+    """An agent that shows its model the images sent with a message (`TurnContext.images`). A message with
+    images for any other agent is refused before its turn starts."""
+
+    sees_images: bool
+    """True; the attribute is the declaration."""
 
 
 @runtime_checkable

@@ -178,6 +178,7 @@ class LlmOptions(BaseModel):
 
 class LlmAgent:
     name = "llm"
+    sees_images = True  # every provider takes them; a model without vision answers with the API's own error
 
     def __init__(self, settings: LlmSettings, prices: PriceTable) -> None:
         self.settings = settings
@@ -231,7 +232,8 @@ class LlmAgent:
         max_cost = options.get("max_turn_cost_usd")
         system = options.get("system_prompt") or DEFAULT_SYSTEM_PROMPT.format(workspace=ctx.sandbox.workspace)
         turn = ctx.session.turns
-        history = await ctx.history() if ctx.history else [Message(role="user", content=[TextBlock(text=text)], turn=turn)]
+        asked = Message(role="user", content=[TextBlock(text=text), *ctx.images], turn=turn)
+        history = await ctx.history() if ctx.history else [asked]
         conversation = close_dangling_tool_calls([m for m in history if m.content])
         started = time.monotonic()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from ...models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ...models import ContentBlock, ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from .common import (
     ModelReply,
     ModelRequest,
@@ -28,6 +28,11 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 
 
+def image_block(image: ImageBlock) -> dict[str, Any]:
+    """An image as Anthropic's Messages API (and Claude Code's stream-json input) takes it."""
+    return {"type": "image", "source": {"type": "base64", "media_type": image.media_type, "data": image.data}}
+
+
 def to_wire(messages: list[Message]) -> list[dict[str, Any]]:
     """Anthropic's alternation: tool results travel in user messages; consecutive same-role messages merge."""
     wire: list[dict[str, Any]] = []
@@ -41,6 +46,8 @@ def to_wire(messages: list[Message]) -> list[dict[str, Any]]:
                 blocks.append({"type": "tool_use", "id": b.id, "name": b.name, "input": b.input})
             elif isinstance(b, ToolResultBlock):
                 blocks.append({"type": "tool_result", "tool_use_id": b.tool_use_id, "content": b.content, "is_error": b.is_error})
+            elif isinstance(b, ImageBlock):
+                blocks.append(image_block(b))
         if not blocks:
             continue
         if wire and wire[-1]["role"] == role:

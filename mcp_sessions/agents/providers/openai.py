@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ...models import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from .common import (
     ModelReply,
     ModelRequest,
@@ -45,6 +45,14 @@ def to_wire(system: str, messages: list[Message]) -> list[dict[str, Any]]:
             for b in m.content:
                 if isinstance(b, ToolResultBlock):
                     wire.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": b.content})
+        elif any(isinstance(b, ImageBlock) for b in m.content):  # parts: the text, then each image as a data URL
+            parts: list[dict[str, Any]] = [{"type": "text", "text": m.text()}] if m.text() else []
+            parts += [
+                {"type": "image_url", "image_url": {"url": f"data:{b.media_type};base64,{b.data}"}}
+                for b in m.content
+                if isinstance(b, ImageBlock)
+            ]
+            wire.append({"role": "user", "content": parts})
         else:
             wire.append({"role": "user", "content": m.text()})
     return wire

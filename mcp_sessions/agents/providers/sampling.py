@@ -18,7 +18,7 @@ from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp_types import CONNECTION_CLOSED
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from ...models import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ...models import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from .common import ModelReply, ModelRequest, ProviderError, TextCallback, TokenUsage
 
 NO_SAMPLING = (
@@ -77,6 +77,8 @@ def to_sampling(messages: list[Message]) -> list[types.SamplingMessage]:
                 blocks.append(types.TextContent(type="text", text=b.text))
             elif isinstance(b, ToolUseBlock):
                 blocks.append(types.ToolUseContent(type="tool_use", id=b.id, name=b.name, input=b.input))
+            elif isinstance(b, ImageBlock):
+                blocks.append(types.ImageContent(type="image", data=b.data, mime_type=b.media_type))
             elif isinstance(b, ToolResultBlock):
                 blocks.append(
                     types.ToolResultContent(
