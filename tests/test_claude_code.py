@@ -26,6 +26,7 @@ from .ci import unavailable
 from .conftest import call, call_error, processes_marked
 from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
 from .fake_llm import FakeLLM, Reply, ToolCall
+from .test_images import PNG, PNG_BLUE
 from .test_llm_agent import stored_messages
 from .test_stdio import kill_server
 
@@ -415,3 +416,18 @@ async def test_with_ask_a_tool_call_waits_for_the_callers_answer_allow_then_deny
         if b.get("type") == "tool_result"
     ][-1:]
     assert result["is_error"] and "Not that file." in json.dumps(result["content"])
+
+
+async def test_an_image_sent_with_the_message_reaches_the_model_as_it_was_sent(home: Path, llm: FakeLLM, client: Client) -> None:
+    llm.script(Reply(text="A red square."))
+    sid = (await call(client, "create_session", model=MODEL))["id"]
+    images = [{"data": PNG, "media_type": "image/png"}, {"data": PNG_BLUE, "media_type": "image/png"}]
+    reply = await call(client, "send_message", session_id=sid, text="What is this?", images=images, wait_s=50)
+    assert reply["turn_status"] == "completed" and reply["output"] == "A red square.", reply
+    (request,) = llm.requests
+    sent = [b for m in request.body["messages"] if isinstance(m["content"], list) for b in m["content"] if b["type"] == "image"]
+    assert [b["source"] for b in sent] == [
+        {"type": "base64", "media_type": "image/png", "data": data} for data in (PNG, PNG_BLUE)
+    ]
+    assert user_texts(request.body) == ["What is this?"]
+    assert [b.type for b in (await stored_messages(home, sid))[0].content] == ["text", "image", "image"]

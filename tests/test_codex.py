@@ -31,6 +31,7 @@ from .test_claude_code import (  # noqa: F401  (fixtures)
     settings,
     wrote_a_file,
 )
+from .test_images import PNG, PNG_BLUE, image
 from .test_llm_agent import stored_messages
 
 pytestmark = pytest.mark.anyio
@@ -107,3 +108,30 @@ async def test_interrupt_stops_codex_and_the_conversation_goes_on(
 
 async def test_codex_goes_on_after_the_server_is_killed(home: Path, llm: FakeLLM, settings: Settings) -> None:
     await goes_on_after_a_kill(home, llm, settings, MODEL, write_file_task(), user_texts)
+
+
+async def test_an_image_sent_with_the_message_reaches_the_model_and_its_file_goes(
+    llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
+) -> None:
+    llm.script(Reply(text="A red square."), Reply(text="A blue one."))
+    sid = (await call(client, "create_session", model=MODEL))["id"]
+    reply = await call(client, "send_message", session_id=sid, text="What is this?", images=[image()], wait_s=50)
+    assert reply["turn_status"] == "completed" and reply["output"] == "A red square.", reply
+    second = await call(client, "send_message", session_id=sid, text="And this?", images=[image(PNG_BLUE)], wait_s=50)
+    assert second["output"] == "A blue one.", second
+    assert input_images(llm.requests[0].body) == [f"data:image/png;base64,{PNG}"]
+    assert input_images(llm.requests[1].body) == [f"data:image/png;base64,{PNG}", f"data:image/png;base64,{PNG_BLUE}"]
+    assert user_texts(llm.requests[1].body) == ["What is this?", "And this?"]
+    state = (await inside(sid).sh("ls -A .mcp-sessions/codex")).split()
+    assert "message" in state and "images" not in state  # the turn's image files went with it
+
+
+def input_images(body: dict[str, Any]) -> list[str]:
+    """The images of the caller's messages, as a Responses request carries them."""
+    return [
+        c["image_url"]
+        for item in body["input"]
+        if item.get("type") == "message" and item.get("role") == "user"
+        for c in item["content"]
+        if c.get("type") == "input_image"
+    ]

@@ -15,7 +15,7 @@ import logging
 import shlex
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, field_validator
 from sandbox_backends.base import SandboxError
 
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
+from ..providers.anthropic import image_block
 from ..providers.common import PROVIDER_HELP, ProviderName
 from .base import CliAgent, CliSettings, Running, check_args
 from .link import Link, LinkClosed
@@ -66,10 +67,19 @@ class ClaudeCodeOptions(BaseModel):
         return check_args(args, ARGS_WITH_VALUE) if args is not None else None
 
 
+def user_content(text: str, ctx: TurnContext) -> str | list[dict[str, Any]]:
+    """The message as the CLI's stream-json input takes it: its text, or with images, content blocks as the
+    Messages API's, which the CLI passes to the model as they are."""
+    if not ctx.images:
+        return text
+    return [{"type": "text", "text": text}, *(image_block(image) for image in ctx.images)]
+
+
 class ClaudeCodeAgent(CliAgent):
     name = NAME
     mount = "claude"
     api = ("anthropic", "the Anthropic Messages API", "ANTHROPIC_API_KEY")
+    sees_images = True
 
     async def _joined(self, ctx: TurnContext) -> tuple[Running, Link]:
         """The session's proxy and door served into its sandbox, and its CLI process, launched if none is joined."""
@@ -132,7 +142,7 @@ setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(
             running, link = await self._joined(ctx)
             running.proxy.turn = turn
             try:
-                await link.send({"type": "user", "message": {"role": "user", "content": text}})
+                await link.send({"type": "user", "message": {"role": "user", "content": user_content(text, ctx)}})
                 result = await reader.until_result(link)
                 running.last_turn = ctx.session.turns
                 break

@@ -12,6 +12,7 @@ sandbox is off (`danger-full-access`), the session's sandbox is the boundary.
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 from typing import Any
@@ -27,6 +28,8 @@ from .proxy import OPENAI, PLACEHOLDER_KEY, Upstream
 NAME = "codex"
 STATE_DIR = ".mcp-sessions/codex"
 LOG = f"{STATE_DIR}/codex.log"
+IMAGES = "images"
+"""The images of the running turn, under STATE_DIR."""
 KEY_ENV = "MCP_SESSIONS_MODEL_KEY"
 CONFIG = """model_provider = "mcp-sessions"
 approval_policy = "never"
@@ -56,6 +59,7 @@ class CodexAgent(CliAgent):
     api = ("openai", "the OpenAI Responses API", "OPENAI_API_KEY")
     label = "Codex"
     log = LOG
+    sees_images = True
 
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         running = await self.served(ctx)
@@ -63,16 +67,29 @@ class CodexAgent(CliAgent):
         config = CONFIG.format(model=model, proxy=running.proxy_at, key_env=KEY_ENV)
         await ctx.sandbox.write_file(f"{STATE_DIR}/home/config.toml", config.encode())
         await ctx.sandbox.write_file(f"{STATE_DIR}/message", text.encode())
+        attach = " ".join(f'--image="$state"/{shlex.quote(path)}' for path in await self._images(ctx))
         workspace = shlex.quote(ctx.sandbox.workspace)
         script = f"""(
 cd {workspace} || exit 1
 state={workspace}/{STATE_DIR}
 export HOME="$state/home" CODEX_HOME="$state/home" {KEY_ENV}={PLACEHOLDER_KEY}
 if compgen -G "$state/home/sessions/*/*/*/*.jsonl" >/dev/null; then set -- resume --last; else set --; fi
-"$MCP_SESSIONS_MOUNTS/codex" exec --json --skip-git-repo-check --disable plugins --disable remote_plugin "$@" - \\
+"$MCP_SESSIONS_MOUNTS/codex" exec --json --skip-git-repo-check --disable plugins --disable remote_plugin "$@" {attach} - \\
   <"$state/message" 2>>"$state/codex.log"
+status=$?; rm -rf -- "$state/{IMAGES}"; exit $status
 )"""
         return await self.exec_turn(ctx, running, script, ExecReader(ctx))
+
+    @staticmethod
+    async def _images(ctx: TurnContext) -> list[str]:
+        """Write the turn's images where the CLI reads them (`--image`): a folder of this turn in its state folder,
+        not among the user's files, removed when the turn's command ends (or, if it was stopped, the next one's)."""
+        paths = []
+        for n, image in enumerate(ctx.images, 1):
+            path = f"{IMAGES}/turn-{ctx.session.turns}/{n}.{image.media_type.removeprefix('image/')}"
+            await ctx.sandbox.write_file(f"{STATE_DIR}/{path}", base64.b64decode(image.data))
+            paths.append(path)
+        return paths
 
 
 class ExecReader(TurnLines):
