@@ -23,7 +23,7 @@ from .conftest import call, call_error, new_session
 from .fake_llm import FakeLLM, Reply
 from .test_http import ALICE, TOKENS, http, running
 from .test_llm_agent import MODELS, llm, llm_settings, stored_messages  # noqa: F401
-from .test_llm_providers import SAMPLES_TOOLS, answer, sampling_model
+from .test_llm_providers import answering_client
 
 pytestmark = pytest.mark.anyio
 
@@ -113,12 +113,7 @@ async def test_images_reach_an_openai_style_model_through_rest_up_to_the_limits(
 async def test_the_calling_clients_model_gets_the_image_through_sampling(home: Path, llm: FakeLLM) -> None:
     seen: list[types.CreateMessageRequestParams] = []
     settings = llm_settings(home, llm, llm_provider="sampling", model=None, openai_api_key=None, anthropic_api_key=None)
-    async with Client(
-        create_server(settings),
-        mode="legacy",
-        sampling_callback=sampling_model([answer(types.TextContent(type="text", text="a square"))], seen),
-        sampling_capabilities=SAMPLES_TOOLS,
-    ) as client:
+    async with answering_client(settings, "a square", seen) as client:
         sid = await new_session(client, agent="llm")
         reply = await call(client, "send_message", session_id=sid, text="look", images=[image()], wait_s=30)
     assert reply["output"] == "a square", reply

@@ -40,6 +40,18 @@ def answer(*content: Any) -> types.CreateMessageResultWithTools:
     return types.CreateMessageResultWithTools(role="assistant", content=list(content), model="client-model", stop_reason=stop)
 
 
+@asynccontextmanager
+async def answering_client(settings: Settings, said: str, seen: list[types.CreateMessageRequestParams]) -> AsyncIterator[Client]:
+    """A handshake-era client whose model answers one sampling request with `said`; the requests go into `seen`."""
+    async with Client(
+        create_server(settings),
+        mode="legacy",
+        sampling_callback=sampling_model([answer(types.TextContent(type="text", text=said))], seen),
+        sampling_capabilities=SAMPLES_TOOLS,
+    ) as client:
+        yield client
+
+
 async def test_sampling_uses_the_calling_clients_model(home: Path, llm: FakeLLM) -> None:
     seen: list[types.CreateMessageRequestParams] = []
     replies = [
@@ -253,12 +265,7 @@ async def test_the_auto_provider_is_chosen_from_the_environment(
     settings = Settings.load(home=str(home), agent="llm", model="m-1", llm_retries=0)
     sampled: list[types.CreateMessageRequestParams] = []
     llm.script(Reply(text="from a model server"))
-    async with Client(
-        create_server(settings),
-        mode="legacy",
-        sampling_callback=sampling_model([answer(types.TextContent(type="text", text="from the client"))], sampled),
-        sampling_capabilities=SAMPLES_TOOLS,
-    ) as client:
+    async with answering_client(settings, "from the client", sampled) as client:
         sid = await new_session(client)
         reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
     assert reply["turn_status"] == "completed", reply
