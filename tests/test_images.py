@@ -19,10 +19,10 @@ from mcp import Client, types
 from mcp_sessions.images import MAX_IMAGE_BYTES
 from mcp_sessions.server import create_server
 
-from .conftest import call, call_error, new_session
+from .conftest import call, call_error, new_session, stdio_params
 from .fake_llm import FakeLLM, Reply
-from .test_http import ALICE, TOKENS, http, running
-from .test_llm_agent import MODELS, llm, llm_settings, stored_messages  # noqa: F401
+from .test_http import ALICE, TOKENS, http, mcp_client, running
+from .test_llm_agent import ANTHROPIC_KEY, MODELS, llm, llm_settings, stored_messages  # noqa: F401
 from .test_llm_providers import answering_client
 
 pytestmark = pytest.mark.anyio
@@ -108,6 +108,27 @@ async def test_images_reach_an_openai_style_model_through_rest_up_to_the_limits(
     # REST's whole conversation keeps the image blocks with their data; the recent messages, read by models, do not
     assert view["messages"][0]["content"][4] == {"type": "image", "media_type": "image/jpeg", "data": JPEG}
     assert biggest not in str(view["recent_messages"])
+
+
+async def test_the_largest_images_cross_stdio_and_mcp_over_http(
+    home: Path, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message of four images of the largest size is one line of about 27 MB on stdio, one body on HTTP."""
+    biggest = [image(big_png(MAX_IMAGE_BYTES))] * 4
+    llm.script(Reply(text="over stdio"), Reply(text="over http"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    flags = ("--agent", "llm", "--llm-provider", "anthropic", "--anthropic-base-url", llm.url, "--model", MODELS["anthropic"])
+    async with Client(stdio_params(home, *flags)) as client:
+        sid = await new_session(client)
+        reply = await call(client, "send_message", session_id=sid, text="look", images=biggest, wait_s=50)
+        assert reply["output"] == "over stdio", reply
+    async with running(llm_settings(home, llm, llm_provider="anthropic"), TOKENS) as (url, _):
+        async with mcp_client(url, ALICE) as client:
+            sid = await new_session(client, model=MODELS["anthropic"])
+            reply = await call(client, "send_message", session_id=sid, text="look", images=biggest, wait_s=50)
+            assert reply["output"] == "over http", reply
+    for request in llm.requests:
+        assert [b["source"]["data"] for b in anthropic_images(request.body)] == [biggest[0]["data"]] * 4
 
 
 async def test_the_calling_clients_model_gets_the_image_through_sampling(home: Path, llm: FakeLLM) -> None:
