@@ -19,7 +19,7 @@ from mcp import Client, types
 from mcp_sessions.images import MAX_IMAGE_BYTES
 from mcp_sessions.server import create_server
 
-from .conftest import call, call_error, new_session, stdio_params
+from .conftest import ERAS, call, call_error, new_session, stdio_params
 from .fake_llm import FakeLLM, Reply
 from .test_http import ALICE, TOKENS, http, mcp_client, running
 from .test_llm_agent import ANTHROPIC_KEY, MODELS, llm, llm_settings, stored_messages  # noqa: F401
@@ -57,9 +57,10 @@ def anthropic_images(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"] if b["type"] == "image"]
 
 
-async def test_an_image_reaches_the_anthropic_model_and_stays_in_the_conversation(home: Path, llm: FakeLLM) -> None:
+@pytest.mark.parametrize("mode", ERAS)
+async def test_an_image_reaches_the_anthropic_model_and_stays_in_the_conversation(home: Path, llm: FakeLLM, mode: str) -> None:
     llm.script(Reply(text="A red square."), Reply(text="Still red."))
-    async with Client(create_server(llm_settings(home, llm))) as client:
+    async with Client(create_server(llm_settings(home, llm)), mode=mode) as client:
         sid = await new_session(client, agent="llm", provider="anthropic", model=MODELS["anthropic"])
         reply = await call(client, "send_message", session_id=sid, text="What is this?", images=[image()], wait_s=30)
         assert reply["turn_status"] == "completed" and reply["output"] == "A red square.", reply
