@@ -69,8 +69,8 @@ def checked(images: Sequence[ImageInput]) -> list[ImageBlock]:
     problem and what to do; nothing is kept then."""
     if len(images) > MAX_IMAGES:
         raise PayloadTooLarge(
-            f"The message has {len(images)} images; a message takes at most {MAX_IMAGES}. Send the others in a "
-            "following message (or combine them into one image), and nothing of this one was sent."
+            f"The message has {len(images)} images; a message takes at most {MAX_IMAGES}, so nothing was sent. Send "
+            f"{MAX_IMAGES} with this text and the others in a following message, or combine them into one image."
         )
     blocks = []
     for n, image in enumerate(images, 1):
