@@ -8,10 +8,10 @@ from typing import Any
 
 import anyio
 
-from . import images as _images
 from . import lifecycle, replies
 from .agents.base import AsksCallersModel, SeesImages
 from .errors import InvalidInput, PayloadTooLarge, SessionBusy, SessionClosed, SessionNotFound, StoreError
+from .images import ImageInput, checked
 from .mirror import read_only
 from .models import Message, QueuedMessage, Session, SessionRecord, TurnReply
 from .session_core import ManagerCore, _Orphaned, _Paused
@@ -32,7 +32,7 @@ class Messaging(ManagerCore):
         queue: bool = False,
         owner: str | None = None,
         sampler: Any = None,
-        images: Sequence[_images.ImageInput] = (),
+        images: Sequence[ImageInput] = (),
     ) -> TurnReply:
         """`sampler` reaches the sending client's model; this message's turn (and only it) asks it. `images` go
         with the message to agents that see them; others refuse the message before its turn starts."""
@@ -44,7 +44,7 @@ class Messaging(ManagerCore):
                 f"The message is {size} bytes, over this server's limit of {self.settings.max_message_bytes}. "
                 "Write large inputs into the workspace as files and send a short message that uses them."
             )
-        blocks = _images.checked(images)
+        blocks = checked(images)
         turns = self.turns
         messages: list[Message] = []
         placed: dict[str, int] = {}
