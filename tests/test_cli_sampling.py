@@ -24,6 +24,7 @@ from .docker_support import IMAGE, docker_engine, remove_labelled  # noqa: F401
 from .fake_llm import FakeLLM
 from .test_claude_code import HTTP_REQUEST, Inside, driver, inside, installed  # noqa: F401
 from .test_http import API, TOKENS, http, running
+from .test_images import PNG, image
 from .test_llm_agent import stored_messages
 from .test_llm_providers import SAMPLES_TOOLS
 
@@ -354,4 +355,18 @@ async def test_in_the_2026_era_the_cli_asks_through_the_turns_task(settings: Set
         done = await settle(client, task["taskId"])
     assert done["status"] == "completed", done
     assert done["result"]["structuredContent"]["output"] == "hi from a task"
+    assert llm.requests == []
+
+
+@pytest.mark.parametrize("agent", ["claude-code", "codex"])
+async def test_an_image_sent_with_the_message_reaches_the_callers_model(settings: Settings, llm: FakeLLM, agent: str) -> None:
+    installed(agent)
+    model = Model(text("A red square."))
+    async with sampling_client(settings, model) as client:
+        sid = (await call(client, "create_session", agent=agent, provider="sampling", model="m-1"))["id"]
+        reply = await call(client, "send_message", session_id=sid, text="What is this?", images=[image()], wait_s=50)
+        assert reply["output"] == "A red square.", reply
+    (asked,) = model.seen
+    images = [b for m in asked.messages if m.role == "user" for b in m.content_as_list if b.type == "image"]
+    assert images == [types.ImageContent(type="image", data=PNG, mime_type="image/png")]
     assert llm.requests == []

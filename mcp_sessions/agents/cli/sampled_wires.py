@@ -8,7 +8,7 @@ import secrets
 import time
 from typing import Any, Protocol
 
-from ...models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ...models import ContentBlock, ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from ..providers.anthropic import from_wire, to_wire
 from ..providers.common import ModelReply, ModelRequest, ToolSpec, parse_arguments
 
@@ -111,31 +111,35 @@ class ResponsesWire:
             if not isinstance(item, dict):
                 continue
             kind, role = item.get("type", "message"), item.get("role")
-            block: ContentBlock | None = None
+            blocks: list[ContentBlock] = []
             if kind == "message" and role in ("system", "developer"):
                 system.append(self._text(item.get("content")))
-            elif kind == "message" and (text := self._text(item.get("content"))):
-                block, role = TextBlock(text=text), "assistant" if role == "assistant" else "user"
+            elif kind == "message":
+                text, role = self._text(item.get("content")), "assistant" if role == "assistant" else "user"
+                blocks = [TextBlock(text=text)] if text else []
+                blocks += self._images(item.get("content"))
             elif kind == "function_call":
                 arguments = item.get("arguments")
-                block, role = (
-                    ToolUseBlock(
-                        id=str(item.get("call_id", "")),
-                        name=str(item.get("name", "")),
-                        input=parse_arguments(arguments if isinstance(arguments, str) else ""),
-                    ),
+                blocks, role = (
+                    [
+                        ToolUseBlock(
+                            id=str(item.get("call_id", "")),
+                            name=str(item.get("name", "")),
+                            input=parse_arguments(arguments if isinstance(arguments, str) else ""),
+                        )
+                    ],
                     "assistant",
                 )
             elif kind == "function_call_output":
                 output = item.get("output")
                 text = output if isinstance(output, str) else self._text(output)
-                block, role = ToolResultBlock(tool_use_id=str(item.get("call_id", "")), content=text), "user"
-            if block is None:
+                blocks, role = [ToolResultBlock(tool_use_id=str(item.get("call_id", "")), content=text)], "user"
+            if not blocks:
                 continue
             if messages and messages[-1].role == role:  # one message per side: calls with their results
-                messages[-1].content.append(block)
+                messages[-1].content.extend(blocks)
             else:
-                messages.append(Message(role=role, content=[block], turn=0))
+                messages.append(Message(role=role, content=blocks, turn=0))
         tools = [
             ToolSpec(t["name"], str(t.get("description") or ""), t.get("parameters") or {"type": "object"})
             for t in doc.get("tools") or []
@@ -143,6 +147,17 @@ class ResponsesWire:
         ]
         model = doc.get("model") if isinstance(doc.get("model"), str) else None
         return ModelRequest(model, "\n\n".join(system), messages, tools, tokens_asked(doc.get("max_output_tokens")))
+
+    @staticmethod
+    def _images(content: Any) -> list[ImageBlock]:
+        """The `input_image` parts given as data URLs (`data:image/png;base64,...`); others are left out."""
+        found = []
+        for part in content if isinstance(content, list) else []:
+            url = part.get("image_url") if isinstance(part, dict) and part.get("type") == "input_image" else None
+            head, comma, data = url.partition(",") if isinstance(url, str) else ("", "", "")
+            if comma and head.startswith("data:") and head.endswith(";base64"):
+                found.append(ImageBlock(media_type=head[5:-7], data=data))
+        return found
 
     @staticmethod
     def _text(content: Any) -> str:

@@ -57,10 +57,19 @@ def to_wire(messages: list[Message]) -> list[dict[str, Any]]:
     return wire
 
 
+def image_of(source: Any) -> ImageBlock | None:
+    """An image block's base64 `source` as the session keeps it; None for another kind (a URL)."""
+    if isinstance(source, dict) and source.get("type") == "base64":
+        media_type, data = source.get("media_type"), source.get("data")
+        if isinstance(media_type, str) and isinstance(data, str):
+            return ImageBlock(media_type=media_type, data=data)
+    return None
+
+
 def from_wire(messages: Any, turn: int = 0) -> list[Message]:
-    """`to_wire` the other way: a request's messages as the session's `Message`s (text, tool_use and
-    tool_result blocks; a string content is one text block; other blocks, such as thinking, are left out;
-    a tool result's content is its text)."""
+    """`to_wire` the other way: a request's messages as the session's `Message`s (text, tool_use,
+    tool_result and base64 image blocks; a string content is one text block; other blocks, such as thinking,
+    are left out; a tool result's content is its text)."""
     out: list[Message] = []
     for m in messages if isinstance(messages, list) else []:
         if not isinstance(m, dict):
@@ -81,6 +90,8 @@ def from_wire(messages: Any, turn: int = 0) -> list[Message]:
                 blocks.append(
                     ToolResultBlock(tool_use_id=str(b.get("tool_use_id", "")), content=text, is_error=b.get("is_error") is True)
                 )
+            elif kind == "image" and (image := image_of(b.get("source"))):
+                blocks.append(image)
         if blocks:
             out.append(Message(role="assistant" if m.get("role") == "assistant" else "user", content=blocks, turn=turn))
     return out
