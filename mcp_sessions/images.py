@@ -67,8 +67,8 @@ def _mb(size: int) -> str:
 def checked(images: Sequence[ImageInput]) -> list[ImageBlock]:
     """The images as the conversation keeps them. Raises InvalidInput or PayloadTooLarge naming the image, the
     problem and what to do; nothing is kept then."""
-    if len(images) > MAX_IMAGES:
-        raise PayloadTooLarge(
+    if len(images) > MAX_IMAGES:  # a bound on the count, not the size: the request is wrong, not too large
+        raise InvalidInput(
             f"The message has {len(images)} images; a message takes at most {MAX_IMAGES}, so nothing was sent. Send "
             f"{MAX_IMAGES} with this text and the others in a following message, or combine them into one image."
         )
