@@ -163,9 +163,11 @@ async def test_bad_images_are_refused_over_mcp_with_a_sentence_and_the_session_g
             assert said in error, error
         detail = await call(client, "get_session", session_id=sid)
         assert detail["session"]["status"] == "ready" and detail["session"]["turns"] == 0
-        reply = await call(client, "send_message", session_id=sid, text="look", images=[image()], wait_s=30)
+        wrapped = "\n".join(PNG[i : i + 20] for i in range(0, len(PNG), 20))  # as MIME tools wrap base64
+        reply = await call(client, "send_message", session_id=sid, text="look", images=[image(wrapped)], wait_s=30)
         assert reply["turn"] == 1 and reply["output"] == "Fine."
-    assert len(llm.requests) == 1
+    (request,) = llm.requests
+    assert anthropic_images(request.body)[0]["source"]["data"] == PNG
 
 
 async def test_bad_images_are_refused_over_rest_with_a_status_and_a_sentence(home: Path, llm: FakeLLM) -> None:
