@@ -1,9 +1,9 @@
 """Images sent with a message: checked on the way in, kept as image blocks of the user's message, and shown as
 a short placeholder wherever a model reads a session.
 
-A message takes at most `MAX_IMAGES` images of at most `MAX_IMAGE_BYTES` each (decoded): the most the model
-APIs behind the agents take per image, and what fits the server's default request limit (`max_request_bytes`)
-with base64's third on top. Each one's bytes must be the type it is declared as, so an agent's model never
+A message takes at most `MAX_IMAGES` images of at most `MAX_IMAGE_BYTES` each (decoded): Anthropic's limit for
+one image, and four of them fit the server's default request limit (`max_request_bytes`) with base64's third on
+top. Each one's bytes must be the type it is declared as, so an agent's model never
 gets a picture it cannot read. The conversation keeps the data (the agent's model sees it again on later turns,
 and REST gives it back in a session's messages); get_session and the transcript, which models read, show
 `[image image/png, 48213 bytes]` instead of megabytes of base64.
