@@ -67,6 +67,12 @@ async def test_reply_holds_output_exit_code_and_duration(client: Client) -> None
     assert reply["duration_s"] >= 0.2
 
 
+async def printed(client: Client, sid: str, text: str) -> bool:
+    """Whether the running turn has printed `text` so far."""
+    turn = (await call(client, "get_session", session_id=sid))["session"]["last_turn"]
+    return bool(turn) and turn["output"] == text
+
+
 async def test_interrupt_stops_the_command_and_everything_it_started(client: Client) -> None:
     sid = await new_session(client)
     replies = {}
@@ -78,8 +84,8 @@ async def test_interrupt_stops_the_command_and_everything_it_started(client: Cli
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(send)
-        with anyio.fail_after(10):
-            while len(processes_marked(sid)) < 4:
+        with anyio.fail_after(10):  # every process started, and the echo between them printed
+            while len(processes_marked(sid)) < 4 or not await printed(client, sid, "started\n"):
                 await anyio.sleep(0.05)
         stopped = await call(client, "interrupt", session_id=sid)  # says interrupted only once the turn ended
     assert stopped["interrupted"] is True and stopped["status"] == "ready"
