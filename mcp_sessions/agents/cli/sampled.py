@@ -2,7 +2,7 @@
 
 Each model request of the CLI becomes one `sampling/createMessage` to the client that sent the turn's
 message: the request is read into the session's own messages by its API's `Wire` (sampled_wires.py: the
-Anthropic Messages API, OpenAI Responses), asked by the llm agent's sampling provider, which maps
+Anthropic Messages API, OpenAI Responses, Chat Completions), asked by the llm agent's sampling provider, which maps
 messages and tools to MCP and the answer back, and the answer is written back in the API's own format: one
 JSON body, or the API's server-sent events when the CLI asked for a stream. The whole answer is known before
 its first byte is sent, so a failure is an HTTP error in the API's shape, which the CLI prints as it ends
@@ -19,9 +19,13 @@ from typing import Any
 
 from ..providers.common import ModelReply, ProviderError
 from ..providers.sampling import Sampler, SamplingProvider
-from .sampled_wires import MessagesWire, ResponsesWire, Wire
+from .sampled_wires import ChatWire, MessagesWire, ResponsesWire, Wire
 
-WIRES: dict[str, Wire] = {"/v1/messages": MessagesWire(), "/v1/responses": ResponsesWire()}
+WIRES: dict[str, Wire] = {
+    "/v1/messages": MessagesWire(),
+    "/v1/responses": ResponsesWire(),
+    "/v1/chat/completions": ChatWire(),
+}
 """The model APIs the caller's model answers, by their path."""
 NOT_SAMPLED = "mcp-sessions model proxy: {path} is not available when the model is the caller's (provider='sampling')."
 

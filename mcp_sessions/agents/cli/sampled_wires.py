@@ -9,6 +9,7 @@ import time
 from typing import Any, Protocol
 
 from ...models import ContentBlock, ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ..providers import openai
 from ..providers.anthropic import from_wire, to_wire
 from ..providers.common import ModelReply, ModelRequest, ToolSpec, parse_arguments
 
@@ -16,6 +17,8 @@ MAX_TOKENS = 32_000
 """Most output tokens asked of the client's model in one answer (the CLI's own ask, if lower, wins)."""
 STOP_REASONS = {"endTurn": "end_turn", "toolUse": "tool_use", "maxTokens": "max_tokens", "stopSequence": "stop_sequence"}
 """MCP's stop reasons by their Messages API names; another reason is told by the answer's blocks."""
+FINISH_REASONS = {"endTurn": "stop", "toolUse": "tool_calls", "maxTokens": "length", "stopSequence": "stop"}
+"""The same by their Chat Completions names."""
 
 
 class Wire(Protocol):
@@ -205,3 +208,45 @@ class ResponsesWire:
             events.append({"type": "response.output_item.done", "output_index": index, "item": item})
         events.append({"type": "response.completed", "response": response})
         return "text/event-stream", sse(events)
+
+
+class ChatWire:
+    """OpenAI Chat Completions (OpenCode): system and developer messages make the system prompt; user,
+    assistant (text and `tool_calls`) and tool messages the conversation, read by the OpenAI provider's own
+    mapping; `function` tools the tools. The answer is one `chat.completion`, or its `chat.completion.chunk`
+    stream (the text in one delta, each tool call whole in one, then the finish reason and `[DONE]`), with
+    zero usage where it is asked for (sampling tells none)."""
+
+    def request_of(self, doc: dict[str, Any]) -> ModelRequest:
+        system, messages = openai.from_wire(doc.get("messages"))
+        tools = [
+            ToolSpec(f["name"], str(f.get("description") or ""), f.get("parameters") or {"type": "object"})
+            for t in doc.get("tools") or []
+            if isinstance(t, dict) and isinstance(f := t.get("function"), dict) and isinstance(f.get("name"), str)
+        ]
+        model = doc.get("model") if isinstance(doc.get("model"), str) else None
+        asked = doc.get("max_completion_tokens") or doc.get("max_tokens")
+        return ModelRequest(model, system, messages, tools, tokens_asked(asked))
+
+    def answer(self, reply: ModelReply, streamed: bool) -> tuple[str, bytes]:
+        (message,) = openai.to_wire("", [Message(role="assistant", content=list(reply.content), turn=0)])
+        calls = message.get("tool_calls") or []
+        finish = FINISH_REASONS.get(reply.stop_reason or "") or ("tool_calls" if calls else "stop")
+        head: dict[str, Any] = {
+            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "created": int(time.time()),
+            "model": reply.model or "unknown",
+        }
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        if not streamed:
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+            completion = {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+            return "application/json", json.dumps(completion).encode()
+        deltas: list[dict[str, Any]] = [{"role": "assistant", **({"content": message["content"]} if message["content"] else {})}]
+        deltas += [{"tool_calls": [{"index": i, **call}]} for i, call in enumerate(calls)]
+        chunks: list[dict[str, Any]] = [{"index": 0, "delta": d, "finish_reason": None} for d in deltas]
+        chunks.append({"index": 0, "delta": {}, "finish_reason": finish})
+        events = [{**head, "object": "chat.completion.chunk", "choices": [c]} for c in chunks]
+        events.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        body = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
+        return "text/event-stream", body + b"data: [DONE]\n\n"

@@ -22,6 +22,7 @@ from .common import (
     TokenUsage,
     parse_arguments,
     sse_events,
+    text_of,
 )
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -95,19 +96,6 @@ def from_wire(messages: Any, turn: int = 0) -> list[Message]:
         if blocks:
             out.append(Message(role="assistant" if m.get("role") == "assistant" else "user", content=blocks, turn=turn))
     return out
-
-
-def text_of(content: Any) -> str:
-    """The text of a tool result's content: a string, or its text blocks joined (others named, not sent)."""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for b in content if isinstance(content, list) else []:
-        if isinstance(b, dict) and b.get("type") == "text":
-            parts.append(str(b.get("text", "")))
-        elif isinstance(b, dict):
-            parts.append(f"[{b.get('type')} block left out]")
-    return "\n".join(parts)
 
 
 class AnthropicProvider(StreamingHTTPProvider):

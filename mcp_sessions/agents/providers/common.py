@@ -171,6 +171,20 @@ def parse_arguments(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"__invalid_json__": text[:2000]}
 
 
+def text_of(content: Any) -> str:
+    """The text of a content given as a string or as parts (a tool result's, a chat message's): its text parts
+    joined, others named as left out."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for b in content if isinstance(content, list) else []:
+        if isinstance(b, dict) and b.get("type") == "text":
+            parts.append(str(b.get("text", "")))
+        elif isinstance(b, dict):
+            parts.append(f"[{b.get('type')} block left out]")
+    return "\n".join(parts)
+
+
 class StreamingHTTPProvider:
     """A model API reached over HTTP with a streamed answer. Retries, key redaction and transport errors
     live here; a subclass says how to ask (`_request`) and how to read the stream (`_read`)."""

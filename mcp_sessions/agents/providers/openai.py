@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from ...models import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
+from ...models import ContentBlock, ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from .common import (
     ModelReply,
     ModelRequest,
@@ -22,6 +22,7 @@ from .common import (
     TokenUsage,
     parse_arguments,
     sse_events,
+    text_of,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -56,6 +57,42 @@ def to_wire(system: str, messages: list[Message]) -> list[dict[str, Any]]:
         else:
             wire.append({"role": "user", "content": m.text()})
     return wire
+
+
+def from_wire(wire: Any, turn: int = 0) -> tuple[str, list[Message]]:
+    """`to_wire` the other way: a request's messages as its system prompt (its system and developer messages)
+    and the session's `Message`s. Consecutive tool messages make one message of results; content parts other
+    than text (images, say) are named as left out."""
+    system: list[str] = []
+    out: list[Message] = []
+    for m in wire if isinstance(wire, list) else []:
+        role = m.get("role") if isinstance(m, dict) else None
+        if role is None:
+            continue
+        text = text_of(m.get("content"))
+        blocks: list[ContentBlock] = []
+        if role in ("system", "developer"):
+            system.append(text)
+        elif role == "tool":
+            blocks.append(ToolResultBlock(tool_use_id=str(m.get("tool_call_id", "")), content=text))
+        elif role == "assistant":
+            blocks += [TextBlock(text=text)] if text else []
+            for call in m.get("tool_calls") or []:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict):
+                    arguments = fn.get("arguments")
+                    given = parse_arguments(arguments if isinstance(arguments, str) else "")
+                    blocks.append(ToolUseBlock(id=str(call.get("id", "")), name=str(fn.get("name", "")), input=given))
+        elif text:
+            blocks.append(TextBlock(text=text))
+        if not blocks:
+            continue
+        if role == "tool" and out and out[-1].role == "tool":
+            out[-1].content += blocks
+        else:
+            side = "tool" if role == "tool" else "assistant" if role == "assistant" else "user"
+            out.append(Message(role=side, content=blocks, turn=turn))
+    return "\n\n".join(s for s in system if s), out
 
 
 class OpenAIProvider(StreamingHTTPProvider):
