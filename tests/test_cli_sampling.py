@@ -44,9 +44,9 @@ def llm() -> Iterator[FakeLLM]:
 
 @pytest.fixture
 def settings(home: Path, llm: FakeLLM, driver: str, request: pytest.FixtureRequest) -> Iterator[Settings]:
-    settings = Settings(
-        home=home, driver=driver, image=IMAGE, agent=AGENT, claude_code_base_url=llm.url, claude_code_api_key=None
-    )
+    upstreams = dict(claude_code_base_url=llm.url, codex_base_url=llm.openai_base_url, opencode_base_url=llm.openai_base_url)
+    keys = dict(claude_code_api_key=None, codex_api_key=None, opencode_api_key=None)
+    settings = Settings(home=home, driver=driver, image=IMAGE, agent=AGENT, **upstreams, **keys)
     yield settings
     if driver == "docker":
         remove_labelled(request.getfixturevalue("docker_engine"), server_id(settings))
@@ -323,6 +323,57 @@ async def test_codex_runs_on_the_callers_model_too(settings: Settings, llm: Fake
         wrong = await call_error(client, "create_session", agent="codex", provider="anthropic")
         assert "OpenAI Responses API" in wrong and "provider='openai'" in wrong
     assert llm.requests == []
+
+
+async def test_opencode_runs_on_the_callers_model_too(
+    home: Path, settings: Settings, llm: FakeLLM, inside: Callable[[str], Inside]
+) -> None:
+    """The same for OpenCode, whose API is Chat Completions (streamed): its own write tool makes a file, then the
+    answer; the conversation goes on in the next turn."""
+    installed("opencode")
+
+    async def write_with_write(params: types.CreateMessageRequestParams) -> types.CreateMessageResultWithTools:
+        names = {t.name for t in params.tools or []}
+        assert {"write", "bash"} <= names, names  # OpenCode offers its own tools
+        write = types.ToolUseContent(
+            type="tool_use", id="call_o1", name="write", input={"filePath": "hi.txt", "content": "hello\n"}
+        )
+        return says(types.TextContent(type="text", text="Writing it."), write)
+
+    model = Model(write_with_write, text("I wrote hi.txt."), text("You asked for hi.txt."))
+    async with sampling_client(settings, model) as client:
+        session = await call(client, "create_session", agent="opencode", provider="sampling", model="gpt-4.1")
+        sid = session["id"]
+        reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
+        assert reply["turn_status"] == "completed", reply
+        assert reply["output"] == "I wrote hi.txt."
+        assert await inside(sid).sh("cat hi.txt") == "hello\n"  # OpenCode's own write tool ran the call
+
+        first, second = model.seen
+        assert first.system_prompt  # OpenCode's system prompt, from its system messages
+        assert any(b.type == "text" and "write hi.txt" in b.text for m in first.messages for b in m.content_as_list)
+        assert second.messages[-2].role == "assistant" and second.messages[-2].content_as_list[-1].type == "tool_use"
+        (result,) = second.messages[-1].content_as_list  # what the tool did, as OpenCode reported it
+        assert result.type == "tool_result" and result.tool_use_id == "call_o1" and not result.is_error
+        events = (await call(client, "get_session", session_id=sid, events_after=0))["events"]
+        assert [e["data"]["text"] for e in events if e["type"] == "text.delta"] == ["Writing it.", "I wrote hi.txt."]
+        tool = next(e["data"] for e in events if e["type"] == "tool.completed")
+        assert tool["tool"] == "write" and not tool["is_error"]
+        sampled = [(e["data"]["request"], e["data"]["model"]) for e in events if e["type"] == "model.sampled"]
+        assert sampled == [(1, "client-model"), (2, "client-model")]  # no title request, no other
+        assert reply["usage"]["total_tokens"] == 0 and reply["usage"]["cost_by_model"] == {"client-model": 0.0}
+
+        again = await call(client, "send_message", session_id=sid, text="what did I ask?", wait_s=50)
+        assert again["turn_status"] == "completed" and again["output"] == "You asked for hi.txt.", again
+        asked = [b.text for m in model.seen[2].messages if m.role == "user" for b in m.content_as_list if b.type == "text"]
+        assert any("write hi.txt" in t for t in asked) and any("what did I ask?" in t for t in asked)
+        wrong = await call_error(client, "create_session", agent="opencode", provider="anthropic", model="gpt-4.1")
+        assert "Chat Completions" in wrong and "provider='openai'" in wrong
+    async with Client(create_server(settings), mode="legacy") as client:  # declares no sampling
+        sid = (await call(client, "create_session", agent="opencode", provider="sampling", model="gpt-4.1"))["id"]
+        error = await call_error(client, "send_message", session_id=sid, text="hi", wait_s=5)
+        assert "does not offer MCP sampling" in error and "provider='openai'" in error and "OPENAI_API_KEY" in error
+    assert llm.requests == []  # nothing left the server for an upstream
 
 
 @pytest.mark.parametrize("driver", ["local"], indirect=True)

@@ -3,6 +3,7 @@
 
 Its model requests go to the session's model proxy through a provider of its own config (OpenAI-compatible
 Chat Completions, base URL the proxy inside the sandbox), which holds the key; it is given a placeholder.
+With `provider="sampling"` the proxy answers them from the caller's model instead (MCP sampling).
 Its state (HOME and its XDG folders: config, the conversation's database, logs) is a folder in the
 workspace, with the id of its conversation: every turn after the first is `--session <id>`, so the
 conversation goes on across turns, interrupts and server restarts (and a fork or checkpoint of the
@@ -28,6 +29,7 @@ from sandbox_backends.base import SandboxError
 
 from ...models import Message, TextBlock
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
+from ..providers.common import PROVIDER_HELP, ProviderName
 from .base import CliAgent, CliSettings, TurnLines, check_args, secret
 from .proxy import OPENAI, PLACEHOLDER_KEY, Upstream
 
@@ -56,6 +58,7 @@ KEEP_WAIT_S = 10.0
 
 
 class OpenCodeOptions(BaseModel):
+    provider: ProviderName | None = Field(None, description=PROVIDER_HELP)
     permission_mode: Literal["bypass", "ask"] | None = Field(None, description="bypass only (it cannot ask)")
     system_prompt: str | None = Field(None, max_length=100_000, description="replaces the default system prompt")
     cli_args: list[str] | None = Field(None, max_length=20, description=f"flags with values, of: {' '.join(ARGS_WITH_VALUE)}")
