@@ -219,13 +219,17 @@ async def test_a_client_that_cannot_sample_is_refused_naming_the_option_and_the_
 
 
 @pytest.mark.parametrize("driver", ["local"], indirect=True)
-async def test_a_message_over_rest_is_refused_there_being_no_client_to_ask(settings: Settings, llm: FakeLLM) -> None:
+@pytest.mark.parametrize(("agent", "own"), [("claude-code", "anthropic"), ("opencode", "openai")])
+async def test_a_message_over_rest_is_refused_there_being_no_client_to_ask(
+    settings: Settings, llm: FakeLLM, agent: str, own: str
+) -> None:
+    installed(agent)
     async with running(settings, TOKENS) as (base, _), http(base) as c:
-        r = await c.post(f"{API}/sessions", json={"provider": "sampling"})
+        r = await c.post(f"{API}/sessions", json={"agent": agent, "provider": "sampling", "model": "gpt-4.1"})
         assert r.status_code == 201, r.text
         r = await c.post(f"{API}/sessions/{r.json()['id']}/messages", json={"text": "hi"})
         assert r.status_code == 400, r.text
-        assert "REST API" in r.text and "send_message tool" in r.text and "provider='anthropic'" in r.text
+        assert "REST API" in r.text and "send_message tool" in r.text and f"provider='{own}'" in r.text
     assert llm.requests == []
 
 
@@ -352,7 +356,8 @@ async def test_opencode_runs_on_the_callers_model_too(
         first, second = model.seen
         assert first.system_prompt  # OpenCode's system prompt, from its system messages
         assert any(b.type == "text" and "write hi.txt" in b.text for m in first.messages for b in m.content_as_list)
-        assert second.messages[-2].role == "assistant" and second.messages[-2].content_as_list[-1].type == "tool_use"
+        call_ = second.messages[-2].content_as_list[-1]  # the call, as OpenCode sent it back
+        assert call_.type == "tool_use" and call_.input == {"filePath": "hi.txt", "content": "hello\n"}
         (result,) = second.messages[-1].content_as_list  # what the tool did, as OpenCode reported it
         assert result.type == "tool_result" and result.tool_use_id == "call_o1" and not result.is_error
         events = (await call(client, "get_session", session_id=sid, events_after=0))["events"]
@@ -374,6 +379,71 @@ async def test_opencode_runs_on_the_callers_model_too(
         error = await call_error(client, "send_message", session_id=sid, text="hi", wait_s=5)
         assert "does not offer MCP sampling" in error and "provider='openai'" in error and "OPENAI_API_KEY" in error
     assert llm.requests == []  # nothing left the server for an upstream
+
+
+@pytest.mark.parametrize("driver", ["local"], indirect=True)
+async def test_a_chat_request_without_stream_gets_one_chat_completion(
+    settings: Settings, llm: FakeLLM, inside: Callable[[str], Inside]
+) -> None:
+    """While an OpenCode turn runs, a Chat Completions request of the sandbox without `stream` gets one
+    `chat.completion`; its system and developer messages are the system prompt, its tool messages one message
+    of results."""
+    installed("opencode")
+    asked, go = anyio.Event(), anyio.Event()
+
+    async def held(params: types.CreateMessageRequestParams) -> Any:
+        asked.set()
+        await go.wait()
+        return says(types.TextContent(type="text", text="done"))
+
+    async def two_calls(params: types.CreateMessageRequestParams) -> Any:
+        first = types.ToolUseContent(type="tool_use", id="call_a", name="read", input={"filePath": "a"})
+        return says(first, types.ToolUseContent(type="tool_use", id="call_b", name="read", input={"filePath": "b"}))
+
+    model = Model(held, two_calls)
+    async with sampling_client(settings, model) as client:
+        sid = (await call(client, "create_session", agent="opencode", provider="sampling", model="gpt-4.1"))["id"]
+        await call(client, "send_message", session_id=sid, text="hold on", wait_s=0)
+        with anyio.fail_after(50):
+            await asked.wait()
+        sandbox = inside(sid)
+        config = json.loads(await sandbox.sh("cat .mcp-sessions/opencode/opencode.json"))
+        port = config["provider"]["mcp-sessions"]["options"]["baseURL"].rsplit(":", 1)[1].removesuffix("/v1")
+        calls = [{"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}]  # printf: no quotes
+        calls.append({"id": "c2", "type": "function", "function": {"name": "read", "arguments": "{}"}})
+        messages = [
+            {"role": "system", "content": "be brief"},
+            {"role": "developer", "content": [{"type": "text", "text": "and kind"}]},
+            {"role": "user", "content": [{"type": "text", "text": "json please"}, {"type": "image_url", "image_url": {}}]},
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "c1", "content": "file a"},
+            {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "file b"}]},
+        ]
+        body = json.dumps({"model": "m", "max_tokens": 100, "messages": messages})
+        path = "/v1/chat/completions"
+        raw = await sandbox.sh(HTTP_REQUEST.format(port=port, method="POST", path=path, length=len(body), body=body))
+        go.set()
+        head, _, payload = raw.replace("\r\n", "\n").partition("\n\n")
+        assert head.startswith("HTTP/1.1 200") and "application/json" in head, raw
+        completion = json.loads(payload)
+        assert completion["object"] == "chat.completion" and completion["model"] == "client-model"
+        (choice,) = completion["choices"]
+        assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+        assert [
+            (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in choice["message"]["tool_calls"]
+        ] == [
+            ("call_a", "read", {"filePath": "a"}),
+            ("call_b", "read", {"filePath": "b"}),
+        ]
+        seen = model.seen[1]
+        assert seen.system_prompt == "be brief\n\nand kind" and seen.max_tokens == 100
+        user, assistant, results = seen.messages
+        assert [b.text for b in user.content_as_list] == ["json please\n[image_url block left out]"]
+        assert [(b.id, b.input) for b in assistant.content_as_list] == [("c1", {}), ("c2", {})]
+        assert [(r.tool_use_id, r.content[0].text) for r in results.content_as_list] == [("c1", "file a"), ("c2", "file b")]
+        done = await call(client, "get_session", session_id=sid, wait_s=50)
+        assert done["session"]["last_turn"]["output"] == "done"
+    assert llm.requests == []
 
 
 @pytest.mark.parametrize("driver", ["local"], indirect=True)
