@@ -137,16 +137,29 @@ async def test_claude_code_runs_on_the_callers_model_with_no_key(
     assert llm.requests == []  # nothing left the server for an upstream
 
 
+class Held:
+    """A model answer held until `go` is set: a turn that runs while a test makes its own requests of the sandbox."""
+
+    def __init__(self) -> None:
+        self.asked, self.go = anyio.Event(), anyio.Event()
+
+    async def __call__(self, params: types.CreateMessageRequestParams) -> Any:
+        self.asked.set()
+        await self.go.wait()
+        return says(types.TextContent(type="text", text="done"))
+
+    async def turn(self, client: Client, sid: str) -> None:
+        """Start a turn and wait until its CLI asks the model (the proxy then takes requests)."""
+        await call(client, "send_message", session_id=sid, text="hold on", wait_s=0)
+        with anyio.fail_after(50):
+            await self.asked.wait()
+
+
 async def test_a_non_streamed_request_gets_one_json_message(
     settings: Settings, llm: FakeLLM, inside: Callable[[str], Inside]
 ) -> None:
     """While a turn runs, a request of the sandbox without `stream` gets the Messages API's JSON answer."""
-    asked, go = anyio.Event(), anyio.Event()
-
-    async def held(params: types.CreateMessageRequestParams) -> Any:
-        asked.set()
-        await go.wait()
-        return says(types.TextContent(type="text", text="done"))
+    held = Held()
 
     async def as_json(params: types.CreateMessageRequestParams) -> Any:
         tool = types.ToolUseContent(type="tool_use", id="toolu_j", name="Read", input={"file_path": "x"})
@@ -155,9 +168,7 @@ async def test_a_non_streamed_request_gets_one_json_message(
     model = Model(held, as_json)
     async with sampling_client(settings, model) as client:
         sid = await sampled_session(client)
-        await call(client, "send_message", session_id=sid, text="hold on", wait_s=0)
-        with anyio.fail_after(50):
-            await asked.wait()
+        await held.turn(client, sid)
         sandbox = inside(sid)
         env = await sandbox.cli_env()
         port = env["ANTHROPIC_BASE_URL"].rsplit(":", 1)[1]
@@ -178,7 +189,7 @@ async def test_a_non_streamed_request_gets_one_json_message(
             HTTP_REQUEST.format(port=port, method="POST", path="/v1/messages/count_tokens", length=len(body), body=body)
         )
         assert count.startswith("HTTP/1.1 404") and "not available when the model is the caller's" in count, count
-        go.set()
+        held.go.set()
         head, _, payload = raw.replace("\r\n", "\n").partition("\n\n")
         assert head.startswith("HTTP/1.1 200") and "application/json" in head, raw
         message = json.loads(payload)
@@ -301,6 +312,16 @@ async def test_a_time_budget_stops_a_turn_waiting_on_the_callers_model(settings:
     assert llm.requests == []
 
 
+async def wrote_hi(client: Client, agent: str) -> tuple[str, dict[str, Any]]:
+    """A sampled session of `agent` (a CLI whose model name is free) asked to write hi.txt: its id and reply,
+    the turn completed with the model's last answer."""
+    sid = (await call(client, "create_session", agent=agent, provider="sampling", model="gpt-4.1"))["id"]
+    reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
+    assert reply["turn_status"] == "completed", reply
+    assert reply["output"] == "I wrote hi.txt."
+    return str(sid), reply
+
+
 async def test_codex_runs_on_the_callers_model_too(settings: Settings, llm: FakeLLM, inside: Callable[[str], Inside]) -> None:
     """The same for Codex, whose API is OpenAI Responses: a function call that writes a file, then the answer."""
     installed("codex")
@@ -313,12 +334,8 @@ async def test_codex_runs_on_the_callers_model_too(settings: Settings, llm: Fake
 
     model = Model(write_with_exec, text("I wrote hi.txt."), text("You asked for hi.txt."))
     async with sampling_client(settings, model) as client:
-        session = await call(client, "create_session", agent="codex", provider="sampling", model="gpt-4.1")
-        sid = session["id"]
-        reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
-        assert reply["turn_status"] == "completed", reply
-        assert reply["output"] == "I wrote hi.txt."
-        assert await inside(sid).sh("cat hi.txt") == "hello\n"
+        sid, _ = await wrote_hi(client, "codex")
+        assert await inside(sid).sh("cat hi.txt") == "hello\n"  # Codex's own exec_command ran the call
         result = model.seen[1].messages[-1].content_as_list[0]
         assert result.type == "tool_result" and result.tool_use_id == "call_s1"
         assert model.seen[0].system_prompt  # Codex's instructions
@@ -346,11 +363,7 @@ async def test_opencode_runs_on_the_callers_model_too(
 
     model = Model(write_with_write, text("I wrote hi.txt."), text("You asked for hi.txt."))
     async with sampling_client(settings, model) as client:
-        session = await call(client, "create_session", agent="opencode", provider="sampling", model="gpt-4.1")
-        sid = session["id"]
-        reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
-        assert reply["turn_status"] == "completed", reply
-        assert reply["output"] == "I wrote hi.txt."
+        sid, reply = await wrote_hi(client, "opencode")
         assert await inside(sid).sh("cat hi.txt") == "hello\n"  # OpenCode's own write tool ran the call
 
         first, second = model.seen
@@ -389,12 +402,7 @@ async def test_a_chat_request_without_stream_gets_one_chat_completion(
     `chat.completion`; its system and developer messages are the system prompt, its tool messages one message
     of results."""
     installed("opencode")
-    asked, go = anyio.Event(), anyio.Event()
-
-    async def held(params: types.CreateMessageRequestParams) -> Any:
-        asked.set()
-        await go.wait()
-        return says(types.TextContent(type="text", text="done"))
+    held = Held()
 
     async def two_calls(params: types.CreateMessageRequestParams) -> Any:
         first = types.ToolUseContent(type="tool_use", id="call_a", name="read", input={"filePath": "a"})
@@ -403,9 +411,7 @@ async def test_a_chat_request_without_stream_gets_one_chat_completion(
     model = Model(held, two_calls)
     async with sampling_client(settings, model) as client:
         sid = (await call(client, "create_session", agent="opencode", provider="sampling", model="gpt-4.1"))["id"]
-        await call(client, "send_message", session_id=sid, text="hold on", wait_s=0)
-        with anyio.fail_after(50):
-            await asked.wait()
+        await held.turn(client, sid)
         sandbox = inside(sid)
         config = json.loads(await sandbox.sh("cat .mcp-sessions/opencode/opencode.json"))
         port = config["provider"]["mcp-sessions"]["options"]["baseURL"].rsplit(":", 1)[1].removesuffix("/v1")
@@ -422,7 +428,7 @@ async def test_a_chat_request_without_stream_gets_one_chat_completion(
         body = json.dumps({"model": "m", "max_tokens": 100, "messages": messages})
         path = "/v1/chat/completions"
         raw = await sandbox.sh(HTTP_REQUEST.format(port=port, method="POST", path=path, length=len(body), body=body))
-        go.set()
+        held.go.set()
         head, _, payload = raw.replace("\r\n", "\n").partition("\n\n")
         assert head.startswith("HTTP/1.1 200") and "application/json" in head, raw
         completion = json.loads(payload)
