@@ -417,10 +417,14 @@ async def test_a_chat_request_without_stream_gets_one_chat_completion(
         port = config["provider"]["mcp-sessions"]["options"]["baseURL"].rsplit(":", 1)[1].removesuffix("/v1")
         calls = [{"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}]  # printf: no quotes
         calls.append({"id": "c2", "type": "function", "function": {"name": "read", "arguments": "{}"}})
+        shown = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}]
         messages = [
             {"role": "system", "content": "be brief"},
             {"role": "developer", "content": [{"type": "text", "text": "and kind"}]},
-            {"role": "user", "content": [{"type": "text", "text": "json please"}, {"type": "image_url", "image_url": {}}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "json please"}, {"type": "image_url", "image_url": {}}, *shown],
+            },
             {"role": "assistant", "content": None, "tool_calls": calls},
             {"role": "tool", "tool_call_id": "c1", "content": "file a"},
             {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "file b"}]},
@@ -444,7 +448,9 @@ async def test_a_chat_request_without_stream_gets_one_chat_completion(
         seen = model.seen[1]
         assert seen.system_prompt == "be brief\n\nand kind" and seen.max_tokens == 100
         user, assistant, results = seen.messages
-        assert [b.text for b in user.content_as_list] == ["json please\n[image_url block left out]"]
+        text_, image = user.content_as_list  # an image given as a data URL reaches the model; another is named
+        assert text_.text == "json please\n[image_url block left out]"
+        assert image.type == "image" and (image.mime_type, image.data) == ("image/png", "aGk=")
         assert [(b.id, b.input) for b in assistant.content_as_list] == [("c1", {}), ("c2", {})]
         assert [(r.tool_use_id, r.content[0].text) for r in results.content_as_list] == [("c1", "file a"), ("c2", "file b")]
         done = await call(client, "get_session", session_id=sid, wait_s=50)

@@ -154,13 +154,10 @@ class ResponsesWire:
     @staticmethod
     def _images(content: Any) -> list[ImageBlock]:
         """The `input_image` parts given as data URLs (`data:image/png;base64,...`); others are left out."""
-        found = []
-        for part in content if isinstance(content, list) else []:
-            url = part.get("image_url") if isinstance(part, dict) and part.get("type") == "input_image" else None
-            head, comma, data = url.partition(",") if isinstance(url, str) else ("", "", "")
-            if comma and head.startswith("data:") and head.endswith(";base64"):
-                found.append(ImageBlock(media_type=head[5:-7], data=data))
-        return found
+        parts = (
+            [p for p in content if isinstance(p, dict) and p.get("type") == "input_image"] if isinstance(content, list) else []
+        )
+        return [image for p in parts if (image := openai.image_of_url(p.get("image_url")))]
 
     @staticmethod
     def _text(content: Any) -> str:

@@ -59,18 +59,35 @@ def to_wire(system: str, messages: list[Message]) -> list[dict[str, Any]]:
     return wire
 
 
+def image_of_url(url: Any) -> ImageBlock | None:
+    """An image given as a data URL (`data:image/png;base64,...`, as `to_wire` writes one); None for another URL."""
+    head, comma, data = url.partition(",") if isinstance(url, str) else ("", "", "")
+    if comma and head.startswith("data:") and head.endswith(";base64"):
+        return ImageBlock(media_type=head[5:-7], data=data)
+    return None
+
+
 def from_wire(wire: Any, turn: int = 0) -> tuple[str, list[Message]]:
     """`to_wire` the other way: a request's messages as its system prompt (its system and developer messages)
-    and the session's `Message`s. Consecutive tool messages make one message of results; content parts other
-    than text (images, say) are named as left out."""
+    and the session's `Message`s. Consecutive tool messages make one message of results; a user's `image_url`
+    parts given as data URLs are images; other parts than text are named as left out."""
     system: list[str] = []
     out: list[Message] = []
     for m in wire if isinstance(wire, list) else []:
         role = m.get("role") if isinstance(m, dict) else None
         if role is None:
             continue
-        text = text_of(m.get("content"))
+        content = m.get("content")
         blocks: list[ContentBlock] = []
+        if role == "user" and isinstance(content, list):  # images taken out, the rest read as text
+            kept = []
+            for part in content:
+                given = part.get("image_url") if isinstance(part, dict) and part.get("type") == "image_url" else None
+                image = image_of_url(given.get("url") if isinstance(given, dict) else given)
+                blocks += [image] if image else []
+                kept += [] if image else [part]
+            content = kept
+        text = text_of(content)
         if role in ("system", "developer"):
             system.append(text)
         elif role == "tool":
@@ -81,10 +98,10 @@ def from_wire(wire: Any, turn: int = 0) -> tuple[str, list[Message]]:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict):
                     arguments = fn.get("arguments")
-                    given = parse_arguments(arguments if isinstance(arguments, str) else "")
-                    blocks.append(ToolUseBlock(id=str(call.get("id", "")), name=str(fn.get("name", "")), input=given))
+                    tool_input = parse_arguments(arguments if isinstance(arguments, str) else "")
+                    blocks.append(ToolUseBlock(id=str(call.get("id", "")), name=str(fn.get("name", "")), input=tool_input))
         elif text:
-            blocks.append(TextBlock(text=text))
+            blocks.insert(0, TextBlock(text=text))
         if not blocks:
             continue
         if role == "tool" and out and out[-1].role == "tool":
