@@ -338,7 +338,9 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
             if state.get("Status") in ("removing", "dead"):
                 raise SandboxNotFound(f"The sandbox container {cid[:12]} is {state.get('Status')}.")
             await self._start(
-                cid, f"The sandbox container {cid[:12]} had stopped (exit code {state.get('ExitCode')}) and did not start again"
+                cid,
+                f"The sandbox container {cid[:12]} had stopped (exit code {state.get('ExitCode')}) and did not start again",
+                info,
             )
         volume = next(
             (m.get("Name") for m in info.get("Mounts") or [] if m.get("Destination") == WORKSPACE and m.get("Name")),

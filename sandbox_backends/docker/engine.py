@@ -107,7 +107,7 @@ class EngineMixin:
         async def _open_control(self, cid: str, env: dict[str, str] | None = None, *, shells: bool = True) -> ControlClient: ...
         async def _keep_pool(self) -> None: ...
         async def _discard(self, entry: PoolEntry) -> None: ...
-        async def _mount_disks_of(self, cid: str) -> None: ...
+        async def _mount_disks_of(self, cid: str, info: dict[str, Any] | None = None) -> None: ...
         async def _drop_disk(self, volume: str) -> None: ...
 
     def _init_engine(self) -> None:
@@ -179,10 +179,11 @@ class EngineMixin:
             )
         return f"sandbox exited with code {code}"
 
-    async def _start(self, cid: str, failed: str) -> None:
-        """Start a stopped container; `failed` says what went wrong if it does not start."""
+    async def _start(self, cid: str, failed: str, info: dict[str, Any] | None = None) -> None:
+        """Start a stopped container (`info`: as just inspected, if it was); `failed` says what went wrong if
+        it does not start."""
         api = await self._api()
-        await self._mount_disks_of(cid)
+        await self._mount_disks_of(cid, info)
         try:
             await blocking(api.start, cid)
         except docker.errors.NotFound:

@@ -160,16 +160,18 @@ class WorkspaceMixin:
         if self._disks is not None:
             await anyio.to_thread.run_sync(self._disks.mount, volume, self._owner())
 
-    async def _mount_disks_of(self, cid: str) -> None:
+    async def _mount_disks_of(self, cid: str, info: dict[str, Any] | None = None) -> None:
         """Before a stopped container starts again: mount its workspace's filesystem if the host lost the mount
-        (a reboot) or a close let it go; the volume's folder does not exist until then."""
+        (a reboot) or a close let it go; the volume's folder does not exist until then. `info`: the container
+        as the caller has just inspected it (one round trip fewer)."""
         if self._disks is None:
             return
-        api = await self._api()
-        try:
-            info = await blocking(api.inspect_container, cid)
-        except docker.errors.NotFound:
-            return  # the start says so
+        if info is None:
+            api = await self._api()
+            try:
+                info = dict(await blocking(api.inspect_container, cid))
+            except docker.errors.NotFound:
+                return  # the start says so
         for m in info.get("Mounts") or []:
             if m.get("Destination") == WORKSPACE and m.get("Name"):
                 await self._mount_disk(m["Name"])
