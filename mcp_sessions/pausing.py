@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import anyio
 
 from sandbox_backends.base import Pauses, SandboxError, SandboxNotFound
 
@@ -36,17 +32,6 @@ log = logging.getLogger(__name__)
 
 class Pausing(ManagerCore):
     """pause_session, the idle timer's pause or close, and the resume every use of a paused session makes."""
-
-    @asynccontextmanager
-    async def _one_move(self, session_id: str) -> AsyncIterator[None]:
-        """One pause or resume of a session at a time in this process."""
-        lock = self._moving.setdefault(session_id, anyio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and not lock.statistics().tasks_waiting:
-                self._moving.pop(session_id, None)
 
     async def pause(self, session_id: str, owner: str | None = None) -> Session:
         """Pause a ready session now (see the module docstring). A paused one is left as it is."""
@@ -157,3 +142,4 @@ class Pausing(ManagerCore):
         if events:
             log.info("closed %s after %g s idle", record.session.id, record.session.idle_timeout_s)
             await self.sandboxes.free(record, delete=False)
+

@@ -11,6 +11,7 @@ from anyio.abc import TaskGroup
 
 from sandbox_backends.base import (
     Checkpoints,
+    ClosesPaused,
     Driver,
     Forks,
     Limits,
@@ -137,7 +138,8 @@ class Sandboxes:
         return sandbox
 
     async def free(self, record: SessionRecord, delete: bool) -> None:
-        """Close the session's sandbox (`delete`: its workspace and checkpoints too). A sandbox already gone is fine."""
+        """Close the session's sandbox (`delete`: its workspace and checkpoints too). A sandbox already gone is fine;
+        a paused one is closed where it lies where its driver can (`ClosesPaused`), never run again for it."""
         driver = self.driver(record.session.driver)
         if delete and isinstance(driver, Checkpoints):
             for saved in record.checkpoints:
@@ -148,9 +150,12 @@ class Sandboxes:
         if record.sandbox_id is not None:
             try:
                 try:
-                    await (await self.of(record)).close(delete=delete)
+                    paused = record.session.status == "paused" and record.session.id not in self._sandboxes
+                    if paused and isinstance(driver, ClosesPaused):  # attaching it would run it again first
+                        await driver.close_paused(record.sandbox_id, spec_of(record), delete=delete)
+                    else:
+                        await (await self.of(record)).close(delete=delete)
                 except SandboxNotFound:
-                    driver = self.driver(record.session.driver)
                     if delete and isinstance(driver, RemovesLeftovers):  # closed before: what it kept goes now
                         await driver.remove_leftovers(record.sandbox_id, record.session.sandbox or {})
             except SandboxError as e:

@@ -9,7 +9,8 @@ added as a module of its own beside them, not by growing one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 
 import anyio
 from anyio.abc import TaskGroup
@@ -65,7 +66,7 @@ class ManagerCore:
         self._turns: Turns | None = None
         self._admit = anyio.Lock()
         self._moving: dict[str, anyio.Lock] = {}
-        """Per session, while it is being paused or resumed by this process (pausing.py)."""
+        """Per session, while it is being paused, resumed or closed paused by this process (`_one_move`)."""
         self.mirror: Mirror | None = None
         """Keeps the sessions of read-only platforms in the store (mirror.py); set by whoever opens the manager."""
 
@@ -99,6 +100,17 @@ class ManagerCore:
         if self._orphaned(record):
             record = await self._adopt(record)
         return record
+
+    @asynccontextmanager
+    async def _one_move(self, session_id: str) -> AsyncIterator[None]:
+        """One pause, resume or close of a paused session at a time in this process."""
+        lock = self._moving.setdefault(session_id, anyio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._moving.pop(session_id, None)
 
     async def _resume(self, record: SessionRecord) -> SessionRecord:
         """The session ready again if it is paused; pausing.py does it."""

@@ -84,7 +84,10 @@ class Stopping(ManagerCore):
         if s.status == "busy" and not read_only(record):  # a mirrored session is only marked closed here
             await self.interrupt(session_id)
         was_closed = s.status == "dead"
-        if not was_closed or delete:
+        if s.status == "paused":
+            async with self._one_move(session_id):  # not halfway through a pause or resume of this process
+                await self.sandboxes.free(await self._record(session_id), delete=delete)
+        elif not was_closed or delete:
             await self.sandboxes.free(record, delete=delete)
         if delete:
             await self.store.delete(session_id)

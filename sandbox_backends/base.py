@@ -413,6 +413,17 @@ class RemovesLeftovers(Protocol):
         ...
 
 
+@runtime_checkable
+class ClosesPaused(Protocol):
+    """A driver whose paused sandboxes can be closed where they lie: attaching one (the way to close a sandbox
+    otherwise) would run it again first, only to remove it."""
+
+    async def close_paused(self, sandbox_id: str, spec: SandboxSpec, *, delete: bool) -> None:
+        """Remove the paused sandbox `sandbox_id` of `spec` without running it (`delete`: its workspace too, else
+        the workspace stays as a close leaves it). Raises SandboxNotFound if it is gone or is not `spec`'s."""
+        ...
+
+
 StreamHandler = Callable[[anyio.abc.ByteStream], Awaitable[None]]
 """What serves one connection a process in a sandbox makes to a port served into it."""
 

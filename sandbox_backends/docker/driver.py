@@ -52,6 +52,12 @@ CONNECT_TIMEOUT_S = 30.0
 """How long a new control shell may take to answer its hello."""
 
 
+def workspace_volume(info: dict[str, Any]) -> str | None:
+    """The name of the volume at the workspace of a container as the engine describes it."""
+    mounts = info.get("Mounts") or []
+    return next((m.get("Name") for m in mounts if m.get("Destination") == WORKSPACE and m.get("Name")), None)
+
+
 class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
     """Makes `DockerSandbox`es: one hardened container per sandbox on a Docker engine.
 
@@ -320,7 +326,8 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
             self, cid, name, spec, image=policy.image, host_config=host_config, volume=volume, disk=disk, conn=conn
         )
 
-    async def attach(self, sandbox_id: str, spec: SandboxSpec) -> DockerSandbox:
+    async def _inspect_own(self, sandbox_id: str, spec: SandboxSpec) -> dict[str, Any]:
+        """The container `sandbox_id` as the engine describes it, if it is the sandbox of `spec` (else SandboxNotFound)."""
         api = await self._api()
         try:
             info = await blocking(api.inspect_container, sandbox_id)
@@ -330,6 +337,13 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
         cname = info["Name"].lstrip("/")
         if labels.get(LABEL_SANDBOX) != "1" or (cname != SESSION_PREFIX + spec.name and labels.get(LABEL_NAME) != spec.name):
             raise SandboxNotFound(f"The container {sandbox_id[:12]} is not the sandbox of {spec.name}.")
+        return info
+
+    async def attach(self, sandbox_id: str, spec: SandboxSpec) -> DockerSandbox:
+        api = await self._api()
+        info = await self._inspect_own(sandbox_id, spec)
+        labels = info["Config"].get("Labels") or {}
+        cname = info["Name"].lstrip("/")
         state = info["State"]
         cid = info["Id"]
         if state.get("Paused"):
@@ -342,10 +356,7 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
                 f"The sandbox container {cid[:12]} had stopped (exit code {state.get('ExitCode')}) and did not start again",
                 info,
             )
-        volume = next(
-            (m.get("Name") for m in info.get("Mounts") or [] if m.get("Destination") == WORKSPACE and m.get("Name")),
-            None,
-        )
+        volume = workspace_volume(info)
         self._closing.discard(cid)
         conn = await self._open_control(cid, spec.env)
         disk = await self._workspace_disk(volume, self._disk_asked(spec.limits))
@@ -361,6 +372,16 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
             pooled=labels.get(LABEL_POOL) == "1",
             conn=conn,
         )
+
+    async def close_paused(self, sandbox_id: str, spec: SandboxSpec, *, delete: bool) -> None:
+        """Remove a paused sandbox's container as it lies, never started again, and with `delete` its workspace;
+        without, the workspace stays as a close leaves it (its filesystem let go)."""
+        info = await self._inspect_own(sandbox_id, spec)
+        cid, volume = info["Id"], workspace_volume(info)
+        self._closing.add(cid)  # its removal is no failure
+        await self._remove(cid, volume if delete else None)
+        if not delete:
+            await self._release_disk(volume)
 
     async def remove_leftovers(self, sandbox_id: str, described: Mapping[str, object]) -> None:
         """The workspace volume a closed sandbox kept (named in its description: a pool container's volume has
