@@ -47,6 +47,9 @@ class SessionFields(BaseModel):
         None, description="Close the session after this many idle seconds; 0 = never (default: the server's, 900)."
     )
     idle_action: IdleAction | None = Field(None, description="On idle timeout: pause (next use resumes) or close.")
+    paused_timeout_s: Annotated[float, Field(ge=0, le=10**9, allow_inf_nan=False), IN_RANGE] | None = Field(
+        None, description="Close it after this many paused seconds; 0 = never."
+    )
     model: str | None = Field(
         None,
         max_length=200,
@@ -117,6 +120,7 @@ class CreateRequest:
     limits: LimitsModel | None = None
     idle_timeout_s: float | None = None
     idle_action: IdleAction | None = None
+    paused_timeout_s: float | None = None
     command_timeout_s: float | None = None
     owner: str | None = None
     model: str | None = None
@@ -197,6 +201,7 @@ def new_record(
         image=request.image,
         idle_timeout_s=settings.idle_timeout_s if request.idle_timeout_s is None else request.idle_timeout_s,
         idle_action=request.idle_action or settings.idle_action,
+        paused_timeout_s=settings.paused_timeout_s if request.paused_timeout_s is None else request.paused_timeout_s,
         command_timeout_s=command_timeout,
         owner=request.owner,
         model=model,

@@ -135,6 +135,7 @@ def pause(record: SessionRecord, lease: str) -> list[EventSpec]:
         return []
     record.lease = lease
     s.phase, s.phase_detail = "pausing", None
+    s.paused_at = now()
     return [("phase", {"phase": "pausing"}), _move(record, "paused")]
 
 
@@ -155,7 +156,7 @@ def resumed(record: SessionRecord) -> list[EventSpec]:
     if s.status != "paused":
         return []
     record.lease, record.paused_state = None, None
-    s.phase, s.phase_detail = "ready", None
+    s.phase, s.phase_detail, s.paused_at = "ready", None, None
     s.last_activity_at = now()
     return [("phase", {"phase": "ready"}), _move(record, "ready")]
 

@@ -113,9 +113,13 @@ class Pausing(ManagerCore):
             return record
 
     async def idle(self, session_id: str) -> None:
-        """The idle timer of a ready session ran out: pause it if it asks for that and its driver can, else close it."""
+        """The idle timer of a ready session ran out: pause it if it asks for that and its driver can, else close it.
+        Or the paused timer of a paused one did: close it."""
         record = await self._record(session_id)
         s = record.session
+        if s.status == "paused":
+            await self._close_paused_long(session_id)
+            return
         if s.status != "ready":
             return
         if s.idle_action == "pause" and not read_only(record):
@@ -143,3 +147,26 @@ class Pausing(ManagerCore):
             log.info("closed %s after %g s idle", record.session.id, record.session.idle_timeout_s)
             await self.sandboxes.free(record, delete=False)
 
+    async def _close_paused_long(self, session_id: str) -> None:
+        """Close a session paused for longer than its `paused_timeout_s` (its sandbox closed where it lies, not
+        run again; its workspace kept, as any close keeps it), unless it is resuming or resumed meanwhile."""
+
+        def expired(r: SessionRecord) -> bool:
+            s = r.session
+            return (
+                s.status == "paused"
+                and s.phase == "paused"
+                and s.paused_at is not None
+                and 0 < s.paused_timeout_s <= (now() - s.paused_at).total_seconds()
+            )
+
+        async with self._one_move(session_id):
+            record = await self._record(session_id)
+            if not expired(record):
+                return
+            await self.sandboxes.free(record, delete=False)
+            _, events = await self._update(
+                session_id, lambda r: lifecycle.close(r, "paused timeout") if r.session.status == "paused" else []
+            )
+        if events:
+            log.info("closed %s after %g s paused", session_id, record.session.paused_timeout_s)

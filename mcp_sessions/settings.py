@@ -73,6 +73,9 @@ class Settings(BaseModel):
     idle_action: Literal["pause", "close"] = Field(
         "close", description="What an idle timeout does: pause the session (its next use resumes it) or close it."
     )
+    paused_timeout_s: float = Field(
+        604800.0, ge=0, le=10**9, description="Close a session paused this long, in seconds (0 = never; default 7 days)."
+    )
     max_checkpoint_mb: int = Field(
         4096, ge=0, le=1 << 24, description="Most MiB the checkpoints of one session may hold together (0: no checkpoints)."
     )

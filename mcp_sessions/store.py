@@ -251,6 +251,8 @@ class Store(TaskRecords):
         deadline = None
         if s.status == "ready" and s.idle_timeout_s > 0:
             deadline = stamp(s.last_activity_at + timedelta(seconds=s.idle_timeout_s))
+        elif s.status == "paused" and s.phase == "paused" and s.paused_timeout_s > 0 and s.paused_at is not None:
+            deadline = stamp(s.paused_at + timedelta(seconds=s.paused_timeout_s))
         columns = (s.status, s.owner, tags, record.model_dump_json(), deadline, summary_json(s))
         if stored_tags is None:
             self._conn.execute(  # an upsert: two servers mirroring one remote session may both add it
@@ -329,7 +331,7 @@ class Store(TaskRecords):
         await self._run(self._transaction, run)
 
     async def idle_past_deadline(self, moment: datetime, limit: int = 100) -> list[str]:
-        """Ids of ready sessions whose idle timeout ran out before `moment`."""
+        """Ids of ready sessions whose idle timeout ran out before `moment`, and of paused ones whose paused timeout did."""
 
         def run() -> list[str]:
             rows = self._conn.execute(

@@ -1,6 +1,8 @@
-"""Closing a paused session, on the local driver and on the real Docker engine: the sandbox is closed where it
-lies, never run again to be closed (the engine's own event log of the container says so: it is destroyed and
-not started), its workspace kept by a close and removed by a delete, and nothing of it left mounted on the host."""
+"""Closing a paused session, by a caller or by its paused timer, on the local driver and on the real Docker
+engine: the sandbox is closed where it lies, never run again to be closed (the engine's own event log of the
+container says so: it is destroyed and not started), its workspace kept by a close and removed by a delete,
+and nothing of it left mounted on the host; a session paused for its `paused_timeout_s` is closed with the
+reason "paused timeout", one that asks for 0 stays paused."""
 
 from __future__ import annotations
 
@@ -37,7 +39,15 @@ async def paused(client: Client, **args: Any) -> dict[str, Any]:
     sid = await new_session(client, **args)
     await call(client, "send_message", session_id=sid, text="echo kept > note.txt")
     session = await call(client, "pause_session", session_id=sid)
-    assert session["status"] == "paused" and session["phase"] == "paused", session
+    assert session["status"] == "paused" and session["phase"] == "paused" and session["paused_at"], session
+    return session
+
+
+async def closed(client: Client, sid: str, within: float = 60) -> dict[str, Any]:
+    """The session once it is closed."""
+    with anyio.fail_after(within):
+        while (session := (await call(client, "get_session", session_id=sid))["session"])["status"] != "dead":
+            await anyio.sleep(0.1)
     return session
 
 
@@ -98,3 +108,28 @@ async def test_closing_a_paused_session_does_not_run_its_sandbox_again(driven: S
         if not delete:
             assert (await call(client, "get_session", session_id=session["id"]))["session"]["close_reason"] == "closed"
 
+
+async def test_a_session_paused_for_its_paused_timeout_is_closed(driven: Settings) -> None:
+    async with Client(create_server(driven)) as client:
+        session = await paused(client, paused_timeout_s=1)
+        since = time.time()
+        assert session["paused_timeout_s"] == 1
+        ended = await closed(client, session["id"])
+        assert ended["close_reason"] == "paused timeout"
+        await check_closed_where_it_lay(driven, session, since, delete=False)
+
+
+async def test_the_servers_paused_timeout_applies_and_zero_means_never(home: Path) -> None:
+    async with Client(create_server(Settings(home=home, paused_timeout_s=1))) as client:
+        never = await paused(client, paused_timeout_s=0)
+        first = await paused(client)
+        assert first["paused_timeout_s"] == 1 and never["paused_timeout_s"] == 0
+        await closed(client, first["id"])
+        # Paused after `first` was closed, so closed by a later pass of the timer than the one that closed
+        # `first`, which `never` would have been due by, had it a paused timeout.
+        later = await paused(client)
+        assert (await closed(client, later["id"]))["close_reason"] == "paused timeout"
+        kept = (await call(client, "get_session", session_id=never["id"]))["session"]
+        assert kept["status"] == "paused" and kept["phase"] == "paused"
+        reply = await call(client, "send_message", session_id=never["id"], text="cat note.txt", wait_s=60)
+        assert reply["output"] == "kept\n"
