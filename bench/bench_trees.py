@@ -7,9 +7,11 @@ Measures, and prints as a Markdown section (--write puts it into that file):
 - fork of a sandbox whose workspace holds 100 MB in 5,000 files, to the fork's first command answered
   (`DockerDriver.fork` + `exec('true')`), against a raw `containers.run` of a new container with a new
   volume plus a `cp -a` of the source's volume in a helper container plus a first `exec_run true`;
-- the two ways of copying the workspace alone: a helper container's `cp -a` (what the driver does), and a
-  tar stream through the engine (`get_archive` of the source's /workspace into `put_archive` of the new
-  container's; a stream through the two control shells would add their framing to it);
+- the ways of copying the workspace alone: a clone of its filesystem (frozen while its image is copied on
+  the host, then mounted: what the driver does where workspaces have filesystems of their own), a helper
+  container's `cp -a` (what the driver does otherwise), and a tar stream through the engine (`get_archive`
+  of the source's /workspace into `put_archive` of the new container's; a stream through the two control
+  shells would add their framing to it);
 - checkpoint of that workspace, and restore of it (the workspace emptied and copied back);
 - resume of a paused sandbox to its first command answered (`attach` + `resume` + `exec('true')`) against a
   raw `start` of a stopped container plus a first `exec_run true`.
@@ -132,8 +134,8 @@ async def main(n: int, image: str, write: Path | None) -> None:
             container.remove(force=True)
             api.remove_volume(container.name)
 
-        # -- the copy alone, two ways ------------------------------------------------------------
-        print("copy: helper container vs tar stream", file=sys.stderr)
+        # -- the copy alone, three ways ----------------------------------------------------------
+        print("copy: filesystem clone vs helper container vs tar stream", file=sys.stderr)
         targets: list[tuple[str, Any]] = []
 
         def target() -> tuple[str, Any]:
@@ -158,16 +160,28 @@ async def main(n: int, image: str, write: Path | None) -> None:
         async def tar_stream() -> float:
             return await anyio.to_thread.run_sync(tar_stream_blocking)
 
+        clones: list[str] = []
+
+        async def clone() -> float:
+            name = next(names)
+            start = time.perf_counter()
+            assert await driver._clone_volume(await driver._api(), source_volume, name, labels)
+            took = time.perf_counter() - start
+            clones.append(name)
+            return took
+
         helper, tar = await alternate(n, helper_copy, tar_stream)
-        table.add("workspace copy: tar stream through the engine (get_archive → put_archive)", tar)
-        table.add(
-            "workspace copy: `cp -a` in a helper container (the driver's)",
-            helper,
-            "workspace copy: tar stream through the engine (get_archive → put_archive)",
-        )
+        cloned, helper_again = await alternate(n, clone, helper_copy)
+        stream_name = "workspace copy: tar stream through the engine (get_archive → put_archive)"
+        helper_name = "workspace copy: `cp -a` in a helper container (the driver's without a filesystem to clone)"
+        table.add(stream_name, tar)
+        table.add(helper_name, helper + helper_again, stream_name)
+        table.add("workspace copy: clone of its filesystem, mounted (the driver's)", cloned, helper_name)
         for name, container in targets:
             container.remove(force=True)
             api.remove_volume(name)
+        for name in clones:
+            await driver._remove_volume(name)
 
         # -- checkpoint and restore of the same workspace ---------------------------------------
         print("checkpoint and restore", file=sys.stderr)
@@ -243,14 +257,17 @@ async def main(n: int, image: str, write: Path | None) -> None:
         "use plain volumes).",
     )
     why = paragraph(
-        "The copy rows compare two ways to copy a workspace. The driver takes the helper container although the",
-        "engine's tar stream copies alone about as fast or faster: the fork's container is made and started while",
-        "the helper copies (`put_archive` needs that container first, so the stream would follow its start, for",
-        "about the same total), and the engine's archive endpoints, used on a running container whose workspace",
-        "the sandbox user controls, have a history of symlink races (`docker cp`: CVE-2018-15664, and more found",
-        "since), while the helper reads the volume read-only beside the source, confined to the two volumes. A",
-        "resume pays what the raw path does not: the control shell's start in the container (python and its",
-        "hello, 50 to 120 ms here), the shell state handed back, and the workspace filesystem mounted again.",
+        "The copy rows compare three ways to copy a workspace. Where the workspace is a filesystem of its own",
+        "the driver clones it: a freeze, a copy of the image's data on the host and a mount, no container and",
+        "no path of the hostile workspace read; the fork's container is then made and started. Otherwise it",
+        "takes the helper container although the engine's tar stream copies alone about as fast or faster:",
+        "the fork's container is made and started while the helper copies (`put_archive` needs that container",
+        "first, so the stream would follow its start, for about the same total), and the engine's archive",
+        "endpoints, used on a running container whose workspace the sandbox user controls, have a history of",
+        "symlink races (`docker cp`: CVE-2018-15664, and more found since), while the helper reads the volume",
+        "read-only beside the source, confined to the two volumes. A resume pays what the raw path does not:",
+        "the control shell's start in the container (python and its hello, where the raw path runs `true`) and",
+        "the shell state handed back; the workspace filesystem stays mounted while the session is paused.",
     )
     intro = intro + "\n\n" + why
     publish(SECTION, intro, table.render(), write)

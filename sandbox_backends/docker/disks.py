@@ -48,6 +48,8 @@ the journal and inode tables not written out, since a new sparse file already re
 superblocks and no room to grow online (a workspace is made at its size and thrown away whole). Formatting
 4 GiB takes 3 ms instead of 7-12 ms, and the new image holds 124 KiB instead of 2.3 MiB."""
 TOOL_TIMEOUT_S = 60.0
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+"""ioctls (linux/fs.h) that make a filesystem write everything out and hold new writes, and let them go."""
 
 
 def _unescape(field: str) -> str:
@@ -76,6 +78,26 @@ def _run(argv: list[str]) -> None:
         raise SandboxError(f"{argv[0]} failed: {e}") from None
     if done.returncode != 0:
         raise SandboxError(f"{argv[0]} failed: {(done.stderr or done.stdout).strip() or f'exit code {done.returncode}'}")
+
+
+def copy_sparse(source: Path, target: Path) -> None:
+    """Copy a file's data into a new file of the same size, leaving its holes holes (an image of 4 GiB that
+    holds 100 MB costs 100 MB to copy and to keep). In the kernel (a reflink where the host filesystem can)."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        dst.truncate(size)
+        at = 0
+        while at < size:
+            try:
+                at = os.lseek(src.fileno(), at, os.SEEK_DATA)
+            except OSError:  # ENXIO: nothing but a hole to the end
+                break
+            end = os.lseek(src.fileno(), at, os.SEEK_HOLE)
+            while at < end:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), end - at, at, at)
+                if copied == 0:
+                    raise OSError(f"{source} changed size while it was copied")
+                at += copied
 
 
 class Disks:
@@ -159,6 +181,50 @@ class Disks:
                 fresh.unlink(missing_ok=True)
                 image.unlink(missing_ok=True)
                 raise
+
+    def clone(self, source: str, volume: str) -> bool:
+        """Make and mount a workspace filesystem that is a copy of `source`'s as it is now: `source`'s is frozen
+        (everything written out, new writes held: its sandbox's writes wait, they do not fail) while its image is
+        copied, tens of milliseconds for a workspace of 100 MB. False (nothing made) if `source` has no mounted
+        image, or `volume` has one already."""
+        with self._locked():
+            if not self.has(source) or not self._is_mounted(source) or self.has(volume):
+                return False
+            image, fresh = self.image(volume), self.root / f"{volume}.new"
+            fresh.unlink(missing_ok=True)  # left by a server that died while cloning
+            try:
+                fd = os.open(self.mountpoint(source), os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    fcntl.ioctl(fd, FIFREEZE, 0)
+                    try:
+                        copy_sparse(self.image(source), fresh)
+                    finally:
+                        fcntl.ioctl(fd, FITHAW, 0)
+                finally:
+                    os.close(fd)
+                fresh.rename(image)
+                self._mount(volume, None)  # the copy's workspace folder has the source's owner already
+            except BaseException:
+                self._unmount(volume)
+                fresh.unlink(missing_ok=True)
+                image.unlink(missing_ok=True)
+                raise
+            return True
+
+    def thaw(self, volume: str) -> None:
+        """Let writes to the workspace go on if a clone left it frozen (its server died in those milliseconds)."""
+        if not self._is_mounted(volume):
+            return
+        try:
+            fd = os.open(self.mountpoint(volume), os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+        except OSError:
+            pass  # EINVAL: it was not frozen
+        finally:
+            os.close(fd)
 
     def mount(self, volume: str, owner: tuple[int, int] | None) -> bool:
         """Mount the workspace's image if it is not (after a reboot, or a close); False if it has no image."""

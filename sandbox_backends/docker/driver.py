@@ -358,6 +358,8 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
             )
         volume = workspace_volume(info)
         self._closing.discard(cid)
+        if state.get("Running"):
+            await self._thaw_disk(volume)  # a clone of it cut short by its server's death leaves it frozen
         conn = await self._open_control(cid, spec.env)
         disk = await self._workspace_disk(volume, self._disk_asked(spec.limits))
         return DockerSandbox(

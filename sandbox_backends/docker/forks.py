@@ -1,14 +1,17 @@
 """Stopping a sandbox's container for a pause, copying a sandbox (`Forks`) and keeping checkpoints of it
 (`Checkpoints`: each a volume of its own, `mcp-ck-<name>-<key>`, filled and emptied the same way).
 
-A fork's workspace is a new volume (on a filesystem of its own where the driver makes those), filled by a
-short-lived helper container that mounts the source's volume read-only and the new one, and runs
-`cp -a` as root (ownership, modes, times and links kept) with no network and only the capabilities a copy
-needs. The source keeps running meanwhile: nothing stops or pauses it. The new sandbox's container is made
-and started while the copy runs (they share nothing but the new volume, and no command runs before both
-are done); then its shell is given the source's state. Measured against a tar stream through the engine
-(get_archive into put_archive) in BENCHMARKS.md ("Fork and resume of docker sessions"): that stream copies
-faster alone, but must wait for the new container and reads a live hostile workspace through the engine.
+A fork's workspace is a new volume. Where the source's workspace is a filesystem of its own (`disks.py`)
+and the fork's is to have the same size, that filesystem is cloned: frozen for the tens of milliseconds its
+image's data takes to copy on the host (the source's writes wait meanwhile, nothing stops), so the copy is
+the filesystem as it was at one instant, made without reading a single path of the hostile workspace. Else
+(a measured workspace, or a checkpoint's volume) the new volume is filled by a short-lived helper container
+that mounts the source's volume read-only and the new one, and runs `cp -a` as root (ownership, modes,
+times and links kept) with no network and only the capabilities a copy needs, while the new sandbox's
+container is made and started (they share nothing but the new volume, and no command runs before both are
+done). Then the new shell is given the source's state. The ways were measured against each other and a tar
+stream through the engine in BENCHMARKS.md ("Fork, checkpoints and resume of docker sessions"): the clone
+takes 20-50 ms for 100 MB against 400-900 ms for the helper (most of it a container's start).
 """
 
 from __future__ import annotations
@@ -67,21 +70,32 @@ class ForkMixin:
         name, volume, labels = SESSION_PREFIX + spec.name, VOLUME_PREFIX + spec.name, driver._labels(spec)
         if on_phase:
             await on_phase("copying_workspace", f"from {from_volume}")
-        if not await driver._make_volume(api, volume, labels, policy):
+        disk = source._disk
+        same_disk = at is None and disk.mode == "hard" and disk.limit_mb == policy.limits.disk_mb
+        cloned = same_disk and await driver._clone_volume(api, from_volume, volume, labels)
+        if not cloned and not await driver._make_volume(api, volume, labels, policy):
             raise SandboxError(f"A workspace volume named {volume} already exists.")
         made: list[tuple[str, dict[str, Any], Any]] = []
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(driver._copy_volume, from_volume, volume, policy.image)
+                if not cloned:
+                    tg.start_soon(driver._copy_volume, from_volume, volume, policy.image)
 
                 async def container() -> None:
                     made.append(await driver._make_container(policy, name, volume, labels, spec.env, None))
 
                 tg.start_soon(container)
             cid, host_config, conn = made[0]
-            disk = await driver._workspace_disk(volume, policy.limits.disk_mb)
             sandbox = DockerSandbox(
-                driver, cid, name, spec, image=policy.image, host_config=host_config, volume=volume, disk=disk, conn=conn
+                driver,
+                cid,
+                name,
+                spec,
+                image=policy.image,
+                host_config=host_config,
+                volume=volume,
+                disk=await driver._workspace_disk(volume, policy.limits.disk_mb),
+                conn=conn,
             )
             await sandbox.set_shell_state(state)
             return sandbox

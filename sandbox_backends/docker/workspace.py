@@ -137,9 +137,39 @@ class WorkspaceMixin:
                 await anyio.to_thread.run_sync(disks.make, volume, size, self._owner())
             except OSError as e:
                 raise SandboxError(f"Could not make the workspace's filesystem: {e}") from None
-            options = {"driver": "local", "driver_opts": {"type": "none", "o": "bind", "device": str(disks.source(volume))}}
+            options = self._bound(volume)
         try:
             await blocking(api.create_volume, name=volume, labels=labels, **options)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._drop_disk(volume)
+            raise
+        return True
+
+    def _bound(self, volume: str) -> dict[str, Any]:
+        """The options of a docker volume that binds the folder of the workspace filesystem `volume`."""
+        assert self._disks is not None
+        return {"driver": "local", "driver_opts": {"type": "none", "o": "bind", "device": str(self._disks.source(volume))}}
+
+    async def _clone_volume(self, api: docker.APIClient, source: str, volume: str, labels: dict[str, str]) -> bool:
+        """A new workspace volume whose filesystem is a copy of the one the volume `source` has (`Disks.clone`); the
+        caller checked that it has one, of the size the new workspace needs. False, with nothing made, if `volume`
+        exists or `source` has no mounted filesystem."""
+        disks = self._disks
+        if disks is None:
+            return False
+        try:
+            await blocking(api.inspect_volume, volume)
+            return False
+        except docker.errors.NotFound:
+            pass
+        try:
+            if not await anyio.to_thread.run_sync(disks.clone, source, volume):
+                return False
+        except OSError as e:
+            raise SandboxError(f"Could not copy the workspace's filesystem: {e}") from None
+        try:
+            await blocking(api.create_volume, name=volume, labels=labels, **self._bound(volume))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._drop_disk(volume)
@@ -175,6 +205,11 @@ class WorkspaceMixin:
         for m in info.get("Mounts") or []:
             if m.get("Destination") == WORKSPACE and m.get("Name"):
                 await self._mount_disk(m["Name"])
+
+    async def _thaw_disk(self, volume: str | None) -> None:
+        """A workspace a clone left frozen (`Disks.thaw`) takes writes again."""
+        if volume is not None and self._disks is not None:
+            await anyio.to_thread.run_sync(self._disks.thaw, volume)
 
     async def _release_disk(self, volume: str | None) -> None:
         """Unmount a kept workspace's filesystem once its container is gone; using it again mounts it again."""
