@@ -11,7 +11,6 @@ import fcntl
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -22,22 +21,11 @@ from sandbox_backends.docker.disks import FIFREEZE, Disks
 from sandbox_backends.docker.driver import DockerDriver
 from sandbox_backends.docker.sandbox import DockerSandbox
 from tests.docker_support import IMAGE, docker_engine, docker_server_id  # noqa: F401
+from tests.test_docker_workspace import driver, root  # noqa: F401  (a driver with 64 MiB workspace filesystems)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 HANG_S = 60.0
 WRITER = "(i=0; while :; do echo line$i >> /workspace/log; i=$((i+1)); done) > /dev/null 2>&1 &"
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "workspaces"
-
-
-@pytest.fixture
-async def driver(docker_server_id: str, root: Path) -> AsyncIterator[DockerDriver]:
-    made = DockerDriver(image=IMAGE, server_id=docker_server_id, default_disk_mb=64, disk_root=root)
-    yield made
-    await made.aclose()
 
 
 def filesystem_id(root: Path, sandbox: DockerSandbox) -> uuid.UUID:
