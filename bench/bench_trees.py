@@ -14,7 +14,8 @@ Measures, and prints as a Markdown section (--write puts it into that file):
   shells would add their framing to it);
 - checkpoint of that workspace, and restore of it (the workspace emptied and copied back);
 - resume of a paused sandbox to its first command answered (`attach` + `resume` + `exec('true')`) against a
-  raw `start` of a stopped container plus a first `exec_run true`.
+  raw `start` plus a first `exec_run true` of a plain stopped container, and of the same sandbox container
+  stopped by a pause (its workspace ready, as the person would have it).
 
 Ours and the baselines alternate sample by sample, so both see the engine in the same state. The driver
 is made as the server makes it (workspaces on a filesystem of their own where the host allows). Everything
@@ -50,17 +51,15 @@ FILES, FILE_BYTES = 5000, 20_000
 FILL = f"mkdir -p data && cd data && for i in $(seq {FILES}); do head -c {FILE_BYTES} /dev/urandom > f$i; done && cd .. && du -sm data"
 
 
-async def alternate(
-    n: int, ours: Callable[[], Awaitable[float]], raw: Callable[[], Awaitable[float]]
-) -> tuple[list[float], list[float]]:
-    """`n` samples of each, alternating which goes first; each returns the seconds it timed itself (unlike
+async def alternate(n: int, *fns: Callable[[], Awaitable[float]]) -> list[list[float]]:
+    """`n` samples of each, rotating which goes first; each returns the seconds it timed itself (unlike
     timing.interleaved, whose calls are timed whole: these set up what they time first)."""
-    a: list[float] = []
-    b: list[float] = []
+    samples: list[list[float]] = [[] for _ in fns]
     for i in range(n):
-        for fn, into in ((ours, a), (raw, b)) if i % 2 == 0 else ((raw, b), (ours, a)):
-            into.append(await fn())
-    return a, b
+        for k in range(len(fns)):
+            at = (i + k) % len(fns)
+            samples[at].append(await fns[at]())
+    return samples
 
 
 async def main(n: int, image: str, write: Path | None) -> None:
@@ -170,12 +169,11 @@ async def main(n: int, image: str, write: Path | None) -> None:
             clones.append(name)
             return took
 
-        helper, tar = await alternate(n, helper_copy, tar_stream)
-        cloned, helper_again = await alternate(n, clone, helper_copy)
+        helper, tar, cloned = await alternate(n, helper_copy, tar_stream, clone)
         stream_name = "workspace copy: tar stream through the engine (get_archive → put_archive)"
         helper_name = "workspace copy: `cp -a` in a helper container (the driver's without a filesystem to clone)"
         table.add(stream_name, tar)
-        table.add(helper_name, helper + helper_again, stream_name)
+        table.add(helper_name, helper, stream_name)
         table.add("workspace copy: clone of its filesystem, mounted (the driver's)", cloned, helper_name)
         for name, container in targets:
             container.remove(force=True)
@@ -227,22 +225,37 @@ async def main(n: int, image: str, write: Path | None) -> None:
             current[0] = sandbox
             return took
 
-        def raw_resume_blocking() -> float:
-            raw_box.stop(timeout=2)
+        def raw_start(container: Any) -> float:
             start = time.perf_counter()
-            raw_box.start()
-            assert raw_box.exec_run(["true"]).exit_code == 0
+            container.start()
+            assert container.exec_run(["true"]).exit_code == 0
             return time.perf_counter() - start
 
         async def raw_resume() -> float:
-            return await anyio.to_thread.run_sync(raw_resume_blocking)
+            await anyio.to_thread.run_sync(lambda: raw_box.stop(timeout=2))
+            return await anyio.to_thread.run_sync(raw_start, raw_box)
 
-        ours, raw = await alternate(n, resume, raw_resume)
+        same = client.containers.get(cid)
+
+        async def raw_same() -> float:
+            saved = await current[0].pause()
+            assert paused_box.volume is not None
+            await driver._mount_disk(paused_box.volume)  # mounted already unless a pause lets it go
+            took = await anyio.to_thread.run_sync(raw_start, same)
+            current[0] = await driver.attach(cid, spec)
+            await current[0].resume(saved)
+            return took
+
+        ours, raw, raw_own = await alternate(n, resume, raw_resume, raw_same)
         back = await current[0].exec("pwd; echo $MARK")
         assert back.output == "/tmp\nresumed\n", back.output
         raw_name = "raw `start` of a stopped container + first `exec_run true`"
+        own_name = "raw `start` of the same sandbox container, stopped by a pause + first `exec_run true`"
+        resume_name = "resume (`attach` + `resume` + first `exec('true')`)"
         table.add(raw_name, raw)
-        table.add("resume (`attach` + `resume` + first `exec('true')`)", ours, raw_name, max_ratio=1.2)
+        table.add(own_name, raw_own)
+        table.add(resume_name, ours, raw_name, max_ratio=1.2)
+        table.add(resume_name + ", against the same container started by hand", ours, own_name, max_ratio=1.2)
     finally:
         await driver.aclose()
         remove_leftovers(client, [server_id], disk_root)

@@ -563,7 +563,8 @@ async def say_hello(
     """Send a new control shell its program and its hello (who commands run as, their environment; with
     `shells=False` it starts no command shells ahead: a connection for byte streams), and return the answer.
     Raises `Lost` or TimeoutError if the shell does not start; the driver says why in its words."""
-    code = await anyio.to_thread.run_sync(control_boot_input)  # compiled once per process, off the loop
+    boot = control_boot_input  # compiled once per process, off the loop; then a thread's trip saved at every start
+    code = boot() if boot.cache_info().currsize else await anyio.to_thread.run_sync(boot)
     with anyio.fail_after(timeout):
         await conn.send_raw(code)
         _kind, msg = await conn.request({"op": "hello", "env": env or {}, "user": user, "shells": shells})

@@ -107,7 +107,7 @@ class EngineMixin:
         async def _open_control(self, cid: str, env: dict[str, str] | None = None, *, shells: bool = True) -> ControlClient: ...
         async def _keep_pool(self) -> None: ...
         async def _discard(self, entry: PoolEntry) -> None: ...
-        async def _mount_disks_of(self, cid: str, info: dict[str, Any] | None = None) -> None: ...
+        async def _disk_mounter(self, cid: str, info: dict[str, Any] | None = None) -> Callable[[], None]: ...
         async def _drop_disk(self, volume: str) -> None: ...
 
     def _init_engine(self) -> None:
@@ -183,9 +183,14 @@ class EngineMixin:
         """Start a stopped container (`info`: as just inspected, if it was); `failed` says what went wrong if
         it does not start."""
         api = await self._api()
-        await self._mount_disks_of(cid, info)
+        mount = await self._disk_mounter(cid, info)
+
+        def start() -> None:
+            mount()
+            api.start(cid)
+
         try:
-            await blocking(api.start, cid)
+            await blocking(start)
         except docker.errors.NotFound:
             raise SandboxNotFound(f"The sandbox container {cid[:12]} no longer exists.") from None
         except docker.errors.APIError as e:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -190,21 +191,27 @@ class WorkspaceMixin:
         if self._disks is not None:
             await anyio.to_thread.run_sync(self._disks.mount, volume, self._owner())
 
-    async def _mount_disks_of(self, cid: str, info: dict[str, Any] | None = None) -> None:
-        """Before a stopped container starts again: mount its workspace's filesystem if the host lost the mount
-        (a reboot) or a close let it go; the volume's folder does not exist until then. `info`: the container
-        as the caller has just inspected it (one round trip fewer)."""
-        if self._disks is None:
-            return
+    async def _disk_mounter(self, cid: str, info: dict[str, Any] | None = None) -> Callable[[], None]:
+        """What a stopped container needs before it starts again, to be called in a worker thread (with the start,
+        one thread's trip for both): its workspace's filesystem mounted if the host lost the mount (a reboot)
+        or a close let it go; the volume's folder does not exist until then. `info`: the container as the
+        caller has just inspected it (one round trip fewer)."""
+        disks, owner = self._disks, self._owner()
+        if disks is None:
+            return lambda: None
         if info is None:
             api = await self._api()
             try:
                 info = dict(await blocking(api.inspect_container, cid))
             except docker.errors.NotFound:
-                return  # the start says so
-        for m in info.get("Mounts") or []:
-            if m.get("Destination") == WORKSPACE and m.get("Name"):
-                await self._mount_disk(m["Name"])
+                return lambda: None  # the start says so
+        volumes = [m["Name"] for m in info.get("Mounts") or [] if m.get("Destination") == WORKSPACE and m.get("Name")]
+
+        def mount() -> None:
+            for volume in volumes:
+                disks.mount(volume, owner)
+
+        return mount
 
     async def _thaw_disk(self, volume: str | None) -> None:
         """A workspace a clone left frozen (`Disks.thaw`) takes writes again."""
