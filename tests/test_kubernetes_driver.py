@@ -29,6 +29,7 @@ from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
 from sandbox_backends import registry
 from sandbox_backends.base import (
+    ClosesPaused,
     Driver,
     Limits,
     OpensStreams,
@@ -307,6 +308,21 @@ async def test_pause_suspends_the_sandbox_and_the_next_command_resumes_it_with_t
     assert isinstance(later, Pauses)
     await later.resume(saved)  # as the session layer does: the shell comes back as the pause left it
     assert (await later.exec("pwd; echo KEPT=$KEPT")).output == "/tmp\nKEPT=1\n"
+
+
+async def test_a_suspended_sandbox_is_closed_without_its_pod_starting_again(kube: Kube) -> None:
+    driver = kube.make()
+    spec = SandboxSpec(name=session_name())
+    sb = await driver.create(spec)
+    assert isinstance(sb, KubernetesSandbox) and isinstance(driver, ClosesPaused)
+    await sb.pause()
+    pod = kube.cluster.api.pods[sb.pod]
+    stopped = pod.proc
+    await driver.close_paused(sb.id, spec, delete=False)
+    await until(lambda: sb.id not in kube.cluster.objects("sandboxes"))
+    assert pod.proc is stopped and not pod.running  # started again, the pod would have a new process
+    with pytest.raises(SandboxNotFound):
+        await driver.close_paused(sb.id, spec, delete=False)
 
 
 async def test_a_closed_sandboxs_workspace_claim_is_removed_when_its_session_is_deleted(kube: Kube) -> None:

@@ -299,7 +299,8 @@ class KubernetesDriver:
         self._sandboxes.add(sandbox)
         return sandbox
 
-    async def attach(self, sandbox_id: str, spec: SandboxSpec) -> KubernetesSandbox:
+    async def _own(self, sandbox_id: str, spec: SandboxSpec) -> tuple[dict[str, Any], bool]:
+        """The Sandbox `sandbox_id` if it is `spec`'s (else SandboxNotFound), and whether a warm pool's claim got it."""
         try:
             obj = await self._get(Sandbox, sandbox_id)
         except SandboxNotFound:
@@ -316,6 +317,16 @@ class KubernetesDriver:
                 raise SandboxNotFound(f"The Sandbox {sandbox_id} is not the sandbox of {spec.name}.")
         elif spec.name not in (pod_labels.get(r.LABEL_NAME), meta_labels.get(r.LABEL_NAME)):
             raise SandboxNotFound(f"The Sandbox {sandbox_id} is not the sandbox of {spec.name}.")
+        return obj, claimed
+
+    async def close_paused(self, sandbox_id: str, spec: SandboxSpec, *, delete: bool) -> None:
+        """Delete a suspended Sandbox (or give a warm pool's back) as it is, its pod never started again; `delete`:
+        its workspace claim too."""
+        _, claimed = await self._own(sandbox_id, spec)
+        await self._remove(sandbox_id, r.object_name(spec.name) if claimed else None, delete=delete)
+
+    async def attach(self, sandbox_id: str, spec: SandboxSpec) -> KubernetesSandbox:
+        obj, claimed = await self._own(sandbox_id, spec)
         if why := r.failure(obj):
             raise SandboxNotFound(f"The Sandbox {sandbox_id} cannot be used: {why}")
         self._closing.discard(sandbox_id)
