@@ -195,7 +195,7 @@ class Session(BaseModel):
     idle_timeout_s: float = 0
     idle_action: IdleAction = Field("close", description="What its idle timeout does: pause it, or close it.")
     paused_timeout_s: float = Field(0, description="Closed once paused this long, in seconds (0 = never).")
-    paused_at: datetime | None = Field(None, description="When it was paused, while it is.")
+    paused_at: datetime | None = Field(None, description="When it was paused: while it is, and if it was closed paused.")
     command_timeout_s: float
     turns: int = 0
     preview: str | None = Field(None, description="The first user message, shortened.")
