@@ -210,7 +210,9 @@ async def main(n: int, image: str, write: Path | None) -> None:
         paused_box = await driver.create(spec)
         await paused_box.exec("cd /tmp && export MARK=resumed")
         cid = paused_box.id
-        raw_box = run_raw(next(names), next(names))
+        raw_volume = next(names)
+        api.create_volume(name=raw_volume, labels=labels)  # labelled, so that it is removed with the rest
+        raw_box = run_raw(next(names), raw_volume)
 
         current = [paused_box]
 
