@@ -155,7 +155,7 @@ async def test_a_budget_reached_refuses_opencode_next_model_request_and_fails_th
     llm.script(*write_file_task())
     sid = (await call(client, "create_session", model=MODEL, max_tokens=100))["id"]
     reply = await call(client, "send_message", session_id=sid, text="write hi.txt", wait_s=50)
-    assert reply["turn_status"] == "failed"
+    assert reply["turn_status"] == "failed", (reply, await call(client, "get_session", session_id=sid, events_after=0))
     assert reply["reason"].startswith("budget max_tokens=100 of session")
     assert len(llm.requests) == 1  # the second request was refused by the proxy, not forwarded
     assert reply["usage"]["total_tokens"] == 120
