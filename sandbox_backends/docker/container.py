@@ -35,9 +35,9 @@ CONTROL_CAPS = ["SETUID", "SETGID", "KILL"]
 user and read and write its files with that user's rights (SETUID, SETGID), and to stop them (KILL).
 Commands run with none: they start as the sandbox user with no-new-privileges."""
 BASE_ENV = {"HOME": WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+"""Environment of every container; `SandboxSpec.env` is added per command (so pooled containers get it too)."""
 MOUNTS_DIR = "/opt/mcp-sessions/mounts"
 """Where `SandboxSpec.mounts` appear in a container (host files of the engine's machine, bound read-only)."""
-"""Environment of every container; `SandboxSpec.env` is added per command (so pooled containers get it too)."""
 
 
 GVISOR_RUNTIME = "runsc"

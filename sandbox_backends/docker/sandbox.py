@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from .driver import DockerDriver
     from .workspace import WorkspaceDisk
 
-"""The largest shell state a pause or a fork carries (variables of many megabytes are not a shell's state)."""
 ENGINE_RESTARTED = (
     "docker engine restarted: the command was stopped and the sandbox started again with its /workspace files "
     "(its /tmp, background processes and the shell's cwd and variables were reset)"
