@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 
 from . import lifecycle
+from .approving import Approving
 from .checkpoints import Checkpointing
 from .errors import SessionNotFound, StoreError
 from .forking import Forking
@@ -37,7 +38,7 @@ RECOVER_INTERVAL_S = 10.0
 is read, it looks at once): so that lists and dashboards do not show them running for ever."""
 
 
-class SessionManager(Forking, Provisioning, Messaging, Reading, Stopping, Pausing, Checkpointing):
+class SessionManager(Forking, Provisioning, Messaging, Reading, Stopping, Pausing, Checkpointing, Approving):
     """Create with `SessionManager(settings, store, catalog, make_driver, agents)` and use as `async with`."""
 
     async def __aenter__(self) -> SessionManager:

@@ -239,6 +239,20 @@ class QueuedMessage(BaseModel):
     """Why it will not run: when its turn comes, the turn ends interrupted with this reason, without running."""
 
 
+class Approval(BaseModel):
+    """A tool call the running turn waits on (permission_mode "ask"), and once given, its answer: kept in the
+    record so that any server process sharing the store can answer it, the first answer alone counting."""
+
+    request_id: str
+    tool: str
+    turn: int
+    decision: Literal["allow", "deny"] | None = None
+    message: str | None = None
+    updated_input: dict[str, Any] | None = None
+    by: str | None = None
+    """Who answered: `answer_approval` or `elicitation` (the client that sent the message)."""
+
+
 class SessionRecord(BaseModel):
     """A session plus what only the server needs: how to reach its sandbox and who runs its turn."""
 
@@ -263,6 +277,7 @@ class SessionRecord(BaseModel):
         default_factory=list,
         description="This session and its ancestors that set a budget, nearest first: whose budgets bind its turns.",
     )
+    approvals: list[Approval] = Field(default_factory=list, description="Tool calls its running turn waits on.")
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -280,6 +295,7 @@ EventType = Literal[
     "model.sampled",
     "approval.requested",
     "approval.answered",
+    "approval.unanswered",
     "turn.completed",
     "turn.failed",
     "turn.interrupted",

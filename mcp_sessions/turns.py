@@ -21,6 +21,7 @@ from sandbox_backends.output import OutputBuffer
 
 from . import lifecycle
 from .agents.base import Agent, TurnContext, TurnOutcome, start_background
+from .approvals import TurnApprovals
 from .disk_guard import DiskGuard, over_limit
 from .errors import SessionBusy, SessionClosed, StoreError
 from .events import POLL_S, EventWaiter
@@ -288,9 +289,10 @@ class Turns:
                     output=out.output,
                     options=record.agent_options,
                     history=lambda: self.store.messages(sid, kept_only=True),
-                    sampler=self.samplers.pop((sid, running.turn), None),
+                    sampler=(sampler := self.samplers.pop((sid, running.turn), None)),
                     over_budget=budgets.over if budgets is not None else None,
                     images=images,
+                    approve=TurnApprovals(sid, running.turn, self.store, self._waiter, self._update, out.flush, sampler).ask,
                 )
                 error: Exception | None = None
                 async with anyio.create_task_group() as helpers:

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from sandbox_backends.base import Sandbox
 
-from ..models import ContentBlock, ImageBlock, Message, Session, TurnStatus, Usage
+from ..models import Approval, ContentBlock, ImageBlock, Message, Session, TurnStatus, Usage
 from .pricing import PriceTable
 
 
@@ -57,6 +57,9 @@ class TurnContext:
     over_budget: Callable[[Usage], Awaitable[str | None]] | None = None
     """Given the usage of this turn so far, why the turn must stop (a budget of the session's tree is
     reached), or None. Agents that call a model ask after each step that would go on; None: no budget."""
+    approve: Callable[[str, str, dict[str, Any]], Awaitable[Approval]] | None = None
+    """`approve(request_id, tool, input)`: announce a tool call and wait for the caller's answer, given through
+    `answer_approval` on any server process or by the sending client through elicitation (approvals.py)."""
     messages: list[Message] = field(default_factory=list)
     """Messages the agent has produced so far this turn; kept if the turn is interrupted."""
     usage: Usage = field(default_factory=Usage)

@@ -16,10 +16,19 @@ from typing import Any, Literal
 import anyio
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
-from mcp.types import CallToolResult, CreateMessageRequestParams, CreateMessageResultWithTools, ErrorData, TextContent
+from mcp.types import (
+    CallToolResult,
+    CreateMessageRequestParams,
+    CreateMessageResultWithTools,
+    ElicitRequestFormParams,
+    ElicitResult,
+    ErrorData,
+    TextContent,
+)
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 from pydantic import BaseModel
 
+from ..agents.providers.sampling import elicitation_unavailable
 from ..auth import caller as owner
 from ..errors import InvalidInput, SessionError, SessionNotFound
 from ..manager import SessionManager
@@ -340,3 +349,15 @@ class TaskClient:
     async def create_message(self, params: dict[str, Any]) -> CreateMessageResultWithTools:
         wire = CreateMessageRequestParams(**params).model_dump(by_alias=True, mode="json", exclude_none=True)
         return CreateMessageResultWithTools.model_validate(await self.ask("sampling/createMessage", wire))
+
+    def elicitation_unavailable(self) -> str | None:
+        """Why this client cannot be asked through form elicitation (a tool call's approval), or None if it can."""
+        return elicitation_unavailable(self._capabilities)
+
+    async def elicit(self, message: str, schema: dict[str, Any]) -> dict[str, Any]:
+        """Ask the client's user through a form put on the task (`input_required`)."""
+        wire = ElicitRequestFormParams(message=message, requested_schema=schema).model_dump(
+            by_alias=True, mode="json", exclude_none=True
+        )
+        result = ElicitResult.model_validate(await self.ask("elicitation/create", wire))
+        return result.model_dump(mode="json", exclude_none=True)

@@ -1,4 +1,4 @@
-"""The `answer_approval` tool: the caller's answer to a tool call a session waits on (approvals.py)."""
+"""The `answer_approval` tool: the caller's answer to a tool call a session waits on (mcp_sessions/approvals.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pydantic import BaseModel, Field
 
 from ...manager import SessionManager
 from ...tools import ToolPlugin
-from .approvals import WAITING
 
 
 class ApprovalAnswer(BaseModel):
@@ -28,9 +27,8 @@ async def answer_approval(
     updated_input: Annotated[dict[str, Any] | None, Field(description="allow: input to use instead")] = None,
 ) -> ApprovalAnswer:
     """Allow or deny a tool call a session waits on (event approval.requested; permission_mode='ask')."""
-    await sessions.get(session_id, owner=owner)  # the caller's session, or SessionNotFound
-    tool = WAITING.answer(session_id, request_id, decision == "allow", message, updated_input)
-    return ApprovalAnswer(session_id=session_id, request_id=request_id, tool=tool, decision=decision)
+    answered = await sessions.answer_approval(session_id, request_id, decision, message, updated_input, owner=owner)
+    return ApprovalAnswer(session_id=session_id, request_id=request_id, tool=answered.tool, decision=decision)
 
 
 plugin = ToolPlugin(name="answer_approval", run=answer_approval, title="Answer a tool approval", idempotent=False)

@@ -16,7 +16,7 @@ import anyio
 
 from ...models import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from ..base import TurnContext, TurnOutcome
-from .approvals import WAITING
+from . import approvals
 from .base import SHOWN_INPUT_CHARS, outcome
 from .link import Link
 
@@ -69,7 +69,7 @@ class TurnReader:
         await self._flush()
         given = request.get("input")
         args: dict[str, Any] = given if isinstance(given, dict) else {}
-        response = await WAITING.ask(self.ctx, request_id, str(request.get("tool_name")), args)
+        response = await approvals.ask(self.ctx, request_id, str(request.get("tool_name")), args)
         await link.send(
             {"type": "control_response", "response": {"subtype": "success", "request_id": request_id, "response": response}}
         )

@@ -65,6 +65,28 @@ class ConnectionSampler:
             warnings.simplefilter("ignore")
             return await self._session.create_message(**params)
 
+    def elicitation_unavailable(self) -> str | None:
+        """Why this client cannot be asked through form elicitation (a tool call's approval), or None if it can."""
+        if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return f"the client connected with MCP {self.protocol_version}, where a server asks only inside a request"
+        return elicitation_unavailable(self._session.client_capabilities)
+
+    async def elicit(self, message: str, schema: dict[str, Any]) -> dict[str, Any]:
+        """Ask the client's user through a form, on the connection's own channel (the tool call may be over)."""
+        result = await self._session.elicit_form(message, schema)
+        return result.model_dump(mode="json", exclude_none=True)
+
+
+def elicitation_unavailable(capabilities: Any) -> str | None:
+    """Why a client that declared `capabilities` cannot take a form elicitation, or None. An empty
+    `elicitation` capability means form mode (as before modes existed)."""
+    declared = getattr(capabilities, "elicitation", None)
+    if declared is None:
+        return "the client does not offer MCP elicitation"
+    if declared.form is None and declared.url is not None:
+        return "the client offers URL elicitation only, not forms"
+    return None
+
 
 def to_sampling(messages: list[Message]) -> list[types.SamplingMessage]:
     """Sampling messages of the session's messages. A message holding tool results holds only them (MCP's

@@ -6,7 +6,7 @@ const API = "/api/v1";
 const HEADERS = { "X-MCP-Sessions-UI": "1" }; // the gate asks it of a cookie-authenticated change
 const EVENT_TYPES = [
   "session.created", "phase", "status", "turn.queued", "turn.started", "text.delta", "tool.started",
-  "tool.output", "tool.completed", "model.sampled", "approval.requested", "approval.answered", "turn.completed", "turn.failed",
+  "tool.output", "tool.completed", "model.sampled", "approval.requested", "approval.answered", "approval.unanswered", "turn.completed", "turn.failed",
   "turn.interrupted", "session.failed", "session.closed", "egress", "checkpoint.saved", "checkpoint.restored",
 ];
 const TURN_ENDS = new Set(["turn.completed", "turn.failed", "turn.interrupted", "session.failed", "session.closed"]);
