@@ -135,3 +135,46 @@ def input_images(body: dict[str, Any]) -> list[str]:
         for c in item["content"]
         if c.get("type") == "input_image"
     ]
+
+
+def developer_texts(body: dict[str, Any]) -> list[str]:
+    """The developer messages a Responses request carried: Codex's instructions first."""
+    return [
+        c["text"]
+        for item in body["input"]
+        if item.get("type") == "message" and item.get("role") == "developer"
+        for c in item["content"]
+        if c.get("type") == "input_text"
+    ]
+
+
+async def test_the_system_prompt_and_allowed_cli_args_reach_the_model(llm: FakeLLM, client: Client) -> None:
+    llm.script(Reply(text="Bonjour."), Reply(text="Encore."))
+    sid = (
+        await call(
+            client,
+            "create_session",
+            model=MODEL,
+            system_prompt="You are a terse French assistant.",
+            cli_args=["-c", 'developer_instructions="Sign every answer X."', "--disable", "shell_snapshot"],
+        )
+    )["id"]
+    assert (await call(client, "send_message", session_id=sid, text="hi", wait_s=50))["output"] == "Bonjour."
+    assert (await call(client, "send_message", session_id=sid, text="again", wait_s=50))["output"] == "Encore."
+    for request in llm.requests:  # the first turn and the resumed one
+        texts = developer_texts(request.body)
+        assert texts[0] == "You are a terse French assistant."  # instead of Codex's own instructions
+        assert not any("Codex CLI" in t for t in texts)
+        assert any("Sign every answer X." in t for t in texts)
+
+
+async def test_codex_refuses_ask_and_flags_outside_its_allow_list(client: Client) -> None:
+    from .conftest import call_error
+
+    asked = await call_error(client, "create_session", model=MODEL, permission_mode="ask")
+    assert "headless `codex exec` has no way to ask" in asked and "claude-code" in asked
+    flag = await call_error(client, "create_session", cli_args=["--dangerously-bypass-approvals-and-sandbox"])
+    assert "'--dangerously-bypass-approvals-and-sandbox' is not allowed" in flag
+    key = await call_error(client, "create_session", cli_args=["-c", "model_providers.x.base_url=http://evil"])
+    assert "'model_providers.x.base_url' is not allowed" in key and "model_reasoning_effort" in key
+    assert (await call(client, "list_sessions"))["sessions"] == []  # nothing was made

@@ -99,7 +99,7 @@ async def test_an_agent_plugin_is_offered_configured_and_prepares_its_sandbox(pl
         assert "'echo': answers each message with the message" in props["agent"]["description"]
         assert props["prefix"]["description"] == "echo agent: put before every reply."
         assert props["system_prompt"]["description"] == (
-            "llm, claude-code, opencode agents: replaces the default system prompt; echo agent: said once, before the first reply."
+            "llm, claude-code, codex, opencode agents: replaces the default system prompt; echo agent: said once, before the first reply."
         )
 
         sid = await new_session(client, driver="memory", agent="echo", prefix="> ", system_prompt="Be brief.")

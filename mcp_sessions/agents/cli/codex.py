@@ -6,8 +6,10 @@ holds the key; it is given a placeholder. Its state (CODEX_HOME: config and the 
 is a folder in the workspace, and every turn after the first is `codex exec resume --last`: the session's
 only conversation, so the conversation goes on across turns, interrupts and server restarts. Each turn
 is one command of the session's shell, so `interrupt` stops it as it stops any command. Its background
-traffic (plugin syncs, analytics, metrics) is off. Headless `codex exec` asks no approvals: its own
-sandbox is off (`danger-full-access`), the session's sandbox is the boundary.
+traffic (plugin syncs, analytics, metrics) is off. Headless `codex exec` asks no approvals (it has no way
+to ask anyone: permission_mode "ask" is refused at create); its own sandbox is off (`danger-full-access`),
+the session's sandbox is the boundary. A `system_prompt` replaces Codex's own instructions
+(`model_instructions_file`); `cli_args` take a few flags, and `-c` only for the config keys listed.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from __future__ import annotations
 import base64
 import json
 import shlex
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ...models import Message, TextBlock
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from ..providers.common import PROVIDER_HELP, ProviderName
-from .base import CliAgent, CliSettings, TurnLines, secret
+from .base import CliAgent, CliSettings, TurnLines, check_args, secret
 from .proxy import OPENAI, PLACEHOLDER_KEY, Upstream
 
 NAME = "codex"
@@ -47,10 +49,42 @@ base_url = "http://{proxy}/v1"
 env_key = "{key_env}"
 wire_api = "responses"
 """
+INSTRUCTIONS = f"{STATE_DIR}/home/instructions.md"
+ARGS_WITH_VALUE = ("-c", "--disable", "--output-schema")
+"""The only flags a caller may add; each takes one value."""
+CONFIG_KEYS = ("model_reasoning_effort", "model_reasoning_summary", "model_verbosity", "developer_instructions")
+"""The config keys `-c KEY=VALUE` may set (not the provider, its URL or the sandbox: the server sets those)."""
+NO_ASK = (
+    "permission_mode 'ask' is not available for the codex agent: headless `codex exec` has no way to ask anyone "
+    "and runs every tool call; leave permission_mode unset (bypass: the session's sandbox is the boundary), or "
+    "use agent='claude-code', whose tool calls can wait for answer_approval"
+)
 
 
 class CodexOptions(BaseModel):
     provider: ProviderName | None = Field(None, description=PROVIDER_HELP)
+    permission_mode: Literal["bypass", "ask"] | None = Field(None, description="bypass only")
+    system_prompt: str | None = Field(None, max_length=100_000, description="replaces the default system prompt")
+    cli_args: list[str] | None = Field(
+        None,
+        max_length=20,
+        description=f"-c KEY=VALUE (KEY of {', '.join(CONFIG_KEYS)}), --disable FEATURE, --output-schema FILE",
+    )
+
+    @field_validator("cli_args")
+    @classmethod
+    def _allowed(cls, args: list[str] | None) -> list[str] | None:
+        if args is None:
+            return None
+        check_args(args, ARGS_WITH_VALUE)
+        i = 0
+        while i < len(args):
+            flag, eq, given = args[i].partition("=")
+            key = (given if eq else args[i + 1]).partition("=")[0].strip()
+            if flag == "-c" and key not in CONFIG_KEYS:
+                raise ValueError(f"cli_args: -c {key[:100]!r} is not allowed; the keys allowed: {', '.join(CONFIG_KEYS)}")
+            i += 1 if eq else 2
+        return args
 
 
 class CodexAgent(CliAgent):
@@ -61,20 +95,29 @@ class CodexAgent(CliAgent):
     log = LOG
     sees_images = True
 
+    def configure(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        if options.get("permission_mode") == "ask":
+            raise ValueError(NO_ASK)
+        return super().configure(model, options)
+
     async def run_turn(self, ctx: TurnContext, text: str) -> TurnOutcome:
         running = await self.served(ctx)
         model = f"model = {json.dumps(ctx.session.model)}" if ctx.session.model else ""
         config = CONFIG.format(model=model, proxy=running.proxy_at, key_env=KEY_ENV)
+        if ctx.options.get("system_prompt"):
+            await ctx.sandbox.write_file(INSTRUCTIONS, ctx.options["system_prompt"].encode())
+            config = f"model_instructions_file = {json.dumps(f'{ctx.sandbox.workspace}/{INSTRUCTIONS}')}\n{config}"
         await ctx.sandbox.write_file(f"{STATE_DIR}/home/config.toml", config.encode())
         await ctx.sandbox.write_file(f"{STATE_DIR}/message", text.encode())
         attach = " ".join(f'--image="$state"/{shlex.quote(path)}' for path in await self._images(ctx))
         workspace = shlex.quote(ctx.sandbox.workspace)
+        extra = shlex.join(ctx.options.get("cli_args") or [])
         script = f"""(
 cd {workspace} || exit 1
 state={workspace}/{STATE_DIR}
 export HOME="$state/home" CODEX_HOME="$state/home" {KEY_ENV}={PLACEHOLDER_KEY}
 if compgen -G "$state/home/sessions/*/*/*/*.jsonl" >/dev/null; then set -- resume --last; else set --; fi
-"$MCP_SESSIONS_MOUNTS/codex" exec --json --skip-git-repo-check --disable plugins --disable remote_plugin "$@" {attach} - \\
+"$MCP_SESSIONS_MOUNTS/codex" exec --json --skip-git-repo-check --disable plugins --disable remote_plugin {extra} "$@" {attach} - \\
   <"$state/message" 2>>"$state/codex.log"
 status=$?; rm -rf -- "$state/{IMAGES}"; exit $status
 )"""
