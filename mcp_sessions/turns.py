@@ -332,8 +332,9 @@ class Turns:
                         output_cut_bytes=running.buffer.cut,
                         reason=running.stop_reason,
                     )
-                    if ctx is not None and ctx.messages:  # what the agent said and did before it was stopped
-                        outcome.messages, outcome.usage = ctx.messages, ctx.usage
+                    if ctx is not None:  # what the agent spent, said and did before it was stopped
+                        outcome.usage = ctx.usage  # a CLI's proxy may have counted usage before any message
+                        outcome.messages = ctx.messages or None
                 try:
                     await self._record_end(sid, running, outcome, out.take())
                 finally:

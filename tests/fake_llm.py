@@ -15,7 +15,8 @@ OpenAI Chat Completions (`POST /v1/chat/completions`, SSE with `stream: true`), 
 
 Each request takes the next scripted response, whichever API it came to; with none left the server
 answers 500 "no scripted response left". `Reply(hang=True)` streams its text and then keeps the
-connection open until the client goes away (for interrupt tests); `chunk_delay_s` slows each chunk.
+connection open (before the end of its message) until the client goes away (for interrupt tests);
+`chunk_delay_s` slows each chunk.
 """
 
 from __future__ import annotations
@@ -99,6 +100,12 @@ def openai_error(failure: Fail) -> JSONResponse:
     """An error in the OpenAI APIs' shape."""
     body = {"error": {"message": failure.message, "type": "fake_error", "param": None, "code": str(failure.status)}}
     return JSONResponse(body, status_code=failure.status, headers=failure.headers)
+
+
+async def _until_gone(request: Request) -> None:
+    """A hanging answer: nothing more until the client goes away."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.05)
 
 
 def _pieces(text: str, size: int = 8) -> list[str]:
@@ -193,8 +200,7 @@ class FakeLLM:
                 await asyncio.sleep(reply.chunk_delay_s)
                 yield chunk({"content": piece})
             if reply.hang:
-                while not await request.is_disconnected():
-                    await asyncio.sleep(0.05)
+                await _until_gone(request)
                 return
             for i, call in enumerate(reply.tool_calls):
                 args = json.dumps(call.arguments)
@@ -275,8 +281,7 @@ class FakeLLM:
                         "content_block_delta",
                     )
                 if reply.hang:
-                    while not await request.is_disconnected():
-                        await asyncio.sleep(0.05)
+                    await _until_gone(request)
                     return
                 yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
                 index = 1
@@ -375,9 +380,15 @@ class FakeLLM:
                         },
                         "response.output_text.delta",
                     )
+                if reply.hang:
+                    await _until_gone(request)
+                    return
                 yield _sse(
                     {"type": "response.output_item.done", "output_index": index, "item": item}, "response.output_item.done"
                 )
+            if reply.hang:
+                await _until_gone(request)
+                return
             done = {**response, "status": "completed", "output": items, "usage": usage}
             yield _sse({"type": "response.completed", "response": done}, "response.completed")
 

@@ -178,3 +178,22 @@ async def test_codex_refuses_ask_and_flags_outside_its_allow_list(client: Client
     key = await call_error(client, "create_session", cli_args=["-c", "model_providers.x.base_url=http://evil"])
     assert "'model_providers.x.base_url' is not allowed" in key and "model_reasoning_effort" in key
     assert (await call(client, "list_sessions"))["sessions"] == []  # nothing was made
+
+
+async def test_an_interrupted_turn_keeps_the_usage_of_requests_answered_before_any_message(llm: FakeLLM, client: Client) -> None:
+    """A turn stopped before Codex said or ran anything still counts what the model was paid for."""
+    llm.script(
+        Reply(tool_calls=[ToolCall("no_such_tool", {})], input_tokens=123, output_tokens=7, cache_read_tokens=5),
+        Reply(hang=True),
+    )
+    sid = (await call(client, "create_session", model=MODEL))["id"]
+    await call(client, "send_message", session_id=sid, text="think", wait_s=0)
+    with anyio.fail_after(50):  # the first request was answered (its usage counted): Codex asks again
+        while len(llm.requests) < 2:
+            await anyio.sleep(0.05)
+    assert (await call(client, "interrupt", session_id=sid))["interrupted"] is True
+    detail = (await call(client, "get_session", session_id=sid, wait_s=20))["session"]
+    assert detail["last_turn"]["status"] == "interrupted"
+    for usage in (detail["last_turn"]["usage"], detail["usage"]):
+        assert usage is not None, "the usage counted before the interrupt was lost"
+        assert (usage["input_tokens"], usage["output_tokens"], usage["cache_read_tokens"]) == (123, 7, 5), usage
