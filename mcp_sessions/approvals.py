@@ -32,6 +32,8 @@ ASKED_CHARS = 600
 """Of a tool call's input, what the elicitation's message shows."""
 DENIED = "The user denied this tool call."
 WAIT_S = 3600.0
+KEPT_ANSWERED = 20
+"""Answered questions of the running turn kept in the record, to tell a late answer it came second."""
 FORM: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -124,9 +126,9 @@ class TurnApprovals:
         client: Elicits | None = self._sender if unavailable is not None and unavailable() is None else None
 
         def add(r: SessionRecord) -> list[EventSpec]:
-            # this turn's answered questions stay (a second answer is told it came second); earlier turns' go
-            r.approvals = [a for a in r.approvals if a.turn == self._turn and a.request_id != request_id]
-            r.approvals.append(Approval(request_id=request_id, tool=tool, turn=self._turn))
+            # this turn's last answered questions stay (a second answer is told it came second); earlier turns' go
+            kept = [a for a in r.approvals if a.turn == self._turn and a.request_id != request_id]
+            r.approvals = [*kept[-KEPT_ANSWERED:], Approval(request_id=request_id, tool=tool, turn=self._turn)]
             data = {"request_id": request_id, "tool": tool, "input": shown, "elicitation": client is not None}
             return [("approval.requested", data)]
 
