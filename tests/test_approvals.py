@@ -86,9 +86,12 @@ async def test_the_client_that_sent_the_message_is_asked_and_its_answer_counts_f
         sid = (await call(client, "create_session", model=MODEL, permission_mode="ask"))["id"]
         await call(client, "send_message", session_id=sid, text="write two files", wait_s=0)
         second = await wait_for_approval(client, sid, seen=1)  # the first was allowed by the client
+        events = (await call(client, "get_session", session_id=sid, events_after=0))["events"]
+        said = f"events {[(e['type'], e['data']) for e in events]}; model requests {len(llm.requests)}"
+        assert second["input"]["command"] == "echo bye > bye.txt", said
         first = (await answered(client, sid))[0]
-        assert first["by"] == "elicitation" and first["behavior"] == "allow" and first["tool"] == "Bash"
-        assert await inside(sid).sh("cat hi.txt") == "hello\n"
+        assert first["by"] == "elicitation" and first["behavior"] == "allow" and first["tool"] == "Bash", said
+        assert await inside(sid).sh("cat hi.txt") == "hello\n", said
         assert second["elicitation"] is True
 
         late = await call_error(
