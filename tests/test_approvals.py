@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from mcp import Client, types
 
@@ -20,7 +21,10 @@ from mcp_sessions.settings import Settings
 from .conftest import call, call_error
 from .docker_support import docker_engine  # noqa: F401
 from .fake_llm import FakeLLM, Reply, ToolCall
-from .test_claude_code import MODEL, Inside, driver, inside, llm, settings, stdio_server, wait_for_approval  # noqa: F401
+from .postgres_support import postgres_cluster, postgres_url  # noqa: F401
+from .test_claude_code import KEY, MODEL, Inside, driver, inside, llm, settings, stdio_server, wait_for_approval  # noqa: F401
+from .test_http import API
+from .test_postgres_servers import Server, free_ports
 
 pytestmark = pytest.mark.anyio
 
@@ -215,3 +219,44 @@ async def test_an_approval_is_answered_through_another_server_process(
         assert detail["last_turn"]["output"] == "No."
     assert "Keep it." in json.dumps(tool_results(llm)[-1]["content"])
     assert "No such file" in await inside(sid).sh("cat bye.txt")
+
+
+async def test_an_approval_is_answered_through_another_server_on_postgresql(
+    tmp_path: Path,
+    llm: FakeLLM,
+    postgres_url: str,
+) -> None:
+    """Two HTTP servers on one PostgreSQL database: the turn runs on the first, the answer goes to the second over
+    REST, and reaches the turn through the database's change feed (LISTEN/NOTIFY)."""
+    llm.script(bash("echo hello > hi.txt"), Reply(text="Allowed on the other server."))
+    upstream = {"MCP_SESSIONS_CLAUDE_CODE_BASE_URL": llm.url, "MCP_SESSIONS_CLAUDE_CODE_API_KEY": KEY}
+    home = tmp_path / "home"
+    servers = [Server(home, postgres_url, port, {"MCP_SESSIONS_AGENT": AGENT, **upstream}) for port in free_ports(2)]
+    try:
+        for server in servers:
+            await server.ready()
+        async with (
+            httpx.AsyncClient(base_url=servers[0].base, timeout=60) as a,
+            httpx.AsyncClient(base_url=servers[1].base, timeout=60) as b,
+        ):
+            created = await a.post(f"{API}/sessions", json={"model": MODEL, "permission_mode": "ask"})
+            sid = created.json()["id"]
+            sent = await a.post(f"{API}/sessions/{sid}/messages", params={"wait_s": 0}, json={"text": "write hi.txt"})
+            assert sent.status_code in (200, 202), sent.text
+            with anyio.fail_after(50):
+                while True:
+                    events = (await b.get(f"{API}/sessions/{sid}", params={"events_after": 0})).json()["events"]
+                    if asked := [e["data"] for e in events if e["type"] == "approval.requested"]:
+                        break
+                    await anyio.sleep(0.05)
+            assert asked[0]["elicitation"] is False  # sent over REST: no client to ask
+            answer = {"session_id": sid, "request_id": asked[0]["request_id"], "decision": "allow"}
+            assert (await b.post(f"{API}/tools/answer_approval", json=answer)).status_code == 200
+            again = await b.post(f"{API}/tools/answer_approval", json=answer)
+            assert again.status_code in (404, 409), again.text  # answered already, or its turn is over
+            ended = (await a.get(f"{API}/sessions/{sid}", params={"wait_s": 30})).json()["session"]
+            assert ended["last_turn"]["output"] == "Allowed on the other server.", ended
+    finally:
+        for server in servers:
+            server.stop()
+    assert (home / "workspaces" / sid / "workspace" / "hi.txt").read_text() == "hello\n"

@@ -25,9 +25,10 @@ SESSIONS = 60
 
 
 class Server:
-    def __init__(self, home: Path, url: str, port: int) -> None:
+    def __init__(self, home: Path, url: str, port: int, settings: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_SESSIONS_")}
         env |= {"MCP_SESSIONS_HOME": str(home), "MCP_SESSIONS_DATABASE_URL": url, "MCP_SESSIONS_IDLE_TIMEOUT_S": "0"}
+        env |= settings or {}
         self.base = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mcp_sessions", "serve", "--http", "--port", str(port)],
