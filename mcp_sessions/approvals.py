@@ -31,6 +31,8 @@ SHOWN_CHARS = 2000
 ASKED_CHARS = 600
 """Of a tool call's input, what the elicitation's message shows."""
 DENIED = "The user denied this tool call."
+MESSAGE_CHARS = 10_000
+"""Of a denial's message given through elicitation, what the agent reads (answer_approval's bound too)."""
 WAIT_S = 3600.0
 KEPT_ANSWERED = 20
 """Answered questions of the running turn kept in the record, to tell a late answer it came second."""
@@ -173,7 +175,7 @@ class TurnApprovals:
             how = "without a decision" if action == "accept" else f"with {action}"
             return await self._unanswered(request_id, tool, f"the client's elicitation ended {how}")
         given = content.get("message")
-        message = str(given) if given else ("The user declined this tool call." if action == "decline" else None)
+        message = str(given)[:MESSAGE_CHARS] if given else ("The user declined this tool call." if action == "decline" else None)
         try:
             await self._update(self._sid, lambda r: settle(r, request_id, decision, message, None, "elicitation"))
         except (AlreadyAnswered, NoSuchApproval) as e:  # answer_approval came first
@@ -181,4 +183,7 @@ class TurnApprovals:
 
     async def _unanswered(self, request_id: str, tool: str, why: str) -> None:
         data = {"request_id": request_id, "tool": tool, "reason": f"{why}; the tool call still waits for answer_approval"}
-        await self._update(self._sid, lambda r: [("approval.unanswered", data)])
+        try:
+            await self._update(self._sid, lambda r: [("approval.unanswered", data)])
+        except SessionError as e:  # gone, or a full disk: the call waits all the same
+            log.warning("could not record that %s of %s is still unanswered: %s", request_id, self._sid, e)
