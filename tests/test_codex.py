@@ -128,23 +128,22 @@ async def test_an_image_sent_with_the_message_reaches_the_model_and_its_file_goe
 
 def input_images(body: dict[str, Any]) -> list[str]:
     """The images of the caller's messages, as a Responses request carries them."""
-    return [
-        c["image_url"]
-        for item in body["input"]
-        if item.get("type") == "message" and item.get("role") == "user"
-        for c in item["content"]
-        if c.get("type") == "input_image"
-    ]
+    return message_parts(body, "user", "input_image", "image_url")
 
 
 def developer_texts(body: dict[str, Any]) -> list[str]:
     """The developer messages a Responses request carried: Codex's instructions first."""
+    return message_parts(body, "developer", "input_text", "text")
+
+
+def message_parts(body: dict[str, Any], role: str, kind: str, key: str) -> list[str]:
+    """`key` of each `kind` part of the `role` messages a Responses request carried, in order."""
     return [
-        c["text"]
+        c[key]
         for item in body["input"]
-        if item.get("type") == "message" and item.get("role") == "developer"
+        if item.get("type") == "message" and item.get("role") == role
         for c in item["content"]
-        if c.get("type") == "input_text"
+        if c.get("type") == kind
     ]
 
 
