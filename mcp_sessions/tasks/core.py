@@ -323,12 +323,12 @@ class TaskClient:
         self._bound.set()
 
     def unavailable(self) -> str | None:
-        """Why this client cannot be sampled, or None (the llm agent's sampling provider asks)."""
+        """Why this client cannot be sampled, or None (asked by the sampling provider of the llm and CLI agents)."""
         sampling = getattr(self._capabilities, "sampling", None)
         if sampling is None:
-            return "the calling client does not offer MCP sampling, so the llm agent has no model to ask"
+            return "the calling client does not offer MCP sampling, so the agent has no model to ask"
         if getattr(sampling, "tools", None) is None:
-            return "the calling client offers MCP sampling but not tool use in sampling, which the llm agent needs"
+            return "the calling client offers MCP sampling but not tool use in sampling, which the agent needs"
         return None
 
     async def ask(self, method: str, params: dict[str, Any]) -> Any:
