@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from sandbox_backends.base import Driver, SandboxError
 from sandbox_backends.registry import DriverContext
 
-from .agents.base import Agent, AgentContext
+from .agents.base import Agent, AgentContext, NeedsHostFiles
 from .agents.pricing import PriceTable
 from .manager import SessionManager
 from .mirror import Mirror, MirrorDriver
@@ -32,9 +32,11 @@ def server_id(settings: Settings) -> str:
     return "home-" + hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
 
-def make_driver_factory(settings: Settings, plugins: Catalog, serving: bool = True) -> Callable[[str], Driver]:
+def make_driver_factory(
+    settings: Settings, plugins: Catalog, serving: bool = True, host_files: Mapping[str, str] | None = None
+) -> Callable[[str], Driver]:
     """A function that builds the driver called `name` from its plugin and its settings section."""
-    context = DriverContext(home=settings.home, server_id=server_id(settings), serving=serving)
+    context = DriverContext(home=settings.home, server_id=server_id(settings), serving=serving, host_files=host_files or {})
 
     def make(name: str) -> Driver:
         plugin = plugins.drivers[name]
@@ -50,6 +52,21 @@ def make_agents(settings: Settings, plugins: Catalog) -> dict[str, Agent]:
         name: plugin.make(settings.section(plugin.settings) if plugin.settings else None, context)
         for name, plugin in plugins.agents.items()
     }
+
+
+def agents_host_files(agents: Mapping[str, Agent]) -> dict[str, str]:
+    """The host files the agents installed here give their sessions (a CLI's binary), for drivers that make
+    sandboxes ahead. An agent whose files are missing gives none: its sessions are refused until it is installed."""
+    files: dict[str, str] = {}
+    for agent in agents.values():
+        if isinstance(agent, NeedsHostFiles):
+            try:
+                found = agent.host_files({})
+            except ValueError:
+                continue
+            for name, path in found.items():
+                files.setdefault(name, path)  # a name two agents claim: only the first's sessions fit
+    return files
 
 
 def mirror_drivers(settings: Settings, plugins: Catalog) -> list[MirrorDriver]:
@@ -91,9 +108,9 @@ async def open_manager(settings: Settings, serving: bool = True) -> AsyncIterato
     plugins = catalog()
     store = await open_store(settings)
     try:
-        manager = SessionManager(
-            settings, store, plugins, make_driver_factory(settings, plugins, serving), make_agents(settings, plugins)
-        )
+        agents = make_agents(settings, plugins)
+        drivers = make_driver_factory(settings, plugins, serving, agents_host_files(agents))
+        manager = SessionManager(settings, store, plugins, drivers, agents)
         async with manager, Mirror.running(store, settings, mirror_drivers(settings, plugins)) as mirror:
             manager.mirror = mirror
             yield manager

@@ -14,8 +14,8 @@ plugin, to build its flags and the `create_session` schema); `make` may import t
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,10 @@ class DriverContext:
     """A stable name of this state folder, e.g. for labels that let a restarted server find its sandboxes."""
     serving: bool = True
     """False for a one-shot command (`mcp-sessions ls`): start nothing that outlives it (no warm pools)."""
+    host_files: Mapping[str, str] = field(default_factory=dict)
+    """The host files the server's agents may give a session (`SandboxSpec.mounts`: name -> host path), e.g.
+    the installed CLIs' binaries: a driver that makes sandboxes ahead can give them these, so that a session
+    asking for any of them can still have one made ahead."""
 
 
 @dataclass(frozen=True)

@@ -726,3 +726,42 @@ async def test_mounts_are_host_files_commands_see_read_only(sandbox_factory: Any
     ran = await sandbox.exec('"$MCP_SESSIONS_MOUNTS/tool"; echo more >> "$MCP_SESSIONS_MOUNTS/tool" || echo refused')
     assert ran.output.splitlines()[0] == "tool ran" and ran.output.splitlines()[-1] == "refused"
     assert tool.read_text() == "#!/bin/sh\necho tool ran\n"
+
+
+@pytest.mark.docker
+async def test_the_warm_pool_serves_specs_whose_mounts_it_has(docker_server_id: str, tmp_path: Path) -> None:
+    """Pooled containers bind the pool's mounts, so a spec asking for some of them (a CLI's binary) is served
+    warm and sees them read-only; a spec asking for another host file is made cold."""
+    tool, other = tmp_path / "tool", tmp_path / "other"
+    for path in (tool, other):
+        path.write_text(f"#!/bin/sh\necho {path.name} ran\n")
+        path.chmod(0o755)
+    driver = DockerDriver(image=IMAGE, server_id=docker_server_id, pool_size=1, pool_mounts={"tool": str(tool)})
+    made: list[DockerSandbox] = []
+
+    async def pool_full() -> bool:
+        return driver.pool_available == 1
+
+    async def on_failure(name: str, reason: str) -> None:
+        raise AssertionError(f"unexpected failure of {name}: {reason}")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(driver.watch, on_failure)
+            await wait_for(pool_full, timeout=30)
+            warm = await driver.create(SandboxSpec(name="t-" + secrets.token_hex(5), mounts={"tool": str(tool)}))
+            made.append(warm)
+            assert warm.describe()["pooled"] is True
+            ran = await warm.exec('"$MCP_SESSIONS_MOUNTS/tool"; echo more >> "$MCP_SESSIONS_MOUNTS/tool" || echo refused')
+            assert ran.output.splitlines()[0] == "tool ran" and ran.output.splitlines()[-1] == "refused"
+            await wait_for(pool_full, timeout=30)
+            cold = await driver.create(SandboxSpec(name="t-" + secrets.token_hex(5), mounts={"tool": str(other)}))
+            made.append(cold)
+            assert cold.describe()["pooled"] is False
+            assert (await cold.exec('"$MCP_SESSIONS_MOUNTS/tool"')).output == "other ran\n"
+            tg.cancel_scope.cancel()
+    finally:
+        for sb in made:
+            await sb.close(delete=True)
+        await driver.aclose()
+    assert tool.read_text() == "#!/bin/sh\necho tool ran\n"

@@ -22,8 +22,9 @@ can still fill it, and then gets ENOSPC. The image needs bash and python3 (3.8 o
 get it too); commands start with HOME=/workspace.
 
 Warm pool (opt-in, `pool_size`): containers made ahead for the default policy (image, `pool_limits`,
-no network), labelled `mcp-sessions.pool=1`, named `mcp-pool-<random>`, each with its control shell
-already open. `create` claims one by renaming it to `mcp-ses-<name>` (labels cannot change after
+no network) with the host files of `pool_mounts` bound read-only (the server passes its installed CLIs'
+binaries, `DriverContext.host_files`; a spec whose mounts are among them fits the pool), labelled
+`mcp-sessions.pool=1`, named `mcp-pool-<random>`, each with its control shell already open. `create` claims one by renaming it to `mcp-ses-<name>` (labels cannot change after
 create, so the name binds it; `SandboxSpec.labels` are not applied to a pooled container). The pool
 is filled while `watch()` runs; `aclose()` removes unclaimed pool containers, never session ones.
 
@@ -122,6 +123,7 @@ def make(settings: Any, context: DriverContext) -> Driver:
         image=s.image,
         server_id=context.server_id,
         pool_size=s.docker_pool if context.serving else 0,
+        pool_mounts=context.host_files,
         max_limits=Limits(
             memory_mb=s.max_memory_mb, cpus=s.max_cpus, pids=s.max_pids, tmp_mb=s.max_tmp_mb, disk_mb=s.max_disk_mb
         ),

@@ -73,4 +73,4 @@ class Policy:
     network: bool
     runtime: str = "runc"
     mounts: tuple[tuple[str, str], ...] = ()
-    """Host files bound read-only, as (name, host path): at `MOUNTS_DIR/<name>` (the pool has none)."""
+    """Host files bound read-only, as (name, host path): at `MOUNTS_DIR/<name>` (the pool's: the driver's `pool_mounts`)."""

@@ -70,6 +70,8 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
     - `pool_size`: containers kept ready for specs matching the pool policy (`image`, `pool_limits`,
       no network). 0 (default) disables the pool. The pool is filled while `watch()` runs.
     - `pool_limits`: the limits of pooled containers (default `Limits()`).
+    - `pool_mounts`: host files bound read-only into every pooled container (name -> host path, as
+      `SandboxSpec.mounts`): a spec whose mounts are among them is served from the pool.
     - `max_limits`: the most a spec may ask for; `create` refuses more (default: no ceiling).
     - `default_disk_mb`: the workspace size of specs that ask for none (default: no limit).
     - `disk_root`: a folder of the server's for workspace filesystems (without one, workspaces are measured);
@@ -92,6 +94,7 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
         server_id: str = "default",
         pool_size: int = 0,
         pool_limits: Limits | None = None,
+        pool_mounts: Mapping[str, str] | None = None,
         max_limits: Limits | None = None,
         allow_network: bool = False,
         network: str = "bridge",
@@ -112,6 +115,7 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
         self.max_limits = max_limits
         self._init_workspaces(disk_root, disk_mode, default_disk_mb)
         self.pool_limits = self._disk_limit(pool_limits or Limits())
+        self.pool_mounts = dict(pool_mounts or {})
         self.allow_network = allow_network
         self.network = network
         self.user = user
@@ -315,7 +319,7 @@ class DockerDriver(EngineMixin, PoolMixin, WorkspaceMixin, ForkMixin):
             raise SandboxError(f"Invalid sandbox name {spec.name!r}: use letters, digits, '_', '.' and '-'.")
         policy = self._policy(spec)
         name = SESSION_PREFIX + spec.name
-        if policy == self._pool_policy:
+        if self._pool_serves(policy):
             sandbox = await self._claim(spec, name, on_phase)
             if sandbox is not None:
                 return sandbox

@@ -1,5 +1,8 @@
 """The warm pool: containers made ahead for the default policy, each with its control shell open.
 
+Pooled containers also bind the driver's `pool_mounts` (the installed CLIs' binaries), so a session whose
+mounts are among those is served from the pool too.
+
 Separate because it is a background job with its own life (filled while `watch()` runs, claimed by
 `create`, emptied by `aclose()`); `PoolMixin` is a part of `DockerDriver` that makes its containers the
 way the driver does and removes them through the engine side.
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -55,6 +58,7 @@ class PoolMixin:
     server_id: str
     pool_size: int
     pool_limits: Limits
+    pool_mounts: dict[str, str]
     runtime: str
     _closing: set[str]
 
@@ -77,7 +81,14 @@ class PoolMixin:
     def _init_pool(self) -> None:
         self._pool: list[PoolEntry] = []
         self._pool_wanted = anyio.Event()
-        self._pool_policy = Policy(self.image, self.pool_limits, False, self.runtime)
+        mounts = tuple(sorted(self.pool_mounts.items()))
+        self._pool_policy = Policy(self.image, self.pool_limits, False, self.runtime, mounts)
+
+    def _pool_serves(self, policy: Policy) -> bool:
+        """Whether a pooled container fits `policy`: the same container but for the pool's extra mounts, which a
+        session that does not use them never looks at (read-only files under MOUNTS_DIR)."""
+        pool = self._pool_policy
+        return replace(policy, mounts=pool.mounts) == pool and set(policy.mounts) <= set(pool.mounts)
 
     async def _claim(self, spec: SandboxSpec, name: str, on_phase: PhaseCallback | None) -> DockerSandbox | None:
         """Take a warm container for `spec` (renaming binds it), or None if the pool is empty."""
