@@ -13,6 +13,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from mcp_sessions.agents.cli import binaries
 from mcp_sessions.agents.cli.proxy import PLACEHOLDER_KEY
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
@@ -159,6 +160,45 @@ async def test_a_budget_reached_refuses_opencode_next_model_request_and_fails_th
     assert reply["reason"].startswith("budget max_tokens=100 of session")
     assert len(llm.requests) == 1  # the second request was refused by the proxy, not forwarded
     assert reply["usage"]["total_tokens"] == 120
+
+
+STAND_IN = """#!/bin/bash
+# Asks its model twice, as OpenCode does for a tool step; refused the second time, it neither says so nor exits.
+port=$(grep -o '127.0.0.1:[0-9]*' "$OPENCODE_CONFIG" | cut -d: -f2)
+body='{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+for request in 1 2; do
+  exec 3<>/dev/tcp/127.0.0.1/$port || exit 1
+  head='POST /v1/chat/completions HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\nConnection: close'
+  printf "$head\\r\\nContent-Length: %d\\r\\n\\r\\n%s" ${#body} "$body" >&3
+  cat <&3 >&2
+done
+sleep 600
+"""
+
+
+async def test_a_cli_that_does_not_exit_after_its_budget_refusal_is_stopped_and_the_turn_fails(
+    tmp_path: Path, llm: FakeLLM, settings: Settings, inside: Callable[[str], Inside]
+) -> None:
+    folder = tmp_path / "cli-agents"
+    pin = binaries.PINNED[AGENT]
+    stand_in = folder / f"{AGENT}-{pin.version}" / pin.binary
+    stand_in.parent.mkdir(parents=True)
+    stand_in.write_text(STAND_IN)
+    stand_in.chmod(0o755)
+    (folder / f"{AGENT}-{pin.version}" / ".complete").touch()
+    upstream = dict(opencode_base_url=llm.openai_base_url, opencode_api_key=KEY)
+    settings = Settings(home=settings.home, driver=settings.driver, image=IMAGE, agent=AGENT, cli_agents_dir=folder, **upstream)
+    llm.script(Reply(text="hi"))
+    async with Client(create_server(settings)) as client:
+        sid = (await call(client, "create_session", model=MODEL, max_tokens=100))["id"]
+        reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=50)
+        assert reply["turn_status"] == "failed", reply
+        assert reply["reason"].startswith("budget max_tokens=100 of session"), reply
+        assert "OpenCode did not exit within 10 s of being refused, and was stopped" in reply["reason"]
+        assert len(llm.requests) == 1 and reply["usage"]["total_tokens"] == 120
+        assert not await inside(sid).pids(argv=["sleep", "600"])  # the stand-in's command is gone
+        detail = (await call(client, "get_session", session_id=sid))["session"]
+        assert detail["status"] == "ready"
 
 
 async def test_a_system_prompt_replaces_opencode_own(llm: FakeLLM, client: Client) -> None:

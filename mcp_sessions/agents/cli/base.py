@@ -33,6 +33,11 @@ SHOWN_INPUT_CHARS = 2000
 """Most of a tool call's string input shown in its `tool.started` event (the transcript keeps it whole)."""
 
 
+REFUSED_EXIT_S = 10.0
+"""How long a CLI run once per message has to exit after the proxy refused one of its requests (it is told
+why, in the API's words, and normally prints it and exits at once) before its command is stopped."""
+
+
 class CliSettings(BaseModel):
     """The server settings of every CLI agent (one section, shared by their plugins)."""
 
@@ -261,11 +266,20 @@ class CliAgent:
         started = time.monotonic()
         turn = self.proxy_turn(ctx)
         running.proxy.turn = turn
+        result = None
         try:
-            result = await ctx.sandbox.exec(script, timeout_s=ctx.command_timeout_s, on_output=reader.feed, max_output_bytes=4096)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._stop_if_refused, turn, tg.cancel_scope)
+                result = await ctx.sandbox.exec(
+                    script, timeout_s=ctx.command_timeout_s, on_output=reader.feed, max_output_bytes=4096
+                )
+                tg.cancel_scope.cancel()
         finally:
             running.proxy.turn = None
         duration = time.monotonic() - started
+        if result is None:
+            stopped = f"{self.label} did not exit within {REFUSED_EXIT_S:g} s of being refused, and was stopped"
+            return reader.outcome("failed", f"{turn.refused} ({stopped})", duration)
         if result.interrupted:
             return reader.outcome("interrupted", "interrupted by the caller", duration)
         if turn.refused is not None:
@@ -278,6 +292,15 @@ class CliAgent:
             said = reader.failure or f"it exited with code {result.exit_code}; its log: {await self.log_tail(ctx, self.log)}"
             return reader.outcome("failed", f"{self.label} did not complete the turn: {said}", duration)
         return reader.outcome("completed", None, duration)
+
+    @staticmethod
+    async def _stop_if_refused(turn: ProxyTurn, command: anyio.CancelScope) -> None:
+        """Stop the turn's command (cancelling its exec stops it in the sandbox) if the CLI has not exited
+        `REFUSED_EXIT_S` after the proxy refused a request: OpenCode, told its budget is reached, at times
+        takes the refusal for a passing error and asks again and again, backing off, never exiting."""
+        await turn.refusal.wait()
+        await anyio.sleep(REFUSED_EXIT_S)
+        command.cancel()
 
     async def log_tail(self, ctx: TurnContext, path: str) -> str:
         """The end of the CLI's log in the workspace, for a failure's reason."""

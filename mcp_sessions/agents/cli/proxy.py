@@ -107,12 +107,20 @@ class ProxyTurn:
     over_budget: Callable[[Usage], Awaitable[str | None]] | None = None
     refused: str | None = None
     """Why the proxy refused a request of this turn (a budget reached): the turn fails with it."""
+    refusal: anyio.Event = field(default_factory=anyio.Event)
+    """Set with `refused`: a CLI told so is expected to end its turn (exec_turn stops one that does not)."""
     requests: int = 0
     first_request: anyio.Event = field(default_factory=anyio.Event)
     sampling: bool = False
     """The model is the caller's: requests are answered through `sampler` (MCP sampling), never forwarded."""
     sampler: Sampler | None = None
     emit: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+
+    def refuse(self, reason: str | None) -> None:
+        """A request of this turn was refused for `reason` (None: refused for no reason of the turn's)."""
+        if reason:
+            self.refused = reason
+            self.refusal.set()
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,7 @@ class ModelProxy:
             await self._error(conn, stream, request, 400, "invalid_request_error", message)
             return
         if turn.over_budget is not None and (reason := await turn.over_budget(turn.usage)):
-            turn.refused = reason
+            turn.refuse(reason)
             await self._error(conn, stream, request, 400, "invalid_request_error", f"mcp-sessions: {reason}")
             return
         turn.requests += 1
@@ -214,7 +222,7 @@ class ModelProxy:
         if not got:
             return
         if isinstance(got[0], SampledAnswer):
-            turn.refused = got[0].reason or turn.refused
+            turn.refuse(got[0].reason)
             kind = "invalid_request_error" if got[0].http_status == 400 else "not_found_error"
             await self._error(conn, stream, request, got[0].http_status, kind, str(got[0]))
             return
