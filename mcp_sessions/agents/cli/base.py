@@ -8,6 +8,7 @@ read as they come (`TurnLines`), its outcome told the same way (`CliAgent.exec_t
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from .link import Door, Link
 from .proxy import ModelProxy, ProxyTurn, Upstream
 from .sampled import cannot_sample
 from .streams import serve
+
+log = logging.getLogger(__name__)
 
 SHOWN_INPUT_CHARS = 2000
 """Most of a tool call's string input shown in its `tool.started` event (the transcript keeps it whole)."""
@@ -279,6 +282,7 @@ class CliAgent:
         duration = time.monotonic() - started
         if result is None:
             stopped = f"{self.label} did not exit within {REFUSED_EXIT_S:g} s of being refused, and was stopped"
+            log.warning("%s in session %s: %s", stopped, ctx.session.id, turn.refused)
             return reader.outcome("failed", f"{turn.refused} ({stopped})", duration)
         if result.interrupted:
             return reader.outcome("interrupted", "interrupted by the caller", duration)
