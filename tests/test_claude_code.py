@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -341,6 +342,19 @@ async def test_a_missing_binary_fails_create_session_naming_the_install_script(h
     async with Client(create_server(settings)) as client:
         error = await call_error(client, "create_session")
     assert f"scripts/install-cli-agents.sh {agent}" in error and "is not installed" in error
+
+
+async def test_a_bwrap_session_says_the_cli_cannot_reach_the_server_from_there(home: Path, llm: FakeLLM) -> None:
+    """A bubblewrap sandbox has a network of its own: the model proxy cannot be served into it."""
+    if shutil.which("bwrap") is None:
+        unavailable("bwrap is not installed (scripts/install-bwrap.sh installs it)")
+    async with Client(create_server(Settings(home=home, agent=AGENT, claude_code_base_url=llm.url))) as client:
+        sid = (await call(client, "create_session", isolation="bwrap"))["id"]
+        reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=30)
+        assert reply["turn_status"] == "failed"
+        assert reply["reason"].startswith("A local sandbox with isolation='bwrap' has a network of its own"), reply
+        assert "isolation='plain' or the docker driver" in reply["reason"]
+    assert llm.requests == []
 
 
 async def test_the_conversation_goes_on_after_the_server_is_killed(

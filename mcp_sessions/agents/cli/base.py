@@ -248,12 +248,19 @@ class CliAgent:
     ) -> None:
         """Serve the session's proxy and door into its sandbox until the sandbox closes (the session closed: what
         this server held for it goes) or the server stops."""
+        refused: SandboxError | None = None
         try:
             async with anyio.create_task_group() as tg:
-                task_status.started(
-                    (await serve(sandbox, running.proxy.handle, tg), await serve(sandbox, running.door.handle, tg))
-                )
-                running.sandbox = sandbox
+                try:
+                    addresses = (await serve(sandbox, running.proxy.handle, tg), await serve(sandbox, running.door.handle, tg))
+                except SandboxError as e:  # its driver cannot serve there: raised whole, not in an ExceptionGroup
+                    refused = e
+                    tg.cancel_scope.cancel()
+                else:
+                    task_status.started(addresses)
+                    running.sandbox = sandbox
+            if refused is not None:
+                raise refused
         finally:
             if running.sandbox is sandbox:
                 running.sandbox = None
