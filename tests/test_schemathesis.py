@@ -41,8 +41,10 @@ def wfc_auth(path: Path) -> Path:
 
 
 async def test_the_http_server_is_true_to_its_openapi_document(plugins_installed: Path, tmp_path: Path) -> None:
+    # a turn ends within its command timeout, well inside schemathesis' 5 s request timeout (tests/schemathesis.toml),
+    # whatever wait_s the fuzzer sends: a request held up to its wait is an answer, not a network error
     settings = Settings(
-        home=tmp_path / "home", driver="memory", rate_limit_per_s=0, max_sessions_per_owner=0, command_timeout_s=5
+        home=tmp_path / "home", driver="memory", rate_limit_per_s=0, max_sessions_per_owner=0, command_timeout_s=1
     )
     async with running(settings, TOKENS) as (base, _):
         env = {**os.environ, "MCP_SESSIONS_TEST_WFC": str(wfc_auth(tmp_path / "auth.json")), "NO_COLOR": "1"}
