@@ -199,7 +199,12 @@ async def test_a_listen_stream_shows_a_turn_asking_the_clients_model(home: Path,
             )
             done = await heard.until(task["taskId"], "completed")
     assert done["result"]["structuredContent"]["output"] == "done"
-    assert heard.of(task["taskId"]) == ["input_required", "working", "input_required", "completed"]
+    # The last answer ends the turn at once: whether the watch reads the moment it was `working` between
+    # the answer and the end is timing, so that one `working` may or may not be heard.
+    assert heard.of(task["taskId"]) in (
+        ["input_required", "working", "input_required", "completed"],
+        ["input_required", "working", "input_required", "working", "completed"],
+    )
 
 
 def reply(*content: dict[str, Any], stop: str = "endTurn") -> dict[str, Any]:
