@@ -84,6 +84,9 @@ class WaitQuery(BaseModel):
 class GetQuery(BaseModel):
     wait_s: WaitS = Field(0, description="If a turn runs, wait up to this long for it to end (capped at 50).")
     events_after: Seq | None = Field(None, description="Also return the events after this sequence number.")
+    messages_from_turn: Seq | None = Field(
+        None, description="Only the messages of this turn and later (a page that has the earlier ones reads less)."
+    )
 
 
 class ListQuery(BaseModel):
@@ -129,7 +132,9 @@ LAST_EVENT_ID: TypeAdapter[int] = TypeAdapter(Seq)
 class SessionView(SessionDetail):
     """A session with its whole conversation."""
 
-    messages: list[Message] = Field(default_factory=list, description="Every message, oldest first.")
+    messages: list[Message] = Field(
+        default_factory=list, description="Every message (from messages_from_turn on, when given), oldest first."
+    )
 
 
 class ErrorInfo(BaseModel):
@@ -194,7 +199,7 @@ async def list_sessions(c: Call) -> Reply:
 
 async def get_session(c: Call) -> Reply:
     detail = await c.manager.get(c.session_id, wait_s=c.query.wait_s, events_after=c.query.events_after, owner=c.owner)
-    messages = await c.manager.messages(c.session_id, owner=c.owner)
+    messages = await c.manager.messages(c.session_id, owner=c.owner, from_turn=c.query.messages_from_turn)
     return SessionView(**dict(detail), messages=messages)
 
 
@@ -338,7 +343,7 @@ SESSION_ENDPOINTS = [
         "GET",
         S,
         get_session,
-        "A session's state, queue, whole conversation and, with events_after, its events.",
+        "A session's state, queue, whole conversation (or from a turn on) and, with events_after, its events.",
         SessionView,
         query=GetQuery,
     ),

@@ -130,10 +130,10 @@ class Reading(ManagerCore):
         ends = await self.store.events_of_type(session_id, TURN_END_EVENTS)
         return render_transcript(record.session, messages, ends)
 
-    async def messages(self, session_id: str, owner: str | None = None) -> list[Message]:
-        """The whole conversation, oldest first."""
+    async def messages(self, session_id: str, owner: str | None = None, from_turn: int | None = None) -> list[Message]:
+        """The whole conversation, oldest first (`from_turn`: the messages of that turn and later)."""
         await self._record(session_id, owner)
-        return await self.store.messages(session_id)
+        return await self.store.messages(session_id, from_turn=from_turn)
 
     async def events(self, session_id: str, after: int = 0, limit: int = 1000, owner: str | None = None) -> list[Event]:
         await self._record(session_id, owner)

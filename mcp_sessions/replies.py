@@ -52,7 +52,7 @@ async def past_turn(store: Store, session_id: str, turn: int) -> TurnSummary | N
     if not ends:
         return None
     end = ends[-1]
-    replies = [m for m in await store.messages(session_id) if m.turn == turn and m.role == "assistant"]
+    replies = [m for m in await store.messages(session_id, from_turn=turn) if m.turn == turn and m.role == "assistant"]
     output = replies[-1].text() if replies else ""
     return TurnSummary(
         turn=turn,

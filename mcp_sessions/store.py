@@ -35,6 +35,8 @@ from .store_tasks import TaskRecords
 T = TypeVar("T")
 EventSpec = tuple[str, dict[str, Any]]
 BUSY_TIMEOUT_S = 15.0  # how long a writer waits for another server holding the database
+_TURN = "CAST(json_extract(doc, '$.turn') AS INTEGER)"
+"""A message's turn as a number (as text, 10 would sort before 9)."""
 CHECKPOINT_EVERY = 200  # commits on the event loop's connection between checkpoints (~1,000 WAL pages)
 
 
@@ -488,11 +490,19 @@ class Store(TaskRecords):
             "INSERT INTO messages(session_id, n, doc) VALUES(?,?,?)", (session_id, n + 1, message.model_dump_json())
         )
 
-    async def messages(self, session_id: str, last: int | None = None, kept_only: bool = False) -> list[Message]:
-        """The session's messages, oldest first (`last`: only that many); `kept_only`: without undone ones."""
+    async def messages(
+        self, session_id: str, last: int | None = None, kept_only: bool = False, from_turn: int | None = None
+    ) -> list[Message]:
+        """The session's messages, oldest first (`last`: only that many; `from_turn`: of that turn and later);
+        `kept_only`: without undone ones."""
 
         def run() -> list[Message]:
-            if last is None:
+            if from_turn is not None:
+                rows = self._conn.execute(
+                    f"SELECT doc FROM messages WHERE session_id=? AND {_TURN}>=? ORDER BY n",
+                    (session_id, from_turn),
+                ).fetchall()
+            elif last is None:
                 rows = self._conn.execute("SELECT doc FROM messages WHERE session_id=? ORDER BY n", (session_id,)).fetchall()
             else:
                 rows = self._conn.execute(
@@ -507,12 +517,16 @@ class Store(TaskRecords):
     async def mark_undone(self, session_id: str, after_turn: int) -> None:
         """Mark the messages of the turns after `after_turn` undone (a restore went back before them)."""
 
-        def run() -> None:
-            self._conn.execute(
-                "UPDATE messages SET doc=json_set(doc, '$.undone', json('true')) "
-                "WHERE session_id=? AND json_extract(doc, '$.turn')>?",
-                (session_id, after_turn),
-            )
+        def run() -> None:  # read and written here, not with SQLite's json_set: PostgreSQL runs this too
+            self._writing(session_id)
+            rows = self._conn.execute(
+                f"SELECT n, doc FROM messages WHERE session_id=? AND {_TURN}>?", (session_id, after_turn)
+            ).fetchall()
+            for n, doc in rows:
+                undone = Message.model_validate_json(doc).model_copy(update={"undone": True})
+                self._conn.execute(
+                    "UPDATE messages SET doc=? WHERE session_id=? AND n=?", (undone.model_dump_json(), session_id, n)
+                )
 
         await self._run(self._transaction, run)
 

@@ -185,6 +185,38 @@ async def test_the_pause_and_fork_buttons_pause_a_session_and_open_its_fork(serv
         assert reply["output"] == "kept\n"
 
 
+async def test_the_transcript_is_read_once_then_from_its_last_turn_and_a_restore_shows_what_it_undid(
+    server: str, browser: Any
+) -> None:
+    async with mcp_client(server, ALICE) as alice:
+        sid = (await call(alice, "create_session", title="long"))["id"]
+        await call(alice, "send_message", session_id=sid, text="echo turn-1")
+        await call(alice, "checkpoint_session", session_id=sid, name="after-one")
+        for n in (2, 3):
+            await call(alice, "send_message", session_id=sid, text=f"echo turn-{n}")
+        page = await signed_in(browser, server, ALICE)
+        reads: list[str] = []
+        page.on("request", lambda r: reads.append(r.url) if f"/api/v1/sessions/{sid}" in r.url.split("?")[0][-60:] else None)
+        await page.goto(f"{server}/ui/sessions/{sid}")
+        await page.wait_for_function("document.querySelectorAll('#transcript li.msg').length === 6", timeout=HANG_S * 1000)
+
+        await call(alice, "send_message", session_id=sid, text="echo turn-4")
+        await page.wait_for_function("document.querySelectorAll('#transcript li.msg').length === 8", timeout=HANG_S * 1000)
+        shown = await page.eval_on_selector_all("#transcript li.msg", "lis => lis.map(li => li.dataset.turn)")
+        assert shown == [str(t) for t in range(1, 5) for _ in ("user", "assistant")]  # each message once, in order
+        session_reads = [u for u in reads if u.split("?")[0].endswith(sid)]
+        assert "messages_from_turn" not in session_reads[0]
+        assert session_reads[1:] and all("messages_from_turn=" in u for u in session_reads[1:]), session_reads
+
+        # a restore to turn 1 marks turns 2-4 undone on the page, which reads the whole transcript again
+        await call(alice, "restore_session", session_id=sid, name="after-one")
+        await page.wait_for_function("document.querySelectorAll('#transcript li.msg.undone').length === 6", timeout=HANG_S * 1000)
+        undone = await page.eval_on_selector_all("#transcript li.msg.undone", "lis => lis.map(li => li.dataset.turn)")
+        assert undone == [str(t) for t in range(2, 5) for _ in ("user", "assistant")]
+        assert await page.eval_on_selector_all("#transcript li.msg", "lis => lis.length") == 8
+        assert "undone by a restore" in await page.inner_text("#transcript")
+
+
 async def test_sign_in_refuses_a_wrong_token_and_the_cookie_needs_the_dashboards_header_to_change_anything(
     server: str, browser: Any
 ) -> None:

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from mcp_sessions.errors import InvalidInput
-from mcp_sessions.models import Session, SessionRecord, summary_json
+from mcp_sessions.models import Message, Session, SessionRecord, TextBlock, summary_json
 from mcp_sessions.store import SCHEMA_VERSION, Store, stamp
 from tests.postgres_support import create_database, drop_database, postgres_cluster  # noqa: F401
 
@@ -396,6 +396,31 @@ async def test_tag_filters_follow_tags_changed_by_an_update_and_a_delete(store: 
     assert [(await store.query(tags=[t]))[1] for t in ("old", "kept", "new")] == [0, 1, 1]
     await store.delete(s.id)
     assert [(await store.query(tags=[t]))[1] for t in ("old", "kept", "new")] == [0, 0, 0]
+
+
+async def test_messages_are_read_from_a_turn_on_and_the_restores_marks_kept(store: Store) -> None:
+    """What a page that has the earlier turns asks for: turns 10 and 11 of twelve (past 9, so the turn is
+    compared as a number, not as text), in the order they were written, with a restore's marks."""
+    s = Session(id="ses_" + "e" * 32, driver="local", agent="shell", command_timeout_s=1)
+    await store.insert(SessionRecord(session=s), [])
+    written = [
+        Message(role=role, content=[TextBlock(text=f"{role} {turn}")], turn=turn)
+        for turn in range(1, 13)
+        for role in ("user", "assistant")
+    ]
+    await store.update(s.id, lambda r: None, written)
+    try:
+        assert [m.text() for m in await store.messages(s.id, from_turn=11)] == [
+            "user 11",
+            "assistant 11",
+            "user 12",
+            "assistant 12",
+        ]
+        assert len(await store.messages(s.id, from_turn=0)) == 24 and await store.messages(s.id, from_turn=13) == []
+        await store.mark_undone(s.id, after_turn=11)
+        assert [(m.turn, m.undone) for m in await store.messages(s.id, from_turn=11)] == [(11, False)] * 2 + [(12, True)] * 2
+    finally:
+        await store.delete(s.id)
 
 
 @pytest.fixture

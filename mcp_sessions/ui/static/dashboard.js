@@ -248,8 +248,9 @@ function sessionPage() {
   }
 
   function message(m) {
-    const li = el("li", null, "msg role-" + m.role);
-    li.append(el("div", `${m.role} · turn ${m.turn}`, "who"), ...m.content.map(block));
+    const li = el("li", null, "msg role-" + m.role + (m.undone ? " undone" : ""));
+    li.dataset.turn = m.turn;
+    li.append(el("div", `${m.role} · turn ${m.turn}${m.undone ? " · undone by a restore" : ""}`, "who"), ...m.content.map(block));
     return li;
   }
 
@@ -338,11 +339,46 @@ function sessionPage() {
       (view.entries.length ? "" : "This folder is empty.");
   }
 
-  async function refresh() {
-    const view = await api(path);
+  // The transcript is read whole once, then from its last turn on (that turn may still grow): a long session
+  // is not sent again at each event. A restore marks earlier messages undone, so it reads it whole again.
+  // Reads run one at a time; the events that arrive meanwhile make one more read, not one each.
+  let shownTurn = 0;
+  let wantWhole = true;
+  let reading = null;
+  let again = false;
+
+  async function load() {
+    const from = wantWhole ? 0 : shownTurn;
+    const view = await api(path + (from ? `?messages_from_turn=${from}` : ""));
     showState(view.session);
-    transcript.replaceChildren(...view.messages.map(message));
-    return view;
+    const fresh = view.messages.map(message);
+    if (from) {
+      for (const li of [...transcript.children]) if (Number(li.dataset.turn) >= from) li.remove();
+      transcript.append(...fresh);
+    } else {
+      transcript.replaceChildren(...fresh);
+      wantWhole = false;
+    }
+    if (view.messages.length) shownTurn = view.messages[view.messages.length - 1].turn;
+  }
+
+  function refresh(whole = false) {
+    if (whole) wantWhole = true;
+    if (reading) {
+      again = true;
+      return reading;
+    }
+    reading = (async () => {
+      try {
+        do {
+          again = false;
+          await load();
+        } while (again);
+      } finally {
+        reading = null;
+      }
+    })();
+    return reading;
   }
 
   function follow() {
@@ -365,6 +401,9 @@ function sessionPage() {
           live.textContent = "";
           live.hidden = false;
           refresh();
+        } else if (type === "checkpoint.restored") {
+          showFolder(folder);
+          refresh(true);
         } else if (TURN_ENDS.has(type) || type === "status" || type === "phase") {
           if (TURN_ENDS.has(type)) live.hidden = true;
           if (TURN_ENDS.has(type) || type === "status") showFolder(folder); // a turn may have changed the workspace
