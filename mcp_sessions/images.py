@@ -37,7 +37,7 @@ class ImageInput(BaseModel):
 
 Images = Annotated[
     list[ImageInput] | None,
-    Field(description=f"Up to {MAX_IMAGES} images of {MAX_IMAGE_BYTES // 10**6} MB, for the llm, claude-code and codex agents."),
+    Field(description=f"Up to {MAX_IMAGES} images of {MAX_IMAGE_BYTES // 10**6} MB, for llm, claude-code, codex, opencode."),
 ]
 """send_message's `images` (the MCP tool's and the REST body's)."""
 

@@ -491,7 +491,7 @@ async def test_in_the_2026_era_the_cli_asks_through_the_turns_task(settings: Set
     assert llm.requests == []
 
 
-@pytest.mark.parametrize("agent", ["claude-code", "codex"])
+@pytest.mark.parametrize("agent", ["claude-code", "codex", "opencode"])
 async def test_an_image_sent_with_the_message_reaches_the_callers_model(settings: Settings, llm: FakeLLM, agent: str) -> None:
     installed(agent)
     model = Model(text("A red square."))

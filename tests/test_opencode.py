@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -35,6 +36,7 @@ from .test_claude_code import (  # noqa: F401  (fixtures)
     user_texts,
     wrote_a_file,
 )
+from .test_images import PNG, PNG_BLUE, image
 from .test_llm_agent import stored_messages
 
 pytestmark = pytest.mark.anyio
@@ -134,6 +136,35 @@ async def test_without_its_kept_id_opencode_takes_up_its_last_conversation(
     assert (await call(client, "send_message", session_id=sid, text="two", wait_s=50))["output"] == "Second."
     assert user_texts(llm.requests[-1].body) == ["one", "two"]
     assert await sandbox.sh(f"cat {STATE}/conversation") == kept  # and its id is kept again
+
+
+async def test_an_image_sent_with_the_message_reaches_the_model_and_its_file_goes(
+    llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
+) -> None:
+    llm.script(Reply(text="A red square."), Reply(text="A blue one."))
+    sid = (await call(client, "create_session", model=MODEL))["id"]
+    reply = await call(client, "send_message", session_id=sid, text="What is this?", images=[image()], wait_s=50)
+    assert reply["turn_status"] == "completed" and reply["output"] == "A red square.", reply
+    second = await call(client, "send_message", session_id=sid, text="And this?", images=[image(PNG_BLUE)], wait_s=50)
+    assert second["output"] == "A blue one.", second
+    assert chat_images(llm.requests[0].body) == [f"data:image/png;base64,{PNG}"]
+    assert chat_images(llm.requests[1].body) == [f"data:image/png;base64,{PNG}", f"data:image/png;base64,{PNG_BLUE}"]
+    # OpenCode gives each attached file as its Read tool's call and result, in text, before the image
+    said = [t for t in user_texts(llm.requests[1].body) if not t.startswith(("Called the Read tool", "Image read successfully"))]
+    assert said == ["What is this?", "And this?"]
+    state = (await inside(sid).sh(f"ls -A {STATE}")).split()
+    assert "message" in state and "images" not in state  # the turn's image files went with it
+
+
+def chat_images(body: dict[str, Any]) -> list[str]:
+    """The images of the user's messages, as a Chat Completions request carries them."""
+    return [
+        part["image_url"]["url"]
+        for m in body["messages"]
+        if m["role"] == "user" and isinstance(m["content"], list)
+        for part in m["content"]
+        if part.get("type") == "image_url"
+    ]
 
 
 async def test_the_proxy_refuses_opencode_sandbox_paths_other_than_the_model_api(

@@ -7,6 +7,7 @@ read as they come (`TurnLines`), its outcome told the same way (`CliAgent.exec_t
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -36,6 +37,8 @@ SHOWN_INPUT_CHARS = 2000
 """Most of a tool call's string input shown in its `tool.started` event (the transcript keeps it whole)."""
 
 
+IMAGES = "images"
+"""The folder of a turn's images in a CLI's state folder (CliAgent.write_images)."""
 REFUSED_EXIT_S = 10.0
 """How long a CLI run once per message has to exit after the proxy refused one of its requests (it is told
 why, in the API's words, and normally prints it and exits at once) before its command is stopped."""
@@ -312,6 +315,18 @@ class CliAgent:
         await turn.refusal.wait()
         await anyio.sleep(REFUSED_EXIT_S)
         command.cancel()
+
+    @staticmethod
+    async def write_images(ctx: TurnContext, state_dir: str) -> list[str]:
+        """Write the turn's images where the CLI reads them (its `--image` or `--file`): a folder of this turn
+        under `state_dir/IMAGES`, not among the user's files; the turn's command removes it when it ends (or,
+        if it was stopped, the next one's). Their paths, relative to `state_dir`."""
+        paths = []
+        for n, image in enumerate(ctx.images, 1):
+            path = f"{IMAGES}/turn-{ctx.session.turns}/{n}.{image.media_type.removeprefix('image/')}"
+            await ctx.sandbox.write_file(f"{state_dir}/{path}", base64.b64decode(image.data))
+            paths.append(path)
+        return paths
 
     async def log_tail(self, ctx: TurnContext, path: str) -> str:
         """The end of the CLI's log in the workspace, for a failure's reason."""

@@ -14,7 +14,6 @@ the session's sandbox is the boundary. A `system_prompt` replaces Codex's own in
 
 from __future__ import annotations
 
-import base64
 import json
 import shlex
 from typing import Any, Literal
@@ -24,14 +23,12 @@ from pydantic import BaseModel, Field, field_validator
 from ...models import Message, TextBlock
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from ..providers.common import PROVIDER_HELP, ProviderName
-from .base import CliAgent, CliSettings, TurnLines, check_args, secret
+from .base import IMAGES, CliAgent, CliSettings, TurnLines, check_args, secret
 from .proxy import OPENAI, PLACEHOLDER_KEY, Upstream
 
 NAME = "codex"
 STATE_DIR = ".mcp-sessions/codex"
 LOG = f"{STATE_DIR}/codex.log"
-IMAGES = "images"
-"""The images of the running turn, under STATE_DIR."""
 KEY_ENV = "MCP_SESSIONS_MODEL_KEY"
 CONFIG = """model_provider = "mcp-sessions"
 approval_policy = "never"
@@ -109,7 +106,7 @@ class CodexAgent(CliAgent):
             config = f"model_instructions_file = {json.dumps(f'{ctx.sandbox.workspace}/{INSTRUCTIONS}')}\n{config}"
         await ctx.sandbox.write_file(f"{STATE_DIR}/home/config.toml", config.encode())
         await ctx.sandbox.write_file(f"{STATE_DIR}/message", text.encode())
-        attach = " ".join(f'--image="$state"/{shlex.quote(path)}' for path in await self._images(ctx))
+        attach = " ".join(f'--image="$state"/{shlex.quote(path)}' for path in await self.write_images(ctx, STATE_DIR))
         workspace = shlex.quote(ctx.sandbox.workspace)
         extra = shlex.join(ctx.options.get("cli_args") or [])
         script = f"""(
@@ -122,17 +119,6 @@ if compgen -G "$state/home/sessions/*/*/*/*.jsonl" >/dev/null; then set -- resum
 status=$?; rm -rf -- "$state/{IMAGES}"; exit $status
 )"""
         return await self.exec_turn(ctx, running, script, ExecReader(ctx))
-
-    @staticmethod
-    async def _images(ctx: TurnContext) -> list[str]:
-        """Write the turn's images where the CLI reads them (`--image`): a folder of this turn in its state folder,
-        not among the user's files, removed when the turn's command ends (or, if it was stopped, the next one's)."""
-        paths = []
-        for n, image in enumerate(ctx.images, 1):
-            path = f"{IMAGES}/turn-{ctx.session.turns}/{n}.{image.media_type.removeprefix('image/')}"
-            await ctx.sandbox.write_file(f"{STATE_DIR}/{path}", base64.b64decode(image.data))
-            paths.append(path)
-        return paths
 
 
 class ExecReader(TurnLines):

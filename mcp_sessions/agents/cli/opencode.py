@@ -30,7 +30,7 @@ from sandbox_backends.base import SandboxError
 from ...models import Message, TextBlock
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from ..providers.common import PROVIDER_HELP, ProviderName
-from .base import CliAgent, CliSettings, TurnLines, check_args, secret
+from .base import IMAGES, CliAgent, CliSettings, TurnLines, check_args, secret
 from .proxy import OPENAI, PLACEHOLDER_KEY, Upstream
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ into each config folder whose lock file does not list it, at every start; this o
 ARGS_WITH_VALUE = ("--agent", "--variant")
 """The only flags a caller may add; each takes one value."""
 KEEP_WAIT_S = 10.0
+MODALITIES = {"input": ["text", "image"], "output": ["text"]}
 
 
 class OpenCodeOptions(BaseModel):
@@ -75,7 +76,8 @@ def config(model: str, proxy_at: str, system_prompt: str | None) -> dict[str, An
         "npm": "@ai-sdk/openai-compatible",
         "name": PROVIDER,
         "options": {"baseURL": f"http://{proxy_at}/v1", "apiKey": f"{{env:{KEY_ENV}}}"},
-        "models": {model: {"name": model, "tool_call": True}},
+        # images given with --file reach the model only if it is said to take them
+        "models": {model: {"name": model, "tool_call": True, "attachment": True, "modalities": MODALITIES}},
     }
     doc: dict[str, Any] = {
         "autoupdate": False,
@@ -97,6 +99,7 @@ class OpenCodeAgent(CliAgent):
     api = ("openai", "OpenAI-compatible Chat Completions", "OPENAI_API_KEY")
     label = "OpenCode"
     log = LOG
+    sees_images = True
 
     def configure(self, model: str | None, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         model, options = super().configure(model, options)
@@ -126,6 +129,7 @@ class OpenCodeAgent(CliAgent):
         argv += ctx.options.get("cli_args") or []
         workspace = shlex.quote(ctx.sandbox.workspace)
         exports = " ".join(f"{k}={v}" for k, v in QUIET_ENV.items())
+        attach = " ".join(f'--file="$state"/{shlex.quote(path)}' for path in await self.write_images(ctx, STATE_DIR))
         # --title: a title of its own would cost a model request. No id kept but a database: the first turn was
         # cut short (the server killed) before its id was kept; its conversation is OpenCode's last one.
         script = f"""(
@@ -135,7 +139,8 @@ mkdir -p "$state/home" "$state/config/opencode/node_modules" || exit 1
 export HOME="$state/home" XDG_CONFIG_HOME="$state/config" XDG_DATA_HOME="$state/data" XDG_CACHE_HOME="$state/cache" \\
   XDG_STATE_HOME="$state/state" OPENCODE_CONFIG="$state/opencode.json" {KEY_ENV}={PLACEHOLDER_KEY} {exports}
 if [ -z {shlex.quote(known or "")} ] && [ -e "$state/data/opencode/opencode.db" ]; then set -- --continue; else set --; fi
-"$MCP_SESSIONS_MOUNTS/opencode" {shlex.join(argv)} "$@" <"$state/message" 2>>"$state/opencode.log"
+"$MCP_SESSIONS_MOUNTS/opencode" {shlex.join(argv)} "$@" {attach} <"$state/message" 2>>"$state/opencode.log"
+status=$?; rm -rf -- "$state/{IMAGES}"; exit $status
 )"""
         reader = RunReader(ctx)
         try:
