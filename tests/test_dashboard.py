@@ -21,7 +21,10 @@ from mcp_sessions.settings import Settings
 from .ci import unavailable
 from .conftest import call
 from .docker_support import docker_engine  # noqa: F401  (the docker_settings fixture needs it)
+from .fake_llm import FakeLLM, Reply
 from .test_http import ALICE, BOB, TOKENS, mcp_client, running
+from .test_images import PNG_BLUE, image
+from .test_llm_agent import llm, llm_settings  # noqa: F401  (the llm fixture is used by name)
 
 pytestmark = pytest.mark.anyio
 
@@ -61,9 +64,11 @@ async def any_server(request: pytest.FixtureRequest, settings: Settings) -> Asyn
         yield url
 
 
-async def signed_in(browser: Any, base: str, token: str, width: int = 1100, height: int = 800) -> Any:
-    """A browser page of its own (its own cookies), signed in with `token` through the login form."""
-    context = await browser.new_context(viewport={"width": width, "height": height})
+async def signed_in(browser: Any, base: str, token: str, width: int = 1100, height: int = 800, policy: bool = False) -> Any:
+    """A browser page of its own (its own cookies), signed in with `token` through the login form. The pages'
+    Content-Security-Policy holds only with `policy`: Playwright's waits for a condition evaluate it as a
+    string, which the policy forbids, as it should."""
+    context = await browser.new_context(viewport={"width": width, "height": height}, bypass_csp=not policy)
     page = await context.new_page()
     await page.goto(f"{base}/ui")
     assert "/ui/login" in page.url  # not signed in: the login page, not a JSON 401
@@ -215,6 +220,31 @@ async def test_the_transcript_is_read_once_then_from_its_last_turn_and_a_restore
         assert undone == [str(t) for t in range(2, 5) for _ in ("user", "assistant")]
         assert await page.eval_on_selector_all("#transcript li.msg", "lis => lis.length") == 8
         assert "undone by a restore" in await page.inner_text("#transcript")
+
+
+async def test_an_image_sent_with_a_message_shows_in_the_transcript_within_the_pages_policy(
+    home: Path,
+    llm: FakeLLM,  # noqa: F811
+    browser: Any,
+) -> None:
+    llm.script(Reply(text="A blue bar."))
+    async with running(llm_settings(home, llm), TOKENS) as (url, _), mcp_client(url, ALICE) as alice:
+        sid = (await call(alice, "create_session", title="seen"))["id"]
+        await call(alice, "send_message", session_id=sid, text="What is this?", images=[image(PNG_BLUE)], wait_s=HANG_S)
+        page = await signed_in(browser, url, ALICE, policy=True)
+        refused: list[str] = []
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        response = await page.goto(f"{url}/ui/sessions/{sid}")
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        await page.wait_for_selector("#transcript img.image", timeout=HANG_S * 1000)
+        with anyio.fail_after(HANG_S):
+            while not await page.eval_on_selector("#transcript img.image", "img => img.complete"):
+                await anyio.sleep(0.05)
+        size = await page.eval_on_selector("#transcript img.image", "img => [img.naturalWidth, img.naturalHeight]")
+        assert size == [3, 1]  # the image itself, decoded: the page's policy lets its data: URL through
+        assert "A blue bar." in await page.inner_text("#transcript")
+        assert refused == []  # nothing the page does is blocked by its own policy
 
 
 async def test_sign_in_refuses_a_wrong_token_and_the_cookie_needs_the_dashboards_header_to_change_anything(

@@ -244,6 +244,12 @@ function sessionPage() {
       return node;
     }
     if (b.type === "tool_result") return el("pre", b.content, b.is_error ? "tool-result error" : "tool-result");
+    if (b.type === "image") { // sent with a message: shown from its data (the page's policy allows data: images only)
+      const img = el("img", null, "image");
+      img.alt = `${b.media_type} image`;
+      img.src = `data:${b.media_type};base64,${b.data}`;
+      return img;
+    }
     return el("div", `[${b.type}]`, "muted");
   }
 
