@@ -113,17 +113,26 @@ async def test_codex_goes_on_after_the_server_is_killed(home: Path, llm: FakeLLM
 async def test_an_image_sent_with_the_message_reaches_the_model_and_its_file_goes(
     llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
 ) -> None:
+    sid = await two_turns_with_images(llm, client, MODEL, input_images)
+    assert user_texts(llm.requests[1].body) == ["What is this?", "And this?"]
+    state = (await inside(sid).sh("ls -A .mcp-sessions/codex")).split()
+    assert "message" in state and "images" not in state  # the turn's image files went with it
+
+
+async def two_turns_with_images(
+    llm: FakeLLM, client: Client, model: str, images_in: Callable[[dict[str, Any]], list[str]]
+) -> str:
+    """A red image with the first message, a blue one with the second: both answered, and the second request
+    carries both (the conversation keeps them), as data URLs that `images_in` finds in a request. The session."""
     llm.script(Reply(text="A red square."), Reply(text="A blue one."))
-    sid = (await call(client, "create_session", model=MODEL))["id"]
+    sid = (await call(client, "create_session", model=model))["id"]
     reply = await call(client, "send_message", session_id=sid, text="What is this?", images=[image()], wait_s=50)
     assert reply["turn_status"] == "completed" and reply["output"] == "A red square.", reply
     second = await call(client, "send_message", session_id=sid, text="And this?", images=[image(PNG_BLUE)], wait_s=50)
     assert second["output"] == "A blue one.", second
-    assert input_images(llm.requests[0].body) == [f"data:image/png;base64,{PNG}"]
-    assert input_images(llm.requests[1].body) == [f"data:image/png;base64,{PNG}", f"data:image/png;base64,{PNG_BLUE}"]
-    assert user_texts(llm.requests[1].body) == ["What is this?", "And this?"]
-    state = (await inside(sid).sh("ls -A .mcp-sessions/codex")).split()
-    assert "message" in state and "images" not in state  # the turn's image files went with it
+    assert images_in(llm.requests[0].body) == [f"data:image/png;base64,{PNG}"]
+    assert images_in(llm.requests[1].body) == [f"data:image/png;base64,{PNG}", f"data:image/png;base64,{PNG_BLUE}"]
+    return sid
 
 
 def input_images(body: dict[str, Any]) -> list[str]:

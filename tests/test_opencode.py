@@ -36,7 +36,7 @@ from .test_claude_code import (  # noqa: F401  (fixtures)
     user_texts,
     wrote_a_file,
 )
-from .test_images import PNG, PNG_BLUE, image
+from .test_codex import two_turns_with_images
 from .test_llm_agent import stored_messages
 
 pytestmark = pytest.mark.anyio
@@ -141,14 +141,7 @@ async def test_without_its_kept_id_opencode_takes_up_its_last_conversation(
 async def test_an_image_sent_with_the_message_reaches_the_model_and_its_file_goes(
     llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
 ) -> None:
-    llm.script(Reply(text="A red square."), Reply(text="A blue one."))
-    sid = (await call(client, "create_session", model=MODEL))["id"]
-    reply = await call(client, "send_message", session_id=sid, text="What is this?", images=[image()], wait_s=50)
-    assert reply["turn_status"] == "completed" and reply["output"] == "A red square.", reply
-    second = await call(client, "send_message", session_id=sid, text="And this?", images=[image(PNG_BLUE)], wait_s=50)
-    assert second["output"] == "A blue one.", second
-    assert chat_images(llm.requests[0].body) == [f"data:image/png;base64,{PNG}"]
-    assert chat_images(llm.requests[1].body) == [f"data:image/png;base64,{PNG}", f"data:image/png;base64,{PNG_BLUE}"]
+    sid = await two_turns_with_images(llm, client, MODEL, chat_images)
     # OpenCode gives each attached file as its Read tool's call and result, in text, before the image
     said = [t for t in user_texts(llm.requests[1].body) if not t.startswith(("Called the Read tool", "Image read successfully"))]
     assert said == ["What is this?", "And this?"]
