@@ -7,18 +7,24 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 from anyio.abc import SocketAttribute
+from mcp import Client
 
 from mcp_sessions.agents.cli.proxy import ANTHROPIC, OPENAI, PLACEHOLDER_KEY, Dialect, ModelProxy, ProxyTurn, Upstream
 from mcp_sessions.agents.pricing import PriceTable
 from mcp_sessions.models import Usage
+from mcp_sessions.server import create_server
+from mcp_sessions.settings import Settings
 
-from .fake_llm import FakeLLM, Reply
+from .conftest import call
+from .fake_llm import Fail, FakeLLM, Reply
+from .test_claude_code import installed
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +42,7 @@ async def served(llm: FakeLLM, dialect: Dialect) -> AsyncIterator[tuple[str, Mod
     """A proxy to `llm` in `dialect`, with a turn running, on a loopback listener: its URL, it, its turn."""
     async with httpx.AsyncClient() as upstream, anyio.create_task_group() as tg:
         base = llm.openai_base_url if dialect is OPENAI else llm.url
-        proxy = ModelProxy(Upstream(base, KEY, dialect), PriceTable.load(), lambda: upstream)
+        proxy = ModelProxy(Upstream(base, KEY, dialect, "MODEL_KEY_VAR"), PriceTable.load(), lambda: upstream)
         turn = proxy.turn = ProxyTurn(Usage())
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
         tg.start_soon(listener.serve, proxy.handle)
@@ -99,3 +105,41 @@ async def test_each_dialect_refuses_other_paths_and_requests_outside_a_turn_in_i
         assert words in error["message"]
         assert (answer.json().get("type") == "error") is (dialect is ANTHROPIC)  # Anthropic's envelope, or OpenAI's
     assert llm.requests == []
+
+
+@pytest.mark.parametrize("dialect", [ANTHROPIC, OPENAI], ids=["anthropic", "openai"])
+async def test_a_key_the_upstream_refuses_fails_the_turn_saying_where_to_set_it_and_is_not_tried_again(
+    llm: FakeLLM, dialect: Dialect
+) -> None:
+    llm.script(Fail(401, "invalid x-api-key"), Reply(text="never asked"))
+    path = "/v1/messages" if dialect is ANTHROPIC else "/v1/chat/completions"
+    async with served(llm, dialect) as (base, _, turn), httpx.AsyncClient(base_url=base) as client:
+        first = await client.post(path, json={"model": "m", "messages": []})
+        again = await client.post(path, json={"model": "m", "messages": []})
+    assert first.status_code == 401 and "invalid x-api-key" in json.dumps(first.json())  # the API's own error, passed on
+    assert turn.refused is not None and turn.refusal.is_set()
+    assert (
+        "HTTP 401 (invalid x-api-key)" in turn.refused
+        and "Set a valid key in MODEL_KEY_VAR where the server runs" in turn.refused
+    )
+    assert again.status_code == 400 and turn.refused in again.json()["error"]["message"]
+    assert len(llm.requests) == 1  # the retry was answered by the proxy
+
+
+@pytest.mark.parametrize("agent", ["claude-code", "codex", "opencode"])
+async def test_a_cli_whose_key_is_refused_fails_its_turn_at_once_saying_which_variable_to_set(home: Path, agent: str) -> None:
+    """The real CLIs in local sandboxes. Claude Code retries a 401 with growing pauses for minutes (seven
+    requests in 50 s here) and Codex five times: the proxy answers their retries itself."""
+    installed(agent)
+    with FakeLLM() as llm:
+        llm.script(*[Fail(401, "invalid x-api-key")] * 20)
+        keys = dict(claude_code_base_url=llm.url, claude_code_api_key=KEY, codex_base_url=llm.openai_base_url)
+        keys |= dict(codex_api_key=KEY, opencode_base_url=llm.openai_base_url, opencode_api_key=KEY)
+        async with Client(create_server(Settings(home=home, driver="local", agent=agent, **keys))) as client:
+            model = None if agent == "claude-code" else "gpt-4.1"
+            sid = (await call(client, "create_session", **({"model": model} if model else {})))["id"]
+            reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=50)
+    variable = {"claude-code": "ANTHROPIC_API_KEY", "codex": "OPENAI_API_KEY", "opencode": "OPENAI_API_KEY"}[agent]
+    assert reply["turn_status"] == "failed", reply
+    assert "refused the request with HTTP 401 (invalid x-api-key)" in reply["reason"] and variable in reply["reason"], reply
+    assert len(llm.requests) == 1

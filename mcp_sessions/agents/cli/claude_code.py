@@ -187,7 +187,10 @@ def _make(settings: object, context: AgentContext) -> ClaudeCodeAgent:
     s = settings if isinstance(settings, CliSettings) else CliSettings()
     key = s.claude_code_api_key.get_secret_value() if s.claude_code_api_key else None
     return ClaudeCodeAgent(
-        s.cli_agents_dir, Upstream(s.claude_code_base_url, key, ANTHROPIC), s.claude_code_model, context.prices
+        s.cli_agents_dir,
+        Upstream(s.claude_code_base_url, key, ANTHROPIC, "ANTHROPIC_API_KEY (or MCP_SESSIONS_CLAUDE_CODE_API_KEY)"),
+        s.claude_code_model,
+        context.prices,
     )
 
 

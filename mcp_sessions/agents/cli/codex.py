@@ -163,7 +163,10 @@ class ExecReader(TurnLines):
 def _make(settings: object, context: AgentContext) -> CodexAgent:
     s = settings if isinstance(settings, CliSettings) else CliSettings()
     return CodexAgent(
-        s.cli_agents_dir, Upstream(s.codex_base_url, secret(s.codex_api_key), OPENAI), s.codex_model, context.prices
+        s.cli_agents_dir,
+        Upstream(s.codex_base_url, secret(s.codex_api_key), OPENAI, "OPENAI_API_KEY (or MCP_SESSIONS_CODEX_API_KEY)"),
+        s.codex_model,
+        context.prices,
     )
 
 

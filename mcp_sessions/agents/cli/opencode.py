@@ -215,7 +215,10 @@ class RunReader(TurnLines):
 def _make(settings: object, context: AgentContext) -> OpenCodeAgent:
     s = settings if isinstance(settings, CliSettings) else CliSettings()
     return OpenCodeAgent(
-        s.cli_agents_dir, Upstream(s.opencode_base_url, secret(s.opencode_api_key), OPENAI), s.opencode_model, context.prices
+        s.cli_agents_dir,
+        Upstream(s.opencode_base_url, secret(s.opencode_api_key), OPENAI, "OPENAI_API_KEY (or MCP_SESSIONS_OPENCODE_API_KEY)"),
+        s.opencode_model,
+        context.prices,
     )
 
 

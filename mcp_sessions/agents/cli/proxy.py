@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +106,8 @@ class ProxyTurn:
     usage: Usage
     over_budget: Callable[[Usage], Awaitable[str | None]] | None = None
     refused: str | None = None
-    """Why the proxy refused a request of this turn (a budget reached): the turn fails with it."""
+    """Why the proxy refused a request of this turn (a budget reached, the upstream refusing the server's key):
+    the turn fails with it, and its later requests are refused with it."""
     refusal: anyio.Event = field(default_factory=anyio.Event)
     """Set with `refused`: a CLI told so is expected to end its turn (exec_turn stops one that does not)."""
     requests: int = 0
@@ -130,6 +131,8 @@ class Upstream:
     base_url: str
     key: str | None
     dialect: Dialect = ANTHROPIC
+    key_env: str = "the server's settings"
+    """Where the key comes from, for the sentence that says it was refused."""
 
 
 class ModelProxy:
@@ -191,6 +194,9 @@ class ModelProxy:
         if turn is None:
             message = "mcp-sessions model proxy: no turn of this session is running; model requests are taken only during one."
             await self._error(conn, stream, request, 400, "invalid_request_error", message)
+            return
+        if turn.refused is not None:  # refused already (its key, its budget): a retry is not sent on
+            await self._error(conn, stream, request, 400, "invalid_request_error", f"mcp-sessions: {turn.refused}")
             return
         if turn.over_budget is not None and (reason := await turn.over_budget(turn.usage)):
             turn.refuse(reason)
@@ -268,11 +274,16 @@ class ModelProxy:
         streamed = "text/event-stream" in response.headers.get("content-type", "")
         meter = self.upstream.dialect.meter(streamed, requested_model(body))
         try:
+            chunks = response.aiter_raw()
+            if response.status_code in (401, 403):
+                reason, error = await self._key_refused(response)
+                turn.refuse(reason)
+                chunks = _once(error)
             back = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in DROPPED_BACK]
             await stream.send(conn.send(h11.Response(status_code=response.status_code, headers=back)))
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_client, conn, stream, tg.cancel_scope)
-                async for chunk in response.aiter_raw():
+                async for chunk in chunks:
                     meter.feed(chunk)
                     if chunk and method != "HEAD":
                         await stream.send(conn.send(h11.Data(data=chunk)))
@@ -284,6 +295,24 @@ class ModelProxy:
             meter.close()
             if meter.seen:
                 self.count(turn, meter.model, meter.usage)
+
+    async def _key_refused(self, response: httpx.Response) -> tuple[str, bytes]:
+        """Why the upstream refused (401, 403), in a sentence that says what to do: the CLI cannot mend it, and
+        Claude Code would retry it for minutes. And the error's body, read here to be sent on (it is small)."""
+        body, said = b"", ""
+        try:
+            body = await response.aread()
+            error = response.json().get("error")
+            said = str(error.get("message") if isinstance(error, dict) else error or "")[:300]
+        except (ValueError, AttributeError, httpx.HTTPError):
+            pass
+        host = httpx.URL(self.upstream.base_url).host
+        key = "the server has no key to add" if not self.upstream.key else "it did not take the key the server adds"
+        return (
+            f"The model API at {host} refused the request with HTTP {response.status_code}"
+            f"{f' ({said})' if said else ''}: {key}. Set a valid key in {self.upstream.key_env} where the server "
+            "runs (the sandbox never holds it), restart the server, and send the message again."
+        ), body
 
     @staticmethod
     async def _watch_client(conn: h11.Connection, stream: ByteStream, scope: anyio.CancelScope) -> None:
@@ -309,6 +338,10 @@ class ModelProxy:
         if not head:
             await stream.send(conn.send(h11.Data(data=body)))
         await stream.send(conn.send(h11.EndOfMessage()))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def ask_for_usage(body: bytes) -> bytes:
