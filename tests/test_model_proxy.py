@@ -111,17 +111,16 @@ async def test_each_dialect_refuses_other_paths_and_requests_outside_a_turn_in_i
 async def test_a_key_the_upstream_refuses_fails_the_turn_saying_where_to_set_it_and_is_not_tried_again(
     llm: FakeLLM, dialect: Dialect
 ) -> None:
-    llm.script(Fail(401, "invalid x-api-key"), Reply(text="never asked"))
+    llm.script(Fail(401, f"Incorrect API key provided: {KEY}"), Reply(text="never asked"))
     path = "/v1/messages" if dialect is ANTHROPIC else "/v1/chat/completions"
     async with served(llm, dialect) as (base, _, turn), httpx.AsyncClient(base_url=base) as client:
         first = await client.post(path, json={"model": "m", "messages": []})
         again = await client.post(path, json={"model": "m", "messages": []})
-    assert first.status_code == 401 and "invalid x-api-key" in json.dumps(first.json())  # the API's own error, passed on
+    # the API's own error is passed on, without the key it says back (the sandbox never holds it)
+    assert first.status_code == 401 and "Incorrect API key provided: [redacted]" in json.dumps(first.json())
     assert turn.refused is not None and turn.refusal.is_set()
-    assert (
-        "HTTP 401 (invalid x-api-key)" in turn.refused
-        and "Set a valid key in MODEL_KEY_VAR where the server runs" in turn.refused
-    )
+    assert "HTTP 401 (Incorrect API key provided: [redacted])" in turn.refused and KEY not in turn.refused
+    assert "Set a valid key in MODEL_KEY_VAR where the server runs" in turn.refused
     assert again.status_code == 400 and turn.refused in again.json()["error"]["message"]
     assert len(llm.requests) == 1  # the retry was answered by the proxy
 

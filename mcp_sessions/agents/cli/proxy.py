@@ -31,7 +31,7 @@ from anyio.abc import ByteStream
 
 from ...models import Usage
 from ..pricing import PriceTable, add_usage
-from ..providers.common import TokenUsage
+from ..providers.common import TokenUsage, error_message, redact
 from ..providers.sampling import Sampler
 from .metering import AnthropicMeter, Meter, OpenAIMeter
 from .sampled import SampledAnswer, sample
@@ -300,11 +300,10 @@ class ModelProxy:
         """Why the upstream refused (401, 403), in a sentence that says what to do: the CLI cannot mend it, and
         Claude Code would retry it for minutes. And the error's body, read here to be sent on (it is small)."""
         body, said = b"", ""
-        try:
-            body = await response.aread()
-            error = response.json().get("error")
-            said = str(error.get("message") if isinstance(error, dict) else error or "")[:300]
-        except (ValueError, AttributeError, httpx.HTTPError):
+        try:  # an upstream may say back the key it refused: never to the sandbox, nor to the caller
+            body = redact((await response.aread()).decode("utf-8", "replace"), [self.upstream.key]).encode()
+            said = error_message(body)
+        except httpx.HTTPError:
             pass
         host = httpx.URL(self.upstream.base_url).host
         key = "the server has no key to add" if not self.upstream.key else "it did not take the key the server adds"
