@@ -142,3 +142,12 @@ async def test_a_cli_whose_key_is_refused_fails_its_turn_at_once_saying_which_va
     assert reply["turn_status"] == "failed", reply
     assert "refused the request with HTTP 401 (invalid x-api-key)" in reply["reason"] and variable in reply["reason"], reply
     assert len(llm.requests) == 1
+
+
+async def test_any_upstream_error_reaches_the_cli_without_the_key_it_quotes(llm: FakeLLM) -> None:
+    llm.script(Fail(400, f"key {KEY} may not use model m"), Reply(text="Hello."))
+    async with served(llm, ANTHROPIC) as (base, _, turn), httpx.AsyncClient(base_url=base) as client:
+        error = await client.post("/v1/messages", json={"model": "m", "messages": []})
+        fine = await client.post("/v1/messages", json={"model": "m", "messages": []})
+    assert error.status_code == 400 and error.json()["error"]["message"] == "key [redacted] may not use model m"
+    assert turn.refused is None and fine.status_code == 200  # not a refusal of the key: the turn goes on

@@ -275,10 +275,11 @@ class ModelProxy:
         meter = self.upstream.dialect.meter(streamed, requested_model(body))
         try:
             chunks = response.aiter_raw()
-            if response.status_code in (401, 403):
-                reason, error = await self._key_refused(response)
-                turn.refuse(reason)
+            if response.status_code >= 400:  # an error: read whole (it is small) to be read and redacted
+                error = await self._error_body(response)
                 chunks = _once(error)
+                if response.status_code in (401, 403):
+                    turn.refuse(self._key_refused(response.status_code, error))
             back = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in DROPPED_BACK]
             await stream.send(conn.send(h11.Response(status_code=response.status_code, headers=back)))
             async with anyio.create_task_group() as tg:
@@ -296,22 +297,25 @@ class ModelProxy:
             if meter.seen:
                 self.count(turn, meter.model, meter.usage)
 
-    async def _key_refused(self, response: httpx.Response) -> tuple[str, bytes]:
-        """Why the upstream refused (401, 403), in a sentence that says what to do: the CLI cannot mend it, and
-        Claude Code would retry it for minutes. And the error's body, read here to be sent on (it is small)."""
-        body, said = b"", ""
-        try:  # an upstream may say back the key it refused: never to the sandbox, nor to the caller
-            body = redact((await response.aread()).decode("utf-8", "replace"), [self.upstream.key]).encode()
-            said = error_message(body)
+    async def _error_body(self, response: httpx.Response) -> bytes:
+        """An upstream's error, without the server's key: some say back the key they refuse, which must reach
+        neither the sandbox nor the caller."""
+        try:
+            return redact((await response.aread()).decode("utf-8", "replace"), [self.upstream.key]).encode()
         except httpx.HTTPError:
-            pass
+            return b""
+
+    def _key_refused(self, status: int, error: bytes) -> str:
+        """Why the upstream refused (401, 403), in a sentence that says what to do: the CLI cannot mend it, and
+        Claude Code would retry it for minutes."""
+        said = f" ({error_message(error)})" if error else ""
         host = httpx.URL(self.upstream.base_url).host
         key = "the server has no key to add" if not self.upstream.key else "it did not take the key the server adds"
         return (
-            f"The model API at {host} refused the request with HTTP {response.status_code}"
-            f"{f' ({said})' if said else ''}: {key}. Set a valid key in {self.upstream.key_env} where the server "
-            "runs (the sandbox never holds it), restart the server, and send the message again."
-        ), body
+            f"The model API at {host} refused the request with HTTP {status}{said}: {key}. Set a valid key in "
+            f"{self.upstream.key_env} where the server runs (the sandbox never holds it), restart the server, and "
+            "send the message again."
+        )
 
     @staticmethod
     async def _watch_client(conn: h11.Connection, stream: ByteStream, scope: anyio.CancelScope) -> None:
