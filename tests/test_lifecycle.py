@@ -3,6 +3,8 @@ on a call stops waiting, not the turn."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 from mcp import Client
@@ -38,20 +40,25 @@ async def test_an_idle_session_is_reaped_and_a_busy_one_is_not(client: Client) -
     assert (await call(client, "get_session", session_id=never))["session"]["status"] == "ready"
 
 
-async def test_a_cancelled_send_message_leaves_the_turn_running(client: Client) -> None:
+async def test_a_cancelled_send_message_leaves_the_turn_running(client: Client, tmp_path: Path) -> None:
     sid = await new_session(client)
-    with anyio.move_on_after(0.5):
-        await client.call_tool("send_message", {"session_id": sid, "text": "sleep 1.5; echo finished", "wait_s": 30})
+    gate = tmp_path / "go"  # the turn runs until the test says: a loaded machine cannot end it early
+    text = f"until [ -e {gate} ]; do sleep 0.05; done; echo finished"
+    with anyio.move_on_after(2):
+        await client.call_tool("send_message", {"session_id": sid, "text": text, "wait_s": 30})
     detail = await call(client, "get_session", session_id=sid)
     assert detail["session"]["status"] == "busy"
+    gate.touch()
     done = await call(client, "get_session", session_id=sid, wait_s=20)
     assert done["session"]["last_turn"]["status"] == "completed"
     assert done["session"]["last_turn"]["output"] == "finished\n"
 
 
-async def test_queued_messages_run_in_order_after_the_running_turn(client: Client) -> None:
+async def test_queued_messages_run_in_order_after_the_running_turn(client: Client, tmp_path: Path) -> None:
     sid = await new_session(client)
-    await call(client, "send_message", session_id=sid, text="sleep 1; echo one > order.txt", wait_s=0)
+    gate = tmp_path / "go"  # turn 1 runs until the queue has been looked at
+    first = f"until [ -e {gate} ]; do sleep 0.05; done; echo one > order.txt"
+    await call(client, "send_message", session_id=sid, text=first, wait_s=0)
     second = await call(client, "send_message", session_id=sid, text="echo two >> order.txt", wait_s=0, queue=True)
     third = await call(
         client, "send_message", session_id=sid, text="echo three >> order.txt; cat order.txt", wait_s=0, queue=True
@@ -62,6 +69,7 @@ async def test_queued_messages_run_in_order_after_the_running_turn(client: Clien
     assert detail["queued"] == ["echo two >> order.txt", "echo three >> order.txt; cat order.txt"]
     # without queue=true a message is still refused while busy
     assert "busy running turn 1" in await call_error(client, "send_message", session_id=sid, text="true")
+    gate.touch()
     reply = await call(client, "send_message", session_id=sid, text="echo four", wait_s=30, queue=True)
     assert reply["turn"] == 4 and reply["output"] == "four\n"
     detail = await call(client, "get_session", session_id=sid)
