@@ -289,6 +289,51 @@ async def test_a_budget_reached_refuses_the_next_model_request_and_fails_the_tur
     assert reply["usage"]["total_tokens"] == 120
 
 
+STAND_IN = """#!/bin/bash
+# Takes a message and asks its model twice; refused the second time, it neither says so nor ends its turn,
+# nor answers an interrupt.
+read -r message
+where=${ANTHROPIC_BASE_URL#http://}
+body='{"model":"m","max_tokens":10,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
+for request in 1 2; do
+  exec 4<>/dev/tcp/${where%:*}/${where##*:} || exit 1
+  head='POST /v1/messages HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\nConnection: close'
+  printf "$head\\r\\nContent-Length: %d\\r\\n\\r\\n%s" ${#body} "$body" >&4
+  cat <&4 >&2
+done
+sleep 600
+"""
+
+
+def stand_in(folder: Path, agent: str, script: str) -> Path:
+    """`script` installed in `folder` (a CLI cache folder) as `agent`'s pinned binary; the folder."""
+    pin = binaries.PINNED[agent]
+    install = folder / f"{agent}-{pin.version}"
+    (install / pin.binary).parent.mkdir(parents=True)
+    (install / pin.binary).write_text(script)
+    (install / pin.binary).chmod(0o755)
+    (install / ".complete").touch()
+    return folder
+
+
+async def test_claude_code_going_on_after_its_budget_refusal_is_interrupted_and_the_turn_fails(
+    tmp_path: Path, llm: FakeLLM, settings: Settings
+) -> None:
+    folder = stand_in(tmp_path / "cli-agents", AGENT, STAND_IN)
+    upstream = dict(claude_code_base_url=llm.url, claude_code_api_key=KEY)
+    settings = Settings(home=settings.home, driver=settings.driver, image=IMAGE, agent=AGENT, cli_agents_dir=folder, **upstream)
+    llm.script(Reply(text="hi"))
+    async with Client(create_server(settings)) as client:
+        sid = (await call(client, "create_session", model=MODEL, max_tokens=100))["id"]
+        reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=50)
+        assert reply["turn_status"] == "failed", reply
+        assert reply["reason"].startswith("budget max_tokens=100 of session"), reply
+        assert "Claude Code did not end its turn within 10 s of being refused, and was interrupted" in reply["reason"]
+        assert len(llm.requests) == 1 and reply["usage"]["total_tokens"] == 120
+        assert (await call(client, "get_session", session_id=sid))["session"]["status"] == "ready"
+        await call(client, "close_session", session_id=sid)  # and the stand-in's sleep with it
+
+
 async def test_interrupt_stops_the_turn_and_the_conversation_goes_on(
     llm: FakeLLM, client: Client, inside: Callable[[str], Inside]
 ) -> None:

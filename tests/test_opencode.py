@@ -14,7 +14,6 @@ import anyio
 import pytest
 from mcp import Client
 
-from mcp_sessions.agents.cli import binaries
 from mcp_sessions.agents.cli.proxy import PLACEHOLDER_KEY
 from mcp_sessions.server import create_server
 from mcp_sessions.settings import Settings
@@ -33,6 +32,7 @@ from .test_claude_code import (  # noqa: F401  (fixtures)
     installed,
     llm,
     settings,
+    stand_in,
     user_texts,
     wrote_a_file,
 )
@@ -203,13 +203,7 @@ sleep 600
 async def test_a_cli_that_does_not_exit_after_its_budget_refusal_is_stopped_and_the_turn_fails(
     tmp_path: Path, llm: FakeLLM, settings: Settings, inside: Callable[[str], Inside]
 ) -> None:
-    folder = tmp_path / "cli-agents"
-    pin = binaries.PINNED[AGENT]
-    stand_in = folder / f"{AGENT}-{pin.version}" / pin.binary
-    stand_in.parent.mkdir(parents=True)
-    stand_in.write_text(STAND_IN)
-    stand_in.chmod(0o755)
-    (folder / f"{AGENT}-{pin.version}" / ".complete").touch()
+    folder = stand_in(tmp_path / "cli-agents", AGENT, STAND_IN)
     upstream = dict(opencode_base_url=llm.openai_base_url, opencode_api_key=KEY)
     settings = Settings(home=settings.home, driver=settings.driver, image=IMAGE, agent=AGENT, cli_agents_dir=folder, **upstream)
     llm.script(Reply(text="hi"))

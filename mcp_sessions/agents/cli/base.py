@@ -40,8 +40,9 @@ SHOWN_INPUT_CHARS = 2000
 IMAGES = "images"
 """The folder of a turn's images in a CLI's state folder (CliAgent.write_images)."""
 REFUSED_EXIT_S = 10.0
-"""How long a CLI run once per message has to exit after the proxy refused one of its requests (it is told
-why, in the API's words, and normally prints it and exits at once) before its command is stopped."""
+"""How long a CLI has to end its turn after the proxy refused one of its requests (it is told why, in the
+API's words, and normally says so and ends it at once) before it is stopped: the command of a CLI run once
+per message, or the turn of Claude Code's long-lived process, interrupted."""
 
 
 class CliSettings(BaseModel):

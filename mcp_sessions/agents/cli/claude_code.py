@@ -26,9 +26,9 @@ from sandbox_backends.base import SandboxError
 from ..base import AgentContext, AgentPlugin, TurnContext, TurnOutcome
 from ..providers.anthropic import image_block
 from ..providers.common import PROVIDER_HELP, ProviderName
-from .base import CliAgent, CliSettings, Running, check_args
+from .base import REFUSED_EXIT_S, CliAgent, CliSettings, Running, check_args
 from .link import Link, LinkClosed
-from .proxy import ANTHROPIC, PLACEHOLDER_KEY, Upstream
+from .proxy import ANTHROPIC, PLACEHOLDER_KEY, ProxyTurn, Upstream
 from .stream_json import TurnReader
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,17 @@ setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(
             running.proxy.turn = turn
             try:
                 await link.send({"type": "user", "message": {"role": "user", "content": user_content(text, ctx)}})
-                result = await reader.until_result(link)
+                got = await self._result(reader, link, turn)
+                if got is None:  # refused, and still going: stopped as an interrupt stops it
+                    with anyio.CancelScope(shield=True):
+                        await self._interrupt(running, link, reader)
+                    running.last_turn = ctx.session.turns
+                    stopped = (
+                        f"Claude Code did not end its turn within {REFUSED_EXIT_S:g} s of being refused, and was interrupted"
+                    )
+                    log.warning("%s in session %s: %s", stopped, ctx.session.id, turn.refused)
+                    return reader.outcome("failed", f"{turn.refused} ({stopped})", time.monotonic() - started)
+                result = got
                 running.last_turn = ctx.session.turns
                 break
             except LinkClosed:
@@ -164,6 +174,25 @@ setsid -f bash -c {shlex.quote(join)} "$MCP_SESSIONS_MOUNTS/claude" {shlex.join(
         if result.get("subtype") != "success" or result.get("is_error"):
             return reader.outcome("failed", reader.failure(result), time.monotonic() - started, result)
         return reader.outcome("completed", None, time.monotonic() - started, result)
+
+    async def _result(self, reader: TurnReader, link: Link, turn: ProxyTurn) -> dict[str, Any] | None:
+        """The turn's `result`; None if Claude Code goes on `REFUSED_EXIT_S` after the proxy refused one of its
+        requests (told why, it normally ends the turn at once). Raises LinkClosed."""
+        reading, watching = anyio.CancelScope(), anyio.CancelScope()
+
+        async def expire() -> None:
+            with watching:
+                await turn.refusal.wait()
+                reading.deadline = anyio.current_time() + REFUSED_EXIT_S
+
+        assert self._tg is not None, "run_background runs for the server's life"
+        self._tg.start_soon(expire)
+        try:
+            with reading:
+                return await reader.until_result(link)
+        finally:
+            watching.cancel()
+        return None
 
     async def _interrupt(self, running: Running, link: Link, reader: TurnReader) -> None:
         """Stop the CLI's turn, keeping the process: it answers an `interrupt` control request with the turn's
