@@ -234,6 +234,8 @@ async def test_an_image_sent_with_a_message_shows_in_the_transcript_within_the_p
         page = await signed_in(browser, url, ALICE, policy=True)
         refused: list[str] = []
         page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        await page.goto(f"{url}/ui")  # the list works under the policy too
+        await page.wait_for_selector(f"tr[data-session='{sid}']", timeout=HANG_S * 1000)
         response = await page.goto(f"{url}/ui/sessions/{sid}")
         policy = response.headers["content-security-policy"]
         assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
