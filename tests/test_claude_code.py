@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -316,22 +317,33 @@ def stand_in(folder: Path, agent: str, script: str) -> Path:
     return folder
 
 
-async def test_claude_code_going_on_after_its_budget_refusal_is_interrupted_and_the_turn_fails(
-    tmp_path: Path, llm: FakeLLM, settings: Settings
-) -> None:
-    folder = stand_in(tmp_path / "cli-agents", AGENT, STAND_IN)
-    upstream = dict(claude_code_base_url=llm.url, claude_code_api_key=KEY)
-    settings = Settings(home=settings.home, driver=settings.driver, image=IMAGE, agent=AGENT, cli_agents_dir=folder, **upstream)
+@asynccontextmanager
+async def refused_stand_in(
+    tmp_path: Path, llm: FakeLLM, settings: Settings, agent: str, model: str, script: str, **upstream: Any
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """`script` as `agent`'s CLI, in a session with a 100-token budget that its first model request (120
+    tokens) uses up, so its second is refused: the session and the turn's reply, which failed with the
+    budget's reason after one request forwarded. The session stays usable, and is closed after."""
+    folder = stand_in(tmp_path / "cli-agents", agent, script)
+    settings = Settings(home=settings.home, driver=settings.driver, image=IMAGE, agent=agent, cli_agents_dir=folder, **upstream)
     llm.script(Reply(text="hi"))
     async with Client(create_server(settings)) as client:
-        sid = (await call(client, "create_session", model=MODEL, max_tokens=100))["id"]
+        sid = (await call(client, "create_session", model=model, max_tokens=100))["id"]
         reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=50)
         assert reply["turn_status"] == "failed", reply
         assert reply["reason"].startswith("budget max_tokens=100 of session"), reply
-        assert "Claude Code did not end its turn within 10 s of being refused, and was interrupted" in reply["reason"]
         assert len(llm.requests) == 1 and reply["usage"]["total_tokens"] == 120
+        yield sid, reply
         assert (await call(client, "get_session", session_id=sid))["session"]["status"] == "ready"
-        await call(client, "close_session", session_id=sid)  # and the stand-in's sleep with it
+        await call(client, "close_session", session_id=sid)  # and whatever the stand-in left running
+
+
+async def test_claude_code_going_on_after_its_budget_refusal_is_interrupted_and_the_turn_fails(
+    tmp_path: Path, llm: FakeLLM, settings: Settings
+) -> None:
+    upstream = dict(claude_code_base_url=llm.url, claude_code_api_key=KEY)
+    async with refused_stand_in(tmp_path, llm, settings, AGENT, MODEL, STAND_IN, **upstream) as (_, reply):
+        assert "Claude Code did not end its turn within 10 s of being refused, and was interrupted" in reply["reason"]
 
 
 async def test_interrupt_stops_the_turn_and_the_conversation_goes_on(

@@ -31,8 +31,8 @@ from .test_claude_code import (  # noqa: F401  (fixtures)
     inside,
     installed,
     llm,
+    refused_stand_in,
     settings,
-    stand_in,
     user_texts,
     wrote_a_file,
 )
@@ -203,20 +203,10 @@ sleep 600
 async def test_a_cli_that_does_not_exit_after_its_budget_refusal_is_stopped_and_the_turn_fails(
     tmp_path: Path, llm: FakeLLM, settings: Settings, inside: Callable[[str], Inside]
 ) -> None:
-    folder = stand_in(tmp_path / "cli-agents", AGENT, STAND_IN)
     upstream = dict(opencode_base_url=llm.openai_base_url, opencode_api_key=KEY)
-    settings = Settings(home=settings.home, driver=settings.driver, image=IMAGE, agent=AGENT, cli_agents_dir=folder, **upstream)
-    llm.script(Reply(text="hi"))
-    async with Client(create_server(settings)) as client:
-        sid = (await call(client, "create_session", model=MODEL, max_tokens=100))["id"]
-        reply = await call(client, "send_message", session_id=sid, text="hi", wait_s=50)
-        assert reply["turn_status"] == "failed", reply
-        assert reply["reason"].startswith("budget max_tokens=100 of session"), reply
+    async with refused_stand_in(tmp_path, llm, settings, AGENT, MODEL, STAND_IN, **upstream) as (sid, reply):
         assert "OpenCode did not exit within 10 s of being refused, and was stopped" in reply["reason"]
-        assert len(llm.requests) == 1 and reply["usage"]["total_tokens"] == 120
         assert not await inside(sid).pids(argv=["sleep", "600"])  # the stand-in's command is gone
-        detail = (await call(client, "get_session", session_id=sid))["session"]
-        assert detail["status"] == "ready"
 
 
 async def test_a_system_prompt_replaces_opencode_own(llm: FakeLLM, client: Client) -> None:
